@@ -1,0 +1,87 @@
+//! `mergescope merge RECIPE --out DIR`.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use mergescope_core::Job;
+use mergescope_core::export::{
+    DEFAULT_SHARD_SIZE, ExportOptions, ExportSummary, format_size, parse_size,
+};
+use mergescope_core::merge::engine::execute;
+use mergescope_core::merge::plan::{MergePlan, PlanOptions};
+
+use super::progress::run_with_progress;
+use super::{Failure, path_arg, print_out};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// A mergekit-style YAML recipe.
+    #[arg(value_parser = path_arg)]
+    recipe: PathBuf,
+    /// The folder to write the merged model into (created; must not be inside an input).
+    #[arg(long, value_parser = path_arg)]
+    out: PathBuf,
+    /// Largest shard, e.g. 5GB, 500MB, 2GiB.
+    #[arg(long, default_value = "5GB", value_parser = parse_size)]
+    shard_size: u64,
+    /// Replace the output folder if it is not empty.
+    #[arg(long)]
+    force: bool,
+    /// Seed for the random methods (DARE, DELLA); recorded in the output's metadata.
+    #[arg(long)]
+    random_seed: Option<u64>,
+}
+
+pub fn run(args: &Args, job: &Job) -> Result<(), Failure> {
+    let started = Instant::now();
+    let cwd = std::env::current_dir()?;
+    let plan = MergePlan::from_file(
+        &args.recipe,
+        &PlanOptions {
+            cwd,
+            random_seed: args.random_seed,
+        },
+    )?;
+    for warning in &plan.warnings {
+        eprintln!("warning: {warning}");
+    }
+    eprintln!(
+        "{}: {} model(s){} -> {} tensors, {} into {}",
+        plan.method.spec().name,
+        plan.family.models.len(),
+        plan.family
+            .base
+            .as_ref()
+            .map(|b| format!(" on base {}", b.label))
+            .unwrap_or_default(),
+        plan.tasks.len(),
+        format_size(plan.output_bytes()),
+        args.out.display()
+    );
+    let options = ExportOptions {
+        out_dir: args.out.clone(),
+        shard_size: if args.shard_size == 0 {
+            DEFAULT_SHARD_SIZE
+        } else {
+            args.shard_size
+        },
+        force: args.force,
+    };
+    let summary = run_with_progress(job, || execute(&plan, &options, job))?;
+    print_out(&summary_line(&summary, started.elapsed().as_secs_f64()))
+}
+
+pub(super) fn summary_line(summary: &ExportSummary, seconds: f64) -> String {
+    format!(
+        "wrote {}: {} tensors, {} in {} shard(s){} in {seconds:.2} s\n",
+        summary.out_dir.display(),
+        summary.tensors,
+        format_size(summary.data_bytes),
+        summary.shards.len(),
+        if summary.files.is_empty() {
+            String::new()
+        } else {
+            format!(" + {}", summary.files.join(", "))
+        },
+    )
+}

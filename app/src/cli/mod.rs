@@ -1,0 +1,155 @@
+//! `mergescope` on the command line: `inspect`, `merge`, `demo`, `synth`.
+//!
+//! User errors print one line (`error: ...`) naming the file, tensor or key and what to do,
+//! and exit with status 1. Ctrl-C cancels a running job; cancelled jobs leave no output and
+//! exit with status 130.
+
+mod demo;
+mod inspect;
+mod merge;
+mod progress;
+mod synth;
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use mergescope_core::Job;
+
+/// A workbench for model merging.
+#[derive(Debug, Parser)]
+#[command(name = "mergescope", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// List a checkpoint's tensors, dtypes, shapes, shards, architecture and layer count.
+    Inspect(inspect::Args),
+    /// Run a mergekit-style YAML recipe and write the merged model folder.
+    Merge(merge::Args),
+    /// Generate a small example family and merge it: the quickest way to see mergescope work.
+    Demo(demo::Args),
+    /// Generate a synthetic Llama-shaped model family (for benchmarks and experiments).
+    Synth(synth::Args),
+}
+
+/// How a command ended, beyond success.
+#[derive(Debug)]
+pub enum Failure {
+    /// Something the user can fix; printed as one line.
+    User(anyhow::Error),
+    Cancelled,
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(e: E) -> Self {
+        let e: anyhow::Error = e.into();
+        if e.downcast_ref::<mergescope_core::job::Cancelled>()
+            .is_some()
+            || matches!(
+                e.downcast_ref::<mergescope_core::merge::engine::MergeError>(),
+                Some(mergescope_core::merge::engine::MergeError::Cancelled(_))
+            )
+            || matches!(
+                e.downcast_ref::<mergescope_core::synth::SynthError>(),
+                Some(mergescope_core::synth::SynthError::Cancelled(_))
+            )
+        {
+            Self::Cancelled
+        } else {
+            Self::User(e)
+        }
+    }
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    install_panic_hook();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let job = Job::default();
+    let cancel = job.cancel.clone();
+    // Ignoring a failure here only means Ctrl-C kills the process instead of cancelling.
+    let _ = ctrlc::set_handler(move || cancel.cancel());
+    let result = match cli.command {
+        Command::Inspect(args) => inspect::run(&args),
+        Command::Merge(args) => merge::run(&args, &job),
+        Command::Demo(args) => demo::run(&args, &job),
+        Command::Synth(args) => synth::run(&args, &job),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Cancelled) => {
+            eprintln!("cancelled; nothing was written");
+            ExitCode::from(130)
+        }
+        Err(Failure::User(e)) => {
+            if is_broken_pipe(&e) {
+                return ExitCode::SUCCESS;
+            }
+            // Core errors already carry their cause in their message; print only the top line.
+            eprintln!("error: {}", one_line(&e.to_string()));
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<std::io::Error>()
+        .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+}
+
+fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A bug should still end in one readable line, not a backtrace.
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let location = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        eprintln!(
+            "internal error{location}: {}; this is a bug in mergescope, please report it",
+            one_line(&message)
+        );
+    }));
+}
+
+/// Writes to stdout; a closed pipe (`mergescope inspect x | head`) ends the command quietly.
+fn print_out(text: &str) -> Result<(), Failure> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(Failure::from)
+}
+
+/// `PATH` arguments are plain paths.
+fn path_arg(s: &str) -> Result<PathBuf, String> {
+    Ok(PathBuf::from(s))
+}

@@ -1,0 +1,5 @@
+//! The `mergescope` binary: see [`mergescope::cli`].
+
+fn main() -> std::process::ExitCode {
+    mergescope::cli::main()
+}

@@ -1,0 +1,441 @@
+//! Checkpoints on disk: a `.safetensors` file, a sharded `*.safetensors.index.json`, or a
+//! Hugging Face folder holding either.
+//!
+//! Opening maps every shard into memory and parses only the headers, so it costs the same for a
+//! 100 MB model and a 70 B one. Tensor data is read when a [`TensorView`] is decoded.
+
+mod config;
+mod error;
+mod mmap;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+pub use config::ModelConfig;
+pub use error::CheckpointError;
+use mmap::MappedFile;
+
+use crate::dtype::{Dtype, FloatType, decode_into};
+
+/// The file name Hugging Face gives the index of a sharded checkpoint.
+pub const INDEX_FILE_NAME: &str = "model.safetensors.index.json";
+/// The file name of a single-file checkpoint inside a Hugging Face folder.
+pub const SINGLE_FILE_NAME: &str = "model.safetensors";
+
+/// How the checkpoint was laid out on disk.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "path")]
+pub enum Storage {
+    /// One `.safetensors` file.
+    SingleFile(PathBuf),
+    /// Shards listed by an index file.
+    Sharded(PathBuf),
+}
+
+/// One safetensors file of a checkpoint.
+#[derive(Debug)]
+pub struct Shard {
+    path: PathBuf,
+    map: MappedFile,
+    metadata: BTreeMap<String, String>,
+}
+
+impl Shard {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The file's size in bytes (header included).
+    pub fn len(&self) -> usize {
+        self.map.bytes().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The header's `__metadata__` (string to string, as the format defines it).
+    pub fn metadata(&self) -> &BTreeMap<String, String> {
+        &self.metadata
+    }
+}
+
+/// Name, dtype, shape and location of one tensor. No data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TensorInfo {
+    pub name: String,
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    /// Index into [`Checkpoint::shards`].
+    pub shard: usize,
+    /// Byte range of the data inside the shard file (absolute, header included).
+    pub start: usize,
+    pub end: usize,
+}
+
+impl TensorInfo {
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    pub fn byte_len(&self) -> usize {
+        self.end - self.start
+    }
+
+    /// The float type this tensor is computed in, `None` if it is only copied through.
+    pub fn float_type(&self) -> Option<FloatType> {
+        FloatType::from_dtype(self.dtype)
+    }
+}
+
+/// A borrowed, zero-copy view of one tensor's bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct TensorView<'a> {
+    pub info: &'a TensorInfo,
+    pub bytes: &'a [u8],
+}
+
+impl TensorView<'_> {
+    pub fn numel(&self) -> usize {
+        self.info.numel()
+    }
+
+    /// Decodes elements `start..start + out.len()` into `out` as `f32`.
+    ///
+    /// # Panics
+    /// If the tensor is not a float tensor or the range is out of bounds; callers check the
+    /// dtype when planning, so either is a bug.
+    pub fn decode_range(&self, start: usize, out: &mut [f32]) {
+        let ty = self.info.float_type().unwrap_or_else(|| {
+            panic!(
+                "tensor `{}` is {:?}, not a float type",
+                self.info.name, self.info.dtype
+            )
+        });
+        let size = ty.size_bytes();
+        decode_into(
+            ty,
+            &self.bytes[start * size..(start + out.len()) * size],
+            out,
+        );
+    }
+
+    /// The whole tensor as `f32` (allocates; prefer [`decode_range`](Self::decode_range) in
+    /// streaming code).
+    pub fn to_f32_vec(&self) -> Vec<f32> {
+        let mut out = vec![0.0; self.numel()];
+        self.decode_range(0, &mut out);
+        out
+    }
+}
+
+/// An opened checkpoint: memory-mapped shards and their parsed headers.
+#[derive(Debug)]
+pub struct Checkpoint {
+    source: PathBuf,
+    folder: Option<PathBuf>,
+    storage: Storage,
+    shards: Vec<Shard>,
+    /// In file order: shard by shard, by offset inside each shard.
+    tensors: Vec<TensorInfo>,
+    by_name: HashMap<String, usize>,
+    config: Option<ModelConfig>,
+}
+
+impl Checkpoint {
+    /// Opens a `.safetensors` file, a `*.safetensors.index.json`, or a folder holding either.
+    /// Reads headers only; no tensor data is touched.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, CheckpointError> {
+        let source = path.as_ref().to_path_buf();
+        let meta = std::fs::metadata(&source).map_err(|e| CheckpointError::io(&source, e))?;
+        if meta.is_dir() {
+            Self::open_folder(source)
+        } else if is_index_file(&source) {
+            let folder = source.parent().map(Path::to_path_buf);
+            Self::open_sharded(source.clone(), source, folder)
+        } else {
+            let folder = hf_folder_of_file(&source);
+            Self::open_single(source.clone(), source, folder)
+        }
+    }
+
+    fn open_folder(folder: PathBuf) -> Result<Self, CheckpointError> {
+        let index = folder.join(INDEX_FILE_NAME);
+        if index.is_file() {
+            return Self::open_sharded(folder.clone(), index, Some(folder));
+        }
+        let single = folder.join(SINGLE_FILE_NAME);
+        if single.is_file() {
+            return Self::open_single(folder.clone(), single, Some(folder));
+        }
+        let entries = std::fs::read_dir(&folder).map_err(|e| CheckpointError::io(&folder, e))?;
+        let mut indexes = Vec::new();
+        let mut files = Vec::new();
+        for entry in entries {
+            let path = entry.map_err(|e| CheckpointError::io(&folder, e))?.path();
+            if is_index_file(&path) {
+                indexes.push(path);
+            } else if path.extension().is_some_and(|ext| ext == "safetensors") {
+                files.push(path);
+            }
+        }
+        indexes.sort();
+        files.sort();
+        match (indexes.as_slice(), files.as_slice()) {
+            ([index], _) => Self::open_sharded(folder.clone(), index.clone(), Some(folder)),
+            ([], [file]) => Self::open_single(folder.clone(), file.clone(), Some(folder)),
+            ([], []) => Err(CheckpointError::NoWeights { folder }),
+            _ => {
+                let names = indexes
+                    .iter()
+                    .chain(&files)
+                    .filter_map(|p| p.file_name())
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                Err(CheckpointError::AmbiguousFolder {
+                    folder,
+                    files: names,
+                })
+            }
+        }
+    }
+
+    fn open_single(
+        source: PathBuf,
+        file: PathBuf,
+        folder: Option<PathBuf>,
+    ) -> Result<Self, CheckpointError> {
+        let (shard, infos) = open_shard(&file, 0)?;
+        let config = ModelConfig::read_from(folder.as_deref())?;
+        Self::assemble(
+            source,
+            folder,
+            Storage::SingleFile(file),
+            vec![shard],
+            vec![infos],
+            config,
+        )
+    }
+
+    fn open_sharded(
+        source: PathBuf,
+        index: PathBuf,
+        folder: Option<PathBuf>,
+    ) -> Result<Self, CheckpointError> {
+        let weight_map = read_index(&index)?;
+        let base = index.parent().unwrap_or(Path::new(".")).to_path_buf();
+        // Shards in name order (model-00001-of-N, ...), which is also the order of their tensors.
+        let mut shard_names: Vec<&String> = weight_map.values().collect();
+        shard_names.sort();
+        shard_names.dedup();
+        let mut shards = Vec::with_capacity(shard_names.len());
+        let mut infos = Vec::with_capacity(shard_names.len());
+        for (i, name) in shard_names.iter().enumerate() {
+            let (shard, shard_infos) = open_shard(&base.join(name), i)?;
+            shards.push(shard);
+            infos.push(shard_infos);
+        }
+        for (tensor, shard_name) in &weight_map {
+            let Some(shard) = shard_names.iter().position(|n| *n == shard_name) else {
+                continue;
+            };
+            if !infos[shard].iter().any(|t| &t.name == tensor) {
+                return Err(CheckpointError::IndexedTensorMissing {
+                    index,
+                    shard: base.join(shard_name),
+                    tensor: tensor.clone(),
+                });
+            }
+        }
+        let config = ModelConfig::read_from(folder.as_deref())?;
+        Self::assemble(
+            source,
+            folder,
+            Storage::Sharded(index),
+            shards,
+            infos,
+            config,
+        )
+    }
+
+    fn assemble(
+        source: PathBuf,
+        folder: Option<PathBuf>,
+        storage: Storage,
+        shards: Vec<Shard>,
+        infos: Vec<Vec<TensorInfo>>,
+        config: Option<ModelConfig>,
+    ) -> Result<Self, CheckpointError> {
+        let tensors: Vec<TensorInfo> = infos.into_iter().flatten().collect();
+        let mut by_name = HashMap::with_capacity(tensors.len());
+        for (i, t) in tensors.iter().enumerate() {
+            if let Some(first) = by_name.insert(t.name.clone(), i) {
+                return Err(CheckpointError::DuplicateTensor {
+                    tensor: t.name.clone(),
+                    first: shards[tensors[first].shard].path.clone(),
+                    second: shards[t.shard].path.clone(),
+                });
+            }
+        }
+        Ok(Self {
+            source,
+            folder,
+            storage,
+            shards,
+            tensors,
+            by_name,
+            config,
+        })
+    }
+
+    /// The path the checkpoint was opened from, as given.
+    pub fn source(&self) -> &Path {
+        &self.source
+    }
+
+    /// The Hugging Face folder holding `config.json` and tokenizer files, when there is one.
+    pub fn folder(&self) -> Option<&Path> {
+        self.folder.as_deref()
+    }
+
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    pub fn shards(&self) -> &[Shard] {
+        &self.shards
+    }
+
+    /// All tensors in file order.
+    pub fn tensors(&self) -> &[TensorInfo] {
+        &self.tensors
+    }
+
+    pub fn config(&self) -> Option<&ModelConfig> {
+        self.config.as_ref()
+    }
+
+    pub fn get(&self, name: &str) -> Option<&TensorInfo> {
+        self.by_name.get(name).map(|&i| &self.tensors[i])
+    }
+
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.by_name.get(name).copied()
+    }
+
+    /// A zero-copy view of the tensor at `index` in [`tensors`](Self::tensors).
+    pub fn view(&self, index: usize) -> TensorView<'_> {
+        let info = &self.tensors[index];
+        TensorView {
+            info,
+            bytes: &self.shards[info.shard].map.bytes()[info.start..info.end],
+        }
+    }
+
+    /// Total number of elements.
+    pub fn parameter_count(&self) -> u64 {
+        self.tensors.iter().map(|t| t.numel() as u64).sum()
+    }
+
+    /// Total bytes of tensor data.
+    pub fn data_bytes(&self) -> u64 {
+        self.tensors.iter().map(|t| t.byte_len() as u64).sum()
+    }
+
+    /// Hints that the tensor at `index` will be read soon.
+    pub fn prefetch(&self, index: usize) {
+        let info = &self.tensors[index];
+        self.shards[info.shard]
+            .map
+            .prefetch(info.start, info.byte_len());
+    }
+
+    /// Hints that the tensor at `index` has been consumed and need not stay resident.
+    pub fn release(&self, index: usize) {
+        let info = &self.tensors[index];
+        self.shards[info.shard]
+            .map
+            .release(info.start, info.byte_len());
+    }
+}
+
+fn is_index_file(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.ends_with(".safetensors.index.json"))
+}
+
+/// A loose file's parent counts as its Hugging Face folder only when the file is that folder's
+/// canonical `model.safetensors`: other files (`merged-v2.safetensors` in Downloads) must not
+/// pick up an unrelated `config.json` lying next to them.
+fn hf_folder_of_file(file: &Path) -> Option<PathBuf> {
+    (file.file_name()? == SINGLE_FILE_NAME).then(|| file.parent().map(Path::to_path_buf))?
+}
+
+fn open_shard(
+    path: &Path,
+    shard_index: usize,
+) -> Result<(Shard, Vec<TensorInfo>), CheckpointError> {
+    let map = MappedFile::open(path).map_err(|e| CheckpointError::io(path, e))?;
+    let (header_len, metadata) = safetensors::SafeTensors::read_metadata(map.bytes())
+        .map_err(|e| CheckpointError::not_safetensors(path, &e))?;
+    let data_start = 8 + header_len;
+    let infos = metadata.tensors();
+    let mut tensors: Vec<TensorInfo> = metadata
+        .offset_keys()
+        .into_iter()
+        .filter_map(|name| {
+            let info = infos.get(&name)?;
+            Some(TensorInfo {
+                dtype: info.dtype,
+                shape: info.shape.clone(),
+                shard: shard_index,
+                start: data_start + info.data_offsets.0,
+                end: data_start + info.data_offsets.1,
+                name,
+            })
+        })
+        .collect();
+    tensors.sort_by_key(|t| t.start);
+    let shard = Shard {
+        path: path.to_path_buf(),
+        metadata: metadata
+            .metadata()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
+        map,
+    };
+    Ok((shard, tensors))
+}
+
+fn read_index(index: &Path) -> Result<BTreeMap<String, String>, CheckpointError> {
+    #[derive(serde::Deserialize)]
+    struct Index {
+        weight_map: BTreeMap<String, String>,
+    }
+    let text = std::fs::read_to_string(index).map_err(|e| CheckpointError::io(index, e))?;
+    let parsed: Index = serde_json::from_str(&text).map_err(|e| CheckpointError::BadIndex {
+        path: index.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    if parsed.weight_map.is_empty() {
+        return Err(CheckpointError::BadIndex {
+            path: index.to_path_buf(),
+            reason: "its weight_map is empty".to_owned(),
+        });
+    }
+    if let Some(bad) = parsed
+        .weight_map
+        .values()
+        .find(|f| Path::new(f).components().count() != 1)
+    {
+        return Err(CheckpointError::BadIndex {
+            path: index.to_path_buf(),
+            reason: format!("shard `{bad}` is not a plain file name next to the index"),
+        });
+    }
+    Ok(parsed.weight_map)
+}

@@ -1,0 +1,195 @@
+//! Element types: which stored dtypes are computed on, and how they convert to and from `f32`.
+//!
+//! Checkpoints may hold any safetensors dtype. Only [`FloatType`]s (F32, F16, BF16) are decoded
+//! and merged; every other dtype is copied through unchanged. All arithmetic happens in `f32`
+//! and the result is rounded once to the output type (ALGORITHMS.md §1.2, mergescope policy).
+
+use half::{bf16, f16, slice::HalfFloatSliceExt as _};
+pub use safetensors::Dtype;
+
+#[cfg(target_endian = "big")]
+compile_error!(
+    "safetensors data is little-endian; mergescope decodes it in place and needs a little-endian target"
+);
+
+/// A floating-point type mergescope computes on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum FloatType {
+    F32,
+    F16,
+    BF16,
+}
+
+impl FloatType {
+    /// The float type of a stored dtype, `None` for dtypes that are only copied through.
+    pub fn from_dtype(dtype: Dtype) -> Option<Self> {
+        match dtype {
+            Dtype::F32 => Some(Self::F32),
+            Dtype::F16 => Some(Self::F16),
+            Dtype::BF16 => Some(Self::BF16),
+            _ => None,
+        }
+    }
+
+    pub fn dtype(self) -> Dtype {
+        match self {
+            Self::F32 => Dtype::F32,
+            Self::F16 => Dtype::F16,
+            Self::BF16 => Dtype::BF16,
+        }
+    }
+
+    pub fn size_bytes(self) -> usize {
+        match self {
+            Self::F32 => 4,
+            Self::F16 | Self::BF16 => 2,
+        }
+    }
+
+    /// Parses the dtype names mergekit recipes use (`float32`, `bfloat16`, `fp16`, ...).
+    pub fn from_recipe_name(name: &str) -> Option<Self> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "float32" | "fp32" | "f32" | "float" => Some(Self::F32),
+            "float16" | "fp16" | "f16" | "half" => Some(Self::F16),
+            "bfloat16" | "bf16" => Some(Self::BF16),
+            _ => None,
+        }
+    }
+
+    /// The name written into recipes and `config.json` (`torch_dtype`).
+    pub fn recipe_name(self) -> &'static str {
+        match self {
+            Self::F32 => "float32",
+            Self::F16 => "float16",
+            Self::BF16 => "bfloat16",
+        }
+    }
+
+    /// The type both `a` and `b` convert to without loss, as torch promotes them:
+    /// equal types stay, BF16 with F16 (or anything with F32) gives F32.
+    pub fn promote(a: Self, b: Self) -> Self {
+        if a == b { a } else { Self::F32 }
+    }
+}
+
+/// Decodes little-endian elements of type `ty` from `bytes` into `out`.
+///
+/// `bytes.len()` must be `out.len() * ty.size_bytes()`. Safetensors does not align tensor data,
+/// so a misaligned buffer is decoded element by element instead of being reinterpreted.
+pub fn decode_into(ty: FloatType, bytes: &[u8], out: &mut [f32]) {
+    debug_assert_eq!(bytes.len(), out.len() * ty.size_bytes());
+    match ty {
+        FloatType::F32 => match bytemuck::try_cast_slice::<u8, f32>(bytes) {
+            Ok(values) => out.copy_from_slice(values),
+            Err(_) => {
+                for (o, chunk) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+                    *o = bytemuck::pod_read_unaligned(chunk);
+                }
+            }
+        },
+        FloatType::BF16 => match bytemuck::try_cast_slice::<u8, bf16>(bytes) {
+            Ok(values) => values.convert_to_f32_slice(out),
+            Err(_) => {
+                for (o, chunk) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                    *o = bf16::from_bits(bytemuck::pod_read_unaligned(chunk)).to_f32();
+                }
+            }
+        },
+        FloatType::F16 => match bytemuck::try_cast_slice::<u8, f16>(bytes) {
+            Ok(values) => values.convert_to_f32_slice(out),
+            Err(_) => {
+                for (o, chunk) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                    *o = f16::from_bits(bytemuck::pod_read_unaligned(chunk)).to_f32();
+                }
+            }
+        },
+    }
+}
+
+/// Tensor data in its output type, ready to be written as bytes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TensorBytes {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+    BF16(Vec<bf16>),
+    /// Bytes copied through unchanged (non-float dtypes).
+    Raw(Vec<u8>),
+}
+
+impl TensorBytes {
+    /// Rounds `values` once, to nearest even, into `ty`.
+    pub fn encode(values: Vec<f32>, ty: FloatType) -> Self {
+        match ty {
+            FloatType::F32 => Self::F32(values),
+            FloatType::F16 => Self::F16(encode_with(&values, f16::ZERO, |dst, src| {
+                dst.convert_from_f32_slice(src)
+            })),
+            FloatType::BF16 => Self::BF16(encode_with(&values, bf16::ZERO, |dst, src| {
+                dst.convert_from_f32_slice(src)
+            })),
+        }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Self::F32(v) => bytemuck::cast_slice(v),
+            Self::F16(v) => bytemuck::cast_slice(v),
+            Self::BF16(v) => bytemuck::cast_slice(v),
+            Self::Raw(v) => v,
+        }
+    }
+}
+
+/// Converts in parallel chunks: for large tensors the rounding is a measurable share of a merge.
+fn encode_with<T: Copy + Send + Sync>(
+    values: &[f32],
+    zero: T,
+    convert: impl Fn(&mut [T], &[f32]) + Sync,
+) -> Vec<T> {
+    use rayon::prelude::*;
+    const CHUNK: usize = 1 << 16;
+    let mut out = vec![zero; values.len()];
+    out.par_chunks_mut(CHUNK)
+        .zip(values.par_chunks(CHUNK))
+        .for_each(|(dst, src)| convert(dst, src));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn promotion_follows_torch() {
+        use FloatType::{BF16, F16, F32};
+        assert_eq!(FloatType::promote(BF16, BF16), BF16);
+        assert_eq!(FloatType::promote(BF16, F16), F32);
+        assert_eq!(FloatType::promote(F16, F32), F32);
+    }
+
+    #[test]
+    fn decodes_aligned_and_misaligned_bf16_the_same() {
+        let values = [1.5f32, -2.25, 3.0e-3, 65504.0];
+        let encoded = TensorBytes::encode(values.to_vec(), FloatType::BF16);
+        let bytes = encoded.as_bytes();
+        let mut shifted = vec![0u8; bytes.len() + 1];
+        shifted[1..].copy_from_slice(bytes);
+        let mut a = [0f32; 4];
+        let mut b = [0f32; 4];
+        decode_into(FloatType::BF16, bytes, &mut a);
+        decode_into(FloatType::BF16, &shifted[1..], &mut b);
+        assert_eq!(a, b);
+        assert_eq!(a[0], 1.5);
+        assert_eq!(a[1], -2.25);
+    }
+
+    #[test]
+    fn bf16_encoding_rounds_to_nearest_even() {
+        // 1 + 2^-8 lies exactly between two bf16 values (1 and 1 + 2^-7): ties go to even (1).
+        let tie = 1.0f32 + 2f32.powi(-8);
+        let TensorBytes::BF16(v) = TensorBytes::encode(vec![tie], FloatType::BF16) else {
+            panic!("wrong variant")
+        };
+        assert_eq!(v[0].to_f32(), 1.0);
+    }
+}

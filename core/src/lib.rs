@@ -1,0 +1,24 @@
+//! mergescope's engine: everything that is not pixels.
+//!
+//! Checkpoints on disk flow tensor by tensor through one engine that either measures them or
+//! combines them. This crate holds that engine:
+//!
+//! - [`checkpoint`]: memory-mapped `.safetensors` files, shards and Hugging Face folders;
+//! - [`family`]: a base and N models aligned by tensor name;
+//! - [`layout`]: tensor names parsed into layers and modules;
+//! - [`merge`]: recipes, methods, the planner and the streamed executor;
+//! - [`export`]: atomic, sharded Hugging Face folders;
+//! - [`job`]: progress and cancellation for every long operation;
+//! - [`synth`]: synthetic model families (demo, tests, benchmarks).
+
+pub mod checkpoint;
+pub mod dtype;
+pub mod export;
+pub mod family;
+pub mod job;
+pub mod layout;
+pub mod merge;
+pub mod synth;
+
+pub use checkpoint::{Checkpoint, CheckpointError};
+pub use job::{CancelToken, Job, Progress};

@@ -1,0 +1,225 @@
+//! Runs a [`MergePlan`]: tensors stream through the method in the reference's file order and
+//! into the export, with a bounded number in flight.
+//!
+//! The calling thread computes (rayon parallelises inside each tensor) while a named writer
+//! thread appends finished tensors to the output, so disk writes overlap the next tensor's
+//! reads and arithmetic. The channel between them holds one tensor: at most three outputs exist
+//! at once (being computed, queued, being written), whatever the model's size. Inputs are
+//! memory-mapped: the next tensor's inputs are prefetched while the current one is computed,
+//! and each tensor's input pages are released from the process once it is done.
+
+use std::collections::BTreeMap;
+use std::sync::mpsc::sync_channel;
+
+use super::plan::{MergePlan, PlanError, TaskAction, TensorTask};
+use super::{MethodInputs, methods};
+use crate::dtype::TensorBytes;
+use crate::export::{Export, ExportError, ExportOptions, ExportSummary, OutputTensor, sidecar};
+use crate::family::MemberId;
+use crate::job::{Cancelled, Job};
+
+/// The mergescope version recorded in every output.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Why a merge stopped. Nothing is left in the output folder in any case.
+#[derive(Debug, thiserror::Error)]
+pub enum MergeError {
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error(transparent)]
+    Export(#[from] ExportError),
+    #[error(transparent)]
+    Cancelled(#[from] Cancelled),
+    #[error("tensor `{tensor}`: {method}: {message}")]
+    Method {
+        tensor: String,
+        method: String,
+        message: String,
+    },
+    #[error(
+        "tensor `{tensor}` is {dtype}, which mergescope copies but does not compute on, and {member} \
+         holds different values than {reference}; merge only F32/F16/BF16 tensors or make them equal"
+    )]
+    CopyDiffers {
+        tensor: String,
+        dtype: String,
+        member: String,
+        reference: String,
+    },
+    #[error("cannot start the writer thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Runs the plan and writes the merged model (see the module docs for the data path).
+pub fn execute(
+    plan: &MergePlan,
+    options: &ExportOptions,
+    job: &Job,
+) -> Result<ExportSummary, MergeError> {
+    let tensors: Vec<OutputTensor> = plan
+        .tasks
+        .iter()
+        .map(|t| OutputTensor {
+            name: t.name.clone(),
+            dtype: t.dtype,
+            shape: t.shape.clone(),
+        })
+        .collect();
+    let mut export = Export::begin(options, tensors, output_metadata(plan), &plan.input_paths())?;
+    copy_sidecars(plan, &mut export)?;
+    job.progress.start_stage(
+        format!("merging ({})", plan.method.spec().name),
+        export.data_bytes(),
+    );
+
+    let (sender, receiver) = sync_channel::<TensorBytes>(1);
+    let progress = job.progress.clone();
+    std::thread::scope(|scope| {
+        let writer = std::thread::Builder::new()
+            .name("mergescope-writer".to_owned())
+            .spawn_scoped(scope, move || -> Result<Export, ExportError> {
+                for data in receiver {
+                    let bytes = data.as_bytes();
+                    export.write_next(bytes)?;
+                    progress.add_done(bytes.len() as u64);
+                }
+                Ok(export)
+            })
+            .map_err(MergeError::Thread)?;
+
+        let computed = (|| -> Result<(), MergeError> {
+            for (i, task) in plan.tasks.iter().enumerate() {
+                job.check_cancelled()?;
+                if let Some(next) = plan.tasks.get(i + 1) {
+                    for_each_input(plan, next, |ckpt, index| ckpt.prefetch(index));
+                }
+                let data = compute(plan, task)?;
+                for_each_input(plan, task, |ckpt, index| ckpt.release(index));
+                if sender.send(data).is_err() {
+                    break; // the writer failed; its error is reported below
+                }
+            }
+            Ok(())
+        })();
+        drop(sender);
+        let written = writer
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        computed?;
+        let export = written?;
+        job.check_cancelled()?;
+        job.progress.set_stage("finishing");
+        Ok(export.finish()?)
+    })
+}
+
+fn compute(plan: &MergePlan, task: &TensorTask) -> Result<TensorBytes, MergeError> {
+    let family = &plan.family;
+    let base = family
+        .base
+        .as_ref()
+        .zip(task.base)
+        .map(|(b, i)| b.checkpoint.view(i));
+    let models: Vec<_> = family
+        .models
+        .iter()
+        .zip(&task.models)
+        .map(|(m, &i)| m.checkpoint.view(i))
+        .collect();
+    match &task.action {
+        TaskAction::Merge { out, params } => {
+            let mut values = vec![0f32; task.numel()];
+            let inputs = MethodInputs {
+                base,
+                models,
+                params,
+            };
+            plan.method
+                .merge(&inputs, &mut values)
+                .map_err(|e| MergeError::Method {
+                    tensor: task.name.clone(),
+                    method: plan.method.spec().name.to_owned(),
+                    message: e.0,
+                })?;
+            Ok(TensorBytes::encode(values, *out))
+        }
+        TaskAction::CopyIdentical => {
+            let reference = family
+                .reference()
+                .expect("a planned family has a reference");
+            let all = base.iter().chain(&models);
+            let first = base
+                .or_else(|| models.first().copied())
+                .expect("a task has inputs");
+            for ((_, member), view) in family.members().zip(all) {
+                if view.bytes != first.bytes {
+                    return Err(MergeError::CopyDiffers {
+                        tensor: task.name.clone(),
+                        dtype: crate::family::dtype_name(task.dtype),
+                        member: member.label.clone(),
+                        reference: reference.label.clone(),
+                    });
+                }
+            }
+            Ok(TensorBytes::Raw(first.bytes.to_vec()))
+        }
+    }
+}
+
+fn for_each_input(
+    plan: &MergePlan,
+    task: &TensorTask,
+    mut f: impl FnMut(&crate::checkpoint::Checkpoint, usize),
+) {
+    for (id, member) in plan.family.members() {
+        let index = match id {
+            MemberId::Base => task.base,
+            MemberId::Model(m) => task.models.get(m).copied(),
+        };
+        if let Some(index) = index {
+            f(&member.checkpoint, index);
+        }
+    }
+}
+
+/// `__metadata__` of every shard: the recipe that made it and the tool version, so a merged
+/// model can be reproduced from itself.
+fn output_metadata(plan: &MergePlan) -> BTreeMap<String, String> {
+    let mut meta = BTreeMap::from([
+        ("format".to_owned(), "pt".to_owned()),
+        ("mergescope_version".to_owned(), VERSION.to_owned()),
+        ("mergescope_recipe".to_owned(), plan.recipe.to_yaml()),
+    ]);
+    if let Some(seed) = plan.random_seed {
+        meta.insert("mergescope_random_seed".to_owned(), seed.to_string());
+    }
+    meta
+}
+
+fn copy_sidecars(plan: &MergePlan, export: &mut Export) -> Result<(), ExportError> {
+    let read = |path: std::path::PathBuf| {
+        std::fs::read(&path).map_err(|source| ExportError::Io { path, source })
+    };
+    if let Some(folder) = &plan.config_source {
+        for name in sidecar::present(folder, sidecar::CONFIG_FILES) {
+            let bytes = read(folder.join(name))?;
+            let bytes = if name == "config.json" {
+                sidecar::config_with_dtype(&bytes, plan.output_type)
+            } else {
+                bytes
+            };
+            export.add_file(name, &bytes)?;
+        }
+    }
+    if let Some(folder) = &plan.tokenizer_source {
+        for name in sidecar::present(folder, sidecar::TOKENIZER_FILES) {
+            export.add_file(name, &read(folder.join(name))?)?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether `name` is a merge method mergescope can run now.
+pub fn is_implemented(name: &str) -> bool {
+    matches!(methods::lookup(name), methods::Lookup::Found(_))
+}

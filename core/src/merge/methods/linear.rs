@@ -1,0 +1,132 @@
+//! `linear`: a weighted average of the inputs (Model Soups, Wortsman et al. 2022).
+//! ALGORITHMS.md §2.4.
+
+use crate::merge::kernel::zip_map;
+use crate::merge::{
+    BaseUse, Kind, MergeMethod, MethodError, MethodInputs, MethodSpec, ParamSpec, TensorParams,
+    Value,
+};
+
+#[derive(Debug)]
+pub struct Linear;
+
+static SPEC: MethodSpec = MethodSpec {
+    name: "linear",
+    base: BaseUse::Ignored,
+    params: &[
+        ParamSpec::per_input("weight", Kind::Float, None),
+        ParamSpec::shared("normalize", Kind::Bool, Some(Value::Bool(true))),
+    ],
+    min_models: 1,
+};
+
+impl Linear {
+    /// Weights rounded to f32, as mergekit rounds them before multiplying.
+    fn weights(params: &TensorParams) -> Vec<f32> {
+        (0..params.model_count())
+            .map(|i| params.model_f64(i, "weight") as f32)
+            .collect()
+    }
+}
+
+impl MergeMethod for Linear {
+    fn spec(&self) -> &'static MethodSpec {
+        &SPEC
+    }
+
+    fn check(&self, params: &TensorParams) -> Result<(), String> {
+        let sum: f32 = Self::weights(params).iter().sum();
+        if params.shared_bool("normalize") && sum == 0.0 {
+            // mergekit divides by zero here and writes inf/NaN; refusing is the documented deviation.
+            return Err("the weights sum to 0, so normalizing divides by zero; change a weight or set `normalize: false`".to_owned());
+        }
+        Ok(())
+    }
+
+    fn merge(&self, inputs: &MethodInputs<'_>, out: &mut [f32]) -> Result<(), MethodError> {
+        let weights = Self::weights(inputs.params);
+        let divisor = if inputs.params.shared_bool("normalize") {
+            Some(weights.iter().sum::<f32>())
+        } else {
+            None
+        };
+        zip_map(&inputs.models, out, |xs, o| {
+            o.fill(0.0);
+            for (x, &w) in xs.iter().zip(&weights) {
+                for (o, &x) in o.iter_mut().zip(x.iter()) {
+                    *o += x * w;
+                }
+            }
+            if let Some(d) = divisor {
+                for o in o.iter_mut() {
+                    *o /= d;
+                }
+            }
+        });
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::merge::methods::test_util::{f32_bytes, info, view};
+
+    fn params(weights: &[f64], normalize: bool) -> TensorParams {
+        TensorParams::from_values(
+            vec![("normalize", Value::Bool(normalize))],
+            weights
+                .iter()
+                .map(|w| vec![("weight", Value::Float(*w))])
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn weighted_mean_of_inputs() {
+        let n = 40_000; // several chunks
+        let a: Vec<f32> = (0..n).map(|i| i as f32).collect();
+        let b: Vec<f32> = (0..n).map(|i| -(i as f32) * 0.5).collect();
+        let (ia, ib) = (info("a", n), info("b", n));
+        let (ba, bb) = (f32_bytes(&a), f32_bytes(&b));
+        let p = params(&[3.0, 1.0], true);
+        let inputs = MethodInputs {
+            base: None,
+            models: vec![view(&ia, &ba), view(&ib, &bb)],
+            params: &p,
+        };
+        let mut out = vec![0.0; n];
+        Linear.merge(&inputs, &mut out).unwrap();
+        for i in [0, 1, 16_384, n - 1] {
+            let expected = (3.0 * a[i] + b[i]) / 4.0;
+            assert!(
+                (out[i] - expected).abs() <= 1e-6 * expected.abs().max(1.0),
+                "{i}"
+            );
+        }
+    }
+
+    #[test]
+    fn merging_a_model_with_itself_gives_it_back() {
+        let a: Vec<f32> = (0..1000).map(|i| (i as f32 * 0.37).sin()).collect();
+        let ia = info("a", a.len());
+        let ba = f32_bytes(&a);
+        let p = params(&[0.3, 0.7], true);
+        let inputs = MethodInputs {
+            base: None,
+            models: vec![view(&ia, &ba), view(&ia, &ba)],
+            params: &p,
+        };
+        let mut out = vec![0.0; a.len()];
+        Linear.merge(&inputs, &mut out).unwrap();
+        for (o, x) in out.iter().zip(&a) {
+            assert!((o - x).abs() <= 2.0 * f32::EPSILON * x.abs());
+        }
+    }
+
+    #[test]
+    fn refuses_zero_weight_sum_when_normalizing() {
+        assert!(Linear.check(&params(&[1.0, -1.0], true)).is_err());
+        assert!(Linear.check(&params(&[1.0, -1.0], false)).is_ok());
+    }
+}

@@ -1,0 +1,61 @@
+//! The merge engine: recipes, methods, planning and the streamed execution.
+//!
+//! A [`recipe::Recipe`] and the checkpoints it names become a [`plan::MergePlan`]: one
+//! [`plan::TensorTask`] per output tensor, with every parameter resolved and every input
+//! checked before a byte is written. [`engine::execute`] then streams the tasks in the base's
+//! file order through the [`MergeMethod`]s into an [`crate::export::Export`].
+
+pub mod engine;
+pub mod kernel;
+pub mod methods;
+pub mod params;
+pub mod plan;
+pub mod recipe;
+
+use crate::checkpoint::TensorView;
+pub use params::{Kind, ParamSpec, Scope, TensorParams, Value};
+
+/// How a method treats `base_model`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BaseUse {
+    /// The base is a separate input (task vectors are taken against it); the recipe must name one.
+    Required,
+    /// No base concept: a configured `base_model` becomes one more ordinary input (mergekit).
+    Ignored,
+}
+
+/// What a method is and what it reads.
+#[derive(Debug)]
+pub struct MethodSpec {
+    pub name: &'static str,
+    pub base: BaseUse,
+    pub params: &'static [ParamSpec],
+    /// Fewest non-base inputs the method accepts.
+    pub min_models: usize,
+}
+
+/// The inputs of one tensor, as a method sees them.
+#[derive(Clone, Debug)]
+pub struct MethodInputs<'a> {
+    pub base: Option<TensorView<'a>>,
+    pub models: Vec<TensorView<'a>>,
+    pub params: &'a TensorParams,
+}
+
+/// A merge method failed on a tensor for a reason the plan could not foresee.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct MethodError(pub String);
+
+/// A merge method: one file per method under `merge/methods/`.
+pub trait MergeMethod: Sync + std::fmt::Debug {
+    fn spec(&self) -> &'static MethodSpec;
+
+    /// Plan-time check of one tensor's parameters (before anything is written).
+    fn check(&self, _params: &TensorParams) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Computes the merged tensor into `out` (its length is the tensor's element count).
+    fn merge(&self, inputs: &MethodInputs<'_>, out: &mut [f32]) -> Result<(), MethodError>;
+}

@@ -1,0 +1,254 @@
+//! Method parameters: what each method declares ([`ParamSpec`]) and their values resolved for
+//! one tensor ([`TensorParams`]), following the scopes and precedence of ALGORITHMS.md §1.4.
+
+use std::path::Path;
+
+use super::recipe::{ModelEntry, Recipe, RecipeError, Scalar};
+
+/// Who a parameter belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// One value per output tensor (`normalize`, `lambda`, `t`).
+    Shared,
+    /// One value per input, the base included when the method treats it as an input.
+    PerInput,
+    /// One value per non-base input (`weight` of the task-arithmetic family).
+    PerNonBase,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Float,
+    Bool,
+    Int,
+}
+
+/// A resolved parameter value.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Value {
+    Float(f64),
+    Bool(bool),
+    Int(i64),
+}
+
+/// One parameter a method reads.
+#[derive(Clone, Copy, Debug)]
+pub struct ParamSpec {
+    pub name: &'static str,
+    pub scope: Scope,
+    pub kind: Kind,
+    /// `None`: required.
+    pub default: Option<Value>,
+}
+
+impl ParamSpec {
+    pub const fn shared(name: &'static str, kind: Kind, default: Option<Value>) -> Self {
+        Self {
+            name,
+            scope: Scope::Shared,
+            kind,
+            default,
+        }
+    }
+    pub const fn per_input(name: &'static str, kind: Kind, default: Option<Value>) -> Self {
+        Self {
+            name,
+            scope: Scope::PerInput,
+            kind,
+            default,
+        }
+    }
+    pub const fn per_non_base(name: &'static str, kind: Kind, default: Option<Value>) -> Self {
+        Self {
+            name,
+            scope: Scope::PerNonBase,
+            kind,
+            default,
+        }
+    }
+}
+
+/// Parameter values for one tensor: shared ones, and one set per non-base input (in the order
+/// of the method's inputs).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TensorParams {
+    shared: Vec<(&'static str, Value)>,
+    models: Vec<Vec<(&'static str, Value)>>,
+}
+
+impl TensorParams {
+    /// Parameters given directly (the GUI's sliders, tests) rather than resolved from a recipe.
+    pub fn from_values(
+        shared: Vec<(&'static str, Value)>,
+        models: Vec<Vec<(&'static str, Value)>>,
+    ) -> Self {
+        Self { shared, models }
+    }
+
+    fn lookup(list: &[(&'static str, Value)], name: &str) -> Value {
+        list.iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| *v)
+            .unwrap_or_else(|| {
+                panic!("parameter `{name}` read but not declared in the method's spec")
+            })
+    }
+
+    pub fn shared(&self, name: &str) -> Value {
+        Self::lookup(&self.shared, name)
+    }
+
+    pub fn model(&self, model: usize, name: &str) -> Value {
+        Self::lookup(&self.models[model], name)
+    }
+
+    pub fn shared_f64(&self, name: &str) -> f64 {
+        self.shared(name).as_f64()
+    }
+
+    pub fn shared_bool(&self, name: &str) -> bool {
+        self.shared(name).as_bool()
+    }
+
+    pub fn model_f64(&self, model: usize, name: &str) -> f64 {
+        self.model(model, name).as_f64()
+    }
+
+    pub fn model_count(&self) -> usize {
+        self.models.len()
+    }
+}
+
+impl Value {
+    pub fn as_f64(self) -> f64 {
+        match self {
+            Self::Float(x) => x,
+            Self::Int(i) => i as f64,
+            Self::Bool(b) => panic!("boolean {b} read as a number; the spec declares the kind"),
+        }
+    }
+
+    pub fn as_bool(self) -> bool {
+        match self {
+            Self::Bool(b) => b,
+            other => panic!("{other:?} read as a boolean; the spec declares the kind"),
+        }
+    }
+}
+
+/// Where a method input's own `parameters:` come from: its `models:` entry, or nothing when it
+/// is a `base_model` appended as an extra input.
+#[derive(Clone, Copy, Debug)]
+pub struct InputSource<'r> {
+    pub entry: Option<(usize, &'r ModelEntry)>,
+}
+
+/// Resolves parameters for tensors, reporting problems against the recipe file.
+pub struct Resolver<'r> {
+    pub recipe: &'r Recipe,
+    pub file: &'r Path,
+    pub method: &'static str,
+    pub specs: &'static [ParamSpec],
+}
+
+impl Resolver<'_> {
+    /// Resolves every declared parameter for `tensor` at depth `t`. `inputs` are the method's
+    /// non-base inputs; per-input parameters of the base are not read by any method yet.
+    pub fn resolve(
+        &self,
+        tensor: &str,
+        t: f64,
+        inputs: &[InputSource<'_>],
+    ) -> Result<TensorParams, RecipeError> {
+        let mut params = TensorParams {
+            shared: Vec::new(),
+            models: vec![Vec::new(); inputs.len()],
+        };
+        for spec in self.specs {
+            match spec.scope {
+                Scope::Shared => {
+                    let v = self.resolve_one(spec, tensor, t, None)?;
+                    params.shared.push((spec.name, v));
+                }
+                Scope::PerInput | Scope::PerNonBase => {
+                    for (slot, input) in params.models.iter_mut().zip(inputs) {
+                        let v = self.resolve_one(spec, tensor, t, input.entry)?;
+                        slot.push((spec.name, v));
+                    }
+                }
+            }
+        }
+        Ok(params)
+    }
+
+    fn resolve_one(
+        &self,
+        spec: &ParamSpec,
+        tensor: &str,
+        t: f64,
+        entry: Option<(usize, &ModelEntry)>,
+    ) -> Result<Value, RecipeError> {
+        let own = entry.and_then(|(i, e)| {
+            let value = e.parameters.get(spec.name)?.evaluate(tensor, t)?;
+            Some((format!("models[{i}].parameters.{}", spec.name), value))
+        });
+        let global = || {
+            let value = self.recipe.parameters.get(spec.name)?.evaluate(tensor, t)?;
+            Some((format!("parameters.{}", spec.name), value))
+        };
+        match own.or_else(global) {
+            Some((key, scalar)) => self.check_kind(spec, &key, &scalar),
+            None => spec.default.ok_or_else(|| RecipeError::MissingParameter {
+                file: self.file.to_path_buf(),
+                key: match entry {
+                    Some((i, _)) => format!("models[{i}].parameters.{}", spec.name),
+                    None => format!("parameters.{}", spec.name),
+                },
+                method: self.method.to_owned(),
+                tensor: tensor.to_owned(),
+            }),
+        }
+    }
+
+    fn check_kind(
+        &self,
+        spec: &ParamSpec,
+        key: &str,
+        scalar: &Scalar,
+    ) -> Result<Value, RecipeError> {
+        let bad = |expected: &str| RecipeError::BadValue {
+            file: self.file.to_path_buf(),
+            key: key.to_owned(),
+            message: format!("expected {expected}, found {}", scalar.describe()),
+        };
+        match (spec.kind, scalar) {
+            (Kind::Float, Scalar::Number(x)) if x.is_finite() => Ok(Value::Float(*x)),
+            (Kind::Float, _) => Err(bad("a finite number")),
+            (Kind::Int, Scalar::Number(x)) if x.fract() == 0.0 && x.abs() < 9.0e15 => {
+                Ok(Value::Int(*x as i64))
+            }
+            (Kind::Int, _) => Err(bad("a whole number")),
+            (Kind::Bool, Scalar::Bool(b)) => Ok(Value::Bool(*b)),
+            (Kind::Bool, _) => Err(bad("true or false")),
+        }
+    }
+
+    /// Parameter names the recipe sets that this method never reads (mergekit ignores them
+    /// silently; mergescope says so).
+    pub fn unused_keys(&self) -> Vec<String> {
+        let known = |name: &str| self.specs.iter().any(|s| s.name == name);
+        let global = self
+            .recipe
+            .parameters
+            .keys()
+            .filter(|k| !known(k))
+            .map(|k| format!("parameters.{k}"));
+        let per_model = self.recipe.models.iter().enumerate().flat_map(|(i, m)| {
+            m.parameters
+                .keys()
+                .filter(|k| !known(k))
+                .map(move |k| format!("models[{i}].parameters.{k}"))
+        });
+        global.chain(per_model).collect()
+    }
+}
