@@ -122,10 +122,10 @@ impl TensorBytes {
         match ty {
             FloatType::F32 => Self::F32(values),
             FloatType::F16 => Self::F16(encode_with(&values, f16::ZERO, |dst, src| {
-                dst.convert_from_f32_slice(src)
+                dst.convert_from_f32_slice(src);
             })),
             FloatType::BF16 => Self::BF16(encode_with(&values, bf16::ZERO, |dst, src| {
-                dst.convert_from_f32_slice(src)
+                dst.convert_from_f32_slice(src);
             })),
         }
     }

@@ -5,7 +5,7 @@
 //! cheap shared handles, so a UI thread or a CLI progress bar polls them while a worker runs.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// A flag that asks a running operation to stop. Clones share the flag.
 #[derive(Clone, Debug, Default)]
@@ -28,11 +28,23 @@ impl CancelToken {
 #[derive(Clone, Debug, Default)]
 pub struct Progress(Arc<ProgressState>);
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct ProgressState {
     done: AtomicU64,
     total: AtomicU64,
     stage: Mutex<String>,
+    observer: OnceLock<Box<dyn Fn() + Send + Sync>>,
+}
+
+impl std::fmt::Debug for ProgressState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProgressState")
+            .field("done", &self.done)
+            .field("total", &self.total)
+            .field("stage", &self.stage)
+            .field("observed", &self.observer.get().is_some())
+            .finish()
+    }
 }
 
 /// A consistent-enough copy of [`Progress`] for display.
@@ -76,6 +88,16 @@ impl Progress {
 
     pub fn add_done(&self, bytes: u64) {
         self.0.done.fetch_add(bytes, Ordering::Relaxed);
+        if let Some(observer) = self.0.observer.get() {
+            observer();
+        }
+    }
+
+    /// Registers a function called, on the working thread, every time work advances: a GUI
+    /// passes one that requests a repaint, so it redraws when there is news instead of
+    /// polling. Only the first observer registered is kept; returns whether this one was.
+    pub fn set_observer(&self, observer: impl Fn() + Send + Sync + 'static) -> bool {
+        self.0.observer.set(Box::new(observer)).is_ok()
     }
 
     pub fn snapshot(&self) -> ProgressSnapshot {

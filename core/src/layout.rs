@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::checkpoint::ModelConfig;
+use crate::checkpoint::{Checkpoint, ModelConfig};
 
 /// What kind of module a tensor belongs to.
 #[derive(
@@ -261,10 +261,7 @@ impl Architecture {
     }
 
     /// Detects the family from `config.json` when present, else from tensor names.
-    pub fn detect<'a>(
-        config: Option<&ModelConfig>,
-        names: impl IntoIterator<Item = &'a str> + Clone,
-    ) -> Self {
+    pub fn detect(config: Option<&ModelConfig>, names: &[&str]) -> Self {
         if let Some(config) = config {
             let id = format!(
                 "{} {}",
@@ -290,7 +287,7 @@ impl Architecture {
                 return *arch;
             }
         }
-        let any = |pattern: &str| names.clone().into_iter().any(|n| n.contains(pattern));
+        let any = |pattern: &str| names.iter().any(|n| n.contains(pattern));
         if any(".self_attn.q_proj") && any("layers.") && !any("vision_model") && !any("text_model")
         {
             Self::LlamaLike
@@ -326,11 +323,18 @@ pub struct Layout {
 }
 
 impl Layout {
-    pub fn from_names<'a>(
-        config: Option<&ModelConfig>,
-        names: impl IntoIterator<Item = &'a str> + Clone,
-    ) -> Self {
-        let architecture = Architecture::detect(config, names.clone());
+    /// The layout of an opened checkpoint.
+    pub fn of_checkpoint(checkpoint: &Checkpoint) -> Self {
+        let names: Vec<&str> = checkpoint
+            .tensors()
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect();
+        Self::from_names(checkpoint.config(), &names)
+    }
+
+    pub fn from_names(config: Option<&ModelConfig>, names: &[&str]) -> Self {
+        let architecture = Architecture::detect(config, names);
         let mut stacks: BTreeMap<String, usize> = BTreeMap::new();
         for name in names {
             if let Some((stack, block)) = split_block(name) {
@@ -487,7 +491,7 @@ mod tests {
             "model.norm.weight",
             "lm_head.weight",
         ];
-        let layout = Layout::from_names(None, names.iter().copied());
+        let layout = Layout::from_names(None, &names);
         assert_eq!(layout.architecture, Architecture::Generic);
         assert_eq!(layout.num_layers(), 4);
         assert_eq!(layout.depth("model.layers.0.mlp.up_proj.weight"), 0.0);
@@ -497,18 +501,16 @@ mod tests {
         assert_eq!(layout.depth("lm_head.weight"), 0.0);
         assert_eq!(layout.depth("model.norm.weight"), 0.0);
 
-        let single = Layout::from_names(None, ["blocks.0.w.weight"].iter().copied());
+        let single = Layout::from_names(None, &["blocks.0.w.weight"]);
         assert_eq!(single.depth("blocks.0.w.weight"), 1.0);
 
         let t5 = Layout::from_names(
             None,
-            [
+            &[
                 "encoder.block.0.x.weight",
                 "encoder.block.5.x.weight",
                 "decoder.block.2.x.weight",
-            ]
-            .iter()
-            .copied(),
+            ],
         );
         assert_eq!(t5.stacks["encoder.block"], 6);
         assert_eq!(t5.stacks["decoder.block"], 3);
@@ -518,23 +520,14 @@ mod tests {
     #[test]
     fn detects_families_from_names() {
         let llama = ["model.layers.0.self_attn.q_proj.weight"];
-        assert_eq!(
-            Architecture::detect(None, llama.iter().copied()),
-            Architecture::LlamaLike
-        );
+        assert_eq!(Architecture::detect(None, &llama), Architecture::LlamaLike);
         let gpt2 = ["h.0.attn.c_attn.weight"];
-        assert_eq!(
-            Architecture::detect(None, gpt2.iter().copied()),
-            Architecture::Gpt2
-        );
+        assert_eq!(Architecture::detect(None, &gpt2), Architecture::Gpt2);
         let t5 = ["encoder.block.0.layer.0.SelfAttention.q.weight"];
-        assert_eq!(
-            Architecture::detect(None, t5.iter().copied()),
-            Architecture::T5
-        );
+        assert_eq!(Architecture::detect(None, &t5), Architecture::T5);
         let unet = ["down_blocks.0.resnets.0.conv1.weight"];
         assert_eq!(
-            Architecture::detect(None, unet.iter().copied()),
+            Architecture::detect(None, &unet),
             Architecture::StableDiffusionUnet
         );
     }

@@ -212,7 +212,7 @@ impl SynthFamily {
         // Task vectors grow with depth and differ per model in strength and in the sign of the
         // shared direction (model 1 agrees with model 2, model 3 opposes them, ...).
         let delta_std = if is_norm { 0.01 } else { base_std * 0.05 } * (0.5 + depth);
-        let shared_sign = if model % 3 == 0 { -1.0 } else { 1.0 };
+        let shared_sign = if model.is_multiple_of(3) { -1.0 } else { 1.0 };
         let shared_weight = 0.7 * shared_sign;
         let private_weight = 0.3 + 0.2 * (model % 2) as f32;
 
@@ -265,7 +265,7 @@ pub enum SynthError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checkpoint::Checkpoint;
+    use crate::checkpoint::{Checkpoint, ModelConfig};
 
     #[test]
     fn writes_a_family_that_opens_and_is_reproducible() {
@@ -286,7 +286,7 @@ mod tests {
         let ft = Checkpoint::open(&folders[1]).unwrap();
         assert!(base.shards().len() > 1);
         assert_eq!(base.tensors().len(), 2 + 9 * 2 + 1);
-        assert_eq!(base.config().and_then(|c| c.num_layers()), Some(2));
+        assert_eq!(base.config().and_then(ModelConfig::num_layers), Some(2));
         let q = base
             .index_of("model.layers.1.self_attn.q_proj.weight")
             .unwrap();

@@ -24,10 +24,7 @@ pub struct Args {
 
 pub fn run(args: &Args) -> Result<(), Failure> {
     let checkpoint = Checkpoint::open(&args.path)?;
-    let layout = Layout::from_names(
-        checkpoint.config(),
-        checkpoint.tensors().iter().map(|t| t.name.as_str()),
-    );
+    let layout = Layout::of_checkpoint(&checkpoint);
     let text = if args.json {
         let mut text = serde_json::to_string_pretty(&as_json(&checkpoint, &layout))?;
         text.push('\n');
@@ -168,7 +165,7 @@ fn group_digits(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

@@ -344,7 +344,7 @@ impl Export {
         bytes.push(b'\n');
         let path = self.staging.path.join(INDEX_FILE_NAME);
         std::fs::write(&path, bytes).map_err(|source| ExportError::Io { path, source })?;
-        let file = File::open(&self.staging.path.join(INDEX_FILE_NAME)).ok();
+        let file = File::open(self.staging.path.join(INDEX_FILE_NAME)).ok();
         if let Some(f) = file {
             let _ = f.sync_all();
         }

@@ -13,6 +13,7 @@ use std::sync::mpsc::sync_channel;
 
 use super::plan::{MergePlan, PlanError, TaskAction, TensorTask};
 use super::{MethodInputs, methods};
+use crate::checkpoint::Checkpoint;
 use crate::dtype::TensorBytes;
 use crate::export::{Export, ExportError, ExportOptions, ExportSummary, OutputTensor, sidecar};
 use crate::family::MemberId;
@@ -91,10 +92,10 @@ pub fn execute(
             for (i, task) in plan.tasks.iter().enumerate() {
                 job.check_cancelled()?;
                 if let Some(next) = plan.tasks.get(i + 1) {
-                    for_each_input(plan, next, |ckpt, index| ckpt.prefetch(index));
+                    for_each_input(plan, next, Checkpoint::prefetch);
                 }
                 let data = compute(plan, task)?;
-                for_each_input(plan, task, |ckpt, index| ckpt.release(index));
+                for_each_input(plan, task, Checkpoint::release);
                 if sender.send(data).is_err() {
                     break; // the writer failed; its error is reported below
                 }
@@ -166,11 +167,7 @@ fn compute(plan: &MergePlan, task: &TensorTask) -> Result<TensorBytes, MergeErro
     }
 }
 
-fn for_each_input(
-    plan: &MergePlan,
-    task: &TensorTask,
-    mut f: impl FnMut(&crate::checkpoint::Checkpoint, usize),
-) {
+fn for_each_input(plan: &MergePlan, task: &TensorTask, mut f: impl FnMut(&Checkpoint, usize)) {
     for (id, member) in plan.family.members() {
         let index = match id {
             MemberId::Base => task.base,

@@ -253,10 +253,7 @@ impl MergePlan {
         check_alignment(&file, &reference, &alignment.issues, &mut warnings)?;
 
         let reference_ckpt = &reference.checkpoint;
-        let layout = Layout::from_names(
-            reference_ckpt.config(),
-            reference_ckpt.tensors().iter().map(|t| t.name.as_str()),
-        );
+        let layout = Layout::of_checkpoint(reference_ckpt);
         let compute = recipe.compute_type(&file)?;
         let output = recipe.output_type(&file)?;
         let resolver = Resolver {

@@ -1,0 +1,92 @@
+//! Running the command line as a real process.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+/// The result of one run, with assertions that print everything on failure.
+#[derive(Debug)]
+pub struct Run {
+    pub args: Vec<String>,
+    pub output: Output,
+}
+
+impl Run {
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.output.stdout).into_owned()
+    }
+
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.output.stderr).into_owned()
+    }
+
+    pub fn code(&self) -> Option<i32> {
+        self.output.status.code()
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "mergescope {}\nexit: {:?}\n--- stdout\n{}--- stderr\n{}",
+            self.args.join(" "),
+            self.code(),
+            self.stdout(),
+            self.stderr()
+        )
+    }
+
+    pub fn assert_success(&self) -> &Self {
+        assert_eq!(
+            self.code(),
+            Some(0),
+            "expected success\n{}",
+            self.describe()
+        );
+        self
+    }
+
+    /// Exit code 1 and exactly one line on stderr (`error: ...`) containing every `needle`.
+    pub fn assert_user_error(&self, needles: &[&str]) -> String {
+        assert_eq!(
+            self.code(),
+            Some(1),
+            "expected exit code 1\n{}",
+            self.describe()
+        );
+        let stderr = self.stderr();
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        let errors: Vec<&&str> = lines.iter().filter(|l| l.starts_with("error: ")).collect();
+        assert_eq!(
+            errors.len(),
+            1,
+            "expected one error line\n{}",
+            self.describe()
+        );
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("backtrace"),
+            "{}",
+            self.describe()
+        );
+        let line = (*errors[0]).to_owned();
+        for needle in needles {
+            assert!(
+                line.contains(needle),
+                "error line lacks `{needle}`\n{}",
+                self.describe()
+            );
+        }
+        line
+    }
+}
+
+/// Runs `bin` (pass `env!("CARGO_BIN_EXE_mergescope-cli")`) with `args` in `cwd`.
+pub fn run(bin: &str, cwd: &Path, args: &[&str]) -> Run {
+    let output = Command::new(bin)
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .expect("the mergescope binary runs");
+    Run {
+        args: args.iter().map(|s| (*s).to_owned()).collect(),
+        output,
+    }
+}

@@ -1,0 +1,159 @@
+//! The parity checker of `shared/parity/compare.py`, in Rust, so CI needs no Python.
+//!
+//! Same criteria per tensor: names, shapes and dtypes must match; `exact` requires every element
+//! within `atol * max|e| + rtol * |e_i|` and a relative L2 error within `l2`; `selection`
+//! allows up to 0.1% flipped elements at a looser L2; `bf16` uses atol = rtol = 2^-6.
+
+use std::path::Path;
+
+use crate::fixture::read_folder;
+
+/// Tolerances of one comparison class (compare.py's DEFAULTS).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Tolerance {
+    pub rtol: f64,
+    pub atol: f64,
+    pub l2: f64,
+    pub bad_frac: f64,
+}
+
+impl Tolerance {
+    pub const EXACT: Self = Self {
+        rtol: 1e-5,
+        atol: 1e-5,
+        l2: 1e-5,
+        bad_frac: 0.0,
+    };
+    pub const EXACT_SELECTION: Self = Self {
+        rtol: 1e-5,
+        atol: 1e-5,
+        l2: 2e-3,
+        bad_frac: 1e-3,
+    };
+    pub const BF16: Self = Self {
+        rtol: 1.0 / 64.0,
+        atol: 1.0 / 64.0,
+        l2: 4e-3,
+        bad_frac: 1e-3,
+    };
+
+    /// The class MANIFEST.json assigns to `expected/<recipe>`.
+    pub fn for_recipe(manifest: &Path, recipe: &str) -> Self {
+        let text = std::fs::read_to_string(manifest).expect("MANIFEST.json is readable");
+        let json: serde_json::Value = serde_json::from_str(&text).expect("MANIFEST.json is JSON");
+        let compare = &json["methods"][recipe]["compare"];
+        match (
+            compare["mode"].as_str(),
+            compare["selection"].as_bool().unwrap_or(false),
+        ) {
+            (Some("exact"), false) => Self::EXACT,
+            (Some("exact"), true) => Self::EXACT_SELECTION,
+            (Some("bf16"), _) => Self::BF16,
+            other => panic!("{recipe}: comparison class {other:?} is not ported to Rust yet"),
+        }
+    }
+}
+
+/// Figures for one tensor.
+#[derive(Clone, Debug)]
+pub struct TensorReport {
+    pub name: String,
+    pub max_abs: f64,
+    pub rel_l2: f64,
+    pub bad: usize,
+    pub ok: bool,
+}
+
+/// Compares two folders; `Err` lists every problem (like compare.py's FAIL output).
+pub fn compare_folders(
+    produced: &Path,
+    expected: &Path,
+    tol: Tolerance,
+) -> Result<Vec<TensorReport>, String> {
+    let p = read_folder(produced);
+    let e = read_folder(expected);
+    let mut problems = Vec::new();
+    for name in p.keys().filter(|n| !e.contains_key(*n)) {
+        problems.push(format!("unexpected tensor {name}"));
+    }
+    for name in e.keys().filter(|n| !p.contains_key(*n)) {
+        problems.push(format!("missing tensor {name}"));
+    }
+    let mut reports = Vec::new();
+    for (name, (e_dtype, e_shape, e_values)) in &e {
+        let Some((p_dtype, p_shape, p_values)) = p.get(name) else {
+            continue;
+        };
+        if p_shape != e_shape {
+            problems.push(format!("{name}: shape {p_shape:?} != expected {e_shape:?}"));
+            continue;
+        }
+        if p_dtype != e_dtype {
+            problems.push(format!("{name}: dtype {p_dtype:?} != expected {e_dtype:?}"));
+        }
+        let report = compare_tensor(name, p_values, e_values, tol);
+        if !report.ok {
+            problems.push(format!(
+                "{name}: out of tolerance (max-abs {:.3e}, rel-L2 {:.3e}, bad {})",
+                report.max_abs, report.rel_l2, report.bad
+            ));
+        }
+        reports.push(report);
+    }
+    if problems.is_empty() {
+        Ok(reports)
+    } else {
+        Err(problems.join("\n"))
+    }
+}
+
+pub fn compare_tensor(name: &str, p: &[f64], e: &[f64], tol: Tolerance) -> TensorReport {
+    let scale = e.iter().fold(0f64, |m, v| m.max(v.abs()));
+    let e_norm = e.iter().map(|v| v * v).sum::<f64>().sqrt();
+    let diff_norm = p
+        .iter()
+        .zip(e)
+        .map(|(a, b)| (a - b) * (a - b))
+        .sum::<f64>()
+        .sqrt();
+    let mut bad = 0;
+    let mut max_abs = 0f64;
+    let mut finite = true;
+    for (a, b) in p.iter().zip(e) {
+        let d = (a - b).abs();
+        max_abs = max_abs.max(d);
+        finite &= a.is_finite();
+        if d > tol.atol * scale + tol.rtol * b.abs() {
+            bad += 1;
+        }
+    }
+    let rel_l2 = if e_norm > 0.0 {
+        diff_norm / e_norm
+    } else {
+        diff_norm
+    };
+    let allowed = (tol.bad_frac * e.len() as f64).floor() as usize;
+    TensorReport {
+        name: name.to_owned(),
+        max_abs,
+        rel_l2,
+        bad,
+        ok: finite && bad <= allowed && rel_l2 <= tol.l2,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_checker_rejects_what_it_should() {
+        let e = vec![1.0, -2.0, 3.0, 0.5];
+        assert!(compare_tensor("t", &e, &e, Tolerance::EXACT).ok);
+        let mut p = e.clone();
+        p[2] += 1e-3;
+        assert!(!compare_tensor("t", &p, &e, Tolerance::EXACT).ok);
+        p[2] = f64::NAN;
+        assert!(!compare_tensor("t", &p, &e, Tolerance::BF16).ok);
+    }
+}

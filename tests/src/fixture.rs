@@ -1,0 +1,254 @@
+//! Model files written by the tests, with the `safetensors` crate's own serializer.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use half::{bf16, f16};
+use safetensors::Dtype;
+use safetensors::tensor::TensorView;
+
+/// A tensor with its values in f32 (stored in whatever dtype a writer is asked for).
+#[derive(Clone, Debug)]
+pub struct Tensor {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub values: Vec<f32>,
+}
+
+impl Tensor {
+    pub fn new(name: &str, shape: &[usize], f: impl Fn(usize) -> f32) -> Self {
+        let n = shape.iter().product();
+        Self {
+            name: name.to_owned(),
+            shape: shape.to_vec(),
+            values: (0..n).map(f).collect(),
+        }
+    }
+}
+
+/// Little-endian bytes of `values` in `dtype` (F32, F16 or BF16; round to nearest even).
+pub fn encode(values: &[f32], dtype: Dtype) -> Vec<u8> {
+    match dtype {
+        Dtype::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        Dtype::F16 => values
+            .iter()
+            .flat_map(|v| f16::from_f32(*v).to_le_bytes())
+            .collect(),
+        Dtype::BF16 => values
+            .iter()
+            .flat_map(|v| bf16::from_f32(*v).to_le_bytes())
+            .collect(),
+        other => panic!("fixture dtype {other:?} not supported"),
+    }
+}
+
+/// The value a reader should see after `v` was stored in `dtype`.
+pub fn round_trip(v: f32, dtype: Dtype) -> f32 {
+    match dtype {
+        Dtype::F16 => f16::from_f32(v).to_f32(),
+        Dtype::BF16 => bf16::from_f32(v).to_f32(),
+        _ => v,
+    }
+}
+
+/// Writes one `.safetensors` file.
+pub fn write_file(path: &Path, tensors: &[Tensor], dtype: Dtype) {
+    let data: Vec<(String, Vec<u8>)> = tensors
+        .iter()
+        .map(|t| (t.name.clone(), encode(&t.values, dtype)))
+        .collect();
+    let views: Vec<(String, TensorView<'_>)> = tensors
+        .iter()
+        .zip(&data)
+        .map(|(t, (_, bytes))| {
+            (
+                t.name.clone(),
+                TensorView::new(dtype, t.shape.clone(), bytes).expect("valid view"),
+            )
+        })
+        .collect();
+    let meta = std::collections::HashMap::from([("format".to_owned(), "pt".to_owned())]);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).expect("create folder");
+    }
+    safetensors::serialize_to_file(views, Some(meta), path).expect("write safetensors");
+}
+
+/// Writes a Hugging Face folder sharded `per_shard` tensors at a time, with its index.
+pub fn write_sharded(folder: &Path, tensors: &[Tensor], dtype: Dtype, per_shard: usize) {
+    let chunks: Vec<&[Tensor]> = tensors.chunks(per_shard).collect();
+    let count = chunks.len();
+    let mut weight_map = BTreeMap::new();
+    for (i, chunk) in chunks.iter().enumerate() {
+        let name = format!("model-{:05}-of-{count:05}.safetensors", i + 1);
+        write_file(&folder.join(&name), chunk, dtype);
+        for t in *chunk {
+            weight_map.insert(t.name.clone(), name.clone());
+        }
+    }
+    let index = serde_json::json!({"metadata": {"total_size": 0}, "weight_map": weight_map});
+    std::fs::write(
+        folder.join("model.safetensors.index.json"),
+        serde_json::to_vec_pretty(&index).unwrap(),
+    )
+    .unwrap();
+}
+
+/// Writes a Hugging Face folder with one `model.safetensors`, a Llama `config.json` and a
+/// tokenizer file whose content names the model (to check which tokenizer was copied).
+pub fn write_model_folder(
+    folder: &Path,
+    tensors: &[Tensor],
+    dtype: Dtype,
+    layers: usize,
+) -> PathBuf {
+    write_file(&folder.join("model.safetensors"), tensors, dtype);
+    write_config(folder, layers, dtype);
+    folder.to_path_buf()
+}
+
+pub fn write_config(folder: &Path, layers: usize, dtype: Dtype) {
+    std::fs::create_dir_all(folder).unwrap();
+    let torch_dtype = match dtype {
+        Dtype::BF16 => "bfloat16",
+        Dtype::F16 => "float16",
+        _ => "float32",
+    };
+    let config = serde_json::json!({
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "num_hidden_layers": layers,
+        "torch_dtype": torch_dtype,
+    });
+    std::fs::write(
+        folder.join("config.json"),
+        serde_json::to_vec_pretty(&config).unwrap(),
+    )
+    .unwrap();
+    let name = folder.file_name().unwrap().to_string_lossy();
+    std::fs::write(
+        folder.join("tokenizer.json"),
+        format!("{{\"model\": \"{name}\"}}"),
+    )
+    .unwrap();
+}
+
+/// A small Llama-like tensor set: `layers` blocks of attention, MLP and norms, plus embedding,
+/// final norm and head. `variant` shifts every value, so variants are different models.
+pub fn llama_tensors(layers: usize, variant: u32) -> Vec<Tensor> {
+    let h = 8;
+    let shift = variant as f32 * 0.125;
+    let value = move |salt: usize| {
+        move |i: usize| {
+            ((i * 7 + salt * 13) % 23) as f32 * 0.0625 - 0.7 + shift * (1.0 + (i % 3) as f32)
+        }
+    };
+    let mut out = vec![Tensor::new("model.embed_tokens.weight", &[16, h], value(1))];
+    for l in 0..layers {
+        let p = format!("model.layers.{l}");
+        out.push(Tensor::new(
+            &format!("{p}.input_layernorm.weight"),
+            &[h],
+            value(10 + l),
+        ));
+        out.push(Tensor::new(
+            &format!("{p}.self_attn.q_proj.weight"),
+            &[h, h],
+            value(20 + l),
+        ));
+        out.push(Tensor::new(
+            &format!("{p}.self_attn.o_proj.weight"),
+            &[h, h],
+            value(30 + l),
+        ));
+        out.push(Tensor::new(
+            &format!("{p}.mlp.up_proj.weight"),
+            &[2 * h, h],
+            value(40 + l),
+        ));
+        out.push(Tensor::new(
+            &format!("{p}.mlp.down_proj.weight"),
+            &[h, 2 * h],
+            value(50 + l),
+        ));
+    }
+    out.push(Tensor::new("model.norm.weight", &[h], value(2)));
+    out.push(Tensor::new("lm_head.weight", &[16, h], value(3)));
+    out
+}
+
+/// Every tensor of a folder (index or any set of `*.safetensors`), decoded to f64, read with
+/// the safetensors crate only.
+pub fn read_folder(folder: &Path) -> BTreeMap<String, (Dtype, Vec<usize>, Vec<f64>)> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(folder)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .collect();
+    files.sort();
+    let mut out = BTreeMap::new();
+    for file in files {
+        let bytes = std::fs::read(&file).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        for (name, view) in st.tensors() {
+            let values = decode(view.dtype(), view.data());
+            let previous = out.insert(name.clone(), (view.dtype(), view.shape().to_vec(), values));
+            assert!(
+                previous.is_none(),
+                "{name} appears twice in {}",
+                folder.display()
+            );
+        }
+    }
+    out
+}
+
+/// The `__metadata__` of a safetensors file.
+pub fn read_metadata(file: &Path) -> BTreeMap<String, String> {
+    let bytes = std::fs::read(file).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    meta.metadata()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect()
+}
+
+pub fn decode(dtype: Dtype, data: &[u8]) -> Vec<f64> {
+    match dtype {
+        Dtype::F32 => data
+            .chunks_exact(4)
+            .map(|c| f64::from(f32::from_le_bytes(c.try_into().unwrap())))
+            .collect(),
+        Dtype::F16 => data
+            .chunks_exact(2)
+            .map(|c| f64::from(f16::from_le_bytes(c.try_into().unwrap()).to_f32()))
+            .collect(),
+        Dtype::BF16 => data
+            .chunks_exact(2)
+            .map(|c| f64::from(bf16::from_le_bytes(c.try_into().unwrap()).to_f32()))
+            .collect(),
+        Dtype::F64 => data
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+            .collect(),
+        other => panic!("cannot decode {other:?}"),
+    }
+}
+
+/// Every file below `dir`, as paths relative to it (to check that nothing was written).
+pub fn listing(dir: &Path) -> Vec<PathBuf> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            out.push(path.strip_prefix(root).unwrap().to_path_buf());
+            if path.is_dir() {
+                walk(root, &path, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
