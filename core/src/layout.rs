@@ -249,7 +249,7 @@ pub enum Architecture {
 impl Architecture {
     pub fn label(self) -> &'static str {
         match self {
-            Self::LlamaLike => "Llama-like decoder (Llama/Mistral/Qwen)",
+            Self::LlamaLike => "Llama-like decoder",
             Self::Gpt2 => "GPT-2",
             Self::Bert => "BERT",
             Self::Vit => "ViT",

@@ -51,6 +51,16 @@ impl LlamaShape {
         kv_heads: 8,
     };
 
+    /// Llama-2-7B's dimensions (6.7 B parameters, 13.5 GB in bf16): the opening benchmark.
+    pub const LLAMA_7B: Self = Self {
+        hidden: 4096,
+        intermediate: 11008,
+        layers: 32,
+        vocab: 32000,
+        heads: 32,
+        kv_heads: 32,
+    };
+
     /// Tensor names and shapes in the order Hugging Face writes a Llama checkpoint.
     pub fn tensors(&self) -> Vec<(String, Vec<usize>)> {
         let h = self.hidden;
@@ -91,7 +101,7 @@ impl LlamaShape {
             .sum()
     }
 
-    fn config_json(&self, dtype: FloatType) -> serde_json::Value {
+    pub fn config_json(&self, dtype: FloatType) -> serde_json::Value {
         serde_json::json!({
             "architectures": ["LlamaForCausalLM"],
             "model_type": "llama",

@@ -12,7 +12,7 @@ mod size;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::io::{BufWriter, Write as _};
+use std::io::{BufWriter, Seek as _, Write as _};
 use std::path::{Path, PathBuf};
 
 pub use size::{format_size, parse_size};
@@ -168,18 +168,41 @@ impl Export {
 
     /// Appends the next tensor's data (in the order given to [`begin`](Self::begin)).
     pub fn write_next(&mut self, bytes: &[u8]) -> Result<(), ExportError> {
+        let (expected, path, writer) = self.next_writer()?;
+        if bytes.len() as u64 != expected {
+            return Err(ExportError::WrongSize {
+                tensor: self.tensors[self.next].name.clone(),
+                expected,
+                got: bytes.len() as u64,
+            });
+        }
+        writer
+            .write_all(bytes)
+            .map_err(|source| ExportError::Io { path, source })?;
+        self.next += 1;
+        Ok(())
+    }
+
+    /// Leaves the next tensor's bytes as a hole in a sparse file (they read as zeros) without
+    /// writing them: multi-gigabyte fixtures for benchmarks of opening, in no time and no disk.
+    pub fn skip_next(&mut self) -> Result<(), ExportError> {
+        let (len, path, writer) = self.next_writer()?;
+        let offset = i64::try_from(len).expect("a tensor is smaller than 8 EiB");
+        writer
+            .seek(std::io::SeekFrom::Current(offset))
+            .map_err(|source| ExportError::Io { path, source })?;
+        self.next += 1;
+        Ok(())
+    }
+
+    /// The open shard writer positioned for the next tensor, with that tensor's length.
+    fn next_writer(&mut self) -> Result<(u64, PathBuf, &mut BufWriter<File>), ExportError> {
         let Some(tensor) = self.tensors.get(self.next) else {
             return Err(ExportError::TooManyTensors {
                 expected: self.tensors.len(),
             });
         };
-        if bytes.len() as u64 != tensor.byte_len() {
-            return Err(ExportError::WrongSize {
-                tensor: tensor.name.clone(),
-                expected: tensor.byte_len(),
-                got: bytes.len() as u64,
-            });
-        }
+        let len = tensor.byte_len();
         let shard = self
             .shards
             .iter()
@@ -190,13 +213,9 @@ impl Export {
             let writer = self.start_shard(shard)?;
             self.open = Some((shard, writer));
         }
-        let (_, writer) = self.open.as_mut().expect("a shard was just opened");
         let path = self.staging.path.join(&self.shards[shard].file_name);
-        writer
-            .write_all(bytes)
-            .map_err(|source| ExportError::Io { path, source })?;
-        self.next += 1;
-        Ok(())
+        let (_, writer) = self.open.as_mut().expect("a shard was just opened");
+        Ok((len, path, writer))
     }
 
     /// Adds a small file (config, tokenizer) to the folder.
@@ -316,6 +335,13 @@ impl Export {
             path: path.clone(),
             source: e.into_error(),
         })?;
+        // A shard ending in skipped tensors ends in a hole; give the file its full length.
+        let io_error = |source| ExportError::Io {
+            path: path.clone(),
+            source,
+        };
+        let end = (&file).stream_position().map_err(io_error)?;
+        file.set_len(end).map_err(io_error)?;
         // Durable before the rename makes it visible: a crash must not leave a renamed folder
         // with half-flushed shards.
         file.sync_all()
@@ -478,6 +504,31 @@ mod tests {
         export.write_next(&[0u8; 16]).unwrap();
         drop(export);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn skipped_tensors_read_as_zeros_from_full_length_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("sparse");
+        let mut export = Export::begin(
+            &ExportOptions::new(&out),
+            vec![tensor("a", 2), tensor("b", 1000)],
+            BTreeMap::new(),
+            &[],
+        )
+        .unwrap();
+        export
+            .write_next(bytemuck::cast_slice(&[1.0f32, 2.0]))
+            .unwrap();
+        export.skip_next().unwrap();
+        export.finish().unwrap();
+        let bytes = std::fs::read(out.join(SINGLE_FILE_NAME)).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        assert!(st.tensor("b").unwrap().data().iter().all(|&b| b == 0));
+        assert_eq!(
+            st.tensor("a").unwrap().data(),
+            bytemuck::cast_slice::<f32, u8>(&[1.0, 2.0])
+        );
     }
 
     #[test]

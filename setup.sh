@@ -1,0 +1,26 @@
+#!/usr/bin/env sh
+# Installs what mergescope needs on a fresh Debian/Ubuntu machine: a C toolchain and, when no
+# `cargo` is on PATH, Rust through rustup. Safe to run again.
+set -eu
+
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+
+if command -v apt-get >/dev/null 2>&1; then
+  $SUDO apt-get update
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y --no-install-recommends \
+    build-essential pkg-config ca-certificates curl
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  if [ -x "$HOME/.cargo/bin/cargo" ]; then
+    echo "Rust is installed in ~/.cargo/bin; run: . \"\$HOME/.cargo/env\"" >&2
+  else
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
+    echo "Rust installed; open a new shell or run: . \"\$HOME/.cargo/env\"" >&2
+  fi
+  exit 0
+fi
+
+cargo --version
+echo "ready: cargo run --release -- demo   (or: cargo test --workspace)"
