@@ -138,11 +138,9 @@ impl Export {
         inputs: &[PathBuf],
     ) -> Result<Self, ExportError> {
         let out = guard::check_output(&options.out_dir, inputs, options.force)?;
-        std::fs::create_dir_all(&out.parent).map_err(|source| ExportError::Io {
-            path: out.parent.clone(),
-            source,
-        })?;
-        let staging = StagingFolder::create(&out.parent, &out.name)?;
+        let created_parents = create_parents(&out.parent)?;
+        let mut staging = StagingFolder::create(&out.parent, &out.name)?;
+        staging.created_parents = created_parents;
         let shards = plan_shards(&tensors, options.shard_size.max(1));
         Ok(Self {
             out,
@@ -410,6 +408,21 @@ fn plan_shards(tensors: &[OutputTensor], limit: u64) -> Vec<ShardPlan> {
         .collect()
 }
 
+/// Creates `dir` and its missing ancestors; returns the ones it created, deepest first, so an
+/// abandoned export can remove them again.
+fn create_parents(dir: &Path) -> Result<Vec<PathBuf>, ExportError> {
+    let missing: Vec<PathBuf> = dir
+        .ancestors()
+        .take_while(|a| !a.exists())
+        .map(Path::to_path_buf)
+        .collect();
+    std::fs::create_dir_all(dir).map_err(|source| ExportError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    Ok(missing)
+}
+
 fn sync_dir(path: &Path) {
     // Persists the directory entries (new files, the rename). Best effort: not every platform
     // can open a directory for syncing.
@@ -418,10 +431,12 @@ fn sync_dir(path: &Path) {
     }
 }
 
-/// A hidden sibling folder that is deleted on drop unless kept.
+/// A hidden sibling folder that is deleted on drop unless kept, together with the parent
+/// folders the export created for it.
 #[derive(Debug)]
 struct StagingFolder {
     path: PathBuf,
+    created_parents: Vec<PathBuf>,
     keep: bool,
 }
 
@@ -436,7 +451,11 @@ impl StagingFolder {
             path: path.clone(),
             source,
         })?;
-        Ok(Self { path, keep: false })
+        Ok(Self {
+            path,
+            created_parents: Vec::new(),
+            keep: false,
+        })
     }
 
     fn keep(&mut self) {
@@ -448,6 +467,10 @@ impl Drop for StagingFolder {
     fn drop(&mut self) {
         if !self.keep {
             let _ = std::fs::remove_dir_all(&self.path);
+            for parent in &self.created_parents {
+                // Only ever removes a folder that is still empty.
+                let _ = std::fs::remove_dir(parent);
+            }
         }
     }
 }
@@ -493,7 +516,7 @@ mod tests {
     #[test]
     fn dropping_an_unfinished_export_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("merged");
+        let out = dir.path().join("new/parents/merged");
         let mut export = Export::begin(
             &ExportOptions::new(&out),
             vec![tensor("a", 4), tensor("b", 4)],
