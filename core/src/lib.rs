@@ -22,3 +22,14 @@ pub mod synth;
 
 pub use checkpoint::{Checkpoint, CheckpointError};
 pub use job::{CancelToken, Job, Progress};
+
+/// Joins a multi-line message into one line: every user-facing error is promised as one line
+/// (YAML parse errors, for instance, quote the source over several lines).
+pub fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}

@@ -41,8 +41,8 @@ out_dtype: bfloat16
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Where to put the example family, its recipe and the merged model
-    /// (default: mergescope-demo in the system's temporary folder).
+    /// Where to put the example family, its recipe and the merged model; `family/`, `demo.yml`
+    /// and `merged/` inside it are replaced (default: mergescope-demo in the temporary folder).
     #[arg(long, value_parser = path_arg)]
     dir: Option<PathBuf>,
 }

@@ -4,9 +4,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use mergescope_core::Job;
-use mergescope_core::export::{
-    DEFAULT_SHARD_SIZE, ExportOptions, ExportSummary, format_size, parse_size,
-};
+use mergescope_core::export::{ExportOptions, ExportSummary, format_size, parse_size};
 use mergescope_core::merge::engine::execute;
 use mergescope_core::merge::plan::{MergePlan, PlanOptions};
 
@@ -60,11 +58,7 @@ pub fn run(args: &Args, job: &Job) -> Result<(), Failure> {
     );
     let options = ExportOptions {
         out_dir: args.out.clone(),
-        shard_size: if args.shard_size == 0 {
-            DEFAULT_SHARD_SIZE
-        } else {
-            args.shard_size
-        },
+        shard_size: args.shard_size,
         force: args.force,
     };
     let summary = run_with_progress(job, || execute(&plan, &options, job))?;

@@ -101,7 +101,7 @@ pub fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             // Core errors already carry their cause in their message; print only the top line.
-            eprintln!("error: {}", one_line(&e.to_string()));
+            eprintln!("error: {}", mergescope_core::one_line(&e.to_string()));
             ExitCode::from(1)
         }
     }
@@ -110,15 +110,6 @@ pub fn main() -> ExitCode {
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.downcast_ref::<std::io::Error>()
         .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-}
-
-fn one_line(message: &str) -> String {
-    message
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 /// A bug should still end in one readable line, not a backtrace.
@@ -136,7 +127,7 @@ fn install_panic_hook() {
             .unwrap_or_default();
         eprintln!(
             "internal error{location}: {}; this is a bug in mergescope, please report it",
-            one_line(&message)
+            mergescope_core::one_line(&message)
         );
     }));
 }

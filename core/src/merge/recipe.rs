@@ -319,7 +319,8 @@ impl Recipe {
     pub fn from_yaml(text: &str, file: &Path) -> Result<Self, RecipeError> {
         let recipe: Self = serde_saphyr::from_str(text).map_err(|e| RecipeError::Parse {
             file: file.to_path_buf(),
-            message: one_line(&e.to_string()),
+            // YAML errors come with a source excerpt over several lines.
+            message: crate::one_line(&e.to_string()),
         })?;
         recipe.check_supported(file)?;
         Ok(recipe)
@@ -417,16 +418,6 @@ fn parse_float_type(name: &str, key: &str, file: &Path) -> Result<FloatType, Rec
              (mergescope computes in float32 and writes one of those)"
         ),
     })
-}
-
-/// YAML errors come with a source excerpt over several lines; the CLI promises one line.
-fn one_line(message: &str) -> String {
-    message
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 #[cfg(test)]
