@@ -121,12 +121,53 @@ impl TensorBytes {
     pub fn encode(values: Vec<f32>, ty: FloatType) -> Self {
         match ty {
             FloatType::F32 => Self::F32(values),
-            FloatType::F16 => Self::F16(encode_with(&values, f16::ZERO, |dst, src| {
-                dst.convert_from_f32_slice(src);
-            })),
-            FloatType::BF16 => Self::BF16(encode_with(&values, bf16::ZERO, |dst, src| {
-                dst.convert_from_f32_slice(src);
-            })),
+            FloatType::F16 | FloatType::BF16 => Self::encode_reusing(&values, ty, None),
+        }
+    }
+
+    /// Like [`encode`](Self::encode), but writes into `reuse`'s allocation when it is a buffer
+    /// of type `ty`, so a stream of tensors does not fault in fresh pages for every one.
+    pub fn encode_reusing(values: &[f32], ty: FloatType, reuse: Option<Self>) -> Self {
+        match (ty, reuse) {
+            (FloatType::F32, reuse) => {
+                let mut out = match reuse {
+                    Some(Self::F32(v)) => v,
+                    _ => Vec::new(),
+                };
+                out.clear();
+                out.extend_from_slice(values);
+                Self::F32(out)
+            }
+            (FloatType::F16, reuse) => {
+                let mut out = match reuse {
+                    Some(Self::F16(v)) => v,
+                    _ => Vec::new(),
+                };
+                convert_into(values, &mut out, f16::ZERO, |dst, src| {
+                    dst.convert_from_f32_slice(src);
+                });
+                Self::F16(out)
+            }
+            (FloatType::BF16, reuse) => {
+                let mut out = match reuse {
+                    Some(Self::BF16(v)) => v,
+                    _ => Vec::new(),
+                };
+                convert_into(values, &mut out, bf16::ZERO, |dst, src| {
+                    dst.convert_from_f32_slice(src);
+                });
+                Self::BF16(out)
+            }
+        }
+    }
+
+    /// The float type of the buffer, `None` for raw bytes.
+    pub fn float_type(&self) -> Option<FloatType> {
+        match self {
+            Self::F32(_) => Some(FloatType::F32),
+            Self::F16(_) => Some(FloatType::F16),
+            Self::BF16(_) => Some(FloatType::BF16),
+            Self::Raw(_) => None,
         }
     }
 
@@ -141,18 +182,19 @@ impl TensorBytes {
 }
 
 /// Converts in parallel chunks: for large tensors the rounding is a measurable share of a merge.
-fn encode_with<T: Copy + Send + Sync>(
+fn convert_into<T: Copy + Send + Sync>(
     values: &[f32],
+    out: &mut Vec<T>,
     zero: T,
     convert: impl Fn(&mut [T], &[f32]) + Sync,
-) -> Vec<T> {
+) {
     use rayon::prelude::*;
     const CHUNK: usize = 1 << 16;
-    let mut out = vec![zero; values.len()];
+    out.clear();
+    out.resize(values.len(), zero);
     out.par_chunks_mut(CHUNK)
         .zip(values.par_chunks(CHUNK))
         .for_each(|(dst, src)| convert(dst, src));
-    out
 }
 
 #[cfg(test)]

@@ -57,5 +57,6 @@ pub trait MergeMethod: Sync + std::fmt::Debug {
     }
 
     /// Computes the merged tensor into `out` (its length is the tensor's element count).
+    /// `out` arrives holding whatever the previous tensor left there: write every element.
     fn merge(&self, inputs: &MethodInputs<'_>, out: &mut [f32]) -> Result<(), MethodError>;
 }
