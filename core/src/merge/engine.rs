@@ -3,8 +3,9 @@
 //!
 //! The calling thread computes (rayon parallelises inside each tensor) while a named writer
 //! thread appends finished tensors to the output, so disk writes overlap the next tensor's
-//! reads and arithmetic. The channel between them holds one tensor: at most three outputs exist
-//! at once (being computed, queued, being written), whatever the model's size. Inputs are
+//! reads and arithmetic. The channel between them holds one tensor, so only a few output-sized
+//! buffers exist at once (the f32 work buffer, one queued, one being written, and written ones
+//! waiting to be reused), whatever the model's size. Inputs are
 //! memory-mapped: the next tensor's inputs are prefetched while the current one is computed,
 //! and each tensor's input pages are released from the process once it is done.
 
@@ -118,9 +119,10 @@ pub fn execute(
     })
 }
 
-/// Memory reused from tensor to tensor. Allocating a fresh output for every tensor made the
-/// kernel fault in and zero new pages each time; on a 1.6 GB model that was most of a merge's
-/// CPU time. Output buffers come back from the writer once written; at most a few exist.
+/// Memory reused from tensor to tensor. Allocating fresh outputs for every tensor made the
+/// kernel fault in and zero new pages each time (826 K page faults merging four 1.67 GB models,
+/// 200 K with reuse). Output buffers come back from the writer once written; the bounded queue
+/// means only a few ever exist.
 struct Buffers {
     work: Vec<f32>,
     returned: Receiver<TensorBytes>,
