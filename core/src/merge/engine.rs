@@ -5,9 +5,9 @@
 //! thread appends finished tensors to the output, so disk writes overlap the next tensor's
 //! reads and arithmetic. The channel between them holds one tensor, so only a few output-sized
 //! buffers exist at once (the f32 work buffer, one queued, one being written, and written ones
-//! waiting to be reused), whatever the model's size. Inputs are
-//! memory-mapped: the next tensor's inputs are prefetched while the current one is computed,
-//! and each tensor's input pages are released from the process once it is done.
+//! waiting to be reused), whatever the model's size. Inputs are memory-mapped: the next
+//! tensor's inputs are prefetched while the current one is computed, and each tensor's input
+//! pages are released from the process once it is done.
 
 use std::collections::BTreeMap;
 use std::sync::mpsc::{Receiver, channel, sync_channel};
