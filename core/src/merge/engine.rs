@@ -174,6 +174,8 @@ fn compute(
             // zeroing would only cost a pass over memory.
             values.resize(task.numel(), 0.0);
             let inputs = MethodInputs {
+                tensor: &task.name,
+                seed: plan.random_seed,
                 base,
                 models,
                 params,
@@ -231,9 +233,10 @@ fn output_metadata(plan: &MergePlan) -> BTreeMap<String, String> {
         ("mergescope_version".to_owned(), VERSION.to_owned()),
         ("mergescope_recipe".to_owned(), plan.recipe.to_yaml()),
     ]);
-    if let Some(seed) = plan.random_seed {
-        meta.insert("mergescope_random_seed".to_owned(), seed.to_string());
-    }
+    meta.insert(
+        "mergescope_random_seed".to_owned(),
+        plan.random_seed.to_string(),
+    );
     meta
 }
 

@@ -1,8 +1,9 @@
-//! CPU building blocks shared by the elementwise methods.
+//! CPU building blocks shared by the methods.
 //!
 //! Inputs are decoded from their stored dtype chunk by chunk, straight out of the memory map,
-//! into small per-thread buffers. A whole input tensor is never materialised in `f32`, so a
-//! merge of N models holds only the output tensor plus N × `CHUNK` floats per thread.
+//! into small per-thread buffers. A whole input tensor is never materialised in `f32`: a pass
+//! over N inputs holds N × `CHUNK` floats per thread. Reductions are computed per chunk and
+//! summed in chunk order, so results do not depend on the number of threads.
 
 use std::cell::RefCell;
 
@@ -12,6 +13,7 @@ use crate::checkpoint::TensorView;
 
 /// Elements per work item: 16 Ki f32 = 64 KiB per input, small enough that every input's chunk
 /// stays in L2 while the output chunk is computed, large enough to amortise rayon's overhead.
+/// A multiple of 64, so each chunk owns whole words of a bit mask.
 pub const CHUNK: usize = 16 * 1024;
 
 thread_local! {
@@ -19,41 +21,97 @@ thread_local! {
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Runs `f(inputs_chunk, out_chunk)` over `out` in parallel chunks, where `inputs_chunk[k]` is
-/// the same element range of `inputs[k]` decoded to `f32`. `f` must not use rayon itself: it
-/// runs while this thread's scratch buffer is borrowed.
-pub fn zip_map<F>(inputs: &[TensorView<'_>], out: &mut [f32], f: F)
-where
-    F: Fn(&[&[f32]], &mut [f32]) + Sync + Send,
-{
+fn check_sizes(inputs: &[TensorView<'_>], n: usize) {
     for input in inputs {
         assert_eq!(
             input.numel(),
-            out.len(),
+            n,
             "input `{}` does not match the output size",
             input.info.name
         );
     }
+}
+
+/// Decodes elements `start..start + len` of every input and calls `f` with them.
+fn with_decoded<R>(
+    inputs: &[TensorView<'_>],
+    start: usize,
+    len: usize,
+    f: impl FnOnce(&[&[f32]]) -> R,
+) -> R {
+    SCRATCH.with_borrow_mut(|scratch| {
+        // Grows once per thread and is reused by every later chunk and tensor: allocating it
+        // per chunk made the kernel fault in and zero fresh pages all the time.
+        if scratch.len() < inputs.len() * CHUNK {
+            scratch.resize(inputs.len() * CHUNK, 0.0);
+        }
+        for (input, buffer) in inputs.iter().zip(scratch.chunks_mut(CHUNK)) {
+            input.decode_range(start, &mut buffer[..len]);
+        }
+        let views: Vec<&[f32]> = scratch
+            .chunks(CHUNK)
+            .take(inputs.len())
+            .map(|b| &b[..len])
+            .collect();
+        f(&views)
+    })
+}
+
+/// Runs `f(start, inputs_chunk, out_chunk)` over `out` in parallel chunks, where
+/// `inputs_chunk[k]` is elements `start..start + out_chunk.len()` of `inputs[k]` decoded to
+/// `f32`. `f` must not use rayon itself: it runs while this thread's scratch is borrowed.
+pub fn zip_map<F>(inputs: &[TensorView<'_>], out: &mut [f32], f: F)
+where
+    F: Fn(usize, &[&[f32]], &mut [f32]) + Sync + Send,
+{
+    zip_fill(inputs, out, f);
+}
+
+/// [`zip_map`] into an output of any element type (keys, ranks, flags).
+pub fn zip_fill<T, F>(inputs: &[TensorView<'_>], out: &mut [T], f: F)
+where
+    T: Send,
+    F: Fn(usize, &[&[f32]], &mut [T]) + Sync + Send,
+{
+    check_sizes(inputs, out.len());
     out.par_chunks_mut(CHUNK)
         .enumerate()
         .for_each(|(chunk, out_chunk)| {
-            SCRATCH.with_borrow_mut(|scratch| {
-                // Grows once per thread and is reused by every later chunk and tensor: allocating it
-                // per chunk made the kernel fault in and zero fresh pages all the time.
-                if scratch.len() < inputs.len() * CHUNK {
-                    scratch.resize(inputs.len() * CHUNK, 0.0);
-                }
-                let start = chunk * CHUNK;
-                let len = out_chunk.len();
-                for (input, buffer) in inputs.iter().zip(scratch.chunks_mut(CHUNK)) {
-                    input.decode_range(start, &mut buffer[..len]);
-                }
-                let views: Vec<&[f32]> = scratch
-                    .chunks(CHUNK)
-                    .take(inputs.len())
-                    .map(|b| &b[..len])
-                    .collect();
-                f(&views, out_chunk);
+            let start = chunk * CHUNK;
+            with_decoded(inputs, start, out_chunk.len(), |views| {
+                f(start, views, out_chunk)
             });
         });
+}
+
+/// Maps every chunk of `n` elements (inputs decoded as in [`zip_map`]) to a value, in parallel;
+/// the values come back in chunk order, so folding them sequentially is deterministic.
+pub fn zip_chunks<T, F>(inputs: &[TensorView<'_>], n: usize, f: F) -> Vec<T>
+where
+    T: Send,
+    F: Fn(usize, &[&[f32]]) -> T + Sync + Send,
+{
+    check_sizes(inputs, n);
+    (0..n.div_ceil(CHUNK))
+        .into_par_iter()
+        .map(|chunk| {
+            let start = chunk * CHUNK;
+            let len = CHUNK.min(n - start);
+            with_decoded(inputs, start, len, |views| f(start, views))
+        })
+        .collect()
+}
+
+/// Decodes a whole input into `out` (resized to fit), in parallel. For methods that need random
+/// access to a tensor; streaming methods should use [`zip_map`].
+pub fn decode_all(input: &TensorView<'_>, out: &mut Vec<f32>) {
+    out.resize(input.numel(), 0.0);
+    out.par_chunks_mut(CHUNK)
+        .enumerate()
+        .for_each(|(chunk, o)| input.decode_range(chunk * CHUNK, o));
+}
+
+/// `sum` of f64 values in order (used after [`zip_chunks`]).
+pub fn sum_in_order(values: impl IntoIterator<Item = f64>) -> f64 {
+    values.into_iter().fold(0.0, |a, b| a + b)
 }

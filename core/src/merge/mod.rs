@@ -6,11 +6,14 @@
 //! file order through the [`MergeMethod`]s into an [`crate::export::Export`].
 
 pub mod engine;
+pub mod gta;
 pub mod kernel;
 pub mod methods;
 pub mod params;
 pub mod plan;
 pub mod recipe;
+pub mod rng;
+pub mod select;
 
 use crate::checkpoint::TensorView;
 pub use params::{Kind, ParamSpec, Scope, TensorParams, Value};
@@ -37,6 +40,10 @@ pub struct MethodSpec {
 /// The inputs of one tensor, as a method sees them.
 #[derive(Clone, Debug)]
 pub struct MethodInputs<'a> {
+    /// The output tensor's name (random methods key their streams on it).
+    pub tensor: &'a str,
+    /// The merge's random seed.
+    pub seed: u64,
     pub base: Option<TensorView<'a>>,
     pub models: Vec<TensorView<'a>>,
     pub params: &'a TensorParams,

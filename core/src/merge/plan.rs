@@ -68,7 +68,9 @@ pub struct MergePlan {
     pub tokenizer_source: Option<PathBuf>,
     /// The output dtype when every merged tensor has the same one (written into `config.json`).
     pub output_type: Option<FloatType>,
-    pub random_seed: Option<u64>,
+    /// The seed of the random methods: the one asked for, or one drawn and recorded in the
+    /// output's metadata so the merge can be repeated.
+    pub random_seed: u64,
     /// Things the user should know that do not stop the merge.
     pub warnings: Vec<String>,
 }
@@ -381,7 +383,7 @@ impl MergePlan {
             config_source,
             tokenizer_source,
             output_type,
-            random_seed: options.random_seed,
+            random_seed: options.random_seed.unwrap_or_else(super::rng::draw_seed),
             warnings,
         })
     }

@@ -50,7 +50,7 @@ impl MergeMethod for Linear {
         } else {
             None
         };
-        zip_map(&inputs.models, out, |xs, o| {
+        zip_map(&inputs.models, out, |_, xs, o| {
             o.fill(0.0);
             for (x, &w) in xs.iter().zip(&weights) {
                 for (o, &x) in o.iter_mut().zip(x.iter()) {
@@ -91,6 +91,8 @@ mod tests {
         let (ba, bb) = (f32_bytes(&a), f32_bytes(&b));
         let p = params(&[3.0, 1.0], true);
         let inputs = MethodInputs {
+            tensor: "t",
+            seed: 0,
             base: None,
             models: vec![view(&ia, &ba), view(&ib, &bb)],
             params: &p,
@@ -113,6 +115,8 @@ mod tests {
         let ba = f32_bytes(&a);
         let p = params(&[0.3, 0.7], true);
         let inputs = MethodInputs {
+            tensor: "t",
+            seed: 0,
             base: None,
             models: vec![view(&ia, &ba), view(&ia, &ba)],
             params: &p,

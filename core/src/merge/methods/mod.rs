@@ -1,15 +1,39 @@
 //! The merge methods, one file each, and the registry that finds them by recipe name.
 
+mod breadcrumbs;
+mod breadcrumbs_ties;
+mod dare_linear;
+mod dare_ties;
+mod della;
+mod della_linear;
 mod linear;
 mod task_arithmetic;
+mod ties;
 
+pub use breadcrumbs::Breadcrumbs;
+pub use breadcrumbs_ties::BreadcrumbsTies;
+pub use dare_linear::DareLinear;
+pub use dare_ties::DareTies;
+pub use della::Della;
+pub use della_linear::DellaLinear;
 pub use linear::Linear;
 pub use task_arithmetic::TaskArithmetic;
+pub use ties::Ties;
 
 use super::MergeMethod;
 
 /// Every method mergescope implements.
-pub static IMPLEMENTED: &[&dyn MergeMethod] = &[&Linear, &TaskArithmetic];
+pub static IMPLEMENTED: &[&dyn MergeMethod] = &[
+    &Linear,
+    &TaskArithmetic,
+    &Ties,
+    &DareLinear,
+    &DareTies,
+    &Breadcrumbs,
+    &BreadcrumbsTies,
+    &Della,
+    &DellaLinear,
+];
 
 /// Every `merge_method` mergekit 0.1.5 registers (ALGORITHMS.md §2.15).
 pub const MERGEKIT_METHODS: &[&str] = &[

@@ -1,0 +1,415 @@
+//! Generalized task arithmetic (ALGORITHMS.md §2.1–2.3): the shared core of task_arithmetic,
+//! ties, dare_linear, dare_ties, breadcrumbs, breadcrumbs_ties, della and della_linear.
+//!
+//! A tensor is merged in two phases. First, for each model in turn, its task vector's keep-mask
+//! (one bit per element) and L1 rescale factor are computed from the magnitudes `|θᵢ − θ_b|`
+//! held as order keys in one reused buffer. Then one streaming pass decodes base and models
+//! chunk by chunk and combines the masked, weighted deltas (with sign election where the
+//! method has it). Memory per tensor: one `u32` per element for keys, one bit per element per
+//! model, and the output; never a decoded copy of any input.
+
+use std::cell::RefCell;
+
+use rayon::prelude::*;
+
+use super::kernel::{CHUNK, sum_in_order, zip_fill, zip_map};
+use super::rng::ElementRng;
+use super::select::{BitMask, magnitude_key, rank_band_mask, set_bit, top_k_mask};
+use super::{Kind, MethodError, MethodInputs, ParamSpec, TensorParams, Value};
+
+/// How a task vector is sparsified before it is combined.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sparsifier {
+    None,
+    /// Keep the `density` fraction with the largest magnitude (TIES).
+    Magnitude,
+    /// Keep each element with probability `density` (DARE).
+    Random,
+    /// Drop the largest `gamma` fraction and the smallest, keep `density` (Model Breadcrumbs).
+    MagnitudeOutliers,
+    /// Keep with a probability rising with the magnitude's rank in its row (DELLA MagPrune).
+    DellaMagprune,
+}
+
+/// What distinguishes one member of the family.
+#[derive(Clone, Copy, Debug)]
+pub struct Gta {
+    pub sparsifier: Sparsifier,
+    /// Sign election and disjoint mean (TIES-style).
+    pub consensus: bool,
+}
+
+/// The parameters every GTA method reads, with the method's own defaults.
+pub const fn common_params(normalize: bool) -> [ParamSpec; 4] {
+    [
+        ParamSpec::per_non_base("weight", Kind::Float, None),
+        ParamSpec::shared("normalize", Kind::Bool, Some(Value::Bool(normalize))),
+        ParamSpec::shared("lambda", Kind::Float, Some(Value::Float(1.0))),
+        // Memory-only in mergekit: accepted so recipes that set it run unchanged.
+        ParamSpec::shared("int8_mask", Kind::Bool, Some(Value::Bool(false))),
+    ]
+}
+
+pub const fn density_param() -> ParamSpec {
+    ParamSpec::per_non_base("density", Kind::Float, Some(Value::Float(1.0)))
+}
+
+pub const fn rescale_param(default: bool) -> ParamSpec {
+    ParamSpec::shared("rescale", Kind::Bool, Some(Value::Bool(default)))
+}
+
+pub const fn gamma_param() -> ParamSpec {
+    ParamSpec::per_non_base("gamma", Kind::Float, Some(Value::Float(0.01)))
+}
+
+pub const fn epsilon_param() -> ParamSpec {
+    ParamSpec::per_non_base("epsilon", Kind::Float, Some(Value::Float(0.15)))
+}
+
+thread_local! {
+    /// Magnitude keys (and DELLA's ranks) of the tensor being merged, reused across tensors.
+    static KEYS: RefCell<(Vec<u32>, Vec<u32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+impl Gta {
+    /// Plan-time checks of one tensor's parameters.
+    pub fn check(self, params: &TensorParams) -> Result<(), String> {
+        for i in 0..params.model_count() {
+            if self.sparsifier == Sparsifier::None {
+                continue;
+            }
+            let density = params.model_f64(i, "density");
+            if density < 0.0 {
+                return Err(format!(
+                    "density {density} of model {i} is negative; use a value in [0, 1]"
+                ));
+            }
+            match self.sparsifier {
+                Sparsifier::MagnitudeOutliers => {
+                    let gamma = params.model_f64(i, "gamma");
+                    if gamma < 0.0 {
+                        return Err(format!(
+                            "gamma {gamma} of model {i} is negative; use a value in [0, 1]"
+                        ));
+                    }
+                }
+                Sparsifier::DellaMagprune if density > 0.0 && density < 1.0 => {
+                    let epsilon = params.model_f64(i, "epsilon");
+                    if density - epsilon <= 0.0 || density + epsilon >= 1.0 {
+                        return Err(format!(
+                            "model {i}: density {density} ± epsilon {epsilon} leaves [0, 1]; DELLA needs \
+                             density - epsilon > 0 and density + epsilon < 1"
+                        ));
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    pub fn merge(self, inputs: &MethodInputs<'_>, out: &mut [f32]) -> Result<(), MethodError> {
+        let base = inputs.base.ok_or_else(|| {
+            MethodError("this method takes task vectors against a base tensor".to_owned())
+        })?;
+        let params = inputs.params;
+        let n = base.numel();
+        let weights: Vec<f32> = (0..inputs.models.len())
+            .map(|i| params.model_f64(i, "weight") as f32)
+            .collect();
+        let rescale = self.sparsifier != Sparsifier::None && params.shared_bool("rescale");
+
+        // Phase 1: per model, which elements survive and by how much they are rescaled.
+        let mut kept: Vec<Option<BitMask>> = Vec::with_capacity(inputs.models.len());
+        let mut factors: Vec<f32> = Vec::with_capacity(inputs.models.len());
+        for (i, model) in inputs.models.iter().enumerate() {
+            let density = if self.sparsifier == Sparsifier::None {
+                1.0
+            } else {
+                params.model_f64(i, "density")
+            };
+            if density >= 1.0 || n == 0 {
+                kept.push(None);
+                factors.push(1.0);
+                continue;
+            }
+            let (mask, factor) = KEYS.with_borrow_mut(|(keys, ranks)| {
+                keys.resize(n, 0);
+                let pair = [base, *model];
+                zip_fill(&pair, keys, |_, xs, k| {
+                    for ((k, &b), &x) in k.iter_mut().zip(xs[0]).zip(xs[1]) {
+                        *k = magnitude_key(x - b);
+                    }
+                });
+                let mask = self.mask(inputs, i, density, keys, ranks);
+                let factor = if rescale {
+                    l1_rescale_factor(keys, &mask)
+                } else {
+                    1.0
+                };
+                (mask, factor)
+            });
+            kept.push(Some(mask));
+            factors.push(factor);
+        }
+
+        // Phase 2: stream base and models once and combine.
+        let normalize = params.shared_bool("normalize");
+        let lambda = params.shared_f64("lambda") as f32;
+        let weight_sum: f32 = weights.iter().sum();
+        let plain_divisor = if weight_sum.abs() < 1e-8 {
+            1.0
+        } else {
+            weight_sum
+        };
+        let mut all = Vec::with_capacity(inputs.models.len() + 1);
+        all.push(base);
+        all.extend(inputs.models.iter().copied());
+        let consensus = self.consensus;
+        zip_map(&all, out, |start, xs, o| {
+            let (b, models) = xs.split_first().expect("the base is the first input");
+            for (offset, (o, &b)) in o.iter_mut().zip(b.iter()).enumerate() {
+                let j = start + offset;
+                let delta = |i: usize| -> f32 {
+                    let keep = kept[i].as_ref().is_none_or(|m| m.get(j));
+                    if keep {
+                        weights[i] * ((models[i][offset] - b) * factors[i])
+                    } else {
+                        0.0
+                    }
+                };
+                let (mixed, divisor) = if consensus {
+                    let total: f32 = (0..models.len()).map(delta).sum();
+                    let positive = total >= 0.0;
+                    let (mut mixed, mut divisor) = (0.0f32, 0.0f32);
+                    for i in 0..models.len() {
+                        let d = delta(i);
+                        if (positive && d > 0.0) || (!positive && d < 0.0) {
+                            mixed += d;
+                            divisor += weights[i];
+                        }
+                    }
+                    (mixed, if divisor == 0.0 { 1.0 } else { divisor })
+                } else {
+                    ((0..models.len()).map(delta).sum(), plain_divisor)
+                };
+                let mut mixed = if normalize { mixed / divisor } else { mixed };
+                if lambda != 1.0 {
+                    mixed *= lambda;
+                }
+                *o = b + mixed;
+            }
+        });
+        Ok(())
+    }
+
+    /// The keep-mask of model `i` (0 < density < 1), given its magnitude keys.
+    fn mask(
+        self,
+        inputs: &MethodInputs<'_>,
+        i: usize,
+        density: f64,
+        keys: &mut [u32],
+        ranks: &mut Vec<u32>,
+    ) -> BitMask {
+        let n = keys.len();
+        let params = inputs.params;
+        match self.sparsifier {
+            Sparsifier::None => BitMask::full(n),
+            Sparsifier::Magnitude => {
+                if density <= 0.0 {
+                    return BitMask::new(n);
+                }
+                let k = ((density * n as f64) as usize).max(1);
+                top_k_mask(keys, k)
+            }
+            Sparsifier::MagnitudeOutliers => {
+                let gamma = params.model_f64(i, "gamma");
+                let target = (density.max(0.0) * n as f64) as usize;
+                let top = (gamma * n as f64) as usize;
+                let bottom = n.saturating_sub(target + top);
+                rank_band_mask(keys, bottom, bottom + target)
+            }
+            Sparsifier::Random => {
+                if density <= 0.0 {
+                    return BitMask::new(n);
+                }
+                let rng = ElementRng::new(inputs.seed, inputs.tensor, i);
+                bernoulli_mask(n, &rng, |_| density)
+            }
+            Sparsifier::DellaMagprune => {
+                if density <= 0.0 {
+                    return BitMask::new(n);
+                }
+                let epsilon = params.model_f64(i, "epsilon");
+                let line = row_ranks(keys, &inputs.base.expect("checked").info.shape, ranks);
+                let rng = ElementRng::new(inputs.seed, inputs.tensor, i);
+                let ranks = &*ranks;
+                bernoulli_mask(n, &rng, |j| {
+                    let rank_norm = if line <= 1 {
+                        0.5
+                    } else {
+                        f64::from(ranks[j]) / (line - 1) as f64
+                    };
+                    (density - epsilon) + 2.0 * epsilon * rank_norm.clamp(0.0, 1.0)
+                })
+            }
+        }
+    }
+}
+
+/// Each element kept with probability `p(j)`, drawn from `rng` at the element's index.
+fn bernoulli_mask(n: usize, rng: &ElementRng, p: impl Fn(usize) -> f64 + Sync) -> BitMask {
+    let mut mask = BitMask::new(n);
+    mask.fill_chunks(|start, words| {
+        rng.for_range(start, CHUNK.min(n - start), |j, u| {
+            if u < p(j) {
+                set_bit(words, j - start);
+            }
+        });
+    });
+    mask
+}
+
+/// DELLA ranks magnitudes within lines along axis 1 (a 1-D tensor is one line; a k-D tensor
+/// has a line for every index of the other axes): `ranks[j]` is the 0-based ascending rank of
+/// element `j` in its line, ties to the lower index. Returns the line length.
+fn row_ranks(keys: &[u32], shape: &[usize], ranks: &mut Vec<u32>) -> usize {
+    let n = keys.len();
+    ranks.resize(n, 0);
+    let (line, inner) = match shape {
+        [] | [_] => (n, 1),
+        [_, d1, rest @ ..] => (*d1, rest.iter().product()),
+    };
+    if line == 0 || n == 0 {
+        return line;
+    }
+    // Blocks of `line * inner` elements (one index of axis 0) are independent.
+    ranks
+        .par_chunks_mut(line * inner)
+        .zip(keys.par_chunks(line * inner))
+        .for_each(|(rank_block, key_block)| {
+            let mut order: Vec<u32> = Vec::with_capacity(line);
+            for r in 0..inner {
+                order.clear();
+                order.extend(0..line as u32);
+                order.sort_unstable_by_key(|&p| (key_block[p as usize * inner + r], p));
+                for (rank, &p) in order.iter().enumerate() {
+                    rank_block[p as usize * inner + r] = rank as u32;
+                }
+            }
+        });
+    line
+}
+
+/// `sum |d| / sum |kept d|` (ALGORITHMS.md `l1_rescale`): one factor for the whole tensor, or
+/// 1 when either sum is below 1e-7 (so zero deltas stay zero).
+fn l1_rescale_factor(keys: &[u32], mask: &BitMask) -> f32 {
+    let partials: Vec<(f64, f64)> = keys
+        .par_chunks(CHUNK)
+        .enumerate()
+        .map(|(chunk, part)| {
+            let (mut before, mut after) = (0.0f64, 0.0f64);
+            for (offset, &k) in part.iter().enumerate() {
+                let magnitude = f64::from(f32::from_bits(k));
+                before += magnitude;
+                if mask.get(chunk * CHUNK + offset) {
+                    after += magnitude;
+                }
+            }
+            (before, after)
+        })
+        .collect();
+    let before = sum_in_order(partials.iter().map(|p| p.0));
+    let after = sum_in_order(partials.iter().map(|p| p.1));
+    if before < 1e-7 || after < 1e-7 {
+        1.0
+    } else {
+        (before / after) as f32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranks_follow_lines_along_axis_one() {
+        // shape [2, 3]: rows are lines.
+        let keys = [5, 1, 5, 0, 0, 2];
+        let mut ranks = Vec::new();
+        assert_eq!(row_ranks(&keys, &[2, 3], &mut ranks), 3);
+        assert_eq!(ranks, vec![1, 0, 2, 0, 1, 2]);
+        // shape [1, 3, 2]: lines are the columns of the trailing 3x2 block.
+        let keys = [3, 9, 1, 8, 2, 7];
+        assert_eq!(row_ranks(&keys, &[1, 3, 2], &mut ranks), 3);
+        assert_eq!(ranks, vec![2, 2, 0, 1, 1, 0]);
+        // 1-D: one line.
+        assert_eq!(row_ranks(&[4, 4, 1], &[3], &mut ranks), 3);
+        assert_eq!(ranks, vec![1, 2, 0]);
+    }
+
+    #[test]
+    fn rescale_is_the_l1_ratio_and_skipped_for_zeros() {
+        let keys: Vec<u32> = [1.0f32, 2.0, 3.0, 4.0]
+            .iter()
+            .map(|x| x.to_bits())
+            .collect();
+        let mut mask = BitMask::new(4);
+        mask.fill_chunks(|_, w| w[0] = 0b1100);
+        assert!((l1_rescale_factor(&keys, &mask) - 10.0 / 7.0).abs() < 1e-6);
+        let zeros = vec![0u32; 4];
+        assert_eq!(l1_rescale_factor(&zeros, &mask), 1.0);
+    }
+}
+
+/// Declares a GTA method: a unit struct, its [`MethodSpec`](super::MethodSpec) (the common
+/// parameters with the method's `normalize` default, then `extra`), and a [`MergeMethod`]
+/// implementation that runs [`Gta`] with the given sparsifier and consensus.
+macro_rules! gta_method {
+    (
+        $(#[$doc:meta])*
+        $ty:ident, $name:literal,
+        sparsifier: $sparsifier:ident,
+        consensus: $consensus:literal,
+        normalize: $normalize:literal,
+        extra: [$($extra:expr),* $(,)?] $(,)?
+    ) => {
+        $(#[$doc])*
+        #[derive(Debug)]
+        pub struct $ty;
+
+        const GTA: $crate::merge::gta::Gta = $crate::merge::gta::Gta {
+            sparsifier: $crate::merge::gta::Sparsifier::$sparsifier,
+            consensus: $consensus,
+        };
+
+        const COMMON: [$crate::merge::ParamSpec; 4] = $crate::merge::gta::common_params($normalize);
+
+        static SPEC: $crate::merge::MethodSpec = $crate::merge::MethodSpec {
+            name: $name,
+            base: $crate::merge::BaseUse::Required,
+            params: &[COMMON[0], COMMON[1], COMMON[2], COMMON[3] $(, $extra)*],
+            min_models: 0,
+        };
+
+        impl $crate::merge::MergeMethod for $ty {
+            fn spec(&self) -> &'static $crate::merge::MethodSpec {
+                &SPEC
+            }
+
+            fn check(&self, params: &$crate::merge::TensorParams) -> Result<(), String> {
+                GTA.check(params)
+            }
+
+            fn merge(
+                &self,
+                inputs: &$crate::merge::MethodInputs<'_>,
+                out: &mut [f32],
+            ) -> Result<(), $crate::merge::MethodError> {
+                GTA.merge(inputs, out)
+            }
+        }
+    };
+}
+pub(crate) use gta_method;
