@@ -183,7 +183,7 @@ fn a_model_path_that_does_not_exist_names_both_places_tried() {
 }
 
 #[test]
-fn methods_of_the_next_issue_say_they_are_not_implemented() {
+fn mergekit_methods_without_an_implementation_say_so() {
     let dir = tempfile::tempdir().unwrap();
     family(dir.path());
     merge_fails(

@@ -1,8 +1,8 @@
 //! mergescope against mergekit 0.1.5's own outputs (the vendored `shared/parity` set), under
-//! compare.py's tolerance rules ported to Rust.
+//! compare.py's tolerance classes ported to Rust.
 
 use mergescope_tests::cli::run;
-use mergescope_tests::compare::{Tolerance, compare_folders};
+use mergescope_tests::compare::{Class, Tolerance, compare_folders};
 use mergescope_tests::parity_dir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_mergescope-cli");
@@ -13,15 +13,22 @@ fn check(recipe: &str) {
     let merged = out.path().join(recipe);
     // Recipes name models relative to the parity folder, as mergekit ran them: run from there.
     let config = format!("configs/{recipe}.yml");
-    run(
-        BIN,
-        &parity,
-        &["merge", &config, "--out", merged.to_str().unwrap()],
-    )
-    .assert_success();
+    let args = [
+        "merge",
+        &config,
+        "--out",
+        merged.to_str().unwrap(),
+        "--random-seed",
+        "7",
+    ];
+    run(BIN, &parity, &args).assert_success();
     let expected = parity.join("expected").join(recipe);
-    let tol = Tolerance::for_recipe(&parity.join("expected/MANIFEST.json"), recipe);
-    let reports = compare_folders(&merged, &expected, tol)
+    let class = Class::for_recipe(&parity.join("expected/MANIFEST.json"), recipe);
+    let base = match &class {
+        Class::Stats { base, .. } => Some(parity.join(base)),
+        Class::Close(_) => None,
+    };
+    let reports = compare_folders(&merged, &expected, &class, base.as_deref())
         .unwrap_or_else(|problems| panic!("{recipe}: FAIL\n{problems}"));
     assert_eq!(reports.len(), 39);
     // mergekit copies the base's (else the first model's) config and tokenizer files.
@@ -35,32 +42,62 @@ fn check(recipe: &str) {
     }
 }
 
-#[test]
-fn linear() {
-    check("linear");
+macro_rules! parity {
+    ($($recipe:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $recipe() {
+                check(stringify!($recipe));
+            }
+        )*
+    };
 }
 
-#[test]
-fn linear_gradient() {
-    check("linear_gradient");
-}
-
-#[test]
-fn task_arithmetic() {
-    check("task_arithmetic");
-}
+parity!(
+    linear,
+    linear_gradient,
+    task_arithmetic,
+    ties,
+    breadcrumbs,
+    breadcrumbs_ties,
+    dare_linear,
+    dare_ties,
+    della,
+);
 
 #[test]
 fn the_checker_fails_a_wrong_merge() {
-    // Guard against a comparison that cannot fail: linear's output is not task arithmetic's.
+    // Guard against comparisons that cannot fail.
     let parity = parity_dir();
     let expected = parity.join("expected");
+    let exact = Class::Close(Tolerance::EXACT);
     assert!(
         compare_folders(
             &expected.join("linear"),
             &expected.join("task_arithmetic"),
-            Tolerance::EXACT
+            &exact,
+            None
         )
         .is_err()
+    );
+    let stats = Class::for_recipe(&expected.join("MANIFEST.json"), "dare_ties");
+    let base = parity.join("family/base");
+    assert!(
+        compare_folders(
+            &expected.join("task_arithmetic"),
+            &expected.join("dare_ties"),
+            &stats,
+            Some(&base)
+        )
+        .is_err()
+    );
+    assert!(
+        compare_folders(
+            &expected.join("dare_ties"),
+            &expected.join("dare_ties"),
+            &stats,
+            Some(&base)
+        )
+        .is_ok()
     );
 }
