@@ -188,13 +188,13 @@ fn mergekit_methods_without_an_implementation_say_so() {
     family(dir.path());
     merge_fails(
         dir.path(),
-        &TA_RECIPE.replace("task_arithmetic", "ties"),
-        &["`ties` is not implemented yet"],
+        &TA_RECIPE.replace("task_arithmetic", "arcee_fusion"),
+        &["`arcee_fusion` is not implemented yet"],
     );
     merge_fails(
         dir.path(),
-        &TA_RECIPE.replace("task_arithmetic", "slerp"),
-        &["`slerp` is not implemented yet"],
+        &TA_RECIPE.replace("task_arithmetic", "ramplus_tl"),
+        &["`ramplus_tl` is not implemented yet"],
     );
 }
 
