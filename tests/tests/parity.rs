@@ -63,6 +63,10 @@ parity!(
     dare_linear,
     dare_ties,
     della,
+    sce,
+    model_stock,
+    slerp,
+    nuslerp,
 );
 
 #[test]

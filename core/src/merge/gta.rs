@@ -391,6 +391,7 @@ macro_rules! gta_method {
             base: $crate::merge::BaseUse::Required,
             params: &[COMMON[0], COMMON[1], COMMON[2], COMMON[3] $(, $extra)*],
             min_models: 0,
+            max_models: None,
         };
 
         impl $crate::merge::MergeMethod for $ty {

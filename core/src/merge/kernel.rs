@@ -84,6 +84,66 @@ where
         });
 }
 
+/// Like [`zip_map`], but every block holds whole rows of `row_len` elements, so `f` can treat
+/// each row as a vector (methods with per-row variants: nuslerp, model_stock).
+pub fn zip_rows<F>(inputs: &[TensorView<'_>], out: &mut [f32], row_len: usize, f: F)
+where
+    F: Fn(&[&[f32]], &mut [f32]) + Sync + Send,
+{
+    check_sizes(inputs, out.len());
+    let row_len = row_len.max(1);
+    let block = (CHUNK / row_len).max(1) * row_len;
+    out.par_chunks_mut(block)
+        .enumerate()
+        .for_each(|(index, out_block)| {
+            with_decoded(inputs, index * block, out_block.len(), |views| {
+                f(views, out_block)
+            });
+        });
+}
+
+/// The Gram matrix `G[i][j] = <v_i, v_j>` (row-major, N × N) of the inputs, or of their
+/// differences from `base` when one is given, accumulated in f64 chunk by chunk.
+pub fn gram(inputs: &[TensorView<'_>], base: Option<TensorView<'_>>) -> Vec<f64> {
+    let k = inputs.len();
+    let n = base.map_or_else(
+        || inputs.first().map_or(0, TensorView::numel),
+        |b| b.numel(),
+    );
+    let mut all = Vec::with_capacity(k + 1);
+    all.extend(base);
+    all.extend(inputs.iter().copied());
+    let offset = usize::from(base.is_some());
+    let partials = zip_chunks(&all, n, |_, xs| {
+        let mut g = vec![0f64; k * k];
+        let mut row = vec![0f32; k];
+        for e in 0..xs[0].len() {
+            for (i, v) in row.iter_mut().enumerate() {
+                let x = xs[offset + i][e];
+                *v = if offset == 1 { x - xs[0][e] } else { x };
+            }
+            for i in 0..k {
+                for j in i..k {
+                    g[i * k + j] += f64::from(row[i]) * f64::from(row[j]);
+                }
+            }
+        }
+        g
+    });
+    let mut total = vec![0f64; k * k];
+    for part in partials {
+        for (t, p) in total.iter_mut().zip(part) {
+            *t += p;
+        }
+    }
+    for i in 0..k {
+        for j in 0..i {
+            total[i * k + j] = total[j * k + i];
+        }
+    }
+    total
+}
+
 /// Maps every chunk of `n` elements (inputs decoded as in [`zip_map`]) to a value, in parallel;
 /// the values come back in chunk order, so folding them sequentially is deterministic.
 pub fn zip_chunks<T, F>(inputs: &[TensorView<'_>], n: usize, f: F) -> Vec<T>

@@ -25,6 +25,8 @@ pub enum BaseUse {
     Required,
     /// No base concept: a configured `base_model` becomes one more ordinary input (mergekit).
     Ignored,
+    /// Works with or without one: with a base, it combines task vectors against it.
+    Optional,
 }
 
 /// What a method is and what it reads.
@@ -35,6 +37,8 @@ pub struct MethodSpec {
     pub params: &'static [ParamSpec],
     /// Fewest non-base inputs the method accepts.
     pub min_models: usize,
+    /// Most non-base inputs the method accepts.
+    pub max_models: Option<usize>,
 }
 
 /// The inputs of one tensor, as a method sees them.

@@ -183,18 +183,22 @@ impl MergePlan {
         // Which checkpoints are the method's inputs, and where their parameters come from.
         let mut base = None;
         let mut inputs: Vec<(Member, InputSource<'_>)> = Vec::new();
-        match spec.base {
-            BaseUse::Required => {
-                let Some(base_opened) = &base_ref else {
-                    return Err(RecipeError::Contract {
-                        file,
-                        message: format!(
-                            "{} takes task vectors against a base model; add `base_model: PATH`",
-                            spec.name
-                        ),
-                    }
-                    .into());
-                };
+        if spec.base == BaseUse::Required && base_ref.is_none() {
+            return Err(RecipeError::Contract {
+                file,
+                message: format!(
+                    "{} takes task vectors against a base model; add `base_model: PATH`",
+                    spec.name
+                ),
+            }
+            .into());
+        }
+        let separate_base = match spec.base {
+            BaseUse::Required | BaseUse::Optional => base_ref.as_ref(),
+            BaseUse::Ignored => None,
+        };
+        match separate_base {
+            Some(base_opened) => {
                 base = Some(base_opened.member.clone());
                 for (i, opened) in entries.iter().enumerate() {
                     if opened.key != base_opened.key {
@@ -207,7 +211,7 @@ impl MergePlan {
                     }
                 }
             }
-            BaseUse::Ignored => {
+            None => {
                 for (i, opened) in entries.iter().enumerate() {
                     inputs.push((
                         opened.member.clone(),
@@ -224,17 +228,24 @@ impl MergePlan {
                 }
             }
         }
-        if inputs.len()
-            < spec
-                .min_models
-                .max(usize::from(spec.base == BaseUse::Ignored))
-        {
+        let fewest = spec.min_models.max(usize::from(base.is_none()));
+        let most = spec.max_models.unwrap_or(usize::MAX);
+        if inputs.len() < fewest || inputs.len() > most {
+            let besides = if base.is_some() {
+                " besides the base"
+            } else {
+                ""
+            };
+            let wanted = match spec.max_models {
+                Some(m) if m == fewest => format!("exactly {m}"),
+                Some(m) => format!("{fewest} to {m}"),
+                None => format!("at least {fewest}"),
+            };
             return Err(RecipeError::Contract {
                 file,
                 message: format!(
-                    "{} needs at least {} model(s) besides the base; the recipe gives {}",
+                    "{} takes {wanted} model(s){besides}; the recipe gives {}",
                     spec.name,
-                    spec.min_models.max(1),
                     inputs.len()
                 ),
             }

@@ -18,6 +18,7 @@ static SPEC: MethodSpec = MethodSpec {
         ParamSpec::shared("normalize", Kind::Bool, Some(Value::Bool(true))),
     ],
     min_models: 1,
+    max_models: None,
 };
 
 impl Linear {

@@ -6,7 +6,15 @@ mod dare_linear;
 mod dare_ties;
 mod della;
 mod della_linear;
+mod karcher;
 mod linear;
+mod model_stock;
+pub(crate) mod multislerp;
+mod nearswap;
+mod nuslerp;
+mod passthrough;
+mod sce;
+mod slerp;
 mod task_arithmetic;
 mod ties;
 
@@ -16,7 +24,15 @@ pub use dare_linear::DareLinear;
 pub use dare_ties::DareTies;
 pub use della::Della;
 pub use della_linear::DellaLinear;
+pub use karcher::Karcher;
 pub use linear::Linear;
+pub use model_stock::ModelStock;
+pub use multislerp::Multislerp;
+pub use nearswap::Nearswap;
+pub use nuslerp::Nuslerp;
+pub use passthrough::Passthrough;
+pub use sce::Sce;
+pub use slerp::Slerp;
 pub use task_arithmetic::TaskArithmetic;
 pub use ties::Ties;
 
@@ -33,6 +49,14 @@ pub static IMPLEMENTED: &[&dyn MergeMethod] = &[
     &BreadcrumbsTies,
     &Della,
     &DellaLinear,
+    &ModelStock,
+    &Slerp,
+    &Nuslerp,
+    &Multislerp,
+    &Karcher,
+    &Sce,
+    &Nearswap,
+    &Passthrough,
 ];
 
 /// Every `merge_method` mergekit 0.1.5 registers (ALGORITHMS.md §2.15).

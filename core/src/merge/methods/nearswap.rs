@@ -1,0 +1,38 @@
+//! `nearswap`: take the other model's value where it is within `t` of the base's, stay near the
+//! base where they are far apart. ALGORITHMS.md §2.11.
+
+use crate::merge::kernel::zip_map;
+use crate::merge::{BaseUse, Kind, MergeMethod, MethodError, MethodInputs, MethodSpec, ParamSpec};
+
+#[derive(Debug)]
+pub struct Nearswap;
+
+static SPEC: MethodSpec = MethodSpec {
+    name: "nearswap",
+    base: BaseUse::Required,
+    params: &[ParamSpec::shared("t", Kind::Float, None)],
+    min_models: 1,
+    max_models: Some(1),
+};
+
+impl MergeMethod for Nearswap {
+    fn spec(&self) -> &'static MethodSpec {
+        &SPEC
+    }
+
+    fn merge(&self, inputs: &MethodInputs<'_>, out: &mut [f32]) -> Result<(), MethodError> {
+        let (Some(a), [b]) = (inputs.base, inputs.models.as_slice()) else {
+            return Err(MethodError(
+                "nearswap needs the base and exactly one other model".to_owned(),
+            ));
+        };
+        let t = inputs.params.shared_f64("t") as f32;
+        zip_map(&[a, *b], out, |_, xs, o| {
+            for ((o, &a), &b) in o.iter_mut().zip(xs[0]).zip(xs[1]) {
+                let w = (t / (a - b).abs().max(1e-6)).clamp(0.0, 1.0);
+                *o = w * b + (1.0 - w) * a;
+            }
+        });
+        Ok(())
+    }
+}
