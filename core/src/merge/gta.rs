@@ -329,40 +329,6 @@ fn l1_rescale_factor(keys: &[u32], mask: &BitMask) -> f32 {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ranks_follow_lines_along_axis_one() {
-        // shape [2, 3]: rows are lines.
-        let keys = [5, 1, 5, 0, 0, 2];
-        let mut ranks = Vec::new();
-        assert_eq!(row_ranks(&keys, &[2, 3], &mut ranks), 3);
-        assert_eq!(ranks, vec![1, 0, 2, 0, 1, 2]);
-        // shape [1, 3, 2]: lines are the columns of the trailing 3x2 block.
-        let keys = [3, 9, 1, 8, 2, 7];
-        assert_eq!(row_ranks(&keys, &[1, 3, 2], &mut ranks), 3);
-        assert_eq!(ranks, vec![2, 2, 0, 1, 1, 0]);
-        // 1-D: one line.
-        assert_eq!(row_ranks(&[4, 4, 1], &[3], &mut ranks), 3);
-        assert_eq!(ranks, vec![1, 2, 0]);
-    }
-
-    #[test]
-    fn rescale_is_the_l1_ratio_and_skipped_for_zeros() {
-        let keys: Vec<u32> = [1.0f32, 2.0, 3.0, 4.0]
-            .iter()
-            .map(|x| x.to_bits())
-            .collect();
-        let mut mask = BitMask::new(4);
-        mask.fill_chunks(|_, w| w[0] = 0b1100);
-        assert!((l1_rescale_factor(&keys, &mask) - 10.0 / 7.0).abs() < 1e-6);
-        let zeros = vec![0u32; 4];
-        assert_eq!(l1_rescale_factor(&zeros, &mask), 1.0);
-    }
-}
-
 /// Declares a GTA method: a unit struct, its [`MethodSpec`](super::MethodSpec) (the common
 /// parameters with the method's `normalize` default, then `extra`), and a [`MergeMethod`]
 /// implementation that runs [`Gta`] with the given sparsifier and consensus.
@@ -414,3 +380,37 @@ macro_rules! gta_method {
     };
 }
 pub(crate) use gta_method;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranks_follow_lines_along_axis_one() {
+        // shape [2, 3]: rows are lines.
+        let keys = [5, 1, 5, 0, 0, 2];
+        let mut ranks = Vec::new();
+        assert_eq!(row_ranks(&keys, &[2, 3], &mut ranks), 3);
+        assert_eq!(ranks, vec![1, 0, 2, 0, 1, 2]);
+        // shape [1, 3, 2]: lines are the columns of the trailing 3x2 block.
+        let keys = [3, 9, 1, 8, 2, 7];
+        assert_eq!(row_ranks(&keys, &[1, 3, 2], &mut ranks), 3);
+        assert_eq!(ranks, vec![2, 2, 0, 1, 1, 0]);
+        // 1-D: one line.
+        assert_eq!(row_ranks(&[4, 4, 1], &[3], &mut ranks), 3);
+        assert_eq!(ranks, vec![1, 2, 0]);
+    }
+
+    #[test]
+    fn rescale_is_the_l1_ratio_and_skipped_for_zeros() {
+        let keys: Vec<u32> = [1.0f32, 2.0, 3.0, 4.0]
+            .iter()
+            .map(|x| x.to_bits())
+            .collect();
+        let mut mask = BitMask::new(4);
+        mask.fill_chunks(|_, w| w[0] = 0b1100);
+        assert!((l1_rescale_factor(&keys, &mask) - 10.0 / 7.0).abs() < 1e-6);
+        let zeros = vec![0u32; 4];
+        assert_eq!(l1_rescale_factor(&zeros, &mask), 1.0);
+    }
+}

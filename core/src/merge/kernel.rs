@@ -79,7 +79,7 @@ where
         .for_each(|(chunk, out_chunk)| {
             let start = chunk * CHUNK;
             with_decoded(inputs, start, out_chunk.len(), |views| {
-                f(start, views, out_chunk)
+                f(start, views, out_chunk);
             });
         });
 }
@@ -97,7 +97,7 @@ where
         .enumerate()
         .for_each(|(index, out_block)| {
             with_decoded(inputs, index * block, out_block.len(), |views| {
-                f(views, out_block)
+                f(views, out_block);
             });
         });
 }

@@ -49,7 +49,7 @@ impl BitMask {
             .iter()
             .map(|w| w.count_ones() as usize)
             .sum();
-        if self.len % 64 != 0 {
+        if !self.len.is_multiple_of(64) {
             count +=
                 (self.words[full_words] & ((1u64 << (self.len % 64)) - 1)).count_ones() as usize;
         }
