@@ -1,3 +1,5 @@
+#![allow(dead_code)] // each test binary that includes this module uses a different part of it
+
 //! Tensors held in memory for calling methods directly.
 
 use mergescope_core::checkpoint::{TensorInfo, TensorView};
