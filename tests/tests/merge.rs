@@ -32,10 +32,13 @@ fn depth(name: &str) -> f64 {
 
 fn assert_close(name: &str, got: &[f64], expected: &[f64], ulp_dtype: Dtype) {
     assert_eq!(got.len(), expected.len(), "{name}");
+    // f32 accumulation error is relative to the tensor's scale (cancellation makes small
+    // elements), as in compare.py's `atol * max|e|`.
+    let scale = expected.iter().fold(0f64, |m, v| m.max(v.abs()));
     for (i, (g, e)) in got.iter().zip(expected).enumerate() {
         // One rounding of the exact value to the output dtype, plus f32 accumulation noise.
         let rounded = decode(ulp_dtype, &encode(&[*e as f32], ulp_dtype))[0];
-        let tol = (rounded - e).abs() * 1.01 + 1e-6 * e.abs().max(1e-3);
+        let tol = (rounded - e).abs() * 1.01 + 1e-6 * scale;
         assert!(
             (g - rounded).abs() <= tol,
             "{name}[{i}]: got {g}, expected {e} (rounded {rounded})"
@@ -223,4 +226,43 @@ fn the_recipe_folder_is_tried_when_the_working_folder_has_no_such_model() {
         merged["lm_head.weight"].2,
         stored(&project, "a", "lm_head.weight")
     );
+}
+
+#[test]
+fn tensors_missing_from_a_model_merge_over_the_models_that_have_them() {
+    let dir = tempfile::tempdir().unwrap();
+    family(dir.path());
+    // `c` lacks one MLP tensor and has no separate head (its head is tied to the embedding).
+    let mut partial = llama_tensors(3, 3);
+    partial.retain(|t| t.name != "model.layers.1.mlp.up_proj.weight" && t.name != "lm_head.weight");
+    write_model_folder(&dir.path().join("c"), &partial, Dtype::F32, 3);
+    let recipe = "merge_method: task_arithmetic\nbase_model: base\nmodels:\n  - model: a\n    parameters: {weight: 0.5}\n  - model: c\n    parameters: {weight: 0.25}\n";
+    std::fs::write(dir.path().join("r.yml"), recipe).unwrap();
+    let out = run(BIN, dir.path(), &["merge", "r.yml", "--out", "merged"]);
+    out.assert_success();
+    assert!(
+        out.stderr()
+            .contains("`model.layers.1.mlp.up_proj.weight` is missing from c"),
+        "{}",
+        out.stderr()
+    );
+    let merged = read_folder(&dir.path().join("merged"));
+    let base = |n: &str| stored(dir.path(), "base", n);
+    let a = |n: &str| stored(dir.path(), "a", n);
+    let c = |n: &str| stored(dir.path(), "c", n);
+    let name = "model.layers.1.mlp.up_proj.weight";
+    let expected: Vec<f64> = (0..base(name).len())
+        .map(|i| base(name)[i] + 0.5 * (a(name)[i] - base(name)[i]))
+        .collect();
+    assert_close(name, &merged[name].2, &expected, Dtype::F32);
+    // The head of `c` is read from its embedding.
+    let (head, embed) = ("lm_head.weight", "model.embed_tokens.weight");
+    let expected: Vec<f64> = (0..base(head).len())
+        .map(|i| {
+            base(head)[i]
+                + 0.5 * (a(head)[i] - base(head)[i])
+                + 0.25 * (c(embed)[i] - base(head)[i])
+        })
+        .collect();
+    assert_close(head, &merged[head].2, &expected, Dtype::F32);
 }

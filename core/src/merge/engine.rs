@@ -17,7 +17,6 @@ use super::{MethodInputs, methods};
 use crate::checkpoint::Checkpoint;
 use crate::dtype::{FloatType, TensorBytes};
 use crate::export::{Export, ExportError, ExportOptions, ExportSummary, OutputTensor, sidecar};
-use crate::family::MemberId;
 use crate::job::{Cancelled, Job};
 
 /// The mergescope version recorded in every output.
@@ -161,11 +160,10 @@ fn compute(
         .as_ref()
         .zip(task.base)
         .map(|(b, i)| b.checkpoint.view(i));
-    let models: Vec<_> = family
+    let models: Vec<_> = task
         .models
         .iter()
-        .zip(&task.models)
-        .map(|(m, &i)| m.checkpoint.view(i))
+        .map(|&(m, i)| family.models[m].checkpoint.view(i))
         .collect();
     match &task.action {
         TaskAction::Merge { out, params } => {
@@ -190,15 +188,30 @@ fn compute(
             let reuse = buffers.take(*out);
             Ok(TensorBytes::encode_reusing(&buffers.work, *out, reuse))
         }
+        TaskAction::Convert { out } => {
+            let single = base
+                .or_else(|| models.first().copied())
+                .expect("a task has inputs");
+            let values = &mut buffers.work;
+            values.resize(task.numel(), 0.0);
+            crate::merge::kernel::zip_map(&[single], values, |_, xs, o| o.copy_from_slice(xs[0]));
+            let reuse = buffers.take(*out);
+            Ok(TensorBytes::encode_reusing(&buffers.work, *out, reuse))
+        }
         TaskAction::CopyIdentical => {
             let reference = family
                 .reference()
                 .expect("a planned family has a reference");
-            let all = base.iter().chain(&models);
             let first = base
                 .or_else(|| models.first().copied())
                 .expect("a task has inputs");
-            for ((_, member), view) in family.members().zip(all) {
+            let labelled = family.base.iter().zip(&base).chain(
+                task.models
+                    .iter()
+                    .map(|&(m, _)| &family.models[m])
+                    .zip(&models),
+            );
+            for (member, view) in labelled {
                 if view.bytes != first.bytes {
                     return Err(MergeError::CopyDiffers {
                         tensor: task.name.clone(),
@@ -214,14 +227,11 @@ fn compute(
 }
 
 fn for_each_input(plan: &MergePlan, task: &TensorTask, mut f: impl FnMut(&Checkpoint, usize)) {
-    for (id, member) in plan.family.members() {
-        let index = match id {
-            MemberId::Base => task.base,
-            MemberId::Model(m) => task.models.get(m).copied(),
-        };
-        if let Some(index) = index {
-            f(&member.checkpoint, index);
-        }
+    if let (Some(base), Some(index)) = (&plan.family.base, task.base) {
+        f(&base.checkpoint, index);
+    }
+    for &(m, index) in &task.models {
+        f(&plan.family.models[m].checkpoint, index);
     }
 }
 

@@ -29,6 +29,20 @@ pub enum BaseUse {
     Optional,
 }
 
+/// What a method does with a tensor that some inputs lack (ALGORITHMS.md §1.6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MissingPolicy {
+    /// Merge over the inputs that have it (the base must be among them if the method has one).
+    Subset,
+    /// If exactly one input has it, copy that one (slerp, nuslerp).
+    CopySingle,
+    /// If only the base has it, copy the base (nearswap).
+    CopySingleBase,
+    /// With fewer than 3 inputs: copy the base if it alone has it, else skip the tensor
+    /// (model_stock).
+    StockOrSkip,
+}
+
 /// What a method is and what it reads.
 #[derive(Debug)]
 pub struct MethodSpec {
@@ -61,6 +75,11 @@ pub struct MethodError(pub String);
 /// A merge method: one file per method under `merge/methods/`.
 pub trait MergeMethod: Sync + std::fmt::Debug {
     fn spec(&self) -> &'static MethodSpec;
+
+    /// What to do with a tensor some inputs lack.
+    fn when_missing(&self) -> MissingPolicy {
+        MissingPolicy::Subset
+    }
 
     /// Plan-time check of one tensor's parameters (before anything is written).
     fn check(&self, _params: &TensorParams) -> Result<(), String> {

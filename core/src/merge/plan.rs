@@ -9,7 +9,7 @@ use std::sync::Arc;
 use super::methods::{self, Lookup};
 use super::params::{InputSource, Resolver};
 use super::recipe::{Recipe, RecipeError};
-use super::{BaseUse, MergeMethod, TensorParams};
+use super::{BaseUse, MergeMethod, MissingPolicy, TensorParams};
 use crate::checkpoint::{Checkpoint, CheckpointError};
 use crate::dtype::{Dtype, FloatType};
 use crate::family::{AlignmentIssue, Family, Member, MemberId, dtype_name};
@@ -26,6 +26,9 @@ pub enum TaskAction {
     /// A tensor that is not computed on (integer buffers, F64): copied from the reference,
     /// provided every input holds the same bytes.
     CopyIdentical,
+    /// A float tensor only one input has, which the method's policy copies (slerp, nuslerp,
+    /// nearswap, model_stock): decoded and written in the output dtype.
+    Convert { out: FloatType },
 }
 
 /// One output tensor and where its inputs are.
@@ -35,10 +38,11 @@ pub struct TensorTask {
     pub shape: Vec<usize>,
     /// The dtype written.
     pub dtype: Dtype,
-    /// Index of the tensor in the base checkpoint, when the method has a base.
+    /// Index of the tensor in the base checkpoint, when the method has a base and the base has it.
     pub base: Option<usize>,
-    /// Index of the tensor in each model checkpoint, in the family's model order.
-    pub models: Vec<usize>,
+    /// `(model, tensor index)` for every model that has the tensor, in the family's model order.
+    /// Usually every model; fewer when the tensor is missing from some (ALGORITHMS.md §1.6).
+    pub models: Vec<(usize, usize)>,
     pub action: TaskAction,
 }
 
@@ -289,25 +293,98 @@ impl MergePlan {
                 continue; // only in other models: reported above as a warning
             };
             let reference_info = &reference_ckpt.tensors()[reference_index];
-            let model_indices: Vec<usize> = group
+            let find = |ckpt: &Checkpoint, name: &str| {
+                ckpt.index_of(name)
+                    .or_else(|| tied_name(name).and_then(|t| ckpt.index_of(t)))
+            };
+            let base_index = family
+                .base
+                .as_ref()
+                .and_then(|b| find(&b.checkpoint, &group.name));
+            let present: Vec<(usize, usize)> = family
                 .models
                 .iter()
-                .map(|i| i.expect("alignment checked"))
+                .enumerate()
+                .filter_map(|(m, member)| find(&member.checkpoint, &group.name).map(|i| (m, i)))
                 .collect();
-            let infos: Vec<_> = family
+            let mut infos: Vec<(&Member, &crate::checkpoint::TensorInfo)> = Vec::new();
+            if let (Some(b), Some(i)) = (&family.base, base_index) {
+                infos.push((b, &b.checkpoint.tensors()[i]));
+            }
+            for &(m, i) in &present {
+                let member = &family.models[m];
+                infos.push((member, &member.checkpoint.tensors()[i]));
+            }
+            for (member, info) in &infos {
+                if info.shape != reference_info.shape {
+                    return Err(PlanError::ShapeMismatch {
+                        file,
+                        tensor: group.name.clone(),
+                        member: member.label.clone(),
+                        reference: reference.label.clone(),
+                        expected: reference_info.shape.clone(),
+                        got: info.shape.clone(),
+                    });
+                }
+            }
+
+            // Inputs lacking the tensor: the method's policy decides (ALGORITHMS.md §1.6).
+            let missing: Vec<&str> = family
                 .members()
-                .map(|(id, member)| {
-                    let index = match id {
-                        MemberId::Base => group.base.expect("alignment checked"),
-                        MemberId::Model(m) => model_indices[m],
-                    };
-                    (member, &member.checkpoint.tensors()[index])
+                .filter(|(id, _)| match id {
+                    MemberId::Base => base_index.is_none(),
+                    MemberId::Model(i) => !present.iter().any(|(p, _)| p == i),
                 })
+                .map(|(_, m)| m.label.as_str())
                 .collect();
+            let mut convert_single = false;
+            if !missing.is_empty() {
+                let have = present.len() + usize::from(base_index.is_some());
+                let missing_error = || PlanError::MissingTensor {
+                    file: file.clone(),
+                    tensor: group.name.clone(),
+                    member: missing.join(", "),
+                    more: format!(" and {} needs it there", spec.name),
+                };
+                match method.when_missing() {
+                    MissingPolicy::CopySingle if have == 1 => convert_single = true,
+                    MissingPolicy::CopySingleBase if have == 1 && base_index.is_some() => {
+                        convert_single = true
+                    }
+                    MissingPolicy::StockOrSkip if have < 3 => {
+                        if have == 1 && base_index.is_some() {
+                            convert_single = true;
+                        } else {
+                            warnings.push(format!(
+                                "`{}` is in fewer than 3 inputs; {} skips it, so it is not written",
+                                group.name, spec.name
+                            ));
+                            continue;
+                        }
+                    }
+                    _ => {
+                        if family.base.is_some() && base_index.is_none() {
+                            return Err(missing_error());
+                        }
+                        if present.len() < spec.min_models.max(usize::from(family.base.is_none())) {
+                            return Err(missing_error());
+                        }
+                    }
+                }
+                if !convert_single {
+                    warnings.push(format!(
+                        "`{}` is missing from {}; merged over the {} input(s) that have it",
+                        group.name,
+                        missing.join(", "),
+                        have
+                    ));
+                }
+            }
+
             let mut computed: Option<FloatType> = None;
             let mut all_float = true;
             let mut any_float = false;
-            for (member, info) in infos {
+            for (member, info) in &infos {
                 match info.float_type() {
                     Some(ty) => {
                         any_float = true;
@@ -326,35 +403,40 @@ impl MergePlan {
                     });
                 }
             }
-            let action_and_dtype = match computed {
+            let (action, dtype) = match computed {
                 Some(promoted) if all_float => {
                     let compute_ty = compute.unwrap_or(promoted);
                     let out = output.unwrap_or(compute_ty);
-                    let t = layout.depth(&group.name);
-                    let params = resolver.resolve(&group.name, t, &sources)?;
-                    method.check(&params).map_err(|message| PlanError::Method {
-                        file: file.clone(),
-                        tensor: group.name.clone(),
-                        method: spec.name.to_owned(),
-                        message,
-                    })?;
-                    (TaskAction::Merge { out, params }, out.dtype())
+                    if convert_single {
+                        (TaskAction::Convert { out }, out.dtype())
+                    } else {
+                        let t = layout.depth(&group.name);
+                        let present_sources: Vec<InputSource<'_>> =
+                            present.iter().map(|&(m, _)| sources[m]).collect();
+                        let params = resolver.resolve(&group.name, t, &present_sources)?;
+                        method.check(&params).map_err(|message| PlanError::Method {
+                            file: file.clone(),
+                            tensor: group.name.clone(),
+                            method: spec.name.to_owned(),
+                            message,
+                        })?;
+                        (TaskAction::Merge { out, params }, out.dtype())
+                    }
                 }
                 _ => (TaskAction::CopyIdentical, reference_info.dtype),
             };
-            let (action, dtype) = action_and_dtype;
             tasks.push(TensorTask {
                 name: group.name.clone(),
                 shape: reference_info.shape.clone(),
                 dtype,
-                base: group.base,
-                models: model_indices,
+                base: base_index,
+                models: present,
                 action,
             });
         }
 
         let mut out_types = tasks.iter().filter_map(|t| match t.action {
-            TaskAction::Merge { out, .. } => Some(out),
+            TaskAction::Merge { out, .. } | TaskAction::Convert { out } => Some(out),
             TaskAction::CopyIdentical => None,
         });
         let first = out_types.next();
@@ -430,25 +512,6 @@ fn check_alignment(
     issues: &[AlignmentIssue],
     warnings: &mut Vec<String>,
 ) -> Result<(), PlanError> {
-    let missing: Vec<_> = issues
-        .iter()
-        .filter_map(|i| match i {
-            AlignmentIssue::Missing { tensor, member } => Some((tensor, member)),
-            _ => None,
-        })
-        .collect();
-    if let Some((tensor, member)) = missing.first() {
-        return Err(PlanError::MissingTensor {
-            file: file.to_path_buf(),
-            tensor: (*tensor).clone(),
-            member: (*member).clone(),
-            more: if missing.len() > 1 {
-                format!(" (and {} more missing tensors)", missing.len() - 1)
-            } else {
-                String::new()
-            },
-        });
-    }
     let mut dtype_counts: HashMap<(&str, &str, &str), usize> = HashMap::new();
     for issue in issues {
         match issue {
@@ -566,4 +629,13 @@ fn resolve_model_path(
         tried_cwd: in_cwd,
         tried_recipe: in_recipe_dir,
     })
+}
+
+/// The tensor a model without `name` supplies in its place, when the two are tied (mergekit's
+/// architecture definitions mark an untied head optional, read from the embedding).
+fn tied_name(name: &str) -> Option<&'static str> {
+    match name {
+        "lm_head.weight" => Some("model.embed_tokens.weight"),
+        _ => None,
+    }
 }

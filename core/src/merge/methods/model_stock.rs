@@ -4,7 +4,8 @@
 
 use crate::merge::kernel::{gram, zip_map, zip_rows};
 use crate::merge::{
-    BaseUse, Kind, MergeMethod, MethodError, MethodInputs, MethodSpec, ParamSpec, Value,
+    BaseUse, Kind, MergeMethod, MethodError, MethodInputs, MethodSpec, MissingPolicy, ParamSpec,
+    Value,
 };
 
 #[derive(Debug)]
@@ -52,6 +53,10 @@ fn blend(t: f32, base: f32, models: &[&[f32]], e: usize) -> f32 {
 impl MergeMethod for ModelStock {
     fn spec(&self) -> &'static MethodSpec {
         &SPEC
+    }
+
+    fn when_missing(&self) -> MissingPolicy {
+        MissingPolicy::StockOrSkip
     }
 
     fn merge(&self, inputs: &MethodInputs<'_>, out: &mut [f32]) -> Result<(), MethodError> {

@@ -2,7 +2,9 @@
 //! base where they are far apart. ALGORITHMS.md §2.11.
 
 use crate::merge::kernel::zip_map;
-use crate::merge::{BaseUse, Kind, MergeMethod, MethodError, MethodInputs, MethodSpec, ParamSpec};
+use crate::merge::{
+    BaseUse, Kind, MergeMethod, MethodError, MethodInputs, MethodSpec, MissingPolicy, ParamSpec,
+};
 
 #[derive(Debug)]
 pub struct Nearswap;
@@ -18,6 +20,10 @@ static SPEC: MethodSpec = MethodSpec {
 impl MergeMethod for Nearswap {
     fn spec(&self) -> &'static MethodSpec {
         &SPEC
+    }
+
+    fn when_missing(&self) -> MissingPolicy {
+        MissingPolicy::CopySingleBase
     }
 
     fn merge(&self, inputs: &MethodInputs<'_>, out: &mut [f32]) -> Result<(), MethodError> {

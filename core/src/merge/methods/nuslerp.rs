@@ -4,7 +4,8 @@
 use crate::checkpoint::TensorView;
 use crate::merge::kernel::{decode_all, gram, zip_map, zip_rows};
 use crate::merge::{
-    BaseUse, Kind, MergeMethod, MethodError, MethodInputs, MethodSpec, ParamSpec, Value,
+    BaseUse, Kind, MergeMethod, MethodError, MethodInputs, MethodSpec, MissingPolicy, ParamSpec,
+    Value,
 };
 
 #[derive(Debug)]
@@ -53,6 +54,10 @@ fn pair(xs: &[&[f32]], has_base: bool, e: usize) -> (f32, f32) {
 impl MergeMethod for Nuslerp {
     fn spec(&self) -> &'static MethodSpec {
         &SPEC
+    }
+
+    fn when_missing(&self) -> MissingPolicy {
+        MissingPolicy::CopySingle
     }
 
     fn merge(&self, inputs: &MethodInputs<'_>, out: &mut [f32]) -> Result<(), MethodError> {

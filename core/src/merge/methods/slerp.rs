@@ -2,7 +2,9 @@
 //! (t = 1), each tensor treated as one flattened vector. ALGORITHMS.md §2.5.
 
 use crate::merge::kernel::{gram, zip_map};
-use crate::merge::{BaseUse, Kind, MergeMethod, MethodError, MethodInputs, MethodSpec, ParamSpec};
+use crate::merge::{
+    BaseUse, Kind, MergeMethod, MethodError, MethodInputs, MethodSpec, MissingPolicy, ParamSpec,
+};
 
 #[derive(Debug)]
 pub struct Slerp;
@@ -39,6 +41,10 @@ pub(crate) fn slerp_weights(t: f64, aa: f64, bb: f64, ab: f64) -> (f32, f32) {
 impl MergeMethod for Slerp {
     fn spec(&self) -> &'static MethodSpec {
         &SPEC
+    }
+
+    fn when_missing(&self) -> MissingPolicy {
+        MissingPolicy::CopySingle
     }
 
     fn merge(&self, inputs: &MethodInputs<'_>, out: &mut [f32]) -> Result<(), MethodError> {
