@@ -349,7 +349,7 @@ impl MergePlan {
                 match method.when_missing() {
                     MissingPolicy::CopySingle if have == 1 => convert_single = true,
                     MissingPolicy::CopySingleBase if have == 1 && base_index.is_some() => {
-                        convert_single = true
+                        convert_single = true;
                     }
                     MissingPolicy::StockOrSkip if have < 3 => {
                         if have == 1 && base_index.is_some() {
