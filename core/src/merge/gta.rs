@@ -12,9 +12,11 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use super::kernel::{CHUNK, sum_in_order, zip_fill, zip_map};
-use super::rng::ElementRng;
-use super::select::{BitMask, magnitude_key, rank_band_mask, set_bit, top_k_mask};
+use super::kernel::{CHUNK, sum_in_order, zip_fill_fold, zip_map};
+use super::rng::{ElementRng, bernoulli_threshold};
+use super::select::{
+    BitMask, HighBits, magnitude_key, rank_band_mask_with, set_bit, top_k_mask_with,
+};
 use super::{Kind, MethodError, MethodInputs, ParamSpec, TensorParams, Value};
 
 /// How a task vector is sparsified before it is combined.
@@ -69,6 +71,8 @@ pub const fn epsilon_param() -> ParamSpec {
 thread_local! {
     /// Magnitude keys (and DELLA's ranks) of the tensor being merged, reused across tensors.
     static KEYS: RefCell<(Vec<u32>, Vec<u32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    /// Per-thread rows of the combine pass (see `Gta::merge`).
+    static COMBINE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 impl Gta {
@@ -136,12 +140,19 @@ impl Gta {
             let (mask, factor) = KEYS.with_borrow_mut(|(keys, ranks)| {
                 keys.resize(n, 0);
                 let pair = [base, *model];
-                zip_fill(&pair, keys, |_, xs, k| {
-                    for ((k, &b), &x) in k.iter_mut().zip(xs[0]).zip(xs[1]) {
-                        *k = magnitude_key(x - b);
-                    }
-                });
-                let mask = self.mask(inputs, i, density, keys, ranks);
+                let high = zip_fill_fold(
+                    &pair,
+                    keys,
+                    HighBits::new,
+                    |_, xs, k| {
+                        for ((k, &b), &x) in k.iter_mut().zip(xs[0]).zip(xs[1]) {
+                            *k = magnitude_key(x - b);
+                        }
+                    },
+                    HighBits::add,
+                    HighBits::merge,
+                );
+                let mask = self.mask(inputs, i, density, keys, &high, ranks);
                 let factor = if rescale {
                     l1_rescale_factor(keys, &mask)
                 } else {
@@ -166,39 +177,99 @@ impl Gta {
         all.push(base);
         all.extend(inputs.models.iter().copied());
         let consensus = self.consensus;
+        let n_models = inputs.models.len();
         zip_map(&all, out, |start, xs, o| {
             let (b, models) = xs.split_first().expect("the base is the first input");
-            for (offset, (o, &b)) in o.iter_mut().zip(b.iter()).enumerate() {
-                let j = start + offset;
-                let delta = |i: usize| -> f32 {
-                    let keep = kept[i].as_ref().is_none_or(|m| m.get(j));
-                    if keep {
-                        weights[i] * ((models[i][offset] - b) * factors[i])
-                    } else {
-                        0.0
-                    }
-                };
-                let (mixed, divisor) = if consensus {
-                    let total: f32 = (0..models.len()).map(delta).sum();
-                    let positive = total >= 0.0;
-                    let (mut mixed, mut divisor) = (0.0f32, 0.0f32);
-                    for i in 0..models.len() {
-                        let d = delta(i);
-                        if (positive && d > 0.0) || (!positive && d < 0.0) {
-                            mixed += d;
-                            divisor += weights[i];
+            let len = o.len();
+            COMBINE.with_borrow_mut(|scratch| {
+                // Laid out as N rows of masked, weighted deltas, then the per-element sum, the
+                // agreeing sum and the agreeing weight: every loop below runs over contiguous
+                // f32 rows and vectorises.
+                scratch.resize((n_models + 3) * CHUNK, 0.0);
+                let (deltas, rest) = scratch.split_at_mut(n_models * CHUNK);
+                let (total, rest) = rest.split_at_mut(CHUNK);
+                let (mixed, divisor) = rest.split_at_mut(CHUNK);
+                let (total, mixed, divisor) =
+                    (&mut total[..len], &mut mixed[..len], &mut divisor[..len]);
+                for (i, x) in models.iter().enumerate() {
+                    let d = &mut deltas[i * CHUNK..i * CHUNK + len];
+                    let (w, f) = (weights[i], factors[i]);
+                    match &kept[i] {
+                        None => {
+                            for ((d, &x), &b) in d.iter_mut().zip(x.iter()).zip(b.iter()) {
+                                *d = w * ((x - b) * f);
+                            }
+                        }
+                        Some(mask) => {
+                            // Multiplying by the mask bit as 0.0/1.0 keeps the loop branch-free.
+                            let words = mask.words_of_chunk(start);
+                            let groups = d
+                                .chunks_mut(64)
+                                .zip(x.chunks(64))
+                                .zip(b.chunks(64))
+                                .zip(words);
+                            for (((dg, xg), bg), &word) in groups {
+                                for (k, ((d, &x), &b)) in dg.iter_mut().zip(xg).zip(bg).enumerate()
+                                {
+                                    let keep = ((word >> k) & 1) as f32;
+                                    *d = w * ((x - b) * keep * f);
+                                }
+                            }
                         }
                     }
-                    (mixed, if divisor == 0.0 { 1.0 } else { divisor })
-                } else {
-                    ((0..models.len()).map(delta).sum(), plain_divisor)
-                };
-                let mut mixed = if normalize { mixed / divisor } else { mixed };
-                if lambda != 1.0 {
-                    mixed *= lambda;
                 }
-                *o = b + mixed;
-            }
+                total.fill(0.0);
+                mixed.fill(0.0);
+                for i in 0..n_models {
+                    let d = &deltas[i * CHUNK..i * CHUNK + len];
+                    if consensus {
+                        for (t, &d) in total.iter_mut().zip(d) {
+                            *t += d;
+                        }
+                    } else {
+                        for (m, &d) in mixed.iter_mut().zip(d) {
+                            *m += d;
+                        }
+                    }
+                }
+                if consensus {
+                    // Sign election: a sum of exactly 0 elects +1; zero deltas never agree.
+                    divisor.fill(0.0);
+                    for i in 0..n_models {
+                        let d = &deltas[i * CHUNK..i * CHUNK + len];
+                        let w = weights[i];
+                        for (((m, q), &t), &d) in mixed
+                            .iter_mut()
+                            .zip(divisor.iter_mut())
+                            .zip(total.iter())
+                            .zip(d)
+                        {
+                            let agree = if t >= 0.0 { d > 0.0 } else { d < 0.0 };
+                            *m += if agree { d } else { 0.0 };
+                            *q += if agree { w } else { 0.0 };
+                        }
+                    }
+                    for q in divisor.iter_mut() {
+                        if *q == 0.0 {
+                            *q = 1.0;
+                        }
+                    }
+                } else {
+                    divisor.fill(plain_divisor);
+                }
+                for (((o, &b), &m), &q) in o
+                    .iter_mut()
+                    .zip(b.iter())
+                    .zip(mixed.iter())
+                    .zip(divisor.iter())
+                {
+                    let mut m = if normalize { m / q } else { m };
+                    if lambda != 1.0 {
+                        m *= lambda;
+                    }
+                    *o = b + m;
+                }
+            });
         });
         Ok(())
     }
@@ -209,7 +280,8 @@ impl Gta {
         inputs: &MethodInputs<'_>,
         i: usize,
         density: f64,
-        keys: &mut [u32],
+        keys: &[u32],
+        high: &HighBits,
         ranks: &mut Vec<u32>,
     ) -> BitMask {
         let n = keys.len();
@@ -221,21 +293,21 @@ impl Gta {
                     return BitMask::new(n);
                 }
                 let k = ((density * n as f64) as usize).max(1);
-                top_k_mask(keys, k)
+                top_k_mask_with(keys, k, high)
             }
             Sparsifier::MagnitudeOutliers => {
                 let gamma = params.model_f64(i, "gamma");
                 let target = (density.max(0.0) * n as f64) as usize;
                 let top = (gamma * n as f64) as usize;
                 let bottom = n.saturating_sub(target + top);
-                rank_band_mask(keys, bottom, bottom + target)
+                rank_band_mask_with(keys, bottom, bottom + target, high)
             }
             Sparsifier::Random => {
                 if density <= 0.0 {
                     return BitMask::new(n);
                 }
                 let rng = ElementRng::new(inputs.seed, inputs.tensor, i);
-                bernoulli_mask(n, &rng, |_| density)
+                uniform_bernoulli_mask(n, &rng, density)
             }
             Sparsifier::DellaMagprune => {
                 if density <= 0.0 {
@@ -256,6 +328,25 @@ impl Gta {
             }
         }
     }
+}
+
+/// Each element kept with probability `p`: the comparison `u < p` done on the raw words, in
+/// bulk, so the mask costs little more than generating the random stream.
+fn uniform_bernoulli_mask(n: usize, rng: &ElementRng, p: f64) -> BitMask {
+    let threshold = bernoulli_threshold(p);
+    let mut mask = BitMask::new(n);
+    mask.fill_chunks(|start, words| {
+        let mut draws = vec![0u32; CHUNK.min(n - start)];
+        rng.fill_words(start, &mut draws);
+        for (word, group) in words.iter_mut().zip(draws.chunks(64)) {
+            let mut bits = 0u64;
+            for (b, &x) in group.iter().enumerate() {
+                bits |= u64::from((x >> 8) < threshold) << b;
+            }
+            *word = bits;
+        }
+    });
+    mask
 }
 
 /// Each element kept with probability `p(j)`, drawn from `rng` at the element's index.
@@ -305,19 +396,26 @@ fn row_ranks(keys: &[u32], shape: &[usize], ranks: &mut Vec<u32>) -> usize {
 /// `sum |d| / sum |kept d|` (ALGORITHMS.md `l1_rescale`): one factor for the whole tensor, or
 /// 1 when either sum is below 1e-7 (so zero deltas stay zero).
 fn l1_rescale_factor(keys: &[u32], mask: &BitMask) -> f32 {
+    const LANES: usize = 8;
     let partials: Vec<(f64, f64)> = keys
         .par_chunks(CHUNK)
         .enumerate()
         .map(|(chunk, part)| {
-            let (mut before, mut after) = (0.0f64, 0.0f64);
-            for (offset, &k) in part.iter().enumerate() {
-                let magnitude = f64::from(f32::from_bits(k));
-                before += magnitude;
-                if mask.get(chunk * CHUNK + offset) {
-                    after += magnitude;
+            // Eight independent f64 accumulators: no long dependency chain, and the lanes are
+            // combined in a fixed order, so the result does not depend on threads.
+            let (mut before, mut after) = ([0f64; LANES], [0f64; LANES]);
+            let words = mask.words_of_chunk(chunk * CHUNK);
+            for (group, &word) in part.chunks(64).zip(words) {
+                for (lane, eight) in group.chunks(LANES).enumerate() {
+                    for (l, &k) in eight.iter().enumerate() {
+                        let magnitude = f64::from(f32::from_bits(k));
+                        let kept = ((word >> (lane * LANES + l)) & 1) as f64;
+                        before[l] += magnitude;
+                        after[l] += magnitude * kept;
+                    }
                 }
             }
-            (before, after)
+            (sum_in_order(before), sum_in_order(after))
         })
         .collect();
     let before = sum_in_order(partials.iter().map(|p| p.0));

@@ -23,13 +23,26 @@ impl ElementRng {
     /// Calls `f(j, u)` for `j` in `start..start + len` with `u` uniform in [0, 1), built from the
     /// top 24 bits of word `j` (exactly representable as f32, as ALGORITHMS.md specifies).
     pub fn for_range(&self, start: usize, len: usize, mut f: impl FnMut(usize, f64)) {
-        let mut rng = self.rng.clone();
-        rng.set_word_pos(start as u128);
-        for j in start..start + len {
-            let u = f64::from(rng.next_u32() >> 8) * (1.0 / 16_777_216.0);
-            f(j, u);
+        let mut words = vec![0u32; len];
+        self.fill_words(start, &mut words);
+        for (j, w) in (start..).zip(words) {
+            f(j, f64::from(w >> 8) * (1.0 / 16_777_216.0));
         }
     }
+
+    /// Words `start..start + out.len()` of the stream, generated block-wise (much faster than
+    /// one call per word).
+    pub fn fill_words(&self, start: usize, out: &mut [u32]) {
+        let mut rng = self.rng.clone();
+        rng.set_word_pos(start as u128);
+        rng.fill_bytes(bytemuck::cast_slice_mut(out));
+    }
+}
+
+/// The integer form of `u < p` for `u = (word >> 8) / 2^24`: `word >> 8 < threshold(p)`.
+/// Exact, because `p * 2^24` is computed exactly in f64.
+pub fn bernoulli_threshold(p: f64) -> u32 {
+    (p * 16_777_216.0).ceil().clamp(0.0, 16_777_216.0) as u32
 }
 
 /// FNV-1a over the tensor name and the input index: a stable 64-bit stream id (std's hashers
@@ -70,6 +83,14 @@ mod tests {
             rng.for_range(start, 64.min(1000 - start), |_, u| pieces.push(u));
         }
         assert_eq!(whole, pieces);
+        // The integer threshold agrees with the float comparison.
+        for p in [0.0, 0.3, 0.5, 1.0 / 3.0, 0.999_999_9, 1.0] {
+            let mut words = vec![0u32; 1000];
+            rng.fill_words(0, &mut words);
+            for (w, u) in words.iter().zip(&whole) {
+                assert_eq!((w >> 8) < bernoulli_threshold(p), *u < p, "p = {p}");
+            }
+        }
         assert!(whole.iter().all(|u| (0.0..1.0).contains(u)));
         let mean = whole.iter().sum::<f64>() / 1000.0;
         assert!((mean - 0.5).abs() < 0.05, "{mean}");

@@ -43,6 +43,12 @@ impl BitMask {
         self.words[i / 64] >> (i % 64) & 1 == 1
     }
 
+    /// The words of the chunk starting at element `start` (a multiple of `CHUNK`).
+    pub fn words_of_chunk(&self, start: usize) -> &[u64] {
+        let first = start / 64;
+        &self.words[first..(first + CHUNK / 64).min(self.words.len())]
+    }
+
     pub fn count_ones(&self) -> usize {
         let full_words = self.len / 64;
         let mut count: usize = self.words[..full_words]
@@ -74,15 +80,55 @@ pub fn set_bit(words: &mut [u64], offset: usize) {
     words[offset / 64] |= 1 << (offset % 64);
 }
 
-/// The key at `position` (0-based) of `keys` sorted ascending, and how many keys are smaller.
-pub fn key_at(keys: &[u32], position: usize) -> (u32, usize) {
+/// The key at `position` (0-based) of `keys` sorted ascending, how many keys are smaller, and
+/// how many are equal to it: two parallel histogram passes over the top and bottom 16 bits.
+/// (A sampled bracket was tried first and was slower: bf16 task vectors have few distinct
+/// magnitudes, so millions of keys tie at the cut and land in any bracket.)
+pub fn key_at(keys: &[u32], position: usize) -> (u32, usize, usize) {
+    key_at_with(keys, position, &HighBits::of(keys))
+}
+
+/// Counts of the keys' top 16 bits: the first half of a radix select, which callers that
+/// produce keys can build while producing them and so save a pass.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HighBits(Vec<usize>);
+
+impl HighBits {
+    pub fn new() -> Self {
+        Self(vec![0; 1 << 16])
+    }
+
+    pub fn of(keys: &[u32]) -> Self {
+        Self(histogram(keys, |k| Some((k >> 16) as usize)))
+    }
+
+    pub fn add(&mut self, keys: &[u32]) {
+        for &k in keys {
+            self.0[(k >> 16) as usize] += 1;
+        }
+    }
+
+    #[allow(clippy::needless_pass_by_value)] // the shape rayon's `reduce` wants
+    pub fn merge(mut self, other: Self) -> Self {
+        self.0.iter_mut().zip(&other.0).for_each(|(a, b)| *a += b);
+        self
+    }
+}
+
+impl Default for HighBits {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// [`key_at`] with the top-16-bit counts already known.
+pub fn key_at_with(keys: &[u32], position: usize, high: &HighBits) -> (u32, usize, usize) {
     assert!(
         position < keys.len(),
         "rank {position} of {} keys",
         keys.len()
     );
-    let high = histogram(keys, |k| Some((k >> 16) as usize));
-    let (bucket, below_bucket) = locate(&high, position);
+    let (bucket, below_bucket) = locate(&high.0, position);
     let low = histogram(keys, |k| {
         ((k >> 16) as usize == bucket).then_some((k & 0xffff) as usize)
     });
@@ -90,19 +136,29 @@ pub fn key_at(keys: &[u32], position: usize) -> (u32, usize) {
     (
         ((bucket as u32) << 16) | low_value as u32,
         below_bucket + below_in_bucket,
+        low[low_value],
     )
 }
 
 fn histogram(keys: &[u32], bin: impl Fn(u32) -> Option<usize> + Sync) -> Vec<usize> {
-    keys.par_chunks(CHUNK * 16)
-        .map(|part| {
-            let mut counts = vec![0usize; 1 << 16];
-            for &k in part {
-                if let Some(b) = bin(k) {
-                    counts[b] += 1;
+    // One histogram per rayon split (a handful), not per chunk: the 64 Ki bins are 256 KiB.
+    keys.par_chunks(CHUNK)
+        .fold(
+            || vec![0u32; 1 << 16],
+            |mut counts, part| {
+                for &k in part {
+                    if let Some(b) = bin(k) {
+                        counts[b] += 1;
+                    }
                 }
-            }
+                counts
+            },
+        )
+        .map(|counts| {
             counts
+                .into_iter()
+                .map(|c| c as usize)
+                .collect::<Vec<usize>>()
         })
         .reduce(
             || vec![0usize; 1 << 16],
@@ -125,8 +181,123 @@ fn locate(counts: &[usize], position: usize) -> (usize, usize) {
     unreachable!("position {position} beyond the {below} counted keys")
 }
 
+/// One side of a kept band: keys strictly beyond `key` (above it for a lower bound, below it for
+/// an upper bound) are kept; keys equal to it are kept when their ordinal among the equal keys,
+/// in index order, lies in `ties`.
+#[derive(Clone, Copy, Debug)]
+struct Bound {
+    key: u32,
+    ties: (usize, usize),
+}
+
+/// What a chunk does with the keys equal to one bound.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ties {
+    All,
+    None,
+    /// The cut falls inside this chunk: ordinals must be tracked element by element.
+    Some,
+}
+
+impl Bound {
+    /// Whether a chunk holding ordinals `before..before + count` of this bound's key keeps all,
+    /// none or some of them.
+    fn ties_in(self, before: usize, count: usize) -> Ties {
+        let (a, b) = self.ties;
+        if count == 0 || (before >= a && before + count <= b) {
+            Ties::All
+        } else if before + count <= a || before >= b {
+            Ties::None
+        } else {
+            Ties::Some
+        }
+    }
+}
+
+/// Builds the mask in two parallel passes: count the bound keys per chunk, then set bits. Only
+/// the (at most two) chunks where a cut falls inside a run of equal keys are walked element by
+/// element; every other chunk is one branch-free comparison per key.
+fn bounded_mask(keys: &[u32], lower: Option<Bound>, upper: Option<Bound>) -> BitMask {
+    let n = keys.len();
+    let lo = lower.map_or(0, |b| b.key);
+    let hi = upper.map_or(u32::MAX, |b| b.key);
+    let (has_lo, has_hi) = (lower.is_some(), upper.is_some());
+    let counts: Vec<(usize, usize)> = keys
+        .par_chunks(CHUNK)
+        .map(|part| {
+            let (mut at_lo, mut at_hi) = (0u32, 0u32);
+            for &k in part {
+                at_lo += u32::from(has_lo & (k == lo));
+                at_hi += u32::from(has_hi & (k == hi));
+            }
+            (at_lo as usize, at_hi as usize)
+        })
+        .collect();
+    let mut before = Vec::with_capacity(counts.len());
+    let (mut seen_lo, mut seen_hi) = (0, 0);
+    for (a, b) in &counts {
+        before.push((seen_lo, seen_hi));
+        seen_lo += a;
+        seen_hi += b;
+    }
+    let mut mask = BitMask::new(n);
+    mask.words
+        .par_chunks_mut(CHUNK / 64)
+        .zip(keys.par_chunks(CHUNK))
+        .enumerate()
+        .for_each(|(chunk, (words, part))| {
+            let (before_lo, before_hi) = before[chunk];
+            let (count_lo, count_hi) = counts[chunk];
+            let lo_ties = lower.map_or(Ties::All, |b| b.ties_in(before_lo, count_lo));
+            let hi_ties = upper.map_or(Ties::All, |b| b.ties_in(before_hi, count_hi));
+            if lo_ties != Ties::Some && hi_ties != Ties::Some {
+                let (take_lo, take_hi) = (lo_ties == Ties::All, hi_ties == Ties::All);
+                for (word, group) in words.iter_mut().zip(part.chunks(64)) {
+                    let mut bits = 0u64;
+                    for (b, &k) in group.iter().enumerate() {
+                        let above = !has_lo | (k > lo) | (take_lo & (k == lo));
+                        let beneath = !has_hi | (k < hi) | (take_hi & (k == hi));
+                        bits |= u64::from(above & beneath) << b;
+                    }
+                    *word = bits;
+                }
+                return;
+            }
+            words.fill(0);
+            let (mut ord_lo, mut ord_hi) = (before_lo, before_hi);
+            for (offset, &k) in part.iter().enumerate() {
+                let mut keep = true;
+                if let Some(b) = lower {
+                    if k == b.key {
+                        keep &= (b.ties.0..b.ties.1).contains(&ord_lo);
+                        ord_lo += 1;
+                    } else {
+                        keep &= k > b.key;
+                    }
+                }
+                if let Some(b) = upper {
+                    if k == b.key {
+                        keep &= (b.ties.0..b.ties.1).contains(&ord_hi);
+                        ord_hi += 1;
+                    } else {
+                        keep &= k < b.key;
+                    }
+                }
+                if keep {
+                    set_bit(words, offset);
+                }
+            }
+        });
+    mask
+}
+
 /// Keeps the elements at positions `lo..hi` of `keys` ordered ascending by (key, flat index).
 pub fn rank_band_mask(keys: &[u32], lo: usize, hi: usize) -> BitMask {
+    rank_band_mask_with(keys, lo, hi, &HighBits::of(keys))
+}
+
+/// [`rank_band_mask`] with the keys' top-16-bit counts already known.
+pub fn rank_band_mask_with(keys: &[u32], lo: usize, hi: usize, high: &HighBits) -> BitMask {
     let n = keys.len();
     let hi = hi.min(n);
     if lo >= hi {
@@ -135,57 +306,51 @@ pub fn rank_band_mask(keys: &[u32], lo: usize, hi: usize) -> BitMask {
     if lo == 0 && hi == n {
         return BitMask::full(n);
     }
-    let (key_lo, below_lo) = key_at(keys, lo);
-    let (key_hi, below_hi) = key_at(keys, hi - 1);
-    // Among keys equal to key_lo, the first `skip_lo` (in index order) sit below `lo`; among keys
-    // equal to key_hi, only the first `keep_hi` sit below `hi`.
-    let skip_lo = lo - below_lo;
-    let keep_hi = hi - below_hi;
-    // How many of each boundary key come before every chunk, so chunks can run in parallel.
-    let per_chunk: Vec<(usize, usize)> = keys
-        .par_chunks(CHUNK)
-        .map(|c| {
-            (
-                c.iter().filter(|&&k| k == key_lo).count(),
-                c.iter().filter(|&&k| k == key_hi).count(),
-            )
-        })
-        .collect();
-    let mut before = Vec::with_capacity(per_chunk.len());
-    let (mut seen_lo, mut seen_hi) = (0, 0);
-    for (a, b) in &per_chunk {
-        before.push((seen_lo, seen_hi));
-        seen_lo += a;
-        seen_hi += b;
-    }
-    let mut mask = BitMask::new(n);
-    mask.fill_chunks(|start, words| {
-        let (mut ord_lo, mut ord_hi) = before[start / CHUNK];
-        let end = (start + CHUNK).min(n);
-        for (offset, &k) in keys[start..end].iter().enumerate() {
-            let above_lo = k > key_lo || (k == key_lo && ord_lo >= skip_lo);
-            let below_hi = k < key_hi || (k == key_hi && ord_hi < keep_hi);
-            if k == key_lo {
-                ord_lo += 1;
-            }
-            if k == key_hi {
-                ord_hi += 1;
-            }
-            if above_lo && below_hi {
-                set_bit(words, offset);
-            }
+    // Among keys equal to the key at `lo`, the first `lo - below` (in index order) sit below
+    // `lo`; among keys equal to the key at `hi - 1`, only the first `hi - below` sit below `hi`.
+    let lower = (lo > 0).then(|| {
+        let (key, below, _) = key_at_with(keys, lo, high);
+        Bound {
+            key,
+            ties: (lo - below, usize::MAX),
         }
     });
-    mask
+    let upper = (hi < n).then(|| {
+        let (key, below, _) = key_at_with(keys, hi - 1, high);
+        Bound {
+            key,
+            ties: (0, hi - below),
+        }
+    });
+    bounded_mask(keys, lower, upper)
 }
 
 /// Keeps the `k` largest keys; among equal keys at the cut, lower flat indices first.
-pub fn top_k_mask(keys: &mut [u32], k: usize) -> BitMask {
-    // Descending with lower index first is ascending by (!key, index): flip, select, flip back.
-    keys.par_iter_mut().for_each(|key| *key = !*key);
-    let mask = rank_band_mask(keys, 0, k);
-    keys.par_iter_mut().for_each(|key| *key = !*key);
-    mask
+pub fn top_k_mask(keys: &[u32], k: usize) -> BitMask {
+    top_k_mask_with(keys, k, &HighBits::of(keys))
+}
+
+/// [`top_k_mask`] with the keys' top-16-bit counts already known.
+pub fn top_k_mask_with(keys: &[u32], k: usize, high: &HighBits) -> BitMask {
+    let n = keys.len();
+    if k >= n {
+        return BitMask::full(n);
+    }
+    if k == 0 {
+        return BitMask::new(n);
+    }
+    // The k-th largest is at ascending position n - k; everything above it is kept, and of the
+    // keys equal to it the first `k - greater` in index order.
+    let (key, below, equal) = key_at_with(keys, n - k, high);
+    let greater = n - below - equal;
+    bounded_mask(
+        keys,
+        Some(Bound {
+            key,
+            ties: (0, k - greater),
+        }),
+        None,
+    )
 }
 
 /// The order key of a magnitude: non-negative f32s order exactly like their bit patterns.
@@ -238,28 +403,42 @@ mod tests {
 
     #[test]
     fn top_k_prefers_lower_indices_among_ties() {
-        let mut keys = vec![5, 9, 9, 1, 9, 5];
-        let mask = top_k_mask(&mut keys, 3);
+        let keys = vec![5, 9, 9, 1, 9, 5];
+        let mask = top_k_mask(&keys, 3);
         assert_eq!(bits(&mask), vec![false, true, true, false, true, false]);
-        let mask = top_k_mask(&mut keys, 2);
+        let mask = top_k_mask(&keys, 2);
         assert_eq!(bits(&mask), vec![false, true, true, false, false, false]);
-        let mask = top_k_mask(&mut keys, 4);
+        let mask = top_k_mask(&keys, 4);
         assert_eq!(bits(&mask), vec![true, true, true, false, true, false]);
-        assert_eq!(keys, vec![5, 9, 9, 1, 9, 5], "keys are restored");
         assert_eq!(mask.count_ones(), 4);
     }
 
     #[test]
+    fn top_k_matches_a_stable_descending_sort() {
+        let n = 2 * CHUNK + 77;
+        let keys: Vec<u32> = (0..n).map(|i| ((i * 31) % 7) as u32).collect();
+        for k in [1, 5, n / 2, n - 3] {
+            let mut order: Vec<usize> = (0..n).collect();
+            order.sort_by_key(|&i| (std::cmp::Reverse(keys[i]), i));
+            let mut expected = vec![false; n];
+            order[..k].iter().for_each(|&i| expected[i] = true);
+            assert_eq!(bits(&top_k_mask(&keys, k)), expected, "k = {k}");
+        }
+    }
+
+    #[test]
     fn key_at_finds_order_statistics() {
-        let keys: Vec<u32> = (0..100_000u32)
-            .map(|i| i.wrapping_mul(2_654_435_761))
+        // Few distinct values: ties at every cut.
+        let keys: Vec<u32> = (0..(1u32 << 21))
+            .map(|i| i.wrapping_mul(2_654_435_761) >> 12)
             .collect();
         let mut sorted = keys.clone();
         sorted.sort_unstable();
-        for p in [0, 1, 50_000, 99_999] {
-            let (key, below) = key_at(&keys, p);
+        for p in [0, 1, 50_000, 1 << 20, (1 << 21) - 1] {
+            let (key, below, equal) = key_at(&keys, p);
             assert_eq!(key, sorted[p]);
             assert_eq!(below, sorted.iter().filter(|&&k| k < key).count());
+            assert_eq!(equal, sorted.iter().filter(|&&k| k == key).count());
         }
     }
 }

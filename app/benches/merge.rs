@@ -1,0 +1,263 @@
+//! The merge benchmark: mergescope against the I/O floor and against mergekit, on a generated
+//! Llama-shaped family (base + 3 fine-tunes, bf16), with the page cache dropped before every
+//! timed step when run as root.
+//!
+//!     sudo -E cargo bench -p mergescope --bench merge
+//!
+//! Environment:
+//! - `MERGESCOPE_BENCH_DIR`: where families and outputs go (default `target/bench-data`; needs
+//!   about 7 GB per size, more with `MERGESCOPE_BENCH_LARGE`).
+//! - `MERGEKIT_YAML`: path of mergekit's `mergekit-yaml` (e.g. from
+//!   `python3 -m venv v && v/bin/pip install mergekit==0.1.5`); mergekit is skipped without it.
+//! - `MERGESCOPE_BENCH_METHODS`: comma-separated subset of `linear,ties,dare_ties`.
+//! - `MERGESCOPE_BENCH_LARGE=1`: also run mergescope on a family with twice the layers, to show
+//!   that peak memory does not grow with model size.
+//!
+//! Wall time and peak RSS come from `/usr/bin/time` around each command.
+
+#![allow(clippy::print_stdout)] // a benchmark reports its figures on stdout
+
+use std::io::{Read as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use mergescope_core::Job;
+use mergescope_core::synth::{LlamaShape, SynthFamily};
+
+const MERGESCOPE: &str = env!("CARGO_BIN_EXE_mergescope");
+
+fn recipe(method: &str) -> String {
+    let density = |d: f64| {
+        if method == "linear" {
+            String::new()
+        } else {
+            format!(", density: {d}")
+        }
+    };
+    let base = if method == "linear" {
+        ""
+    } else {
+        "base_model: family/base\n"
+    };
+    let base_entry = if method == "linear" {
+        "  - model: family/base\n    parameters: {weight: 0.4}\n"
+    } else {
+        ""
+    };
+    format!(
+        "merge_method: {method}\n{base}models:\n{base_entry}  - model: family/ft_1\n    parameters: {{weight: 0.5{}}}\n  - model: family/ft_2\n    parameters: {{weight: 0.3{}}}\n  - model: family/ft_3\n    parameters: {{weight: 0.2{}}}\n",
+        density(0.5),
+        density(0.4),
+        density(0.6)
+    )
+}
+
+/// Drops the page cache; `false` when not permitted (then figures are warm-cache figures).
+fn drop_caches() -> bool {
+    let synced = Command::new("sync").status().is_ok_and(|s| s.success());
+    synced && std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok()
+}
+
+struct Measured {
+    seconds: f64,
+    peak_rss_mib: f64,
+}
+
+/// Runs `program args` under `/usr/bin/time -f "%e %M"` in `cwd`.
+fn timed(cwd: &Path, program: &str, args: &[&str]) -> Measured {
+    let output = Command::new("/usr/bin/time")
+        .args(["-f", "TIMED %e %M", program])
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("/usr/bin/time runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "{program} {args:?} failed:\n{stderr}"
+    );
+    let line = stderr
+        .lines()
+        .rfind(|l| l.starts_with("TIMED "))
+        .expect("time's line");
+    let mut fields = line.split_whitespace().skip(1);
+    let seconds = fields.next().and_then(|s| s.parse().ok()).expect("seconds");
+    let kib: f64 = fields.next().and_then(|s| s.parse().ok()).expect("KiB");
+    Measured {
+        seconds,
+        peak_rss_mib: kib / 1024.0,
+    }
+}
+
+/// Reads every input once (sequentially, 8 MiB at a time) and writes `out_bytes` with fsync.
+fn io_floor(inputs: &[PathBuf], out_bytes: u64, scratch: &Path) -> (f64, f64) {
+    drop_caches();
+    let start = Instant::now();
+    let mut buffer = vec![0u8; 8 << 20];
+    for path in inputs {
+        let mut file = std::fs::File::open(path).expect("input");
+        while file.read(&mut buffer).expect("read") > 0 {}
+    }
+    let read = start.elapsed().as_secs_f64();
+    drop_caches();
+    let start = Instant::now();
+    let mut file = std::fs::File::create(scratch).expect("scratch file");
+    buffer.fill(1);
+    let mut left = out_bytes;
+    while left > 0 {
+        let n = left.min(buffer.len() as u64) as usize;
+        file.write_all(&buffer[..n]).expect("write");
+        left -= n as u64;
+    }
+    file.sync_all().expect("fsync");
+    let write = start.elapsed().as_secs_f64();
+    drop(file);
+    let _ = std::fs::remove_file(scratch);
+    (read, write)
+}
+
+fn safetensors_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in walk(dir) {
+        if entry.extension().is_some_and(|e| e == "safetensors") {
+            files.push(entry);
+        }
+    }
+    files.sort();
+    files
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("folder").flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+fn ensure_family(dir: &Path, shape: LlamaShape) -> u64 {
+    let family = SynthFamily::new(shape, 3);
+    let marker = dir.join("family/.complete");
+    if !marker.exists() {
+        println!(
+            "generating {} (4 models of {:.2} GB)...",
+            dir.display(),
+            family.model_bytes() as f64 / 1e9
+        );
+        std::fs::create_dir_all(dir).expect("bench folder");
+        family
+            .write(&dir.join("family"), true, &Job::default())
+            .expect("generate family");
+        std::fs::write(&marker, "").expect("marker");
+    }
+    family.model_bytes()
+}
+
+fn main() {
+    let root = std::env::var_os("MERGESCOPE_BENCH_DIR").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-data"),
+        PathBuf::from,
+    );
+    let methods: Vec<String> = std::env::var("MERGESCOPE_BENCH_METHODS")
+        .unwrap_or_else(|_| "linear,ties,dare_ties".to_owned())
+        .split(',')
+        .map(str::to_owned)
+        .collect();
+    let mergekit = std::env::var("MERGEKIT_YAML").ok();
+    let cold = drop_caches();
+    println!(
+        "page cache: {}",
+        if cold {
+            "dropped before every timed step"
+        } else {
+            "NOT dropped (run as root for cold figures)"
+        }
+    );
+
+    let mut sizes = vec![("1.6 GB", LlamaShape::BENCH_1B)];
+    if std::env::var_os("MERGESCOPE_BENCH_LARGE").is_some() {
+        sizes.push((
+            "3.1 GB",
+            LlamaShape {
+                layers: 32,
+                ..LlamaShape::BENCH_1B
+            },
+        ));
+    }
+    for (label, shape) in sizes {
+        let dir = root.join(format!("llama-{}l", shape.layers));
+        let model_bytes = ensure_family(&dir, shape);
+        let inputs = safetensors_files(&dir.join("family"));
+        let (read, write) = io_floor(&inputs, model_bytes, &dir.join("floor.bin"));
+        let floor = read + write;
+        println!(
+            "\n== models of {label} (bf16, {} layers): I/O floor {floor:.1} s (read inputs {read:.1} s + write output {write:.1} s)",
+            shape.layers
+        );
+        println!(
+            "{:<10} {:>14} {:>10} {:>9} {:>14} {:>10} {:>9} {:>10}",
+            "method",
+            "mergescope s",
+            "RSS MiB",
+            "x floor",
+            "mergekit s",
+            "RSS MiB",
+            "x floor",
+            "speedup"
+        );
+        for method in &methods {
+            std::fs::write(dir.join(format!("{method}.yml")), recipe(method)).expect("recipe");
+            drop_caches();
+            let ms = timed(
+                &dir,
+                MERGESCOPE,
+                &[
+                    "merge",
+                    &format!("{method}.yml"),
+                    "--out",
+                    "out-mergescope",
+                    "--force",
+                    "--random-seed",
+                    "0",
+                ],
+            );
+            let mk = mergekit.as_deref().filter(|_| label == "1.6 GB").map(|mk| {
+                let _ = std::fs::remove_dir_all(dir.join("out-mergekit"));
+                drop_caches();
+                timed(
+                    &dir,
+                    mk,
+                    &[
+                        &format!("{method}.yml"),
+                        "out-mergekit",
+                        "--random-seed",
+                        "0",
+                        "--no-write-model-card",
+                        "--quiet",
+                    ],
+                )
+            });
+            let (mk_s, mk_rss, mk_x, speedup) = match &mk {
+                Some(m) => (
+                    format!("{:.1}", m.seconds),
+                    format!("{:.0}", m.peak_rss_mib),
+                    format!("{:.2}", m.seconds / floor),
+                    format!("{:.1}x", m.seconds / ms.seconds),
+                ),
+                None => ("-".into(), "-".into(), "-".into(), "-".into()),
+            };
+            println!(
+                "{method:<10} {:>14.1} {:>10.0} {:>9.2} {mk_s:>14} {mk_rss:>10} {mk_x:>9} {speedup:>10}",
+                ms.seconds,
+                ms.peak_rss_mib,
+                ms.seconds / floor
+            );
+        }
+    }
+}
