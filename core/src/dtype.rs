@@ -87,8 +87,15 @@ pub fn decode_into(ty: FloatType, bytes: &[u8], out: &mut [f32]) {
                 }
             }
         },
-        FloatType::BF16 => match bytemuck::try_cast_slice::<u8, bf16>(bytes) {
-            Ok(values) => values.convert_to_f32_slice(out),
+        FloatType::BF16 => match bytemuck::try_cast_slice::<u8, u16>(bytes) {
+            // bf16 is the top half of an f32: widening is a shift, which vectorises (half's
+            // conversion also quiets NaNs, a branch that keeps it scalar; a NaN stays a NaN
+            // here too, only its signalling bit is kept as stored).
+            Ok(values) => {
+                for (o, &v) in out.iter_mut().zip(values) {
+                    *o = f32::from_bits(u32::from(v) << 16);
+                }
+            }
             Err(_) => {
                 for (o, chunk) in out.iter_mut().zip(bytes.chunks_exact(2)) {
                     *o = bf16::from_bits(bytemuck::pod_read_unaligned(chunk)).to_f32();

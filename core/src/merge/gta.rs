@@ -12,10 +12,12 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use super::kernel::{CHUNK, sum_in_order, zip_fill_fold, zip_map};
+use crate::checkpoint::TensorView;
+
+use super::kernel::{CHUNK, sum_in_order, with_decoded, zip_fill_fold, zip_map};
 use super::rng::{ElementRng, bernoulli_threshold};
 use super::select::{
-    BitMask, HighBits, magnitude_key, rank_band_mask_with, set_bit, top_k_mask_with,
+    BYTE_FACTORS, BitMask, HighBits, magnitude_key, rank_band_mask_with, set_bit, top_k_mask_with,
 };
 use super::{Kind, MethodError, MethodInputs, ParamSpec, TensorParams, Value};
 
@@ -135,6 +137,14 @@ impl Gta {
             if density >= 1.0 || n == 0 {
                 kept.push(None);
                 factors.push(1.0);
+                continue;
+            }
+            if self.sparsifier == Sparsifier::Random {
+                // DARE needs no ranks: one pass draws the mask and sums the L1 norms.
+                let rng = ElementRng::new(inputs.seed, inputs.tensor, i);
+                let (mask, factor) = random_mask(base, *model, &rng, density);
+                kept.push(Some(mask));
+                factors.push(if rescale { factor } else { 1.0 });
                 continue;
             }
             let (mask, factor) = KEYS.with_borrow_mut(|(keys, ranks)| {
@@ -302,13 +312,7 @@ impl Gta {
                 let bottom = n.saturating_sub(target + top);
                 rank_band_mask_with(keys, bottom, bottom + target, high)
             }
-            Sparsifier::Random => {
-                if density <= 0.0 {
-                    return BitMask::new(n);
-                }
-                let rng = ElementRng::new(inputs.seed, inputs.tensor, i);
-                uniform_bernoulli_mask(n, &rng, density)
-            }
+            Sparsifier::Random => unreachable!("DARE masks are drawn by `random_mask`"),
             Sparsifier::DellaMagprune => {
                 if density <= 0.0 {
                     return BitMask::new(n);
@@ -330,23 +334,68 @@ impl Gta {
     }
 }
 
-/// Each element kept with probability `p`: the comparison `u < p` done on the raw words, in
-/// bulk, so the mask costs little more than generating the random stream.
-fn uniform_bernoulli_mask(n: usize, rng: &ElementRng, p: f64) -> BitMask {
-    let threshold = bernoulli_threshold(p);
+/// DARE's mask for `model` against `base`: each element kept with probability `p`, with the
+/// comparison `u < p` done on the raw words in bulk; and the L1 rescale factor, summed in the
+/// same pass over the decoded inputs.
+fn random_mask(
+    base: TensorView<'_>,
+    model: TensorView<'_>,
+    rng: &ElementRng,
+    p: f64,
+) -> (BitMask, f32) {
+    const LANES: usize = 8;
+    let n = base.numel();
     let mut mask = BitMask::new(n);
-    mask.fill_chunks(|start, words| {
-        let mut draws = vec![0u32; CHUNK.min(n - start)];
+    if p <= 0.0 {
+        return (mask, 1.0);
+    }
+    let threshold = bernoulli_threshold(p);
+    let pair = [base, model];
+    let sums = mask.fill_chunks_collect(|start, words| {
+        let len = CHUNK.min(n - start);
+        let mut draws = vec![0u32; len];
         rng.fill_words(start, &mut draws);
-        for (word, group) in words.iter_mut().zip(draws.chunks(64)) {
-            let mut bits = 0u64;
-            for (b, &x) in group.iter().enumerate() {
-                bits |= u64::from((x >> 8) < threshold) << b;
+        with_decoded(&pair, start, len, |xs| {
+            // f32 lanes within a chunk (DARE is compared statistically; mergekit sums in the
+            // compute dtype too), f64 across chunks.
+            let (mut before, mut after) = ([0f32; LANES], [0f32; LANES]);
+            let groups = words
+                .iter_mut()
+                .zip(draws.chunks(64))
+                .zip(xs[0].chunks(64))
+                .zip(xs[1].chunks(64));
+            for (((word, draw), b), x) in groups {
+                let mut bits = 0u64;
+                for (k, &u) in draw.iter().enumerate() {
+                    bits |= u64::from((u >> 8) < threshold) << k;
+                }
+                *word = bits;
+                let bytes = bits.to_le_bytes();
+                for (((b, x), &byte), _) in
+                    b.chunks(LANES).zip(x.chunks(LANES)).zip(&bytes).zip(0..)
+                {
+                    let keep = &BYTE_FACTORS[usize::from(byte)];
+                    for l in 0..b.len() {
+                        let magnitude = (x[l] - b[l]).abs();
+                        before[l] += magnitude;
+                        after[l] += magnitude * keep[l];
+                    }
+                }
             }
-            *word = bits;
-        }
+            (
+                sum_in_order(before.iter().map(|&v| f64::from(v))),
+                sum_in_order(after.iter().map(|&v| f64::from(v))),
+            )
+        })
     });
-    mask
+    let before = sum_in_order(sums.iter().map(|s| s.0));
+    let after = sum_in_order(sums.iter().map(|s| s.1));
+    let factor = if before < 1e-7 || after < 1e-7 {
+        1.0
+    } else {
+        (before / after) as f32
+    };
+    (mask, factor)
 }
 
 /// Each element kept with probability `p(j)`, drawn from `rng` at the element's index.

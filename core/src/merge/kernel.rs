@@ -33,7 +33,9 @@ fn check_sizes(inputs: &[TensorView<'_>], n: usize) {
 }
 
 /// Decodes elements `start..start + len` of every input and calls `f` with them.
-fn with_decoded<R>(
+/// Decodes elements `start..start + len` of every input and calls `f` with them (for passes
+/// that write something other than one value per element).
+pub fn with_decoded<R>(
     inputs: &[TensorView<'_>],
     start: usize,
     len: usize,
