@@ -104,8 +104,11 @@ where
     R: Fn(A, A) -> A + Sync + Send,
 {
     check_sizes(inputs, out.len());
+    // Accumulators can be large (a histogram): at least 64 chunks (1 Mi elements) per fold job
+    // keeps their creation and merging negligible.
     out.par_chunks_mut(CHUNK)
         .enumerate()
+        .with_min_len(64)
         .fold(init, |mut acc, (chunk, out_chunk)| {
             let start = chunk * CHUNK;
             with_decoded(inputs, start, out_chunk.len(), |views| {

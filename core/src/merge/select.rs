@@ -123,26 +123,42 @@ pub fn key_at(keys: &[u32], position: usize) -> (u32, usize, usize) {
 /// Counts of the keys' top 16 bits: the first half of a radix select, which callers that
 /// produce keys can build while producing them and so save a pass.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HighBits(Vec<usize>);
+pub struct HighBits(Vec<[u32; 4]>);
 
 impl HighBits {
     pub fn new() -> Self {
-        Self(vec![0; 1 << 16])
+        Self(vec![[0; 4]; 1 << 16])
+    }
+
+    /// Total count per bin.
+    fn totals(&self) -> Vec<usize> {
+        self.0
+            .iter()
+            .map(|l| l.iter().map(|&c| c as usize).sum())
+            .collect()
     }
 
     pub fn of(keys: &[u32]) -> Self {
-        Self(histogram(keys, |k| Some((k >> 16) as usize)))
+        keys.par_chunks(CHUNK)
+            .with_min_len(64)
+            .fold(Self::new, |mut h, part| {
+                h.add(part);
+                h
+            })
+            .reduce(Self::new, Self::merge)
     }
 
     pub fn add(&mut self, keys: &[u32]) {
-        for &k in keys {
-            self.0[(k >> 16) as usize] += 1;
-        }
+        add_counts(&mut self.0, keys, |k| k >> 16);
     }
 
     #[allow(clippy::needless_pass_by_value)] // the shape rayon's `reduce` wants
     pub fn merge(mut self, other: Self) -> Self {
-        self.0.iter_mut().zip(&other.0).for_each(|(a, b)| *a += b);
+        for (a, b) in self.0.iter_mut().zip(&other.0) {
+            for (x, y) in a.iter_mut().zip(b) {
+                *x += y;
+            }
+        }
         self
     }
 }
@@ -155,15 +171,27 @@ impl Default for HighBits {
 
 /// [`key_at`] with the top-16-bit counts already known.
 pub fn key_at_with(keys: &[u32], position: usize, high: &HighBits) -> (u32, usize, usize) {
+    if keys.len() <= 1 << 16 {
+        // Small tensors (norms, biases): sorting a copy beats two 64 Ki-bin histograms.
+        assert!(
+            position < keys.len(),
+            "rank {position} of {} keys",
+            keys.len()
+        );
+        let mut sorted = keys.to_vec();
+        sorted.sort_unstable();
+        let key = sorted[position];
+        let below = sorted.partition_point(|&k| k < key);
+        let equal = sorted.partition_point(|&k| k <= key) - below;
+        return (key, below, equal);
+    }
     assert!(
         position < keys.len(),
         "rank {position} of {} keys",
         keys.len()
     );
-    let (bucket, below_bucket) = locate(&high.0, position);
-    let low = histogram(keys, |k| {
-        ((k >> 16) as usize == bucket).then_some((k & 0xffff) as usize)
-    });
+    let (bucket, below_bucket) = locate(&high.totals(), position);
+    let low = low_histogram(keys, bucket as u32);
     let (low_value, below_in_bucket) = locate(&low, position - below_bucket);
     (
         ((bucket as u32) << 16) | low_value as u32,
@@ -172,33 +200,56 @@ pub fn key_at_with(keys: &[u32], position: usize, high: &HighBits) -> (u32, usiz
     )
 }
 
-fn histogram(keys: &[u32], bin: impl Fn(u32) -> Option<usize> + Sync) -> Vec<usize> {
-    // One histogram per rayon split (a handful), not per chunk: the 64 Ki bins are 256 KiB.
-    keys.par_chunks(CHUNK)
+/// Adds one count per key to `lanes[bin(key)]`. Keys of real task vectors repeat their top
+/// bits constantly, so a single counter per bin stalls on its own increments; four counters per
+/// bin, filled round-robin and summed at the end, keep the increments independent.
+fn add_counts(lanes: &mut [[u32; 4]], keys: &[u32], bin: impl Fn(u32) -> u32) {
+    let mut quads = keys.chunks_exact(4);
+    for q in &mut quads {
+        lanes[bin(q[0]) as usize][0] += 1;
+        lanes[bin(q[1]) as usize][1] += 1;
+        lanes[bin(q[2]) as usize][2] += 1;
+        lanes[bin(q[3]) as usize][3] += 1;
+    }
+    for &k in quads.remainder() {
+        lanes[bin(k) as usize][0] += 1;
+    }
+}
+
+/// Counts of the low 16 bits of the keys whose top 16 bits are `bucket`.
+fn low_histogram(keys: &[u32], bucket: u32) -> Vec<usize> {
+    // Out-of-bucket keys go to a spare last bin, so the loop has no branch.
+    let lanes = keys
+        .par_chunks(CHUNK)
+        .with_min_len(64)
         .fold(
-            || vec![0u32; 1 << 16],
-            |mut counts, part| {
-                for &k in part {
-                    if let Some(b) = bin(k) {
-                        counts[b] += 1;
+            || vec![[0u32; 4]; (1 << 16) + 1],
+            |mut lanes, part| {
+                add_counts(&mut lanes, part, |k| {
+                    if k >> 16 == bucket {
+                        k & 0xffff
+                    } else {
+                        1 << 16
+                    }
+                });
+                lanes
+            },
+        )
+        .reduce(
+            || vec![[0u32; 4]; (1 << 16) + 1],
+            |mut a, b| {
+                for (x, y) in a.iter_mut().zip(&b) {
+                    for (p, q) in x.iter_mut().zip(y) {
+                        *p += q;
                     }
                 }
-                counts
-            },
-        )
-        .map(|counts| {
-            counts
-                .into_iter()
-                .map(|c| c as usize)
-                .collect::<Vec<usize>>()
-        })
-        .reduce(
-            || vec![0usize; 1 << 16],
-            |mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
                 a
             },
-        )
+        );
+    lanes[..1 << 16]
+        .iter()
+        .map(|l| l.iter().map(|&c| c as usize).sum())
+        .collect()
 }
 
 /// The bin holding `position` and the count of everything in lower bins.
