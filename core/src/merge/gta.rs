@@ -128,7 +128,25 @@ impl Gta {
         // Phase 1: per model, which elements survive and by how much they are rescaled.
         let mut kept: Vec<Option<BitMask>> = Vec::with_capacity(inputs.models.len());
         let mut factors: Vec<f32> = Vec::with_capacity(inputs.models.len());
-        for (i, model) in inputs.models.iter().enumerate() {
+        if self.sparsifier == Sparsifier::Random {
+            // DARE needs no ranks: one pass over base and all models draws every mask and sums
+            // the L1 norms.
+            let densities: Vec<f64> = (0..inputs.models.len())
+                .map(|i| params.model_f64(i, "density"))
+                .collect();
+            for (mask, factor) in
+                random_masks(base, &inputs.models, inputs.seed, inputs.tensor, &densities)
+            {
+                kept.push(mask);
+                factors.push(if rescale { factor } else { 1.0 });
+            }
+        }
+        let ranked = if self.sparsifier == Sparsifier::Random {
+            &[][..]
+        } else {
+            &inputs.models[..]
+        };
+        for (i, model) in ranked.iter().enumerate() {
             let density = if self.sparsifier == Sparsifier::None {
                 1.0
             } else {
@@ -137,14 +155,6 @@ impl Gta {
             if density >= 1.0 || n == 0 {
                 kept.push(None);
                 factors.push(1.0);
-                continue;
-            }
-            if self.sparsifier == Sparsifier::Random {
-                // DARE needs no ranks: one pass draws the mask and sums the L1 norms.
-                let rng = ElementRng::new(inputs.seed, inputs.tensor, i);
-                let (mask, factor) = random_mask(base, *model, &rng, density);
-                kept.push(Some(mask));
-                factors.push(if rescale { factor } else { 1.0 });
                 continue;
             }
             let (mask, factor) = KEYS.with_borrow_mut(|(keys, ranks)| {
@@ -334,68 +344,103 @@ impl Gta {
     }
 }
 
-/// DARE's mask for `model` against `base`: each element kept with probability `p`, with the
-/// comparison `u < p` done on the raw words in bulk; and the L1 rescale factor, summed in the
-/// same pass over the decoded inputs.
-fn random_mask(
+/// DARE's masks for every model against `base` (`None` where the density keeps everything):
+/// each element kept with probability `density`, the comparison `u < p` done on raw words in
+/// bulk; and each model's L1 rescale factor, summed in the same pass, which decodes the base
+/// once for all models.
+fn random_masks(
     base: TensorView<'_>,
-    model: TensorView<'_>,
-    rng: &ElementRng,
-    p: f64,
-) -> (BitMask, f32) {
+    models: &[TensorView<'_>],
+    seed: u64,
+    tensor: &str,
+    densities: &[f64],
+) -> Vec<(Option<BitMask>, f32)> {
     const LANES: usize = 8;
+    const WORDS: usize = CHUNK / 64;
     let n = base.numel();
-    let mut mask = BitMask::new(n);
-    if p <= 0.0 {
-        return (mask, 1.0);
-    }
-    let threshold = bernoulli_threshold(p);
-    let pair = [base, model];
-    let sums = mask.fill_chunks_collect(|start, words| {
-        let len = CHUNK.min(n - start);
-        let mut draws = vec![0u32; len];
-        rng.fill_words(start, &mut draws);
-        with_decoded(&pair, start, len, |xs| {
-            // f32 lanes within a chunk (DARE is compared statistically; mergekit sums in the
-            // compute dtype too), f64 across chunks.
-            let (mut before, mut after) = ([0f32; LANES], [0f32; LANES]);
-            let groups = words
-                .iter_mut()
-                .zip(draws.chunks(64))
-                .zip(xs[0].chunks(64))
-                .zip(xs[1].chunks(64));
-            for (((word, draw), b), x) in groups {
-                let mut bits = 0u64;
-                for (k, &u) in draw.iter().enumerate() {
-                    bits |= u64::from((u >> 8) < threshold) << k;
-                }
-                *word = bits;
-                let bytes = bits.to_le_bytes();
-                for (((b, x), &byte), _) in
-                    b.chunks(LANES).zip(x.chunks(LANES)).zip(&bytes).zip(0..)
-                {
-                    let keep = &BYTE_FACTORS[usize::from(byte)];
-                    for l in 0..b.len() {
-                        let magnitude = (x[l] - b[l]).abs();
-                        before[l] += magnitude;
-                        after[l] += magnitude * keep[l];
-                    }
-                }
-            }
-            (
-                sum_in_order(before.iter().map(|&v| f64::from(v))),
-                sum_in_order(after.iter().map(|&v| f64::from(v))),
-            )
+    let m = models.len();
+    let rngs: Vec<ElementRng> = (0..m).map(|i| ElementRng::new(seed, tensor, i)).collect();
+    let thresholds: Vec<Option<u32>> = densities
+        .iter()
+        .map(|&d| (d < 1.0 && n > 0).then(|| bernoulli_threshold(d.max(0.0))))
+        .collect();
+    let mut all = vec![base];
+    all.extend(models.iter().copied());
+    // Chunk-major: chunk c holds WORDS words for each model in turn.
+    let mut words = vec![0u64; n.div_ceil(CHUNK) * m * WORDS];
+    let sums: Vec<Vec<(f64, f64)>> = words
+        .par_chunks_mut(m * WORDS)
+        .enumerate()
+        .map(|(chunk, chunk_words)| {
+            let start = chunk * CHUNK;
+            let len = CHUNK.min(n - start);
+            let mut draws = vec![0u32; len];
+            with_decoded(&all, start, len, |xs| {
+                let b = xs[0];
+                (0..m)
+                    .map(|i| {
+                        let Some(threshold) = thresholds[i] else {
+                            return (0.0, 0.0);
+                        };
+                        rngs[i].fill_words(start, &mut draws);
+                        let x = xs[i + 1];
+                        let model_words = &mut chunk_words[i * WORDS..(i + 1) * WORDS];
+                        // f32 lanes within a chunk (DARE is compared statistically; mergekit
+                        // sums in the compute dtype too), f64 across chunks.
+                        let (mut before, mut after) = ([0f32; LANES], [0f32; LANES]);
+                        let groups = model_words
+                            .iter_mut()
+                            .zip(draws.chunks(64))
+                            .zip(b.chunks(64))
+                            .zip(x.chunks(64));
+                        for (((word, draw), b), x) in groups {
+                            let mut bits = 0u64;
+                            for (k, &u) in draw.iter().enumerate() {
+                                bits |= u64::from((u >> 8) < threshold) << k;
+                            }
+                            *word = bits;
+                            for ((b, x), &byte) in b
+                                .chunks(LANES)
+                                .zip(x.chunks(LANES))
+                                .zip(&bits.to_le_bytes())
+                            {
+                                let keep = &BYTE_FACTORS[usize::from(byte)];
+                                for l in 0..b.len() {
+                                    let magnitude = (x[l] - b[l]).abs();
+                                    before[l] += magnitude;
+                                    after[l] += magnitude * keep[l];
+                                }
+                            }
+                        }
+                        (
+                            sum_in_order(before.iter().map(|&v| f64::from(v))),
+                            sum_in_order(after.iter().map(|&v| f64::from(v))),
+                        )
+                    })
+                    .collect()
+            })
         })
-    });
-    let before = sum_in_order(sums.iter().map(|s| s.0));
-    let after = sum_in_order(sums.iter().map(|s| s.1));
-    let factor = if before < 1e-7 || after < 1e-7 {
-        1.0
-    } else {
-        (before / after) as f32
-    };
-    (mask, factor)
+        .collect();
+    (0..m)
+        .map(|i| {
+            if thresholds[i].is_none() {
+                return (None, 1.0);
+            }
+            let mut mask_words = Vec::with_capacity(n.div_ceil(64));
+            for chunk_words in words.chunks(m * WORDS) {
+                mask_words.extend_from_slice(&chunk_words[i * WORDS..(i + 1) * WORDS]);
+            }
+            mask_words.truncate(n.div_ceil(64));
+            let before = sum_in_order(sums.iter().map(|s| s[i].0));
+            let after = sum_in_order(sums.iter().map(|s| s[i].1));
+            let factor = if before < 1e-7 || after < 1e-7 {
+                1.0
+            } else {
+                (before / after) as f32
+            };
+            (Some(BitMask::from_words(mask_words, n)), factor)
+        })
+        .collect()
 }
 
 /// Each element kept with probability `p(j)`, drawn from `rng` at the element's index.

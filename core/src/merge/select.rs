@@ -24,6 +24,16 @@ impl BitMask {
         }
     }
 
+    /// A mask over `len` elements from its words (`len.div_ceil(64)` of them).
+    pub fn from_words(words: Vec<u64>, len: usize) -> Self {
+        assert_eq!(
+            words.len(),
+            len.div_ceil(64),
+            "word count of a {len}-bit mask"
+        );
+        Self { words, len }
+    }
+
     /// All bits set.
     pub fn full(len: usize) -> Self {
         let mut mask = Self::new(len);
