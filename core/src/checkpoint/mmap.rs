@@ -32,7 +32,17 @@ impl MappedFile {
     /// Asks the kernel to start reading `range` now, so a later access does not wait on disk.
     /// Only a hint: failures are ignored.
     pub(crate) fn prefetch(&self, start: usize, len: usize) {
-        let _ = self.map.advise_range(Advice::WillNeed, start, len);
+        // Linux caps one WILLNEED at the device's readahead size (often 128 KiB), so a large
+        // tensor is requested piece by piece; each call only queues reads and returns.
+        const STEP: usize = 1 << 20;
+        let end = start + len;
+        let mut at = start;
+        while at < end {
+            let _ = self
+                .map
+                .advise_range(Advice::WillNeed, at, STEP.min(end - at));
+            at += STEP;
+        }
     }
 
     /// Drops `range` from this process's resident set once it has been consumed: the pages stay
