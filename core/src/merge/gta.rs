@@ -119,70 +119,28 @@ impl Gta {
             MethodError("this method takes task vectors against a base tensor".to_owned())
         })?;
         let params = inputs.params;
-        let n = base.numel();
         let weights: Vec<f32> = (0..inputs.models.len())
             .map(|i| params.model_f64(i, "weight") as f32)
             .collect();
         let rescale = self.sparsifier != Sparsifier::None && params.shared_bool("rescale");
 
         // Phase 1: per model, which elements survive and by how much they are rescaled.
-        let mut kept: Vec<Option<BitMask>> = Vec::with_capacity(inputs.models.len());
-        let mut factors: Vec<f32> = Vec::with_capacity(inputs.models.len());
-        if self.sparsifier == Sparsifier::Random {
-            // DARE needs no ranks: one pass over base and all models draws every mask and sums
-            // the L1 norms.
-            let densities: Vec<f64> = (0..inputs.models.len())
-                .map(|i| params.model_f64(i, "density"))
-                .collect();
-            for (mask, factor) in
+        let m = inputs.models.len();
+        let (kept, factors): (Vec<Option<BitMask>>, Vec<f32>) = match self.sparsifier {
+            Sparsifier::None => (vec![None; m], vec![1.0; m]),
+            Sparsifier::Random => {
+                // DARE needs no ranks: one pass over base and all models draws every mask and
+                // sums the L1 norms.
+                let densities: Vec<f64> = (0..m).map(|i| params.model_f64(i, "density")).collect();
                 random_masks(base, &inputs.models, inputs.seed, inputs.tensor, &densities)
-            {
-                kept.push(mask);
-                factors.push(if rescale { factor } else { 1.0 });
+                    .into_iter()
+                    .map(|(mask, factor)| (mask, if rescale { factor } else { 1.0 }))
+                    .unzip()
             }
-        }
-        let ranked = if self.sparsifier == Sparsifier::Random {
-            &[][..]
-        } else {
-            &inputs.models[..]
+            Sparsifier::Magnitude | Sparsifier::MagnitudeOutliers | Sparsifier::DellaMagprune => {
+                (0..m).map(|i| self.ranked_mask(inputs, i, rescale)).unzip()
+            }
         };
-        for (i, model) in ranked.iter().enumerate() {
-            let density = if self.sparsifier == Sparsifier::None {
-                1.0
-            } else {
-                params.model_f64(i, "density")
-            };
-            if density >= 1.0 || n == 0 {
-                kept.push(None);
-                factors.push(1.0);
-                continue;
-            }
-            let (mask, factor) = KEYS.with_borrow_mut(|(keys, ranks)| {
-                keys.resize(n, 0);
-                let pair = [base, *model];
-                let high = zip_fill_fold(
-                    &pair,
-                    keys,
-                    HighBits::new,
-                    |_, xs, k| {
-                        for ((k, &b), &x) in k.iter_mut().zip(xs[0]).zip(xs[1]) {
-                            *k = magnitude_key(x - b);
-                        }
-                    },
-                    HighBits::add,
-                    HighBits::merge,
-                );
-                let mask = self.mask(inputs, i, density, keys, &high, ranks);
-                let factor = if rescale {
-                    l1_rescale_factor(keys, &mask)
-                } else {
-                    1.0
-                };
-                (mask, factor)
-            });
-            kept.push(Some(mask));
-            factors.push(factor);
-        }
 
         // Phase 2: stream base and models once and combine.
         let normalize = params.shared_bool("normalize");
@@ -294,6 +252,46 @@ impl Gta {
         Ok(())
     }
 
+    /// The keep-mask and rescale factor of model `i` for the sparsifiers that rank magnitudes:
+    /// `|θᵢ − θ_b|` becomes order keys (with their high-bit histogram, in the same pass), then
+    /// the mask is selected from them. `None` when the density keeps everything.
+    fn ranked_mask(
+        self,
+        inputs: &MethodInputs<'_>,
+        i: usize,
+        rescale: bool,
+    ) -> (Option<BitMask>, f32) {
+        let base = inputs.base.expect("checked by merge");
+        let n = base.numel();
+        let density = inputs.params.model_f64(i, "density");
+        if density >= 1.0 || n == 0 {
+            return (None, 1.0);
+        }
+        KEYS.with_borrow_mut(|(keys, ranks)| {
+            keys.resize(n, 0);
+            let pair = [base, inputs.models[i]];
+            let high = zip_fill_fold(
+                &pair,
+                keys,
+                HighBits::new,
+                |_, xs, k| {
+                    for ((k, &b), &x) in k.iter_mut().zip(xs[0]).zip(xs[1]) {
+                        *k = magnitude_key(x - b);
+                    }
+                },
+                HighBits::add,
+                HighBits::merge,
+            );
+            let mask = self.mask(inputs, i, density, keys, &high, ranks);
+            let factor = if rescale {
+                l1_rescale_factor(keys, &mask)
+            } else {
+                1.0
+            };
+            (Some(mask), factor)
+        })
+    }
+
     /// The keep-mask of model `i` (0 < density < 1), given its magnitude keys.
     fn mask(
         self,
@@ -307,7 +305,9 @@ impl Gta {
         let n = keys.len();
         let params = inputs.params;
         match self.sparsifier {
-            Sparsifier::None => BitMask::full(n),
+            Sparsifier::None | Sparsifier::Random => {
+                unreachable!("only ranking sparsifiers select from magnitude keys")
+            }
             Sparsifier::Magnitude => {
                 if density <= 0.0 {
                     return BitMask::new(n);
@@ -322,7 +322,6 @@ impl Gta {
                 let bottom = n.saturating_sub(target + top);
                 rank_band_mask_with(keys, bottom, bottom + target, high)
             }
-            Sparsifier::Random => unreachable!("DARE masks are drawn by `random_mask`"),
             Sparsifier::DellaMagprune => {
                 if density <= 0.0 {
                     return BitMask::new(n);
