@@ -113,6 +113,7 @@ fn a_shape_mismatch_across_models() {
             "[17, 8]",
             "[16, 8]",
             "bigvocab",
+            "--truncate-vocab",
         ],
     );
 }

@@ -22,6 +22,7 @@ fn cancel_mid_export_leaves_nothing() {
     let options = PlanOptions {
         cwd: dir.path().to_path_buf(),
         random_seed: None,
+        truncate_vocab: false,
     };
     let plan = MergePlan::from_file(&dir.path().join("r.yml"), &options).unwrap();
     let before = listing(dir.path());

@@ -266,3 +266,40 @@ fn tensors_missing_from_a_model_merge_over_the_models_that_have_them() {
         .collect();
     assert_close(head, &merged[head].2, &expected, Dtype::F32);
 }
+
+#[test]
+fn vocabularies_of_different_sizes_merge_on_their_common_rows_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    family(dir.path());
+    let mut bigger = llama_tensors(3, 4);
+    for t in &mut bigger {
+        if t.name == "model.embed_tokens.weight" || t.name == "lm_head.weight" {
+            *t = mergescope_tests::fixture::Tensor::new(&t.name, &[20, 8], |i| i as f32 * 0.01);
+        }
+    }
+    write_model_folder(&dir.path().join("big"), &bigger, Dtype::F32, 3);
+    let recipe = "merge_method: task_arithmetic\nbase_model: base\nmodels:\n  - model: big\n    parameters: {weight: 0.5}\n";
+    std::fs::write(dir.path().join("r.yml"), recipe).unwrap();
+    run(BIN, dir.path(), &["merge", "r.yml", "--out", "merged"])
+        .assert_user_error(&["lm_head.weight", "--truncate-vocab"]);
+    let out = run(
+        BIN,
+        dir.path(),
+        &["merge", "r.yml", "--out", "merged", "--truncate-vocab"],
+    );
+    out.assert_success();
+    assert!(
+        out.stderr().contains("truncated to the 16 leading rows"),
+        "{}",
+        out.stderr()
+    );
+    let merged = read_folder(&dir.path().join("merged"));
+    let (_, shape, values) = &merged["model.embed_tokens.weight"];
+    assert_eq!(shape, &vec![16, 8]);
+    let base = stored(dir.path(), "base", "model.embed_tokens.weight");
+    let big = stored(dir.path(), "big", "model.embed_tokens.weight");
+    let expected: Vec<f64> = (0..16 * 8)
+        .map(|i| base[i] + 0.5 * (big[i] - base[i]))
+        .collect();
+    assert_close("model.embed_tokens.weight", values, &expected, Dtype::F32);
+}

@@ -72,6 +72,7 @@ pub fn run(args: &Args, job: &Job) -> Result<(), Failure> {
         &PlanOptions {
             cwd: std::env::current_dir()?,
             random_seed: None,
+            truncate_vocab: false,
         },
     )?;
     for warning in &plan.warnings {

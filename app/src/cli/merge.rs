@@ -25,9 +25,14 @@ pub struct Args {
     /// Replace the output folder if it is not empty.
     #[arg(long)]
     force: bool,
-    /// Seed for the random methods (DARE, DELLA); recorded in the output's metadata.
+    /// Seed for the random methods (DARE, DELLA); recorded in the output's metadata. Without
+    /// it one is drawn and recorded.
     #[arg(long)]
     random_seed: Option<u64>,
+    /// Where embedding or head tensors differ in vocabulary size, keep the leading rows every
+    /// model has instead of stopping with an error.
+    #[arg(long)]
+    truncate_vocab: bool,
 }
 
 pub fn run(args: &Args, job: &Job) -> Result<(), Failure> {
@@ -38,6 +43,7 @@ pub fn run(args: &Args, job: &Job) -> Result<(), Failure> {
         &PlanOptions {
             cwd,
             random_seed: args.random_seed,
+            truncate_vocab: args.truncate_vocab,
         },
     )?;
     for warning in &plan.warnings {

@@ -93,11 +93,36 @@ impl TensorInfo {
 pub struct TensorView<'a> {
     pub info: &'a TensorInfo,
     pub bytes: &'a [u8],
+    /// The shape seen through this view: the stored one, or fewer leading rows
+    /// ([`leading_rows`](Self::leading_rows)).
+    pub shape: &'a [usize],
+}
+
+impl<'a> TensorView<'a> {
+    /// A view of the whole tensor.
+    pub fn new(info: &'a TensorInfo, bytes: &'a [u8]) -> Self {
+        Self {
+            info,
+            bytes,
+            shape: &info.shape,
+        }
+    }
+
+    /// The first `shape[0]` rows only (`shape` is the truncated shape, e.g. a vocabulary cut to
+    /// what every model has).
+    pub fn leading_rows(self, shape: &'a [usize]) -> Self {
+        let len = shape.iter().product::<usize>() * self.info.dtype.bitsize() / 8;
+        Self {
+            info: self.info,
+            bytes: &self.bytes[..len],
+            shape,
+        }
+    }
 }
 
 impl TensorView<'_> {
     pub fn numel(&self) -> usize {
-        self.info.numel()
+        self.shape.iter().product()
     }
 
     /// Decodes elements `start..start + out.len()` into `out` as `f32`.
@@ -327,10 +352,10 @@ impl Checkpoint {
     /// A zero-copy view of the tensor at `index` in [`tensors`](Self::tensors).
     pub fn view(&self, index: usize) -> TensorView<'_> {
         let info = &self.tensors[index];
-        TensorView {
+        TensorView::new(
             info,
-            bytes: &self.shards[info.shard].map.bytes()[info.start..info.end],
-        }
+            &self.shards[info.shard].map.bytes()[info.start..info.end],
+        )
     }
 
     /// Total number of elements.

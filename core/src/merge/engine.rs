@@ -149,21 +149,29 @@ impl Buffers {
     }
 }
 
-fn compute(
-    plan: &MergePlan,
-    task: &TensorTask,
+fn compute<'a>(
+    plan: &'a MergePlan,
+    task: &'a TensorTask,
     buffers: &mut Buffers,
 ) -> Result<TensorBytes, MergeError> {
     let family = &plan.family;
+    // Views show the task's shape: fewer leading rows when vocabularies were truncated.
+    let fit = |view: crate::checkpoint::TensorView<'a>| {
+        if view.shape == task.shape.as_slice() {
+            view
+        } else {
+            view.leading_rows(&task.shape)
+        }
+    };
     let base = family
         .base
         .as_ref()
         .zip(task.base)
-        .map(|(b, i)| b.checkpoint.view(i));
+        .map(|(b, i)| fit(b.checkpoint.view(i)));
     let models: Vec<_> = task
         .models
         .iter()
-        .map(|&(m, i)| family.models[m].checkpoint.view(i))
+        .map(|&(m, i)| fit(family.models[m].checkpoint.view(i)))
         .collect();
     match &task.action {
         TaskAction::Merge { out, params } => {

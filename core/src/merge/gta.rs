@@ -327,7 +327,7 @@ impl Gta {
                     return BitMask::new(n);
                 }
                 let epsilon = params.model_f64(i, "epsilon");
-                let line = row_ranks(keys, &inputs.base.expect("checked").info.shape, ranks);
+                let line = row_ranks(keys, inputs.base.expect("checked").shape, ranks);
                 let rng = ElementRng::new(inputs.seed, inputs.tensor, i);
                 let ranks = &*ranks;
                 bernoulli_mask(n, &rng, |j| {

@@ -13,7 +13,7 @@ use super::{BaseUse, MergeMethod, MissingPolicy, TensorParams};
 use crate::checkpoint::{Checkpoint, CheckpointError};
 use crate::dtype::{Dtype, FloatType};
 use crate::family::{AlignmentIssue, Family, Member, MemberId, dtype_name};
-use crate::layout::Layout;
+use crate::layout::{Layout, ModuleKind};
 
 /// What to do for one output tensor.
 #[derive(Clone, Debug, PartialEq)]
@@ -97,7 +97,7 @@ pub enum PlanError {
     },
     #[error(
         "{file}: tensor `{tensor}` has shape {got:?} in {member} but {expected:?} in {reference}; \
-         models of different architectures or vocabulary sizes cannot be merged elementwise"
+         models of different architectures or vocabulary sizes cannot be merged elementwise{hint}"
     )]
     ShapeMismatch {
         file: PathBuf,
@@ -106,6 +106,7 @@ pub enum PlanError {
         reference: String,
         expected: Vec<usize>,
         got: Vec<usize>,
+        hint: &'static str,
     },
     #[error(
         "{file}: tensor `{tensor}` is {got} in {member} but {expected} in {reference}; float tensors \
@@ -135,6 +136,9 @@ pub struct PlanOptions {
     /// the recipe's folder.
     pub cwd: PathBuf,
     pub random_seed: Option<u64>,
+    /// Embedding and head tensors whose vocabulary sizes differ keep the leading rows every
+    /// model has (ALGORITHMS.md §1.6); otherwise they are an error.
+    pub truncate_vocab: bool,
 }
 
 impl MergePlan {
@@ -267,7 +271,7 @@ impl MergePlan {
             .clone();
         let alignment = family.align();
         let mut warnings = Vec::new();
-        check_alignment(&file, &reference, &alignment.issues, &mut warnings)?;
+        note_alignment(&reference, &alignment.issues, &mut warnings);
 
         let reference_ckpt = &reference.checkpoint;
         let layout = Layout::of_checkpoint(reference_ckpt);
@@ -315,17 +319,43 @@ impl MergePlan {
                 let member = &family.models[m];
                 infos.push((member, &member.checkpoint.tensors()[i]));
             }
+            let mut shape = reference_info.shape.clone();
+            let mut truncated = false;
+            let vocabulary = matches!(
+                ModuleKind::classify(&group.name),
+                ModuleKind::Embedding | ModuleKind::Head
+            );
             for (member, info) in &infos {
-                if info.shape != reference_info.shape {
-                    return Err(PlanError::ShapeMismatch {
-                        file,
-                        tensor: group.name.clone(),
-                        member: member.label.clone(),
-                        reference: reference.label.clone(),
-                        expected: reference_info.shape.clone(),
-                        got: info.shape.clone(),
-                    });
+                if info.shape == reference_info.shape {
+                    continue;
                 }
+                let rows_differ_only = info.shape.len() == shape.len()
+                    && !shape.is_empty()
+                    && info.shape[1..] == shape[1..];
+                if vocabulary && rows_differ_only && options.truncate_vocab {
+                    shape[0] = shape[0].min(info.shape[0]);
+                    truncated = true;
+                    continue;
+                }
+                return Err(PlanError::ShapeMismatch {
+                    file,
+                    tensor: group.name.clone(),
+                    member: member.label.clone(),
+                    reference: reference.label.clone(),
+                    expected: reference_info.shape.clone(),
+                    got: info.shape.clone(),
+                    hint: if vocabulary && rows_differ_only {
+                        " (pass --truncate-vocab to keep the leading rows every model has)"
+                    } else {
+                        ""
+                    },
+                });
+            }
+            if truncated {
+                warnings.push(format!(
+                    "`{}` truncated to the {} leading rows every model has (vocabularies differ)",
+                    group.name, shape[0]
+                ));
             }
 
             // Inputs lacking the tensor: the method's policy decides (ALGORITHMS.md §1.6).
@@ -427,7 +457,7 @@ impl MergePlan {
             };
             tasks.push(TensorTask {
                 name: group.name.clone(),
-                shape: reference_info.shape.clone(),
+                shape,
                 dtype,
                 base: base_index,
                 models: present,
@@ -506,30 +536,10 @@ impl MergePlan {
     }
 }
 
-fn check_alignment(
-    file: &Path,
-    reference: &Member,
-    issues: &[AlignmentIssue],
-    warnings: &mut Vec<String>,
-) -> Result<(), PlanError> {
+fn note_alignment(reference: &Member, issues: &[AlignmentIssue], warnings: &mut Vec<String>) {
     let mut dtype_counts: HashMap<(&str, &str, &str), usize> = HashMap::new();
     for issue in issues {
         match issue {
-            AlignmentIssue::ShapeMismatch {
-                tensor,
-                member,
-                expected,
-                got,
-            } => {
-                return Err(PlanError::ShapeMismatch {
-                    file: file.to_path_buf(),
-                    tensor: tensor.clone(),
-                    member: member.clone(),
-                    reference: reference.label.clone(),
-                    expected: expected.clone(),
-                    got: got.clone(),
-                });
-            }
             AlignmentIssue::Extra { tensor, member } => warnings.push(format!(
                 "`{tensor}` exists in {member} but not in {}; it is not written",
                 reference.label
@@ -544,7 +554,9 @@ fn check_alignment(
                     .entry((member.as_str(), expected.as_str(), got.as_str()))
                     .or_default() += 1;
             }
-            AlignmentIssue::Missing { .. } => {}
+            // Checked per tensor while planning (missing tensors follow the method's policy,
+            // vocabulary rows may be truncated).
+            AlignmentIssue::Missing { .. } | AlignmentIssue::ShapeMismatch { .. } => {}
         }
     }
     let mut dtype_notes: Vec<_> = dtype_counts.into_iter().collect();
@@ -555,7 +567,6 @@ fn check_alignment(
             reference.label
         ));
     }
-    Ok(())
 }
 
 /// A checkpoint opened for the recipe, with a key that identifies the same folder reached by

@@ -28,10 +28,7 @@ impl Owned {
     }
 
     pub fn view(&self) -> TensorView<'_> {
-        TensorView {
-            info: &self.info,
-            bytes: &self.bytes,
-        }
+        TensorView::new(&self.info, &self.bytes)
     }
 }
 

@@ -128,6 +128,6 @@ pub(crate) mod test_util {
     }
 
     pub fn view<'a>(info: &'a TensorInfo, bytes: &'a [u8]) -> TensorView<'a> {
-        TensorView { info, bytes }
+        TensorView::new(info, bytes)
     }
 }

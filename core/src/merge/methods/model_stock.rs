@@ -66,7 +66,7 @@ impl MergeMethod for ModelStock {
         let n = inputs.models.len();
         let mut all = vec![base];
         all.extend(inputs.models.iter().copied());
-        let shape = &base.info.shape;
+        let shape = base.shape;
         if !inputs.params.shared_bool("filter_wise") || shape.len() <= 1 {
             let t = ratio(&gram(&inputs.models, Some(base)), n);
             zip_map(&all, out, |_, xs, o| {

@@ -75,7 +75,7 @@ impl MergeMethod for Nuslerp {
         };
         let has_base = inputs.base.is_some();
         let all: Vec<TensorView<'_>> = inputs.base.into_iter().chain([*m0, *m1]).collect();
-        let shape = &m0.info.shape;
+        let shape = m0.shape;
         let flatten = params.shared_bool("nuslerp_flatten") || shape.len() <= 1;
 
         if flatten {
