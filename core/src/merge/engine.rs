@@ -12,8 +12,8 @@
 use std::collections::BTreeMap;
 use std::sync::mpsc::{Receiver, channel, sync_channel};
 
+use super::MethodInputs;
 use super::plan::{MergePlan, PlanError, TaskAction, TensorTask};
-use super::{MethodInputs, methods};
 use crate::checkpoint::Checkpoint;
 use crate::dtype::{FloatType, TensorBytes};
 use crate::export::{Export, ExportError, ExportOptions, ExportSummary, OutputTensor, sidecar};
@@ -279,9 +279,4 @@ fn copy_sidecars(plan: &MergePlan, export: &mut Export) -> Result<(), ExportErro
         }
     }
     Ok(())
-}
-
-/// Whether `name` is a merge method mergescope can run now.
-pub fn is_implemented(name: &str) -> bool {
-    matches!(methods::lookup(name), methods::Lookup::Found(_))
 }
