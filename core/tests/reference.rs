@@ -358,6 +358,16 @@ fn sce_matches_its_definition() {
     );
 }
 
+/// Shared parameters of a GTA method with no normalisation, scaling or rescale.
+fn plain_gta() -> [(&'static str, mergescope_core::merge::Value); 4] {
+    [
+        ("normalize", b(false)),
+        ("lambda", f(1.0)),
+        ("int8_mask", b(false)),
+        ("rescale", b(false)),
+    ]
+}
+
 #[test]
 fn breadcrumbs_keeps_the_band_between_the_outliers_and_the_smallest() {
     let n = 1000;
@@ -367,12 +377,7 @@ fn breadcrumbs_keeps_the_band_between_the_outliers_and_the_smallest() {
         .map(|j| (j as f32 + 1.0) * if j % 2 == 0 { 1.0 } else { -1.0 })
         .collect();
     let p = params(
-        &[
-            ("normalize", b(false)),
-            ("lambda", f(1.0)),
-            ("int8_mask", b(false)),
-            ("rescale", b(false)),
-        ],
+        &plain_gta(),
         &[vec![
             ("weight", f(1.0)),
             ("density", f(0.6)),
@@ -408,12 +413,7 @@ fn della_keep_probability_rises_with_rank_in_the_row() {
         .collect();
     let (density, epsilon) = (0.5, 0.3);
     let p = params(
-        &[
-            ("normalize", b(false)),
-            ("lambda", f(1.0)),
-            ("int8_mask", b(false)),
-            ("rescale", b(false)),
-        ],
+        &plain_gta(),
         &[vec![
             ("weight", f(1.0)),
             ("density", f(density)),

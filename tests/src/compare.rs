@@ -139,12 +139,7 @@ pub fn compare_stats(
         && (var_ratio - 1.0).abs() <= tol.v_tol * rn + 0.02
         && corr >= tol.corr_min - tol.c_tol * rn
         && p.iter().all(|v| v.is_finite());
-    let diff_norm = p
-        .iter()
-        .zip(e)
-        .map(|(a, b)| (a - b) * (a - b))
-        .sum::<f64>()
-        .sqrt();
+    let diff_norm = l2_distance(p, e);
     let e_norm = e.iter().map(|v| v * v).sum::<f64>().sqrt().max(1e-30);
     TensorReport {
         name: name.to_owned(),
@@ -221,15 +216,19 @@ pub fn compare_folders(
     }
 }
 
-pub fn compare_tensor(name: &str, p: &[f64], e: &[f64], tol: Tolerance) -> TensorReport {
-    let scale = e.iter().fold(0f64, |m, v| m.max(v.abs()));
-    let e_norm = e.iter().map(|v| v * v).sum::<f64>().sqrt();
-    let diff_norm = p
-        .iter()
+/// `||p - e||` in f64.
+fn l2_distance(p: &[f64], e: &[f64]) -> f64 {
+    p.iter()
         .zip(e)
         .map(|(a, b)| (a - b) * (a - b))
         .sum::<f64>()
-        .sqrt();
+        .sqrt()
+}
+
+pub fn compare_tensor(name: &str, p: &[f64], e: &[f64], tol: Tolerance) -> TensorReport {
+    let scale = e.iter().fold(0f64, |m, v| m.max(v.abs()));
+    let e_norm = e.iter().map(|v| v * v).sum::<f64>().sqrt();
+    let diff_norm = l2_distance(p, e);
     let mut bad = 0;
     let mut max_abs = 0f64;
     let mut finite = true;
