@@ -297,19 +297,21 @@ impl MergePlan {
                 continue; // only in other models: reported above as a warning
             };
             let reference_info = &reference_ckpt.tensors()[reference_index];
-            let find = |ckpt: &Checkpoint, name: &str| {
-                ckpt.index_of(name)
-                    .or_else(|| tied_name(name).and_then(|t| ckpt.index_of(t)))
+            // The alignment found each member's tensor; a member without it may still supply a
+            // tied one (an untied head read from the embedding).
+            let tied = |found: Option<usize>, ckpt: &Checkpoint| {
+                found.or_else(|| tied_name(&group.name).and_then(|t| ckpt.index_of(t)))
             };
             let base_index = family
                 .base
                 .as_ref()
-                .and_then(|b| find(&b.checkpoint, &group.name));
+                .and_then(|b| tied(group.base, &b.checkpoint));
             let present: Vec<(usize, usize)> = family
                 .models
                 .iter()
+                .zip(&group.models)
                 .enumerate()
-                .filter_map(|(m, member)| find(&member.checkpoint, &group.name).map(|i| (m, i)))
+                .filter_map(|(m, (member, &found))| tied(found, &member.checkpoint).map(|i| (m, i)))
                 .collect();
             let mut infos: Vec<(&Member, &crate::checkpoint::TensorInfo)> = Vec::new();
             if let (Some(b), Some(i)) = (&family.base, base_index) {
