@@ -12,9 +12,10 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
+use crate::backend::{Backend, Combine};
 use crate::checkpoint::TensorView;
 
-use super::kernel::{CHUNK, sum_in_order, with_decoded, zip_fill_fold, zip_map};
+use super::kernel::{CHUNK, sum_in_order, with_decoded, zip_fill_fold};
 use super::rng::{ElementRng, bernoulli_threshold};
 use super::select::{
     BYTE_FACTORS, BitMask, HighBits, magnitude_key, rank_band_mask_with, set_bit, top_k_mask_with,
@@ -73,8 +74,6 @@ pub const fn epsilon_param() -> ParamSpec {
 thread_local! {
     /// Magnitude keys (and DELLA's ranks) of the tensor being merged, reused across tensors.
     static KEYS: RefCell<(Vec<u32>, Vec<u32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
-    /// Per-thread rows of the combine pass (see `Gta::merge`).
-    static COMBINE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 impl Gta {
@@ -114,7 +113,12 @@ impl Gta {
         Ok(())
     }
 
-    pub fn merge(self, inputs: &MethodInputs<'_>, out: &mut [f32]) -> Result<(), MethodError> {
+    pub fn merge(
+        self,
+        backend: &dyn Backend,
+        inputs: &MethodInputs<'_>,
+        out: &mut [f32],
+    ) -> Result<(), MethodError> {
         let base = inputs.base.ok_or_else(|| {
             MethodError("this method takes task vectors against a base tensor".to_owned())
         })?;
@@ -142,113 +146,24 @@ impl Gta {
             }
         };
 
-        // Phase 2: stream base and models once and combine.
-        let normalize = params.shared_bool("normalize");
-        let lambda = params.shared_f64("lambda") as f32;
+        // Phase 2: stream base and models once and combine, on the backend.
         let weight_sum: f32 = weights.iter().sum();
-        let plain_divisor = if weight_sum.abs() < 1e-8 {
-            1.0
-        } else {
-            weight_sum
+        let combine = Combine {
+            base,
+            models: &inputs.models,
+            weights: &weights,
+            factors: &factors,
+            masks: &kept,
+            consensus: self.consensus,
+            normalize: params.shared_bool("normalize"),
+            lambda: params.shared_f64("lambda") as f32,
+            plain_divisor: if weight_sum.abs() < 1e-8 {
+                1.0
+            } else {
+                weight_sum
+            },
         };
-        let mut all = Vec::with_capacity(inputs.models.len() + 1);
-        all.push(base);
-        all.extend(inputs.models.iter().copied());
-        let consensus = self.consensus;
-        let n_models = inputs.models.len();
-        zip_map(&all, out, |start, xs, o| {
-            let (b, models) = xs.split_first().expect("the base is the first input");
-            let len = o.len();
-            COMBINE.with_borrow_mut(|scratch| {
-                // Laid out as N rows of masked, weighted deltas, then the per-element sum, the
-                // agreeing sum and the agreeing weight: every loop below runs over contiguous
-                // f32 rows and vectorises.
-                scratch.resize((n_models + 3) * CHUNK, 0.0);
-                let (deltas, rest) = scratch.split_at_mut(n_models * CHUNK);
-                let (total, rest) = rest.split_at_mut(CHUNK);
-                let (mixed, divisor) = rest.split_at_mut(CHUNK);
-                let (total, mixed, divisor) =
-                    (&mut total[..len], &mut mixed[..len], &mut divisor[..len]);
-                for (i, x) in models.iter().enumerate() {
-                    let d = &mut deltas[i * CHUNK..i * CHUNK + len];
-                    let (w, f) = (weights[i], factors[i]);
-                    match &kept[i] {
-                        None => {
-                            for ((d, &x), &b) in d.iter_mut().zip(x.iter()).zip(b.iter()) {
-                                *d = w * ((x - b) * f);
-                            }
-                        }
-                        Some(mask) => {
-                            // Multiplying by the mask bit as 0.0/1.0 keeps the loop branch-free.
-                            let words = mask.words_of_chunk(start);
-                            let groups = d
-                                .chunks_mut(64)
-                                .zip(x.chunks(64))
-                                .zip(b.chunks(64))
-                                .zip(words);
-                            for (((dg, xg), bg), &word) in groups {
-                                for (k, ((d, &x), &b)) in dg.iter_mut().zip(xg).zip(bg).enumerate()
-                                {
-                                    let keep = ((word >> k) & 1) as f32;
-                                    *d = w * ((x - b) * keep * f);
-                                }
-                            }
-                        }
-                    }
-                }
-                total.fill(0.0);
-                mixed.fill(0.0);
-                for i in 0..n_models {
-                    let d = &deltas[i * CHUNK..i * CHUNK + len];
-                    if consensus {
-                        for (t, &d) in total.iter_mut().zip(d) {
-                            *t += d;
-                        }
-                    } else {
-                        for (m, &d) in mixed.iter_mut().zip(d) {
-                            *m += d;
-                        }
-                    }
-                }
-                if consensus {
-                    // Sign election: a sum of exactly 0 elects +1; zero deltas never agree.
-                    divisor.fill(0.0);
-                    for i in 0..n_models {
-                        let d = &deltas[i * CHUNK..i * CHUNK + len];
-                        let w = weights[i];
-                        for (((m, q), &t), &d) in mixed
-                            .iter_mut()
-                            .zip(divisor.iter_mut())
-                            .zip(total.iter())
-                            .zip(d)
-                        {
-                            let agree = if t >= 0.0 { d > 0.0 } else { d < 0.0 };
-                            *m += if agree { d } else { 0.0 };
-                            *q += if agree { w } else { 0.0 };
-                        }
-                    }
-                    for q in divisor.iter_mut() {
-                        if *q == 0.0 {
-                            *q = 1.0;
-                        }
-                    }
-                } else {
-                    divisor.fill(plain_divisor);
-                }
-                for (((o, &b), &m), &q) in o
-                    .iter_mut()
-                    .zip(b.iter())
-                    .zip(mixed.iter())
-                    .zip(divisor.iter())
-                {
-                    let mut m = if normalize { m / q } else { m };
-                    if lambda != 1.0 {
-                        m *= lambda;
-                    }
-                    *o = b + m;
-                }
-            });
-        });
+        backend.combine(&combine, out)?;
         Ok(())
     }
 
@@ -565,7 +480,16 @@ macro_rules! gta_method {
                 inputs: &$crate::merge::MethodInputs<'_>,
                 out: &mut [f32],
             ) -> Result<(), $crate::merge::MethodError> {
-                GTA.merge(inputs, out)
+                GTA.merge(&$crate::backend::Cpu, inputs, out)
+            }
+
+            fn merge_on(
+                &self,
+                backend: &dyn $crate::backend::Backend,
+                inputs: &$crate::merge::MethodInputs<'_>,
+                out: &mut [f32],
+            ) -> Result<(), $crate::merge::MethodError> {
+                GTA.merge(backend, inputs, out)
             }
         }
     };

@@ -15,6 +15,7 @@ pub mod recipe;
 pub mod rng;
 pub mod select;
 
+use crate::backend::{Backend, BackendError};
 use crate::checkpoint::TensorView;
 pub use params::{Kind, ParamSpec, Scope, TensorParams, Value};
 
@@ -86,7 +87,26 @@ pub trait MergeMethod: Sync + std::fmt::Debug {
         Ok(())
     }
 
-    /// Computes the merged tensor into `out` (its length is the tensor's element count).
-    /// `out` arrives holding whatever the previous tensor left there: write every element.
+    /// Computes the merged tensor into `out` (its length is the tensor's element count) on
+    /// the CPU. `out` arrives holding whatever the previous tensor left there: write every
+    /// element.
     fn merge(&self, inputs: &MethodInputs<'_>, out: &mut [f32]) -> Result<(), MethodError>;
+
+    /// [`merge`](Self::merge) with the element-wise work on `backend`. Methods whose work is
+    /// not worth a GPU kernel keep this default and run on the CPU inside a GPU merge.
+    fn merge_on(
+        &self,
+        backend: &dyn Backend,
+        inputs: &MethodInputs<'_>,
+        out: &mut [f32],
+    ) -> Result<(), MethodError> {
+        let _ = backend;
+        self.merge(inputs, out)
+    }
+}
+
+impl From<BackendError> for MethodError {
+    fn from(e: BackendError) -> Self {
+        Self(e.to_string())
+    }
 }

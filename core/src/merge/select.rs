@@ -41,6 +41,11 @@ impl BitMask {
         mask
     }
 
+    /// Every word: bit k of word w is element 64w + k.
+    pub fn words(&self) -> &[u64] {
+        &self.words
+    }
+
     pub fn len(&self) -> usize {
         self.len
     }

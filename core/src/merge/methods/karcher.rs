@@ -3,6 +3,9 @@
 //!
 //! The iterate always lies in the span of the inputs, so the fixed-point iteration runs on
 //! N coefficients with the Gram matrix from one pass; a second pass writes the result.
+//!
+//! On a GPU merge this runs on the CPU: an iteration whose stopping test needs a read-back every
+//! step; not worth porting until someone merges with it at scale.
 
 use crate::merge::kernel::{gram, zip_map};
 use crate::merge::methods::multislerp::bilinear;

@@ -1,7 +1,7 @@
 //! `linear`: a weighted average of the inputs (Model Soups, Wortsman et al. 2022).
 //! ALGORITHMS.md §2.4.
 
-use crate::merge::kernel::zip_map;
+use crate::backend::{Backend, Cpu};
 use crate::merge::{
     BaseUse, Kind, MergeMethod, MethodError, MethodInputs, MethodSpec, ParamSpec, TensorParams,
     Value,
@@ -45,25 +45,22 @@ impl MergeMethod for Linear {
     }
 
     fn merge(&self, inputs: &MethodInputs<'_>, out: &mut [f32]) -> Result<(), MethodError> {
+        self.merge_on(&Cpu, inputs, out)
+    }
+
+    fn merge_on(
+        &self,
+        backend: &dyn Backend,
+        inputs: &MethodInputs<'_>,
+        out: &mut [f32],
+    ) -> Result<(), MethodError> {
         let weights = Self::weights(inputs.params);
         let divisor = if inputs.params.shared_bool("normalize") {
             Some(weights.iter().sum::<f32>())
         } else {
             None
         };
-        zip_map(&inputs.models, out, |_, xs, o| {
-            o.fill(0.0);
-            for (x, &w) in xs.iter().zip(&weights) {
-                for (o, &x) in o.iter_mut().zip(x.iter()) {
-                    *o += x * w;
-                }
-            }
-            if let Some(d) = divisor {
-                for o in o.iter_mut() {
-                    *o /= d;
-                }
-            }
-        });
+        backend.weighted_sum(&inputs.models, &weights, divisor, out)?;
         Ok(())
     }
 }

@@ -2,7 +2,8 @@
 //! of the fine-tunes by a ratio derived from the angle between their task vectors.
 //! ALGORITHMS.md §2.9.
 
-use crate::merge::kernel::{gram, zip_map, zip_rows};
+use crate::backend::{Backend, Cpu};
+use crate::merge::kernel::zip_rows;
 use crate::merge::{
     BaseUse, Kind, MergeMethod, MethodError, MethodInputs, MethodSpec, MissingPolicy, ParamSpec,
     Value,
@@ -60,6 +61,15 @@ impl MergeMethod for ModelStock {
     }
 
     fn merge(&self, inputs: &MethodInputs<'_>, out: &mut [f32]) -> Result<(), MethodError> {
+        self.merge_on(&Cpu, inputs, out)
+    }
+
+    fn merge_on(
+        &self,
+        backend: &dyn Backend,
+        inputs: &MethodInputs<'_>,
+        out: &mut [f32],
+    ) -> Result<(), MethodError> {
         let base = inputs
             .base
             .ok_or_else(|| MethodError("model_stock needs a base".to_owned()))?;
@@ -68,14 +78,14 @@ impl MergeMethod for ModelStock {
         all.extend(inputs.models.iter().copied());
         let shape = base.shape;
         if !inputs.params.shared_bool("filter_wise") || shape.len() <= 1 {
-            let t = ratio(&gram(&inputs.models, Some(base)), n);
-            zip_map(&all, out, |_, xs, o| {
-                let (b, models) = xs.split_first().expect("base first");
-                for (e, o) in o.iter_mut().enumerate() {
-                    *o = blend(t, b[e], models, e);
-                }
-            });
+            let t = ratio(&backend.gram(&inputs.models, Some(base))?, n);
+            // t·mean(models) + (1 − t)·base as one weighted sum.
+            let mut coefficients = vec![1.0 - t];
+            coefficients.extend(std::iter::repeat_n(t / n as f32, n));
+            backend.weighted_sum(&all, &coefficients, None, out)?;
         } else {
+            // Filter-wise: one Gram matrix and ratio per row, a row-sized reduction that stays
+            // on the CPU (the rows are too short to be worth a kernel launch each).
             let row = *shape.last().expect("not 1-D");
             zip_rows(&all, out, row, |xs, o| {
                 let (b, models) = xs.split_first().expect("base first");

@@ -4,6 +4,9 @@
 //! Everything the definition computes on vectors lies in the span of the inputs, so it is
 //! computed on coefficients from one Gram-matrix pass, then one pass writes the result: two
 //! passes over the inputs and no extra tensor-sized buffers.
+//!
+//! On a GPU merge this runs on the CPU: it is a handful of whole-tensor reductions feeding scalar
+//! maths on the unit sphere, with more host round trips than arithmetic per byte.
 
 use crate::merge::kernel::{gram, zip_map};
 use crate::merge::{

@@ -1,7 +1,7 @@
 //! `nearswap`: take the other model's value where it is within `t` of the base's, stay near the
 //! base where they are far apart. ALGORITHMS.md §2.11.
 
-use crate::merge::kernel::zip_map;
+use crate::backend::{Backend, Cpu};
 use crate::merge::{
     BaseUse, Kind, MergeMethod, MethodError, MethodInputs, MethodSpec, MissingPolicy, ParamSpec,
 };
@@ -27,18 +27,22 @@ impl MergeMethod for Nearswap {
     }
 
     fn merge(&self, inputs: &MethodInputs<'_>, out: &mut [f32]) -> Result<(), MethodError> {
+        self.merge_on(&Cpu, inputs, out)
+    }
+
+    fn merge_on(
+        &self,
+        backend: &dyn Backend,
+        inputs: &MethodInputs<'_>,
+        out: &mut [f32],
+    ) -> Result<(), MethodError> {
         let (Some(a), [b]) = (inputs.base, inputs.models.as_slice()) else {
             return Err(MethodError(
                 "nearswap needs the base and exactly one other model".to_owned(),
             ));
         };
         let t = inputs.params.shared_f64("t") as f32;
-        zip_map(&[a, *b], out, |_, xs, o| {
-            for ((o, &a), &b) in o.iter_mut().zip(xs[0]).zip(xs[1]) {
-                let w = (t / (a - b).abs().max(1e-6)).clamp(0.0, 1.0);
-                *o = w * b + (1.0 - w) * a;
-            }
-        });
+        backend.nearswap(a, *b, t, out)?;
         Ok(())
     }
 }

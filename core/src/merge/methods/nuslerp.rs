@@ -1,5 +1,8 @@
 //! `nuslerp`: spherical interpolation between two models (or their task vectors against a
 //! base), over whole tensors, rows, or columns. ALGORITHMS.md §2.6.
+//!
+//! On a GPU merge this runs on the CPU: its row-wise form needs a norm and an angle per row,
+//! short reductions that cost more in kernel launches and read-backs than they save.
 
 use crate::checkpoint::TensorView;
 use crate::merge::kernel::{decode_all, gram, zip_map, zip_rows};

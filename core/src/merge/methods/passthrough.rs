@@ -1,4 +1,7 @@
 //! `passthrough`: copies its single input, optionally scaled. ALGORITHMS.md §2.12.
+//!
+//! On a GPU merge this runs on the CPU: it is a copy (scaled at most), bound by memory, not
+//! arithmetic.
 
 use crate::merge::kernel::zip_map;
 use crate::merge::{

@@ -1,6 +1,9 @@
 //! `sce`: Select, Calculate, Erase (FuseChat, Wan et al. 2024): keep the elements where the task
 //! vectors vary most, weight each model by its mean squared delta, elect signs, average.
 //! ALGORITHMS.md §2.10.
+//!
+//! On a GPU merge this runs on the CPU: its variance-based top-k selection is a rank selection
+//! over every element (done on the CPU for TIES too), and the rest is one light pass.
 
 use std::cell::RefCell;
 

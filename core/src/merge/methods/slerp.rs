@@ -1,7 +1,7 @@
 //! `slerp`: spherical linear interpolation between the base (t = 0) and one other model
 //! (t = 1), each tensor treated as one flattened vector. ALGORITHMS.md §2.5.
 
-use crate::merge::kernel::{gram, zip_map};
+use crate::backend::{Backend, Cpu};
 use crate::merge::{
     BaseUse, Kind, MergeMethod, MethodError, MethodInputs, MethodSpec, MissingPolicy, ParamSpec,
 };
@@ -48,18 +48,23 @@ impl MergeMethod for Slerp {
     }
 
     fn merge(&self, inputs: &MethodInputs<'_>, out: &mut [f32]) -> Result<(), MethodError> {
+        self.merge_on(&Cpu, inputs, out)
+    }
+
+    fn merge_on(
+        &self,
+        backend: &dyn Backend,
+        inputs: &MethodInputs<'_>,
+        out: &mut [f32],
+    ) -> Result<(), MethodError> {
         let (Some(a), [b]) = (inputs.base, inputs.models.as_slice()) else {
             return Err(MethodError(
                 "slerp needs the base and exactly one other model".to_owned(),
             ));
         };
-        let g = gram(&[a, *b], None);
+        let g = backend.gram(&[a, *b], None)?;
         let (ca, cb) = slerp_weights(inputs.params.shared_f64("t"), g[0], g[3], g[1]);
-        zip_map(&[a, *b], out, |_, xs, o| {
-            for ((o, &a), &b) in o.iter_mut().zip(xs[0]).zip(xs[1]) {
-                *o = ca * a + cb * b;
-            }
-        });
+        backend.weighted_sum(&[a, *b], &[ca, cb], None, out)?;
         Ok(())
     }
 }

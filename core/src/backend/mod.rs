@@ -1,0 +1,132 @@
+//! Where the arithmetic of a merge runs: the CPU (rayon) or a GPU (wgpu compute shaders).
+//!
+//! The engine hands every tensor to its method together with a [`Backend`]; the method does
+//! its planning on the CPU (parameters, random masks, top-k selection, the scalar maths of
+//! SLERP) and asks the backend for the element-wise and reducing work, which is where the
+//! bytes are. Both backends implement the same operations with the same order of arithmetic,
+//! so they agree within ALGORITHMS.md §6's CPU-vs-GPU bound; methods whose work does not fit
+//! these operations (and is not worth a kernel) run on the CPU inside a GPU merge.
+
+mod cpu;
+pub mod gpu;
+
+use std::sync::Arc;
+
+pub use cpu::Cpu;
+pub use gpu::{AdapterPolicy, Gpu, GpuOptions};
+
+use crate::checkpoint::TensorView;
+use crate::merge::select::BitMask;
+
+/// A backend failed; the merge stops and nothing is written.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error(
+        "no GPU adapter found (wgpu looked for Vulkan, Metal and DX12 devices); install the GPU's \
+         driver, or run with `--backend cpu`"
+    )]
+    NoAdapter,
+    #[error("the GPU `{adapter}` refused a device: {message}")]
+    RequestDevice { adapter: String, message: String },
+    #[error("the GPU `{adapter}` failed: {message}; run with `--backend cpu` to merge on the CPU")]
+    Device { adapter: String, message: String },
+}
+
+/// The second phase of every generalized-task-arithmetic method (ALGORITHMS.md §2.1): masked,
+/// weighted and rescaled task vectors combined, with sign election and the disjoint mean when
+/// `consensus` is set, scaled by `lambda` and added to the base.
+#[derive(Clone, Copy, Debug)]
+pub struct Combine<'a> {
+    pub base: TensorView<'a>,
+    pub models: &'a [TensorView<'a>],
+    pub weights: &'a [f32],
+    /// The L1 rescale factor of each model (1 when not rescaling).
+    pub factors: &'a [f32],
+    /// Each model's keep-mask; `None` keeps every element.
+    pub masks: &'a [Option<BitMask>],
+    pub consensus: bool,
+    pub normalize: bool,
+    pub lambda: f32,
+    /// The divisor of the plain (non-consensus) normalized sum: the weight sum, or 1 near zero.
+    pub plain_divisor: f32,
+}
+
+/// The operations merge methods run on tensors. Every output slice has the tensor's element
+/// count, and every element is written.
+pub trait Backend: Send + Sync + std::fmt::Debug {
+    /// What runs the arithmetic, for people: `cpu (2 threads)`, `gpu: NVIDIA H100 (Vulkan)`.
+    fn describe(&self) -> String;
+
+    /// `out = Σ cᵢ·xᵢ`, summed in input order from 0, then divided by `divisor` if given.
+    fn weighted_sum(
+        &self,
+        inputs: &[TensorView<'_>],
+        coefficients: &[f32],
+        divisor: Option<f32>,
+        out: &mut [f32],
+    ) -> Result<(), BackendError>;
+
+    /// The Gram matrix (k×k, row-major) of the inputs, each taken as one flat vector, minus
+    /// `center` when given; accumulated to f64.
+    fn gram(
+        &self,
+        inputs: &[TensorView<'_>],
+        center: Option<TensorView<'_>>,
+    ) -> Result<Vec<f64>, BackendError>;
+
+    /// See [`Combine`].
+    fn combine(&self, combine: &Combine<'_>, out: &mut [f32]) -> Result<(), BackendError>;
+
+    /// `nearswap` (ALGORITHMS.md §2.11): `w = clamp(t / max(|a − b|, 1e-6), 0, 1)`,
+    /// `out = w·b + (1 − w)·a`.
+    fn nearswap(
+        &self,
+        a: TensorView<'_>,
+        b: TensorView<'_>,
+        t: f32,
+        out: &mut [f32],
+    ) -> Result<(), BackendError>;
+}
+
+/// Which backend a merge asks for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BackendChoice {
+    /// A hardware GPU when one is present, else the CPU. Never a software rasterizer.
+    #[default]
+    Auto,
+    Cpu,
+    /// A GPU, hardware first; a software adapter (Mesa lavapipe) only when it is the only one.
+    /// No adapter at all is an error.
+    Gpu,
+}
+
+impl std::str::FromStr for BackendChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "cpu" => Ok(Self::Cpu),
+            "gpu" => Ok(Self::Gpu),
+            other => Err(format!("unknown backend `{other}`; use auto, cpu or gpu")),
+        }
+    }
+}
+
+/// The backend for `choice` (see [`BackendChoice`]).
+pub fn select(choice: BackendChoice) -> Result<Arc<dyn Backend>, BackendError> {
+    match choice {
+        BackendChoice::Cpu => Ok(Arc::new(Cpu)),
+        BackendChoice::Auto => {
+            match Gpu::request(AdapterPolicy::HardwareOnly, GpuOptions::default()) {
+                Ok(gpu) => Ok(Arc::new(gpu)),
+                Err(BackendError::NoAdapter) => Ok(Arc::new(Cpu)),
+                Err(e) => Err(e),
+            }
+        }
+        BackendChoice::Gpu => Ok(Arc::new(Gpu::request(
+            AdapterPolicy::AllowSoftware,
+            GpuOptions::default(),
+        )?)),
+    }
+}

@@ -1,0 +1,80 @@
+// Shared by every kernel (prepended to each by the GPU backend).
+//
+// One tensor chunk is laid out in four storage buffers:
+//   data    the chunk of every input, as stored on disk: f32 one per word, f16/bf16 two per
+//           word (element 2k in the low half), each input starting on a word boundary;
+//   header  the chunk's description, in u32 words (f32 values as their bits):
+//             [0] elements in the chunk  [1] inputs  [2] flags  [3..8) kernel scalars
+//             then 8 words per input: data offset (words), dtype, coefficient, factor,
+//             mask offset (words, NO_MASK for none), 3 unused;
+//   masks   keep-masks, one bit per element, bit k of word w = element 32w + k;
+//   out     f32 results (or per-workgroup partial sums for reductions).
+// WGSL has no bf16: it is the high half of an f32, so decoding is a shift, exact as on the CPU.
+
+@group(0) @binding(0) var<storage, read> data: array<u32>;
+@group(0) @binding(1) var<storage, read> header: array<u32>;
+@group(0) @binding(2) var<storage, read> masks: array<u32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+
+const WORKGROUP: u32 = 256u;
+const DTYPE_F32: u32 = 0u;
+const DTYPE_F16: u32 = 1u;
+const DTYPE_BF16: u32 = 2u;
+const NO_MASK: u32 = 0xffffffffu;
+const HEADER_INPUTS: u32 = 8u;
+const INPUT_WORDS: u32 = 8u;
+
+fn chunk_len() -> u32 { return header[0]; }
+fn input_count() -> u32 { return header[1]; }
+fn flags() -> u32 { return header[2]; }
+fn scalar(k: u32) -> f32 { return bitcast<f32>(header[3u + k]); }
+fn input_field(input: u32, field: u32) -> u32 {
+    return header[HEADER_INPUTS + INPUT_WORDS * input + field];
+}
+fn coefficient(input: u32) -> f32 { return bitcast<f32>(input_field(input, 2u)); }
+fn factor(input: u32) -> f32 { return bitcast<f32>(input_field(input, 3u)); }
+
+// An IEEE half in the low 16 bits, widened exactly (unpack2x16float would need a capability
+// some backends lack).
+fn f16_to_f32(h: u32) -> f32 {
+    let sign = (h & 0x8000u) << 16u;
+    let exponent = (h >> 10u) & 0x1fu;
+    let mantissa = h & 0x3ffu;
+    if exponent == 0u {
+        // Zero or subnormal: mantissa · 2⁻²⁴, exact in f32.
+        let magnitude = f32(mantissa) * 5.9604645e-8;
+        return select(magnitude, -magnitude, sign != 0u);
+    }
+    if exponent == 31u {
+        return bitcast<f32>(sign | 0x7f800000u | (mantissa << 13u));
+    }
+    return bitcast<f32>(sign | ((exponent + 112u) << 23u) | (mantissa << 13u));
+}
+
+// Element `i` of input `input`, exactly as the CPU decodes it.
+fn load(input: u32, i: u32) -> f32 {
+    let offset = input_field(input, 0u);
+    let dtype = input_field(input, 1u);
+    if dtype == DTYPE_F32 {
+        return bitcast<f32>(data[offset + i]);
+    }
+    let word = data[offset + (i >> 1u)];
+    if dtype == DTYPE_BF16 {
+        return bitcast<f32>(select(word << 16u, word & 0xffff0000u, (i & 1u) == 1u));
+    }
+    return f16_to_f32((word >> ((i & 1u) * 16u)) & 0xffffu);
+}
+
+// 1.0 where input `input` keeps element `i`, else 0.0 (always 1.0 without a mask).
+fn kept(input: u32, i: u32) -> f32 {
+    let offset = input_field(input, 4u);
+    if offset == NO_MASK {
+        return 1.0;
+    }
+    return f32((masks[offset + (i >> 5u)] >> (i & 31u)) & 1u);
+}
+
+// Dispatches wider than 65535 workgroups are laid out in 2-D.
+fn element(id: vec3<u32>, groups: vec3<u32>) -> u32 {
+    return id.x + id.y * groups.x * WORKGROUP;
+}
