@@ -73,7 +73,7 @@ impl Tensor {
 
 /// 2-D where the size allows, so row-wise methods see rows.
 fn shape_of(n: usize) -> Vec<usize> {
-    if n > 64 && n % 64 == 0 {
+    if n > 64 && n.is_multiple_of(64) {
         vec![n / 64, 64]
     } else {
         vec![n]

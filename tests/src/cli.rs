@@ -79,14 +79,40 @@ impl Run {
 
 /// Runs `bin` (pass `env!("CARGO_BIN_EXE_mergescope-cli")`) with `args` in `cwd`.
 pub fn run(bin: &str, cwd: &Path, args: &[&str]) -> Run {
-    let output = Command::new(bin)
+    run_with_env(bin, cwd, args, &[])
+}
+
+/// [`run`] with extra environment variables.
+pub fn run_with_env(bin: &str, cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
+    let mut command = Command::new(bin);
+    command
         .args(args)
         .current_dir(cwd)
         .env_remove("RUST_BACKTRACE")
-        .output()
-        .expect("the mergescope binary runs");
+        .envs(env.iter().copied());
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        // Mesa's Vulkan driver complains on stderr without one; the tests read stderr.
+        command.env("XDG_RUNTIME_DIR", runtime_dir());
+    }
+    let output = command.output().expect("the mergescope binary runs");
     Run {
         args: args.iter().map(|s| (*s).to_owned()).collect(),
         output,
     }
+}
+
+/// A private (0700) runtime folder for the child processes of this test binary.
+fn runtime_dir() -> &'static Path {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))
+                .expect("chmod the runtime folder");
+        }
+        dir
+    })
+    .path()
 }

@@ -1,6 +1,7 @@
 //! Cancelling a running merge leaves no output folder and no staging folder.
 
 use mergescope_core::Job;
+use mergescope_core::backend::Cpu;
 use mergescope_core::dtype::Dtype;
 use mergescope_core::export::ExportOptions;
 use mergescope_core::merge::engine::{MergeError, execute};
@@ -37,7 +38,12 @@ fn cancel_mid_export_leaves_nothing() {
             cancel.cancel();
         }
     });
-    let result = execute(&plan, &ExportOptions::new(dir.path().join("merged")), &job);
+    let result = execute(
+        &plan,
+        &ExportOptions::new(dir.path().join("merged")),
+        &Cpu,
+        &job,
+    );
     assert!(
         matches!(result, Err(MergeError::Cancelled(_))),
         "{result:?}"
@@ -57,6 +63,7 @@ fn cancel_mid_export_leaves_nothing() {
     let summary = execute(
         &plan,
         &ExportOptions::new(dir.path().join("merged")),
+        &Cpu,
         &Job::default(),
     )
     .unwrap();

@@ -7,7 +7,11 @@ use mergescope_tests::parity_dir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_mergescope-cli");
 
-fn check(recipe: &str) {
+fn check(recipe: &str, backend: &str) {
+    if backend == "gpu" && std::env::var_os("MERGESCOPE_SKIP_GPU_TESTS").is_some() {
+        eprintln!("skipping the GPU run of {recipe} (MERGESCOPE_SKIP_GPU_TESTS)");
+        return;
+    }
     let parity = parity_dir();
     let out = tempfile::tempdir().unwrap();
     let merged = out.path().join(recipe);
@@ -20,8 +24,16 @@ fn check(recipe: &str) {
         merged.to_str().unwrap(),
         "--random-seed",
         "7",
+        "--backend",
+        backend,
     ];
-    run(BIN, &parity, &args).assert_success();
+    let ran = run(BIN, &parity, &args);
+    ran.assert_success();
+    assert!(
+        ran.stderr().contains(&format!("backend: {backend}")),
+        "{recipe}: ran on the wrong backend:\n{}",
+        ran.stderr()
+    );
     let expected = parity.join("expected").join(recipe);
     let class = Class::for_recipe(&parity.join("expected/MANIFEST.json"), recipe);
     let base = match &class {
@@ -44,12 +56,25 @@ fn check(recipe: &str) {
 
 macro_rules! parity {
     ($($recipe:ident),* $(,)?) => {
-        $(
-            #[test]
-            fn $recipe() {
-                check(stringify!($recipe));
-            }
-        )*
+        /// On the CPU backend.
+        mod cpu {
+            $(
+                #[test]
+                fn $recipe() {
+                    super::check(stringify!($recipe), "cpu");
+                }
+            )*
+        }
+
+        /// On the GPU backend (Mesa's lavapipe in CI): the same bar as the CPU.
+        mod gpu {
+            $(
+                #[test]
+                fn $recipe() {
+                    super::check(stringify!($recipe), "gpu");
+                }
+            )*
+        }
     };
 }
 

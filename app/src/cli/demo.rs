@@ -11,6 +11,7 @@ use mergescope_core::merge::engine::execute;
 use mergescope_core::merge::plan::{MergePlan, PlanOptions};
 use mergescope_core::synth::{LlamaShape, SynthFamily};
 
+use super::backend::{BackendArg, open as open_backend};
 use super::merge::summary_line;
 use super::progress::run_with_progress;
 use super::{Failure, path_arg, print_out};
@@ -45,6 +46,9 @@ pub struct Args {
     /// and `merged/` inside it are replaced (default: mergescope-demo in the temporary folder).
     #[arg(long, value_parser = path_arg)]
     dir: Option<PathBuf>,
+    /// Where the arithmetic runs.
+    #[arg(long, value_enum, default_value_t)]
+    backend: BackendArg,
 }
 
 pub fn run(args: &Args, job: &Job) -> Result<(), Failure> {
@@ -80,7 +84,8 @@ pub fn run(args: &Args, job: &Job) -> Result<(), Failure> {
     }
     let mut options = ExportOptions::new(dir.join("merged"));
     options.force = true;
-    let summary = run_with_progress(job, || execute(&plan, &options, job))?;
+    let backend = open_backend(args.backend)?;
+    let summary = run_with_progress(job, || execute(&plan, &options, backend.as_ref(), job))?;
 
     let merged = Checkpoint::open(&summary.out_dir)?;
     let base = Checkpoint::open(&folders[0])?;

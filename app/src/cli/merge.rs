@@ -8,6 +8,7 @@ use mergescope_core::export::{ExportOptions, ExportSummary, format_size, parse_s
 use mergescope_core::merge::engine::execute;
 use mergescope_core::merge::plan::{MergePlan, PlanOptions};
 
+use super::backend::{BackendArg, open as open_backend};
 use super::progress::run_with_progress;
 use super::{Failure, path_arg, print_out};
 
@@ -33,6 +34,9 @@ pub struct Args {
     /// model has instead of stopping with an error.
     #[arg(long)]
     truncate_vocab: bool,
+    /// Where the arithmetic runs.
+    #[arg(long, value_enum, default_value_t)]
+    backend: BackendArg,
 }
 
 pub fn run(args: &Args, job: &Job) -> Result<(), Failure> {
@@ -67,7 +71,8 @@ pub fn run(args: &Args, job: &Job) -> Result<(), Failure> {
         shard_size: args.shard_size,
         force: args.force,
     };
-    let summary = run_with_progress(job, || execute(&plan, &options, job))?;
+    let backend = open_backend(args.backend)?;
+    let summary = run_with_progress(job, || execute(&plan, &options, backend.as_ref(), job))?;
     print_out(&summary_line(&summary, started.elapsed().as_secs_f64()))
 }
 

@@ -4,6 +4,7 @@
 //! and exit with status 1. Ctrl-C cancels a running job; cancelled jobs leave no output and
 //! exit with status 130.
 
+mod backend;
 mod demo;
 mod inspect;
 mod merge;

@@ -1,7 +1,8 @@
 //! Runs a [`MergePlan`]: tensors stream through the method in the reference's file order and
 //! into the export, with a bounded number in flight.
 //!
-//! The calling thread computes (rayon parallelises inside each tensor) while a named writer
+//! The calling thread computes (on the CPU, rayon parallelises inside each tensor; on a GPU
+//! backend, the method's element-wise work runs there) while a named writer
 //! thread appends finished tensors to the output, so disk writes overlap the next tensor's
 //! reads and arithmetic. The channel between them holds one tensor, so only a few output-sized
 //! buffers exist at once (the f32 work buffer, one queued, one being written, and written ones
@@ -14,6 +15,7 @@ use std::sync::mpsc::{Receiver, channel, sync_channel};
 
 use super::MethodInputs;
 use super::plan::{MergePlan, PlanError, TaskAction, TensorTask};
+use crate::backend::Backend;
 use crate::checkpoint::Checkpoint;
 use crate::dtype::{FloatType, TensorBytes};
 use crate::export::{Export, ExportError, ExportOptions, ExportSummary, OutputTensor, sidecar};
@@ -55,6 +57,7 @@ pub enum MergeError {
 pub fn execute(
     plan: &MergePlan,
     options: &ExportOptions,
+    backend: &dyn Backend,
     job: &Job,
 ) -> Result<ExportSummary, MergeError> {
     let tensors: Vec<OutputTensor> = plan
@@ -98,7 +101,7 @@ pub fn execute(
                 if let Some(next) = plan.tasks.get(i + 1) {
                     for_each_input(plan, next, Checkpoint::prefetch);
                 }
-                let data = compute(plan, task, &mut buffers)?;
+                let data = compute(plan, task, backend, &mut buffers)?;
                 for_each_input(plan, task, Checkpoint::release);
                 if sender.send(data).is_err() {
                     break; // the writer failed; its error is reported below
@@ -152,6 +155,7 @@ impl Buffers {
 fn compute<'a>(
     plan: &'a MergePlan,
     task: &'a TensorTask,
+    backend: &dyn Backend,
     buffers: &mut Buffers,
 ) -> Result<TensorBytes, MergeError> {
     let family = &plan.family;
@@ -187,7 +191,7 @@ fn compute<'a>(
                 params,
             };
             plan.method
-                .merge(&inputs, values)
+                .merge_on(backend, &inputs, values)
                 .map_err(|e| MergeError::Method {
                     tensor: task.name.clone(),
                     method: plan.method.spec().name.to_owned(),

@@ -199,14 +199,15 @@ fn stream_inputs<'a>(views: &[TensorView<'a>]) -> Vec<Input<'a>> {
 impl Backend for Gpu {
     fn describe(&self) -> String {
         format!(
-            "gpu: {} ({:?}{})",
+            "gpu: {} ({:?}{}), {} of device buffers",
             self.info.name,
             self.info.backend,
             if is_software(&self.info) {
                 ", software"
             } else {
                 ""
-            }
+            },
+            crate::export::format_size(self.device_bytes())
         )
     }
 

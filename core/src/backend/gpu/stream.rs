@@ -189,11 +189,9 @@ impl Slots {
         let masked = inputs.iter().filter(|i| i.mask.is_some()).count() as u64;
         let by_data = (self.data_bytes - 4 * n) / bytes_per_element.max(1);
         let by_out = self.out_bytes / 4;
-        let by_masks = if masked == 0 {
-            u64::MAX
-        } else {
-            (self.mask_bytes - 8 * masked) * 8 / masked
-        };
+        let by_masks = ((self.mask_bytes - 8 * masked) * 8)
+            .checked_div(masked)
+            .unwrap_or(u64::MAX);
         let elements = by_data.min(by_out).min(by_masks) / 64 * 64;
         usize::try_from(elements.max(64)).unwrap_or(usize::MAX)
     }
