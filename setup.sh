@@ -1,6 +1,7 @@
 #!/usr/bin/env sh
-# Installs what mergescope needs on a fresh Debian/Ubuntu machine: a C toolchain and, when no
-# `cargo` is on PATH, Rust through rustup. Safe to run again.
+# Installs what mergescope needs on a fresh Debian/Ubuntu machine: a C toolchain, the Vulkan
+# loader and Mesa's Vulkan drivers (lavapipe, a software GPU the GPU tests run on; a real GPU
+# uses its own driver) and, when no `cargo` is on PATH, Rust through rustup. Safe to run again.
 set -eu
 
 SUDO=""
@@ -9,7 +10,7 @@ if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 if command -v apt-get >/dev/null 2>&1; then
   $SUDO apt-get update
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y --no-install-recommends \
-    build-essential pkg-config ca-certificates curl
+    build-essential pkg-config ca-certificates curl mesa-vulkan-drivers libvulkan1
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

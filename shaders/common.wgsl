@@ -3,7 +3,7 @@
 // One tensor chunk is laid out in four storage buffers:
 //   data    the chunk of every input, as stored on disk: f32 one per word, f16/bf16 two per
 //           word (element 2k in the low half), each input starting on a word boundary;
-//   header  the chunk's description, in u32 words (f32 values as their bits):
+//   header  (uniform) the chunk's description, in u32 words (f32 values as their bits):
 //             [0] elements in the chunk  [1] inputs  [2] flags  [3..8) kernel scalars
 //             then 8 words per input: data offset (words), dtype, coefficient, factor,
 //             mask offset (words, NO_MASK for none), 3 unused;
@@ -12,7 +12,8 @@
 // WGSL has no bf16: it is the high half of an f32, so decoding is a shift, exact as on the CPU.
 
 @group(0) @binding(0) var<storage, read> data: array<u32>;
-@group(0) @binding(1) var<storage, read> header: array<u32>;
+// A uniform buffer: the same few words for every thread, served from the constant cache.
+@group(0) @binding(1) var<uniform> header_words: array<vec4<u32>, 256>;
 @group(0) @binding(2) var<storage, read> masks: array<u32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 
@@ -24,12 +25,13 @@ const NO_MASK: u32 = 0xffffffffu;
 const HEADER_INPUTS: u32 = 8u;
 const INPUT_WORDS: u32 = 8u;
 
-fn chunk_len() -> u32 { return header[0]; }
-fn input_count() -> u32 { return header[1]; }
-fn flags() -> u32 { return header[2]; }
-fn scalar(k: u32) -> f32 { return bitcast<f32>(header[3u + k]); }
+fn header(i: u32) -> u32 { return header_words[i >> 2u][i & 3u]; }
+fn chunk_len() -> u32 { return header(0u); }
+fn input_count() -> u32 { return header(1u); }
+fn flags() -> u32 { return header(2u); }
+fn scalar(k: u32) -> f32 { return bitcast<f32>(header(3u + k)); }
 fn input_field(input: u32, field: u32) -> u32 {
-    return header[HEADER_INPUTS + INPUT_WORDS * input + field];
+    return header(HEADER_INPUTS + INPUT_WORDS * input + field);
 }
 fn coefficient(input: u32) -> f32 { return bitcast<f32>(input_field(input, 2u)); }
 fn factor(input: u32) -> f32 { return bitcast<f32>(input_field(input, 3u)); }

@@ -35,9 +35,10 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>,
             }
         }
     }
+    // `pairs` comes from a read-only buffer, so it is uniform: every barrier below is reached
+    // by the whole workgroup.
     let pairs = vectors * (vectors + 1u) / 2u;
-    // Fixed trip counts keep every barrier in uniform control flow.
-    for (var p = 0u; p < PAIRS; p++) {
+    for (var p = 0u; p < pairs; p++) {
         partial[lane] = sums[p];
         workgroupBarrier();
         for (var width = WORKGROUP / 2u; width > 0u; width >>= 1u) {
@@ -46,7 +47,7 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>,
             }
             workgroupBarrier();
         }
-        if lane == 0u && p < pairs {
+        if lane == 0u {
             out[group.x * pairs + p] = partial[0];
         }
         workgroupBarrier();

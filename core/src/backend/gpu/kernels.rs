@@ -74,7 +74,16 @@ impl Pipelines {
             label: Some("mergescope tensors"),
             entries: &[
                 storage(0, true),
-                storage(1, true),
+                wgpu::BindGroupLayoutEntry {
+                    binding: 1,
+                    visibility: wgpu::ShaderStages::COMPUTE,
+                    ty: wgpu::BindingType::Buffer {
+                        ty: wgpu::BufferBindingType::Uniform,
+                        has_dynamic_offset: false,
+                        min_binding_size: None,
+                    },
+                    count: None,
+                },
                 storage(2, true),
                 storage(3, false),
             ],

@@ -119,6 +119,36 @@ impl Gpu {
         self.lock().chunk_elements(&stream_inputs(inputs))
     }
 
+    /// The element-wise kernels' own speed on data already on the device: elements per chunk
+    /// and seconds per dispatch over `inputs` (see the bench `kernels`).
+    pub fn time_resident(
+        &self,
+        kernel: Kernel,
+        inputs: &[TensorView<'_>],
+        repeats: u32,
+    ) -> Result<(usize, f64), BackendError> {
+        let inputs = stream_inputs(inputs);
+        let job = Job {
+            kernel,
+            inputs: &inputs,
+            flags: if kernel == Kernel::Combine { 3 } else { 0 },
+            scalars: [1.0, 1.0],
+        };
+        let scopes = ErrorScopes::push(&self.device);
+        let timed = self.lock().time_resident(
+            &self.device,
+            &self.queue,
+            self.pipelines.get(kernel),
+            &job,
+            repeats,
+        );
+        scopes.pop(&self.info)?;
+        timed.map_err(|message| BackendError::Device {
+            adapter: self.info.name.clone(),
+            message,
+        })
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Slots> {
         // A panic mid-job leaves only buffers behind; they are rewritten by the next job.
         self.slots

@@ -16,8 +16,9 @@ const INPUT_WORDS: usize = 8;
 const HEADER_BYTES: u64 = 4096;
 /// Inputs one header describes.
 const MAX_INPUTS: usize = (HEADER_BYTES as usize / 4 - HEADER_INPUTS) / INPUT_WORDS;
-/// Most workgroups a Gram dispatch uses: enough to fill any device, few partials to add up.
-const GRAM_GROUPS: usize = 4096;
+/// Most workgroups a Gram dispatch uses: 256 K threads fill the largest GPUs, and each group
+/// ends in a tree reduction per matrix entry, so fewer groups cost less.
+const GRAM_GROUPS: usize = 1024;
 /// The smallest chunk budget: 64 elements of the most inputs a header holds, in f32.
 const MIN_CHUNK_BYTES: u64 = 64 * 1024;
 
@@ -123,7 +124,10 @@ impl Slots {
             };
             let input = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
             let data = buffer(input, data_bytes);
-            let header = buffer(input, HEADER_BYTES);
+            let header = buffer(
+                wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                HEADER_BYTES,
+            );
             let masks = buffer(input, mask_bytes);
             let out = buffer(
                 wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
@@ -196,6 +200,24 @@ impl Slots {
         usize::try_from(elements.max(64)).unwrap_or(usize::MAX)
     }
 
+    /// The workgroup grid for `len` elements of `job`, and how many floats it writes.
+    fn dispatch(&self, job: &Job<'_>, len: usize) -> ((u32, u32), usize) {
+        let groups = len.div_ceil(WORKGROUP as usize);
+        if job.kernel == Kernel::Gram {
+            let pairs = gram_pairs(job);
+            let gram_groups = groups
+                .min(GRAM_GROUPS)
+                .min((self.out_bytes / 4) as usize / pairs)
+                .min(self.max_groups as usize)
+                .max(1);
+            ((gram_groups as u32, 1), gram_groups * pairs)
+        } else {
+            let groups = u32::try_from(groups).expect("chunks are smaller than 4 G elements");
+            let x = groups.min(self.max_groups);
+            ((x, groups.div_ceil(x)), len)
+        }
+    }
+
     /// Runs `job` chunk by chunk; results land in `sink`.
     pub fn run(
         &mut self,
@@ -260,8 +282,7 @@ impl Slots {
         start: usize,
         len: usize,
     ) {
-        let out_floats = (self.out_bytes / 4) as usize;
-        let max_groups = self.max_groups;
+        let dispatch = self.dispatch(job, len);
         let slot = &mut self.slots[slot];
         let mut header = vec![0u32; HEADER_INPUTS + INPUT_WORDS * job.inputs.len()];
         header[0] = u32::try_from(len).expect("chunks are smaller than 4 G elements");
@@ -300,22 +321,7 @@ impl Slots {
         }
         queue.write_buffer(&slot.header, 0, bytemuck::cast_slice(&header));
 
-        let groups = len.div_ceil(WORKGROUP as usize);
-        let (dispatch, read_floats) = if job.kernel == Kernel::Gram {
-            let centred = usize::from(job.flags & 1 != 0);
-            let k = job.inputs.len() - centred;
-            let pairs = k * (k + 1) / 2;
-            let gram_groups = groups
-                .min(GRAM_GROUPS)
-                .min(out_floats / pairs)
-                .min(max_groups as usize)
-                .max(1);
-            ((gram_groups as u32, 1), gram_groups * pairs)
-        } else {
-            let groups = groups as u32;
-            let x = groups.min(max_groups);
-            ((x, groups.div_ceil(x)), len)
-        };
+        let (dispatch, read_floats) = dispatch;
         let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
             label: Some(job.kernel.name()),
         });
@@ -345,6 +351,58 @@ impl Slots {
             submission,
             mapped,
         });
+    }
+
+    /// Seconds per dispatch of `job`'s kernel over one chunk already on the device (uploaded
+    /// once, then run `repeats` times): the kernel's own speed, without transfers. Returns the
+    /// chunk's element count too.
+    pub fn time_resident(
+        &mut self,
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        pipeline: &wgpu::ComputePipeline,
+        job: &Job<'_>,
+        repeats: u32,
+    ) -> Result<(usize, f64), String> {
+        let n = job.inputs.first().map_or(0, |i| i.view.numel());
+        let len = self.chunk_elements(job.inputs).min(n);
+        let mut scratch = vec![0f32; len];
+        let mut partials = vec![Vec::new(); gram_pairs(job)];
+        let mut sink = if job.kernel == Kernel::Gram {
+            Sink::Partials(&mut partials)
+        } else {
+            Sink::Elements(&mut scratch)
+        };
+        // One ordinary round first: uploads the chunk and warms the pipeline.
+        self.submit(0, device, queue, pipeline, job, 0, len);
+        self.finish(0, device, job, &mut sink)?;
+        let ((x, y), _) = self.dispatch(job, len);
+        let started = std::time::Instant::now();
+        let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("resident timing"),
+        });
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some(job.kernel.name()),
+                timestamp_writes: None,
+            });
+            pass.set_pipeline(pipeline);
+            pass.set_bind_group(0, &self.slots[0].bind_group, &[]);
+            for _ in 0..repeats {
+                pass.dispatch_workgroups(x, y, 1);
+            }
+        }
+        let submission = queue.submit([encoder.finish()]);
+        device
+            .poll(wgpu::PollType::Wait {
+                submission_index: Some(submission),
+                timeout: None,
+            })
+            .map_err(|e| e.to_string())?;
+        Ok((
+            len,
+            started.elapsed().as_secs_f64() / f64::from(repeats.max(1)),
+        ))
     }
 
     /// Waits for the slot's chunk, if any, and hands its results to `sink`.
@@ -410,6 +468,13 @@ impl Slots {
             }
         }
     }
+}
+
+/// Upper-triangle entries of a Gram job's matrix.
+fn gram_pairs(job: &Job<'_>) -> usize {
+    let centred = usize::from(job.flags & 1 != 0);
+    let k = job.inputs.len().saturating_sub(centred);
+    k * (k + 1) / 2
 }
 
 /// `queue.write_buffer` takes whole words: a tail of 1–3 bytes goes up zero-padded.
