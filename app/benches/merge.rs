@@ -13,6 +13,9 @@
 //! - `MERGESCOPE_BENCH_LARGE=1`: also run mergescope on a family with twice the layers, to show
 //!   that peak memory does not grow with model size.
 //!
+//! Arguments (after `--`): `--backend gpu` also runs each merge with `--backend gpu` and reports
+//! its wall time next to the CPU backend's (the other columns are the CPU backend's).
+//!
 //! Wall time and peak RSS come from `/usr/bin/time` around each command.
 
 #![allow(clippy::print_stdout)] // a benchmark reports its figures on stdout
@@ -170,6 +173,10 @@ fn main() {
         .map(str::to_owned)
         .collect();
     let mergekit = std::env::var("MERGEKIT_YAML").ok();
+    let args: Vec<String> = std::env::args().collect();
+    let with_gpu = args
+        .windows(2)
+        .any(|w| w[0] == "--backend" && w[1] == "gpu");
     let cold = drop_caches();
     println!(
         "page cache: {}",
@@ -201,7 +208,7 @@ fn main() {
             shape.layers
         );
         println!(
-            "{:<10} {:>14} {:>10} {:>9} {:>14} {:>10} {:>9} {:>10}",
+            "{:<10} {:>14} {:>10} {:>9} {:>14} {:>10} {:>9} {:>10}{}",
             "method",
             "mergescope s",
             "RSS MiB",
@@ -209,24 +216,35 @@ fn main() {
             "mergekit s",
             "RSS MiB",
             "x floor",
-            "speedup"
+            "speedup",
+            if with_gpu {
+                "      gpu s  RSS MiB  gpu/cpu"
+            } else {
+                ""
+            }
         );
         for method in &methods {
             std::fs::write(dir.join(format!("{method}.yml")), recipe(method)).expect("recipe");
-            drop_caches();
-            let ms = timed(
-                &dir,
-                MERGESCOPE,
-                &[
-                    "merge",
-                    &format!("{method}.yml"),
-                    "--out",
-                    "out-mergescope",
-                    "--force",
-                    "--random-seed",
-                    "0",
-                ],
-            );
+            let run_mergescope = |backend: &str| {
+                drop_caches();
+                timed(
+                    &dir,
+                    MERGESCOPE,
+                    &[
+                        "merge",
+                        &format!("{method}.yml"),
+                        "--out",
+                        "out-mergescope",
+                        "--force",
+                        "--random-seed",
+                        "0",
+                        "--backend",
+                        backend,
+                    ],
+                )
+            };
+            let ms = run_mergescope("cpu");
+            let gpu = with_gpu.then(|| run_mergescope("gpu"));
             let mk = mergekit.as_deref().filter(|_| label == "1.6 GB").map(|mk| {
                 let _ = std::fs::remove_dir_all(dir.join("out-mergekit"));
                 drop_caches();
@@ -252,8 +270,16 @@ fn main() {
                 ),
                 None => ("-".into(), "-".into(), "-".into(), "-".into()),
             };
+            let gpu_columns = gpu.map_or_else(String::new, |g| {
+                format!(
+                    " {:>10.1} {:>8.0} {:>8.2}",
+                    g.seconds,
+                    g.peak_rss_mib,
+                    g.seconds / ms.seconds
+                )
+            });
             println!(
-                "{method:<10} {:>14.1} {:>10.0} {:>9.2} {mk_s:>14} {mk_rss:>10} {mk_x:>9} {speedup:>10}",
+                "{method:<10} {:>14.1} {:>10.0} {:>9.2} {mk_s:>14} {mk_rss:>10} {mk_x:>9} {speedup:>10}{gpu_columns}",
                 ms.seconds,
                 ms.peak_rss_mib,
                 ms.seconds / floor

@@ -282,3 +282,32 @@ fn half_precision_decodes_exactly_in_the_kernel() {
         }
     }
 }
+
+/// The GUI hands the backend eframe's device: a device made elsewhere must work as well.
+#[test]
+fn runs_on_a_device_made_by_someone_else() {
+    if gpu().is_none() {
+        return;
+    }
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapter = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
+        .into_iter()
+        .next()
+        .expect("an adapter (gpu() found one)");
+    // Default limits, as an application that did not plan for compute would ask.
+    let (device, queue) =
+        pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor::default())).unwrap();
+    let shared = Gpu::from_device(device, queue, adapter.get_info(), GpuOptions::default())
+        .expect("the kernels build on any device");
+    let (base, models) = family(64 * 1024 + 1, 2, 3);
+    let inputs = [base.view(), models[0].view(), models[1].view()];
+    let mut on_cpu = vec![0f32; 64 * 1024 + 1];
+    let mut on_gpu = vec![f32::NAN; 64 * 1024 + 1];
+    Cpu.weighted_sum(&inputs, &[0.2, 0.5, 0.3], Some(1.0), &mut on_cpu)
+        .unwrap();
+    shared
+        .weighted_sum(&inputs, &[0.2, 0.5, 0.3], Some(1.0), &mut on_gpu)
+        .unwrap();
+    assert_agree(&on_cpu, &on_gpu, "weighted_sum on a shared device");
+}

@@ -43,6 +43,24 @@ fn check(recipe: &str, backend: &str) {
     let reports = compare_folders(&merged, &expected, &class, base.as_deref())
         .unwrap_or_else(|problems| panic!("{recipe}: FAIL\n{problems}"));
     assert_eq!(reports.len(), 39);
+    if backend == "gpu" {
+        // GPU against CPU directly, with the same seed: the masks are the same, so even the
+        // random methods must agree element by element (ALGORITHMS.md §6, CPU vs GPU).
+        let on_cpu = out.path().join("cpu");
+        let args = [
+            "merge",
+            &config,
+            "--out",
+            on_cpu.to_str().unwrap(),
+            "--random-seed",
+            "7",
+            "--backend",
+            "cpu",
+        ];
+        run(BIN, &parity, &args).assert_success();
+        compare_folders(&merged, &on_cpu, &Class::Close(Tolerance::EXACT), None)
+            .unwrap_or_else(|problems| panic!("{recipe}: GPU differs from CPU\n{problems}"));
+    }
     // mergekit copies the base's (else the first model's) config and tokenizer files.
     for file in [
         "config.json",
