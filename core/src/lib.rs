@@ -3,6 +3,7 @@
 //! Checkpoints on disk flow tensor by tensor through one engine that either measures them or
 //! combines them. This crate holds that engine:
 //!
+//! - [`analysis`]: sensitivity, interference and spectra of task vectors;
 //! - [`backend`]: where the arithmetic runs: the CPU or a GPU through wgpu;
 //! - [`checkpoint`]: memory-mapped `.safetensors` files, shards and Hugging Face folders;
 //! - [`family`]: a base and N models aligned by tensor name;
@@ -12,6 +13,7 @@
 //! - [`job`]: progress and cancellation for every long operation;
 //! - [`synth`]: synthetic model families (demo, tests, benchmarks).
 
+pub mod analysis;
 pub mod backend;
 pub mod checkpoint;
 pub mod dtype;

@@ -1,0 +1,172 @@
+//! One tensor's sums (ALGORITHMS.md §4.1–4.4) in one streamed pass over its inputs, after the
+//! top-k masks are selected per model.
+
+use std::cell::RefCell;
+
+use super::sums::{ModelSums, PairSums, Sums, pair_index};
+use crate::checkpoint::TensorView;
+use crate::merge::kernel::{CHUNK, zip_chunks, zip_fill_fold};
+use crate::merge::select::{BitMask, HighBits, magnitude_key, top_k_mask_with};
+
+/// Settings of the interference metrics.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct InterferenceSettings {
+    /// Top-k mask density of the Jaccard overlap (§4.4).
+    pub density: f64,
+    /// TIES trimming density applied before the sign election (§4.3); 1 keeps everything.
+    pub ties_density: f64,
+    /// TIES election weights, one per model (§4.3: default 1).
+    pub weights: Vec<f64>,
+}
+
+thread_local! {
+    /// Task-vector rows of the chunk being summed, one per model.
+    static ROWS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The top-k magnitude mask of `|model − base|` with `k = max(1, int(density · n))`.
+fn magnitude_mask(base: TensorView<'_>, model: TensorView<'_>, density: f64) -> BitMask {
+    let n = base.numel();
+    let mut keys = vec![0u32; n];
+    let high = zip_fill_fold(
+        &[base, model],
+        &mut keys,
+        HighBits::new,
+        |_, xs, k| {
+            for ((k, &b), &x) in k.iter_mut().zip(xs[0]).zip(xs[1]) {
+                *k = magnitude_key(x - b);
+            }
+        },
+        HighBits::add,
+        HighBits::merge,
+    );
+    let k = ((density * n as f64) as usize).clamp(1, n.max(1));
+    top_k_mask_with(&keys, k, &high)
+}
+
+/// Σ over a row in f64 with four independent lanes (keeps the adds pipelined).
+fn sum_f64(values: impl Iterator<Item = f64>) -> f64 {
+    let mut lanes = [0f64; 4];
+    for (i, v) in values.enumerate() {
+        lanes[i & 3] += v;
+    }
+    (lanes[0] + lanes[1]) + (lanes[2] + lanes[3])
+}
+
+/// The sums of one tensor over `models` against `base` (equal shapes, float dtypes).
+pub fn tensor_sums(
+    base: TensorView<'_>,
+    models: &[TensorView<'_>],
+    settings: &InterferenceSettings,
+) -> Sums {
+    let n = base.numel();
+    let m = models.len();
+    let mut sums = Sums::new(m);
+    sums.numel = n as u64;
+    if n == 0 {
+        return sums;
+    }
+    let jaccard: Vec<BitMask> = models
+        .iter()
+        .map(|&x| magnitude_mask(base, x, settings.density))
+        .collect();
+    let trimmed: Option<Vec<BitMask>> = (settings.ties_density < 1.0).then(|| {
+        models
+            .iter()
+            .map(|&x| magnitude_mask(base, x, settings.ties_density))
+            .collect()
+    });
+    let weights: Vec<f32> = (0..m)
+        .map(|i| settings.weights.get(i).copied().unwrap_or(1.0) as f32)
+        .collect();
+
+    let mut all = Vec::with_capacity(m + 1);
+    all.push(base);
+    all.extend_from_slice(models);
+    let chunks = zip_chunks(&all, n, |start, xs| {
+        let (&b, xs) = xs.split_first().expect("the base is first");
+        let len = b.len();
+        let mut part = Sums::new(m);
+        part.base_sq = sum_f64(b.iter().map(|&v| f64::from(v) * f64::from(v)));
+        ROWS.with_borrow_mut(|rows| {
+            rows.resize(m * CHUNK, 0.0);
+            for (i, x) in xs.iter().enumerate() {
+                let t = &mut rows[i * CHUNK..i * CHUNK + len];
+                for ((t, &x), &b) in t.iter_mut().zip(x.iter()).zip(b) {
+                    *t = x - b;
+                }
+                part.models[i] = ModelSums {
+                    sq: sum_f64(t.iter().map(|&v| f64::from(v) * f64::from(v))),
+                    abs: sum_f64(t.iter().map(|&v| f64::from(v.abs()))),
+                    max_abs: f64::from(t.iter().fold(0f32, |a, &v| a.max(v.abs()))),
+                    changed: t.iter().filter(|&&v| v != 0.0).count() as u64,
+                    ..ModelSums::default()
+                };
+            }
+            let row = |i: usize| &rows[i * CHUNK..i * CHUNK + len];
+            for i in 0..m {
+                for j in i + 1..m {
+                    let (a, c) = (row(i), row(j));
+                    part.pairs[pair_index(i, j, m)] = PairSums {
+                        dot: sum_f64(a.iter().zip(c).map(|(&x, &y)| f64::from(x) * f64::from(y))),
+                        both: a
+                            .iter()
+                            .zip(c)
+                            .filter(|&(&x, &y)| x != 0.0 && y != 0.0)
+                            .count() as u64,
+                        clash: a.iter().zip(c).filter(|&(&x, &y)| x * y < 0.0).count() as u64,
+                        ..PairSums::default()
+                    };
+                }
+            }
+            // TIES election over the (trimmed) task vectors.
+            let kept =
+                |i: usize, e: usize| trimmed.as_ref().is_none_or(|masks| masks[i].get(start + e));
+            for e in 0..len {
+                let mut elected = 0f32;
+                let (mut positive, mut negative, mut nonzero) = (false, false, 0u32);
+                for i in 0..m {
+                    let t = rows[i * CHUNK + e];
+                    if t != 0.0 && kept(i, e) {
+                        elected += weights[i] * t;
+                        positive |= t > 0.0;
+                        negative |= t < 0.0;
+                        nonzero += 1;
+                    }
+                }
+                let up = elected >= 0.0;
+                for i in 0..m {
+                    let t = rows[i * CHUNK + e];
+                    if t != 0.0 && kept(i, e) {
+                        part.models[i].ties_nonzero += 1;
+                        part.models[i].ties_conflict += u64::from((t > 0.0) != up);
+                    }
+                }
+                part.disagree += u64::from(positive && negative);
+                part.multi_nonzero += u64::from(nonzero >= 2);
+            }
+        });
+        part
+    });
+    for part in &chunks {
+        sums.add(part);
+    }
+    sums.numel = n as u64;
+    for i in 0..m {
+        for j in i + 1..m {
+            let (a, c) = (jaccard[i].words(), jaccard[j].words());
+            let p = &mut sums.pairs[pair_index(i, j, m)];
+            p.intersection = a
+                .iter()
+                .zip(c)
+                .map(|(x, y)| u64::from((x & y).count_ones()))
+                .sum();
+            p.union = a
+                .iter()
+                .zip(c)
+                .map(|(x, y)| u64::from((x | y).count_ones()))
+                .sum();
+        }
+    }
+    sums
+}
