@@ -1,9 +1,10 @@
-//! `mergescope` on the command line: `inspect`, `merge`, `demo`, `synth`.
+//! `mergescope` on the command line: `inspect`, `merge`, `analyze`, `demo`, `synth`.
 //!
 //! User errors print one line (`error: ...`) naming the file, tensor or key and what to do,
 //! and exit with status 1. Ctrl-C cancels a running job; cancelled jobs leave no output and
 //! exit with status 130.
 
+mod analyze;
 mod backend;
 mod demo;
 mod inspect;
@@ -32,6 +33,8 @@ enum Command {
     Inspect(inspect::Args),
     /// Run a mergekit-style YAML recipe and write the merged model folder.
     Merge(merge::Args),
+    /// Measure where fine-tunes differ from the base and where they interfere.
+    Analyze(analyze::Args),
     /// Generate a small example family and merge it: the quickest way to see mergescope work.
     Demo(demo::Args),
     /// Generate a synthetic Llama-shaped model family (for benchmarks and experiments).
@@ -54,6 +57,10 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
             || matches!(
                 e.downcast_ref::<mergescope_core::merge::engine::MergeError>(),
                 Some(mergescope_core::merge::engine::MergeError::Cancelled(_))
+            )
+            || matches!(
+                e.downcast_ref::<mergescope_core::analysis::AnalysisError>(),
+                Some(mergescope_core::analysis::AnalysisError::Cancelled(_))
             )
             || matches!(
                 e.downcast_ref::<mergescope_core::synth::SynthError>(),
@@ -88,6 +95,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Inspect(args) => inspect::run(&args),
         Command::Merge(args) => merge::run(&args, &job),
+        Command::Analyze(args) => analyze::run(&args, &job),
         Command::Demo(args) => demo::run(&args, &job),
         Command::Synth(args) => synth::run(&args, &job),
     };

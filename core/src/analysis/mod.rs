@@ -374,7 +374,8 @@ fn identities(family: &Family) -> Result<Vec<InputIdentity>, AnalysisError> {
                     crate::family::MemberId::Model(_) => "model".to_owned(),
                 },
                 label: member.label.clone(),
-                path: member.checkpoint.source().to_path_buf(),
+                path: std::fs::canonicalize(member.checkpoint.source())
+                    .unwrap_or_else(|_| member.checkpoint.source().to_path_buf()),
                 bytes: member
                     .checkpoint
                     .shards()

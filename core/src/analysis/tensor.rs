@@ -170,3 +170,117 @@ pub fn tensor_sums(
     }
     sums
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::TensorInfo;
+    use crate::dtype::Dtype;
+
+    struct Owned(TensorInfo, Vec<u8>);
+
+    impl Owned {
+        fn new(values: &[f32]) -> Self {
+            let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            Self(
+                TensorInfo {
+                    name: "t".to_owned(),
+                    dtype: Dtype::F32,
+                    shape: vec![values.len()],
+                    shard: 0,
+                    start: 0,
+                    end: bytes.len(),
+                },
+                bytes,
+            )
+        }
+
+        fn view(&self) -> TensorView<'_> {
+            TensorView::new(&self.0, &self.1)
+        }
+    }
+
+    fn settings(models: usize) -> InterferenceSettings {
+        InterferenceSettings {
+            density: 0.5,
+            ties_density: 1.0,
+            weights: vec![1.0; models],
+        }
+    }
+
+    /// base + tau for each tau.
+    fn metrics(base: &[f32], taus: &[Vec<f32>]) -> crate::analysis::Metrics {
+        let b = Owned::new(base);
+        let models: Vec<Owned> = taus
+            .iter()
+            .map(|t| Owned::new(&base.iter().zip(t).map(|(b, t)| b + t).collect::<Vec<_>>()))
+            .collect();
+        let views: Vec<_> = models.iter().map(Owned::view).collect();
+        tensor_sums(b.view(), &views, &settings(taus.len())).metrics()
+    }
+
+    #[test]
+    fn identical_task_vectors_have_cosine_one_and_no_conflict() {
+        let base = vec![1.0; 40_000];
+        let tau: Vec<f32> = (0..40_000)
+            .map(|i| ((i % 13) as f32 - 6.0) * 0.25)
+            .collect();
+        let m = metrics(&base, &[tau.clone(), tau]);
+        assert!((m.cosine[0][1].unwrap() - 1.0).abs() < 1e-12);
+        assert_eq!(m.sign_conflict[0][1], Some(0.0));
+        assert_eq!(m.jaccard[0][1], Some(1.0));
+        assert_eq!(m.disagree, Some(0.0));
+    }
+
+    #[test]
+    fn opposite_task_vectors_have_cosine_minus_one_and_full_conflict() {
+        let base: Vec<f32> = (0..40_000).map(|i| (i as f32).sin()).collect();
+        let tau: Vec<f32> = (0..40_000).map(|i| 1.0 + (i % 7) as f32).collect();
+        let neg: Vec<f32> = tau.iter().map(|t| -t).collect();
+        let m = metrics(&base, &[tau, neg]);
+        assert!((m.cosine[0][1].unwrap() + 1.0).abs() < 1e-6);
+        assert_eq!(m.sign_conflict[0][1], Some(1.0));
+        assert_eq!(m.disagree, Some(1.0));
+    }
+
+    #[test]
+    fn disjoint_supports_do_not_overlap() {
+        let n = 1000;
+        let base = vec![0.0; n];
+        let a: Vec<f32> = (0..n)
+            .map(|i| if i < n / 2 { 1.0 + i as f32 } else { 0.0 })
+            .collect();
+        let b: Vec<f32> = (0..n)
+            .map(|i| if i >= n / 2 { 1.0 + i as f32 } else { 0.0 })
+            .collect();
+        let m = metrics(&base, &[a, b]);
+        assert_eq!(m.jaccard[0][1], Some(0.0));
+        assert_eq!(m.cosine[0][1], Some(0.0));
+        // No coordinate is nonzero in both: conflict is undefined, not 0.
+        assert_eq!(m.sign_conflict[0][1], None);
+    }
+
+    #[test]
+    fn sensitivity_follows_the_definitions() {
+        let base = vec![3.0, 4.0, 0.0, 0.0];
+        let m = metrics(&base, &[vec![0.0, 0.0, -2.0, 0.0]]);
+        let s = &m.models[0];
+        assert!((s.l2 - 2.0).abs() < 1e-12);
+        assert!((s.rel.unwrap() - 0.4).abs() < 1e-12);
+        assert!((s.mean_abs.unwrap() - 0.5).abs() < 1e-12);
+        assert_eq!(s.max_abs, Some(2.0));
+        assert_eq!(s.frac_changed, Some(0.25));
+    }
+
+    #[test]
+    fn ties_conflict_counts_entries_against_the_elected_sign() {
+        // Weighted sums: +3-1+1 = 3 (elect +), -1-1+0 = -2 (elect -).
+        let base = vec![0.0; 2];
+        let m = metrics(&base, &[vec![3.0, -1.0], vec![-1.0, -1.0], vec![1.0, 0.0]]);
+        assert_eq!(m.models[0].ties_conflict, Some(0.0));
+        assert_eq!(m.models[1].ties_conflict, Some(0.5));
+        assert_eq!(m.models[2].ties_conflict, Some(0.0));
+        // Coordinate 0 has both signs; coordinate 1 has two nonzeros of one sign.
+        assert_eq!(m.disagree, Some(0.5));
+    }
+}
