@@ -27,10 +27,13 @@ pub use spectrum::SpectraSettings;
 pub use sums::{Metrics, ModelMetrics, Sums};
 pub use tensor::{InterferenceSettings, tensor_sums};
 
-use crate::checkpoint::{Checkpoint, TensorView};
+use crate::checkpoint::{Checkpoint, ReadAhead, TensorView};
 use crate::family::Family;
 use crate::job::{Cancelled, Job};
 use crate::layout::LayerKey;
+
+/// How far ahead of the computation the helper thread reads inputs.
+const READ_AHEAD_BYTES: u64 = 768 << 20;
 
 /// What to measure.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -111,67 +114,80 @@ pub fn analyze(
     let mut layers: BTreeMap<Option<usize>, (Sums, usize)> = BTreeMap::new();
     let mut modules: BTreeMap<String, (Sums, usize)> = BTreeMap::new();
     let mut randomized = false;
-    for (k, p) in planned.iter().enumerate() {
-        job.check_cancelled()?;
-        if let Some(next) = planned.get(k + 1) {
-            base.checkpoint.prefetch(next.base);
-            for (m, &i) in family.models.iter().zip(&next.models) {
-                m.checkpoint.prefetch(i);
+    let steps = planned
+        .iter()
+        .map(|p| {
+            std::iter::once((&*base.checkpoint, p.base))
+                .chain(
+                    family
+                        .models
+                        .iter()
+                        .zip(&p.models)
+                        .map(|(m, &i)| (&*m.checkpoint, i)),
+                )
+                .collect()
+        })
+        .collect();
+    let ahead = ReadAhead::new(steps, READ_AHEAD_BYTES);
+    ahead.with_helper(|| -> Result<(), AnalysisError> {
+        for (k, p) in planned.iter().enumerate() {
+            job.check_cancelled()?;
+            let fit = |view| fit_rows(view, &p.shape);
+            let b = fit(base.checkpoint.view(p.base));
+            let views: Vec<TensorView<'_>> = family
+                .models
+                .iter()
+                .zip(&p.models)
+                .map(|(m, &i)| fit(m.checkpoint.view(i)))
+                .collect();
+            let sums = tensor_sums(b, &views, &settings.interference);
+            let key = LayerKey::parse(&p.name);
+            let mut report = TensorReport {
+                name: p.name.clone(),
+                shape: p.shape.clone(),
+                block: key.block,
+                module: key.module.label().to_owned(),
+                numel: sums.numel,
+                metrics: sums.metrics(),
+                spectra: None,
+                base_energy: None,
+                overlaps: None,
+                notes: Vec::new(),
+            };
+            for (label, m) in family.models.iter().zip(&sums.models) {
+                if m.changed == 0 {
+                    report.notes.push(format!(
+                        "{} equals the base here: its top-k mask is k zeros chosen by index",
+                        label.label
+                    ));
+                }
             }
-        }
-        let fit = |view| fit_rows(view, &p.shape);
-        let b = fit(base.checkpoint.view(p.base));
-        let views: Vec<TensorView<'_>> = family
-            .models
-            .iter()
-            .zip(&p.models)
-            .map(|(m, &i)| fit(m.checkpoint.view(i)))
-            .collect();
-        let sums = tensor_sums(b, &views, &settings.interference);
-        let key = LayerKey::parse(&p.name);
-        let mut report = TensorReport {
-            name: p.name.clone(),
-            shape: p.shape.clone(),
-            block: key.block,
-            module: key.module.label().to_owned(),
-            numel: sums.numel,
-            metrics: sums.metrics(),
-            spectra: None,
-            base_energy: None,
-            overlaps: None,
-            notes: Vec::new(),
-        };
-        for (label, m) in family.models.iter().zip(&sums.models) {
-            if m.changed == 0 {
-                report.notes.push(format!(
-                    "{} equals the base here: its top-k mask is k zeros chosen by index",
-                    label.label
-                ));
+            if let Some(spectra) = &settings.spectra
+                && p.shape.len() >= 2
+            {
+                randomized |= add_spectra(&mut report, b, &views, spectra);
             }
+            whole.add(&sums);
+            let layer = layers
+                .entry(key.block)
+                .or_insert_with(|| (Sums::new(n_models), 0));
+            layer.0.add(&sums);
+            layer.1 += 1;
+            let module = modules
+                .entry(report.module.clone())
+                .or_insert_with(|| (Sums::new(n_models), 0));
+            module.0.add(&sums);
+            module.1 += 1;
+            tensors.push(report);
+            base.checkpoint.release(p.base);
+            for (m, &i) in family.models.iter().zip(&p.models) {
+                m.checkpoint.release(i);
+            }
+            job.progress.add_done(bytes_of(p));
+            ahead.done(k);
         }
-        if let Some(spectra) = &settings.spectra
-            && p.shape.len() >= 2
-        {
-            randomized |= add_spectra(&mut report, b, &views, spectra);
-        }
-        whole.add(&sums);
-        let layer = layers
-            .entry(key.block)
-            .or_insert_with(|| (Sums::new(n_models), 0));
-        layer.0.add(&sums);
-        layer.1 += 1;
-        let module = modules
-            .entry(report.module.clone())
-            .or_insert_with(|| (Sums::new(n_models), 0));
-        module.0.add(&sums);
-        module.1 += 1;
-        tensors.push(report);
-        base.checkpoint.release(p.base);
-        for (m, &i) in family.models.iter().zip(&p.models) {
-            m.checkpoint.release(i);
-        }
-        job.progress.add_done(bytes_of(p));
-    }
+        Ok(())
+    })?;
     job.check_cancelled()?;
 
     let group = |name: String, (sums, count): &(Sums, usize)| GroupReport {

@@ -20,37 +20,70 @@ pub struct InterferenceSettings {
 }
 
 thread_local! {
-    /// Task-vector rows of the chunk being summed, one per model.
+    /// Task-vector rows of the chunk being summed, one per model, then the elected sums.
     static ROWS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// Per element of a chunk: how many task vectors are positive and how many negative.
+    static SIGNS: RefCell<(Vec<u8>, Vec<u8>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    /// Magnitude keys of the tensor being masked, reused across tensors.
+    static KEYS: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// The top-k magnitude mask of `|model − base|` with `k = max(1, int(density · n))`.
 fn magnitude_mask(base: TensorView<'_>, model: TensorView<'_>, density: f64) -> BitMask {
     let n = base.numel();
-    let mut keys = vec![0u32; n];
-    let high = zip_fill_fold(
-        &[base, model],
-        &mut keys,
-        HighBits::new,
-        |_, xs, k| {
-            for ((k, &b), &x) in k.iter_mut().zip(xs[0]).zip(xs[1]) {
-                *k = magnitude_key(x - b);
-            }
-        },
-        HighBits::add,
-        HighBits::merge,
-    );
-    let k = ((density * n as f64) as usize).clamp(1, n.max(1));
-    top_k_mask_with(&keys, k, &high)
+    KEYS.with_borrow_mut(|keys| {
+        keys.resize(n, 0);
+        let high = zip_fill_fold(
+            &[base, model],
+            keys,
+            HighBits::new,
+            |_, xs, k| {
+                for ((k, &b), &x) in k.iter_mut().zip(xs[0]).zip(xs[1]) {
+                    *k = magnitude_key(x - b);
+                }
+            },
+            HighBits::add,
+            HighBits::merge,
+        );
+        let k = ((density * n as f64) as usize).clamp(1, n.max(1));
+        top_k_mask_with(keys, k, &high)
+    })
 }
 
-/// Σ over a row in f64 with four independent lanes (keeps the adds pipelined).
-fn sum_f64(values: impl Iterator<Item = f64>) -> f64 {
-    let mut lanes = [0f64; 4];
-    for (i, v) in values.enumerate() {
-        lanes[i & 3] += v;
+/// Σ f(x) in f64 over eight independent lanes, which the compiler keeps in vector registers.
+fn sum_f64(values: &[f32], f: impl Fn(f64) -> f64) -> f64 {
+    let mut lanes = [0f64; 8];
+    let mut chunks = values.chunks_exact(8);
+    for c in &mut chunks {
+        for (lane, &v) in lanes.iter_mut().zip(c) {
+            *lane += f(f64::from(v));
+        }
     }
-    (lanes[0] + lanes[1]) + (lanes[2] + lanes[3])
+    for (lane, &v) in lanes.iter_mut().zip(chunks.remainder()) {
+        *lane += f(f64::from(v));
+    }
+    ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3]))
+        + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]))
+}
+
+/// Σ a·b in f64, as [`sum_f64`].
+fn dot_f64(a: &[f32], b: &[f32]) -> f64 {
+    let mut lanes = [0f64; 8];
+    let (mut ca, mut cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for k in 0..8 {
+            lanes[k] += f64::from(x[k]) * f64::from(y[k]);
+        }
+    }
+    for (k, (&x, &y)) in ca.remainder().iter().zip(cb.remainder()).enumerate() {
+        lanes[k] += f64::from(x) * f64::from(y);
+    }
+    ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3]))
+        + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]))
+}
+
+fn count(values: impl Iterator<Item = bool>) -> u64 {
+    values.map(u64::from).sum()
 }
 
 /// The sums of one tensor over `models` against `base` (equal shapes, float dtypes).
@@ -87,64 +120,86 @@ pub fn tensor_sums(
         let (&b, xs) = xs.split_first().expect("the base is first");
         let len = b.len();
         let mut part = Sums::new(m);
-        part.base_sq = sum_f64(b.iter().map(|&v| f64::from(v) * f64::from(v)));
+        part.base_sq = sum_f64(b, |v| v * v);
         ROWS.with_borrow_mut(|rows| {
-            rows.resize(m * CHUNK, 0.0);
+            rows.resize((m + 1) * CHUNK, 0.0);
+            let (taus, elected) = rows.split_at_mut(m * CHUNK);
+            let elected = &mut elected[..len];
             for (i, x) in xs.iter().enumerate() {
-                let t = &mut rows[i * CHUNK..i * CHUNK + len];
+                let t = &mut taus[i * CHUNK..i * CHUNK + len];
                 for ((t, &x), &b) in t.iter_mut().zip(x.iter()).zip(b) {
                     *t = x - b;
                 }
                 part.models[i] = ModelSums {
-                    sq: sum_f64(t.iter().map(|&v| f64::from(v) * f64::from(v))),
-                    abs: sum_f64(t.iter().map(|&v| f64::from(v.abs()))),
+                    sq: sum_f64(t, |v| v * v),
+                    abs: sum_f64(t, f64::abs),
                     max_abs: f64::from(t.iter().fold(0f32, |a, &v| a.max(v.abs()))),
-                    changed: t.iter().filter(|&&v| v != 0.0).count() as u64,
+                    changed: count(t.iter().map(|&v| v != 0.0)),
                     ..ModelSums::default()
                 };
             }
-            let row = |i: usize| &rows[i * CHUNK..i * CHUNK + len];
+            let row = |i: usize| &taus[i * CHUNK..i * CHUNK + len];
             for i in 0..m {
                 for j in i + 1..m {
                     let (a, c) = (row(i), row(j));
                     part.pairs[pair_index(i, j, m)] = PairSums {
-                        dot: sum_f64(a.iter().zip(c).map(|(&x, &y)| f64::from(x) * f64::from(y))),
-                        both: a
-                            .iter()
-                            .zip(c)
-                            .filter(|&(&x, &y)| x != 0.0 && y != 0.0)
-                            .count() as u64,
-                        clash: a.iter().zip(c).filter(|&(&x, &y)| x * y < 0.0).count() as u64,
+                        dot: dot_f64(a, c),
+                        both: count(a.iter().zip(c).map(|(&x, &y)| (x != 0.0) & (y != 0.0))),
+                        clash: count(a.iter().zip(c).map(|(&x, &y)| x * y < 0.0)),
                         ..PairSums::default()
                     };
                 }
             }
-            // TIES election over the (trimmed) task vectors.
-            let kept =
-                |i: usize, e: usize| trimmed.as_ref().is_none_or(|masks| masks[i].get(start + e));
-            for e in 0..len {
-                let mut elected = 0f32;
-                let (mut positive, mut negative, mut nonzero) = (false, false, 0u32);
-                for i in 0..m {
-                    let t = rows[i * CHUNK + e];
-                    if t != 0.0 && kept(i, e) {
-                        elected += weights[i] * t;
-                        positive |= t > 0.0;
-                        negative |= t < 0.0;
-                        nonzero += 1;
+            // TIES: trim (zero what the mask drops), elect the sign of the weighted sum, count.
+            if let Some(masks) = &trimmed {
+                for (i, mask) in masks.iter().enumerate() {
+                    let t = &mut taus[i * CHUNK..i * CHUNK + len];
+                    let words = mask.words_of_chunk(start);
+                    for (group, &word) in t.chunks_mut(64).zip(words) {
+                        for (k, t) in group.iter_mut().enumerate() {
+                            *t *= ((word >> k) & 1) as f32;
+                        }
                     }
                 }
-                let up = elected >= 0.0;
-                for i in 0..m {
-                    let t = rows[i * CHUNK + e];
-                    if t != 0.0 && kept(i, e) {
-                        part.models[i].ties_nonzero += 1;
-                        part.models[i].ties_conflict += u64::from((t > 0.0) != up);
-                    }
-                }
-                part.disagree += u64::from(positive && negative);
-                part.multi_nonzero += u64::from(nonzero >= 2);
             }
+            elected.fill(0.0);
+            for (i, &w) in weights.iter().enumerate() {
+                for (s, &t) in elected.iter_mut().zip(&taus[i * CHUNK..i * CHUNK + len]) {
+                    *s += w * t;
+                }
+            }
+            SIGNS.with_borrow_mut(|(positive, negative)| {
+                positive.clear();
+                positive.resize(len, 0);
+                negative.clear();
+                negative.resize(len, 0);
+                for i in 0..m {
+                    let t = &taus[i * CHUNK..i * CHUNK + len];
+                    let model = &mut part.models[i];
+                    model.ties_nonzero = count(t.iter().map(|&v| v != 0.0));
+                    model.ties_conflict = count(
+                        t.iter()
+                            .zip(elected.iter())
+                            .map(|(&v, &s)| (v != 0.0) & ((v > 0.0) != (s >= 0.0))),
+                    );
+                    for ((p, q), &v) in positive.iter_mut().zip(negative.iter_mut()).zip(t) {
+                        *p = p.saturating_add(u8::from(v > 0.0));
+                        *q = q.saturating_add(u8::from(v < 0.0));
+                    }
+                }
+                part.disagree = count(
+                    positive
+                        .iter()
+                        .zip(negative.iter())
+                        .map(|(&p, &q)| (p > 0) & (q > 0)),
+                );
+                part.multi_nonzero = count(
+                    positive
+                        .iter()
+                        .zip(negative.iter())
+                        .map(|(&p, &q)| u16::from(p) + u16::from(q) >= 2),
+                );
+            });
         });
         part
     });

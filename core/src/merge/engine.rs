@@ -6,9 +6,9 @@
 //! thread appends finished tensors to the output, so disk writes overlap the next tensor's
 //! reads and arithmetic. The channel between them holds one tensor, so only a few output-sized
 //! buffers exist at once (the f32 work buffer, one queued, one being written, and written ones
-//! waiting to be reused), whatever the model's size. Inputs are memory-mapped: the next
-//! tensor's inputs are prefetched while the current one is computed, and each tensor's input
-//! pages are released from the process once it is done.
+//! waiting to be reused), whatever the model's size. Inputs are memory-mapped: a helper thread
+//! reads the next tensors' inputs (within a byte window) while the current one is computed,
+//! and each tensor's input pages are released from the process once it is done.
 
 use std::collections::BTreeMap;
 use std::sync::mpsc::{Receiver, channel, sync_channel};
@@ -16,10 +16,14 @@ use std::sync::mpsc::{Receiver, channel, sync_channel};
 use super::MethodInputs;
 use super::plan::{MergePlan, PlanError, TaskAction, TensorTask};
 use crate::backend::Backend;
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{Checkpoint, ReadAhead};
 use crate::dtype::{FloatType, TensorBytes};
 use crate::export::{Export, ExportError, ExportOptions, ExportSummary, OutputTensor, sidecar};
 use crate::job::{Cancelled, Job};
+
+/// How far ahead of the computation the helper thread reads inputs: a few tensors, so cold
+/// reads overlap the arithmetic without holding much more than the tensor in flight.
+const READ_AHEAD_BYTES: u64 = 768 << 20;
 
 /// The mergescope version recorded in every output.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -94,21 +98,29 @@ pub fn execute(
             })
             .map_err(MergeError::Thread)?;
 
-        let computed = (|| -> Result<(), MergeError> {
+        let steps = plan
+            .tasks
+            .iter()
+            .map(|task| {
+                let mut step = Vec::new();
+                for_each_input(plan, task, |c, i| step.push((c, i)));
+                step
+            })
+            .collect();
+        let ahead = ReadAhead::new(steps, READ_AHEAD_BYTES);
+        let computed = ahead.with_helper(|| -> Result<(), MergeError> {
             let mut buffers = Buffers::new(returned);
             for (i, task) in plan.tasks.iter().enumerate() {
                 job.check_cancelled()?;
-                if let Some(next) = plan.tasks.get(i + 1) {
-                    for_each_input(plan, next, Checkpoint::prefetch);
-                }
                 let data = compute(plan, task, backend, &mut buffers)?;
                 for_each_input(plan, task, Checkpoint::release);
+                ahead.done(i);
                 if sender.send(data).is_err() {
                     break; // the writer failed; its error is reported below
                 }
             }
             Ok(())
-        })();
+        });
         drop(sender);
         let written = writer
             .join()
@@ -238,7 +250,11 @@ fn compute<'a>(
     }
 }
 
-fn for_each_input(plan: &MergePlan, task: &TensorTask, mut f: impl FnMut(&Checkpoint, usize)) {
+fn for_each_input<'p>(
+    plan: &'p MergePlan,
+    task: &TensorTask,
+    mut f: impl FnMut(&'p Checkpoint, usize),
+) {
     if let (Some(base), Some(index)) = (&plan.family.base, task.base) {
         f(&base.checkpoint, index);
     }
