@@ -170,3 +170,93 @@ fn bad_input_is_one_clear_line() {
     .assert_user_error(&["--density", "(0, 1]"]);
     run(BIN, &family, &["analyze", "--base", "base", "nope"]).assert_user_error(&["nope"]);
 }
+
+#[test]
+fn a_recipe_preview_says_what_survives() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = dir.path().join("keep_a.yml");
+    // All of ft_a, none of ft_b: ft_a survives whole; ft_b survives as its projection on ft_a.
+    std::fs::write(
+        &recipe,
+        "merge_method: task_arithmetic\nbase_model: family/base\nmodels:\n  - model: family/ft_a\n    parameters: {weight: 1.0}\n  - model: family/ft_b\n    parameters: {weight: 0.0}\ndtype: float32\n",
+    )
+    .unwrap();
+    let json = dir.path().join("report.json");
+    let ran = run_with_env(
+        BIN,
+        &parity_dir(),
+        &[
+            "analyze",
+            "--recipe",
+            recipe.to_str().unwrap(),
+            "--json",
+            json.to_str().unwrap(),
+            "--no-cache",
+        ],
+        &[],
+    );
+    ran.assert_success();
+    assert!(
+        ran.stdout()
+            .contains("what survives in the task_arithmetic merge")
+    );
+    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let survival = &report["survival"]["whole_model"]["models"];
+    let close = |v: &Value, want: f64| (v.as_f64().unwrap() - want).abs() < 1e-6;
+    assert!(close(&survival[0]["projection"], 1.0), "{survival}");
+    assert!(close(&survival[0]["cosine"], 1.0), "{survival}");
+    // ft_b's share is its cosine with ft_a: the same number the interference matrix reports.
+    let cosine_ab = report["whole_model"]["metrics"]["cosine"][0][1]
+        .as_f64()
+        .unwrap();
+    assert!(
+        close(&survival[1]["cosine"], cosine_ab),
+        "{survival} vs {cosine_ab}"
+    );
+    assert_eq!(report["survival"]["layers"].as_array().unwrap().len(), 5);
+}
+
+#[test]
+fn a_recipe_without_a_base_cannot_be_previewed() {
+    run(
+        BIN,
+        &parity_dir(),
+        &["analyze", "--recipe", "configs/linear.yml", "--no-cache"],
+    )
+    .assert_user_error(&["linear", "takes no base model"]);
+}
+
+#[test]
+fn a_cancelled_analysis_stops_with_cancelled() {
+    use std::sync::Arc;
+
+    use mergescope_core::analysis::{AnalysisError, AnalysisSettings, analyze};
+    use mergescope_core::family::{Family, Member};
+    use mergescope_core::{Checkpoint, Job};
+
+    let family_dir = parity_dir().join("family");
+    let member = |name: &str| Member {
+        label: name.to_owned(),
+        checkpoint: Arc::new(Checkpoint::open(family_dir.join(name)).unwrap()),
+    };
+    let family = Family {
+        base: Some(member("base")),
+        models: vec![member("ft_a"), member("ft_b")],
+    };
+    let job = Job::default();
+    // Cancel as soon as the first tensor is done.
+    let cancel = job.cancel.clone();
+    let progress = job.progress.clone();
+    job.progress.set_observer(move || {
+        if progress.snapshot().done > 0 {
+            cancel.cancel();
+        }
+    });
+    let result = analyze(&family, &AnalysisSettings::new(2), &job);
+    assert!(
+        matches!(result, Err(AnalysisError::Cancelled(_))),
+        "{result:?}"
+    );
+    // A fresh job runs to the end.
+    assert!(analyze(&family, &AnalysisSettings::new(2), &Job::default()).is_ok());
+}

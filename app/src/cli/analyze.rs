@@ -1,16 +1,19 @@
-//! `mergescope analyze --base B M1 M2 …`: sensitivity and interference of the task vectors,
-//! optionally spectra, as a readable summary and a full JSON/CSV report.
+//! `mergescope analyze --base B M1 M2 …` (or `--recipe R`): sensitivity and interference of
+//! the task vectors, optionally spectra, and with a recipe a preview of what its merge keeps;
+//! as a readable summary and a full JSON/CSV report.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
 use mergescope_core::analysis::{
-    AnalysisSettings, Report, SpectraSettings, analyze_cached, cache_dir,
+    AnalysisSettings, Report, SpectraSettings, analyze_cached, analyze_recipe_cached, cache_dir,
 };
 use mergescope_core::family::{Family, Member};
+use mergescope_core::merge::plan::{MergePlan, PlanOptions};
 use mergescope_core::{Checkpoint, Job};
 
+use super::backend::{BackendArg, open as open_backend};
 use super::progress::run_with_progress;
 use super::{Failure, path_arg, print_out};
 
@@ -28,11 +31,21 @@ pub enum Metric {
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The base model the task vectors are taken against.
-    #[arg(long, value_parser = path_arg)]
-    base: PathBuf,
+    #[arg(long, value_parser = path_arg, required_unless_present = "recipe")]
+    base: Option<PathBuf>,
     /// The fine-tunes (files, index files or folders).
-    #[arg(required = true, value_parser = path_arg)]
+    #[arg(value_parser = path_arg, required_unless_present = "recipe")]
     models: Vec<PathBuf>,
+    /// Analyse the family of this mergekit recipe instead, and preview its merge: per layer,
+    /// how much of each task vector survives (nothing is written).
+    #[arg(long, value_parser = path_arg, conflicts_with_all = ["base", "models"])]
+    recipe: Option<PathBuf>,
+    /// Seed of the random methods in the preview (DARE, DELLA).
+    #[arg(long, default_value_t = 0, requires = "recipe")]
+    random_seed: u64,
+    /// Where the preview merge runs.
+    #[arg(long, value_enum, default_value_t, requires = "recipe")]
+    backend: BackendArg,
     /// Which metrics to compute (comma-separated). Spectra are off unless named or --rank is given.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Metric::Sensitivity, Metric::Interference])]
     metrics: Vec<Metric>,
@@ -84,9 +97,32 @@ pub fn run(args: &Args, job: &Job) -> Result<(), Failure> {
         return Err(anyhow::anyhow!("--rank 0 keeps no singular values; use 1 or more").into());
     }
     let started = Instant::now();
-    let family = Family {
-        base: Some(open(&args.base)?),
-        models: args.models.iter().map(open).collect::<Result<_, _>>()?,
+    let plan = args
+        .recipe
+        .as_ref()
+        .map(|recipe| {
+            MergePlan::from_file(
+                recipe,
+                &PlanOptions {
+                    cwd: std::env::current_dir()?,
+                    random_seed: Some(args.random_seed),
+                    truncate_vocab: args.truncate_vocab,
+                },
+            )
+            .map_err(Failure::from)
+        })
+        .transpose()?;
+    let family = match &plan {
+        Some(plan) => {
+            for warning in &plan.warnings {
+                eprintln!("warning: {warning}");
+            }
+            plan.family.clone()
+        }
+        None => Family {
+            base: args.base.as_ref().map(open).transpose()?,
+            models: args.models.iter().map(open).collect::<Result<_, _>>()?,
+        },
     };
     let mut settings = AnalysisSettings::new(family.models.len());
     settings.interference.density = args.density;
@@ -100,9 +136,22 @@ pub fn run(args: &Args, job: &Job) -> Result<(), Failure> {
         settings.spectra = Some(spectra);
     }
     let cache = (!args.no_cache).then(cache_dir).flatten();
-    let (report, cached) = run_with_progress(job, || {
-        analyze_cached(&family, &settings, job, cache.as_deref())
-    })?;
+    let (report, cached) = match &plan {
+        Some(plan) => {
+            settings.recipe = Some(format!(
+                "{}random_seed: {}\n",
+                plan.recipe.to_yaml(),
+                plan.random_seed
+            ));
+            let backend = open_backend(args.backend)?;
+            run_with_progress(job, || {
+                analyze_recipe_cached(plan, &settings, backend.as_ref(), job, cache.as_deref())
+            })?
+        }
+        None => run_with_progress(job, || {
+            analyze_cached(&family, &settings, job, cache.as_deref())
+        })?,
+    };
     write_outputs(args, &report)?;
     eprintln!(
         "analysed {} tensors of {} model(s) in {:.2} s{}",

@@ -12,6 +12,7 @@ mod cache;
 mod report;
 pub mod spectrum;
 mod sums;
+mod survival;
 mod tensor;
 
 use std::collections::BTreeMap;
@@ -25,6 +26,7 @@ pub use cache::{cache_dir, load_cached, store_cached};
 pub use report::{Critical, GroupReport, InputIdentity, Report, Skipped, TensorReport};
 pub use spectrum::SpectraSettings;
 pub use sums::{Metrics, ModelMetrics, Sums};
+pub use survival::{Survival, SurvivalGroup, Survived, survival};
 pub use tensor::{InterferenceSettings, tensor_sums};
 
 use crate::checkpoint::{Checkpoint, ReadAhead, TensorView};
@@ -43,6 +45,8 @@ pub struct AnalysisSettings {
     pub spectra: Option<SpectraSettings>,
     /// Compare embedding/head tensors of different vocabulary sizes on their common rows.
     pub truncate_vocab: bool,
+    /// The recipe whose merge is previewed (its YAML), if any: part of the cache key.
+    pub recipe: Option<String>,
 }
 
 impl AnalysisSettings {
@@ -56,6 +60,7 @@ impl AnalysisSettings {
             },
             spectra: None,
             truncate_vocab: false,
+            recipe: None,
         }
     }
 }
@@ -67,11 +72,18 @@ pub enum AnalysisError {
     NoBase,
     #[error("an analysis needs at least one model besides the base")]
     NoModels,
+    #[error(
+        "the recipe's method `{method}` takes no base model, so its merge has no task vectors to \
+         compare; preview a recipe with a base (task_arithmetic, ties, dare_ties, della, slerp, …)"
+    )]
+    RecipeWithoutBase { method: String },
     #[error("cannot read {path}: {source}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("tensor `{tensor}`: merging it for the preview failed: {message}")]
+    Merge { tensor: String, message: String },
     #[error(transparent)]
     Cancelled(#[from] Cancelled),
 }
@@ -211,7 +223,7 @@ pub fn analyze(
     match &settings.spectra {
         None => limits.push(
             "spectra, subspace overlaps and base-subspace energy were not computed (ask for them \
-             with --spectra or --rank)"
+             with --rank R or --metrics sensitivity,interference,spectra)"
                 .to_owned(),
         ),
         Some(s) if randomized => limits.push(format!(
@@ -244,6 +256,7 @@ pub fn analyze(
         skipped,
         limits,
         jaccard_chance: d / (2.0 - d),
+        survival: None,
     })
 }
 
@@ -446,14 +459,44 @@ pub fn analyze_cached(
     job: &Job,
     cache: Option<&Path>,
 ) -> Result<(Report, bool), AnalysisError> {
+    cached(family, settings, cache, || analyze(family, settings, job))
+}
+
+/// [`analyze_cached`] of a recipe's family, with the preview of its merge ([`survival`]) on
+/// `backend`. `settings.recipe` should hold the recipe, so the cache tells recipes apart.
+pub fn analyze_recipe_cached(
+    plan: &crate::merge::plan::MergePlan,
+    settings: &AnalysisSettings,
+    backend: &dyn crate::backend::Backend,
+    job: &Job,
+    cache: Option<&Path>,
+) -> Result<(Report, bool), AnalysisError> {
+    if plan.family.base.is_none() {
+        return Err(AnalysisError::RecipeWithoutBase {
+            method: plan.method.spec().name.to_owned(),
+        });
+    }
+    cached(&plan.family, settings, cache, || {
+        let mut report = analyze(&plan.family, settings, job)?;
+        report.survival = Some(survival(plan, backend, job)?);
+        Ok(report)
+    })
+}
+
+fn cached(
+    family: &Family,
+    settings: &AnalysisSettings,
+    cache: Option<&Path>,
+    compute: impl FnOnce() -> Result<Report, AnalysisError>,
+) -> Result<(Report, bool), AnalysisError> {
     let Some(dir) = cache else {
-        return Ok((analyze(family, settings, job)?, false));
+        return Ok((compute()?, false));
     };
     let key = cache_key(&identities(family)?, settings);
     if let Some(report) = load_cached(dir, &key) {
         return Ok((report, true));
     }
-    let report = analyze(family, settings, job)?;
+    let report = compute()?;
     // A cache that cannot be written only costs time next run.
     let _ = store_cached(dir, &key, &report);
     Ok((report, false))

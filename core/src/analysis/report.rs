@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::AnalysisSettings;
 use super::spectrum::{BaseEnergy, Overlap, Spectrum};
 use super::sums::Metrics;
+use super::survival::Survival;
 
 /// Which file an input was, so a report (and its cache entry) names exactly what it measured.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -86,6 +87,8 @@ pub struct Report {
     pub limits: Vec<String>,
     /// Chance level of the top-k Jaccard overlap for independent masks, `d / (2 − d)`.
     pub jaccard_chance: f64,
+    /// With a recipe: how much of each task vector survives in its merge.
+    pub survival: Option<Survival>,
 }
 
 fn fmt(v: Option<f64>) -> String {
@@ -186,6 +189,27 @@ impl Report {
                     conflict,
                     fmt(GroupReport::mean_pairwise(&g.metrics.cosine))
                 );
+            }
+        }
+        if let Some(survival) = &self.survival {
+            let _ = writeln!(
+                s,
+                "\nwhat survives in the {} merge (projection of the merged τ on each τ_i, cosine):",
+                survival.method
+            );
+            let header: Vec<String> = survival
+                .models
+                .iter()
+                .map(|m| format!("{:>15}", short(m, 15)))
+                .collect();
+            let _ = writeln!(s, "  {:<16} {}", "", header.join("   "));
+            for group in std::iter::once(&survival.whole_model).chain(&survival.layers) {
+                let cells: Vec<String> = group
+                    .models
+                    .iter()
+                    .map(|m| format!("{:>7} {:>7}", fmt(m.projection), fmt(m.cosine)))
+                    .collect();
+                let _ = writeln!(s, "  {:<16} {}", group.name, cells.join("   "));
             }
         }
         for limit in &self.limits {

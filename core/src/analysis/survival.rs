@@ -1,0 +1,227 @@
+//! The data-free merge preview: how much of each task vector survives in the merge a recipe
+//! would produce, per layer, computed tensor by tensor in memory without writing anything.
+//!
+//! For the merged task vector `τ_m = θ_merged − θ_b` and each model's `τ_i`:
+//! `projection = ⟨τ_m, τ_i⟩ / ‖τ_i‖²` (1: τ_i is kept whole along its own direction; 0: it is
+//! gone) and `cosine = ⟨τ_m, τ_i⟩ / (‖τ_m‖ ‖τ_i‖)`. Both are ratios of sums, so a layer's and
+//! the whole model's figures aggregate exactly.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::AnalysisError;
+use crate::backend::Backend;
+use crate::checkpoint::{ReadAhead, TensorView};
+use crate::job::Job;
+use crate::layout::LayerKey;
+use crate::merge::MethodInputs;
+use crate::merge::kernel::zip_chunks;
+use crate::merge::plan::{MergePlan, TaskAction};
+
+/// Σ⟨τ_m, τ_i⟩, Σ‖τ_i‖² per model and Σ‖τ_m‖².
+#[derive(Clone, Debug, Default)]
+struct SurvivalSums {
+    dot: Vec<f64>,
+    model_sq: Vec<f64>,
+    merged_sq: f64,
+}
+
+impl SurvivalSums {
+    fn new(models: usize) -> Self {
+        Self {
+            dot: vec![0.0; models],
+            model_sq: vec![0.0; models],
+            merged_sq: 0.0,
+        }
+    }
+
+    fn add(&mut self, other: &Self) {
+        for (a, b) in self.dot.iter_mut().zip(&other.dot) {
+            *a += b;
+        }
+        for (a, b) in self.model_sq.iter_mut().zip(&other.model_sq) {
+            *a += b;
+        }
+        self.merged_sq += other.merged_sq;
+    }
+
+    fn metrics(&self) -> Vec<Survived> {
+        let merged = self.merged_sq.sqrt();
+        self.dot
+            .iter()
+            .zip(&self.model_sq)
+            .map(|(&dot, &sq)| Survived {
+                projection: (sq > 0.0).then(|| dot / sq),
+                cosine: (sq > 0.0 && merged > 0.0)
+                    .then(|| (dot / (sq.sqrt() * merged)).clamp(-1.0, 1.0)),
+            })
+            .collect()
+    }
+}
+
+/// How much of one model's task vector the merge keeps.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Survived {
+    pub projection: Option<f64>,
+    pub cosine: Option<f64>,
+}
+
+/// Survival over a set of tensors, per model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SurvivalGroup {
+    pub name: String,
+    pub models: Vec<Survived>,
+}
+
+/// The preview of one recipe.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Survival {
+    pub method: String,
+    pub recipe: String,
+    pub random_seed: u64,
+    /// The recipe's models, in the order of every per-model list.
+    pub models: Vec<String>,
+    pub whole_model: SurvivalGroup,
+    pub layers: Vec<SurvivalGroup>,
+    /// Tensors the merge copies or converts rather than merges.
+    pub not_merged: Vec<String>,
+}
+
+/// Merges every tensor of `plan` in memory on `backend` and measures what survives.
+pub fn survival(
+    plan: &MergePlan,
+    backend: &dyn Backend,
+    job: &Job,
+) -> Result<Survival, AnalysisError> {
+    let family = &plan.family;
+    let base = family.base.as_ref().ok_or(AnalysisError::NoBase)?;
+    let n = family.models.len();
+    let mut whole = SurvivalSums::new(n);
+    let mut layers: BTreeMap<Option<usize>, SurvivalSums> = BTreeMap::new();
+    let mut not_merged = Vec::new();
+    let merged_tasks: Vec<_> = plan
+        .tasks
+        .iter()
+        .filter(|t| {
+            let merges = matches!(t.action, TaskAction::Merge { .. }) && t.base.is_some();
+            if !merges {
+                not_merged.push(t.name.clone());
+            }
+            merges
+        })
+        .collect();
+    let total: u64 = merged_tasks.iter().map(|t| t.numel() as u64).sum();
+    job.progress.start_stage("previewing the merge", total);
+    let steps = merged_tasks
+        .iter()
+        .map(|t| {
+            let mut step = vec![(&*base.checkpoint, t.base.expect("filtered"))];
+            step.extend(
+                t.models
+                    .iter()
+                    .map(|&(m, i)| (&*family.models[m].checkpoint, i)),
+            );
+            step
+        })
+        .collect();
+    let ahead = ReadAhead::new(steps, 768 << 20);
+    let mut buffer = Vec::new();
+    ahead.with_helper(|| -> Result<(), AnalysisError> {
+        for (k, task) in merged_tasks.iter().enumerate() {
+            job.check_cancelled()?;
+            let TaskAction::Merge { params, .. } = &task.action else {
+                unreachable!("filtered to merges")
+            };
+            let fit = |view| super::fit_rows(view, &task.shape);
+            let b = fit(base.checkpoint.view(task.base.expect("filtered")));
+            let models: Vec<TensorView<'_>> = task
+                .models
+                .iter()
+                .map(|&(m, i)| fit(family.models[m].checkpoint.view(i)))
+                .collect();
+            buffer.resize(task.numel(), 0.0);
+            let inputs = MethodInputs {
+                tensor: &task.name,
+                seed: plan.random_seed,
+                base: Some(b),
+                models: models.clone(),
+                params,
+            };
+            plan.method
+                .merge_on(backend, &inputs, &mut buffer)
+                .map_err(|e| AnalysisError::Merge {
+                    tensor: task.name.clone(),
+                    message: e.0,
+                })?;
+            let sums = tensor_survival(b, &models, &buffer);
+            let mut by_family = SurvivalSums::new(n);
+            by_family.merged_sq = sums.merged_sq;
+            for (slot, &(m, _)) in task.models.iter().enumerate() {
+                by_family.dot[m] = sums.dot[slot];
+                by_family.model_sq[m] = sums.model_sq[slot];
+            }
+            whole.add(&by_family);
+            layers
+                .entry(LayerKey::parse(&task.name).block)
+                .or_insert_with(|| SurvivalSums::new(n))
+                .add(&by_family);
+            base.checkpoint.release(task.base.expect("filtered"));
+            for &(m, i) in &task.models {
+                family.models[m].checkpoint.release(i);
+            }
+            job.progress.add_done(task.numel() as u64);
+            ahead.done(k);
+        }
+        Ok(())
+    })?;
+    Ok(Survival {
+        method: plan.method.spec().name.to_owned(),
+        recipe: plan.recipe.to_yaml(),
+        random_seed: plan.random_seed,
+        models: family.models.iter().map(|m| m.label.clone()).collect(),
+        whole_model: SurvivalGroup {
+            name: "whole model".to_owned(),
+            models: whole.metrics(),
+        },
+        layers: layers
+            .iter()
+            .map(|(block, sums)| SurvivalGroup {
+                name: block.map_or_else(|| "outside blocks".to_owned(), |b| format!("layer {b}")),
+                models: sums.metrics(),
+            })
+            .collect(),
+        not_merged,
+    })
+}
+
+/// The sums of one tensor: merged values in `merged`, inputs as views.
+fn tensor_survival(
+    base: TensorView<'_>,
+    models: &[TensorView<'_>],
+    merged: &[f32],
+) -> SurvivalSums {
+    let m = models.len();
+    let mut all = vec![base];
+    all.extend_from_slice(models);
+    let parts = zip_chunks(&all, base.numel(), |start, xs| {
+        let (b, xs) = xs.split_first().expect("base first");
+        let merged = &merged[start..start + b.len()];
+        let mut part = SurvivalSums::new(m);
+        for (e, (&o, &b)) in merged.iter().zip(b.iter()).enumerate() {
+            let tm = f64::from(o - b);
+            part.merged_sq += tm * tm;
+            for (i, x) in xs.iter().enumerate() {
+                let ti = f64::from(x[e] - b);
+                part.dot[i] += tm * ti;
+                part.model_sq[i] += ti * ti;
+            }
+        }
+        part
+    });
+    let mut sums = SurvivalSums::new(m);
+    for part in &parts {
+        sums.add(part);
+    }
+    sums
+}
