@@ -268,35 +268,49 @@ fn add_spectra(
     models: &[TensorView<'_>],
     settings: &SpectraSettings,
 ) -> bool {
+    use rayon::prelude::*;
+
     let base_values = base.to_f32_vec();
-    let Some(base_matrix) = spectrum::as_matrix(&base_values, &report.shape) else {
-        return false;
-    };
-    let base_factors = spectrum::factorize(base_matrix.as_ref(), settings, &report.name, 0);
-    drop(base_matrix);
+    let shape = report.shape.clone();
+    let name = report.name.clone();
+    // The base and every task vector are factorized in parallel (each SVD is mostly thin
+    // matrix products that do not keep two cores busy on their own).
+    let (base_factors, per_model) = rayon::join(
+        || {
+            let matrix = spectrum::as_matrix(&base_values, &shape).expect("2-D");
+            spectrum::factorize(matrix, settings, &name, 0)
+        },
+        || {
+            models
+                .par_iter()
+                .enumerate()
+                .map(|(i, model)| {
+                    let mut tau = model.to_f32_vec();
+                    for (t, b) in tau.iter_mut().zip(&base_values) {
+                        *t -= b;
+                    }
+                    let matrix = spectrum::as_matrix(&tau, &shape).expect("2-D");
+                    let f = spectrum::factorize(matrix, settings, &name, i + 1);
+                    (tau, f)
+                })
+                .collect::<Vec<_>>()
+        },
+    );
     let mut randomized = !base_factors.exact;
-    let mut factors = Vec::with_capacity(models.len());
     let mut spectra = Vec::with_capacity(models.len());
     let mut energies = Vec::with_capacity(models.len());
-    for (i, model) in models.iter().enumerate() {
-        let mut tau = model.to_f32_vec();
-        for (t, b) in tau.iter_mut().zip(&base_values) {
-            *t -= b;
-        }
-        let matrix = spectrum::as_matrix(&tau, &report.shape).expect("2-D");
-        drop(tau);
-        let f = spectrum::factorize(matrix.as_ref(), settings, &report.name, i + 1);
+    for (tau, f) in &per_model {
         randomized |= !f.exact;
-        spectra.push(spectrum::Spectrum::of(&f, settings.rank));
-        energies.push(spectrum::base_energy(&base_factors, matrix.as_ref()));
-        factors.push(f);
+        spectra.push(spectrum::Spectrum::of(f, settings.rank));
+        let matrix = spectrum::as_matrix(tau, &shape).expect("2-D");
+        energies.push(spectrum::base_energy(&base_factors, matrix));
     }
     let mut overlaps = Vec::new();
-    for i in 0..factors.len() {
-        for j in i + 1..factors.len() {
+    for i in 0..per_model.len() {
+        for j in i + 1..per_model.len() {
             overlaps.push(spectrum::pair_overlap(
-                (i, &factors[i]),
-                (j, &factors[j]),
+                (i, &per_model[i].1),
+                (j, &per_model[j].1),
                 settings.overlap_rank,
             ));
         }

@@ -44,25 +44,19 @@ pub struct Factors {
     pub fro2: f64,
 }
 
-/// A tensor with ndim ≥ 2 as the matrix `(shape[0], prod(shape[1..]))`.
-pub fn as_matrix(values: &[f32], shape: &[usize]) -> Option<Mat<f32>> {
+/// A tensor with ndim ≥ 2 as the matrix `(shape[0], prod(shape[1..]))`: a row-major view of
+/// the values (no copy; faer works on strided views directly).
+pub fn as_matrix<'a>(values: &'a [f32], shape: &[usize]) -> Option<MatRef<'a, f32>> {
     let (&m, rest) = shape.split_first()?;
     if rest.is_empty() {
         return None;
     }
     let n: usize = rest.iter().product();
-    Some(Mat::from_fn(m, n, |i, j| values[i * n + j]))
+    Some(MatRef::from_column_major_slice(values, n, m).transpose())
 }
 
 fn fro2(a: MatRef<'_, f32>) -> f64 {
-    let mut total = 0f64;
-    for j in 0..a.ncols() {
-        for i in 0..a.nrows() {
-            let v = f64::from(a[(i, j)]);
-            total += v * v;
-        }
-    }
-    total
+    f64::from(a.squared_norm_l2())
 }
 
 /// Orthonormal columns spanning `y`'s (thin QR).
@@ -314,6 +308,15 @@ mod tests {
     #[test]
     fn a_rank_r_matrix_has_r_singular_values_and_lives_in_its_own_subspace() {
         let a = with_spectrum(96, 80, &[5.0, 3.0, 2.0, 1.0], 1);
+    let mut flat = vec![0f32; 96 * 80];
+    for i in 0..96 {
+        for j in 0..80 {
+            flat[i * 80 + j] = a[(i, j)];
+        }
+    }
+    // The row-major view of a tensor is the same matrix.
+    let view = as_matrix(&flat, &[96, 80]).unwrap();
+    assert_eq!(view[(5, 7)], a[(5, 7)]);
         let f = factorize(a.as_ref(), &SpectraSettings::default(), "t", 0);
         assert_eq!(numerical_rank(&f.sigma), 4);
         for (got, want) in f.sigma.iter().zip([5.0, 3.0, 2.0, 1.0]) {
