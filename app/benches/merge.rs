@@ -1,6 +1,7 @@
-//! The merge benchmark: mergescope against the I/O floor and against mergekit, on a generated
-//! Llama-shaped family (base + 3 fine-tunes, bf16), with the page cache dropped before every
-//! timed step when run as root.
+//! The merge and analysis benchmark: mergescope against the I/O floor and against mergekit, on
+//! a generated Llama-shaped family (base + 3 fine-tunes, bf16), with the page cache dropped
+//! before every timed step when run as root. After the merges, `mergescope analyze` is timed
+//! against the read floor (sensitivity + interference), then with spectra at rank 32.
 //!
 //!     sudo -E cargo bench -p mergescope --bench merge
 //!
@@ -10,6 +11,7 @@
 //! - `MERGEKIT_YAML`: path of mergekit's `mergekit-yaml` (e.g. from
 //!   `python3 -m venv v && v/bin/pip install mergekit==0.1.5`); mergekit is skipped without it.
 //! - `MERGESCOPE_BENCH_METHODS`: comma-separated subset of `linear,ties,dare_ties`.
+//! - `MERGESCOPE_BENCH_ANALYZE=0`: skip the analysis timings.
 //! - `MERGESCOPE_BENCH_LARGE=1`: also run mergescope on a family with twice the layers, to show
 //!   that peak memory does not grow with model size.
 //!
@@ -283,6 +285,34 @@ fn main() {
                 ms.seconds,
                 ms.peak_rss_mib,
                 ms.seconds / floor
+            );
+        }
+        if std::env::var("MERGESCOPE_BENCH_ANALYZE").as_deref() != Ok("0") {
+            let analyze = |extra: &[&str]| {
+                drop_caches();
+                let mut args = vec![
+                    "analyze",
+                    "--base",
+                    "family/base",
+                    "family/ft_1",
+                    "family/ft_2",
+                    "family/ft_3",
+                    "--no-cache",
+                ];
+                args.extend_from_slice(extra);
+                timed(&dir, MERGESCOPE, &args)
+            };
+            let plain = analyze(&[]);
+            println!(
+                "analyze (sensitivity + interference): {:.1} s, {:.0} MiB RSS, {:.2} x the read floor ({read:.1} s)",
+                plain.seconds,
+                plain.peak_rss_mib,
+                plain.seconds / read
+            );
+            let spectra = analyze(&["--rank", "32"]);
+            println!(
+                "analyze + spectra at rank 32 (every 2-D tensor, base + 3 task vectors): {:.1} s, {:.0} MiB RSS",
+                spectra.seconds, spectra.peak_rss_mib
             );
         }
     }
