@@ -9,6 +9,7 @@
 //! - [`family`]: a base and N models aligned by tensor name;
 //! - [`layout`]: tensor names parsed into layers and modules;
 //! - [`merge`]: recipes, methods, the planner and the streamed executor;
+//! - [`eval`]: objectives (the demo family's accuracy, an external command) and the demo family;
 //! - [`export`]: atomic, sharded Hugging Face folders;
 //! - [`job`]: progress and cancellation for every long operation;
 //! - [`synth`]: synthetic model families (demo, tests, benchmarks).
@@ -17,6 +18,7 @@ pub mod analysis;
 pub mod backend;
 pub mod checkpoint;
 pub mod dtype;
+pub mod eval;
 pub mod export;
 pub mod family;
 pub mod job;

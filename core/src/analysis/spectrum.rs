@@ -308,15 +308,15 @@ mod tests {
     #[test]
     fn a_rank_r_matrix_has_r_singular_values_and_lives_in_its_own_subspace() {
         let a = with_spectrum(96, 80, &[5.0, 3.0, 2.0, 1.0], 1);
-    let mut flat = vec![0f32; 96 * 80];
-    for i in 0..96 {
-        for j in 0..80 {
-            flat[i * 80 + j] = a[(i, j)];
+        let mut flat = vec![0f32; 96 * 80];
+        for i in 0..96 {
+            for j in 0..80 {
+                flat[i * 80 + j] = a[(i, j)];
+            }
         }
-    }
-    // The row-major view of a tensor is the same matrix.
-    let view = as_matrix(&flat, &[96, 80]).unwrap();
-    assert_eq!(view[(5, 7)], a[(5, 7)]);
+        // The row-major view of a tensor is the same matrix.
+        let view = as_matrix(&flat, &[96, 80]).unwrap();
+        assert_eq!(view[(5, 7)], a[(5, 7)]);
         let f = factorize(a.as_ref(), &SpectraSettings::default(), "t", 0);
         assert_eq!(numerical_rank(&f.sigma), 4);
         for (got, want) in f.sigma.iter().zip([5.0, 3.0, 2.0, 1.0]) {

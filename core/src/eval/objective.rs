@@ -1,0 +1,229 @@
+//! Objectives: numbers that say how good a merged model is.
+//!
+//! - [`DemoAccuracy`]: per-domain test accuracy and loss of the built-in demo family (a candle
+//!   forward pass), in full or on a fixed subsample for live previews;
+//! - [`ExternalCommand`]: the user's own evaluation, run on the model's folder, answering JSON;
+//! - data-free proxies come from the analysis' merge preview
+//!   ([`crate::analysis::survival`]): how much of each task vector the merge keeps.
+
+use std::collections::BTreeMap;
+use std::io::Read as _;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use candle_core::{Device, Tensor};
+
+use super::EvalError;
+use super::digits::{Digits, Domain, PIXELS, Split};
+use super::model::ModelTensors;
+use super::vit::{self, VitConfig};
+
+/// Metric name → value, e.g. `upright/accuracy`.
+pub type Scores = BTreeMap<String, f64>;
+
+/// How much of the evaluation data to use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fidelity {
+    /// Every test sample.
+    Full,
+    /// The first `n` test samples of each domain (a fixed subset): for previews while a
+    /// slider moves.
+    Subsample(usize),
+}
+
+/// The demo family's test data, prepared once.
+#[derive(Debug)]
+pub struct DemoAccuracy {
+    config: VitConfig,
+    /// Per domain: pixels (n × 64) and labels.
+    test: Vec<(Domain, Tensor, Tensor)>,
+}
+
+impl DemoAccuracy {
+    pub fn new() -> Result<Self, EvalError> {
+        let digits = Digits::load();
+        let test = Domain::ALL
+            .iter()
+            .map(|&domain| {
+                let (pixels, labels) = digits.samples(domain, Split::Test);
+                let n = labels.len();
+                let labels: Vec<u32> = labels.into_iter().map(u32::from).collect();
+                Ok((
+                    domain,
+                    Tensor::from_vec(pixels, (n, PIXELS), &Device::Cpu)?,
+                    Tensor::from_vec(labels, n, &Device::Cpu)?,
+                ))
+            })
+            .collect::<candle_core::Result<_>>()?;
+        Ok(Self {
+            config: VitConfig::DEMO,
+            test,
+        })
+    }
+
+    /// `DOMAIN/accuracy` and `DOMAIN/loss` for every domain, and their means (`mean/…`).
+    pub fn evaluate(&self, model: &ModelTensors, fidelity: Fidelity) -> Result<Scores, EvalError> {
+        let weights = model.to_candle(self.config)?;
+        let mut scores = Scores::new();
+        let (mut accuracy_sum, mut loss_sum) = (0.0, 0.0);
+        for (domain, pixels, labels) in &self.test {
+            let (pixels, labels) = match fidelity {
+                Fidelity::Full => (pixels.clone(), labels.clone()),
+                Fidelity::Subsample(n) => {
+                    let n = n.min(labels.dim(0)?).max(1);
+                    (pixels.narrow(0, 0, n)?, labels.narrow(0, 0, n)?)
+                }
+            };
+            let logits = vit::forward(self.config, &weights, &pixels)?;
+            let (loss, accuracy) = vit::loss_and_accuracy(&logits, &labels)?;
+            let loss = f64::from(loss.to_scalar::<f32>()?);
+            scores.insert(format!("{}/accuracy", domain.name()), accuracy);
+            scores.insert(format!("{}/loss", domain.name()), loss);
+            accuracy_sum += accuracy;
+            loss_sum += loss;
+        }
+        let domains = self.test.len() as f64;
+        scores.insert("mean/accuracy".to_owned(), accuracy_sum / domains);
+        scores.insert("mean/loss".to_owned(), loss_sum / domains);
+        Ok(scores)
+    }
+}
+
+/// The user's evaluation: a command line run on the model's folder that prints a JSON object
+/// of numbers (`{"metric": value, …}`) on stdout.
+#[derive(Clone, Debug)]
+pub struct ExternalCommand {
+    /// Run with `sh -c`; `{model}` is replaced by the folder's path (quoted), else the path
+    /// is appended as the last argument.
+    pub command: String,
+    pub timeout: Duration,
+}
+
+impl ExternalCommand {
+    pub fn evaluate(&self, folder: &Path) -> Result<Scores, EvalError> {
+        let quoted = shell_quote(&folder.display().to_string());
+        let line = if self.command.contains("{model}") {
+            self.command.replace("{model}", &quoted)
+        } else {
+            format!("{} {quoted}", self.command)
+        };
+        let failed = |message: String| EvalError::Command {
+            command: self.command.clone(),
+            message,
+        };
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(&line)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| failed(format!("cannot start it: {e}")))?;
+        // Read both pipes on threads so a chatty command cannot block on a full pipe.
+        let mut stdout = child.stdout.take().expect("piped");
+        let mut stderr = child.stderr.take().expect("piped");
+        let (out, err) = std::thread::scope(|scope| {
+            let out = std::thread::Builder::new()
+                .name("eval-stdout".to_owned())
+                .spawn_scoped(scope, move || {
+                    let mut s = String::new();
+                    let _ = stdout.read_to_string(&mut s);
+                    s
+                });
+            let err = std::thread::Builder::new()
+                .name("eval-stderr".to_owned())
+                .spawn_scoped(scope, move || {
+                    let mut s = String::new();
+                    let _ = stderr.read_to_string(&mut s);
+                    s
+                });
+            let started = Instant::now();
+            let status = loop {
+                match child.try_wait() {
+                    Ok(Some(status)) => break Ok(status),
+                    Ok(None) if started.elapsed() > self.timeout => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break Err(EvalError::Timeout {
+                            command: self.command.clone(),
+                            seconds: self.timeout.as_secs_f64(),
+                        });
+                    }
+                    Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                    Err(e) => break Err(failed(format!("cannot wait for it: {e}"))),
+                }
+            };
+            let join = |h: std::io::Result<std::thread::ScopedJoinHandle<'_, String>>| {
+                h.ok().and_then(|h| h.join().ok()).unwrap_or_default()
+            };
+            (status.map(|s| (s, join(out))), join(err))
+        });
+        let (status, out) = out?;
+        if !status.success() {
+            let last = err.lines().last().unwrap_or("").trim().to_owned();
+            return Err(failed(format!(
+                "it exited with {status}{}",
+                if last.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {last}")
+                }
+            )));
+        }
+        parse_scores(&out).map_err(failed)
+    }
+}
+
+/// A JSON object of numbers.
+fn parse_scores(stdout: &str) -> Result<Scores, String> {
+    let text = stdout.trim();
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+        let shown: String = text.chars().take(80).collect();
+        format!(
+            "its output is not JSON ({e}): `{shown}`; print one object like {{\"accuracy\": 0.9}}"
+        )
+    })?;
+    let object = value
+        .as_object()
+        .ok_or_else(|| "its output is JSON but not an object of metrics".to_owned())?;
+    object
+        .iter()
+        .map(|(k, v)| {
+            v.as_f64()
+                .map(|x| (k.clone(), x))
+                .ok_or_else(|| format!("metric `{k}` is {v}, not a number"))
+        })
+        .collect()
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scores_are_an_object_of_numbers() {
+        let s = parse_scores("{\"acc\": 0.5, \"loss\": 2}\n").unwrap();
+        assert_eq!(s["acc"], 0.5);
+        assert!(
+            parse_scores("accuracy 0.5")
+                .unwrap_err()
+                .contains("not JSON")
+        );
+        assert!(parse_scores("[1]").unwrap_err().contains("not an object"));
+        assert!(
+            parse_scores("{\"a\": \"x\"}")
+                .unwrap_err()
+                .contains("not a number")
+        );
+    }
+
+    #[test]
+    fn quoting_survives_spaces_and_quotes() {
+        assert_eq!(shell_quote("a b'c"), "'a b'\\''c'");
+    }
+}
