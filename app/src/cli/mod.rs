@@ -1,4 +1,4 @@
-//! `mergescope` on the command line: `inspect`, `merge`, `analyze`, `demo`, `synth`.
+//! `mergescope` on the command line: `inspect`, `merge`, `analyze`, `eval`, `demo`, `synth`.
 //!
 //! User errors print one line (`error: ...`) naming the file, tensor or key and what to do,
 //! and exit with status 1. Ctrl-C cancels a running job; cancelled jobs leave no output and
@@ -7,6 +7,7 @@
 mod analyze;
 mod backend;
 mod demo;
+mod eval;
 mod inspect;
 mod merge;
 mod progress;
@@ -35,6 +36,8 @@ enum Command {
     Merge(merge::Args),
     /// Measure where fine-tunes differ from the base and where they interfere.
     Analyze(analyze::Args),
+    /// Score a model, or a recipe's merge: the demo family's accuracy, retention, or your command.
+    Eval(eval::Args),
     /// Generate a small example family and merge it: the quickest way to see mergescope work.
     Demo(demo::Args),
     /// Generate a synthetic Llama-shaped model family (for benchmarks and experiments).
@@ -96,6 +99,7 @@ pub fn main() -> ExitCode {
         Command::Inspect(args) => inspect::run(&args),
         Command::Merge(args) => merge::run(&args, &job),
         Command::Analyze(args) => analyze::run(&args, &job),
+        Command::Eval(args) => eval::run(&args, &job),
         Command::Demo(args) => demo::run(&args, &job),
         Command::Synth(args) => synth::run(&args, &job),
     };

@@ -2,6 +2,7 @@
 //! they are first shown on: a tiny ViT base and four task experts trained with candle on UCI's
 //! handwritten digits under four transforms (`assets/`).
 
+pub mod demo;
 pub mod digits;
 pub mod model;
 pub mod objective;
@@ -10,6 +11,7 @@ pub mod vit;
 
 use std::path::PathBuf;
 
+pub use demo::DemoFamily;
 pub use digits::Domain;
 pub use model::ModelTensors;
 pub use objective::{DemoAccuracy, ExternalCommand, Fidelity, Scores};

@@ -1,0 +1,95 @@
+//! The built-in demo family, shipped inside the binary (about 750 KB) so it opens offline from
+//! any folder: `assets/demo/` as `train-demo` wrote it.
+
+use std::path::{Path, PathBuf};
+
+use super::digits::Domain;
+
+macro_rules! member {
+    ($name:literal) => {
+        (
+            $name,
+            include_bytes!(concat!("../../../assets/demo/", $name, "/config.json")).as_slice(),
+            include_bytes!(concat!(
+                "../../../assets/demo/",
+                $name,
+                "/model.safetensors"
+            ))
+            .as_slice(),
+        )
+    };
+}
+
+/// (folder name, config.json, model.safetensors) of every member, the base first.
+const MEMBERS: [(&str, &[u8], &[u8]); 5] = [
+    member!("base"),
+    member!("upright"),
+    member!("rotated"),
+    member!("mirrored"),
+    member!("inverted"),
+];
+
+/// The merge recipes shipped with the family (models named `../base`, `../upright`, …).
+pub const RECIPES: [(&str, &str); 3] = [
+    (
+        "linear",
+        include_str!("../../../assets/demo/recipes/linear.yml"),
+    ),
+    (
+        "task_arithmetic",
+        include_str!("../../../assets/demo/recipes/task_arithmetic.yml"),
+    ),
+    (
+        "ties",
+        include_str!("../../../assets/demo/recipes/ties.yml"),
+    ),
+];
+
+/// Where the demo family was written.
+#[derive(Clone, Debug)]
+pub struct DemoFamily {
+    pub root: PathBuf,
+}
+
+impl DemoFamily {
+    /// Writes the family and its recipes under `root` (`root/base`, `root/upright`, …,
+    /// `root/recipes/*.yml`), replacing what an earlier call wrote. Files already holding the
+    /// same bytes are left alone, so a running app's memory maps stay valid.
+    pub fn extract(root: &Path) -> std::io::Result<Self> {
+        let write = |path: PathBuf, bytes: &[u8]| -> std::io::Result<()> {
+            if std::fs::read(&path).is_ok_and(|old| old == bytes) {
+                return Ok(());
+            }
+            std::fs::create_dir_all(path.parent().expect("a file in a folder"))?;
+            // Write beside and rename, so a reader never sees half a file.
+            let staging = path.with_extension("partial");
+            std::fs::write(&staging, bytes)?;
+            std::fs::rename(&staging, &path)
+        };
+        for (name, config, model) in MEMBERS {
+            write(root.join(name).join("config.json"), config)?;
+            write(root.join(name).join("model.safetensors"), model)?;
+        }
+        for (name, text) in RECIPES {
+            write(
+                root.join("recipes").join(format!("{name}.yml")),
+                text.as_bytes(),
+            )?;
+        }
+        Ok(Self {
+            root: root.to_path_buf(),
+        })
+    }
+
+    pub fn base(&self) -> PathBuf {
+        self.root.join("base")
+    }
+
+    pub fn expert(&self, domain: Domain) -> PathBuf {
+        self.root.join(domain.name())
+    }
+
+    pub fn recipe(&self, name: &str) -> PathBuf {
+        self.root.join("recipes").join(format!("{name}.yml"))
+    }
+}
