@@ -46,11 +46,17 @@ fn experts_beat_the_base_on_their_domain_and_lose_elsewhere() {
             .map(|d| accuracy(expert, d))
             .sum::<f64>()
             / 3.0;
-        assert!(mine >= elsewhere + 0.05, "{own} expert: {mine} own vs {elsewhere} elsewhere");
+        assert!(
+            mine >= elsewhere + 0.05,
+            "{own} expert: {mine} own vs {elsewhere} elsewhere"
+        );
         // It is the best model on its own domain.
         for (other, name) in experts.iter().zip(DOMAINS) {
             if name != own {
-                assert!(mine > accuracy(other, own), "{name} beats the {own} expert on {own}");
+                assert!(
+                    mine > accuracy(other, own),
+                    "{name} beats the {own} expert on {own}"
+                );
             }
         }
     }
@@ -77,13 +83,19 @@ fn task_arithmetic_of_the_experts_beats_the_base() {
         base["mean/accuracy"]
     );
     // The quick estimate used while a slider moves is close to the full figure.
-    let quick = scores("assets/demo/recipes/task_arithmetic.yml", &["--subsample", "90"]);
+    let quick = scores(
+        "assets/demo/recipes/task_arithmetic.yml",
+        &["--subsample", "90"],
+    );
     assert!((quick["mean/accuracy"] - merged["mean/accuracy"]).abs() < 0.08);
 }
 
 #[test]
 fn retention_scores_a_recipe_without_data() {
-    let s = scores("assets/demo/recipes/task_arithmetic.yml", &["--objective", "retention"]);
+    let s = scores(
+        "assets/demo/recipes/task_arithmetic.yml",
+        &["--objective", "retention"],
+    );
     for d in DOMAINS {
         // Weight 0.3 of each of four task vectors: each keeps ≥ 0.3 of itself plus shared parts.
         let kept = s[&format!("retention/../{d}")];
@@ -118,16 +130,67 @@ fn an_external_command_scores_the_model_folder() {
 fn a_bad_external_command_fails_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let words = script(dir.path(), "words.sh", "echo accuracy is high");
-    run(BIN, &repo(), &["eval", "assets/demo/base", "--objective", &words])
-        .assert_user_error(&["not JSON", "words.sh"]);
+    run(
+        BIN,
+        &repo(),
+        &["eval", "assets/demo/base", "--objective", &words],
+    )
+    .assert_user_error(&["not JSON", "words.sh"]);
     let fails = script(dir.path(), "fails.sh", "echo broken >&2; exit 3");
-    run(BIN, &repo(), &["eval", "assets/demo/base", "--objective", &fails])
-        .assert_user_error(&["exit status: 3", "broken"]);
+    run(
+        BIN,
+        &repo(),
+        &["eval", "assets/demo/base", "--objective", &fails],
+    )
+    .assert_user_error(&["exit status: 3", "broken"]);
     let slow = script(dir.path(), "slow.sh", "sleep 5");
     run(
         BIN,
         &repo(),
-        &["eval", "assets/demo/base", "--objective", &slow, "--timeout", "1"],
+        &[
+            "eval",
+            "assets/demo/base",
+            "--objective",
+            &slow,
+            "--timeout",
+            "1",
+        ],
     )
     .assert_user_error(&["ran past its 1 s limit"]);
+}
+
+#[test]
+fn the_demo_command_merges_and_scores_the_demo_family() {
+    let dir = tempfile::tempdir().unwrap();
+    let ran = run(
+        BIN,
+        dir.path(),
+        &[
+            "demo",
+            "--dir",
+            dir.path().to_str().unwrap(),
+            "--backend",
+            "cpu",
+        ],
+    );
+    ran.assert_success();
+    let out = ran.stdout();
+    for needle in ["merged = task_arithmetic", "base", "inverted", "merged"] {
+        assert!(out.contains(needle), "{needle} missing:\n{out}");
+    }
+    for member in ["base", "upright", "rotated", "mirrored", "inverted"] {
+        assert!(
+            dir.path()
+                .join("family")
+                .join(member)
+                .join("model.safetensors")
+                .is_file()
+        );
+    }
+    assert!(dir.path().join("merged/model.safetensors").is_file());
+    // The shipped models are the committed ones, byte for byte.
+    assert_eq!(
+        std::fs::read(dir.path().join("family/base/model.safetensors")).unwrap(),
+        std::fs::read(repo().join("assets/demo/base/model.safetensors")).unwrap()
+    );
 }

@@ -1,54 +1,49 @@
-//! `mergescope demo`: generates a small example family, writes a recipe for it and merges it,
-//! so a fresh checkout shows the whole path (generate → recipe → plan → stream → export).
+//! `mergescope demo`: the built-in demo family — a tiny ViT base and four task experts
+//! trained on UCI's handwritten digits (upright, rotated, mirrored, inverted) — merged with
+//! task arithmetic and scored, so a fresh checkout shows the whole path (open → recipe →
+//! plan → stream → export → evaluate) on real models in a second.
 
-use std::path::PathBuf;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use mergescope_core::Checkpoint;
-use mergescope_core::Job;
-use mergescope_core::export::{ExportOptions, format_size};
+use mergescope_core::eval::vit::VitConfig;
+use mergescope_core::eval::{DemoAccuracy, DemoFamily, Domain, Fidelity, ModelTensors};
+use mergescope_core::export::ExportOptions;
 use mergescope_core::merge::engine::execute;
 use mergescope_core::merge::plan::{MergePlan, PlanOptions};
-use mergescope_core::synth::{LlamaShape, SynthFamily};
+use mergescope_core::{Checkpoint, Job};
 
 use super::backend::{BackendArg, open as open_backend};
 use super::merge::summary_line;
 use super::progress::run_with_progress;
 use super::{Failure, path_arg, print_out};
 
-/// The demo's recipe: per-layer gradients, a tensor-name filter and a negated task.
-pub const DEMO_RECIPE: &str = "\
-# mergescope demo: task arithmetic over three synthetic fine-tunes of one base.
-merge_method: task_arithmetic
-base_model: family/base
-models:
-  - model: family/ft_1
-    parameters:
-      weight: [0.2, 0.8]        # a per-layer gradient: more of ft_1 in deeper layers
-  - model: family/ft_2
-    parameters:
-      weight:
-        - filter: self_attn     # attention from ft_2 at 0.6, the rest at 0.3
-          value: 0.6
-        - value: 0.3
-  - model: family/ft_3
-    parameters:
-      weight: -0.2              # negation: move away from ft_3
-parameters:
-  lambda: 1.0
-dtype: float32
-out_dtype: bfloat16
-";
-
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Where to put the example family, its recipe and the merged model; `family/`, `demo.yml`
-    /// and `merged/` inside it are replaced (default: mergescope-demo in the temporary folder).
+    /// Where to put the family (`family/`, with its recipes) and the merged model (`merged/`);
+    /// both are replaced (default: mergescope-demo in the temporary folder).
     #[arg(long, value_parser = path_arg)]
     dir: Option<PathBuf>,
+    /// The shipped recipe to run: linear, task_arithmetic or ties.
+    #[arg(long, default_value = "task_arithmetic")]
+    recipe: String,
     /// Where the arithmetic runs.
     #[arg(long, value_enum, default_value_t)]
     backend: BackendArg,
+}
+
+fn accuracies(demo: &DemoAccuracy, folder: &Path) -> Result<Vec<f64>, Failure> {
+    let checkpoint = Checkpoint::open(folder)?;
+    let scores = demo.evaluate(
+        &ModelTensors::from_checkpoint(&checkpoint, VitConfig::DEMO)?,
+        Fidelity::Full,
+    )?;
+    Ok(Domain::ALL
+        .iter()
+        .map(|d| scores[&format!("{}/accuracy", d.name())])
+        .chain(std::iter::once(scores["mean/accuracy"]))
+        .collect())
 }
 
 pub fn run(args: &Args, job: &Job) -> Result<(), Failure> {
@@ -56,60 +51,66 @@ pub fn run(args: &Args, job: &Job) -> Result<(), Failure> {
         .dir
         .clone()
         .unwrap_or_else(|| std::env::temp_dir().join("mergescope-demo"));
-    std::fs::create_dir_all(&dir)?;
     let started = Instant::now();
-
-    let family = SynthFamily::new(LlamaShape::TINY, 3);
+    let family = DemoFamily::extract(&dir.join("family"))?;
     eprintln!(
-        "generating an example family in {}: base + 3 fine-tunes, Llama-shaped, {} each",
-        dir.join("family").display(),
-        format_size(family.model_bytes())
+        "demo family in {}: a ViT base and experts for upright, rotated, mirrored and inverted digits",
+        family.root.display()
     );
-    let folders = run_with_progress(job, || family.write(&dir.join("family"), true, job))?;
-
-    let recipe = dir.join("demo.yml");
-    std::fs::write(&recipe, DEMO_RECIPE)?;
+    let recipe = family.recipe(&args.recipe);
+    if !recipe.is_file() {
+        return Err(anyhow::anyhow!(
+            "no shipped recipe `{}`; use linear, task_arithmetic or ties",
+            args.recipe
+        )
+        .into());
+    }
     eprintln!("recipe: {}", recipe.display());
-
     let plan = MergePlan::from_file(
         &recipe,
         &PlanOptions {
             cwd: std::env::current_dir()?,
-            random_seed: None,
+            random_seed: Some(0),
             truncate_vocab: false,
         },
     )?;
-    for warning in &plan.warnings {
-        eprintln!("warning: {warning}");
-    }
     let mut options = ExportOptions::new(dir.join("merged"));
     options.force = true;
     let backend = open_backend(args.backend)?;
     let summary = run_with_progress(job, || execute(&plan, &options, backend.as_ref(), job))?;
-
-    let merged = Checkpoint::open(&summary.out_dir)?;
-    let base = Checkpoint::open(&folders[0])?;
     let mut report = summary_line(&summary, started.elapsed().as_secs_f64());
-    report.push_str(&format!(
-        "merged {} parameters; {} of {} tensors differ from the base\nnext: mergescope inspect {}\n",
-        merged.parameter_count(),
-        changed_tensors(&base, &merged),
-        merged.tensors().len(),
-        summary.out_dir.display()
-    ));
-    print_out(&report)
-}
 
-/// How many tensors of `merged` are not bit-equal to the base's (a quick sanity check that
-/// the merge did something, without pulling in the analysis engine).
-fn changed_tensors(base: &Checkpoint, merged: &Checkpoint) -> usize {
-    merged
-        .tensors()
-        .iter()
-        .enumerate()
-        .filter(|(i, t)| {
-            base.index_of(&t.name)
-                .is_none_or(|j| base.view(j).bytes != merged.view(*i).bytes)
-        })
-        .count()
+    let demo = DemoAccuracy::new()?;
+    let _ = writeln!(
+        report,
+        "\ntest accuracy (merged = {}):\n{:<14}{:>10}{:>10}{:>10}{:>10}{:>10}",
+        plan.method.spec().name,
+        "",
+        "upright",
+        "rotated",
+        "mirrored",
+        "inverted",
+        "mean"
+    );
+    let mut row = |label: &str, values: &[f64]| {
+        let cells: String = values
+            .iter()
+            .map(|v| format!("{:>9.1}%", 100.0 * v))
+            .collect();
+        let _ = writeln!(report, "{label:<14}{cells}");
+    };
+    row("base", &accuracies(&demo, &family.base())?);
+    for domain in Domain::ALL {
+        row(domain.name(), &accuracies(&demo, &family.expert(domain))?);
+    }
+    row(
+        &format!("merged ({})", plan.method.spec().name),
+        &accuracies(&demo, &summary.out_dir)?,
+    );
+    let root = family.root.display();
+    let _ = writeln!(
+        report,
+        "\nnext: mergescope analyze --base {root}/base {root}/upright {root}/rotated {root}/mirrored {root}/inverted\n      mergescope eval {root}/recipes/ties.yml"
+    );
+    print_out(&report)
 }
