@@ -194,3 +194,46 @@ fn the_demo_command_merges_and_scores_the_demo_family() {
         std::fs::read(repo().join("assets/demo/base/model.safetensors")).unwrap()
     );
 }
+
+#[test]
+fn the_demo_objective_scores_tensors_in_memory_as_on_disk() {
+    use mergescope_core::Checkpoint;
+    use mergescope_core::eval::vit::VitConfig;
+    use mergescope_core::eval::{Candidate, DemoAccuracy, Fidelity, ModelTensors, Objective};
+
+    let folder = repo().join("assets/demo/rotated");
+    let demo = DemoAccuracy::new().unwrap();
+    let on_disk = demo
+        .evaluate(
+            &Candidate {
+                folder: Some(&folder),
+                tensors: None,
+            },
+            Fidelity::Full,
+        )
+        .unwrap();
+    let tensors =
+        ModelTensors::from_checkpoint(&Checkpoint::open(&folder).unwrap(), VitConfig::DEMO)
+            .unwrap();
+    let in_memory = demo
+        .evaluate(
+            &Candidate {
+                folder: None,
+                tensors: Some(&tensors),
+            },
+            Fidelity::Full,
+        )
+        .unwrap();
+    assert_eq!(on_disk, in_memory);
+    // The subsample is a different, smaller measurement of the same model.
+    let quick = demo
+        .evaluate(
+            &Candidate {
+                folder: None,
+                tensors: Some(&tensors),
+            },
+            Fidelity::Subsample(16),
+        )
+        .unwrap();
+    assert!((quick["rotated/accuracy"] - on_disk["rotated/accuracy"]).abs() < 0.25);
+}

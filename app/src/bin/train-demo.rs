@@ -58,7 +58,7 @@ const RECIPES: [(&str, &str); 3] = [
 
 fn evaluate(demo: &DemoAccuracy, folder: &Path) -> anyhow::Result<Vec<f64>> {
     let checkpoint = Checkpoint::open(folder)?;
-    let scores = demo.evaluate(
+    let scores = demo.score(
         &ModelTensors::from_checkpoint(&checkpoint, VitConfig::DEMO)?,
         Fidelity::Full,
     )?;

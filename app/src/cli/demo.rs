@@ -35,7 +35,7 @@ pub struct Args {
 
 fn accuracies(demo: &DemoAccuracy, folder: &Path) -> Result<Vec<f64>, Failure> {
     let checkpoint = Checkpoint::open(folder)?;
-    let scores = demo.evaluate(
+    let scores = demo.score(
         &ModelTensors::from_checkpoint(&checkpoint, VitConfig::DEMO)?,
         Fidelity::Full,
     )?;

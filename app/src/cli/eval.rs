@@ -5,14 +5,14 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use mergescope_core::analysis::survival;
+use mergescope_core::Job;
 use mergescope_core::backend::Cpu;
-use mergescope_core::eval::vit::VitConfig;
-use mergescope_core::eval::{DemoAccuracy, ExternalCommand, Fidelity, ModelTensors, Scores};
+use mergescope_core::eval::{
+    Candidate, DemoAccuracy, ExternalCommand, Fidelity, Objective, Retention,
+};
 use mergescope_core::export::ExportOptions;
 use mergescope_core::merge::engine::execute;
 use mergescope_core::merge::plan::{MergePlan, PlanOptions};
-use mergescope_core::{Checkpoint, Job};
 
 use super::progress::run_with_progress;
 use super::{Failure, path_arg, print_out};
@@ -96,73 +96,64 @@ pub fn run(args: &Args, job: &Job) -> Result<(), Failure> {
             .map_err(Failure::from)
         })
         .transpose()?;
-    let scores = match (&args.objective, &plan) {
-        (ObjectiveArg::Retention, None) => {
-            return Err(anyhow::anyhow!(
-                "the retention objective scores a recipe's merge; pass a .yml recipe"
-            )
-            .into());
-        }
-        (ObjectiveArg::Retention, Some(plan)) => {
-            let survived = run_with_progress(job, || survival(plan, &Cpu, job))?;
-            let mut scores = Scores::new();
-            for (label, s) in survived.models.iter().zip(&survived.whole_model.models) {
-                if let Some(p) = s.projection {
-                    scores.insert(format!("retention/{label}"), p);
-                }
-                if let Some(c) = s.cosine {
-                    scores.insert(format!("cosine/{label}"), c);
-                }
-            }
-            scores
-        }
-        (objective, plan) => {
-            // A recipe is merged into a scratch folder first; a model is scored where it is.
-            let scratch = match plan {
-                Some(plan) => {
-                    let dir = std::env::temp_dir().join(format!(
-                        "mergescope-eval-{}-{}",
-                        std::process::id(),
-                        started.elapsed().as_nanos()
-                    ));
-                    let scratch = Scratch(dir.clone());
-                    let mut options = ExportOptions::new(dir);
-                    options.force = true;
-                    run_with_progress(job, || execute(plan, &options, &Cpu, job))?;
-                    Some(scratch)
-                }
-                None => None,
-            };
-            let folder = scratch
-                .as_ref()
-                .map_or(args.target.as_path(), |s| s.0.as_path());
-            match objective {
-                ObjectiveArg::Demo => {
-                    let checkpoint = Checkpoint::open(folder)?;
-                    let model = ModelTensors::from_checkpoint(&checkpoint, VitConfig::DEMO)?;
-                    let fidelity = args.subsample.map_or(Fidelity::Full, Fidelity::Subsample);
-                    let timed = Instant::now();
-                    let scores = DemoAccuracy::new()?.evaluate(&model, fidelity)?;
-                    eprintln!(
-                        "evaluated {} in {:.1} ms",
-                        if args.subsample.is_some() {
-                            "a subsample"
-                        } else {
-                            "the full test split"
-                        },
-                        timed.elapsed().as_secs_f64() * 1e3
-                    );
-                    scores
-                }
-                ObjectiveArg::Command(command) => ExternalCommand {
-                    command: command.clone(),
-                    timeout: Duration::from_secs(args.timeout),
-                }
-                .evaluate(folder)?,
-                ObjectiveArg::Retention => unreachable!("handled above"),
-            }
-        }
+    if matches!(args.objective, ObjectiveArg::Retention) && plan.is_none() {
+        return Err(anyhow::anyhow!(
+            "the retention objective scores a recipe's merge; pass a .yml recipe"
+        )
+        .into());
+    }
+    let objective: Box<dyn Objective + '_> = match (&args.objective, &plan) {
+        (ObjectiveArg::Demo, _) => Box::new(DemoAccuracy::new()?),
+        (ObjectiveArg::Command(command), _) => Box::new(ExternalCommand {
+            command: command.clone(),
+            timeout: Duration::from_secs(args.timeout),
+        }),
+        (ObjectiveArg::Retention, Some(plan)) => Box::new(Retention { plan, job }),
+        (ObjectiveArg::Retention, None) => unreachable!("refused above"),
     };
+    // A recipe is merged into a scratch folder first (retention needs no files); a model is
+    // scored where it is.
+    let scratch = match &plan {
+        Some(plan) if !matches!(args.objective, ObjectiveArg::Retention) => {
+            let dir = std::env::temp_dir().join(format!(
+                "mergescope-eval-{}-{}",
+                std::process::id(),
+                started.elapsed().as_nanos()
+            ));
+            let scratch = Scratch(dir.clone());
+            let mut options = ExportOptions::new(dir);
+            options.force = true;
+            run_with_progress(job, || execute(plan, &options, &Cpu, job))?;
+            Some(scratch)
+        }
+        _ => None,
+    };
+    let folder = match (&scratch, &plan) {
+        (Some(s), _) => Some(s.0.as_path()),
+        (None, None) => Some(args.target.as_path()),
+        (None, Some(_)) => None,
+    };
+    let fidelity = args.subsample.map_or(Fidelity::Full, Fidelity::Subsample);
+    let timed = Instant::now();
+    let scores = run_with_progress(job, || {
+        objective.evaluate(
+            &Candidate {
+                folder,
+                tensors: None,
+            },
+            fidelity,
+        )
+    })?;
+    eprintln!(
+        "{}: evaluated in {:.1} ms{}",
+        objective.name(),
+        timed.elapsed().as_secs_f64() * 1e3,
+        if args.subsample.is_some() {
+            " (subsample)"
+        } else {
+            ""
+        }
+    );
     if args.json {
         let mut text = serde_json::to_string_pretty(&scores)?;
         text.push('\n');

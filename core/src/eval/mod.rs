@@ -14,7 +14,9 @@ use std::path::PathBuf;
 pub use demo::DemoFamily;
 pub use digits::Domain;
 pub use model::ModelTensors;
-pub use objective::{DemoAccuracy, ExternalCommand, Fidelity, Scores};
+pub use objective::{
+    Candidate, DemoAccuracy, ExternalCommand, Fidelity, Objective, Retention, Scores,
+};
 
 /// Why an evaluation failed.
 #[derive(Debug, thiserror::Error)]
@@ -29,4 +31,8 @@ pub enum EvalError {
     Timeout { command: String, seconds: f64 },
     #[error("the demo model's forward pass failed: {0}")]
     Candle(#[from] candle_core::Error),
+    #[error("there is no model to evaluate: give a folder or tensors")]
+    NoModel,
+    #[error("computing retention failed: {0}")]
+    Retention(String),
 }

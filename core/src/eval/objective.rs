@@ -3,8 +3,8 @@
 //! - [`DemoAccuracy`]: per-domain test accuracy and loss of the built-in demo family (a candle
 //!   forward pass), in full or on a fixed subsample for live previews;
 //! - [`ExternalCommand`]: the user's own evaluation, run on the model's folder, answering JSON;
-//! - data-free proxies come from the analysis' merge preview
-//!   ([`crate::analysis::survival`]): how much of each task vector the merge keeps.
+//! - [`Retention`]: data-free, from the analysis' merge preview
+//!   ([`crate::analysis::survival`]): how much of each task vector a recipe's merge keeps.
 
 use std::collections::BTreeMap;
 use std::io::Read as _;
@@ -21,6 +21,62 @@ use super::vit::{self, VitConfig};
 
 /// Metric name → value, e.g. `upright/accuracy`.
 pub type Scores = BTreeMap<String, f64>;
+
+/// The model an objective scores: on disk (a merge that was exported), in memory (a preview
+/// while a slider moves), or both.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Candidate<'a> {
+    pub folder: Option<&'a Path>,
+    pub tensors: Option<&'a ModelTensors>,
+}
+
+/// Something that says how good a model is, as named numbers (higher or lower is better per
+/// metric; the name says which: `accuracy`, `loss`, …).
+pub trait Objective: Send + Sync {
+    fn name(&self) -> String;
+
+    /// Scores `candidate`; `Subsample` asks for a quick estimate where the objective has one.
+    fn evaluate(&self, candidate: &Candidate<'_>, fidelity: Fidelity) -> Result<Scores, EvalError>;
+}
+
+impl Objective for DemoAccuracy {
+    fn name(&self) -> String {
+        "demo accuracy".to_owned()
+    }
+
+    fn evaluate(&self, candidate: &Candidate<'_>, fidelity: Fidelity) -> Result<Scores, EvalError> {
+        match (candidate.tensors, candidate.folder) {
+            (Some(tensors), _) => self.score(tensors, fidelity),
+            (None, Some(folder)) => {
+                let checkpoint = crate::Checkpoint::open(folder)?;
+                self.score(
+                    &ModelTensors::from_checkpoint(&checkpoint, self.config)?,
+                    fidelity,
+                )
+            }
+            (None, None) => Err(EvalError::NoModel),
+        }
+    }
+}
+
+impl Objective for ExternalCommand {
+    fn name(&self) -> String {
+        format!("command `{}`", self.command)
+    }
+
+    /// Always runs in full: the command decides what it measures.
+    fn evaluate(
+        &self,
+        candidate: &Candidate<'_>,
+        _fidelity: Fidelity,
+    ) -> Result<Scores, EvalError> {
+        let folder = candidate.folder.ok_or_else(|| EvalError::Command {
+            command: self.command.clone(),
+            message: "it needs the model on disk; export the merge first".to_owned(),
+        })?;
+        self.run(folder)
+    }
+}
 
 /// How much of the evaluation data to use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,7 +119,7 @@ impl DemoAccuracy {
     }
 
     /// `DOMAIN/accuracy` and `DOMAIN/loss` for every domain, and their means (`mean/…`).
-    pub fn evaluate(&self, model: &ModelTensors, fidelity: Fidelity) -> Result<Scores, EvalError> {
+    pub fn score(&self, model: &ModelTensors, fidelity: Fidelity) -> Result<Scores, EvalError> {
         let weights = model.to_candle(self.config)?;
         let mut scores = Scores::new();
         let (mut accuracy_sum, mut loss_sum) = (0.0, 0.0);
@@ -101,7 +157,8 @@ pub struct ExternalCommand {
 }
 
 impl ExternalCommand {
-    pub fn evaluate(&self, folder: &Path) -> Result<Scores, EvalError> {
+    /// Runs the command on `folder` and reads its JSON.
+    pub fn run(&self, folder: &Path) -> Result<Scores, EvalError> {
         let quoted = shell_quote(&folder.display().to_string());
         let line = if self.command.contains("{model}") {
             self.command.replace("{model}", &quoted)
@@ -199,6 +256,39 @@ fn parse_scores(stdout: &str) -> Result<Scores, String> {
 
 fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// The data-free proxy: per model of a recipe, the share of its task vector the merge keeps
+/// (`retention/…`, the projection) and the cosine with the merged task vector (`cosine/…`).
+/// It scores the plan's merge, computed in memory; the candidate is not read.
+pub struct Retention<'p> {
+    pub plan: &'p crate::merge::plan::MergePlan,
+    pub job: &'p crate::Job,
+}
+
+impl Objective for Retention<'_> {
+    fn name(&self) -> String {
+        "retention".to_owned()
+    }
+
+    fn evaluate(
+        &self,
+        _candidate: &Candidate<'_>,
+        _fidelity: Fidelity,
+    ) -> Result<Scores, EvalError> {
+        let survived = crate::analysis::survival(self.plan, &crate::backend::Cpu, self.job)
+            .map_err(|e| EvalError::Retention(e.to_string()))?;
+        let mut scores = Scores::new();
+        for (label, s) in survived.models.iter().zip(&survived.whole_model.models) {
+            if let Some(p) = s.projection {
+                scores.insert(format!("retention/{label}"), p);
+            }
+            if let Some(c) = s.cosine {
+                scores.insert(format!("cosine/{label}"), c);
+            }
+        }
+        Ok(scores)
+    }
 }
 
 #[cfg(test)]
