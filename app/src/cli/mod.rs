@@ -22,10 +22,14 @@ use mergescope_core::Job;
 
 /// A workbench for model merging.
 #[derive(Debug, Parser)]
-#[command(name = "mergescope", version, about, long_about = None)]
+#[command(name = "mergescope", version, about, long_about = None, args_conflicts_with_subcommands = true)]
 pub struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    /// Without a command: open the workbench on these models (the base first, then the
+    /// fine-tunes), or on the built-in demo family when none are given.
+    #[arg(value_parser = path_arg)]
+    models: Vec<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -95,7 +99,19 @@ pub fn main() -> ExitCode {
     let cancel = job.cancel.clone();
     // Ignoring a failure here only means Ctrl-C kills the process instead of cancelling.
     let _ = ctrlc::set_handler(move || cancel.cancel());
-    let result = match cli.command {
+    let Some(command) = cli.command else {
+        return match crate::gui::run(cli.models) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!(
+                    "error: cannot open the window: {}",
+                    mergescope_core::one_line(&e.to_string())
+                );
+                ExitCode::from(1)
+            }
+        };
+    };
+    let result = match command {
         Command::Inspect(args) => inspect::run(&args),
         Command::Merge(args) => merge::run(&args, &job),
         Command::Analyze(args) => analyze::run(&args, &job),

@@ -6,6 +6,7 @@ pub mod demo;
 pub mod digits;
 pub mod model;
 pub mod objective;
+pub mod preview;
 pub mod train;
 pub mod vit;
 

@@ -1,0 +1,286 @@
+//! The workbench window: a tab per step of the user's journey, a status bar, and the worker
+//! that does the work.
+
+use std::path::PathBuf;
+
+use mergescope_core::analysis::Report;
+use mergescope_core::eval::Scores;
+
+use super::panels;
+use super::state::{MergeSettings, OpenFamily};
+use super::worker::{Command, Event, Worker};
+
+/// The panels, left to right in the user's journey.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Panel {
+    Models,
+    Sensitivity,
+    Interference,
+    Merge,
+    Export,
+}
+
+impl Panel {
+    pub const ALL: [Self; 5] = [
+        Self::Models,
+        Self::Sensitivity,
+        Self::Interference,
+        Self::Merge,
+        Self::Export,
+    ];
+
+    pub const fn title(self) -> &'static str {
+        match self {
+            Self::Models => "Models",
+            Self::Sensitivity => "Sensitivity",
+            Self::Interference => "Interference",
+            Self::Merge => "Merge",
+            Self::Export => "Export",
+        }
+    }
+}
+
+/// A message for the user: an outcome or an error, shown until the next one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notice {
+    pub error: bool,
+    pub text: String,
+}
+
+/// The last preview the worker computed.
+#[derive(Clone, Debug)]
+pub struct Preview {
+    pub scores: Scores,
+    pub full: bool,
+    pub millis: f64,
+}
+
+/// Everything the window shows.
+pub struct Workbench {
+    pub worker: Worker,
+    pub panel: Panel,
+    pub family: Option<OpenFamily>,
+    pub report: Option<Report>,
+    pub settings: Option<MergeSettings>,
+    pub preview: Option<Preview>,
+    /// The recipe of the last preview sent, and whether it was a full one.
+    pub sent_preview: Option<(String, bool)>,
+    /// Stage and fraction of the job in progress.
+    pub busy: Option<(String, f64)>,
+    pub notice: Option<Notice>,
+    /// Paths typed into the Models panel.
+    pub base_path: String,
+    pub model_paths: String,
+    pub export_dir: String,
+    pub export_force: bool,
+    pub recipe_path: String,
+    pub selected_model: usize,
+    pub selected_layer: Option<usize>,
+}
+
+impl Workbench {
+    /// Opens the demo family when `paths` is empty, else `paths[0]` as the base and the rest
+    /// as fine-tunes.
+    pub fn new(ctx: &egui::Context, paths: &[PathBuf]) -> std::io::Result<Self> {
+        let repaint = ctx.clone();
+        let worker = Worker::start(move || repaint.request_repaint())?;
+        let mut app = Self {
+            worker,
+            panel: Panel::Models,
+            family: None,
+            report: None,
+            settings: None,
+            preview: None,
+            sent_preview: None,
+            busy: None,
+            notice: None,
+            base_path: String::new(),
+            model_paths: String::new(),
+            export_dir: std::env::temp_dir()
+                .join("mergescope-merged")
+                .display()
+                .to_string(),
+            export_force: true,
+            recipe_path: std::env::temp_dir()
+                .join("mergescope-recipe.yml")
+                .display()
+                .to_string(),
+            selected_model: 0,
+            selected_layer: None,
+        };
+        match paths.split_first() {
+            None => app.open_demo(),
+            Some((base, models)) => app.open(base.clone(), models.to_vec()),
+        }
+        Ok(app)
+    }
+
+    pub fn open_demo(&mut self) {
+        self.busy = Some(("opening the demo family".to_owned(), 0.0));
+        self.worker.send(Command::OpenDemo);
+    }
+
+    pub fn open(&mut self, base: PathBuf, models: Vec<PathBuf>) {
+        self.busy = Some(("opening".to_owned(), 0.0));
+        self.worker.send(Command::Open { base, models });
+    }
+
+    /// Applies what the worker sent since the last frame.
+    pub fn poll(&mut self) {
+        while let Ok(event) = self.worker.events.try_recv() {
+            match event {
+                Event::Opened(family) => {
+                    self.busy = None;
+                    self.settings = Some(MergeSettings::for_models(family.models.len()));
+                    self.base_path = family.base.display().to_string();
+                    self.model_paths = family
+                        .models
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join("\n");
+                    self.notice = Some(Notice {
+                        error: false,
+                        text: format!(
+                            "opened {} fine-tune(s) on {}",
+                            family.models.len(),
+                            family.base.display()
+                        ),
+                    });
+                    self.family = Some(*family);
+                    self.report = None;
+                    self.preview = None;
+                    self.sent_preview = None;
+                    self.selected_model = 0;
+                    // Analysis fills the Sensitivity and Interference panels in the background.
+                    self.busy = Some(("analysing".to_owned(), 0.0));
+                    self.worker.send(Command::Analyze);
+                }
+                Event::Analyzed(report) => {
+                    self.busy = None;
+                    self.report = Some(*report);
+                }
+                Event::Previewed {
+                    scores,
+                    full,
+                    millis,
+                } => {
+                    self.preview = Some(Preview {
+                        scores,
+                        full,
+                        millis,
+                    });
+                }
+                Event::Exported(text) => {
+                    self.busy = None;
+                    self.notice = Some(Notice { error: false, text });
+                }
+                Event::Progress { stage, fraction } => self.busy = Some((stage, fraction)),
+                Event::Failed(text) => {
+                    self.busy = None;
+                    self.notice = Some(Notice { error: true, text });
+                }
+                Event::Cancelled => {
+                    self.busy = None;
+                    self.notice = Some(Notice {
+                        error: false,
+                        text: "cancelled; nothing was written".to_owned(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Files dropped on the window: the first becomes the base if none is typed in, the rest
+    /// fine-tunes; then the family is opened.
+    fn take_dropped_files(&mut self, ctx: &egui::Context) {
+        let dropped: Vec<PathBuf> = ctx.input(|i| {
+            i.raw
+                .dropped_files
+                .iter()
+                .map(|f| f.path().to_path_buf())
+                .filter(|p| !p.as_os_str().is_empty())
+                .collect()
+        });
+        if dropped.is_empty() {
+            return;
+        }
+        let (base, models) = dropped.split_first().expect("not empty");
+        if models.is_empty() && self.family.is_some() {
+            // One file onto an open family: add it as a fine-tune.
+            let family = self.family.as_ref().expect("checked");
+            let mut all = family.models.clone();
+            all.push(base.clone());
+            self.open(family.base.clone(), all);
+        } else {
+            self.open(base.clone(), models.to_vec());
+        }
+        self.panel = Panel::Models;
+    }
+
+    fn status_bar(&mut self, ui: &mut egui::Ui) {
+        ui.horizontal(|ui| {
+            ui.label(format!("backend: {}", self.worker.backend_name));
+            ui.separator();
+            if let Some((stage, fraction)) = &self.busy {
+                ui.add(
+                    egui::ProgressBar::new(*fraction as f32)
+                        .desired_width(200.0)
+                        .text(format!("{stage} {:.0} %", fraction * 100.0)),
+                );
+                if ui.button("Cancel").clicked() {
+                    self.worker.cancel();
+                }
+                ui.separator();
+            }
+            if let Some(notice) = &self.notice {
+                let color = if notice.error {
+                    ui.visuals().error_fg_color
+                } else {
+                    ui.visuals().text_color()
+                };
+                ui.colored_label(color, &notice.text);
+            }
+        });
+    }
+}
+
+impl eframe::App for Workbench {
+    fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
+        self.poll();
+        let ctx = ui.ctx().clone();
+        self.take_dropped_files(&ctx);
+        egui::Panel::top("tabs").show(ui, |ui| {
+            ui.horizontal(|ui| {
+                ui.heading("mergescope");
+                ui.separator();
+                for panel in Panel::ALL {
+                    ui.selectable_value(&mut self.panel, panel, panel.title());
+                }
+                ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
+                    // Words, not the emoji of egui's own switch: they render with any font.
+                    let mut theme = ui.ctx().options(|o| o.theme_preference);
+                    for (preference, label) in [
+                        (egui::ThemePreference::Light, "Light"),
+                        (egui::ThemePreference::Dark, "Dark"),
+                        (egui::ThemePreference::System, "System"),
+                    ] {
+                        if ui.selectable_value(&mut theme, preference, label).changed() {
+                            ui.ctx().set_theme(theme);
+                        }
+                    }
+                });
+            });
+        });
+        egui::Panel::bottom("status").show(ui, |ui| self.status_bar(ui));
+        egui::CentralPanel::default().show(ui, |ui| {
+            egui::ScrollArea::vertical().show(ui, |ui| match self.panel {
+                Panel::Models => panels::models::show(self, ui),
+                Panel::Sensitivity => panels::sensitivity::show(self, ui),
+                Panel::Interference => panels::interference::show(self, ui),
+                Panel::Merge => panels::merge::show(self, ui),
+                Panel::Export => panels::export::show(self, ui),
+            });
+        });
+    }
+}

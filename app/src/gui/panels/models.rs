@@ -1,0 +1,116 @@
+//! Models: open a base and fine-tunes (demo family, typed paths, the file dialog, or files
+//! dropped on the window) and see what was opened and how it lines up.
+
+use std::path::PathBuf;
+
+use mergescope_core::export::format_size;
+
+use crate::gui::app::Workbench;
+
+pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
+    ui.heading("Models");
+    ui.horizontal(|ui| {
+        if ui.button("Open the demo family").clicked() {
+            app.open_demo();
+        }
+        ui.label("or drop model files or folders on the window");
+    });
+    ui.add_space(6.0);
+    ui.horizontal(|ui| {
+        let label = ui.label("Base");
+        ui.add(egui::TextEdit::singleline(&mut app.base_path).desired_width(560.0))
+            .labelled_by(label.id);
+        if ui.button("Browse...").clicked()
+            && let Some(folder) = rfd::FileDialog::new().pick_folder()
+        {
+            app.base_path = folder.display().to_string();
+        }
+    });
+    ui.horizontal_top(|ui| {
+        let label = ui.label("Fine-tunes (one per line)");
+        ui.add(
+            egui::TextEdit::multiline(&mut app.model_paths)
+                .desired_width(460.0)
+                .desired_rows(4),
+        )
+        .labelled_by(label.id);
+        if ui.button("Add...").clicked()
+            && let Some(folder) = rfd::FileDialog::new().pick_folder()
+        {
+            if !app.model_paths.trim().is_empty() {
+                app.model_paths.push('\n');
+            }
+            app.model_paths.push_str(&folder.display().to_string());
+        }
+    });
+    if ui.button("Open").clicked() {
+        let models: Vec<PathBuf> = app
+            .model_paths
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(PathBuf::from)
+            .collect();
+        if app.base_path.trim().is_empty() || models.is_empty() {
+            app.notice = Some(crate::gui::app::Notice {
+                error: true,
+                text: "give a base model and at least one fine-tune".to_owned(),
+            });
+        } else {
+            app.open(PathBuf::from(app.base_path.trim()), models);
+        }
+    }
+    ui.separator();
+    let Some(family) = &app.family else {
+        ui.label("No family open yet.");
+        return;
+    };
+    if family.is_demo {
+        ui.label(
+            "The built-in demo family: a tiny ViT base and experts for upright, rotated, \
+             mirrored and inverted handwritten digits (UCI, CC BY 4.0).",
+        );
+    }
+    egui::Grid::new("members")
+        .striped(true)
+        .num_columns(8)
+        .show(ui, |ui| {
+            for h in [
+                "",
+                "name",
+                "architecture",
+                "layers",
+                "parameters",
+                "dtype",
+                "shards",
+                "size",
+            ] {
+                ui.strong(h);
+            }
+            ui.end_row();
+            for m in &family.members {
+                ui.label(m.role);
+                ui.label(&m.label)
+                    .on_hover_text(m.path.display().to_string());
+                ui.label(&m.architecture);
+                ui.label(m.layers.to_string());
+                ui.label(m.parameters.to_string());
+                ui.label(&m.dtypes);
+                ui.label(m.shards.to_string());
+                ui.label(format_size(m.bytes));
+                ui.end_row();
+            }
+        });
+    ui.add_space(6.0);
+    if family.issues.is_empty() {
+        ui.label("Alignment: every model has every tensor of the base, with the same shapes.");
+    } else {
+        ui.colored_label(
+            ui.visuals().warn_fg_color,
+            format!("Alignment: {} issue(s)", family.issues.len()),
+        );
+        for issue in &family.issues {
+            ui.label(format!("- {issue}"));
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! Sensitivity: how far each fine-tune moved each layer and module (‖τ‖/‖θ_b‖), as a
+//! layer × module heatmap, with the most moved tensors.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::{cell, fmt, sequential};
+use crate::gui::app::Workbench;
+
+pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
+    ui.heading("Sensitivity");
+    let Some(report) = &app.report else {
+        ui.label("The analysis fills this panel when it finishes (see the status bar).");
+        return;
+    };
+    let models = report.models.len();
+    ui.horizontal(|ui| {
+        egui::ComboBox::from_label("Fine-tune")
+            .selected_text(
+                report
+                    .models
+                    .get(app.selected_model)
+                    .cloned()
+                    .unwrap_or_default(),
+            )
+            .show_ui(ui, |ui| {
+                for (i, label) in report.models.iter().enumerate() {
+                    ui.selectable_value(&mut app.selected_model, i, label);
+                }
+                ui.selectable_value(&mut app.selected_model, models, "max over models");
+            });
+    });
+    // rel per (block, module) for the selected model (or the max over models).
+    let pick = |t: &mergescope_core::analysis::TensorReport| -> Option<f64> {
+        if app.selected_model < models {
+            t.metrics.models[app.selected_model].rel
+        } else {
+            t.metrics
+                .models
+                .iter()
+                .filter_map(|m| m.rel)
+                .reduce(f64::max)
+        }
+    };
+    let mut grid: BTreeMap<(usize, String), (f64, String)> = BTreeMap::new();
+    let mut modules = BTreeSet::new();
+    let mut blocks = BTreeSet::new();
+    for t in &report.tensors {
+        let (Some(block), Some(rel)) = (t.block, pick(t)) else {
+            continue;
+        };
+        blocks.insert(block);
+        modules.insert(t.module.clone());
+        let entry = grid
+            .entry((block, t.module.clone()))
+            .or_insert((0.0, String::new()));
+        if rel >= entry.0 {
+            *entry = (rel, t.name.clone());
+        }
+    }
+    let hi = grid.values().map(|v| v.0).fold(0.0, f64::max);
+    ui.label(format!("|tau| / |theta_base| per layer (rows) and module (columns); darkest = {hi:.3}. Click a layer to select it."));
+    egui::Grid::new("heatmap")
+        .spacing([2.0, 2.0])
+        .show(ui, |ui| {
+            ui.label("");
+            for m in &modules {
+                ui.label(egui::RichText::new(m).small());
+            }
+            ui.end_row();
+            for &b in &blocks {
+                let selected = app.selected_layer == Some(b);
+                if ui
+                    .selectable_label(selected, format!("layer {b}"))
+                    .clicked()
+                {
+                    app.selected_layer = if selected { None } else { Some(b) };
+                }
+                for m in &modules {
+                    match grid.get(&(b, m.clone())) {
+                        Some((rel, name)) => {
+                            let hover = format!("{name}\n|tau|/|theta_b| = {rel:.4}");
+                            if cell(ui, 26.0, sequential(*rel, hi), &hover).clicked() {
+                                app.selected_layer = Some(b);
+                            }
+                        }
+                        None => {
+                            ui.label("");
+                        }
+                    }
+                }
+                ui.end_row();
+            }
+        });
+    ui.add_space(8.0);
+    ui.strong("Most moved tensors (mean over fine-tunes)");
+    for c in report.critical.iter().take(8) {
+        ui.label(format!("{:.4}  {}", c.mean_rel, c.tensor));
+    }
+    ui.add_space(8.0);
+    ui.strong("Whole model");
+    egui::Grid::new("whole-sensitivity")
+        .striped(true)
+        .show(ui, |ui| {
+            for h in [
+                "model",
+                "|tau|",
+                "|tau|/|theta|",
+                "changed",
+                "TIES conflict",
+            ] {
+                ui.strong(h);
+            }
+            ui.end_row();
+            for (label, m) in report.models.iter().zip(&report.whole_model.metrics.models) {
+                ui.label(label);
+                ui.label(format!("{:.4}", m.l2));
+                ui.label(fmt(m.rel));
+                ui.label(fmt(m.frac_changed));
+                ui.label(fmt(m.ties_conflict));
+                ui.end_row();
+            }
+        });
+}

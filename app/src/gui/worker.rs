@@ -1,0 +1,350 @@
+//! The worker thread that owns the engine: the UI sends [`Command`]s and reads [`Event`]s each
+//! frame, so a frame never waits on disk or arithmetic. One job runs at a time; while a slider
+//! moves, only the newest preview request is computed.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use mergescope_core::analysis::{AnalysisSettings, Report, analyze};
+use mergescope_core::backend::{Backend, Cpu};
+use mergescope_core::eval::preview::merge_in_memory;
+use mergescope_core::eval::{DemoAccuracy, DemoFamily, Fidelity, Scores};
+use mergescope_core::export::ExportOptions;
+use mergescope_core::family::{Family, Member};
+use mergescope_core::layout::Layout;
+use mergescope_core::merge::engine::execute;
+use mergescope_core::merge::plan::{MergePlan, PlanOptions};
+use mergescope_core::merge::recipe::Recipe;
+use mergescope_core::{CancelToken, Checkpoint, Job};
+
+use super::state::{MemberInfo, OpenFamily};
+
+/// What the UI asks for.
+#[derive(Debug)]
+pub enum Command {
+    OpenDemo,
+    Open {
+        base: PathBuf,
+        models: Vec<PathBuf>,
+    },
+    Analyze,
+    /// Merge in memory and score (`full`: the whole test split; else a quick subsample).
+    Preview {
+        yaml: String,
+        full: bool,
+    },
+    Export {
+        yaml: String,
+        out: PathBuf,
+        force: bool,
+    },
+}
+
+/// What the worker answers.
+#[derive(Debug)]
+pub enum Event {
+    Opened(Box<OpenFamily>),
+    Analyzed(Box<Report>),
+    Previewed {
+        scores: Scores,
+        full: bool,
+        millis: f64,
+    },
+    Exported(String),
+    Progress {
+        stage: String,
+        fraction: f64,
+    },
+    Failed(String),
+    Cancelled,
+}
+
+/// The UI's handle on the worker.
+pub struct Worker {
+    commands: Sender<Command>,
+    pub events: Receiver<Event>,
+    /// The running job's cancel token, if any.
+    running: Arc<Mutex<Option<CancelToken>>>,
+    pub backend_name: String,
+}
+
+impl Worker {
+    /// Starts the worker; `repaint` is called whenever an event is sent (eframe's
+    /// `request_repaint`).
+    pub fn start(repaint: impl Fn() + Send + Sync + 'static) -> std::io::Result<Self> {
+        let (commands, inbox) = channel();
+        let (outbox, events) = channel();
+        let running = Arc::new(Mutex::new(None));
+        let shared = Arc::clone(&running);
+        let backend: Arc<dyn Backend> = Arc::new(Cpu);
+        let backend_name = backend.describe();
+        let repaint = Arc::new(repaint);
+        std::thread::Builder::new()
+            .name("mergescope-worker".to_owned())
+            .spawn(move || {
+                let mut engine = Engine {
+                    family: None,
+                    demo: None,
+                    backend,
+                    outbox,
+                    repaint,
+                    running: shared,
+                };
+                engine.serve(&inbox);
+            })?;
+        Ok(Self {
+            commands,
+            events,
+            running,
+            backend_name,
+        })
+    }
+
+    pub fn send(&self, command: Command) {
+        // The worker only stops when the app does.
+        let _ = self.commands.send(command);
+    }
+
+    pub fn cancel(&self) {
+        if let Some(token) = &*self.running.lock().unwrap_or_else(PoisonError::into_inner) {
+            token.cancel();
+        }
+    }
+}
+
+struct Engine {
+    family: Option<(Family, OpenFamily)>,
+    demo: Option<DemoAccuracy>,
+    backend: Arc<dyn Backend>,
+    outbox: Sender<Event>,
+    repaint: Arc<dyn Fn() + Send + Sync>,
+    running: Arc<Mutex<Option<CancelToken>>>,
+}
+
+impl Engine {
+    fn send(&self, event: Event) {
+        let _ = self.outbox.send(event);
+        (self.repaint)();
+    }
+
+    fn serve(&mut self, inbox: &Receiver<Command>) {
+        while let Ok(mut command) = inbox.recv() {
+            // Coalesce previews: a newer one makes an older one pointless.
+            loop {
+                match inbox.try_recv() {
+                    Ok(next @ Command::Preview { .. })
+                        if matches!(command, Command::Preview { .. }) =>
+                    {
+                        command = next;
+                    }
+                    Ok(other) => {
+                        self.run(command);
+                        command = other;
+                    }
+                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                }
+            }
+            self.run(command);
+        }
+    }
+
+    /// A job with progress reported as events and a cancel token the UI can reach.
+    fn job(&self) -> Job {
+        let job = Job::default();
+        let progress = job.progress.clone();
+        let outbox = self.outbox.clone();
+        let repaint = Arc::clone(&self.repaint);
+        let last = Mutex::new(Instant::now());
+        job.progress.set_observer(move || {
+            // At most ~30 updates a second.
+            let mut last = last.lock().unwrap_or_else(PoisonError::into_inner);
+            if last.elapsed().as_millis() < 33 {
+                return;
+            }
+            *last = Instant::now();
+            let snapshot = progress.snapshot();
+            let _ = outbox.send(Event::Progress {
+                stage: snapshot.stage.clone(),
+                fraction: snapshot.fraction(),
+            });
+            repaint();
+        });
+        *self.running.lock().unwrap_or_else(PoisonError::into_inner) = Some(job.cancel.clone());
+        job
+    }
+
+    fn run(&mut self, command: Command) {
+        let result = match command {
+            Command::OpenDemo => demo_root()
+                .and_then(|root| {
+                    let family = DemoFamily::extract(&root).map_err(|e| e.to_string())?;
+                    let experts: Vec<PathBuf> = mergescope_core::eval::Domain::ALL
+                        .iter()
+                        .map(|&d| family.expert(d))
+                        .collect();
+                    Ok((family.base(), experts))
+                })
+                .and_then(|(base, models)| self.open(&base, &models, true)),
+            Command::Open { base, models } => self.open(&base, &models, false),
+            Command::Analyze => self.analyze(),
+            Command::Preview { yaml, full } => self.preview(&yaml, full),
+            Command::Export { yaml, out, force } => self.export(&yaml, out, force),
+        };
+        *self.running.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        match result {
+            Ok(event) => self.send(event),
+            Err(message) if message == CANCELLED => self.send(Event::Cancelled),
+            Err(message) => self.send(Event::Failed(message)),
+        }
+    }
+
+    fn open(&mut self, base: &Path, models: &[PathBuf], is_demo: bool) -> Result<Event, String> {
+        let member = |path: &Path| -> Result<Member, String> {
+            Ok(Member {
+                label: path.file_name().map_or_else(
+                    || path.display().to_string(),
+                    |n| n.to_string_lossy().into_owned(),
+                ),
+                checkpoint: Arc::new(Checkpoint::open(path).map_err(|e| e.to_string())?),
+            })
+        };
+        let family = Family {
+            base: Some(member(base)?),
+            models: models.iter().map(|p| member(p)).collect::<Result<_, _>>()?,
+        };
+        let alignment = family.align();
+        let info = |role: &'static str, m: &Member, path: &Path| {
+            let c = &m.checkpoint;
+            let layout = Layout::of_checkpoint(c);
+            let mut dtypes: Vec<String> = c
+                .tensors()
+                .iter()
+                .map(|t| mergescope_core::family::dtype_name(t.dtype))
+                .collect();
+            dtypes.sort();
+            dtypes.dedup();
+            MemberInfo {
+                role,
+                label: m.label.clone(),
+                path: path.to_path_buf(),
+                architecture: layout.architecture.label().to_owned(),
+                layers: layout.num_layers(),
+                parameters: c.parameter_count(),
+                dtypes: dtypes.join(", "),
+                shards: c.shards().len(),
+                bytes: c.data_bytes(),
+            }
+        };
+        let mut members = vec![info("base", family.base.as_ref().expect("set"), base)];
+        for (m, path) in family.models.iter().zip(models) {
+            members.push(info("model", m, path));
+        }
+        let open = OpenFamily {
+            base: base.to_path_buf(),
+            models: models.to_vec(),
+            members,
+            issues: alignment.issues.iter().map(ToString::to_string).collect(),
+            is_demo,
+        };
+        self.family = Some((family, open.clone()));
+        Ok(Event::Opened(Box::new(open)))
+    }
+
+    fn analyze(&self) -> Result<Event, String> {
+        let (family, _) = self.family.as_ref().ok_or("open a family first")?;
+        let job = self.job();
+        let mut settings = AnalysisSettings::new(family.models.len());
+        settings.spectra = Some(mergescope_core::analysis::SpectraSettings {
+            rank: 16,
+            ..Default::default()
+        });
+        let report = analyze(family, &settings, &job).map_err(|e| match e {
+            mergescope_core::analysis::AnalysisError::Cancelled(_) => CANCELLED.to_owned(),
+            other => other.to_string(),
+        })?;
+        Ok(Event::Analyzed(Box::new(report)))
+    }
+
+    fn plan(&self, yaml: &str) -> Result<MergePlan, String> {
+        let (_, open) = self.family.as_ref().ok_or("open a family first")?;
+        let file = open.base.with_file_name("mergescope-workbench.yml");
+        let recipe = Recipe::from_yaml(yaml, &file).map_err(|e| e.to_string())?;
+        MergePlan::new(
+            recipe,
+            &file,
+            &PlanOptions {
+                cwd: std::env::current_dir().map_err(|e| e.to_string())?,
+                random_seed: Some(0),
+                truncate_vocab: false,
+            },
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    fn preview(&mut self, yaml: &str, full: bool) -> Result<Event, String> {
+        let started = Instant::now();
+        let plan = self.plan(yaml)?;
+        let is_demo = self.family.as_ref().is_some_and(|(_, o)| o.is_demo);
+        let scores = if is_demo {
+            if self.demo.is_none() {
+                self.demo = Some(DemoAccuracy::new().map_err(|e| e.to_string())?);
+            }
+            let merged = merge_in_memory(&plan, self.backend.as_ref())?;
+            let fidelity = if full {
+                Fidelity::Full
+            } else {
+                Fidelity::Subsample(32)
+            };
+            self.demo
+                .as_ref()
+                .expect("made above")
+                .score(&merged, fidelity)
+                .map_err(|e| e.to_string())?
+        } else {
+            // Any family: how much of each task vector survives (data-free).
+            let job = self.job();
+            let survived = mergescope_core::analysis::survival(&plan, self.backend.as_ref(), &job)
+                .map_err(|e| e.to_string())?;
+            survived
+                .models
+                .iter()
+                .zip(&survived.whole_model.models)
+                .filter_map(|(label, s)| s.projection.map(|p| (format!("retention/{label}"), p)))
+                .collect()
+        };
+        Ok(Event::Previewed {
+            scores,
+            full,
+            millis: started.elapsed().as_secs_f64() * 1e3,
+        })
+    }
+
+    fn export(&self, yaml: &str, out: PathBuf, force: bool) -> Result<Event, String> {
+        let plan = self.plan(yaml)?;
+        let job = self.job();
+        let mut options = ExportOptions::new(out);
+        options.force = force;
+        let summary =
+            execute(&plan, &options, self.backend.as_ref(), &job).map_err(|e| match e {
+                mergescope_core::merge::engine::MergeError::Cancelled(_) => CANCELLED.to_owned(),
+                other => mergescope_core::one_line(&other.to_string()),
+            })?;
+        Ok(Event::Exported(format!(
+            "wrote {}: {} tensors, {}",
+            summary.out_dir.display(),
+            summary.tensors,
+            mergescope_core::export::format_size(summary.data_bytes)
+        )))
+    }
+}
+
+const CANCELLED: &str = "\u{0}cancelled";
+
+/// Where the demo family is unpacked: the user's cache folder, else the temporary folder.
+fn demo_root() -> Result<PathBuf, String> {
+    Ok(mergescope_core::analysis::cache_dir()
+        .unwrap_or_else(std::env::temp_dir)
+        .join("demo-family"))
+}

@@ -1,0 +1,198 @@
+//! The workbench driven like a user would, through egui_kittest: open the demo family, walk the
+//! panels, drag a slider and watch the preview, edit per-layer weights, save the recipe,
+//! export, and open a corrupt file.
+
+use std::time::{Duration, Instant};
+
+use egui::accesskit::Role;
+use egui_kittest::Harness;
+use egui_kittest::kittest::Queryable as _;
+use mergescope::gui::Workbench;
+use mergescope::gui::app::Panel;
+
+fn harness() -> Harness<'static, Workbench> {
+    Harness::builder()
+        .with_size(egui::vec2(1200.0, 900.0))
+        .build_eframe(|cc| Workbench::new(&cc.egui_ctx, &[]).expect("the worker starts"))
+}
+
+/// Steps the UI until `done` holds (the worker answers asynchronously), or fails after 60 s.
+fn wait_for(harness: &mut Harness<'_, Workbench>, what: &str, done: impl Fn(&Workbench) -> bool) {
+    let started = Instant::now();
+    while !done(harness.state()) {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+        harness.step();
+    }
+    harness.run_ok();
+}
+
+fn opened(harness: &mut Harness<'_, Workbench>) {
+    wait_for(harness, "the demo family and its analysis", |app| {
+        app.family.is_some() && app.report.is_some()
+    });
+}
+
+/// The slider labelled `label` (its value box carries the label too).
+fn slider(harness: &Harness<'_, Workbench>, label: &str) -> egui::Rect {
+    harness.get_by_role_and_label(Role::Slider, label).rect()
+}
+
+fn mean_accuracy(app: &Workbench) -> Option<f64> {
+    app.preview
+        .as_ref()
+        .filter(|p| p.full)
+        .map(|p| p.scores["mean/accuracy"])
+}
+
+#[test]
+fn opens_the_demo_family_and_walks_the_panels() {
+    let mut harness = harness();
+    opened(&mut harness);
+    let family = harness.state().family.clone().unwrap();
+    assert!(family.is_demo);
+    assert_eq!(family.members.len(), 5);
+    assert_eq!(family.members[0].architecture, "ViT");
+    assert!(family.issues.is_empty());
+    harness.get_by_label("upright").hover(); // listed in the Models table
+    for (tab, panel, needle) in [
+        (
+            "Sensitivity",
+            Panel::Sensitivity,
+            "Most moved tensors (mean over fine-tunes)",
+        ),
+        ("Interference", Panel::Interference, "sign conflict"),
+        ("Merge", Panel::Merge, "method"),
+        ("Export", Panel::Export, "Output folder"),
+    ] {
+        harness.get_by_label(tab).click();
+        harness.run_ok();
+        assert_eq!(harness.state().panel, panel);
+        harness.get_by_label(needle);
+    }
+}
+
+#[test]
+fn dragging_a_slider_updates_the_preview() {
+    let mut harness = harness();
+    opened(&mut harness);
+    harness.get_by_label("Merge").click();
+    wait_for(&mut harness, "the first full preview", |app| {
+        mean_accuracy(app).is_some()
+    });
+    let before = mean_accuracy(harness.state()).unwrap();
+    let weight_before = harness.state().settings.as_ref().unwrap().weights[0];
+
+    // Drag the first expert's weight slider to its right end and let go.
+    let rect = slider(&harness, "upright weight");
+    harness.drag_at(rect.left_center() + egui::vec2(4.0, 0.0));
+    harness.step();
+    harness.hover_at(rect.right_center() - egui::vec2(2.0, 0.0));
+    harness.step();
+    // While the pointer is down the preview is a quick estimate.
+    wait_for(&mut harness, "a quick preview while dragging", |app| {
+        app.sent_preview.as_ref().is_some_and(|(_, full)| !full)
+    });
+    harness.drop_at(rect.right_center() - egui::vec2(2.0, 0.0));
+    harness.step();
+    let weight_after = harness.state().settings.as_ref().unwrap().weights[0];
+    assert!(
+        weight_after > weight_before + 0.5,
+        "{weight_before} → {weight_after}"
+    );
+    wait_for(&mut harness, "the full preview after release", |app| {
+        app.preview.as_ref().is_some_and(|p| p.full)
+            && app.sent_preview.as_ref().is_some_and(|(yaml, full)| {
+                *full && yaml.contains(&format!("weight: {weight_after}"))
+            })
+            && mean_accuracy(app) != Some(before)
+    });
+    let after = mean_accuracy(harness.state()).unwrap();
+    assert_ne!(before, after, "the merge changed, so must its accuracy");
+}
+
+#[test]
+fn per_layer_weights_and_saving_the_recipe() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = dir.path().join("saved.yml");
+    let mut harness = harness();
+    opened(&mut harness);
+    harness.get_by_label("Merge").click();
+    harness.run_ok();
+    harness
+        .get_by_label("per-layer weights (first to last layer)")
+        .click();
+    harness.run_ok();
+    // Click near the right end of the last-layer slider of the rotated expert.
+    let rect = slider(&harness, "rotated last layer");
+    harness.drag_at(rect.right_center() - egui::vec2(3.0, 0.0));
+    harness.step();
+    harness.drop_at(rect.right_center() - egui::vec2(3.0, 0.0));
+    harness.run_ok();
+    let [first, last] = harness.state().settings.as_ref().unwrap().layer_weights[1];
+    assert!(last > first, "{first} → {last}");
+
+    harness.state_mut().recipe_path = recipe.display().to_string();
+    harness.get_by_label("Save recipe").click();
+    harness.run_ok();
+    let yaml = std::fs::read_to_string(&recipe).expect("the recipe was saved");
+    assert!(yaml.starts_with("merge_method: task_arithmetic"));
+    assert!(
+        yaml.contains(&format!("weight: [{first}, {last}]")),
+        "{yaml}"
+    );
+    // It is a recipe the command line runs.
+    assert!(yaml.contains("base_model:") && yaml.matches("- model:").count() == 4);
+}
+
+#[test]
+fn exports_the_merge() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("merged");
+    let mut harness = harness();
+    opened(&mut harness);
+    harness.state_mut().export_dir = out.display().to_string();
+    harness.get_by_label("Export").click();
+    harness.run_ok();
+    harness.get_by_label("Write the merged model").click();
+    wait_for(&mut harness, "the export", |app| {
+        app.notice
+            .as_ref()
+            .is_some_and(|n| n.text.starts_with("wrote"))
+    });
+    assert!(out.join("model.safetensors").is_file());
+    assert!(out.join("config.json").is_file());
+    // Nothing half-written is left beside it.
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+}
+
+#[test]
+fn a_corrupt_file_shows_a_readable_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("broken.safetensors");
+    std::fs::write(&bad, b"this is not a safetensors file").unwrap();
+    let mut harness = harness();
+    opened(&mut harness);
+    let base = harness.state().family.as_ref().unwrap().base.clone();
+    harness.state_mut().base_path = base.display().to_string();
+    harness.state_mut().model_paths = bad.display().to_string();
+    harness.get_by_label("Open").click();
+    wait_for(&mut harness, "the error", |app| {
+        app.notice.as_ref().is_some_and(|n| n.error)
+    });
+    let notice = harness.state().notice.clone().unwrap();
+    assert!(
+        notice.text.contains("broken.safetensors"),
+        "{}",
+        notice.text
+    );
+    // The family that was open stays open.
+    assert!(harness.state().family.as_ref().unwrap().is_demo);
+}
