@@ -196,3 +196,42 @@ fn a_corrupt_file_shows_a_readable_error() {
     // The family that was open stays open.
     assert!(harness.state().family.as_ref().unwrap().is_demo);
 }
+
+/// What each panel looks like (kittest snapshots, rendered with wgpu on the software adapter
+/// CI uses; regenerate with `UPDATE_SNAPSHOTS=1 cargo test -p mergescope --test gui`).
+#[test]
+fn every_panel_looks_as_it_did() {
+    let mut harness = harness();
+    opened(&mut harness);
+    harness.state_mut().export_dir = "/tmp/mergescope-merged".to_owned();
+    harness.state_mut().recipe_path = "/tmp/mergescope-recipe.yml".to_owned();
+    // Paths differ between machines: show fixed ones where the demo family's folder would be.
+    harness.state_mut().notice = None;
+    harness.state_mut().base_path = "demo-family/base".to_owned();
+    harness.state_mut().model_paths =
+        "demo-family/upright\ndemo-family/rotated\ndemo-family/mirrored\ndemo-family/inverted"
+            .to_owned();
+    let mut results = egui_kittest::SnapshotResults::new();
+    for (tab, name) in [
+        ("Models", "models"),
+        ("Sensitivity", "sensitivity"),
+        ("Interference", "interference"),
+        ("Merge", "merge"),
+        ("Export", "export"),
+    ] {
+        // The tab comes first: the panel's heading repeats its name.
+        harness
+            .get_all_by_label(tab)
+            .next()
+            .expect("the tab")
+            .click();
+        harness.remove_cursor();
+        if name == "merge" {
+            wait_for(&mut harness, "a full preview", |app| {
+                app.preview.as_ref().is_some_and(|p| p.full)
+            });
+        }
+        harness.run_ok();
+        results.add(harness.try_snapshot(name));
+    }
+}

@@ -30,6 +30,9 @@ pub struct Cli {
     /// fine-tunes), or on the built-in demo family when none are given.
     #[arg(value_parser = path_arg)]
     models: Vec<PathBuf>,
+    /// Without a command: the panel the workbench opens on.
+    #[arg(long, value_enum, default_value_t)]
+    panel: crate::gui::app::Panel,
 }
 
 #[derive(Debug, Subcommand)]
@@ -100,7 +103,7 @@ pub fn main() -> ExitCode {
     // Ignoring a failure here only means Ctrl-C kills the process instead of cancelling.
     let _ = ctrlc::set_handler(move || cancel.cancel());
     let Some(command) = cli.command else {
-        return match crate::gui::run(cli.models) {
+        return match crate::gui::run(cli.models, cli.panel) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!(

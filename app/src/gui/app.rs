@@ -11,8 +11,9 @@ use super::state::{MergeSettings, OpenFamily};
 use super::worker::{Command, Event, Worker};
 
 /// The panels, left to right in the user's journey.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Panel {
+    #[default]
     Models,
     Sensitivity,
     Interference,

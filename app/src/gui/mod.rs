@@ -10,8 +10,9 @@ use std::sync::Arc;
 
 pub use app::Workbench;
 
-/// Opens the window on `paths` (base first) or, with none, on the demo family.
-pub fn run(paths: Vec<PathBuf>) -> eframe::Result {
+/// Opens the window on `paths` (base first) or, with none, on the demo family, showing
+/// `panel` first.
+pub fn run(paths: Vec<PathBuf>, panel: app::Panel) -> eframe::Result {
     let mut options = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()
             .with_title("mergescope")
@@ -32,7 +33,8 @@ pub fn run(paths: Vec<PathBuf>) -> eframe::Result {
         "mergescope",
         options,
         Box::new(move |cc| {
-            let app = Workbench::new(&cc.egui_ctx, &paths)?;
+            let mut app = Workbench::new(&cc.egui_ctx, &paths)?;
+            app.panel = panel;
             Ok(Box::new(app))
         }),
     )

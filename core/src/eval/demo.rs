@@ -61,8 +61,11 @@ impl DemoFamily {
                 return Ok(());
             }
             std::fs::create_dir_all(path.parent().expect("a file in a folder"))?;
-            // Write beside and rename, so a reader never sees half a file.
-            let staging = path.with_extension("partial");
+            // Write beside and rename, so a reader never sees half a file; the staging name is
+            // unique, so two processes or threads extracting at once do not collide.
+            static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let staging = path.with_extension(format!("partial-{}-{n}", std::process::id()));
             std::fs::write(&staging, bytes)?;
             std::fs::rename(&staging, &path)
         };

@@ -31,8 +31,8 @@ impl Default for TrainOptions {
             seed: 7,
             // A base that is good on every domain but not great, and experts that specialise
             // without leaving its basin: merges of them then beat the base (README table).
-            base_epochs: 10,
-            expert_epochs: 3,
+            base_epochs: 4,
+            expert_epochs: 4,
             batch: 64,
             base_lr: 5e-3,
             expert_lr: 2e-3,

@@ -212,7 +212,8 @@ pub fn forward(config: VitConfig, w: &dyn Weights, pixels: &Tensor) -> Result<Te
             &format!("{pre}.attention.attention.value"),
         )?)?;
         let scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?;
-        let attention = candle_nn::ops::softmax_last_dim(&scores)?;
+        // `softmax_last_dim` is a fused op without a backward pass: training needs the plain one.
+        let attention = candle_nn::ops::softmax(&scores, D::Minus1)?;
         let context = attention
             .matmul(&v)?
             .transpose(1, 2)?

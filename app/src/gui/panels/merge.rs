@@ -89,15 +89,13 @@ pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
             ui.label("computing...");
         }
         Some(preview) => {
-            ui.label(format!(
-                "{} in {:.0} ms",
-                if preview.full {
-                    "all test digits"
-                } else {
-                    "quick estimate (32 per domain)"
-                },
-                preview.millis
-            ));
+            // The time is in the tooltip: it changes every run, the rest of the panel does not.
+            ui.label(if preview.full {
+                "all test digits"
+            } else {
+                "quick estimate (32 per domain)"
+            })
+            .on_hover_text(format!("merged and scored in {:.0} ms", preview.millis));
             egui::Grid::new("preview").striped(true).show(ui, |ui| {
                 for (metric, value) in &preview.scores {
                     if metric.ends_with("/loss") {
