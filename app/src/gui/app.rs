@@ -10,6 +10,9 @@ use super::panels;
 use super::state::{MergeSettings, OpenFamily};
 use super::worker::{Command, Event, Worker};
 
+/// Families up to this size are analysed as soon as they open.
+const AUTO_ANALYSIS_BYTES: u64 = 2 << 30;
+
 /// The panels, left to right in the user's journey.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Panel {
@@ -51,6 +54,8 @@ pub struct Notice {
 /// The last preview the worker computed.
 #[derive(Clone, Debug)]
 pub struct Preview {
+    /// The recipe it previews.
+    pub yaml: String,
     pub scores: Scores,
     pub full: bool,
     pub millis: f64,
@@ -116,6 +121,11 @@ impl Workbench {
         Ok(app)
     }
 
+    pub fn analyze(&mut self) {
+        self.busy = Some(("analysing".to_owned(), 0.0));
+        self.worker.send(Command::Analyze);
+    }
+
     pub fn open_demo(&mut self) {
         self.busy = Some(("opening the demo family".to_owned(), 0.0));
         self.worker.send(Command::OpenDemo);
@@ -148,25 +158,30 @@ impl Workbench {
                             family.base.display()
                         ),
                     });
+                    let bytes: u64 = family.members.iter().map(|m| m.bytes).sum();
                     self.family = Some(*family);
                     self.report = None;
                     self.preview = None;
                     self.sent_preview = None;
                     self.selected_model = 0;
-                    // Analysis fills the Sensitivity and Interference panels in the background.
-                    self.busy = Some(("analysing".to_owned(), 0.0));
-                    self.worker.send(Command::Analyze);
+                    // Analysis fills the Sensitivity and Interference panels in the background;
+                    // for large families it waits to be asked (it reads every byte).
+                    if bytes <= AUTO_ANALYSIS_BYTES {
+                        self.analyze();
+                    }
                 }
                 Event::Analyzed(report) => {
                     self.busy = None;
                     self.report = Some(*report);
                 }
                 Event::Previewed {
+                    yaml,
                     scores,
                     full,
                     millis,
                 } => {
                     self.preview = Some(Preview {
+                        yaml,
                         scores,
                         full,
                         millis,

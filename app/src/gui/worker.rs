@@ -48,6 +48,8 @@ pub enum Event {
     Opened(Box<OpenFamily>),
     Analyzed(Box<Report>),
     Previewed {
+        /// The recipe it previews.
+        yaml: String,
         scores: Scores,
         full: bool,
         millis: f64,
@@ -315,6 +317,7 @@ impl Engine {
                 .collect()
         };
         Ok(Event::Previewed {
+            yaml: yaml.to_owned(),
             scores,
             full,
             millis: started.elapsed().as_secs_f64() * 1e3,

@@ -97,10 +97,14 @@ pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
             })
             .on_hover_text(format!("merged and scored in {:.0} ms", preview.millis));
             egui::Grid::new("preview").striped(true).show(ui, |ui| {
-                for (metric, value) in &preview.scores {
-                    if metric.ends_with("/loss") {
-                        continue;
-                    }
+                // Per task first, their mean last; losses are left out here.
+                let mut rows: Vec<(&String, &f64)> = preview
+                    .scores
+                    .iter()
+                    .filter(|(m, _)| !m.ends_with("/loss"))
+                    .collect();
+                rows.sort_by_key(|(m, _)| m.starts_with("mean/"));
+                for (metric, value) in rows {
                     ui.label(metric);
                     ui.add(
                         egui::ProgressBar::new(*value as f32)
