@@ -235,3 +235,106 @@ fn every_panel_looks_as_it_did() {
         results.add(harness.try_snapshot(name));
     }
 }
+
+/// A file dropped on the window, as winit hands it to egui.
+#[derive(Debug)]
+struct Dropped(std::path::PathBuf);
+
+impl egui::DroppedFile for Dropped {
+    fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+
+    fn bytes(&self) -> Result<Vec<u8>, String> {
+        std::fs::read(&self.0).map_err(|e| e.to_string())
+    }
+}
+
+#[test]
+fn dropping_files_opens_them_and_a_corrupt_one_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("dropped.safetensors");
+    std::fs::write(&bad, [0u8; 5]).unwrap();
+    let mut harness = harness();
+    opened(&mut harness);
+    let family = harness.state().family.clone().unwrap();
+    // Drop the base and two experts: a new family of two fine-tunes opens.
+    let files: Vec<egui::DroppedFileHandle> = [&family.base, &family.models[0], &family.models[1]]
+        .into_iter()
+        .map(|p| std::sync::Arc::new(Dropped(p.clone())) as egui::DroppedFileHandle)
+        .collect();
+    harness.input_mut().dropped_files = files;
+    wait_for(&mut harness, "the dropped family", |app| {
+        app.family.as_ref().is_some_and(|f| f.models.len() == 2)
+    });
+    // It is remembered, and the memory survives a restart through eframe's storage.
+    assert_eq!(harness.state().recent.len(), 1);
+    let mut storage = MemoryStorage::default();
+    eframe::App::save(harness.state_mut(), &mut storage);
+    let mut again = harness_without_family();
+    again.state_mut().load_recent(Some(&storage));
+    assert_eq!(again.state().recent, harness.state().recent);
+    // One corrupt file dropped on it is added as a fine-tune, fails, and says why.
+    harness.input_mut().dropped_files =
+        vec![std::sync::Arc::new(Dropped(bad.clone())) as egui::DroppedFileHandle];
+    wait_for(&mut harness, "the error", |app| {
+        app.notice.as_ref().is_some_and(|n| n.error)
+    });
+    assert!(
+        harness
+            .state()
+            .notice
+            .as_ref()
+            .unwrap()
+            .text
+            .contains("dropped.safetensors")
+    );
+    assert_eq!(harness.state().family.as_ref().unwrap().models.len(), 2);
+}
+
+/// eframe's storage, in memory.
+#[derive(Default)]
+struct MemoryStorage(std::collections::HashMap<String, String>);
+
+impl eframe::Storage for MemoryStorage {
+    fn get_string(&self, key: &str) -> Option<String> {
+        self.0.get(key).cloned()
+    }
+
+    fn set_string(&mut self, key: &str, value: String) {
+        self.0.insert(key.to_owned(), value);
+    }
+
+    fn remove_string(&mut self, key: &str) {
+        self.0.remove(key);
+    }
+
+    fn flush(&mut self) {}
+}
+
+fn harness_without_family() -> Harness<'static, Workbench> {
+    harness()
+}
+
+#[test]
+fn exports_in_bfloat16_in_small_shards() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("merged");
+    let mut harness = harness();
+    opened(&mut harness);
+    harness.state_mut().export_dir = out.display().to_string();
+    harness.state_mut().shard_size = "40KB".to_owned();
+    harness.state_mut().settings.as_mut().unwrap().out_dtype = "bfloat16".to_owned();
+    harness.get_by_label("Export").click();
+    harness.run_ok();
+    harness.get_by_label("Write the merged model").click();
+    wait_for(&mut harness, "the export", |app| {
+        app.notice
+            .as_ref()
+            .is_some_and(|n| n.text.starts_with("wrote"))
+    });
+    // 70 KB of bf16 in shards of at most 40 KB: two shards and an index.
+    assert!(out.join("model.safetensors.index.json").is_file());
+    let config = std::fs::read_to_string(out.join("config.json")).unwrap();
+    assert!(config.contains("bfloat16"), "{config}");
+}

@@ -79,9 +79,36 @@ pub struct Workbench {
     pub model_paths: String,
     pub export_dir: String,
     pub export_force: bool,
+    /// Typed shard size, e.g. `5GB`.
+    pub shard_size: String,
+    /// When the job in progress started (for its ETA).
+    pub busy_since: Option<std::time::Instant>,
     pub recipe_path: String,
     pub selected_model: usize,
     pub selected_layer: Option<usize>,
+    /// Families opened before, most recent first (kept by eframe between runs).
+    pub recent: Vec<RecentFamily>,
+}
+
+/// A family the user opened before.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RecentFamily {
+    pub base: PathBuf,
+    pub models: Vec<PathBuf>,
+}
+
+/// How many recent families are kept.
+const RECENT: usize = 8;
+/// The storage key of the recent families.
+const RECENT_KEY: &str = "mergescope.recent_families";
+
+impl Workbench {
+    /// The recent families eframe kept from an earlier run.
+    pub fn load_recent(&mut self, storage: Option<&dyn eframe::Storage>) {
+        if let Some(text) = storage.and_then(|s| s.get_string(RECENT_KEY)) {
+            self.recent = serde_json::from_str(&text).unwrap_or_default();
+        }
+    }
 }
 
 impl Workbench {
@@ -107,12 +134,15 @@ impl Workbench {
                 .display()
                 .to_string(),
             export_force: true,
+            shard_size: "5GB".to_owned(),
+            busy_since: None,
             recipe_path: std::env::temp_dir()
                 .join("mergescope-recipe.yml")
                 .display()
                 .to_string(),
             selected_model: 0,
             selected_layer: None,
+            recent: Vec::new(),
         };
         match paths.split_first() {
             None => app.open_demo(),
@@ -121,19 +151,39 @@ impl Workbench {
         Ok(app)
     }
 
+    /// Marks a job as started: the status bar shows its progress and ETA.
+    pub fn start_job(&mut self, stage: &str) {
+        self.busy = Some((stage.to_owned(), 0.0));
+        self.busy_since = Some(std::time::Instant::now());
+    }
+
     pub fn analyze(&mut self) {
-        self.busy = Some(("analysing".to_owned(), 0.0));
+        self.start_job("analysing");
         self.worker.send(Command::Analyze);
     }
 
     pub fn open_demo(&mut self) {
-        self.busy = Some(("opening the demo family".to_owned(), 0.0));
+        self.start_job("opening the demo family");
         self.worker.send(Command::OpenDemo);
     }
 
     pub fn open(&mut self, base: PathBuf, models: Vec<PathBuf>) {
-        self.busy = Some(("opening".to_owned(), 0.0));
+        self.start_job("opening");
         self.worker.send(Command::Open { base, models });
+    }
+
+    /// Remembers a family the user opened (most recent first, at most [`RECENT`]).
+    fn remember(&mut self, family: &OpenFamily) {
+        if family.is_demo {
+            return;
+        }
+        let entry = RecentFamily {
+            base: family.base.clone(),
+            models: family.models.clone(),
+        };
+        self.recent.retain(|r| *r != entry);
+        self.recent.insert(0, entry);
+        self.recent.truncate(RECENT);
     }
 
     /// Applies what the worker sent since the last frame.
@@ -159,6 +209,7 @@ impl Workbench {
                         ),
                     });
                     let bytes: u64 = family.members.iter().map(|m| m.bytes).sum();
+                    self.remember(&family);
                     self.family = Some(*family);
                     self.report = None;
                     self.preview = None;
@@ -239,10 +290,18 @@ impl Workbench {
             ui.label(format!("backend: {}", self.worker.backend_name));
             ui.separator();
             if let Some((stage, fraction)) = &self.busy {
+                let eta = self
+                    .busy_since
+                    .filter(|_| *fraction > 0.02)
+                    .map(|since| {
+                        let elapsed = since.elapsed().as_secs_f64();
+                        format!(", {:.0} s left", elapsed * (1.0 - fraction) / fraction)
+                    })
+                    .unwrap_or_default();
                 ui.add(
                     egui::ProgressBar::new(*fraction as f32)
-                        .desired_width(200.0)
-                        .text(format!("{stage} {:.0} %", fraction * 100.0)),
+                        .desired_width(260.0)
+                        .text(format!("{stage} {:.0} %{eta}", fraction * 100.0)),
                 );
                 if ui.button("Cancel").clicked() {
                     self.worker.cancel();
@@ -262,6 +321,12 @@ impl Workbench {
 }
 
 impl eframe::App for Workbench {
+    fn save(&mut self, storage: &mut dyn eframe::Storage) {
+        if let Ok(text) = serde_json::to_string(&self.recent) {
+            storage.set_string(RECENT_KEY, text);
+        }
+    }
+
     fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
         self.poll();
         let ctx = ui.ctx().clone();

@@ -34,6 +34,7 @@ pub fn run(paths: Vec<PathBuf>, panel: app::Panel) -> eframe::Result {
         options,
         Box::new(move |cc| {
             let mut app = Workbench::new(&cc.egui_ctx, &paths)?;
+            app.load_recent(cc.storage);
             app.panel = panel;
             Ok(Box::new(app))
         }),

@@ -60,6 +60,8 @@ pub struct MergeSettings {
     pub per_layer: bool,
     pub lambda: f64,
     pub seed: u64,
+    /// `out_dtype` of the recipe: float32, bfloat16 or float16.
+    pub out_dtype: String,
 }
 
 impl MergeSettings {
@@ -72,6 +74,7 @@ impl MergeSettings {
             per_layer: false,
             lambda: 1.0,
             seed: 0,
+            out_dtype: "float32".to_owned(),
         }
     }
 
@@ -101,6 +104,9 @@ impl MergeSettings {
             let _ = writeln!(y, "parameters: {{lambda: {}}}", self.lambda);
         }
         y.push_str("dtype: float32\n");
+        if self.out_dtype != "float32" {
+            let _ = writeln!(y, "out_dtype: {}", self.out_dtype);
+        }
         y
     }
 }

@@ -39,6 +39,8 @@ pub enum Command {
         yaml: String,
         out: PathBuf,
         force: bool,
+        /// Largest shard in bytes.
+        shard_size: u64,
     },
 }
 
@@ -192,7 +194,12 @@ impl Engine {
             Command::Open { base, models } => self.open(&base, &models, false),
             Command::Analyze => self.analyze(),
             Command::Preview { yaml, full } => self.preview(&yaml, full),
-            Command::Export { yaml, out, force } => self.export(&yaml, out, force),
+            Command::Export {
+                yaml,
+                out,
+                force,
+                shard_size,
+            } => self.export(&yaml, out, force, shard_size),
         };
         *self.running.lock().unwrap_or_else(PoisonError::into_inner) = None;
         match result {
@@ -324,11 +331,18 @@ impl Engine {
         })
     }
 
-    fn export(&self, yaml: &str, out: PathBuf, force: bool) -> Result<Event, String> {
+    fn export(
+        &self,
+        yaml: &str,
+        out: PathBuf,
+        force: bool,
+        shard_size: u64,
+    ) -> Result<Event, String> {
         let plan = self.plan(yaml)?;
         let job = self.job();
         let mut options = ExportOptions::new(out);
         options.force = force;
+        options.shard_size = shard_size;
         let summary =
             execute(&plan, &options, self.backend.as_ref(), &job).map_err(|e| match e {
                 mergescope_core::merge::engine::MergeError::Cancelled(_) => CANCELLED.to_owned(),

@@ -60,6 +60,28 @@ pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
             app.open(PathBuf::from(app.base_path.trim()), models);
         }
     }
+    if !app.recent.is_empty() {
+        ui.horizontal_wrapped(|ui| {
+            ui.label("Recent:");
+            let mut chosen = None;
+            for r in &app.recent {
+                let name = r.base.file_name().map_or_else(
+                    || r.base.display().to_string(),
+                    |n| n.to_string_lossy().into_owned(),
+                );
+                if ui
+                    .button(format!("{name} + {}", r.models.len()))
+                    .on_hover_text(r.base.display().to_string())
+                    .clicked()
+                {
+                    chosen = Some(r.clone());
+                }
+            }
+            if let Some(r) = chosen {
+                app.open(r.base, r.models);
+            }
+        });
+    }
     ui.separator();
     let Some(family) = &app.family else {
         ui.label("No family open yet.");
