@@ -86,6 +86,8 @@ pub struct Workbench {
     pub recipe_path: String,
     pub selected_model: usize,
     pub selected_layer: Option<usize>,
+    /// The 2-D tensor whose spectra the Interference panel shows.
+    pub selected_tensor: Option<String>,
     /// Families opened before, most recent first (kept by eframe between runs).
     pub recent: Vec<RecentFamily>,
 }
@@ -142,6 +144,7 @@ impl Workbench {
                 .to_string(),
             selected_model: 0,
             selected_layer: None,
+            selected_tensor: None,
             recent: Vec::new(),
         };
         match paths.split_first() {

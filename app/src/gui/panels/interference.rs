@@ -82,4 +82,110 @@ pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
         .show(ui, |plot| {
             plot.line(egui_plot::Line::new("sign conflict", points));
         });
+    spectra(app, ui);
+}
+
+/// The selected 2-D tensor's singular values per fine-tune, subspace overlaps and energy in
+/// the base's top subspace.
+fn spectra(app: &mut Workbench, ui: &mut egui::Ui) {
+    let Some(report) = &app.report else {
+        return;
+    };
+    let candidates: Vec<&mergescope_core::analysis::TensorReport> = report
+        .tensors
+        .iter()
+        .filter(|t| t.spectra.is_some())
+        .filter(|t| app.selected_layer.is_none_or(|b| t.block == Some(b)))
+        .collect();
+    if candidates.is_empty() {
+        return;
+    }
+    ui.add_space(8.0);
+    ui.strong("Spectra of a 2-D tensor");
+    let chosen = app
+        .selected_tensor
+        .clone()
+        .filter(|name| candidates.iter().any(|t| &t.name == name))
+        .unwrap_or_else(|| candidates[0].name.clone());
+    let mut selected = chosen.clone();
+    egui::ComboBox::from_label("tensor")
+        .selected_text(&selected)
+        .show_ui(ui, |ui| {
+            for t in &candidates {
+                ui.selectable_value(&mut selected, t.name.clone(), &t.name);
+            }
+        });
+    app.selected_tensor = Some(selected.clone());
+    let Some(tensor) = candidates.iter().find(|t| t.name == selected) else {
+        return;
+    };
+    let Some(spectra) = &tensor.spectra else {
+        return;
+    };
+    egui_plot::Plot::new("spectra")
+        .height(180.0)
+        .legend(egui_plot::Legend::default())
+        .allow_scroll(false)
+        .show(ui, |plot| {
+            for (label, s) in report.models.iter().zip(spectra) {
+                let points: Vec<[f64; 2]> = s
+                    .sigma
+                    .iter()
+                    .enumerate()
+                    .map(|(k, &v)| [(k + 1) as f64, v])
+                    .collect();
+                plot.line(egui_plot::Line::new(label.clone(), points));
+            }
+        });
+    egui::Grid::new("tensor-figures")
+        .striped(true)
+        .show(ui, |ui| {
+            for h in [
+                "fine-tune",
+                "stable rank",
+                "energy in base top-r (both / left / right)",
+                "chance (both / left)",
+            ] {
+                ui.strong(h);
+            }
+            ui.end_row();
+            for (i, label) in report.models.iter().enumerate() {
+                ui.label(label);
+                ui.label(fmt(spectra[i].stable_rank));
+                match tensor.base_energy.as_ref().and_then(|e| e.get(i)) {
+                    Some(e) => {
+                        ui.label(format!(
+                            "{} / {} / {} (r = {})",
+                            fmt(e.both),
+                            fmt(e.left),
+                            fmt(e.right),
+                            e.r
+                        ));
+                        ui.label(format!("{:.3} / {:.3}", e.both_chance, e.left_chance));
+                    }
+                    None => {
+                        ui.label("-");
+                        ui.label("-");
+                    }
+                }
+                ui.end_row();
+            }
+        });
+    if let Some(overlaps) = &tensor.overlaps {
+        ui.label(
+            "Subspace overlap of the top singular vectors (left / right, chance in brackets):",
+        );
+        for o in overlaps {
+            ui.label(format!(
+                "  {} x {}: {} / {} ({:.3} / {:.3}), k = {}",
+                report.models[o.models.0],
+                report.models[o.models.1],
+                fmt(o.left),
+                fmt(o.right),
+                o.left_chance,
+                o.right_chance,
+                o.k
+            ));
+        }
+    }
 }
