@@ -8,18 +8,17 @@
 #![allow(clippy::print_stdout)] // the accuracy matrix is this program's output
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::Parser;
+use mergescope_core::Job;
 use mergescope_core::backend::Cpu;
 use mergescope_core::eval::train::{TrainOptions, train, write_model};
-use mergescope_core::eval::vit::VitConfig;
-use mergescope_core::eval::{DemoAccuracy, Domain, Fidelity, ModelTensors};
+use mergescope_core::eval::{DemoAccuracy, Domain};
 use mergescope_core::export::ExportOptions;
 use mergescope_core::merge::engine::execute;
 use mergescope_core::merge::plan::{MergePlan, PlanOptions};
-use mergescope_core::{Checkpoint, Job};
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -56,19 +55,6 @@ const RECIPES: [(&str, &str); 3] = [
     ),
 ];
 
-fn evaluate(demo: &DemoAccuracy, folder: &Path) -> anyhow::Result<Vec<f64>> {
-    let checkpoint = Checkpoint::open(folder)?;
-    let scores = demo.score(
-        &ModelTensors::from_checkpoint(&checkpoint, VitConfig::DEMO)?,
-        Fidelity::Full,
-    )?;
-    Ok(Domain::ALL
-        .iter()
-        .map(|d| scores[&format!("{}/accuracy", d.name())])
-        .chain(std::iter::once(scores["mean/accuracy"]))
-        .collect())
-}
-
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let options = TrainOptions {
@@ -101,11 +87,11 @@ fn main() -> anyhow::Result<()> {
             .collect();
         let _ = writeln!(table, "| {label} | {} |", cells.join(" | "));
     };
-    row("base", &evaluate(&demo, &args.out.join("base"))?);
+    row("base", &demo.accuracy_row(&args.out.join("base"))?);
     for domain in Domain::ALL {
         row(
             &format!("expert: {}", domain.name()),
-            &evaluate(&demo, &args.out.join(domain.name()))?,
+            &demo.accuracy_row(&args.out.join(domain.name()))?,
         );
     }
     let scratch = tempfile_dir()?;
@@ -122,7 +108,7 @@ fn main() -> anyhow::Result<()> {
         let mut export = ExportOptions::new(merged.clone());
         export.force = true;
         execute(&plan, &export, &Cpu, &Job::default())?;
-        row(&format!("merge: {name}"), &evaluate(&demo, &merged)?);
+        row(&format!("merge: {name}"), &demo.accuracy_row(&merged)?);
     }
     let _ = std::fs::remove_dir_all(&scratch);
     let text = format!(

@@ -4,15 +4,14 @@
 //! plan → stream → export → evaluate) on real models in a second.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
-use mergescope_core::eval::vit::VitConfig;
-use mergescope_core::eval::{DemoAccuracy, DemoFamily, Domain, Fidelity, ModelTensors};
+use mergescope_core::Job;
+use mergescope_core::eval::{DemoAccuracy, DemoFamily, Domain};
 use mergescope_core::export::ExportOptions;
 use mergescope_core::merge::engine::execute;
 use mergescope_core::merge::plan::{MergePlan, PlanOptions};
-use mergescope_core::{Checkpoint, Job};
 
 use super::backend::{BackendArg, open as open_backend};
 use super::merge::summary_line;
@@ -31,19 +30,6 @@ pub struct Args {
     /// Where the arithmetic runs.
     #[arg(long, value_enum, default_value_t)]
     backend: BackendArg,
-}
-
-fn accuracies(demo: &DemoAccuracy, folder: &Path) -> Result<Vec<f64>, Failure> {
-    let checkpoint = Checkpoint::open(folder)?;
-    let scores = demo.score(
-        &ModelTensors::from_checkpoint(&checkpoint, VitConfig::DEMO)?,
-        Fidelity::Full,
-    )?;
-    Ok(Domain::ALL
-        .iter()
-        .map(|d| scores[&format!("{}/accuracy", d.name())])
-        .chain(std::iter::once(scores["mean/accuracy"]))
-        .collect())
 }
 
 pub fn run(args: &Args, job: &Job) -> Result<(), Failure> {
@@ -99,13 +85,13 @@ pub fn run(args: &Args, job: &Job) -> Result<(), Failure> {
             .collect();
         let _ = writeln!(report, "{label:<14}{cells}");
     };
-    row("base", &accuracies(&demo, &family.base())?);
+    row("base", &demo.accuracy_row(&family.base())?);
     for domain in Domain::ALL {
-        row(domain.name(), &accuracies(&demo, &family.expert(domain))?);
+        row(domain.name(), &demo.accuracy_row(&family.expert(domain))?);
     }
     row(
         &format!("merged ({})", plan.method.spec().name),
-        &accuracies(&demo, &summary.out_dir)?,
+        &demo.accuracy_row(&summary.out_dir)?,
     );
     let root = family.root.display();
     let _ = writeln!(

@@ -118,6 +118,21 @@ impl DemoAccuracy {
         })
     }
 
+    /// The full test accuracy of the model in `folder` on each domain (in [`Domain::ALL`]
+    /// order), then their mean: one row of the demo family's accuracy matrix.
+    pub fn accuracy_row(&self, folder: &Path) -> Result<Vec<f64>, EvalError> {
+        let checkpoint = crate::Checkpoint::open(folder)?;
+        let scores = self.score(
+            &ModelTensors::from_checkpoint(&checkpoint, self.config)?,
+            Fidelity::Full,
+        )?;
+        Ok(Domain::ALL
+            .iter()
+            .map(|d| scores[&format!("{}/accuracy", d.name())])
+            .chain(std::iter::once(scores["mean/accuracy"]))
+            .collect())
+    }
+
     /// `DOMAIN/accuracy` and `DOMAIN/loss` for every domain, and their means (`mean/…`).
     pub fn score(&self, model: &ModelTensors, fidelity: Fidelity) -> Result<Scores, EvalError> {
         let weights = model.to_candle(self.config)?;

@@ -6,12 +6,10 @@ use crate::gui::app::Workbench;
 
 pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
     ui.heading("Interference");
+    if !super::report_ready(app, ui) {
+        return;
+    }
     let Some(report) = &app.report else {
-        if app.busy.is_some() {
-            ui.label("The analysis fills this panel when it finishes (see the status bar).");
-        } else if app.family.is_some() && ui.button("Analyse (reads every model once)").clicked() {
-            app.analyze();
-        }
         return;
     };
     let group = app

@@ -1,10 +1,25 @@
 //! One file per panel of the workbench.
 
+use crate::gui::app::Workbench;
+
 pub mod export;
 pub mod interference;
 pub mod merge;
 pub mod models;
 pub mod sensitivity;
+
+/// Whether the analysis report is there; if not, says why or offers to start it.
+pub fn report_ready(app: &mut Workbench, ui: &mut egui::Ui) -> bool {
+    if app.report.is_some() {
+        return true;
+    }
+    if app.busy.is_some() {
+        ui.label("The analysis fills this panel when it finishes (see the status bar).");
+    } else if app.family.is_some() && ui.button("Analyse (reads every model once)").clicked() {
+        app.analyze();
+    }
+    false
+}
 
 /// A color for `value` in [lo, hi]: blue (low) → white → red (high).
 pub fn diverging(value: f64, lo: f64, hi: f64) -> egui::Color32 {
