@@ -146,6 +146,28 @@ fn per_layer_weights_and_saving_the_recipe() {
     );
     // It is a recipe the command line runs.
     assert!(yaml.contains("base_model:") && yaml.matches("- model:").count() == 4);
+
+    // Loading it back restores the settings after they were changed.
+    let saved = harness.state().settings.clone().unwrap();
+    harness.state_mut().settings.as_mut().unwrap().per_layer = false;
+    harness.state_mut().settings.as_mut().unwrap().layer_weights[1] = [0.0, 0.0];
+    harness.get_by_label("Load recipe").click();
+    harness.run_ok();
+    let restored = harness.state().settings.clone().unwrap();
+    assert!(restored.per_layer);
+    assert_eq!(restored.layer_weights, saved.layer_weights);
+    assert_eq!(restored.method, saved.method);
+    // A recipe the panel cannot edit is refused with a reason, and nothing changes.
+    std::fs::write(&recipe, "merge_method: karcher\nmodels:\n  - model: x\n").unwrap();
+    harness.get_by_label("Load recipe").click();
+    harness.run_ok();
+    let notice = harness.state().notice.clone().unwrap();
+    assert!(
+        notice.error && notice.text.contains("mergescope merge"),
+        "{}",
+        notice.text
+    );
+    assert_eq!(harness.state().settings.as_ref(), Some(&restored));
 }
 
 #[test]

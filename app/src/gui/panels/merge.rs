@@ -3,7 +3,7 @@
 //! split on release), or, for any family, how much of each task vector survives.
 
 use crate::gui::app::{Notice, Workbench};
-use crate::gui::state::{METHODS, has_density};
+use crate::gui::state::{METHODS, MergeSettings, has_density};
 use crate::gui::worker::Command;
 
 pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
@@ -120,6 +120,7 @@ pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
     ui.collapsing("Recipe (mergekit YAML)", |ui| {
         ui.monospace(&yaml);
     });
+    let mut loaded = None;
     ui.horizontal(|ui| {
         let label = ui.label("Recipe file");
         ui.add(egui::TextEdit::singleline(&mut app.recipe_path).desired_width(420.0))
@@ -136,5 +137,29 @@ pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
                 },
             });
         }
+        if ui.button("Load recipe").clicked() {
+            let path = std::path::PathBuf::from(app.recipe_path.trim());
+            loaded = Some(
+                std::fs::read_to_string(&path)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))
+                    .and_then(|text| {
+                        app.family.as_ref().map_or_else(
+                            || Err("open a family first".to_owned()),
+                            |family| MergeSettings::from_recipe(&text, &path, family),
+                        )
+                    }),
+            );
+        }
     });
+    match loaded {
+        Some(Ok(settings)) => {
+            app.settings = Some(settings);
+            app.notice = Some(Notice {
+                error: false,
+                text: format!("loaded {}", app.recipe_path),
+            });
+        }
+        Some(Err(text)) => app.notice = Some(Notice { error: true, text }),
+        None => {}
+    }
 }
