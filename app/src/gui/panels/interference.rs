@@ -62,23 +62,39 @@ pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
         report.settings.interference.density, report.jaccard_chance
     ));
     ui.add_space(8.0);
-    ui.strong("Per layer: mean pairwise sign conflict");
-    let points: Vec<[f64; 2]> = report
+    ui.strong("Per layer: cosine of each pair of task vectors");
+    let layers: Vec<(f64, &mergescope_core::analysis::GroupReport)> = report
         .layers
         .iter()
-        .filter_map(|g| {
-            let b: f64 = g.name.strip_prefix("layer ")?.parse().ok()?;
-            Some([
-                b,
-                mergescope_core::analysis::GroupReport::mean_pairwise(&g.metrics.sign_conflict)?,
-            ])
-        })
+        .filter_map(|g| Some((g.name.strip_prefix("layer ")?.parse().ok()?, g)))
         .collect();
-    egui_plot::Plot::new("conflict-per-layer")
-        .height(160.0)
+    egui_plot::Plot::new("cosine-per-layer")
+        .height(170.0)
+        .legend(egui_plot::Legend::default())
         .allow_scroll(false)
         .show(ui, |plot| {
-            plot.line(egui_plot::Line::new("sign conflict", points));
+            for i in 0..n {
+                for j in i + 1..n {
+                    let points: Vec<[f64; 2]> = layers
+                        .iter()
+                        .filter_map(|(b, g)| Some([*b, g.metrics.cosine[i][j]?]))
+                        .collect();
+                    let name = format!("{} x {}", report.models[i], report.models[j]);
+                    plot.line(egui_plot::Line::new(name, points));
+                }
+            }
+            let conflict: Vec<[f64; 2]> = layers
+                .iter()
+                .filter_map(|(b, g)| {
+                    Some([
+                        *b,
+                        mergescope_core::analysis::GroupReport::mean_pairwise(
+                            &g.metrics.sign_conflict,
+                        )?,
+                    ])
+                })
+                .collect();
+            plot.line(egui_plot::Line::new("mean sign conflict", conflict));
         });
     spectra(app, ui);
 }

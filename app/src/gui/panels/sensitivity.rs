@@ -94,6 +94,36 @@ pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
             }
         });
     ui.add_space(8.0);
+    ui.strong("Per layer: |tau| / |theta_base| of each fine-tune");
+    let bars: Vec<(usize, String, Vec<egui_plot::Bar>)> = report
+        .models
+        .iter()
+        .enumerate()
+        .map(|(i, label)| {
+            let width = 0.8 / models as f64;
+            let bars = report
+                .layers
+                .iter()
+                .filter_map(|g| {
+                    let b: f64 = g.name.strip_prefix("layer ")?.parse().ok()?;
+                    let rel = g.metrics.models[i].rel?;
+                    let x = b - 0.4 + width * (i as f64 + 0.5);
+                    Some(egui_plot::Bar::new(x, rel).width(width))
+                })
+                .collect();
+            (i, label.clone(), bars)
+        })
+        .collect();
+    egui_plot::Plot::new("sensitivity-per-layer")
+        .height(160.0)
+        .legend(egui_plot::Legend::default())
+        .allow_scroll(false)
+        .show(ui, |plot| {
+            for (_, label, bars) in bars {
+                plot.bar_chart(egui_plot::BarChart::new(label, bars));
+            }
+        });
+    ui.add_space(8.0);
     ui.strong("Most moved tensors (mean over fine-tunes)");
     for c in report.critical.iter().take(8) {
         ui.label(format!("{:.4}  {}", c.mean_rel, c.tensor));
