@@ -170,6 +170,18 @@ fn per_layer_weights_and_saving_the_recipe() {
     assert_eq!(harness.state().settings.as_ref(), Some(&restored));
 }
 
+/// Goes to the Export panel, writes the merge and waits until it is written.
+fn export(harness: &mut Harness<'_, Workbench>) {
+    harness.get_by_label("Export").click();
+    harness.run_ok();
+    harness.get_by_label("Write the merged model").click();
+    wait_for(harness, "the export", |app| {
+        app.notice
+            .as_ref()
+            .is_some_and(|n| n.text.starts_with("wrote"))
+    });
+}
+
 #[test]
 fn exports_the_merge() {
     let dir = tempfile::tempdir().unwrap();
@@ -177,14 +189,7 @@ fn exports_the_merge() {
     let mut harness = harness();
     opened(&mut harness);
     harness.state_mut().export_dir = out.display().to_string();
-    harness.get_by_label("Export").click();
-    harness.run_ok();
-    harness.get_by_label("Write the merged model").click();
-    wait_for(&mut harness, "the export", |app| {
-        app.notice
-            .as_ref()
-            .is_some_and(|n| n.text.starts_with("wrote"))
-    });
+    export(&mut harness);
     assert!(out.join("model.safetensors").is_file());
     assert!(out.join("config.json").is_file());
     // Nothing half-written is left beside it.
@@ -347,14 +352,7 @@ fn exports_in_bfloat16_in_small_shards() {
     harness.state_mut().export_dir = out.display().to_string();
     harness.state_mut().shard_size = "40KB".to_owned();
     harness.state_mut().settings.as_mut().unwrap().out_dtype = "bfloat16".to_owned();
-    harness.get_by_label("Export").click();
-    harness.run_ok();
-    harness.get_by_label("Write the merged model").click();
-    wait_for(&mut harness, "the export", |app| {
-        app.notice
-            .as_ref()
-            .is_some_and(|n| n.text.starts_with("wrote"))
-    });
+    export(&mut harness);
     // 70 KB of bf16 in shards of at most 40 KB: two shards and an index.
     assert!(out.join("model.safetensors.index.json").is_file());
     let config = std::fs::read_to_string(out.join("config.json")).unwrap();

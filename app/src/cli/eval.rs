@@ -108,7 +108,11 @@ pub fn run(args: &Args, job: &Job) -> Result<(), Failure> {
             command: command.clone(),
             timeout: Duration::from_secs(args.timeout),
         }),
-        (ObjectiveArg::Retention, Some(plan)) => Box::new(Retention { plan, job }),
+        (ObjectiveArg::Retention, Some(plan)) => Box::new(Retention {
+            plan,
+            backend: &Cpu,
+            job,
+        }),
         (ObjectiveArg::Retention, None) => unreachable!("refused above"),
     };
     // A recipe is merged into a scratch folder first (retention needs no files); a model is

@@ -10,7 +10,9 @@ use std::time::Instant;
 use mergescope_core::analysis::{AnalysisSettings, Report, analyze};
 use mergescope_core::backend::{Backend, Cpu};
 use mergescope_core::eval::preview::merge_in_memory;
-use mergescope_core::eval::{DemoAccuracy, DemoFamily, Fidelity, Scores};
+use mergescope_core::eval::{
+    Candidate, DemoAccuracy, DemoFamily, Fidelity, Objective as _, Retention, Scores,
+};
 use mergescope_core::export::ExportOptions;
 use mergescope_core::family::{Family, Member};
 use mergescope_core::layout::Layout;
@@ -181,16 +183,15 @@ impl Engine {
 
     fn run(&mut self, command: Command) {
         let result = match command {
-            Command::OpenDemo => demo_root()
-                .and_then(|root| {
-                    let family = DemoFamily::extract(&root).map_err(|e| e.to_string())?;
+            Command::OpenDemo => DemoFamily::extract(&demo_root())
+                .map_err(|e| e.to_string())
+                .and_then(|family| {
                     let experts: Vec<PathBuf> = mergescope_core::eval::Domain::ALL
                         .iter()
                         .map(|&d| family.expert(d))
                         .collect();
-                    Ok((family.base(), experts))
-                })
-                .and_then(|(base, models)| self.open(&base, &models, true)),
+                    self.open(&family.base(), &experts, true)
+                }),
             Command::Open { base, models } => self.open(&base, &models, false),
             Command::Analyze => self.analyze(),
             Command::Preview { yaml, full } => self.preview(&yaml, full),
@@ -314,13 +315,16 @@ impl Engine {
         } else {
             // Any family: how much of each task vector survives (data-free).
             let job = self.job();
-            let survived = mergescope_core::analysis::survival(&plan, self.backend.as_ref(), &job)
-                .map_err(|e| e.to_string())?;
-            survived
-                .models
-                .iter()
-                .zip(&survived.whole_model.models)
-                .filter_map(|(label, s)| s.projection.map(|p| (format!("retention/{label}"), p)))
+            let retention = Retention {
+                plan: &plan,
+                backend: self.backend.as_ref(),
+                job: &job,
+            };
+            retention
+                .evaluate(&Candidate::default(), Fidelity::Full)
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .filter(|(metric, _)| metric.starts_with("retention/"))
                 .collect()
         };
         Ok(Event::Previewed {
@@ -360,8 +364,8 @@ impl Engine {
 const CANCELLED: &str = "\u{0}cancelled";
 
 /// Where the demo family is unpacked: the user's cache folder, else the temporary folder.
-fn demo_root() -> Result<PathBuf, String> {
-    Ok(mergescope_core::analysis::cache_dir()
+fn demo_root() -> PathBuf {
+    mergescope_core::analysis::cache_dir()
         .unwrap_or_else(std::env::temp_dir)
-        .join("demo-family"))
+        .join("demo-family")
 }

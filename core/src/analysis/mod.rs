@@ -144,13 +144,12 @@ pub fn analyze(
     ahead.with_helper(|| -> Result<(), AnalysisError> {
         for (k, p) in planned.iter().enumerate() {
             job.check_cancelled()?;
-            let fit = |view| fit_rows(view, &p.shape);
-            let b = fit(base.checkpoint.view(p.base));
+            let b = base.checkpoint.view(p.base).leading_rows(&p.shape);
             let views: Vec<TensorView<'_>> = family
                 .models
                 .iter()
                 .zip(&p.models)
-                .map(|(m, &i)| fit(m.checkpoint.view(i)))
+                .map(|(m, &i)| m.checkpoint.view(i).leading_rows(&p.shape))
                 .collect();
             let sums = tensor_sums(b, &views, &settings.interference);
             let key = LayerKey::parse(&p.name);
@@ -319,15 +318,6 @@ fn add_spectra(
     report.base_energy = Some(energies);
     report.overlaps = Some(overlaps);
     randomized
-}
-
-/// A view narrowed to `shape`'s leading rows when vocabularies were truncated.
-fn fit_rows<'a>(view: TensorView<'a>, shape: &'a [usize]) -> TensorView<'a> {
-    if view.shape == shape {
-        view
-    } else {
-        view.leading_rows(shape)
-    }
 }
 
 /// The tensors every member has with float dtypes and comparable shapes, in the base's file

@@ -133,12 +133,19 @@ pub fn survival(
             let TaskAction::Merge { params, .. } = &task.action else {
                 unreachable!("filtered to merges")
             };
-            let fit = |view| super::fit_rows(view, &task.shape);
-            let b = fit(base.checkpoint.view(task.base.expect("filtered")));
+            let b = base
+                .checkpoint
+                .view(task.base.expect("filtered"))
+                .leading_rows(&task.shape);
             let models: Vec<TensorView<'_>> = task
                 .models
                 .iter()
-                .map(|&(m, i)| fit(family.models[m].checkpoint.view(i)))
+                .map(|&(m, i)| {
+                    family.models[m]
+                        .checkpoint
+                        .view(i)
+                        .leading_rows(&task.shape)
+                })
                 .collect();
             buffer.resize(task.numel(), 0.0);
             let inputs = MethodInputs {

@@ -111,7 +111,8 @@ impl<'a> TensorView<'a> {
     }
 
     /// The first `shape[0]` rows only (`shape` is the truncated shape, e.g. a vocabulary cut to
-    /// what every model has).
+    /// what every model has). With the stored shape it is the whole tensor, so callers can
+    /// narrow every view to the task's shape without checking first.
     pub fn leading_rows(self, shape: &'a [usize]) -> Self {
         let len = shape.iter().product::<usize>() * self.info.dtype.bitsize() / 8;
         Self {

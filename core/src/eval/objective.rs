@@ -278,6 +278,8 @@ fn shell_quote(s: &str) -> String {
 /// It scores the plan's merge, computed in memory; the candidate is not read.
 pub struct Retention<'p> {
     pub plan: &'p crate::merge::plan::MergePlan,
+    /// Where the in-memory merge runs.
+    pub backend: &'p dyn crate::backend::Backend,
     pub job: &'p crate::Job,
 }
 
@@ -291,7 +293,7 @@ impl Objective for Retention<'_> {
         _candidate: &Candidate<'_>,
         _fidelity: Fidelity,
     ) -> Result<Scores, EvalError> {
-        let survived = crate::analysis::survival(self.plan, &crate::backend::Cpu, self.job)
+        let survived = crate::analysis::survival(self.plan, self.backend, self.job)
             .map_err(|e| EvalError::Retention(e.to_string()))?;
         let mut scores = Scores::new();
         for (label, s) in survived.models.iter().zip(&survived.whole_model.models) {

@@ -15,22 +15,20 @@ pub fn merge_in_memory(plan: &MergePlan, backend: &dyn Backend) -> Result<ModelT
     let family = &plan.family;
     let mut values = BTreeMap::new();
     for task in &plan.tasks {
-        let fit = |view: TensorView<'_>| -> Vec<f32> {
-            if view.shape == task.shape.as_slice() {
-                view.to_f32_vec()
-            } else {
-                view.leading_rows(&task.shape).to_f32_vec()
-            }
-        };
         let base = family
             .base
             .as_ref()
             .zip(task.base)
-            .map(|(b, i)| b.checkpoint.view(i));
+            .map(|(b, i)| b.checkpoint.view(i).leading_rows(&task.shape));
         let models: Vec<TensorView<'_>> = task
             .models
             .iter()
-            .map(|&(m, i)| family.models[m].checkpoint.view(i))
+            .map(|&(m, i)| {
+                family.models[m]
+                    .checkpoint
+                    .view(i)
+                    .leading_rows(&task.shape)
+            })
             .collect();
         let merged = match &task.action {
             TaskAction::Merge { params, .. } => {
@@ -38,8 +36,8 @@ pub fn merge_in_memory(plan: &MergePlan, backend: &dyn Backend) -> Result<ModelT
                 let inputs = MethodInputs {
                     tensor: &task.name,
                     seed: plan.random_seed,
-                    base: base.map(|v| shaped(v, &task.shape)),
-                    models: models.iter().map(|&v| shaped(v, &task.shape)).collect(),
+                    base,
+                    models: models.clone(),
                     params,
                 };
                 plan.method
@@ -54,19 +52,10 @@ pub fn merge_in_memory(plan: &MergePlan, backend: &dyn Backend) -> Result<ModelT
                 if first.info.float_type().is_none() {
                     continue;
                 }
-                fit(first)
+                first.to_f32_vec()
             }
         };
         values.insert(task.name.clone(), merged);
     }
     Ok(ModelTensors { values })
-}
-
-/// `view` narrowed to `shape`'s leading rows when vocabularies were truncated.
-fn shaped<'a>(view: TensorView<'a>, shape: &'a [usize]) -> TensorView<'a> {
-    if view.shape == shape {
-        view
-    } else {
-        view.leading_rows(shape)
-    }
 }

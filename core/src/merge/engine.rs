@@ -172,13 +172,7 @@ fn compute<'a>(
 ) -> Result<TensorBytes, MergeError> {
     let family = &plan.family;
     // Views show the task's shape: fewer leading rows when vocabularies were truncated.
-    let fit = |view: crate::checkpoint::TensorView<'a>| {
-        if view.shape == task.shape.as_slice() {
-            view
-        } else {
-            view.leading_rows(&task.shape)
-        }
-    };
+    let fit = |view: crate::checkpoint::TensorView<'a>| view.leading_rows(&task.shape);
     let base = family
         .base
         .as_ref()
