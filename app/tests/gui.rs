@@ -115,48 +115,114 @@ fn dragging_a_slider_updates_the_preview() {
 }
 
 #[test]
-fn per_layer_weights_and_saving_the_recipe() {
+fn per_layer_curves_filters_and_saving_the_recipe() {
     let dir = tempfile::tempdir().unwrap();
     let recipe = dir.path().join("saved.yml");
     let mut harness = harness();
     opened(&mut harness);
     harness.get_by_label("Merge").click();
     harness.run_ok();
-    harness
-        .get_by_label("per-layer weights (first to last layer)")
-        .click();
+    harness.get_by_label("per-layer weights").click();
     harness.run_ok();
-    // Click near the right end of the last-layer slider of the rotated expert.
-    let rect = slider(&harness, "rotated last layer");
-    harness.drag_at(rect.right_center() - egui::vec2(3.0, 0.0));
+    assert_eq!(
+        harness.state().settings.as_ref().unwrap().curves[1],
+        vec![0.3, 0.3],
+        "the scalar weight becomes a flat curve"
+    );
+    // Drag the rotated expert's last control point up to the top of its curve.
+    let point = harness
+        .get_by_role_and_label(Role::Slider, "rotated point 2")
+        .rect()
+        .center();
+    harness.drag_at(point);
     harness.step();
-    harness.drop_at(rect.right_center() - egui::vec2(3.0, 0.0));
+    for dy in [-10.0, -20.0, -30.0, -60.0] {
+        harness.hover_at(point + egui::vec2(0.0, dy));
+        harness.step();
+    }
+    wait_for(&mut harness, "a quick preview while dragging", |app| {
+        app.sent_preview.as_ref().is_some_and(|(_, full)| !full)
+    });
+    harness.drop_at(point + egui::vec2(0.0, -60.0));
     harness.run_ok();
-    let [first, last] = harness.state().settings.as_ref().unwrap().layer_weights[1];
-    assert!(last > first, "{first} → {last}");
+    let curve = harness.state().settings.as_ref().unwrap().curves[1].clone();
+    assert_eq!(curve[0], 0.3, "the other point stays");
+    assert!(curve[1] > 1.0, "dragged up: {curve:?}");
+    // One more point keeps the shape (the middle one lands halfway).
+    harness.get_all_by_label("+ point").nth(1).unwrap().click();
+    harness.run_ok();
+    let curve = harness.state().settings.as_ref().unwrap().curves[1].clone();
+    assert_eq!(curve.len(), 3);
+    assert!(
+        (curve[1] - (curve[0] + curve[2]) / 2.0).abs() <= 0.011,
+        "{curve:?}"
+    );
+    // A focused point moves with the arrow keys.
+    harness
+        .get_by_role_and_label(Role::Slider, "upright point 1")
+        .focus();
+    harness.key_press(egui::Key::ArrowUp);
+    harness.run_ok();
+    assert_eq!(
+        harness.state().settings.as_ref().unwrap().curves[0][0],
+        0.35
+    );
+
+    // A module filter: attention tensors keep only half of the merged task vector.
+    harness.get_by_label("add a module filter").click();
+    harness.run_ok();
+    harness.get_by_label_contains("attention (").click();
+    harness.run_ok();
+    let filters = harness.state().settings.as_ref().unwrap().filters.clone();
+    assert_eq!(filters.len(), 1);
+    assert_eq!(filters[0].filter, "attention");
+    // Every preview so far was a recipe the engine accepts.
+    assert!(
+        !harness.state().notice.as_ref().is_some_and(|n| n.error),
+        "{:?}",
+        harness.state().notice
+    );
 
     harness.state_mut().recipe_path = recipe.display().to_string();
     harness.get_by_label("Save recipe").click();
     harness.run_ok();
     let yaml = std::fs::read_to_string(&recipe).expect("the recipe was saved");
     assert!(yaml.starts_with("merge_method: task_arithmetic"));
+    let points: Vec<String> = curve.iter().map(f64::to_string).collect();
     assert!(
-        yaml.contains(&format!("weight: [{first}, {last}]")),
+        yaml.contains(&format!("weight: [{}]", points.join(", "))),
         "{yaml}"
     );
-    // It is a recipe the command line runs.
+    assert!(
+        yaml.contains("  lambda:\n    - {filter: \"attention\", value: 0.5}\n    - {value: 1}\n"),
+        "{yaml}"
+    );
     assert!(yaml.contains("base_model:") && yaml.matches("- model:").count() == 4);
 
     // Loading it back restores the settings after they were changed.
     let saved = harness.state().settings.clone().unwrap();
-    harness.state_mut().settings.as_mut().unwrap().per_layer = false;
-    harness.state_mut().settings.as_mut().unwrap().layer_weights[1] = [0.0, 0.0];
+    harness.state_mut().settings = Some(mergescope::gui::state::MergeSettings::for_models(4));
+    harness.run_ok(); // the panel is laid out anew before its button is clicked
     harness.get_by_label("Load recipe").click();
     harness.run_ok();
     let restored = harness.state().settings.clone().unwrap();
-    assert!(restored.per_layer);
-    assert_eq!(restored.layer_weights, saved.layer_weights);
-    assert_eq!(restored.method, saved.method);
+    // (The scalar weights are hidden while curves are on; only what the recipe says returns.)
+    assert_eq!(
+        (
+            &restored.curves,
+            &restored.filters,
+            restored.per_layer,
+            &restored.method
+        ),
+        (
+            &saved.curves,
+            &saved.filters,
+            saved.per_layer,
+            &saved.method
+        ),
+        "{:?}",
+        harness.state().notice
+    );
     // A recipe the panel cannot edit is refused with a reason, and nothing changes.
     std::fs::write(&recipe, "merge_method: karcher\nmodels:\n  - model: x\n").unwrap();
     harness.get_by_label("Load recipe").click();
@@ -168,6 +234,22 @@ fn per_layer_weights_and_saving_the_recipe() {
         notice.text
     );
     assert_eq!(harness.state().settings.as_ref(), Some(&restored));
+}
+
+#[test]
+fn curve_presets_reshape_a_curve() {
+    let mut harness = harness();
+    opened(&mut harness);
+    harness.get_by_label("Merge").click();
+    harness.run_ok();
+    harness.get_by_label("per-layer weights").click();
+    harness.run_ok();
+    harness.get_all_by_label("shape").nth(2).unwrap().click();
+    harness.run_ok();
+    harness.get_by_label("rising (late layers most)").click();
+    harness.run_ok();
+    let curve = harness.state().settings.as_ref().unwrap().curves[2].clone();
+    assert_eq!(curve, vec![0.0, 0.15, 0.3, 0.45, 0.6]);
 }
 
 /// Goes to the Export panel, writes the merge and waits until it is written.
@@ -261,6 +343,25 @@ fn every_panel_looks_as_it_did() {
         harness.run_ok();
         results.add(harness.try_snapshot(name));
     }
+    // The Merge panel with per-layer curves (one reshaped) and a module filter.
+    harness.get_by_label("Merge").click();
+    {
+        let settings = harness.state_mut().settings.as_mut().unwrap();
+        settings.set_per_layer(true, 4);
+        settings.curves[1] = vec![0.0, 0.3, 0.6];
+        settings.filters.push(mergescope::gui::state::ModuleFilter {
+            filter: "attention".to_owned(),
+            lambda: 0.5,
+        });
+    }
+    harness.remove_cursor();
+    harness.run_ok();
+    wait_for(&mut harness, "the curves' full preview", |app| {
+        app.preview
+            .as_ref()
+            .is_some_and(|p| p.full && p.yaml.contains("[0, 0.3, 0.6]"))
+    });
+    results.add(harness.try_snapshot("merge-curves"));
 }
 
 /// A file dropped on the window, as winit hands it to egui.

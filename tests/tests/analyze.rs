@@ -214,6 +214,19 @@ fn a_recipe_preview_says_what_survives() {
         "{survival} vs {cosine_ab}"
     );
     assert_eq!(report["survival"]["layers"].as_array().unwrap().len(), 5);
+    // The merge keeps all of ft_a and none of ft_b: it moves the base exactly as far as ft_a.
+    let moved = report["survival"]["whole_model"]["merged_norm"]
+        .as_f64()
+        .unwrap();
+    let l2_a = report["whole_model"]["metrics"]["models"][0]["l2"]
+        .as_f64()
+        .unwrap();
+    assert!((moved - l2_a).abs() <= 1e-6 * l2_a, "{moved} vs {l2_a}");
+    let rel_a = &report["whole_model"]["metrics"]["models"][0]["rel"];
+    assert!(close(
+        &report["survival"]["whole_model"]["merged_relative"],
+        rel_a.as_f64().unwrap()
+    ));
 }
 
 #[test]

@@ -15,14 +15,19 @@ pub enum BackendArg {
     Gpu,
 }
 
+impl From<BackendArg> for BackendChoice {
+    fn from(arg: BackendArg) -> Self {
+        match arg {
+            BackendArg::Auto => Self::Auto,
+            BackendArg::Cpu => Self::Cpu,
+            BackendArg::Gpu => Self::Gpu,
+        }
+    }
+}
+
 /// Opens the backend and says on stderr which one runs.
 pub fn open(arg: BackendArg) -> Result<Arc<dyn Backend>, backend::BackendError> {
-    let choice = match arg {
-        BackendArg::Auto => BackendChoice::Auto,
-        BackendArg::Cpu => BackendChoice::Cpu,
-        BackendArg::Gpu => BackendChoice::Gpu,
-    };
-    let backend = backend::select(choice)?;
+    let backend = backend::select(arg.into())?;
     eprintln!("backend: {}", backend.describe());
     Ok(backend)
 }

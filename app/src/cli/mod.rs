@@ -33,6 +33,10 @@ pub struct Cli {
     /// Without a command: the panel the workbench opens on.
     #[arg(long, value_enum, default_value_t)]
     panel: crate::gui::app::Panel,
+    /// Without a command: where previews and exports run. `auto` uses the window's own GPU
+    /// device when it is a hardware one.
+    #[arg(long, value_enum, default_value_t)]
+    backend: backend::BackendArg,
 }
 
 #[derive(Debug, Subcommand)]
@@ -103,7 +107,7 @@ pub fn main() -> ExitCode {
     // Ignoring a failure here only means Ctrl-C kills the process instead of cancelling.
     let _ = ctrlc::set_handler(move || cancel.cancel());
     let Some(command) = cli.command else {
-        return match crate::gui::run(cli.models, cli.panel) {
+        return match crate::gui::run(cli.models, cli.panel, cli.backend.into()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!(

@@ -3,12 +3,12 @@
 
 use std::path::PathBuf;
 
-use mergescope_core::analysis::Report;
+use mergescope_core::analysis::{Report, Survival};
 use mergescope_core::eval::Scores;
 
 use super::panels;
 use super::state::{MergeSettings, OpenFamily};
-use super::worker::{Command, Event, Worker};
+use super::worker::{Command, Event, MakeBackend, Worker};
 
 /// Families up to this size are analysed as soon as they open.
 const AUTO_ANALYSIS_BYTES: u64 = 2 << 30;
@@ -56,7 +56,9 @@ pub struct Notice {
 pub struct Preview {
     /// The recipe it previews.
     pub yaml: String,
+    /// The demo family's accuracies (empty for other families).
     pub scores: Scores,
+    pub survival: Survival,
     pub full: bool,
     pub millis: f64,
 }
@@ -64,6 +66,8 @@ pub struct Preview {
 /// Everything the window shows.
 pub struct Workbench {
     pub worker: Worker,
+    /// The backend previews and exports run on, in words (set once the worker has made it).
+    pub backend: String,
     pub panel: Panel,
     pub family: Option<OpenFamily>,
     pub report: Option<Report>,
@@ -115,12 +119,30 @@ impl Workbench {
 
 impl Workbench {
     /// Opens the demo family when `paths` is empty, else `paths[0]` as the base and the rest
-    /// as fine-tunes.
+    /// as fine-tunes; merges run on the CPU.
     pub fn new(ctx: &egui::Context, paths: &[PathBuf]) -> std::io::Result<Self> {
+        Self::with_backend(
+            ctx,
+            paths,
+            Box::new(|| {
+                let cpu = mergescope_core::backend::Cpu;
+                let described = mergescope_core::backend::Backend::describe(&cpu);
+                Ok((std::sync::Arc::new(cpu), described))
+            }),
+        )
+    }
+
+    /// [`Workbench::new`] with the backend `make_backend` makes (on the worker thread).
+    pub fn with_backend(
+        ctx: &egui::Context,
+        paths: &[PathBuf],
+        make_backend: MakeBackend,
+    ) -> std::io::Result<Self> {
         let repaint = ctx.clone();
-        let worker = Worker::start(move || repaint.request_repaint())?;
+        let worker = Worker::start(make_backend, move || repaint.request_repaint())?;
         let mut app = Self {
             worker,
+            backend: "starting...".to_owned(),
             panel: Panel::Models,
             family: None,
             report: None,
@@ -193,6 +215,7 @@ impl Workbench {
     pub fn poll(&mut self) {
         while let Ok(event) = self.worker.events.try_recv() {
             match event {
+                Event::Backend(described) => self.backend = described,
                 Event::Opened(family) => {
                     self.busy = None;
                     self.settings = Some(MergeSettings::for_models(family.models.len()));
@@ -231,12 +254,14 @@ impl Workbench {
                 Event::Previewed {
                     yaml,
                     scores,
+                    survival,
                     full,
                     millis,
                 } => {
                     self.preview = Some(Preview {
                         yaml,
                         scores,
+                        survival: *survival,
                         full,
                         millis,
                     });
@@ -252,6 +277,8 @@ impl Workbench {
                 }
                 Event::Cancelled => {
                     self.busy = None;
+                    // A cancelled preview is asked for again.
+                    self.sent_preview = None;
                     self.notice = Some(Notice {
                         error: false,
                         text: "cancelled; nothing was written".to_owned(),
@@ -290,7 +317,7 @@ impl Workbench {
 
     fn status_bar(&mut self, ui: &mut egui::Ui) {
         ui.horizontal(|ui| {
-            ui.label(format!("backend: {}", self.worker.backend_name));
+            ui.label(format!("backend: {}", self.backend));
             ui.separator();
             if let Some((stage, fraction)) = &self.busy {
                 let eta = self

@@ -1,6 +1,7 @@
 //! The workbench GUI (eframe): open, see, tune with live preview, export.
 
 pub mod app;
+pub mod curve_editor;
 pub mod panels;
 pub mod state;
 pub mod worker;
@@ -8,11 +9,13 @@ pub mod worker;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use mergescope_core::backend::{BackendChoice, SharedDevice, select_shared};
+
 pub use app::Workbench;
 
 /// Opens the window on `paths` (base first) or, with none, on the demo family, showing
-/// `panel` first.
-pub fn run(paths: Vec<PathBuf>, panel: app::Panel) -> eframe::Result {
+/// `panel` first; merges run where `backend` says.
+pub fn run(paths: Vec<PathBuf>, panel: app::Panel, backend: BackendChoice) -> eframe::Result {
     let mut options = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()
             .with_title("mergescope")
@@ -33,10 +36,32 @@ pub fn run(paths: Vec<PathBuf>, panel: app::Panel) -> eframe::Result {
         "mergescope",
         options,
         Box::new(move |cc| {
-            let mut app = Workbench::new(&cc.egui_ctx, &paths)?;
+            let mut app = Workbench::with_backend(&cc.egui_ctx, &paths, make_backend(cc, backend))?;
             app.load_recent(cc.storage);
             app.panel = panel;
             Ok(Box::new(app))
         }),
     )
+}
+
+/// The backend for `choice`, on eframe's own wgpu device when the window renders with wgpu
+/// (one device, and the GPU memory the renderer already holds, shared).
+pub fn make_backend(
+    cc: &eframe::CreationContext<'_>,
+    choice: BackendChoice,
+) -> worker::MakeBackend {
+    let shared = cc.wgpu_render_state.as_ref().map(|rs| SharedDevice {
+        device: rs.device.clone(),
+        queue: rs.queue.clone(),
+        info: rs.adapter.get_info(),
+    });
+    let window_device = shared.as_ref().map(|s| s.info.name.clone());
+    Box::new(move || {
+        let backend = select_shared(choice, shared).map_err(|e| e.to_string())?;
+        let mut described = backend.describe();
+        if let Some(name) = window_device.filter(|_| !described.starts_with("gpu")) {
+            described = format!("{described} (the window renders on {name})");
+        }
+        Ok((backend, described))
+    })
 }

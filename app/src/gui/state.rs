@@ -27,6 +27,48 @@ pub struct OpenFamily {
     pub issues: Vec<String>,
     /// The built-in demo family: its accuracy can be previewed.
     pub is_demo: bool,
+    /// The base's tensor names (for module filters).
+    pub tensor_names: Vec<String>,
+    /// Blocks in the deepest stack: the x axis of per-layer curves.
+    pub layers: usize,
+}
+
+impl OpenFamily {
+    /// Filters worth offering: the module names that follow a block index (`self_attn`, `mlp`,
+    /// `attention`, `intermediate`, ...), in the order they first appear, then the names of
+    /// tensors outside blocks (`embed_tokens`, `lm_head`, ...).
+    pub fn module_suggestions(&self) -> Vec<String> {
+        let mut inside = Vec::new();
+        let mut outside = Vec::new();
+        for name in &self.tensor_names {
+            let stem = name
+                .strip_suffix(".weight")
+                .or_else(|| name.strip_suffix(".bias"))
+                .unwrap_or(name);
+            let (list, module) = match mergescope_core::layout::split_block(stem) {
+                Some((stack, _)) => {
+                    let rest = stem[stack.len() + 1..]
+                        .trim_start_matches(|c: char| c.is_ascii_digit())
+                        .trim_start_matches('.');
+                    (&mut inside, rest.split('.').next().unwrap_or(rest))
+                }
+                None => (&mut outside, stem.rsplit('.').next().unwrap_or(stem)),
+            };
+            if !module.is_empty() && !list.iter().any(|m: &String| m == module) {
+                list.push(module.to_owned());
+            }
+        }
+        inside.extend(outside);
+        inside
+    }
+
+    /// How many tensors a filter matches (mergekit's rule: a plain substring).
+    pub fn matches(&self, filter: &str) -> usize {
+        self.tensor_names
+            .iter()
+            .filter(|n| mergescope_core::merge::recipe::filter_matches(Some(filter), n))
+            .count()
+    }
 }
 
 /// Merge methods the Merge panel offers (each mergekit method with per-model weights).
@@ -47,21 +89,36 @@ pub fn has_density(method: &str) -> bool {
     )
 }
 
+/// A module filter: tensors whose names contain `filter` take `lambda` as the strength of the
+/// merged task vector instead of the global one. Filters are tried in order and the first match
+/// wins, as mergekit evaluates `{filter, value}` lists.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModuleFilter {
+    pub filter: String,
+    pub lambda: f64,
+}
+
 /// The Merge panel's settings.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MergeSettings {
     pub method: String,
-    /// Per model.
+    /// Per model, when `per_layer` is off.
     pub weights: Vec<f64>,
     pub densities: Vec<f64>,
-    /// Per model, a weight for the first and the last layer (a mergekit gradient), when
+    /// Per model, the control points of its per-layer weight curve (a mergekit gradient), when
     /// `per_layer` is on.
-    pub layer_weights: Vec<[f64; 2]>,
+    pub curves: Vec<Vec<f64>>,
     pub per_layer: bool,
     pub lambda: f64,
+    pub filters: Vec<ModuleFilter>,
     pub seed: u64,
     /// `out_dtype` of the recipe: float32, bfloat16 or float16.
     pub out_dtype: String,
+}
+
+/// Does `method` scale the merged task vector by `lambda` (and so take module filters)?
+pub fn has_lambda(method: &str) -> bool {
+    method != "linear"
 }
 
 impl MergeSettings {
@@ -70,18 +127,39 @@ impl MergeSettings {
             method: "task_arithmetic".to_owned(),
             weights: vec![0.3; n],
             densities: vec![0.5; n],
-            layer_weights: vec![[0.3, 0.3]; n],
+            curves: vec![vec![0.3; 2]; n],
             per_layer: false,
             lambda: 1.0,
+            filters: Vec::new(),
             seed: 0,
             out_dtype: "float32".to_owned(),
         }
     }
 
+    /// Turns per-layer curves on or off, carrying the weights over: a scalar weight becomes a
+    /// flat curve, and a curve becomes its mean over `layers` layers.
+    pub fn set_per_layer(&mut self, on: bool, layers: usize) {
+        if on == self.per_layer {
+            return;
+        }
+        if on {
+            for (curve, &w) in self.curves.iter_mut().zip(&self.weights) {
+                if (curve_mean(curve, layers) - w).abs() > 1e-9 {
+                    *curve = vec![w; curve.len().max(2)];
+                }
+            }
+        } else {
+            for (w, curve) in self.weights.iter_mut().zip(&self.curves) {
+                *w = round(curve_mean(curve, layers));
+            }
+        }
+        self.per_layer = on;
+    }
+
     /// The mergekit YAML of these settings over `family`.
     pub fn to_yaml(&self, family: &OpenFamily) -> String {
         let mut y = format!("merge_method: {}\n", self.method);
-        let with_base = self.method != "linear";
+        let with_base = has_lambda(&self.method);
         if with_base {
             let _ = writeln!(y, "base_model: {}", quote(&family.base));
         }
@@ -89,8 +167,8 @@ impl MergeSettings {
         for (i, path) in family.models.iter().enumerate() {
             let _ = writeln!(y, "  - model: {}", quote(path));
             let weight = if self.per_layer {
-                let [a, b] = self.layer_weights[i];
-                format!("[{a}, {b}]")
+                let points: Vec<String> = self.curves[i].iter().map(f64::to_string).collect();
+                format!("[{}]", points.join(", "))
             } else {
                 format!("{}", self.weights[i])
             };
@@ -100,7 +178,18 @@ impl MergeSettings {
             }
             y.push_str("}\n");
         }
-        if with_base && (self.lambda - 1.0).abs() > f64::EPSILON {
+        if with_base && !self.filters.is_empty() {
+            y.push_str("parameters:\n  lambda:\n");
+            for f in &self.filters {
+                let _ = writeln!(
+                    y,
+                    "    - {{filter: {}, value: {}}}",
+                    serde_json::to_string(&f.filter).expect("strings serialize"),
+                    f.lambda
+                );
+            }
+            let _ = writeln!(y, "    - {{value: {}}}", self.lambda);
+        } else if with_base && (self.lambda - 1.0).abs() > f64::EPSILON {
             let _ = writeln!(y, "parameters: {{lambda: {}}}", self.lambda);
         }
         y.push_str("dtype: float32\n");
@@ -111,11 +200,105 @@ impl MergeSettings {
     }
 }
 
+/// A per-layer weight curve's value at relative depth `t` in [0, 1], as the engine evaluates a
+/// gradient (piecewise linear between evenly spread control points).
+pub fn curve_at(points: &[f64], t: f64) -> f64 {
+    use mergescope_core::merge::recipe::{ParamValue, Scalar};
+    let list = ParamValue::List(points.iter().map(|&x| Scalar::Number(x)).collect());
+    match list.evaluate("", t) {
+        Some(Scalar::Number(x)) => x,
+        _ => 0.0,
+    }
+}
+
+/// The weight a curve gives each of `layers` layers.
+pub fn curve_per_layer(points: &[f64], layers: usize) -> Vec<f64> {
+    (0..layers)
+        .map(|l| {
+            curve_at(
+                points,
+                if layers > 1 {
+                    l as f64 / (layers - 1) as f64
+                } else {
+                    1.0
+                },
+            )
+        })
+        .collect()
+}
+
+fn curve_mean(points: &[f64], layers: usize) -> f64 {
+    let per_layer = curve_per_layer(points, layers.max(2));
+    per_layer.iter().sum::<f64>() / per_layer.len() as f64
+}
+
+/// Rounds to the 0.01 grid the sliders and curve points move on, so saved recipes stay readable.
+pub fn round(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+/// Shapes a per-layer curve can be reset to: each keeps the model's mean weight over depth
+/// where it can, so switching shape does not change the overall strength much.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CurvePreset {
+    Flat,
+    Rising,
+    Falling,
+    Middle,
+    EarlyOnly,
+    LateOnly,
+}
+
+impl CurvePreset {
+    pub const ALL: [Self; 6] = [
+        Self::Flat,
+        Self::Rising,
+        Self::Falling,
+        Self::Middle,
+        Self::EarlyOnly,
+        Self::LateOnly,
+    ];
+
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::Flat => "flat",
+            Self::Rising => "rising (late layers most)",
+            Self::Falling => "falling (early layers most)",
+            Self::Middle => "middle layers",
+            Self::EarlyOnly => "early half only",
+            Self::LateOnly => "late half only",
+        }
+    }
+
+    /// Five control points with mean `w` over depth.
+    pub fn points(self, w: f64) -> Vec<f64> {
+        let shape: [f64; 5] = match self {
+            Self::Flat => [1.0; 5],
+            Self::Rising => [0.0, 0.5, 1.0, 1.5, 2.0],
+            Self::Falling => [2.0, 1.5, 1.0, 0.5, 0.0],
+            Self::Middle => [0.0, 1.0, 2.0, 1.0, 0.0],
+            // The half that is kept carries twice the weight (a mean of 3/4 w over depth).
+            Self::EarlyOnly => [2.0, 2.0, 0.0, 0.0, 0.0],
+            Self::LateOnly => [0.0, 0.0, 0.0, 2.0, 2.0],
+        };
+        shape.iter().map(|s| round(s * w)).collect()
+    }
+}
+
+/// Resamples a curve to `k` evenly spread control points (adding or removing a point keeps
+/// its shape).
+pub fn resample(points: &[f64], k: usize) -> Vec<f64> {
+    let k = k.max(2);
+    (0..k)
+        .map(|j| round(curve_at(points, j as f64 / (k - 1) as f64)))
+        .collect()
+}
+
 impl MergeSettings {
     /// The settings a mergekit recipe describes, for the open `family`: the recipe must use a
     /// method the panel edits, name the family's models (paths relative to the recipe's
-    /// folder are resolved from there), and give scalar weights and densities, or two-point
-    /// per-layer weights.
+    /// folder are resolved from there), and give scalar weights or gradients, scalar
+    /// densities, and a scalar `lambda` or a list of `{filter, value}` lambdas.
     pub fn from_recipe(text: &str, file: &Path, family: &OpenFamily) -> Result<Self, String> {
         use mergescope_core::merge::recipe::{ParamValue, Recipe, Scalar};
 
@@ -152,23 +335,39 @@ impl MergeSettings {
                     )
                 })?;
             match entry.parameters.get("weight") {
-                Some(ParamValue::List(points)) => match points.as_slice() {
-                    [Scalar::Number(a), Scalar::Number(b)] => {
-                        settings.per_layer = true;
-                        settings.layer_weights[i] = [*a, *b];
-                        settings.weights[i] = (a + b) / 2.0;
+                Some(ParamValue::List(points)) => {
+                    let points = points
+                        .iter()
+                        .map(|p| match p {
+                            Scalar::Number(x) => Ok(*x),
+                            other => Err(format!(
+                                "the weight gradient of {} holds {}; it must hold numbers",
+                                entry.model,
+                                other.describe()
+                            )),
+                        })
+                        .collect::<Result<Vec<f64>, String>>()?;
+                    if points.is_empty() {
+                        return Err(format!("the weight gradient of {} is empty", entry.model));
                     }
-                    _ => {
-                        return Err(format!(
-                            "the weight gradient of {} has {} points; the workbench edits two",
-                            entry.model,
-                            points.len()
-                        ));
-                    }
-                },
+                    settings.per_layer = true;
+                    settings.curves[i] = if points.len() == 1 {
+                        vec![points[0]; 2]
+                    } else {
+                        points
+                    };
+                    settings.weights[i] = round(curve_mean(&settings.curves[i], family.layers));
+                }
+                Some(ParamValue::Conditional(_)) => {
+                    return Err(format!(
+                        "the weight of {} depends on tensor filters; the workbench filters \
+                         modules through lambda",
+                        entry.model
+                    ));
+                }
                 Some(v) => {
                     settings.weights[i] = number(v, "weight", &entry.model)?;
-                    settings.layer_weights[i] = [settings.weights[i]; 2];
+                    settings.curves[i] = vec![settings.weights[i]; 2];
                 }
                 None => {}
             }
@@ -176,8 +375,21 @@ impl MergeSettings {
                 settings.densities[i] = number(v, "density", &entry.model)?;
             }
         }
-        if let Some(v) = recipe.parameters.get("lambda") {
-            settings.lambda = number(v, "lambda", "the recipe")?;
+        match recipe.parameters.get("lambda") {
+            Some(ParamValue::Conditional(entries)) => {
+                for e in entries {
+                    let value = number(&e.value, "lambda", "the recipe")?;
+                    match e.filter.as_deref() {
+                        None | Some("*") => settings.lambda = value,
+                        Some(filter) => settings.filters.push(ModuleFilter {
+                            filter: filter.to_owned(),
+                            lambda: value,
+                        }),
+                    }
+                }
+            }
+            Some(v) => settings.lambda = number(v, "lambda", "the recipe")?,
+            None => {}
         }
         if let Some(dtype) = recipe.out_dtype {
             settings.out_dtype = dtype;
@@ -210,12 +422,24 @@ mod tests {
         assert_eq!(back.densities, s.densities);
         assert_eq!((back.lambda, back.out_dtype.as_str()), (0.8, "bfloat16"));
         s.per_layer = true;
-        s.layer_weights = vec![[0.1, 0.9], [0.4, 0.2]];
+        s.curves = vec![vec![0.1, 0.9], vec![0.4, 0.2, 0.0, 1.5]];
+        s.filters = vec![
+            ModuleFilter {
+                filter: "self_attn".to_owned(),
+                lambda: 0.5,
+            },
+            ModuleFilter {
+                filter: "mlp".to_owned(),
+                lambda: 0.0,
+            },
+        ];
         let back =
             MergeSettings::from_recipe(&s.to_yaml(&family), Path::new("/tmp/r.yml"), &family)
                 .unwrap();
         assert!(back.per_layer);
-        assert_eq!(back.layer_weights, s.layer_weights);
+        assert_eq!(back.curves, s.curves);
+        assert_eq!(back.filters, s.filters);
+        assert_eq!(back.lambda, 0.8);
         let karcher = "merge_method: karcher\nmodels:\n  - model: /m/a\n";
         assert!(
             MergeSettings::from_recipe(karcher, Path::new("/tmp/r.yml"), &family)
@@ -231,7 +455,27 @@ mod tests {
             members: Vec::new(),
             issues: Vec::new(),
             is_demo: false,
+            tensor_names: [
+                "model.embed_tokens.weight",
+                "model.layers.0.self_attn.q_proj.weight",
+                "model.layers.0.mlp.up_proj.weight",
+                "model.layers.1.self_attn.q_proj.weight",
+                "model.norm.weight",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+            layers: 2,
         }
+    }
+
+    #[test]
+    fn suggests_module_filters_from_tensor_names() {
+        let f = family();
+        assert_eq!(
+            f.module_suggestions(),
+            ["self_attn", "mlp", "embed_tokens", "norm"]
+        );
+        assert_eq!(f.matches("self_attn"), 2);
     }
 
     #[test]
@@ -244,7 +488,49 @@ mod tests {
         assert!(yaml.contains("base_model: \"/m/base\""));
         assert!(yaml.contains("parameters: {weight: 0.5, density: 0.5}"));
         s.per_layer = true;
-        s.layer_weights[1] = [0.1, 0.9];
+        s.curves[1] = vec![0.1, 0.9];
         assert!(s.to_yaml(&family()).contains("weight: [0.1, 0.9]"));
+        s.filters.push(ModuleFilter {
+            filter: "self_attn".to_owned(),
+            lambda: 0.5,
+        });
+        let yaml = s.to_yaml(&family());
+        assert!(
+            yaml.contains(
+                "  lambda:\n    - {filter: \"self_attn\", value: 0.5}\n    - {value: 1}\n"
+            ),
+            "{yaml}"
+        );
+        // Linear has no base, so neither lambda nor filters.
+        s.method = "linear".to_owned();
+        assert!(!s.to_yaml(&family()).contains("lambda"));
+    }
+
+    #[test]
+    fn curves_evaluate_like_mergekit_gradients() {
+        // ALGORITHMS.md §1.3: L = 32, [0, 0.5, 1], layer 10 → t = 10/31.
+        let w = curve_per_layer(&[0.0, 0.5, 1.0], 32);
+        assert!((w[10] - 10.0 / 31.0).abs() < 1e-12);
+        assert_eq!((w[0], w[31]), (0.0, 1.0));
+        // Resampling keeps the shape; presets keep the scale.
+        assert_eq!(resample(&[0.0, 1.0], 3), vec![0.0, 0.5, 1.0]);
+        assert_eq!(resample(&[0.0, 0.5, 1.0], 2), vec![0.0, 1.0]);
+        assert_eq!(
+            CurvePreset::Rising.points(0.3),
+            vec![0.0, 0.15, 0.3, 0.45, 0.6]
+        );
+        // Over depth (many layers), the middle preset keeps the mean weight.
+        assert!((curve_mean(&CurvePreset::Middle.points(0.4), 1001) - 0.4).abs() < 1e-3);
+    }
+
+    #[test]
+    fn per_layer_curves_carry_the_weights_over() {
+        let mut s = MergeSettings::for_models(2);
+        s.weights = vec![0.5, 0.2];
+        s.set_per_layer(true, 4);
+        assert_eq!(s.curves, vec![vec![0.5, 0.5], vec![0.2, 0.2]]);
+        s.curves[0] = vec![0.0, 1.0];
+        s.set_per_layer(false, 4);
+        assert_eq!(s.weights, vec![0.5, 0.2]);
     }
 }

@@ -7,12 +7,10 @@ use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
-use mergescope_core::analysis::{AnalysisSettings, Report, analyze};
+use mergescope_core::analysis::{AnalysisSettings, Report, Survival, analyze, survival};
 use mergescope_core::backend::{Backend, Cpu};
 use mergescope_core::eval::preview::merge_in_memory;
-use mergescope_core::eval::{
-    Candidate, DemoAccuracy, DemoFamily, Fidelity, Objective as _, Retention, Scores,
-};
+use mergescope_core::eval::{DemoAccuracy, DemoFamily, Fidelity, Scores};
 use mergescope_core::export::ExportOptions;
 use mergescope_core::family::{Family, Member};
 use mergescope_core::layout::Layout;
@@ -49,12 +47,17 @@ pub enum Command {
 /// What the worker answers.
 #[derive(Debug)]
 pub enum Event {
+    /// The backend is ready; what it is, in words.
+    Backend(String),
     Opened(Box<OpenFamily>),
     Analyzed(Box<Report>),
     Previewed {
         /// The recipe it previews.
         yaml: String,
+        /// The demo family's accuracies (empty for other families).
         scores: Scores,
+        /// How much of each task vector survives, per layer, and how far the merge moves.
+        survival: Box<Survival>,
         full: bool,
         millis: f64,
     },
@@ -69,23 +72,30 @@ pub enum Event {
 
 /// The UI's handle on the worker.
 pub struct Worker {
-    commands: Sender<Command>,
+    commands: Sender<Queued>,
     pub events: Receiver<Event>,
     /// The running job's cancel token, if any.
     running: Arc<Mutex<Option<CancelToken>>>,
-    pub backend_name: String,
+    /// Bumped by [`Worker::cancel`]: jobs sent before it are not started.
+    cancelled: Arc<std::sync::atomic::AtomicU64>,
 }
+
+/// Makes the backend, and says what it is, on the worker thread (asking a driver for a device
+/// can take a while, and the UI must not wait for it). `Err` is reported and the CPU used.
+pub type MakeBackend = Box<dyn FnOnce() -> Result<(Arc<dyn Backend>, String), String> + Send>;
 
 impl Worker {
     /// Starts the worker; `repaint` is called whenever an event is sent (eframe's
     /// `request_repaint`).
-    pub fn start(repaint: impl Fn() + Send + Sync + 'static) -> std::io::Result<Self> {
+    pub fn start(
+        make_backend: MakeBackend,
+        repaint: impl Fn() + Send + Sync + 'static,
+    ) -> std::io::Result<Self> {
         let (commands, inbox) = channel();
         let (outbox, events) = channel();
         let running = Arc::new(Mutex::new(None));
-        let shared = Arc::clone(&running);
-        let backend: Arc<dyn Backend> = Arc::new(Cpu);
-        let backend_name = backend.describe();
+        let cancelled = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (shared_running, shared_cancelled) = (Arc::clone(&running), Arc::clone(&cancelled));
         let repaint = Arc::new(repaint);
         std::thread::Builder::new()
             .name("mergescope-worker".to_owned())
@@ -93,31 +103,50 @@ impl Worker {
                 let mut engine = Engine {
                     family: None,
                     demo: None,
-                    backend,
+                    backend: Arc::new(Cpu),
                     outbox,
                     repaint,
-                    running: shared,
+                    running: shared_running,
+                    cancelled: shared_cancelled,
                 };
+                let described = match make_backend() {
+                    Ok((backend, described)) => {
+                        engine.backend = backend;
+                        described
+                    }
+                    Err(why) => format!("{} ({why})", engine.backend.describe()),
+                };
+                engine.send(Event::Backend(described));
                 engine.serve(&inbox);
             })?;
         Ok(Self {
             commands,
             events,
             running,
-            backend_name,
+            cancelled,
         })
     }
 
     pub fn send(&self, command: Command) {
+        let epoch = self.cancelled.load(std::sync::atomic::Ordering::SeqCst);
         // The worker only stops when the app does.
-        let _ = self.commands.send(command);
+        let _ = self.commands.send(Queued { command, epoch });
     }
 
+    /// Cancels the running job and every job sent before this call that has not started.
     pub fn cancel(&self) {
+        self.cancelled
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         if let Some(token) = &*self.running.lock().unwrap_or_else(PoisonError::into_inner) {
             token.cancel();
         }
     }
+}
+
+/// A command and the cancel epoch it was sent in.
+struct Queued {
+    command: Command,
+    epoch: u64,
 }
 
 struct Engine {
@@ -127,6 +156,7 @@ struct Engine {
     outbox: Sender<Event>,
     repaint: Arc<dyn Fn() + Send + Sync>,
     running: Arc<Mutex<Option<CancelToken>>>,
+    cancelled: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Engine {
@@ -135,29 +165,42 @@ impl Engine {
         (self.repaint)();
     }
 
-    fn serve(&mut self, inbox: &Receiver<Command>) {
-        while let Ok(mut command) = inbox.recv() {
+    fn serve(&mut self, inbox: &Receiver<Queued>) {
+        while let Ok(mut queued) = inbox.recv() {
             // Coalesce previews: a newer one makes an older one pointless.
             loop {
                 match inbox.try_recv() {
-                    Ok(next @ Command::Preview { .. })
-                        if matches!(command, Command::Preview { .. }) =>
-                    {
-                        command = next;
+                    Ok(
+                        next @ Queued {
+                            command: Command::Preview { .. },
+                            ..
+                        },
+                    ) if matches!(queued.command, Command::Preview { .. }) => {
+                        queued = next;
                     }
                     Ok(other) => {
-                        self.run(command);
-                        command = other;
+                        self.start(queued);
+                        queued = other;
                     }
                     Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
                 }
             }
-            self.run(command);
+            self.start(queued);
+        }
+    }
+
+    /// Runs a command unless a cancel came after it was sent.
+    fn start(&mut self, queued: Queued) {
+        let now = self.cancelled.load(std::sync::atomic::Ordering::SeqCst);
+        if queued.epoch < now {
+            self.send(Event::Cancelled);
+        } else {
+            self.run(queued.command, queued.epoch);
         }
     }
 
     /// A job with progress reported as events and a cancel token the UI can reach.
-    fn job(&self) -> Job {
+    fn job(&self, epoch: u64) -> Job {
         let job = Job::default();
         let progress = job.progress.clone();
         let outbox = self.outbox.clone();
@@ -178,10 +221,14 @@ impl Engine {
             repaint();
         });
         *self.running.lock().unwrap_or_else(PoisonError::into_inner) = Some(job.cancel.clone());
+        // A cancel between the command's start and this point would have found no token.
+        if self.cancelled.load(std::sync::atomic::Ordering::SeqCst) > epoch {
+            job.cancel.cancel();
+        }
         job
     }
 
-    fn run(&mut self, command: Command) {
+    fn run(&mut self, command: Command, epoch: u64) {
         let result = match command {
             Command::OpenDemo => DemoFamily::extract(&demo_root())
                 .map_err(|e| e.to_string())
@@ -193,14 +240,14 @@ impl Engine {
                     self.open(&family.base(), &experts, true)
                 }),
             Command::Open { base, models } => self.open(&base, &models, false),
-            Command::Analyze => self.analyze(),
-            Command::Preview { yaml, full } => self.preview(&yaml, full),
+            Command::Analyze => self.analyze(epoch),
+            Command::Preview { yaml, full } => self.preview(&yaml, full, epoch),
             Command::Export {
                 yaml,
                 out,
                 force,
                 shard_size,
-            } => self.export(&yaml, out, force, shard_size),
+            } => self.export(&yaml, out, force, shard_size, epoch),
         };
         *self.running.lock().unwrap_or_else(PoisonError::into_inner) = None;
         match result {
@@ -247,7 +294,9 @@ impl Engine {
                 bytes: c.data_bytes(),
             }
         };
-        let mut members = vec![info("base", family.base.as_ref().expect("set"), base)];
+        let base_member = family.base.as_ref().expect("set");
+        let base_checkpoint = &*base_member.checkpoint;
+        let mut members = vec![info("base", base_member, base)];
         for (m, path) in family.models.iter().zip(models) {
             members.push(info("model", m, path));
         }
@@ -257,14 +306,20 @@ impl Engine {
             members,
             issues: alignment.issues.iter().map(ToString::to_string).collect(),
             is_demo,
+            tensor_names: base_checkpoint
+                .tensors()
+                .iter()
+                .map(|t| t.name.clone())
+                .collect(),
+            layers: Layout::of_checkpoint(base_checkpoint).num_layers(),
         };
         self.family = Some((family, open.clone()));
         Ok(Event::Opened(Box::new(open)))
     }
 
-    fn analyze(&self) -> Result<Event, String> {
+    fn analyze(&self, epoch: u64) -> Result<Event, String> {
         let (family, _) = self.family.as_ref().ok_or("open a family first")?;
-        let job = self.job();
+        let job = self.job(epoch);
         let mut settings = AnalysisSettings::new(family.models.len());
         settings.spectra = Some(mergescope_core::analysis::SpectraSettings {
             rank: 16,
@@ -293,11 +348,12 @@ impl Engine {
         .map_err(|e| e.to_string())
     }
 
-    fn preview(&mut self, yaml: &str, full: bool) -> Result<Event, String> {
+    fn preview(&mut self, yaml: &str, full: bool, epoch: u64) -> Result<Event, String> {
         let started = Instant::now();
         let plan = self.plan(yaml)?;
         let is_demo = self.family.as_ref().is_some_and(|(_, o)| o.is_demo);
-        let scores = if is_demo {
+        let mut scores = Scores::new();
+        if is_demo {
             if self.demo.is_none() {
                 self.demo = Some(DemoAccuracy::new().map_err(|e| e.to_string())?);
             }
@@ -307,29 +363,23 @@ impl Engine {
             } else {
                 Fidelity::Subsample(32)
             };
-            self.demo
+            scores = self
+                .demo
                 .as_ref()
                 .expect("made above")
                 .score(&merged, fidelity)
-                .map_err(|e| e.to_string())?
-        } else {
-            // Any family: how much of each task vector survives (data-free).
-            let job = self.job();
-            let retention = Retention {
-                plan: &plan,
-                backend: self.backend.as_ref(),
-                job: &job,
-            };
-            retention
-                .evaluate(&Candidate::default(), Fidelity::Full)
-                .map_err(|e| e.to_string())?
-                .into_iter()
-                .filter(|(metric, _)| metric.starts_with("retention/"))
-                .collect()
-        };
+                .map_err(|e| e.to_string())?;
+        }
+        // Any family: how much of each task vector survives, per layer (data-free).
+        let job = self.job(epoch);
+        let survival = survival(&plan, self.backend.as_ref(), &job).map_err(|e| match e {
+            mergescope_core::analysis::AnalysisError::Cancelled(_) => CANCELLED.to_owned(),
+            other => other.to_string(),
+        })?;
         Ok(Event::Previewed {
             yaml: yaml.to_owned(),
             scores,
+            survival: Box::new(survival),
             full,
             millis: started.elapsed().as_secs_f64() * 1e3,
         })
@@ -341,9 +391,10 @@ impl Engine {
         out: PathBuf,
         force: bool,
         shard_size: u64,
+        epoch: u64,
     ) -> Result<Event, String> {
         let plan = self.plan(yaml)?;
-        let job = self.job();
+        let job = self.job(epoch);
         let mut options = ExportOptions::new(out);
         options.force = force;
         options.shard_size = shard_size;

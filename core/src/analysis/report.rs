@@ -194,7 +194,8 @@ impl Report {
         if let Some(survival) = &self.survival {
             let _ = writeln!(
                 s,
-                "\nwhat survives in the {} merge (projection of the merged τ on each τ_i, cosine):",
+                "\nwhat survives in the {} merge (projection of the merged τ on each τ_i, cosine; \
+                 moved: ‖τ_m‖/‖θ_b‖):",
                 survival.method
             );
             let header: Vec<String> = survival
@@ -202,14 +203,20 @@ impl Report {
                 .iter()
                 .map(|m| format!("{:>15}", short(m, 15)))
                 .collect();
-            let _ = writeln!(s, "  {:<16} {}", "", header.join("   "));
+            let _ = writeln!(s, "  {:<16} {}   {:>7}", "", header.join("   "), "moved");
             for group in std::iter::once(&survival.whole_model).chain(&survival.layers) {
                 let cells: Vec<String> = group
                     .models
                     .iter()
                     .map(|m| format!("{:>7} {:>7}", fmt(m.projection), fmt(m.cosine)))
                     .collect();
-                let _ = writeln!(s, "  {:<16} {}", group.name, cells.join("   "));
+                let _ = writeln!(
+                    s,
+                    "  {:<16} {}   {:>7}",
+                    group.name,
+                    cells.join("   "),
+                    fmt(group.merged_relative)
+                );
             }
         }
         for limit in &self.limits {

@@ -3,8 +3,9 @@
 //!
 //! For the merged task vector `τ_m = θ_merged − θ_b` and each model's `τ_i`:
 //! `projection = ⟨τ_m, τ_i⟩ / ‖τ_i‖²` (1: τ_i is kept whole along its own direction; 0: it is
-//! gone) and `cosine = ⟨τ_m, τ_i⟩ / (‖τ_m‖ ‖τ_i‖)`. Both are ratios of sums, so a layer's and
-//! the whole model's figures aggregate exactly.
+//! gone) and `cosine = ⟨τ_m, τ_i⟩ / (‖τ_m‖ ‖τ_i‖)`; and how far the merge moves the base,
+//! `‖τ_m‖` and `‖τ_m‖ / ‖θ_b‖`. All are built from sums, so a layer's and the whole model's
+//! figures aggregate exactly.
 
 use std::collections::BTreeMap;
 
@@ -19,12 +20,13 @@ use crate::merge::MethodInputs;
 use crate::merge::kernel::zip_chunks;
 use crate::merge::plan::{MergePlan, TaskAction};
 
-/// Σ⟨τ_m, τ_i⟩, Σ‖τ_i‖² per model and Σ‖τ_m‖².
+/// Σ⟨τ_m, τ_i⟩, Σ‖τ_i‖² per model, Σ‖τ_m‖² and Σ‖θ_b‖².
 #[derive(Clone, Debug, Default)]
 struct SurvivalSums {
     dot: Vec<f64>,
     model_sq: Vec<f64>,
     merged_sq: f64,
+    base_sq: f64,
 }
 
 impl SurvivalSums {
@@ -33,6 +35,7 @@ impl SurvivalSums {
             dot: vec![0.0; models],
             model_sq: vec![0.0; models],
             merged_sq: 0.0,
+            base_sq: 0.0,
         }
     }
 
@@ -44,6 +47,17 @@ impl SurvivalSums {
             *a += b;
         }
         self.merged_sq += other.merged_sq;
+        self.base_sq += other.base_sq;
+    }
+
+    fn group(&self, name: String, block: Option<usize>) -> SurvivalGroup {
+        SurvivalGroup {
+            name,
+            block,
+            models: self.metrics(),
+            merged_norm: self.merged_sq.sqrt(),
+            merged_relative: (self.base_sq > 0.0).then(|| (self.merged_sq / self.base_sq).sqrt()),
+        }
     }
 
     fn metrics(&self) -> Vec<Survived> {
@@ -71,7 +85,13 @@ pub struct Survived {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SurvivalGroup {
     pub name: String,
+    /// The layer (block index) of a per-layer group.
+    pub block: Option<usize>,
     pub models: Vec<Survived>,
+    /// ‖τ_m‖: how far the merge moves these tensors from the base.
+    pub merged_norm: f64,
+    /// ‖τ_m‖ / ‖θ_b‖ (`None` where the base is all zeros).
+    pub merged_relative: Option<f64>,
 }
 
 /// The preview of one recipe.
@@ -164,6 +184,7 @@ pub fn survival(
             let sums = tensor_survival(b, &models, &buffer);
             let mut by_family = SurvivalSums::new(n);
             by_family.merged_sq = sums.merged_sq;
+            by_family.base_sq = sums.base_sq;
             for (slot, &(m, _)) in task.models.iter().enumerate() {
                 by_family.dot[m] = sums.dot[slot];
                 by_family.model_sq[m] = sums.model_sq[slot];
@@ -187,15 +208,13 @@ pub fn survival(
         recipe: plan.recipe.to_yaml(),
         random_seed: plan.random_seed,
         models: family.models.iter().map(|m| m.label.clone()).collect(),
-        whole_model: SurvivalGroup {
-            name: "whole model".to_owned(),
-            models: whole.metrics(),
-        },
+        whole_model: whole.group("whole model".to_owned(), None),
         layers: layers
             .iter()
-            .map(|(block, sums)| SurvivalGroup {
-                name: block.map_or_else(|| "outside blocks".to_owned(), |b| format!("layer {b}")),
-                models: sums.metrics(),
+            .map(|(block, sums)| {
+                let name =
+                    block.map_or_else(|| "outside blocks".to_owned(), |b| format!("layer {b}"));
+                sums.group(name, *block)
             })
             .collect(),
         not_merged,
@@ -218,6 +237,7 @@ fn tensor_survival(
         for (e, (&o, &b)) in merged.iter().zip(b.iter()).enumerate() {
             let tm = f64::from(o - b);
             part.merged_sq += tm * tm;
+            part.base_sq += f64::from(b) * f64::from(b);
             for (i, x) in xs.iter().enumerate() {
                 let ti = f64::from(x[e] - b);
                 part.dot[i] += tm * ti;

@@ -113,6 +113,36 @@ impl std::str::FromStr for BackendChoice {
     }
 }
 
+/// A wgpu device someone else already holds (the GUI's renderer), with its adapter's info.
+pub struct SharedDevice {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+}
+
+/// The backend for `choice` when `shared` (eframe's device) may be used: `auto` takes it when
+/// it is a hardware adapter and otherwise behaves as [`select`] does; `gpu` takes it whatever
+/// it is. Sharing the renderer's device avoids a second device and a second copy of every
+/// buffer on the same GPU.
+pub fn select_shared(
+    choice: BackendChoice,
+    shared: Option<SharedDevice>,
+) -> Result<Arc<dyn Backend>, BackendError> {
+    match (choice, shared) {
+        (BackendChoice::Cpu, _) => Ok(Arc::new(Cpu)),
+        (BackendChoice::Gpu, Some(s)) => Ok(Arc::new(Gpu::from_device(
+            s.device,
+            s.queue,
+            s.info,
+            GpuOptions::default(),
+        )?)),
+        (BackendChoice::Auto, Some(s)) if !gpu::is_software(&s.info) => Ok(Arc::new(
+            Gpu::from_device(s.device, s.queue, s.info, GpuOptions::default())?,
+        )),
+        (choice, _) => select(choice),
+    }
+}
+
 /// The backend for `choice` (see [`BackendChoice`]).
 pub fn select(choice: BackendChoice) -> Result<Arc<dyn Backend>, BackendError> {
     match choice {

@@ -6,6 +6,7 @@ pub mod export;
 pub mod interference;
 pub mod merge;
 pub mod models;
+pub mod preview;
 pub mod sensitivity;
 
 /// Whether the analysis report is there; if not, says why or offers to start it.

@@ -208,7 +208,7 @@ impl ErrorScopes {
 }
 
 /// Software rasterizers (lavapipe, SwiftShader, WARP) report themselves as CPU devices.
-fn is_software(info: &wgpu::AdapterInfo) -> bool {
+pub(crate) fn is_software(info: &wgpu::AdapterInfo) -> bool {
     info.device_type == wgpu::DeviceType::Cpu
 }
 

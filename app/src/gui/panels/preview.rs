@@ -1,0 +1,130 @@
+//! The Merge panel's live preview: for the demo family the merged model's test accuracy per
+//! domain; for every family, per layer, how much of each task vector the merge keeps and how
+//! far it moves the base.
+
+use mergescope_core::analysis::Survival;
+
+use super::fmt;
+use crate::gui::app::{Preview, Workbench};
+
+pub fn show(app: &Workbench, ui: &mut egui::Ui) {
+    let Some(preview) = &app.preview else {
+        ui.label("Preview: computing...");
+        return;
+    };
+    // The time is in the tooltip: it changes every run, the rest of the panel does not.
+    let when = format!("merged and scored in {:.0} ms", preview.millis);
+    if app.family.as_ref().is_some_and(|f| f.is_demo) {
+        ui.horizontal(|ui| {
+            ui.strong("Preview: test accuracy of the merged model");
+            ui.label(if preview.full {
+                "(all test digits)"
+            } else {
+                "(quick estimate, 32 per domain)"
+            })
+            .on_hover_text(&when);
+        });
+        accuracy(ui, preview);
+    }
+    ui.horizontal(|ui| {
+        ui.strong("Preview: what the merge keeps of each fine-tune, per layer");
+        ui.label("(data-free)").on_hover_text(&when);
+    });
+    survival(ui, &preview.survival);
+}
+
+fn accuracy(ui: &mut egui::Ui, preview: &Preview) {
+    egui::Grid::new("preview").striped(true).show(ui, |ui| {
+        // Per task first, their mean last; losses are left out here.
+        let mut rows: Vec<(&String, &f64)> = preview
+            .scores
+            .iter()
+            .filter(|(m, _)| !m.ends_with("/loss"))
+            .collect();
+        rows.sort_by_key(|(m, _)| m.starts_with("mean/"));
+        for (metric, value) in rows {
+            ui.label(metric);
+            ui.add(
+                egui::ProgressBar::new(*value as f32)
+                    .desired_width(240.0)
+                    .text(format!("{:.1} %", 100.0 * value)),
+            );
+            ui.end_row();
+        }
+    });
+}
+
+/// A recipe's model as the panels name it: its folder's name.
+fn short(label: &str) -> String {
+    std::path::Path::new(label)
+        .file_name()
+        .map_or_else(|| label.to_owned(), |n| n.to_string_lossy().into_owned())
+}
+
+fn survival(ui: &mut egui::Ui, survival: &Survival) {
+    let whole = &survival.whole_model;
+    let names: Vec<String> = survival.models.iter().map(|m| short(m)).collect();
+    egui::Grid::new("retention").striped(true).show(ui, |ui| {
+        ui.label("");
+        ui.label("retention").on_hover_text(
+            "Projection of the merged task vector on the fine-tune's: 1 keeps it whole, 0 loses it",
+        );
+        ui.label("cosine")
+            .on_hover_text("Cosine of the merged task vector with the fine-tune's");
+        ui.end_row();
+        for (label, s) in names.iter().zip(&whole.models) {
+            ui.label(label);
+            ui.label(fmt(s.projection));
+            ui.label(fmt(s.cosine));
+            ui.end_row();
+        }
+        ui.label("merged delta");
+        ui.label(fmt(whole.merged_relative))
+            .on_hover_text("|theta_merged - theta_base| / |theta_base| over the merged tensors");
+        ui.end_row();
+    });
+    let layers: Vec<_> = survival
+        .layers
+        .iter()
+        .filter(|g| g.block.is_some())
+        .collect();
+    if layers.is_empty() {
+        return;
+    }
+    let width = (ui.available_width() - 12.0) / 2.0;
+    ui.horizontal(|ui| {
+        ui.vertical(|ui| {
+            ui.set_width(width);
+            ui.label("retention per layer");
+            egui_plot::Plot::new("retention-per-layer")
+                .height(150.0)
+                .legend(egui_plot::Legend::default().position(egui_plot::Corner::RightBottom))
+                .allow_scroll(false)
+                .allow_drag(false)
+                .show(ui, |plot| {
+                    for (i, label) in names.iter().enumerate() {
+                        let points: Vec<[f64; 2]> = layers
+                            .iter()
+                            .filter_map(|g| Some([g.block? as f64, g.models[i].projection?]))
+                            .collect();
+                        plot.line(egui_plot::Line::new(label.clone(), points));
+                    }
+                });
+        });
+        ui.vertical(|ui| {
+            ui.set_width(width);
+            ui.label("merged delta per layer, |delta| / |theta_base|");
+            let bars: Vec<egui_plot::Bar> = layers
+                .iter()
+                .filter_map(|g| Some(egui_plot::Bar::new(g.block? as f64, g.merged_relative?)))
+                .collect();
+            egui_plot::Plot::new("delta-per-layer")
+                .height(150.0)
+                .allow_scroll(false)
+                .allow_drag(false)
+                .show(ui, |plot| {
+                    plot.bar_chart(egui_plot::BarChart::new("merged delta", bars));
+                });
+        });
+    });
+}
