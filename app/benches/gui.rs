@@ -1,7 +1,8 @@
 //! Workbench responsiveness on the demo family, measured through egui_kittest (the real app
-//! state and worker, no window): the UI's frame time while a weight slider is dragged, and
-//! the latency from a slider move to the preview that reflects it — a quick estimate while
-//! the pointer is down, all test digits after release.
+//! state and worker, no window): the UI's frame time while a weight slider or a per-layer
+//! curve's control point is dragged (layout only, then with every frame rendered), and the
+//! latency from a move to the preview that reflects it — a quick estimate while the pointer
+//! is down, all test digits after release.
 //!
 //!     cargo bench -p mergescope --bench gui
 
@@ -29,38 +30,40 @@ fn percentile(values: &mut [f64], p: f64) -> f64 {
     values[((values.len() - 1) as f64 * p).round() as usize]
 }
 
-fn main() {
-    let mut harness = Harness::builder()
-        .with_size(egui::vec2(1200.0, 800.0))
-        .build_eframe(|cc| Workbench::new(&cc.egui_ctx, &[]).expect("the worker starts"));
-    wait(&mut harness, |app| {
-        app.family.is_some() && app.report.is_some()
-    });
-    harness.get_by_label("Merge").click();
-    harness.step();
-    wait(&mut harness, |app| {
-        app.preview.as_ref().is_some_and(|p| p.full)
-    });
+/// Figures of one series of drags: frame times, and latencies to the quick and full previews.
+#[derive(Default)]
+struct Figures {
+    frames: Vec<f64>,
+    quick: Vec<f64>,
+    full: Vec<f64>,
+}
 
-    let rect = harness
-        .get_by_role_and_label(Role::Slider, "upright weight")
-        .rect();
-    let (mut frames, mut quick, mut full) = (Vec::new(), Vec::new(), Vec::new());
-    for round in 0..20 {
-        harness.drag_at(rect.left_center() + egui::vec2(4.0, 0.0));
+/// Drags from `from` towards `to` and back, `rounds` times, in 10 moves of a frame each;
+/// `render` also renders every frame (with the harness's wgpu renderer).
+fn drag(
+    harness: &mut Harness<'_, Workbench>,
+    from: egui::Pos2,
+    to: egui::Pos2,
+    rounds: usize,
+    render: bool,
+) -> Figures {
+    let mut figures = Figures::default();
+    for round in 0..rounds {
+        let (a, b) = if round % 2 == 0 {
+            (from, to)
+        } else {
+            (to, from)
+        };
+        harness.drag_at(a);
         harness.step();
-        // Drag across the slider in 10 moves, each one a frame, then wait for the preview.
         for k in 1..=10 {
-            let x = rect.left() + 4.0 + (rect.width() - 8.0) * (k as f32 / 10.0);
-            let x = if round % 2 == 0 {
-                x
-            } else {
-                rect.right() - (x - rect.left())
-            };
-            harness.hover_at(egui::pos2(x, rect.center().y));
+            harness.hover_at(a + (b - a) * (k as f32 / 10.0));
             let started = Instant::now();
             harness.step();
-            frames.push(started.elapsed().as_secs_f64() * 1e3);
+            if render {
+                harness.render().expect("a frame renders");
+            }
+            figures.frames.push(started.elapsed().as_secs_f64() * 1e3);
         }
         let moved = Instant::now();
         let sent = harness
@@ -69,38 +72,102 @@ fn main() {
             .clone()
             .expect("a preview was asked for")
             .0;
-        wait(&mut harness, |app| {
+        wait(harness, |app| {
             app.preview.as_ref().is_some_and(|p| p.yaml == sent)
         });
-        quick.push(moved.elapsed().as_secs_f64() * 1e3);
+        figures.quick.push(moved.elapsed().as_secs_f64() * 1e3);
         let released = Instant::now();
-        harness.drop_at(egui::pos2(rect.center().x, rect.center().y));
+        harness.drop_at(b);
         harness.step();
         let sent = harness.state().sent_preview.clone().expect("a preview").0;
-        wait(&mut harness, |app| {
+        wait(harness, |app| {
             app.preview
                 .as_ref()
                 .is_some_and(|p| p.full && p.yaml == sent)
         });
-        full.push(released.elapsed().as_secs_f64() * 1e3);
+        figures.full.push(released.elapsed().as_secs_f64() * 1e3);
     }
+    figures
+}
+
+fn report(what: &str, mut f: Figures) {
+    println!("{what}, {} frames while dragging:", f.frames.len());
     println!(
-        "demo family, {} frames while dragging, 20 drags:",
-        frames.len()
-    );
-    println!(
-        "  frame time (UI logic and layout, no GPU): median {:.2} ms, p95 {:.2} ms",
-        percentile(&mut frames, 0.5),
-        percentile(&mut frames, 0.95)
+        "  frame time: median {:.2} ms, p95 {:.2} ms",
+        percentile(&mut f.frames, 0.5),
+        percentile(&mut f.frames, 0.95)
     );
     println!(
         "  last move -> quick preview (32 digits per domain): median {:.1} ms, p95 {:.1} ms",
-        percentile(&mut quick, 0.5),
-        percentile(&mut quick, 0.95)
+        percentile(&mut f.quick, 0.5),
+        percentile(&mut f.quick, 0.95)
     );
     println!(
         "  release -> full preview (all 1,440 test digits): median {:.1} ms, p95 {:.1} ms",
-        percentile(&mut full, 0.5),
-        percentile(&mut full, 0.95)
+        percentile(&mut f.full, 0.5),
+        percentile(&mut f.full, 0.95)
+    );
+}
+
+/// The workbench on the demo family with the Merge panel's first full preview shown.
+fn merge_panel(wgpu: bool) -> Harness<'static, Workbench> {
+    let builder = Harness::builder().with_size(egui::vec2(1200.0, 800.0));
+    let builder = if wgpu { builder.wgpu() } else { builder };
+    let mut harness =
+        builder.build_eframe(|cc| Workbench::new(&cc.egui_ctx, &[]).expect("the worker starts"));
+    wait(&mut harness, |app| {
+        app.family.is_some() && app.report.is_some()
+    });
+    harness.get_by_label("Merge").click();
+    harness.step();
+    wait(&mut harness, |app| {
+        app.preview.as_ref().is_some_and(|p| p.full)
+    });
+    harness
+}
+
+fn main() {
+    // A weight slider, dragged end to end.
+    let mut harness = merge_panel(false);
+    let rect = harness
+        .get_by_role_and_label(Role::Slider, "upright weight")
+        .rect();
+    let (left, right) = (
+        rect.left_center() + egui::vec2(4.0, 0.0),
+        rect.right_center() - egui::vec2(4.0, 0.0),
+    );
+    report(
+        "demo family, weight slider, 20 drags (UI logic and layout, no rendering)",
+        drag(&mut harness, left, right, 20, false),
+    );
+
+    // A per-layer curve's control point, dragged up and down.
+    harness.get_by_label("per-layer weights").click();
+    harness.step();
+    wait(&mut harness, |app| {
+        app.preview.as_ref().is_some_and(|p| p.full)
+    });
+    let point = harness
+        .get_by_role_and_label(Role::Slider, "upright point 2")
+        .rect()
+        .center();
+    report(
+        "demo family, curve control point, 20 drags (no rendering)",
+        drag(
+            &mut harness,
+            point,
+            point - egui::vec2(0.0, 40.0),
+            20,
+            false,
+        ),
+    );
+
+    // The same slider with every frame rendered by wgpu: kittest's renderer, which picks a
+    // software adapter (Mesa lavapipe) where there is one, renders offscreen and reads the
+    // image back, which a window does not do. An upper bound on a software-rendered frame.
+    let mut harness = merge_panel(true);
+    report(
+        "demo family, weight slider, 5 drags, each frame rendered offscreen by kittest's wgpu renderer",
+        drag(&mut harness, left, right, 5, true),
     );
 }

@@ -459,3 +459,255 @@ fn exports_in_bfloat16_in_small_shards() {
     let config = std::fs::read_to_string(out.join("config.json")).unwrap();
     assert!(config.contains("bfloat16"), "{config}");
 }
+
+/// A family big enough that its export takes a while: three Llama-shaped f32 checkpoints of
+/// 54 MB each, base first. Values come from a cheap hash, not the synthetic family's normal
+/// draws, which are slow in a debug build.
+fn slow_family(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    use mergescope_core::synth::LlamaShape;
+    let shape = LlamaShape {
+        hidden: 256,
+        intermediate: 688,
+        layers: 16,
+        vocab: 4096,
+        heads: 4,
+        kv_heads: 2,
+    };
+    std::fs::create_dir_all(dir).unwrap();
+    ["base", "ft_1", "ft_2"]
+        .iter()
+        .enumerate()
+        .map(|(m, name)| {
+            let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = shape
+                .tensors()
+                .into_iter()
+                .enumerate()
+                .map(|(k, (tensor, dims))| {
+                    let n: usize = dims.iter().product();
+                    let mut bytes = Vec::with_capacity(4 * n);
+                    let salt = (m * 7919 + k * 104_729) as u32;
+                    for i in 0..n as u32 {
+                        let h = i.wrapping_mul(2_654_435_761) ^ salt;
+                        let x = (h % 2001) as f32 / 1000.0 - 1.0;
+                        bytes.extend_from_slice(&x.to_le_bytes());
+                    }
+                    (tensor, dims, bytes)
+                })
+                .collect();
+            let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+                .iter()
+                .map(|(tensor, dims, bytes)| {
+                    let view = safetensors::tensor::TensorView::new(
+                        safetensors::Dtype::F32,
+                        dims.clone(),
+                        bytes,
+                    )
+                    .unwrap();
+                    (tensor.clone(), view)
+                })
+                .collect();
+            let path = dir.join(format!("{name}.safetensors"));
+            safetensors::serialize_to_file(views, None, &path).unwrap();
+            path
+        })
+        .collect()
+}
+
+#[test]
+fn cancelling_an_export_leaves_nothing_and_inputs_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = slow_family(&dir.path().join("family"));
+    let mut harness = Harness::builder()
+        .with_size(egui::vec2(1200.0, 900.0))
+        .build_eframe(|cc| Workbench::new(&cc.egui_ctx, &paths).expect("the worker starts"));
+    wait_for(&mut harness, "the family", |app| app.family.is_some());
+    // Its analysis starts on its own (the family is small); cancel it too.
+    assert!(harness.state().busy.is_some(), "the analysis is under way");
+    harness.get_by_label("Cancel").click();
+    wait_for(&mut harness, "the analysis cancelled", |app| {
+        app.busy.is_none()
+    });
+    assert!(harness.state().report.is_none());
+    harness.get_by_label("Export").click();
+    harness.run_ok();
+
+    // Writing into the inputs' folder is refused (even with "replace"), and nothing changes.
+    let family = dir.path().join("family");
+    let listing = || {
+        let mut files: Vec<_> = std::fs::read_dir(&family)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (e.file_name(), e.metadata().unwrap().len())
+            })
+            .collect();
+        files.sort();
+        files
+    };
+    let before = listing();
+    assert!(harness.state().export_force);
+    harness.state_mut().export_dir = family.display().to_string();
+    harness.get_by_label("Write the merged model").click();
+    wait_for(&mut harness, "the refusal", |app| {
+        app.notice.as_ref().is_some_and(|n| n.error)
+    });
+    let notice = harness.state().notice.clone().unwrap();
+    assert!(
+        notice.text.contains("outside every input"),
+        "{}",
+        notice.text
+    );
+    assert_eq!(listing(), before);
+
+    // Start a real export and cancel it half-way.
+    let out = dir.path().join("merged");
+    harness.state_mut().export_dir = out.display().to_string();
+    harness.get_by_label("Write the merged model").click();
+    wait_for(&mut harness, "the export under way", |app| {
+        app.busy
+            .as_ref()
+            .is_some_and(|(_, fraction)| *fraction > 0.0)
+    });
+    let (stage, fraction) = harness.state().busy.clone().unwrap();
+    assert!(fraction < 1.0, "{stage} {fraction}");
+    harness.get_by_label("Cancel").click();
+    wait_for(&mut harness, "the cancellation", |app| app.busy.is_none());
+    let notice = harness.state().notice.clone().unwrap();
+    assert_eq!(
+        notice.text, "cancelled; nothing was written",
+        "after {stage} {fraction}"
+    );
+    // Nothing is left: no output folder, no temporary one beside it.
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["family"], "{names:?}");
+}
+
+#[test]
+fn previews_run_on_the_windows_own_gpu_device() {
+    if std::env::var_os("MERGESCOPE_SKIP_GPU_TESTS").is_some() {
+        return;
+    }
+    use mergescope_core::backend::BackendChoice;
+    let on_gpu = |choice: BackendChoice| {
+        Harness::builder()
+            .with_size(egui::vec2(1200.0, 900.0))
+            .wgpu()
+            .build_eframe(move |cc| {
+                let backend = mergescope::gui::make_backend(cc, choice);
+                let mut app =
+                    Workbench::with_backend(&cc.egui_ctx, backend).expect("the worker starts");
+                app.open_paths(&[]);
+                app
+            })
+    };
+    let mut gpu = on_gpu(BackendChoice::Gpu);
+    opened(&mut gpu);
+    let described = gpu.state().backend.clone();
+    assert!(described.starts_with("gpu: "), "{described}");
+    gpu.get_by_label("Merge").click();
+    wait_for(&mut gpu, "a full preview on the GPU", |app| {
+        mean_accuracy(app).is_some()
+    });
+    let mut cpu = harness();
+    opened(&mut cpu);
+    cpu.get_by_label("Merge").click();
+    wait_for(&mut cpu, "a full preview on the CPU", |app| {
+        mean_accuracy(app).is_some()
+    });
+    // The same merge to within float rounding: the same predictions on every test digit.
+    let (g, c) = (
+        gpu.state().preview.clone().unwrap(),
+        cpu.state().preview.clone().unwrap(),
+    );
+    assert_eq!(
+        g.scores.keys().collect::<Vec<_>>(),
+        c.scores.keys().collect::<Vec<_>>()
+    );
+    for (metric, value) in &c.scores {
+        if metric.ends_with("accuracy") {
+            assert_eq!(g.scores[metric], *value, "{metric}");
+        }
+    }
+    let (gr, cr) = (
+        g.survival.whole_model.models[0].projection.unwrap(),
+        c.survival.whole_model.models[0].projection.unwrap(),
+    );
+    assert!((gr - cr).abs() < 1e-5, "{gr} vs {cr}");
+
+    // `auto` computes on the window's device only when it is a hardware GPU.
+    let mut auto = on_gpu(BackendChoice::Auto);
+    opened(&mut auto);
+    let described = auto.state().backend.clone();
+    assert!(
+        !(described.starts_with("gpu: ") && described.contains("software")),
+        "{described}"
+    );
+}
+
+#[test]
+fn loading_a_recipe_opens_the_models_it_names() {
+    let mut harness = harness();
+    opened(&mut harness);
+    let family = harness.state().family.clone().unwrap();
+    harness.get_by_label("Merge").click();
+    harness.run_ok();
+    // The TIES recipe shipped beside the demo family names the open models: only the settings
+    // change.
+    let shipped = family
+        .base
+        .parent()
+        .unwrap()
+        .join("recipes")
+        .join("ties.yml");
+    harness.state_mut().recipe_path = shipped.display().to_string();
+    harness.get_by_label("Load recipe").click();
+    harness.run_ok();
+    let settings = harness.state().settings.clone().unwrap();
+    assert_eq!(settings.method, "ties");
+    assert_eq!(settings.weights, vec![1.0; 4]);
+    assert_eq!(settings.densities, vec![0.5; 4]);
+
+    // A recipe over two of the experts (by absolute path, with gradients) opens that family
+    // first, then takes its settings; it is still scored on the demo's digits.
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = dir.path().join("two.yml");
+    std::fs::write(
+        &recipe,
+        format!(
+            "merge_method: dare_ties\nbase_model: {}\nmodels:\n  - model: {}\n    parameters: {{weight: [0.2, 0.4, 0.8], density: 0.7}}\n  - model: {}\n    parameters: {{weight: 0.5, density: 0.3}}\ndtype: float32\n",
+            family.base.display(),
+            family.models[1].display(),
+            family.models[3].display()
+        ),
+    )
+    .unwrap();
+    harness.state_mut().recipe_path = recipe.display().to_string();
+    harness.get_by_label("Load recipe").click();
+    wait_for(&mut harness, "the recipe's family", |app| {
+        app.family.as_ref().is_some_and(|f| f.models.len() == 2)
+    });
+    let state = harness.state();
+    let family = state.family.as_ref().unwrap();
+    assert!(family.is_demo && !family.builtin);
+    let settings = state.settings.as_ref().unwrap();
+    assert_eq!(settings.method, "dare_ties");
+    assert!(settings.per_layer);
+    assert_eq!(settings.curves, vec![vec![0.2, 0.4, 0.8], vec![0.5, 0.5]]);
+    assert_eq!(settings.densities, vec![0.7, 0.3]);
+    assert!(
+        state
+            .notice
+            .as_ref()
+            .is_some_and(|n| !n.error && n.text.starts_with("opened and loaded")),
+        "{:?}",
+        state.notice
+    );
+    wait_for(
+        &mut harness,
+        "an accuracy preview of the new family",
+        |app| mean_accuracy(app).is_some(),
+    );
+}

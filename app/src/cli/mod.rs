@@ -37,6 +37,10 @@ pub struct Cli {
     /// device when it is a hardware one.
     #[arg(long, value_enum, default_value_t)]
     backend: backend::BackendArg,
+    /// Without a command: open the workbench on a mergekit recipe's models, with its settings
+    /// in the Merge panel.
+    #[arg(long, value_parser = path_arg, conflicts_with = "models")]
+    recipe: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -107,7 +111,12 @@ pub fn main() -> ExitCode {
     // Ignoring a failure here only means Ctrl-C kills the process instead of cancelling.
     let _ = ctrlc::set_handler(move || cancel.cancel());
     let Some(command) = cli.command else {
-        return match crate::gui::run(cli.models, cli.panel, cli.backend.into()) {
+        return match crate::gui::run(crate::gui::Startup {
+            paths: cli.models,
+            recipe: cli.recipe,
+            panel: cli.panel,
+            backend: cli.backend.into(),
+        }) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!(

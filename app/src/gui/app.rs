@@ -94,6 +94,8 @@ pub struct Workbench {
     pub selected_tensor: Option<String>,
     /// Families opened before, most recent first (kept by eframe between runs).
     pub recent: Vec<RecentFamily>,
+    /// A recipe to load once the family it names has opened: its text and file.
+    pending_recipe: Option<(String, PathBuf)>,
 }
 
 /// A family the user opened before.
@@ -121,26 +123,24 @@ impl Workbench {
     /// Opens the demo family when `paths` is empty, else `paths[0]` as the base and the rest
     /// as fine-tunes; merges run on the CPU.
     pub fn new(ctx: &egui::Context, paths: &[PathBuf]) -> std::io::Result<Self> {
-        Self::with_backend(
+        let mut app = Self::with_backend(
             ctx,
-            paths,
             Box::new(|| {
                 let cpu = mergescope_core::backend::Cpu;
                 let described = mergescope_core::backend::Backend::describe(&cpu);
                 Ok((std::sync::Arc::new(cpu), described))
             }),
-        )
+        )?;
+        app.open_paths(paths);
+        Ok(app)
     }
 
-    /// [`Workbench::new`] with the backend `make_backend` makes (on the worker thread).
-    pub fn with_backend(
-        ctx: &egui::Context,
-        paths: &[PathBuf],
-        make_backend: MakeBackend,
-    ) -> std::io::Result<Self> {
+    /// A workbench with nothing open yet whose merges run on the backend `make_backend` makes
+    /// (on the worker thread).
+    pub fn with_backend(ctx: &egui::Context, make_backend: MakeBackend) -> std::io::Result<Self> {
         let repaint = ctx.clone();
         let worker = Worker::start(make_backend, move || repaint.request_repaint())?;
-        let mut app = Self {
+        Ok(Self {
             worker,
             backend: "starting...".to_owned(),
             panel: Panel::Models,
@@ -168,12 +168,17 @@ impl Workbench {
             selected_layer: None,
             selected_tensor: None,
             recent: Vec::new(),
-        };
+            pending_recipe: None,
+        })
+    }
+
+    /// Opens the demo family when `paths` is empty, else `paths[0]` as the base and the rest as
+    /// fine-tunes.
+    pub fn open_paths(&mut self, paths: &[PathBuf]) {
         match paths.split_first() {
-            None => app.open_demo(),
-            Some((base, models)) => app.open(base.clone(), models.to_vec()),
+            None => self.open_demo(),
+            Some((base, models)) => self.open(base.clone(), models.to_vec()),
         }
-        Ok(app)
     }
 
     /// Marks a job as started: the status bar shows its progress and ETA.
@@ -197,9 +202,59 @@ impl Workbench {
         self.worker.send(Command::Open { base, models });
     }
 
+    /// Loads a mergekit recipe into the Merge panel; when it names other models than the open
+    /// family's, that family is opened first.
+    pub fn load_recipe(&mut self, file: PathBuf) {
+        match self.try_load_recipe(file) {
+            Ok(None) => {}
+            Ok(Some((settings, file))) => {
+                self.settings = Some(settings);
+                self.notice = Some(Notice {
+                    error: false,
+                    text: format!("loaded {}", file.display()),
+                });
+            }
+            Err(text) => self.notice = Some(Notice { error: true, text }),
+        }
+    }
+
+    fn try_load_recipe(
+        &mut self,
+        file: PathBuf,
+    ) -> Result<Option<(MergeSettings, PathBuf)>, String> {
+        let text = std::fs::read_to_string(&file)
+            .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        let recipe = super::state::parse_recipe(&text, &file)?;
+        let cwd = std::env::current_dir().map_err(|e| e.to_string())?;
+        let (base, models) = mergescope_core::merge::plan::recipe_model_paths(&recipe, &file, &cwd)
+            .map_err(|e| mergescope_core::one_line(&e.to_string()))?;
+        let base = base.ok_or_else(|| {
+            format!(
+                "{} names no base_model; open its models with a base in the Models panel, then \
+                 load it",
+                file.display()
+            )
+        })?;
+        let canon =
+            |p: &std::path::Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        let is_open = self.family.as_ref().is_some_and(|f| {
+            canon(&f.base) == canon(&base)
+                && f.models.len() == models.len()
+                && f.models
+                    .iter()
+                    .all(|m| models.iter().any(|r| canon(m) == canon(r)))
+        });
+        if let (true, Some(family)) = (is_open, &self.family) {
+            return MergeSettings::from_recipe(&text, &file, family).map(|s| Some((s, file)));
+        }
+        self.pending_recipe = Some((text, file));
+        self.open(base, models);
+        Ok(None)
+    }
+
     /// Remembers a family the user opened (most recent first, at most [`RECENT`]).
     fn remember(&mut self, family: &OpenFamily) {
-        if family.is_demo {
+        if family.builtin {
             return;
         }
         let entry = RecentFamily {
@@ -235,6 +290,19 @@ impl Workbench {
                         ),
                     });
                     let bytes: u64 = family.members.iter().map(|m| m.bytes).sum();
+                    if let Some((text, file)) = self.pending_recipe.take() {
+                        self.notice =
+                            Some(match MergeSettings::from_recipe(&text, &file, &family) {
+                                Ok(settings) => {
+                                    self.settings = Some(settings);
+                                    Notice {
+                                        error: false,
+                                        text: format!("opened and loaded {}", file.display()),
+                                    }
+                                }
+                                Err(text) => Notice { error: true, text },
+                            });
+                    }
                     self.remember(&family);
                     self.family = Some(*family);
                     self.report = None;
@@ -273,6 +341,7 @@ impl Workbench {
                 Event::Progress { stage, fraction } => self.busy = Some((stage, fraction)),
                 Event::Failed(text) => {
                     self.busy = None;
+                    self.pending_recipe = None;
                     self.notice = Some(Notice { error: true, text });
                 }
                 Event::Cancelled => {

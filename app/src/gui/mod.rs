@@ -13,9 +13,20 @@ use mergescope_core::backend::{BackendChoice, SharedDevice, select_shared};
 
 pub use app::Workbench;
 
-/// Opens the window on `paths` (base first) or, with none, on the demo family, showing
-/// `panel` first; merges run where `backend` says.
-pub fn run(paths: Vec<PathBuf>, panel: app::Panel, backend: BackendChoice) -> eframe::Result {
+/// What the window opens on.
+pub struct Startup {
+    /// Models, the base first; none: the demo family.
+    pub paths: Vec<PathBuf>,
+    /// A mergekit recipe whose models are opened and whose settings are loaded (instead of
+    /// `paths`).
+    pub recipe: Option<PathBuf>,
+    pub panel: app::Panel,
+    /// Where previews and exports run.
+    pub backend: BackendChoice,
+}
+
+/// Opens the window.
+pub fn run(startup: Startup) -> eframe::Result {
     let mut options = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()
             .with_title("mergescope")
@@ -36,9 +47,13 @@ pub fn run(paths: Vec<PathBuf>, panel: app::Panel, backend: BackendChoice) -> ef
         "mergescope",
         options,
         Box::new(move |cc| {
-            let mut app = Workbench::with_backend(&cc.egui_ctx, &paths, make_backend(cc, backend))?;
+            let mut app = Workbench::with_backend(&cc.egui_ctx, make_backend(cc, startup.backend))?;
             app.load_recent(cc.storage);
-            app.panel = panel;
+            match startup.recipe {
+                Some(recipe) => app.load_recipe(recipe),
+                None => app.open_paths(&startup.paths),
+            }
+            app.panel = startup.panel;
             Ok(Box::new(app))
         }),
     )

@@ -3,6 +3,9 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use mergescope_core::merge::plan::resolve_model_path;
+use mergescope_core::merge::recipe::Recipe;
+
 /// One opened model, as the Models panel shows it.
 #[derive(Clone, Debug)]
 pub struct MemberInfo {
@@ -25,8 +28,10 @@ pub struct OpenFamily {
     pub members: Vec<MemberInfo>,
     /// Alignment problems, one readable line each.
     pub issues: Vec<String>,
-    /// The built-in demo family: its accuracy can be previewed.
+    /// Built on the demo family's base: previews score merges on the demo's digits.
     pub is_demo: bool,
+    /// The built-in demo family itself (one click away, so not kept among recent families).
+    pub builtin: bool,
     /// The base's tensor names (for module filters).
     pub tensor_names: Vec<String>,
     /// Blocks in the deepest stack: the x axis of per-layer curves.
@@ -294,27 +299,39 @@ pub fn resample(points: &[f64], k: usize) -> Vec<f64> {
         .collect()
 }
 
+/// A recipe the workbench can edit: it parses, and uses a method the Merge panel offers.
+pub fn parse_recipe(text: &str, file: &Path) -> Result<Recipe, String> {
+    let recipe = Recipe::from_yaml(text, file).map_err(|e| e.to_string())?;
+    if !METHODS.contains(&recipe.merge_method.as_str()) {
+        return Err(format!(
+            "the workbench edits {}; `{}` recipes run with `mergescope merge`",
+            METHODS.join(", "),
+            recipe.merge_method
+        ));
+    }
+    Ok(recipe)
+}
+
 impl MergeSettings {
     /// The settings a mergekit recipe describes, for the open `family`: the recipe must use a
     /// method the panel edits, name the family's models (paths relative to the recipe's
     /// folder are resolved from there), and give scalar weights or gradients, scalar
     /// densities, and a scalar `lambda` or a list of `{filter, value}` lambdas.
     pub fn from_recipe(text: &str, file: &Path, family: &OpenFamily) -> Result<Self, String> {
-        use mergescope_core::merge::recipe::{ParamValue, Recipe, Scalar};
+        use mergescope_core::merge::recipe::{ParamValue, Scalar};
 
-        let recipe = Recipe::from_yaml(text, file).map_err(|e| e.to_string())?;
-        if !METHODS.contains(&recipe.merge_method.as_str()) {
-            return Err(format!(
-                "the workbench edits {}; `{}` recipes run with `mergescope merge`",
-                METHODS.join(", "),
-                recipe.merge_method
-            ));
-        }
-        let folder = file.parent().unwrap_or(Path::new("."));
+        let recipe = parse_recipe(text, file)?;
+        let cwd = std::env::current_dir().map_err(|e| e.to_string())?;
         let same = |a: &Path, b: &Path| {
             let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
             canon(a) == canon(b)
         };
+        // Each entry's model where a merge would find it (`None` if it is not there).
+        let resolved: Vec<Option<PathBuf>> = recipe
+            .models
+            .iter()
+            .map(|m| resolve_model_path(&m.model, "model", &cwd, file).ok())
+            .collect();
         let mut settings = Self::for_models(family.models.len());
         settings.method.clone_from(&recipe.merge_method);
         let number = |v: &ParamValue, name: &str, model: &str| match v {
@@ -327,7 +344,9 @@ impl MergeSettings {
             let entry = recipe
                 .models
                 .iter()
-                .find(|m| same(&folder.join(&m.model), path) || same(Path::new(&m.model), path))
+                .zip(&resolved)
+                .find(|(_, r)| r.as_deref().is_some_and(|r| same(r, path)))
+                .map(|(m, _)| m)
                 .ok_or_else(|| {
                     format!(
                         "the recipe does not name {}, which is open; open the recipe's models first",
@@ -455,6 +474,7 @@ mod tests {
             members: Vec::new(),
             issues: Vec::new(),
             is_demo: false,
+            builtin: false,
             tensor_names: [
                 "model.embed_tokens.weight",
                 "model.layers.0.self_attn.q_proj.weight",

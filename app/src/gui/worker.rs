@@ -237,9 +237,13 @@ impl Engine {
                         .iter()
                         .map(|&d| family.expert(d))
                         .collect();
-                    self.open(&family.base(), &experts, true)
+                    self.open(&family.base(), &experts, true, true)
                 }),
-            Command::Open { base, models } => self.open(&base, &models, false),
+            Command::Open { base, models } => {
+                // A family built on the demo's base can be scored on the demo's digits.
+                let is_demo = DemoFamily::is_base(&base);
+                self.open(&base, &models, is_demo, false)
+            }
             Command::Analyze => self.analyze(epoch),
             Command::Preview { yaml, full } => self.preview(&yaml, full, epoch),
             Command::Export {
@@ -257,7 +261,13 @@ impl Engine {
         }
     }
 
-    fn open(&mut self, base: &Path, models: &[PathBuf], is_demo: bool) -> Result<Event, String> {
+    fn open(
+        &mut self,
+        base: &Path,
+        models: &[PathBuf],
+        is_demo: bool,
+        builtin: bool,
+    ) -> Result<Event, String> {
         let member = |path: &Path| -> Result<Member, String> {
             Ok(Member {
                 label: path.file_name().map_or_else(
@@ -306,6 +316,7 @@ impl Engine {
             members,
             issues: alignment.issues.iter().map(ToString::to_string).collect(),
             is_demo,
+            builtin,
             tensor_names: base_checkpoint
                 .tensors()
                 .iter()

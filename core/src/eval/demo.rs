@@ -95,4 +95,18 @@ impl DemoFamily {
     pub fn recipe(&self, name: &str) -> PathBuf {
         self.root.join("recipes").join(format!("{name}.yml"))
     }
+
+    /// Is `path` (a model folder or its `model.safetensors`) the demo family's base, wherever
+    /// it was copied? Its bytes decide, so the demo's accuracy can score merges of any family
+    /// built on it.
+    pub fn is_base(path: &Path) -> bool {
+        let (_, _, bytes) = MEMBERS[0];
+        let file = if path.is_dir() {
+            path.join("model.safetensors")
+        } else {
+            path.to_path_buf()
+        };
+        std::fs::metadata(&file).is_ok_and(|m| m.len() == bytes.len() as u64)
+            && std::fs::read(&file).is_ok_and(|b| b == bytes)
+    }
 }

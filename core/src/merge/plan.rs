@@ -617,9 +617,36 @@ impl<'a> Opener<'a> {
     }
 }
 
-/// mergekit resolves relative paths against the working folder; when nothing is there,
-/// mergescope also tries the recipe's own folder.
-fn resolve_model_path(
+/// Where a recipe's models are, resolved as a merge resolves them: the base (if it names one)
+/// and the other models in order (the base is left out of them when it is listed there too).
+pub fn recipe_model_paths(
+    recipe: &Recipe,
+    file: &Path,
+    cwd: &Path,
+) -> Result<(Option<PathBuf>, Vec<PathBuf>), RecipeError> {
+    let base = recipe
+        .base_model
+        .as_deref()
+        .map(|b| resolve_model_path(b, "base_model", cwd, file))
+        .transpose()?;
+    let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    };
+    let mut models = Vec::with_capacity(recipe.models.len());
+    for (i, entry) in recipe.models.iter().enumerate() {
+        let path = resolve_model_path(&entry.model, &format!("models[{i}].model"), cwd, file)?;
+        if !base.as_deref().is_some_and(|b| same(b, &path)) {
+            models.push(path);
+        }
+    }
+    Ok((base, models))
+}
+
+/// Where a recipe's `model` (at `key`, for errors) is on disk. mergekit resolves relative paths
+/// against the working folder; when nothing is there, mergescope also tries the recipe's own
+/// folder.
+pub fn resolve_model_path(
     model: &str,
     key: &str,
     cwd: &Path,

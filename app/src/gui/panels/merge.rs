@@ -233,9 +233,8 @@ fn filters(ui: &mut egui::Ui, family: &OpenFamily, settings: &mut MergeSettings)
         });
 }
 
-/// Save the recipe to a file, or load one into the panel.
+/// Save the recipe to a file, or load one into the panel (opening the models it names).
 fn recipe_file(app: &mut Workbench, ui: &mut egui::Ui, yaml: &str) {
-    let mut loaded = None;
     ui.horizontal(|ui| {
         let label = ui.label("Recipe file");
         ui.add(egui::TextEdit::singleline(&mut app.recipe_path).desired_width(420.0))
@@ -253,28 +252,15 @@ fn recipe_file(app: &mut Workbench, ui: &mut egui::Ui, yaml: &str) {
             });
         }
         if ui.button("Load recipe").clicked() {
-            let path = std::path::PathBuf::from(app.recipe_path.trim());
-            loaded = Some(
-                std::fs::read_to_string(&path)
-                    .map_err(|e| format!("cannot read {}: {e}", path.display()))
-                    .and_then(|text| {
-                        app.family.as_ref().map_or_else(
-                            || Err("open a family first".to_owned()),
-                            |family| MergeSettings::from_recipe(&text, &path, family),
-                        )
-                    }),
-            );
+            app.load_recipe(std::path::PathBuf::from(app.recipe_path.trim()));
+        }
+        if ui.button("Browse...").clicked()
+            && let Some(file) = rfd::FileDialog::new()
+                .add_filter("mergekit recipe", &["yml", "yaml"])
+                .pick_file()
+        {
+            app.recipe_path = file.display().to_string();
+            app.load_recipe(file);
         }
     });
-    match loaded {
-        Some(Ok(settings)) => {
-            app.settings = Some(settings);
-            app.notice = Some(Notice {
-                error: false,
-                text: format!("loaded {}", app.recipe_path),
-            });
-        }
-        Some(Err(text)) => app.notice = Some(Notice { error: true, text }),
-        None => {}
-    }
 }

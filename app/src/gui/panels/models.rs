@@ -87,11 +87,13 @@ pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
         ui.label("No family open yet.");
         return;
     };
-    if family.is_demo {
+    if family.builtin {
         ui.label(
             "The built-in demo family: a tiny ViT base and experts for upright, rotated, \
              mirrored and inverted handwritten digits (UCI, CC BY 4.0).",
         );
+    } else if family.is_demo {
+        ui.label("Built on the demo family's base: previews score merges on the demo's digits.");
     }
     egui::Grid::new("members")
         .striped(true)
