@@ -428,7 +428,14 @@ mod tests {
 
     #[test]
     fn a_saved_recipe_loads_back() {
-        let family = family();
+        // Recipes name models that exist: a merge would look for them.
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["base", "a", "b"] {
+            std::fs::write(dir.path().join(name), b"").unwrap();
+        }
+        let mut family = family();
+        family.base = dir.path().join("base");
+        family.models = vec![dir.path().join("a"), dir.path().join("b")];
         let mut s = MergeSettings::for_models(2);
         s.method = "ties".to_owned();
         s.weights = vec![0.7, 0.1];
