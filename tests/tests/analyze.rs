@@ -273,3 +273,52 @@ fn a_cancelled_analysis_stops_with_cancelled() {
     // A fresh job runs to the end.
     assert!(analyze(&family, &AnalysisSettings::new(2), &Job::default()).is_ok());
 }
+
+#[test]
+fn partial_reports_grow_to_the_final_one() {
+    use std::sync::Arc;
+
+    use mergescope_core::analysis::{AnalysisSettings, analyze, analyze_with_partials};
+    use mergescope_core::family::{Family, Member};
+    use mergescope_core::{Checkpoint, Job};
+
+    let family_dir = parity_dir().join("family");
+    let member = |name: &str| Member {
+        label: name.to_owned(),
+        checkpoint: Arc::new(Checkpoint::open(family_dir.join(name)).unwrap()),
+    };
+    let family = Family {
+        base: Some(member("base")),
+        models: vec![member("ft_a"), member("ft_b"), member("ft_c")],
+    };
+    let settings = AnalysisSettings::new(3);
+    let mut partials = Vec::new();
+    let last = analyze_with_partials(
+        &family,
+        &settings,
+        &Job::default(),
+        std::time::Duration::ZERO,
+        &mut |report| partials.push(report),
+    )
+    .unwrap();
+    // One partial report after every tensor but the last, each covering one tensor more,
+    // and saying so.
+    assert_eq!(partials.len() + 1, last.tensors.len());
+    for (k, p) in partials.iter().enumerate() {
+        assert_eq!(p.tensors.len(), k + 1);
+        assert_eq!(p.whole_model.tensors, k + 1);
+        assert!(
+            p.limits
+                .iter()
+                .any(|l| l.starts_with(&format!("partial: {} of ", k + 1))),
+            "{:?}",
+            p.limits
+        );
+        assert_eq!(p.tensors[..], last.tensors[..k + 1]);
+    }
+    // The final report is the one `analyze` gives, with no partial note.
+    let whole = analyze(&family, &settings, &Job::default()).unwrap();
+    assert_eq!(last.tensors, whole.tensors);
+    assert_eq!(last.whole_model, whole.whole_model);
+    assert!(!last.limits.iter().any(|l| l.starts_with("partial")));
+}

@@ -315,6 +315,7 @@ impl Workbench {
                         self.analyze();
                     }
                 }
+                Event::AnalyzedSoFar(report) => self.report = Some(*report),
                 Event::Analyzed(report) => {
                     self.busy = None;
                     self.report = Some(*report);

@@ -7,7 +7,9 @@ use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
-use mergescope_core::analysis::{AnalysisSettings, Report, Survival, analyze, survival};
+use mergescope_core::analysis::{
+    AnalysisSettings, Report, Survival, analyze_with_partials, survival,
+};
 use mergescope_core::backend::{Backend, Cpu};
 use mergescope_core::eval::preview::merge_in_memory;
 use mergescope_core::eval::{DemoAccuracy, DemoFamily, Fidelity, Scores};
@@ -50,6 +52,8 @@ pub enum Event {
     /// The backend is ready; what it is, in words.
     Backend(String),
     Opened(Box<OpenFamily>),
+    /// The tensors analysed so far (the analysis goes on).
+    AnalyzedSoFar(Box<Report>),
     Analyzed(Box<Report>),
     Previewed {
         /// The recipe it previews.
@@ -336,7 +340,11 @@ impl Engine {
             rank: 16,
             ..Default::default()
         });
-        let report = analyze(family, &settings, &job).map_err(|e| match e {
+        let every = std::time::Duration::from_millis(250);
+        let report = analyze_with_partials(family, &settings, &job, every, &mut |partial| {
+            self.send(Event::AnalyzedSoFar(Box::new(partial)));
+        })
+        .map_err(|e| match e {
             mergescope_core::analysis::AnalysisError::Cancelled(_) => CANCELLED.to_owned(),
             other => other.to_string(),
         })?;

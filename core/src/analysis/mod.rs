@@ -102,6 +102,19 @@ pub fn analyze(
     settings: &AnalysisSettings,
     job: &Job,
 ) -> Result<Report, AnalysisError> {
+    analyze_with_partials(family, settings, job, std::time::Duration::MAX, &mut |_| {})
+}
+
+/// [`analyze`], also handing `partial` the report of the tensors measured so far, at most once
+/// per `every` (a GUI fills its panels in as the analysis goes). A partial report's `limits`
+/// say how many tensors it covers.
+pub fn analyze_with_partials(
+    family: &Family,
+    settings: &AnalysisSettings,
+    job: &Job,
+    every: std::time::Duration,
+    partial: &mut dyn FnMut(Report),
+) -> Result<Report, AnalysisError> {
     let base = family.base.as_ref().ok_or(AnalysisError::NoBase)?;
     if family.models.is_empty() {
         return Err(AnalysisError::NoModels);
@@ -121,11 +134,14 @@ pub fn analyze(
     job.progress
         .start_stage("analysing", planned.iter().map(bytes_of).sum());
 
-    let mut tensors = Vec::with_capacity(planned.len());
-    let mut whole = Sums::new(n_models);
-    let mut layers: BTreeMap<Option<usize>, (Sums, usize)> = BTreeMap::new();
-    let mut modules: BTreeMap<String, (Sums, usize)> = BTreeMap::new();
-    let mut randomized = false;
+    let mut acc = Accumulated {
+        tensors: Vec::with_capacity(planned.len()),
+        whole: Sums::new(n_models),
+        layers: BTreeMap::new(),
+        modules: BTreeMap::new(),
+        randomized: false,
+    };
+    let mut last_partial = std::time::Instant::now();
     let steps = planned
         .iter()
         .map(|p| {
@@ -176,50 +192,90 @@ pub fn analyze(
             if let Some(spectra) = &settings.spectra
                 && p.shape.len() >= 2
             {
-                randomized |= add_spectra(&mut report, b, &views, spectra);
+                acc.randomized |= add_spectra(&mut report, b, &views, spectra);
             }
-            whole.add(&sums);
-            let layer = layers
+            acc.whole.add(&sums);
+            let layer = acc
+                .layers
                 .entry(key.block)
                 .or_insert_with(|| (Sums::new(n_models), 0));
             layer.0.add(&sums);
             layer.1 += 1;
-            let module = modules
+            let module = acc
+                .modules
                 .entry(report.module.clone())
                 .or_insert_with(|| (Sums::new(n_models), 0));
             module.0.add(&sums);
             module.1 += 1;
-            tensors.push(report);
+            acc.tensors.push(report);
             base.checkpoint.release(p.base);
             for (m, &i) in family.models.iter().zip(&p.models) {
                 m.checkpoint.release(i);
             }
             job.progress.add_done(bytes_of(p));
             ahead.done(k);
+            if k + 1 < planned.len() && last_partial.elapsed() >= every {
+                let mut report = acc.report(family, settings, &inputs, &skipped);
+                report.limits.push(format!(
+                    "{}{} of {} tensors measured so far",
+                    report::PARTIAL,
+                    k + 1,
+                    planned.len()
+                ));
+                partial(report);
+                last_partial = std::time::Instant::now();
+            }
         }
         Ok(())
     })?;
     job.check_cancelled()?;
+    Ok(acc.report(family, settings, &inputs, &skipped))
+}
 
-    let group = |name: String, (sums, count): &(Sums, usize)| GroupReport {
-        name,
-        tensors: *count,
-        numel: sums.numel,
-        metrics: sums.metrics(),
-    };
-    let mut critical: Vec<Critical> = tensors
-        .iter()
-        .filter_map(|t| {
-            let rels: Vec<f64> = t.metrics.models.iter().filter_map(|m| m.rel).collect();
-            (!rels.is_empty()).then(|| Critical {
-                tensor: t.name.clone(),
-                mean_rel: rels.iter().sum::<f64>() / rels.len() as f64,
+/// What the analysis has measured so far.
+struct Accumulated {
+    tensors: Vec<TensorReport>,
+    whole: Sums,
+    layers: BTreeMap<Option<usize>, (Sums, usize)>,
+    modules: BTreeMap<String, (Sums, usize)>,
+    /// Some spectrum was randomized.
+    randomized: bool,
+}
+
+impl Accumulated {
+    fn report(
+        &self,
+        family: &Family,
+        settings: &AnalysisSettings,
+        inputs: &[InputIdentity],
+        skipped: &[Skipped],
+    ) -> Report {
+        let (tensors, whole, layers, modules, randomized) = (
+            &self.tensors,
+            &self.whole,
+            &self.layers,
+            &self.modules,
+            self.randomized,
+        );
+        let group = |name: String, (sums, count): &(Sums, usize)| GroupReport {
+            name,
+            tensors: *count,
+            numel: sums.numel,
+            metrics: sums.metrics(),
+        };
+        let mut critical: Vec<Critical> = tensors
+            .iter()
+            .filter_map(|t| {
+                let rels: Vec<f64> = t.metrics.models.iter().filter_map(|m| m.rel).collect();
+                (!rels.is_empty()).then(|| Critical {
+                    tensor: t.name.clone(),
+                    mean_rel: rels.iter().sum::<f64>() / rels.len() as f64,
+                })
             })
-        })
-        .collect();
-    critical.sort_by(|a, b| b.mean_rel.total_cmp(&a.mean_rel));
-    let mut limits = Vec::new();
-    match &settings.spectra {
+            .collect();
+        critical.sort_by(|a, b| b.mean_rel.total_cmp(&a.mean_rel));
+        let mut limits = Vec::new();
+        match &settings.spectra {
         None => limits.push(
             "spectra, subspace overlaps and base-subspace energy were not computed (ask for them \
              with --rank R or --metrics sensitivity,interference,spectra)"
@@ -233,30 +289,31 @@ pub fn analyze(
         )),
         Some(_) => {}
     }
-    let d = settings.interference.density;
-    Ok(Report {
-        mergescope_version: crate::merge::engine::VERSION.to_owned(),
-        inputs,
-        settings: settings.clone(),
-        models: family.models.iter().map(|m| m.label.clone()).collect(),
-        whole_model: group("whole model".to_owned(), &(whole, tensors.len())),
-        layers: layers
-            .iter()
-            .map(|(block, g)| {
-                group(
-                    block.map_or_else(|| "outside blocks".to_owned(), |b| format!("layer {b}")),
-                    g,
-                )
-            })
-            .collect(),
-        modules: modules.iter().map(|(m, g)| group(m.clone(), g)).collect(),
-        tensors,
-        critical,
-        skipped,
-        limits,
-        jaccard_chance: d / (2.0 - d),
-        survival: None,
-    })
+        let d = settings.interference.density;
+        Report {
+            mergescope_version: crate::merge::engine::VERSION.to_owned(),
+            inputs: inputs.to_vec(),
+            settings: settings.clone(),
+            models: family.models.iter().map(|m| m.label.clone()).collect(),
+            whole_model: group("whole model".to_owned(), &(whole.clone(), tensors.len())),
+            layers: layers
+                .iter()
+                .map(|(block, g)| {
+                    group(
+                        block.map_or_else(|| "outside blocks".to_owned(), |b| format!("layer {b}")),
+                        g,
+                    )
+                })
+                .collect(),
+            modules: modules.iter().map(|(m, g)| group(m.clone(), g)).collect(),
+            tensors: tensors.clone(),
+            critical,
+            skipped: skipped.to_vec(),
+            limits,
+            jaccard_chance: d / (2.0 - d),
+            survival: None,
+        }
+    }
 }
 
 /// Spectra, base-subspace energies and pairwise overlaps of one 2-D tensor. Returns whether

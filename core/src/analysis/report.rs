@@ -67,6 +67,9 @@ pub struct Critical {
     pub mean_rel: f64,
 }
 
+/// How the note of a partial report (in `limits`) begins.
+pub(crate) const PARTIAL: &str = "partial: ";
+
 /// Everything an analysis found.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Report {
@@ -223,6 +226,12 @@ impl Report {
             let _ = writeln!(s, "\nnote: {limit}");
         }
         s
+    }
+
+    /// How far a partial report got ("12 of 120 tensors measured so far"); `None` when the
+    /// analysis finished.
+    pub fn partial(&self) -> Option<&str> {
+        self.limits.iter().find_map(|l| l.strip_prefix(PARTIAL))
     }
 
     /// One CSV row per tensor and model: the columns a spreadsheet user wants first.

@@ -9,9 +9,22 @@ pub mod models;
 pub mod preview;
 pub mod sensitivity;
 
-/// Whether the analysis report is there; if not, says why or offers to start it.
+/// Whether the analysis report is there; if not, says why or offers to start it. A report
+/// still being filled in says how far it is.
 pub fn report_ready(app: &mut Workbench, ui: &mut egui::Ui) -> bool {
-    if app.report.is_some() {
+    if let Some(report) = &app.report {
+        if let Some(so_far) = report.partial().map(str::to_owned) {
+            if app.busy.is_some() {
+                ui.label(format!("Filling in as the analysis goes ({so_far})."));
+            } else {
+                ui.horizontal(|ui| {
+                    ui.label(format!("A partial analysis ({so_far}; it was stopped)."));
+                    if ui.button("Analyse again").clicked() {
+                        app.analyze();
+                    }
+                });
+            }
+        }
         return true;
     }
     if app.busy.is_some() {
