@@ -720,3 +720,34 @@ fn loading_a_recipe_opens_the_models_it_names() {
         |app| mean_accuracy(app).is_some(),
     );
 }
+
+#[test]
+fn matrices_per_module_and_heatmap_means() {
+    let mut harness = harness();
+    opened(&mut harness);
+    harness.get_by_label("Sensitivity").click();
+    harness.run_ok();
+    harness.get_by_label("Fine-tune").click();
+    harness.run_ok();
+    harness.get_by_label("mean over models").click();
+    harness.run_ok();
+    assert_eq!(harness.state().selected_model, 5, "four fine-tunes, the max, then the mean");
+
+    harness.get_by_label("Interference").click();
+    harness.run_ok();
+    harness.get_by_label("scope of the matrices").click();
+    harness.run_ok();
+    harness.get_by_label("module: attn q (every layer)").click();
+    harness.run_ok();
+    assert_eq!(harness.state().selected_module.as_deref(), Some("attn q"));
+    // Back to one layer: the module scope is dropped.
+    harness.get_by_label("scope of the matrices").click();
+    harness.run_ok();
+    harness.get_by_label("layer 2").click();
+    harness.run_ok();
+    let state = harness.state();
+    assert_eq!(
+        (state.selected_layer, state.selected_module.as_deref()),
+        (Some(2), None)
+    );
+}

@@ -90,6 +90,8 @@ pub struct Workbench {
     pub recipe_path: String,
     pub selected_model: usize,
     pub selected_layer: Option<usize>,
+    /// A module kind ("attn q", "mlp down", ...) the Interference matrices cover instead.
+    pub selected_module: Option<String>,
     /// The 2-D tensor whose spectra the Interference panel shows.
     pub selected_tensor: Option<String>,
     /// Families opened before, most recent first (kept by eframe between runs).
@@ -166,6 +168,7 @@ impl Workbench {
                 .to_string(),
             selected_model: 0,
             selected_layer: None,
+            selected_module: None,
             selected_tensor: None,
             recent: Vec::new(),
             pending_recipe: None,
@@ -309,6 +312,9 @@ impl Workbench {
                     self.preview = None;
                     self.sent_preview = None;
                     self.selected_model = 0;
+                    self.selected_layer = None;
+                    self.selected_module = None;
+                    self.selected_tensor = None;
                     // Analysis fills the Sensitivity and Interference panels in the background;
                     // for large families it waits to be asked (it reads every byte).
                     if bytes <= AUTO_ANALYSIS_BYTES {

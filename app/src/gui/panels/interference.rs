@@ -1,5 +1,5 @@
 //! Interference: the task × task matrices (cosine, sign conflict, top-k mask overlap) for the
-//! whole model or the selected layer.
+//! whole model, a layer or a module kind.
 
 use super::{cell, diverging, fmt, sequential};
 use crate::gui::app::Workbench;
@@ -12,21 +12,40 @@ pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
     let Some(report) = &app.report else {
         return;
     };
+    // The matrices cover the selected module (all layers), else the selected layer, else the
+    // whole model.
     let group = app
-        .selected_layer
-        .and_then(|b| {
-            report
-                .layers
-                .iter()
-                .find(|g| g.name == format!("layer {b}"))
+        .selected_module
+        .as_ref()
+        .and_then(|m| report.modules.iter().find(|g| g.name == *m))
+        .or_else(|| {
+            app.selected_layer.and_then(|b| {
+                report
+                    .layers
+                    .iter()
+                    .find(|g| g.name == format!("layer {b}"))
+            })
         })
         .unwrap_or(&report.whole_model);
-    ui.horizontal(|ui| {
-        ui.label(format!("Showing: {}", group.name));
-        if app.selected_layer.is_some() && ui.button("Whole model").clicked() {
-            app.selected_layer = None;
-        }
-    });
+    let mut scope = (app.selected_layer, app.selected_module.clone());
+    egui::ComboBox::from_label("scope of the matrices")
+        .selected_text(&group.name)
+        .show_ui(ui, |ui| {
+            ui.selectable_value(&mut scope, (None, None), "whole model");
+            for g in &report.layers {
+                if let Some(b) = g.name.strip_prefix("layer ").and_then(|b| b.parse().ok()) {
+                    ui.selectable_value(&mut scope, (Some(b), None), &g.name);
+                }
+            }
+            for g in &report.modules {
+                ui.selectable_value(
+                    &mut scope,
+                    (None, Some(g.name.clone())),
+                    format!("module: {} (every layer)", g.name),
+                );
+            }
+        });
+    (app.selected_layer, app.selected_module) = scope;
     let n = report.models.len();
     ui.horizontal_top(|ui| {
         for (title, matrix, signed) in [

@@ -29,18 +29,19 @@ pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
                     ui.selectable_value(&mut app.selected_model, i, label);
                 }
                 ui.selectable_value(&mut app.selected_model, models, "max over models");
+                ui.selectable_value(&mut app.selected_model, models + 1, "mean over models");
             });
     });
-    // rel per (block, module) for the selected model (or the max over models).
+    // rel per (block, module) for the selected model, or the max or mean over models.
     let pick = |t: &mergescope_core::analysis::TensorReport| -> Option<f64> {
-        if app.selected_model < models {
-            t.metrics.models[app.selected_model].rel
-        } else {
-            t.metrics
-                .models
-                .iter()
-                .filter_map(|m| m.rel)
-                .reduce(f64::max)
+        let rels = t.metrics.models.iter().filter_map(|m| m.rel);
+        match app.selected_model {
+            i if i < models => t.metrics.models[i].rel,
+            i if i == models => rels.reduce(f64::max),
+            _ => {
+                let rels: Vec<f64> = rels.collect();
+                (!rels.is_empty()).then(|| rels.iter().sum::<f64>() / rels.len() as f64)
+            }
         }
     };
     let mut grid: BTreeMap<(usize, String), (f64, String)> = BTreeMap::new();
@@ -56,7 +57,14 @@ pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
             .entry((block, t.module.clone()))
             .or_insert((0.0, String::new()));
         if rel >= entry.0 {
-            *entry = (rel, t.name.clone());
+            // The hover shows every fine-tune's figure for the tensor, not only the picked one.
+            let each: Vec<String> = report
+                .models
+                .iter()
+                .zip(&t.metrics.models)
+                .map(|(label, m)| format!("  {label}: {}", fmt(m.rel)))
+                .collect();
+            *entry = (rel, format!("{}\n{}", t.name, each.join("\n")));
         }
     }
     let hi = grid.values().map(|v| v.0).fold(0.0, f64::max);
@@ -76,13 +84,15 @@ pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
                     .clicked()
                 {
                     app.selected_layer = if selected { None } else { Some(b) };
+                    app.selected_module = None;
                 }
                 for m in &modules {
                     match grid.get(&(b, m.clone())) {
                         Some((rel, name)) => {
-                            let hover = format!("{name}\n|tau|/|theta_b| = {rel:.4}");
+                            let hover = format!("{name}\nshown: {rel:.4} (|tau| / |theta_base|)");
                             if cell(ui, 26.0, sequential(*rel, hi), &hover).clicked() {
                                 app.selected_layer = Some(b);
+                                app.selected_module = None;
                             }
                         }
                         None => {
