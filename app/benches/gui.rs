@@ -5,6 +5,7 @@
 //! is down, all test digits after release.
 //!
 //!     cargo bench -p mergescope --bench gui
+//!     MERGESCOPE_BENCH_FAMILY=DIR cargo bench -p mergescope --bench gui   # also a large family
 
 #![allow(clippy::print_stdout)] // a benchmark reports its figures on stdout
 
@@ -170,4 +171,77 @@ fn main() {
         "demo family, weight slider, 5 drags, each frame rendered offscreen by kittest's wgpu renderer",
         drag(&mut harness, left, right, 5, true),
     );
+
+    if let Some(dir) = std::env::var_os("MERGESCOPE_BENCH_FAMILY") {
+        large_family(std::path::Path::new(&dir));
+    }
+}
+
+/// A large family (`base`, `ft_1`, ... under `dir`, e.g. `mergescope synth`'s): previews of
+/// retention while a slider is dragged (a sample of each tensor) and after release (every
+/// byte), and the process's memory.
+fn large_family(dir: &std::path::Path) {
+    let mut paths = vec![dir.join("base")];
+    paths.extend(
+        (1..)
+            .map(|i| dir.join(format!("ft_{i}")))
+            .take_while(|p| p.exists()),
+    );
+    let mut harness = Harness::builder()
+        .with_size(egui::vec2(1200.0, 800.0))
+        .build_eframe(|cc| Workbench::new(&cc.egui_ctx, &paths).expect("the worker starts"));
+    wait(&mut harness, |app| app.family.is_some());
+    let bytes: u64 = harness
+        .state()
+        .family
+        .as_ref()
+        .unwrap()
+        .members
+        .iter()
+        .map(|m| m.bytes)
+        .sum();
+    println!(
+        "{} ({} models, {:.2} GB): open, {} MiB resident",
+        dir.display(),
+        paths.len(),
+        bytes as f64 / 1e9,
+        resident_mib()
+    );
+    harness.get_by_label("Merge").click();
+    harness.step();
+    let full = wait(&mut harness, |app| {
+        app.preview.as_ref().is_some_and(|p| p.full)
+    });
+    println!(
+        "  first full preview (every element): {:.2} s, {} MiB resident",
+        full.as_secs_f64(),
+        resident_mib()
+    );
+    let rect = harness
+        .get_by_role_and_label(Role::Slider, "ft_1 weight")
+        .rect();
+    let (left, right) = (
+        rect.left_center() + egui::vec2(4.0, 0.0),
+        rect.right_center() - egui::vec2(4.0, 0.0),
+    );
+    let mut f = drag(&mut harness, left, right, 3, false);
+    println!(
+        "  slider: frame {:.2} ms median; last move -> sampled preview {:.0} ms median; release -> full preview {:.2} s median; {} MiB resident",
+        percentile(&mut f.frames, 0.5),
+        percentile(&mut f.quick, 0.5),
+        percentile(&mut f.full, 0.5) / 1e3,
+        resident_mib()
+    );
+}
+
+/// The process's resident memory (Linux).
+fn resident_mib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb / 1024)
 }

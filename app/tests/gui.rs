@@ -731,7 +731,11 @@ fn matrices_per_module_and_heatmap_means() {
     harness.run_ok();
     harness.get_by_label("mean over models").click();
     harness.run_ok();
-    assert_eq!(harness.state().selected_model, 5, "four fine-tunes, the max, then the mean");
+    assert_eq!(
+        harness.state().selected_model,
+        5,
+        "four fine-tunes, the max, then the mean"
+    );
 
     harness.get_by_label("Interference").click();
     harness.run_ok();
@@ -749,5 +753,63 @@ fn matrices_per_module_and_heatmap_means() {
     assert_eq!(
         (state.selected_layer, state.selected_module.as_deref()),
         (Some(2), None)
+    );
+}
+
+#[test]
+fn a_large_family_is_previewed_from_a_sample_while_dragging() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = slow_family(&dir.path().join("family"));
+    let mut harness = Harness::builder()
+        .with_size(egui::vec2(1200.0, 900.0))
+        .build_eframe(|cc| Workbench::new(&cc.egui_ctx, &paths).expect("the worker starts"));
+    wait_for(&mut harness, "the family", |app| app.family.is_some());
+    // The preview does not wait for the analysis (which takes far longer here).
+    harness.get_by_label("Merge").click();
+    harness.run_ok();
+    wait_for(&mut harness, "a full retention preview", |app| {
+        app.preview.as_ref().is_some_and(|p| p.full)
+    });
+    assert!(harness.state().busy.is_some(), "the analysis still runs");
+    harness.get_by_label("Cancel").click();
+    let full = harness.state().preview.clone().unwrap();
+    assert!(full.scores.is_empty(), "not the demo's digits: no accuracy");
+    assert_eq!(full.survival.sampled, None);
+    assert_eq!(
+        full.survival.layers.len(),
+        17,
+        "16 layers and the tensors outside them"
+    );
+
+    let rect = slider(&harness, "ft_1 weight"); // ft_1.safetensors, named without the suffix
+    harness.drag_at(rect.left_center() + egui::vec2(4.0, 0.0));
+    harness.step();
+    harness.hover_at(rect.center());
+    harness.step();
+    wait_for(&mut harness, "a sampled preview while dragging", |app| {
+        app.preview.as_ref().is_some_and(|p| !p.full)
+    });
+    assert!(
+        harness
+            .state()
+            .preview
+            .as_ref()
+            .unwrap()
+            .survival
+            .sampled
+            .is_some()
+    );
+    harness.drop_at(rect.center());
+    harness.step();
+    wait_for(&mut harness, "the full preview after release", |app| {
+        app.preview.as_ref().is_some_and(|p| p.full)
+    });
+    assert_eq!(
+        harness.state().preview.as_ref().unwrap().survival.sampled,
+        None
+    );
+    assert!(
+        harness.state().busy.is_none(),
+        "the preview's progress ended with it"
     );
 }

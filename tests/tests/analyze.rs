@@ -322,3 +322,37 @@ fn partial_reports_grow_to_the_final_one() {
     assert_eq!(last.whole_model, whole.whole_model);
     assert!(!last.limits.iter().any(|l| l.starts_with("partial")));
 }
+
+#[test]
+fn a_sampled_preview_reads_a_few_rows_of_each_tensor() {
+    use mergescope_core::Job;
+    use mergescope_core::analysis::{survival, survival_sampled};
+    use mergescope_core::backend::Cpu;
+    use mergescope_core::merge::plan::{MergePlan, PlanOptions};
+    use mergescope_core::merge::recipe::Recipe;
+
+    let dir = parity_dir();
+    let file = dir.join("keep-a.yml");
+    let yaml = "merge_method: task_arithmetic\nbase_model: family/base\nmodels:\n  - model: family/ft_a\n    parameters: {weight: 1.0}\n  - model: family/ft_b\n    parameters: {weight: 0.0}\ndtype: float32\n";
+    let plan = MergePlan::new(
+        Recipe::from_yaml(yaml, &file).unwrap(),
+        &file,
+        &PlanOptions {
+            cwd: dir.clone(),
+            random_seed: Some(0),
+            truncate_vocab: false,
+        },
+    )
+    .unwrap();
+    let (quick, whole) = (Job::default(), Job::default());
+    let sampled = survival_sampled(&plan, &Cpu, &quick, Some(64)).unwrap();
+    let full = survival(&plan, &Cpu, &whole).unwrap();
+    assert_eq!((sampled.sampled, full.sampled), (Some(64), None));
+    // It measured fewer elements, over the same layers.
+    assert!(quick.progress.snapshot().total < whole.progress.snapshot().total / 4);
+    assert_eq!(sampled.layers.len(), full.layers.len());
+    // Keeping all of ft_a holds on any rows: projection 1 and cosine 1.
+    let a = &sampled.whole_model.models[0];
+    assert!((a.projection.unwrap() - 1.0).abs() < 1e-6, "{a:?}");
+    assert!((a.cosine.unwrap() - 1.0).abs() < 1e-6, "{a:?}");
+}

@@ -75,6 +75,8 @@ pub struct Workbench {
     pub preview: Option<Preview>,
     /// The recipe of the last preview sent, and whether it was a full one.
     pub sent_preview: Option<(String, bool)>,
+    /// How far the running preview is (a large family takes a while).
+    pub preview_progress: Option<f64>,
     /// Stage and fraction of the job in progress.
     pub busy: Option<(String, f64)>,
     pub notice: Option<Notice>,
@@ -151,6 +153,7 @@ impl Workbench {
             settings: None,
             preview: None,
             sent_preview: None,
+            preview_progress: None,
             busy: None,
             notice: None,
             base_path: String::new(),
@@ -333,12 +336,22 @@ impl Workbench {
                     full,
                     millis,
                 } => {
+                    self.preview_progress = None;
                     self.preview = Some(Preview {
                         yaml,
                         scores,
                         survival: *survival,
                         full,
                         millis,
+                    });
+                }
+                Event::PreviewProgress(fraction) => self.preview_progress = Some(fraction),
+                Event::PreviewStopped => self.preview_progress = None,
+                Event::PreviewFailed(text) => {
+                    self.preview_progress = None;
+                    self.notice = Some(Notice {
+                        error: true,
+                        text: format!("preview: {text}"),
                     });
                 }
                 Event::Exported(text) => {
@@ -353,8 +366,6 @@ impl Workbench {
                 }
                 Event::Cancelled => {
                     self.busy = None;
-                    // A cancelled preview is asked for again.
-                    self.sent_preview = None;
                     self.notice = Some(Notice {
                         error: false,
                         text: "cancelled; nothing was written".to_owned(),

@@ -39,6 +39,12 @@ pub struct OpenFamily {
 }
 
 impl OpenFamily {
+    /// Where the workbench's recipe is taken to live: beside the base, so relative paths
+    /// resolve as they would for a recipe saved there.
+    pub fn recipe_file(&self) -> PathBuf {
+        self.base.with_file_name("mergescope-workbench.yml")
+    }
+
     /// Filters worth offering: the module names that follow a block index (`self_attn`, `mlp`,
     /// `attention`, `intermediate`, ...), in the order they first appear, then the names of
     /// tensors outside blocks (`embed_tokens`, `lm_head`, ...).
@@ -415,6 +421,16 @@ impl MergeSettings {
         }
         Ok(settings)
     }
+}
+
+/// A model as the panels name it: its folder's name, or its file's without `.safetensors`.
+pub fn model_name(path: &Path) -> String {
+    let name = path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    name.strip_suffix(".safetensors")
+        .map_or_else(|| name.clone(), str::to_owned)
 }
 
 /// A path as a YAML scalar.

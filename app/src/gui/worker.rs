@@ -1,18 +1,15 @@
 //! The worker thread that owns the engine: the UI sends [`Command`]s and reads [`Event`]s each
-//! frame, so a frame never waits on disk or arithmetic. One job runs at a time; while a slider
-//! moves, only the newest preview request is computed.
+//! frame, so a frame never waits on disk or arithmetic. One job (open, analyse, export) runs at
+//! a time; previews run beside them on their own thread ([`super::previewer`]).
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
+use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
-use mergescope_core::analysis::{
-    AnalysisSettings, Report, Survival, analyze_with_partials, survival,
-};
+use mergescope_core::analysis::{AnalysisSettings, Report, Survival, analyze_with_partials};
 use mergescope_core::backend::{Backend, Cpu};
-use mergescope_core::eval::preview::merge_in_memory;
-use mergescope_core::eval::{DemoAccuracy, DemoFamily, Fidelity, Scores};
+use mergescope_core::eval::{DemoFamily, Scores};
 use mergescope_core::export::ExportOptions;
 use mergescope_core::family::{Family, Member};
 use mergescope_core::layout::Layout;
@@ -21,6 +18,7 @@ use mergescope_core::merge::plan::{MergePlan, PlanOptions};
 use mergescope_core::merge::recipe::Recipe;
 use mergescope_core::{CancelToken, Checkpoint, Job};
 
+use super::previewer::{PreviewRequest, Previewer};
 use super::state::{MemberInfo, OpenFamily};
 
 /// What the UI asks for.
@@ -32,11 +30,6 @@ pub enum Command {
         models: Vec<PathBuf>,
     },
     Analyze,
-    /// Merge in memory and score (`full`: the whole test split; else a quick subsample).
-    Preview {
-        yaml: String,
-        full: bool,
-    },
     Export {
         yaml: String,
         out: PathBuf,
@@ -65,6 +58,11 @@ pub enum Event {
         full: bool,
         millis: f64,
     },
+    /// How far the running preview is.
+    PreviewProgress(f64),
+    /// A preview was cancelled or superseded by a newer one.
+    PreviewStopped,
+    PreviewFailed(String),
     Exported(String),
     Progress {
         stage: String,
@@ -77,6 +75,7 @@ pub enum Event {
 /// The UI's handle on the worker.
 pub struct Worker {
     commands: Sender<Queued>,
+    previewer: Previewer,
     pub events: Receiver<Event>,
     /// The running job's cancel token, if any.
     running: Arc<Mutex<Option<CancelToken>>>,
@@ -100,13 +99,13 @@ impl Worker {
         let running = Arc::new(Mutex::new(None));
         let cancelled = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let (shared_running, shared_cancelled) = (Arc::clone(&running), Arc::clone(&cancelled));
-        let repaint = Arc::new(repaint);
+        let repaint: Arc<dyn Fn() + Send + Sync> = Arc::new(repaint);
+        let (previewer, preview_inbox) = Previewer::new();
         std::thread::Builder::new()
             .name("mergescope-worker".to_owned())
             .spawn(move || {
                 let mut engine = Engine {
                     family: None,
-                    demo: None,
                     backend: Arc::new(Cpu),
                     outbox,
                     repaint,
@@ -121,14 +120,30 @@ impl Worker {
                     Err(why) => format!("{} ({why})", engine.backend.describe()),
                 };
                 engine.send(Event::Backend(described));
+                let previews = preview_inbox.spawn(
+                    Arc::clone(&engine.backend),
+                    engine.outbox.clone(),
+                    Arc::clone(&engine.repaint),
+                );
+                if let Err(e) = previews {
+                    engine.send(Event::Failed(format!(
+                        "cannot start the preview thread: {e}"
+                    )));
+                }
                 engine.serve(&inbox);
             })?;
         Ok(Self {
             commands,
+            previewer,
             events,
             running,
             cancelled,
         })
+    }
+
+    /// Asks for a preview; a newer one replaces it, queued or running.
+    pub fn preview(&self, request: PreviewRequest) {
+        self.previewer.send(request);
     }
 
     pub fn send(&self, command: Command) {
@@ -155,7 +170,6 @@ struct Queued {
 
 struct Engine {
     family: Option<(Family, OpenFamily)>,
-    demo: Option<DemoAccuracy>,
     backend: Arc<dyn Backend>,
     outbox: Sender<Event>,
     repaint: Arc<dyn Fn() + Send + Sync>,
@@ -170,25 +184,7 @@ impl Engine {
     }
 
     fn serve(&mut self, inbox: &Receiver<Queued>) {
-        while let Ok(mut queued) = inbox.recv() {
-            // Coalesce previews: a newer one makes an older one pointless.
-            loop {
-                match inbox.try_recv() {
-                    Ok(
-                        next @ Queued {
-                            command: Command::Preview { .. },
-                            ..
-                        },
-                    ) if matches!(queued.command, Command::Preview { .. }) => {
-                        queued = next;
-                    }
-                    Ok(other) => {
-                        self.start(queued);
-                        queued = other;
-                    }
-                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
-                }
-            }
+        while let Ok(queued) = inbox.recv() {
             self.start(queued);
         }
     }
@@ -249,7 +245,6 @@ impl Engine {
                 self.open(&base, &models, is_demo, false)
             }
             Command::Analyze => self.analyze(epoch),
-            Command::Preview { yaml, full } => self.preview(&yaml, full, epoch),
             Command::Export {
                 yaml,
                 out,
@@ -351,59 +346,6 @@ impl Engine {
         Ok(Event::Analyzed(Box::new(report)))
     }
 
-    fn plan(&self, yaml: &str) -> Result<MergePlan, String> {
-        let (_, open) = self.family.as_ref().ok_or("open a family first")?;
-        let file = open.base.with_file_name("mergescope-workbench.yml");
-        let recipe = Recipe::from_yaml(yaml, &file).map_err(|e| e.to_string())?;
-        MergePlan::new(
-            recipe,
-            &file,
-            &PlanOptions {
-                cwd: std::env::current_dir().map_err(|e| e.to_string())?,
-                random_seed: Some(0),
-                truncate_vocab: false,
-            },
-        )
-        .map_err(|e| e.to_string())
-    }
-
-    fn preview(&mut self, yaml: &str, full: bool, epoch: u64) -> Result<Event, String> {
-        let started = Instant::now();
-        let plan = self.plan(yaml)?;
-        let is_demo = self.family.as_ref().is_some_and(|(_, o)| o.is_demo);
-        let mut scores = Scores::new();
-        if is_demo {
-            if self.demo.is_none() {
-                self.demo = Some(DemoAccuracy::new().map_err(|e| e.to_string())?);
-            }
-            let merged = merge_in_memory(&plan, self.backend.as_ref())?;
-            let fidelity = if full {
-                Fidelity::Full
-            } else {
-                Fidelity::Subsample(32)
-            };
-            scores = self
-                .demo
-                .as_ref()
-                .expect("made above")
-                .score(&merged, fidelity)
-                .map_err(|e| e.to_string())?;
-        }
-        // Any family: how much of each task vector survives, per layer (data-free).
-        let job = self.job(epoch);
-        let survival = survival(&plan, self.backend.as_ref(), &job).map_err(|e| match e {
-            mergescope_core::analysis::AnalysisError::Cancelled(_) => CANCELLED.to_owned(),
-            other => other.to_string(),
-        })?;
-        Ok(Event::Previewed {
-            yaml: yaml.to_owned(),
-            scores,
-            survival: Box::new(survival),
-            full,
-            millis: started.elapsed().as_secs_f64() * 1e3,
-        })
-    }
-
     fn export(
         &self,
         yaml: &str,
@@ -412,7 +354,8 @@ impl Engine {
         shard_size: u64,
         epoch: u64,
     ) -> Result<Event, String> {
-        let plan = self.plan(yaml)?;
+        let (_, open) = self.family.as_ref().ok_or("open a family first")?;
+        let plan = plan(yaml, &open.recipe_file())?;
         let job = self.job(epoch);
         let mut options = ExportOptions::new(out);
         options.force = force;
@@ -432,6 +375,22 @@ impl Engine {
 }
 
 const CANCELLED: &str = "\u{0}cancelled";
+
+/// The plan of the workbench's recipe, as if it lived at `file` (relative model paths resolve
+/// from there).
+pub fn plan(yaml: &str, file: &Path) -> Result<MergePlan, String> {
+    let recipe = Recipe::from_yaml(yaml, file).map_err(|e| e.to_string())?;
+    MergePlan::new(
+        recipe,
+        file,
+        &PlanOptions {
+            cwd: std::env::current_dir().map_err(|e| e.to_string())?,
+            random_seed: Some(0),
+            truncate_vocab: false,
+        },
+    )
+    .map_err(|e| mergescope_core::one_line(&e.to_string()))
+}
 
 /// Where the demo family is unpacked: the user's cache folder, else the temporary folder.
 fn demo_root() -> PathBuf {

@@ -26,7 +26,7 @@ pub use cache::{cache_dir, load_cached, store_cached};
 pub use report::{Critical, GroupReport, InputIdentity, Report, Skipped, TensorReport};
 pub use spectrum::SpectraSettings;
 pub use sums::{Metrics, ModelMetrics, Sums};
-pub use survival::{Survival, SurvivalGroup, Survived, survival};
+pub use survival::{Survival, SurvivalGroup, Survived, survival, survival_sampled};
 pub use tensor::{InterferenceSettings, tensor_sums};
 
 use crate::checkpoint::{Checkpoint, ReadAhead, TensorView};

@@ -106,6 +106,10 @@ pub struct Survival {
     pub layers: Vec<SurvivalGroup>,
     /// Tensors the merge copies or converts rather than merges.
     pub not_merged: Vec<String>,
+    /// A quick estimate measured on at most this many elements of each tensor (its leading
+    /// rows); `None`: every element.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampled: Option<usize>,
 }
 
 /// Merges every tensor of `plan` in memory on `backend` and measures what survives.
@@ -113,6 +117,19 @@ pub fn survival(
     plan: &MergePlan,
     backend: &dyn Backend,
     job: &Job,
+) -> Result<Survival, AnalysisError> {
+    survival_sampled(plan, backend, job, None)
+}
+
+/// [`survival`] measured on at most `sample` elements of each tensor when given: its leading
+/// rows, merged as the whole tensor would be (element-wise methods and DARE's index-keyed
+/// masks give those rows exactly; TIES-style top-k thresholds are estimated from them). A
+/// quick preview of a multi-gigabyte family reads a few megabytes instead of every byte.
+pub fn survival_sampled(
+    plan: &MergePlan,
+    backend: &dyn Backend,
+    job: &Job,
+    sample: Option<usize>,
 ) -> Result<Survival, AnalysisError> {
     let family = &plan.family;
     let base = family.base.as_ref().ok_or(AnalysisError::NoBase)?;
@@ -131,11 +148,31 @@ pub fn survival(
             merges
         })
         .collect();
-    let total: u64 = merged_tasks.iter().map(|t| t.numel() as u64).sum();
+    // The shape measured of each tensor: all of it, or its leading rows.
+    let shapes: Vec<Vec<usize>> = merged_tasks
+        .iter()
+        .map(|t| match (sample, t.shape.split_first()) {
+            (Some(budget), Some((&rows, rest))) => {
+                let row: usize = rest.iter().product::<usize>().max(1);
+                let mut shape = t.shape.clone();
+                shape[0] = (budget / row).clamp(1, rows);
+                shape
+            }
+            _ => t.shape.clone(),
+        })
+        .collect();
+    let total: u64 = shapes
+        .iter()
+        .map(|s| s.iter().product::<usize>() as u64)
+        .sum();
     job.progress.start_stage("previewing the merge", total);
+    // Reading ahead pays for whole tensors; a sample reads a few rows of each.
     let steps = merged_tasks
         .iter()
         .map(|t| {
+            if sample.is_some() {
+                return Vec::new();
+            }
             let mut step = vec![(&*base.checkpoint, t.base.expect("filtered"))];
             step.extend(
                 t.models
@@ -153,21 +190,18 @@ pub fn survival(
             let TaskAction::Merge { params, .. } = &task.action else {
                 unreachable!("filtered to merges")
             };
+            let shape = &shapes[k];
+            let numel: usize = shape.iter().product();
             let b = base
                 .checkpoint
                 .view(task.base.expect("filtered"))
-                .leading_rows(&task.shape);
+                .leading_rows(shape);
             let models: Vec<TensorView<'_>> = task
                 .models
                 .iter()
-                .map(|&(m, i)| {
-                    family.models[m]
-                        .checkpoint
-                        .view(i)
-                        .leading_rows(&task.shape)
-                })
+                .map(|&(m, i)| family.models[m].checkpoint.view(i).leading_rows(shape))
                 .collect();
-            buffer.resize(task.numel(), 0.0);
+            buffer.resize(numel, 0.0);
             let inputs = MethodInputs {
                 tensor: &task.name,
                 seed: plan.random_seed,
@@ -198,7 +232,7 @@ pub fn survival(
             for &(m, i) in &task.models {
                 family.models[m].checkpoint.release(i);
             }
-            job.progress.add_done(task.numel() as u64);
+            job.progress.add_done(numel as u64);
             ahead.done(k);
         }
         Ok(())
@@ -218,6 +252,7 @@ pub fn survival(
             })
             .collect(),
         not_merged,
+        sampled: sample,
     })
 }
 

@@ -4,11 +4,11 @@
 
 use crate::gui::app::{Notice, Workbench};
 use crate::gui::curve_editor::curve_editor;
+use crate::gui::previewer::PreviewRequest;
 use crate::gui::state::{
     CurvePreset, METHODS, MergeSettings, ModuleFilter, OpenFamily, has_density, has_lambda,
     resample,
 };
-use crate::gui::worker::Command;
 
 /// Weights run over this range on sliders and curves (negative weights subtract a task).
 const WEIGHTS: std::ops::RangeInclusive<f64> = -1.0..=2.0;
@@ -60,8 +60,10 @@ pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
         .as_ref()
         .is_some_and(|(sent, full)| *sent == yaml && (*full || !wanted_full));
     if !up_to_date {
-        app.worker.send(Command::Preview {
+        app.worker.preview(PreviewRequest {
             yaml: yaml.clone(),
+            file: family.recipe_file(),
+            is_demo: family.is_demo,
             full: wanted_full,
         });
         app.sent_preview = Some((yaml.clone(), wanted_full));
@@ -77,11 +79,7 @@ pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
 }
 
 fn model_name(family: &OpenFamily, i: usize) -> String {
-    let path = &family.models[i];
-    path.file_name().map_or_else(
-        || path.display().to_string(),
-        |n| n.to_string_lossy().into_owned(),
-    )
+    crate::gui::state::model_name(&family.models[i])
 }
 
 /// One weight (and density) slider per model.

@@ -8,6 +8,16 @@ use super::fmt;
 use crate::gui::app::{Preview, Workbench};
 
 pub fn show(app: &Workbench, ui: &mut egui::Ui) {
+    if let Some(fraction) = app.preview_progress {
+        ui.add(
+            egui::ProgressBar::new(fraction as f32)
+                .desired_width(260.0)
+                .text(format!(
+                    "previewing the new settings {:.0} %",
+                    100.0 * fraction
+                )),
+        );
+    }
     let Some(preview) = &app.preview else {
         ui.label("Preview: computing...");
         return;
@@ -28,7 +38,13 @@ pub fn show(app: &Workbench, ui: &mut egui::Ui) {
     }
     ui.horizontal(|ui| {
         ui.strong("Preview: what the merge keeps of each fine-tune, per layer");
-        ui.label("(data-free)").on_hover_text(&when);
+        let how = match preview.survival.sampled {
+            Some(n) => {
+                format!("(data-free; quick estimate from at most {n} elements of each tensor)")
+            }
+            None => "(data-free)".to_owned(),
+        };
+        ui.label(how).on_hover_text(&when);
     });
     survival(ui, &preview.survival);
 }
@@ -54,16 +70,13 @@ fn accuracy(ui: &mut egui::Ui, preview: &Preview) {
     });
 }
 
-/// A recipe's model as the panels name it: its folder's name.
-fn short(label: &str) -> String {
-    std::path::Path::new(label)
-        .file_name()
-        .map_or_else(|| label.to_owned(), |n| n.to_string_lossy().into_owned())
-}
-
 fn survival(ui: &mut egui::Ui, survival: &Survival) {
     let whole = &survival.whole_model;
-    let names: Vec<String> = survival.models.iter().map(|m| short(m)).collect();
+    let names: Vec<String> = survival
+        .models
+        .iter()
+        .map(|m| crate::gui::state::model_name(std::path::Path::new(m)))
+        .collect();
     egui::Grid::new("retention").striped(true).show(ui, |ui| {
         ui.label("");
         ui.label("retention").on_hover_text(

@@ -1,0 +1,180 @@
+//! The preview thread: merges the Merge panel's recipe in memory and scores it, beside the job
+//! worker, so a preview never waits behind an analysis or an export. Only the newest request
+//! matters: older queued ones are dropped and a running one is cancelled when a newer comes.
+
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use mergescope_core::analysis::{AnalysisError, survival_sampled};
+use mergescope_core::backend::Backend;
+use mergescope_core::eval::preview::merge_in_memory;
+use mergescope_core::eval::{DemoAccuracy, Fidelity, Scores};
+use mergescope_core::{CancelToken, Job};
+
+use super::worker::Event;
+
+/// Elements of each tensor a quick (pointer down) preview measures outside the demo family.
+const QUICK_SAMPLE: usize = 1 << 16;
+
+/// What to preview.
+#[derive(Debug)]
+pub struct PreviewRequest {
+    pub yaml: String,
+    /// Where the recipe is taken to live (relative model paths resolve from there).
+    pub file: PathBuf,
+    /// Score accuracy on the demo's digits (a family built on the demo base).
+    pub is_demo: bool,
+    /// All of the test split and every element; else a quick estimate.
+    pub full: bool,
+}
+
+/// The UI side: send requests; a newer one cancels the one running.
+pub struct Previewer {
+    requests: Sender<PreviewRequest>,
+    running: Arc<Mutex<Option<CancelToken>>>,
+}
+
+/// The thread's side before it starts (it needs the backend, which is made on the worker).
+pub struct PreviewInbox {
+    inbox: Receiver<PreviewRequest>,
+    running: Arc<Mutex<Option<CancelToken>>>,
+}
+
+impl Previewer {
+    /// The UI's handle and the inbox the thread will serve.
+    pub fn new() -> (Self, PreviewInbox) {
+        let (requests, inbox) = std::sync::mpsc::channel();
+        let running = Arc::new(Mutex::new(None));
+        let pending = PreviewInbox {
+            inbox,
+            running: Arc::clone(&running),
+        };
+        (Self { requests, running }, pending)
+    }
+
+    pub fn send(&self, request: PreviewRequest) {
+        if let Some(token) = &*self.running.lock().unwrap_or_else(PoisonError::into_inner) {
+            token.cancel();
+        }
+        // The thread only stops when the app does.
+        let _ = self.requests.send(request);
+    }
+}
+
+impl PreviewInbox {
+    /// Starts the thread; its events go to `outbox` and `notify` wakes the UI.
+    pub fn spawn(
+        self,
+        backend: Arc<dyn Backend>,
+        outbox: Sender<Event>,
+        notify: Arc<dyn Fn() + Send + Sync>,
+    ) -> std::io::Result<()> {
+        let thread = Thread {
+            backend,
+            outbox,
+            notify,
+            running: self.running,
+            demo: None,
+        };
+        let inbox = self.inbox;
+        std::thread::Builder::new()
+            .name("mergescope-preview".to_owned())
+            .spawn(move || thread.serve(&inbox))?;
+        Ok(())
+    }
+}
+
+struct Thread {
+    backend: Arc<dyn Backend>,
+    outbox: Sender<Event>,
+    notify: Arc<dyn Fn() + Send + Sync>,
+    running: Arc<Mutex<Option<CancelToken>>>,
+    /// Loaded on the first demo preview (the digits and the model code).
+    demo: Option<DemoAccuracy>,
+}
+
+impl Thread {
+    fn send(&self, event: Event) {
+        let _ = self.outbox.send(event);
+        (self.notify)();
+    }
+
+    fn serve(mut self, inbox: &Receiver<PreviewRequest>) {
+        while let Ok(mut request) = inbox.recv() {
+            // Only the newest request matters.
+            while let Ok(newer) = inbox.try_recv() {
+                request = newer;
+            }
+            let event = match self.preview(&request) {
+                Ok(event) => event,
+                Err(None) => Event::PreviewStopped,
+                Err(Some(message)) => Event::PreviewFailed(message),
+            };
+            *self.running.lock().unwrap_or_else(PoisonError::into_inner) = None;
+            self.send(event);
+        }
+    }
+
+    /// A job whose progress goes to the Merge panel and whose cancel token a newer request
+    /// reaches.
+    fn job(&self) -> Job {
+        let job = Job::default();
+        let progress = job.progress.clone();
+        let outbox = self.outbox.clone();
+        let notify = Arc::clone(&self.notify);
+        let last = Mutex::new(Instant::now());
+        job.progress.set_observer(move || {
+            let mut last = last.lock().unwrap_or_else(PoisonError::into_inner);
+            if last.elapsed().as_millis() < 33 {
+                return;
+            }
+            *last = Instant::now();
+            let _ = outbox.send(Event::PreviewProgress(progress.snapshot().fraction()));
+            notify();
+        });
+        *self.running.lock().unwrap_or_else(PoisonError::into_inner) = Some(job.cancel.clone());
+        job
+    }
+
+    /// The preview's event; `Err(None)` when it was cancelled.
+    fn preview(&mut self, request: &PreviewRequest) -> Result<Event, Option<String>> {
+        let started = Instant::now();
+        let job = self.job();
+        let plan = super::worker::plan(&request.yaml, &request.file)?;
+        let mut scores = Scores::new();
+        if request.is_demo {
+            if self.demo.is_none() {
+                self.demo = Some(DemoAccuracy::new().map_err(|e| e.to_string())?);
+            }
+            let merged = merge_in_memory(&plan, self.backend.as_ref())?;
+            let fidelity = if request.full {
+                Fidelity::Full
+            } else {
+                Fidelity::Subsample(32)
+            };
+            scores = self
+                .demo
+                .as_ref()
+                .expect("made above")
+                .score(&merged, fidelity)
+                .map_err(|e| e.to_string())?;
+        }
+        // Any family: how much of each task vector survives, per layer (data-free). While the
+        // pointer is down, a large family is measured on a few rows of each tensor.
+        let sample = (!request.is_demo && !request.full).then_some(QUICK_SAMPLE);
+        let survival =
+            survival_sampled(&plan, self.backend.as_ref(), &job, sample).map_err(|e| match e {
+                AnalysisError::Cancelled(_) => None,
+                other => Some(other.to_string()),
+            })?;
+        Ok(Event::Previewed {
+            yaml: request.yaml.clone(),
+            scores,
+            survival: Box::new(survival),
+            full: request.full,
+            millis: started.elapsed().as_secs_f64() * 1e3,
+        })
+    }
+}
