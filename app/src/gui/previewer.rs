@@ -55,22 +55,30 @@ impl Previewer {
     }
 
     pub fn send(&self, request: PreviewRequest) {
-        if let Some(token) = &*self.running.lock().unwrap_or_else(PoisonError::into_inner) {
-            token.cancel();
-        }
+        self.cancel();
         // The thread only stops when the app does.
         let _ = self.requests.send(request);
     }
 }
 
+impl Previewer {
+    /// Cancels the running preview, if any.
+    pub fn cancel(&self) {
+        if let Some(token) = &*self.running.lock().unwrap_or_else(PoisonError::into_inner) {
+            token.cancel();
+        }
+    }
+}
+
 impl PreviewInbox {
-    /// Starts the thread; its events go to `outbox` and `notify` wakes the UI.
+    /// Starts the thread; its events go to `outbox` and `notify` wakes the UI. It ends when the
+    /// [`Previewer`] is dropped.
     pub fn spawn(
         self,
         backend: Arc<dyn Backend>,
         outbox: Sender<Event>,
         notify: Arc<dyn Fn() + Send + Sync>,
-    ) -> std::io::Result<()> {
+    ) -> std::io::Result<std::thread::JoinHandle<()>> {
         let thread = Thread {
             backend,
             outbox,
@@ -81,8 +89,7 @@ impl PreviewInbox {
         let inbox = self.inbox;
         std::thread::Builder::new()
             .name("mergescope-preview".to_owned())
-            .spawn(move || thread.serve(&inbox))?;
-        Ok(())
+            .spawn(move || thread.serve(&inbox))
     }
 }
 

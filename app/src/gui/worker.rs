@@ -74,8 +74,10 @@ pub enum Event {
 
 /// The UI's handle on the worker.
 pub struct Worker {
-    commands: Sender<Queued>,
-    previewer: Previewer,
+    /// `None` only while dropping (closing it ends the thread).
+    commands: Option<Sender<Queued>>,
+    previewer: Option<Previewer>,
+    thread: Option<std::thread::JoinHandle<()>>,
     pub events: Receiver<Event>,
     /// The running job's cancel token, if any.
     running: Arc<Mutex<Option<CancelToken>>>,
@@ -101,7 +103,7 @@ impl Worker {
         let (shared_running, shared_cancelled) = (Arc::clone(&running), Arc::clone(&cancelled));
         let repaint: Arc<dyn Fn() + Send + Sync> = Arc::new(repaint);
         let (previewer, preview_inbox) = Previewer::new();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("mergescope-worker".to_owned())
             .spawn(move || {
                 let mut engine = Engine {
@@ -125,16 +127,25 @@ impl Worker {
                     engine.outbox.clone(),
                     Arc::clone(&engine.repaint),
                 );
-                if let Err(e) = previews {
-                    engine.send(Event::Failed(format!(
-                        "cannot start the preview thread: {e}"
-                    )));
-                }
+                let previews = match previews {
+                    Ok(handle) => Some(handle),
+                    Err(e) => {
+                        engine.send(Event::Failed(format!(
+                            "cannot start the preview thread: {e}"
+                        )));
+                        None
+                    }
+                };
                 engine.serve(&inbox);
+                // The device must outlive every thread using it: wait for the previews.
+                if let Some(previews) = previews {
+                    let _ = previews.join();
+                }
             })?;
         Ok(Self {
-            commands,
-            previewer,
+            commands: Some(commands),
+            previewer: Some(previewer),
+            thread: Some(thread),
             events,
             running,
             cancelled,
@@ -143,13 +154,17 @@ impl Worker {
 
     /// Asks for a preview; a newer one replaces it, queued or running.
     pub fn preview(&self, request: PreviewRequest) {
-        self.previewer.send(request);
+        if let Some(previewer) = &self.previewer {
+            previewer.send(request);
+        }
     }
 
     pub fn send(&self, command: Command) {
         let epoch = self.cancelled.load(std::sync::atomic::Ordering::SeqCst);
         // The worker only stops when the app does.
-        let _ = self.commands.send(Queued { command, epoch });
+        if let Some(commands) = &self.commands {
+            let _ = commands.send(Queued { command, epoch });
+        }
     }
 
     /// Cancels the running job and every job sent before this call that has not started.
@@ -158,6 +173,21 @@ impl Worker {
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         if let Some(token) = &*self.running.lock().unwrap_or_else(PoisonError::into_inner) {
             token.cancel();
+        }
+    }
+}
+
+impl Drop for Worker {
+    /// Stops the threads and waits for them, so that no device or file is still in use when
+    /// the app (or a test) ends: dropping a GPU device while the process exits can crash it.
+    fn drop(&mut self) {
+        self.cancel();
+        if let Some(previewer) = self.previewer.take() {
+            previewer.cancel();
+        }
+        self.commands = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
     }
 }
