@@ -238,7 +238,8 @@ pub fn curve_per_layer(points: &[f64], layers: usize) -> Vec<f64> {
         .collect()
 }
 
-fn curve_mean(points: &[f64], layers: usize) -> f64 {
+/// The mean weight a curve gives over `layers` layers (at least the two ends).
+pub fn curve_mean(points: &[f64], layers: usize) -> f64 {
     let per_layer = curve_per_layer(points, layers.max(2));
     per_layer.iter().sum::<f64>() / per_layer.len() as f64
 }

@@ -6,8 +6,8 @@ use crate::gui::app::{Notice, Workbench};
 use crate::gui::curve_editor::curve_editor;
 use crate::gui::previewer::PreviewRequest;
 use crate::gui::state::{
-    CurvePreset, METHODS, MergeSettings, ModuleFilter, OpenFamily, has_density, has_lambda,
-    resample,
+    CurvePreset, METHODS, MergeSettings, ModuleFilter, OpenFamily, curve_mean, has_density,
+    has_lambda, resample,
 };
 
 /// Weights run over this range on sliders and curves (negative weights subtract a task).
@@ -145,10 +145,7 @@ fn curves(ui: &mut egui::Ui, family: &OpenFamily, settings: &mut MergeSettings) 
 fn curve_controls(ui: &mut egui::Ui, family: &OpenFamily, settings: &mut MergeSettings, i: usize) {
     let name = model_name(family, i);
     ui.strong(&name);
-    let mean = {
-        let w = crate::gui::state::curve_per_layer(&settings.curves[i], family.layers.max(2));
-        w.iter().sum::<f64>() / w.len() as f64
-    };
+    let mean = curve_mean(&settings.curves[i], family.layers);
     egui::ComboBox::new(("preset", i), "shape")
         .selected_text("choose...")
         .width(90.0)
