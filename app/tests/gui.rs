@@ -10,10 +10,9 @@ use egui_kittest::kittest::Queryable as _;
 use mergescope::gui::Workbench;
 use mergescope::gui::app::Panel;
 
+/// The workbench on the demo family.
 fn harness() -> Harness<'static, Workbench> {
-    Harness::builder()
-        .with_size(egui::vec2(1200.0, 900.0))
-        .build_eframe(|cc| Workbench::new(&cc.egui_ctx, &[]).expect("the worker starts"))
+    harness_on(&[])
 }
 
 /// Steps the UI until `done` holds (the worker answers asynchronously), or fails after 60 s.
@@ -28,6 +27,22 @@ fn wait_for(harness: &mut Harness<'_, Workbench>, what: &str, done: impl Fn(&Wor
         harness.step();
     }
     harness.run_ok();
+}
+
+/// Waits for an error notice and returns its text.
+fn error_notice(harness: &mut Harness<'_, Workbench>) -> String {
+    wait_for(harness, "an error notice", |app| {
+        app.notice.as_ref().is_some_and(|n| n.error)
+    });
+    harness.state().notice.clone().unwrap().text
+}
+
+/// The workbench on the models at `paths` (base first), merging on the CPU.
+fn harness_on(paths: &[std::path::PathBuf]) -> Harness<'static, Workbench> {
+    let paths = paths.to_vec();
+    Harness::builder()
+        .with_size(egui::vec2(1200.0, 900.0))
+        .build_eframe(move |cc| Workbench::new(&cc.egui_ctx, &paths).expect("the worker starts"))
 }
 
 fn opened(harness: &mut Harness<'_, Workbench>) {
@@ -293,15 +308,8 @@ fn a_corrupt_file_shows_a_readable_error() {
     harness.state_mut().base_path = base.display().to_string();
     harness.state_mut().model_paths = bad.display().to_string();
     harness.get_by_label("Open").click();
-    wait_for(&mut harness, "the error", |app| {
-        app.notice.as_ref().is_some_and(|n| n.error)
-    });
-    let notice = harness.state().notice.clone().unwrap();
-    assert!(
-        notice.text.contains("broken.safetensors"),
-        "{}",
-        notice.text
-    );
+    let notice = error_notice(&mut harness);
+    assert!(notice.contains("broken.safetensors"), "{notice}");
     // The family that was open stays open.
     assert!(harness.state().family.as_ref().unwrap().is_demo);
 }
@@ -405,18 +413,8 @@ fn dropping_files_opens_them_and_a_corrupt_one_is_reported() {
     // One corrupt file dropped on it is added as a fine-tune, fails, and says why.
     harness.input_mut().dropped_files =
         vec![std::sync::Arc::new(Dropped(bad.clone())) as egui::DroppedFileHandle];
-    wait_for(&mut harness, "the error", |app| {
-        app.notice.as_ref().is_some_and(|n| n.error)
-    });
-    assert!(
-        harness
-            .state()
-            .notice
-            .as_ref()
-            .unwrap()
-            .text
-            .contains("dropped.safetensors")
-    );
+    let notice = error_notice(&mut harness);
+    assert!(notice.contains("dropped.safetensors"), "{notice}");
     assert_eq!(harness.state().family.as_ref().unwrap().models.len(), 2);
 }
 
@@ -517,9 +515,7 @@ fn slow_family(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 fn cancelling_an_export_leaves_nothing_and_inputs_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let paths = slow_family(&dir.path().join("family"));
-    let mut harness = Harness::builder()
-        .with_size(egui::vec2(1200.0, 900.0))
-        .build_eframe(|cc| Workbench::new(&cc.egui_ctx, &paths).expect("the worker starts"));
+    let mut harness = harness_on(&paths);
     wait_for(&mut harness, "the family", |app| app.family.is_some());
     // Its analysis starts on its own (the family is small) and fills the panels in as it goes.
     wait_for(&mut harness, "a partial analysis", |app| {
@@ -557,15 +553,8 @@ fn cancelling_an_export_leaves_nothing_and_inputs_are_refused() {
     assert!(harness.state().export_force);
     harness.state_mut().export_dir = family.display().to_string();
     harness.get_by_label("Write the merged model").click();
-    wait_for(&mut harness, "the refusal", |app| {
-        app.notice.as_ref().is_some_and(|n| n.error)
-    });
-    let notice = harness.state().notice.clone().unwrap();
-    assert!(
-        notice.text.contains("outside every input"),
-        "{}",
-        notice.text
-    );
+    let notice = error_notice(&mut harness);
+    assert!(notice.contains("outside every input"), "{notice}");
     assert_eq!(listing(), before);
 
     // Start a real export and cancel it half-way.
@@ -760,9 +749,7 @@ fn matrices_per_module_and_heatmap_means() {
 fn a_large_family_is_previewed_from_a_sample_while_dragging() {
     let dir = tempfile::tempdir().unwrap();
     let paths = slow_family(&dir.path().join("family"));
-    let mut harness = Harness::builder()
-        .with_size(egui::vec2(1200.0, 900.0))
-        .build_eframe(|cc| Workbench::new(&cc.egui_ctx, &paths).expect("the worker starts"));
+    let mut harness = harness_on(&paths);
     wait_for(&mut harness, "the family", |app| app.family.is_some());
     // The preview does not wait for the analysis (which takes far longer here).
     harness.get_by_label("Merge").click();

@@ -36,6 +36,21 @@ fn analyze(cache: &Path, extra: &[&str]) -> (mergescope_tests::cli::Run, Value, 
     (ran, report, out)
 }
 
+/// The parity family's base and `models`, opened.
+fn parity_family(models: &[&str]) -> mergescope_core::family::Family {
+    use mergescope_core::Checkpoint;
+    use mergescope_core::family::{Family, Member};
+    let dir = parity_dir().join("family");
+    let member = |name: &str| Member {
+        label: name.to_owned(),
+        checkpoint: std::sync::Arc::new(Checkpoint::open(dir.join(name)).unwrap()),
+    };
+    Family {
+        base: Some(member("base")),
+        models: models.iter().map(|m| member(m)).collect(),
+    }
+}
+
 fn tensor<'a>(report: &'a Value, name: &str) -> &'a Value {
     report["tensors"]
         .as_array()
@@ -241,21 +256,10 @@ fn a_recipe_without_a_base_cannot_be_previewed() {
 
 #[test]
 fn a_cancelled_analysis_stops_with_cancelled() {
-    use std::sync::Arc;
-
+    use mergescope_core::Job;
     use mergescope_core::analysis::{AnalysisError, AnalysisSettings, analyze};
-    use mergescope_core::family::{Family, Member};
-    use mergescope_core::{Checkpoint, Job};
 
-    let family_dir = parity_dir().join("family");
-    let member = |name: &str| Member {
-        label: name.to_owned(),
-        checkpoint: Arc::new(Checkpoint::open(family_dir.join(name)).unwrap()),
-    };
-    let family = Family {
-        base: Some(member("base")),
-        models: vec![member("ft_a"), member("ft_b")],
-    };
+    let family = parity_family(&["ft_a", "ft_b"]);
     let job = Job::default();
     // Cancel as soon as the first tensor is done.
     let cancel = job.cancel.clone();
@@ -276,21 +280,10 @@ fn a_cancelled_analysis_stops_with_cancelled() {
 
 #[test]
 fn partial_reports_grow_to_the_final_one() {
-    use std::sync::Arc;
-
+    use mergescope_core::Job;
     use mergescope_core::analysis::{AnalysisSettings, analyze, analyze_with_partials};
-    use mergescope_core::family::{Family, Member};
-    use mergescope_core::{Checkpoint, Job};
 
-    let family_dir = parity_dir().join("family");
-    let member = |name: &str| Member {
-        label: name.to_owned(),
-        checkpoint: Arc::new(Checkpoint::open(family_dir.join(name)).unwrap()),
-    };
-    let family = Family {
-        base: Some(member("base")),
-        models: vec![member("ft_a"), member("ft_b"), member("ft_c")],
-    };
+    let family = parity_family(&["ft_a", "ft_b", "ft_c"]);
     let settings = AnalysisSettings::new(3);
     let mut partials = Vec::new();
     let last = analyze_with_partials(
