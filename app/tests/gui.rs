@@ -666,7 +666,8 @@ fn loading_a_recipe_opens_the_models_it_names() {
     let settings = harness.state().settings.clone().unwrap();
     assert_eq!(settings.method, "ties");
     assert_eq!(settings.weights, vec![1.0; 4]);
-    assert_eq!(settings.densities, vec![0.5; 4]);
+    let densities: Vec<f64> = (0..4).map(|i| settings.model_value(i, "density")).collect();
+    assert_eq!(densities, vec![0.5; 4]);
 
     // A recipe over two of the experts (by absolute path, with gradients) opens that family
     // first, then takes its settings; it is still scored on the demo's digits.
@@ -694,7 +695,8 @@ fn loading_a_recipe_opens_the_models_it_names() {
     assert_eq!(settings.method, "dare_ties");
     assert!(settings.per_layer);
     assert_eq!(settings.curves, vec![vec![0.2, 0.4, 0.8], vec![0.5, 0.5]]);
-    assert_eq!(settings.densities, vec![0.7, 0.3]);
+    let densities: Vec<f64> = (0..2).map(|i| settings.model_value(i, "density")).collect();
+    assert_eq!(densities, vec![0.7, 0.3]);
     assert!(
         state
             .notice
@@ -799,4 +801,34 @@ fn a_large_family_is_previewed_from_a_sample_while_dragging() {
         harness.state().busy.is_none(),
         "the preview's progress ended with it"
     );
+}
+
+#[test]
+fn choosing_a_method_shows_its_parameters() {
+    let mut harness = harness();
+    opened(&mut harness);
+    harness.get_by_label("Merge").click();
+    harness.run_ok();
+    harness.get_by_label("method").click();
+    harness.run_ok();
+    harness.get_by_label("della").click();
+    harness.run_ok();
+    // DELLA reads a density and an epsilon per model: a slider each.
+    let rect = slider(&harness, "mirrored epsilon");
+    harness.drag_at(rect.left_center() + egui::vec2(2.0, 0.0));
+    harness.step();
+    harness.drop_at(rect.left_center() + egui::vec2(2.0, 0.0));
+    harness.run_ok();
+    let settings = harness.state().settings.clone().unwrap();
+    assert_eq!(settings.method, "della");
+    assert!(settings.model_value(2, "epsilon") < 0.05);
+    slider(&harness, "inverted density");
+    wait_for(&mut harness, "a DELLA preview", |app| {
+        app.preview
+            .as_ref()
+            .is_some_and(|p| p.full && p.yaml.starts_with("merge_method: della"))
+    });
+    let yaml = harness.state().preview.as_ref().unwrap().yaml.clone();
+    assert_eq!(yaml.matches("epsilon: ").count(), 4, "{yaml}");
+    assert!(!harness.state().notice.as_ref().is_some_and(|n| n.error));
 }

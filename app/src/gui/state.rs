@@ -1,7 +1,11 @@
 //! What the user has open and set: the family, the merge settings, and the recipe they make.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+
+use mergescope_core::merge::MethodSpec;
+use mergescope_core::merge::params::{Kind, Scope, Value};
 
 use mergescope_core::merge::plan::resolve_model_path;
 use mergescope_core::merge::recipe::Recipe;
@@ -82,22 +86,63 @@ impl OpenFamily {
     }
 }
 
-/// Merge methods the Merge panel offers (each mergekit method with per-model weights).
-pub const METHODS: [&str; 6] = [
+/// Merge methods the Merge panel offers: every method with per-model weights (the generalized
+/// task arithmetic family, and linear).
+pub const METHODS: [&str; 9] = [
     "task_arithmetic",
     "ties",
     "dare_ties",
     "dare_linear",
-    "linear",
     "della",
+    "della_linear",
+    "breadcrumbs",
+    "breadcrumbs_ties",
+    "linear",
 ];
 
-/// Does `method` take a per-model density?
-pub fn has_density(method: &str) -> bool {
-    matches!(
-        method,
-        "ties" | "dare_ties" | "dare_linear" | "della" | "breadcrumbs"
-    )
+/// A method's parameters as the core declares them (names, kinds, defaults).
+fn spec(method: &str) -> Option<&'static MethodSpec> {
+    match mergescope_core::merge::methods::lookup(method) {
+        mergescope_core::merge::methods::Lookup::Found(m) => Some(m.spec()),
+        _ => None,
+    }
+}
+
+/// Per-model numbers `method` reads besides the weight (density, epsilon, gamma), in the order
+/// it declares them.
+pub fn model_params(method: &str) -> Vec<&'static str> {
+    spec(method).map_or_else(Vec::new, |s| {
+        s.params
+            .iter()
+            .filter(|p| p.scope != Scope::Shared && p.kind == Kind::Float && p.name != "weight")
+            .map(|p| p.name)
+            .collect()
+    })
+}
+
+/// Shared switches `method` reads (normalize, rescale), with its defaults. `int8_mask` is left
+/// out: it only changes mergekit's memory use.
+pub fn method_flags(method: &str) -> Vec<(&'static str, bool)> {
+    spec(method).map_or_else(Vec::new, |s| {
+        s.params
+            .iter()
+            .filter(|p| p.scope == Scope::Shared && p.name != "int8_mask")
+            .filter_map(|p| match p.default {
+                Some(Value::Bool(b)) => Some((p.name, b)),
+                _ => None,
+            })
+            .collect()
+    })
+}
+
+/// Where a per-model number starts, and the range its slider covers.
+pub fn model_param_range(name: &str) -> (f64, std::ops::RangeInclusive<f64>) {
+    match name {
+        "density" => (0.5, 0.01..=1.0),
+        "epsilon" => (0.1, 0.0..=0.5),
+        "gamma" => (0.01, 0.0..=0.5),
+        _ => (1.0, 0.0..=2.0),
+    }
 }
 
 /// A module filter: tensors whose names contain `filter` take `lambda` as the strength of the
@@ -115,7 +160,11 @@ pub struct MergeSettings {
     pub method: String,
     /// Per model, when `per_layer` is off.
     pub weights: Vec<f64>,
-    pub densities: Vec<f64>,
+    /// Per model, the method's other numbers by name ([`model_params`]); kept across method
+    /// changes, so a density set for TIES is still there after a look at DELLA.
+    pub model_values: Vec<BTreeMap<String, f64>>,
+    /// The method's switches that differ from its defaults ([`method_flags`]).
+    pub flags: BTreeMap<String, bool>,
     /// Per model, the control points of its per-layer weight curve (a mergekit gradient), when
     /// `per_layer` is on.
     pub curves: Vec<Vec<f64>>,
@@ -137,7 +186,8 @@ impl MergeSettings {
         Self {
             method: "task_arithmetic".to_owned(),
             weights: vec![0.3; n],
-            densities: vec![0.5; n],
+            model_values: vec![BTreeMap::new(); n],
+            flags: BTreeMap::new(),
             curves: vec![vec![0.3; 2]; n],
             per_layer: false,
             lambda: 1.0,
@@ -145,6 +195,24 @@ impl MergeSettings {
             seed: 0,
             out_dtype: "float32".to_owned(),
         }
+    }
+
+    /// Model `i`'s `name` ([`model_params`]), or where its slider starts.
+    pub fn model_value(&self, i: usize, name: &str) -> f64 {
+        self.model_values[i]
+            .get(name)
+            .copied()
+            .unwrap_or_else(|| model_param_range(name).0)
+    }
+
+    /// The `name` switch of the current method.
+    pub fn flag(&self, name: &str) -> bool {
+        self.flags.get(name).copied().unwrap_or_else(|| {
+            method_flags(&self.method)
+                .into_iter()
+                .find(|(n, _)| *n == name)
+                .is_some_and(|(_, default)| default)
+        })
     }
 
     /// Turns per-layer curves on or off, carrying the weights over: a scalar weight becomes a
@@ -184,13 +252,29 @@ impl MergeSettings {
                 format!("{}", self.weights[i])
             };
             let _ = write!(y, "    parameters: {{weight: {weight}");
-            if has_density(&self.method) {
-                let _ = write!(y, ", density: {}", self.densities[i]);
+            for name in model_params(&self.method) {
+                let _ = write!(y, ", {name}: {}", self.model_value(i, name));
             }
             y.push_str("}\n");
         }
+        // Shared parameters: switches that differ from the method's defaults, then lambda.
+        let mut shared: Vec<String> = method_flags(&self.method)
+            .into_iter()
+            .filter(|&(name, default)| self.flag(name) != default)
+            .map(|(name, _)| format!("  {name}: {}", self.flag(name)))
+            .collect();
+        if with_base && self.filters.is_empty() && (self.lambda - 1.0).abs() > f64::EPSILON {
+            shared.push(format!("  lambda: {}", self.lambda));
+        }
+        if !shared.is_empty() || (with_base && !self.filters.is_empty()) {
+            y.push_str("parameters:\n");
+            for line in shared {
+                y.push_str(&line);
+                y.push('\n');
+            }
+        }
         if with_base && !self.filters.is_empty() {
-            y.push_str("parameters:\n  lambda:\n");
+            y.push_str("  lambda:\n");
             for f in &self.filters {
                 let _ = writeln!(
                     y,
@@ -200,8 +284,6 @@ impl MergeSettings {
                 );
             }
             let _ = writeln!(y, "    - {{value: {}}}", self.lambda);
-        } else if with_base && (self.lambda - 1.0).abs() > f64::EPSILON {
-            let _ = writeln!(y, "parameters: {{lambda: {}}}", self.lambda);
         }
         y.push_str("dtype: float32\n");
         if self.out_dtype != "float32" {
@@ -397,8 +479,20 @@ impl MergeSettings {
                 }
                 None => {}
             }
-            if let Some(v) = entry.parameters.get("density") {
-                settings.densities[i] = number(v, "density", &entry.model)?;
+            for name in model_params(&settings.method) {
+                if let Some(v) = entry.parameters.get(name) {
+                    let value = number(v, name, &entry.model)?;
+                    settings.model_values[i].insert(name.to_owned(), value);
+                }
+            }
+        }
+        for (name, _) in method_flags(&settings.method) {
+            match recipe.parameters.get(name) {
+                Some(ParamValue::Scalar(Scalar::Bool(b))) => {
+                    settings.flags.insert(name.to_owned(), *b);
+                }
+                Some(_) => return Err(format!("`{name}` must be true or false")),
+                None => {}
             }
         }
         match recipe.parameters.get("lambda") {
@@ -456,13 +550,14 @@ mod tests {
         let mut s = MergeSettings::for_models(2);
         s.method = "ties".to_owned();
         s.weights = vec![0.7, 0.1];
-        s.densities = vec![0.3, 0.9];
+        s.model_values[0].insert("density".to_owned(), 0.3);
+        s.model_values[1].insert("density".to_owned(), 0.9);
         s.lambda = 0.8;
         s.out_dtype = "bfloat16".to_owned();
         let yaml = s.to_yaml(&family);
         let back = MergeSettings::from_recipe(&yaml, Path::new("/tmp/r.yml"), &family).unwrap();
         assert_eq!(back.weights, s.weights);
-        assert_eq!(back.densities, s.densities);
+        assert_eq!(back.model_values, s.model_values);
         assert_eq!((back.lambda, back.out_dtype.as_str()), (0.8, "bfloat16"));
         s.per_layer = true;
         s.curves = vec![vec![0.1, 0.9], vec![0.4, 0.2, 0.0, 1.5]];
@@ -548,6 +643,39 @@ mod tests {
         // Linear has no base, so neither lambda nor filters.
         s.method = "linear".to_owned();
         assert!(!s.to_yaml(&family()).contains("lambda"));
+    }
+
+    #[test]
+    fn every_parameter_of_the_method_is_edited_and_saved() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["base", "a", "b"] {
+            std::fs::write(dir.path().join(name), b"").unwrap();
+        }
+        let mut family = family();
+        family.base = dir.path().join("base");
+        family.models = vec![dir.path().join("a"), dir.path().join("b")];
+        // The core's declarations decide what the panel shows.
+        assert_eq!(model_params("della"), ["density", "epsilon"]);
+        assert_eq!(model_params("breadcrumbs"), ["density", "gamma"]);
+        assert!(model_params("task_arithmetic").is_empty());
+        let ties_flags = method_flags("ties");
+        assert!(ties_flags.contains(&("normalize", true)), "{ties_flags:?}");
+
+        let mut s = MergeSettings::for_models(2);
+        s.method = "della".to_owned();
+        s.model_values[1].insert("epsilon".to_owned(), 0.2);
+        let normalize = !s.flag("normalize");
+        s.flags.insert("normalize".to_owned(), normalize);
+        let yaml = s.to_yaml(&family);
+        assert!(yaml.contains("density: 0.5, epsilon: 0.1}"), "{yaml}");
+        assert!(yaml.contains("density: 0.5, epsilon: 0.2}"), "{yaml}");
+        assert!(
+            yaml.contains(&format!("parameters:\n  normalize: {normalize}\n")),
+            "{yaml}"
+        );
+        let back = MergeSettings::from_recipe(&yaml, &dir.path().join("r.yml"), &family).unwrap();
+        assert_eq!(back.model_value(1, "epsilon"), 0.2);
+        assert_eq!(back.flag("normalize"), normalize);
     }
 
     #[test]

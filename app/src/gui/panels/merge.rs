@@ -6,8 +6,8 @@ use crate::gui::app::{Notice, Workbench};
 use crate::gui::curve_editor::curve_editor;
 use crate::gui::previewer::PreviewRequest;
 use crate::gui::state::{
-    CurvePreset, METHODS, MergeSettings, ModuleFilter, OpenFamily, curve_mean, has_density,
-    has_lambda, resample,
+    CurvePreset, METHODS, MergeSettings, ModuleFilter, OpenFamily, curve_mean, has_lambda,
+    method_flags, model_param_range, model_params, resample,
 };
 
 /// Weights run over this range on sliders and curves (negative weights subtract a task).
@@ -46,9 +46,14 @@ pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
         sliders(ui, family, settings);
     }
     if has_lambda(&settings.method) {
-        ui.add(egui::Slider::new(&mut settings.lambda, 0.0..=2.0).text("lambda"))
-            .on_hover_text("Scales the merged task vector before it is added to the base");
+        ui.horizontal(|ui| {
+            ui.add(egui::Slider::new(&mut settings.lambda, 0.0..=2.0).text("lambda"))
+                .on_hover_text("Scales the merged task vector before it is added to the base");
+            flags(ui, settings);
+        });
         filters(ui, family, settings);
+    } else {
+        flags(ui, settings);
     }
     let yaml = settings.to_yaml(family);
 
@@ -91,20 +96,33 @@ fn sliders(ui: &mut egui::Ui, family: &OpenFamily, settings: &mut MergeSettings)
             ui.add(
                 egui::Slider::new(&mut settings.weights[i], WEIGHTS).text(format!("{name} weight")),
             );
-            density(ui, settings, i, &name);
+            ui.horizontal(|ui| model_sliders(ui, settings, i, &name));
             ui.end_row();
         }
     });
 }
 
-fn density(ui: &mut egui::Ui, settings: &mut MergeSettings, i: usize, name: &str) {
-    if has_density(&settings.method) {
-        ui.add(
-            egui::Slider::new(&mut settings.densities[i], 0.01..=1.0)
-                .text(format!("{name} density")),
-        );
-    } else {
-        ui.label("");
+/// The method's per-model numbers besides the weight (density, epsilon, gamma).
+fn model_sliders(ui: &mut egui::Ui, settings: &mut MergeSettings, i: usize, name: &str) {
+    for param in model_params(&settings.method) {
+        let mut value = settings.model_value(i, param);
+        let (_, range) = model_param_range(param);
+        if ui
+            .add(egui::Slider::new(&mut value, range).text(format!("{name} {param}")))
+            .changed()
+        {
+            settings.model_values[i].insert(param.to_owned(), value);
+        }
+    }
+}
+
+/// The method's switches (normalize, rescale), checked where they are on.
+fn flags(ui: &mut egui::Ui, settings: &mut MergeSettings) {
+    for (name, _) in method_flags(&settings.method) {
+        let mut on = settings.flag(name);
+        if ui.checkbox(&mut on, name).changed() {
+            settings.flags.insert(name.to_owned(), on);
+        }
     }
 }
 
@@ -177,13 +195,8 @@ fn curve_controls(ui: &mut egui::Ui, family: &OpenFamily, settings: &mut MergeSe
             settings.curves[i] = resample(&settings.curves[i], k - 1);
         }
     });
-    if has_density(&settings.method) {
-        ui.spacing_mut().slider_width = 60.0;
-        ui.add(
-            egui::Slider::new(&mut settings.densities[i], 0.01..=1.0)
-                .text(format!("{name} density")),
-        );
-    }
+    ui.spacing_mut().slider_width = 60.0;
+    model_sliders(ui, settings, i, &name);
 }
 
 /// Module filters: tensors whose names contain a filter take its lambda (first match wins).
