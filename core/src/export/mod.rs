@@ -7,12 +7,13 @@
 //! or cancelled export leaves nothing that looks like a model.
 
 mod guard;
+mod shard_writer;
+use shard_writer::ShardWriter;
 pub mod sidecar;
 mod size;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::io::{BufWriter, Seek as _, Write as _};
 use std::path::{Path, PathBuf};
 
 pub use size::{format_size, parse_size};
@@ -125,7 +126,7 @@ pub struct Export {
     shards: Vec<ShardPlan>,
     metadata: HashMap<String, String>,
     next: usize,
-    open: Option<(usize, BufWriter<File>)>,
+    open: Option<(usize, ShardWriter)>,
     extra_files: Vec<String>,
 }
 
@@ -185,16 +186,15 @@ impl Export {
     /// writing them: multi-gigabyte fixtures for benchmarks of opening, in no time and no disk.
     pub fn skip_next(&mut self) -> Result<(), ExportError> {
         let (len, path, writer) = self.next_writer()?;
-        let offset = i64::try_from(len).expect("a tensor is smaller than 8 EiB");
         writer
-            .seek(std::io::SeekFrom::Current(offset))
+            .skip(len)
             .map_err(|source| ExportError::Io { path, source })?;
         self.next += 1;
         Ok(())
     }
 
     /// The open shard writer positioned for the next tensor, with that tensor's length.
-    fn next_writer(&mut self) -> Result<(u64, PathBuf, &mut BufWriter<File>), ExportError> {
+    fn next_writer(&mut self) -> Result<(u64, PathBuf, &mut ShardWriter), ExportError> {
         let Some(tensor) = self.tensors.get(self.next) else {
             return Err(ExportError::TooManyTensors {
                 expected: self.tensors.len(),
@@ -280,15 +280,14 @@ impl Export {
         })
     }
 
-    fn start_shard(&self, shard: usize) -> Result<BufWriter<File>, ExportError> {
+    fn start_shard(&self, shard: usize) -> Result<ShardWriter, ExportError> {
         let plan = &self.shards[shard];
         let path = self.staging.path.join(&plan.file_name);
         let header = self.header(plan)?;
-        let file = File::create(&path).map_err(|source| ExportError::Io {
+        let mut writer = ShardWriter::create(&path).map_err(|source| ExportError::Io {
             path: path.clone(),
             source,
         })?;
-        let mut writer = BufWriter::with_capacity(4 << 20, file);
         writer
             .write_all(&(header.len() as u64).to_le_bytes())
             .and_then(|()| writer.write_all(&header))
@@ -329,20 +328,11 @@ impl Export {
             return Ok(());
         };
         let path = self.staging.path.join(&self.shards[shard].file_name);
-        let file = writer.into_inner().map_err(|e| ExportError::Io {
-            path: path.clone(),
-            source: e.into_error(),
-        })?;
-        // A shard ending in skipped tensors ends in a hole; give the file its full length.
-        let io_error = |source| ExportError::Io {
-            path: path.clone(),
-            source,
-        };
-        let end = (&file).stream_position().map_err(io_error)?;
-        file.set_len(end).map_err(io_error)?;
-        // Durable before the rename makes it visible: a crash must not leave a renamed folder
-        // with half-flushed shards.
-        file.sync_all()
+        // Full length (a shard may end in skipped tensors, a hole) and durable before the
+        // rename makes it visible: a crash must not leave a renamed folder with half-flushed
+        // shards.
+        writer
+            .finish()
             .map_err(|source| ExportError::Io { path, source })
     }
 
