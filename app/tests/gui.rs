@@ -630,8 +630,12 @@ fn previews_run_on_the_windows_own_gpu_device() {
         }
     }
     let (gr, cr) = (
-        g.survival.whole_model.models[0].projection.unwrap(),
-        c.survival.whole_model.models[0].projection.unwrap(),
+        g.survival.as_ref().unwrap().whole_model.models[0]
+            .projection
+            .unwrap(),
+        c.survival.as_ref().unwrap().whole_model.models[0]
+            .projection
+            .unwrap(),
     );
     assert!((gr - cr).abs() < 1e-5, "{gr} vs {cr}");
 
@@ -763,9 +767,9 @@ fn a_large_family_is_previewed_from_a_sample_while_dragging() {
     harness.get_by_label("Cancel").click();
     let full = harness.state().preview.clone().unwrap();
     assert!(full.scores.is_empty(), "not the demo's digits: no accuracy");
-    assert_eq!(full.survival.sampled, None);
+    assert_eq!(full.survival.as_ref().unwrap().sampled, None);
     assert_eq!(
-        full.survival.layers.len(),
+        full.survival.as_ref().unwrap().layers.len(),
         17,
         "16 layers and the tensors outside them"
     );
@@ -778,25 +782,14 @@ fn a_large_family_is_previewed_from_a_sample_while_dragging() {
     wait_for(&mut harness, "a sampled preview while dragging", |app| {
         app.preview.as_ref().is_some_and(|p| !p.full)
     });
-    assert!(
-        harness
-            .state()
-            .preview
-            .as_ref()
-            .unwrap()
-            .survival
-            .sampled
-            .is_some()
-    );
+    let sampled = |app: &Workbench| app.preview.as_ref()?.survival.as_ref()?.sampled;
+    assert!(sampled(harness.state()).is_some());
     harness.drop_at(rect.center());
     harness.step();
     wait_for(&mut harness, "the full preview after release", |app| {
         app.preview.as_ref().is_some_and(|p| p.full)
     });
-    assert_eq!(
-        harness.state().preview.as_ref().unwrap().survival.sampled,
-        None
-    );
+    assert_eq!(sampled(harness.state()), None);
     assert!(
         harness.state().busy.is_none(),
         "the preview's progress ended with it"
@@ -831,4 +824,39 @@ fn choosing_a_method_shows_its_parameters() {
     let yaml = harness.state().preview.as_ref().unwrap().yaml.clone();
     assert_eq!(yaml.matches("epsilon: ").count(), 4, "{yaml}");
     assert!(!harness.state().notice.as_ref().is_some_and(|n| n.error));
+}
+
+#[test]
+fn a_linear_merge_previews_and_its_recipe_loads_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut harness = harness();
+    opened(&mut harness);
+    harness.get_by_label("Merge").click();
+    harness.run_ok();
+    harness.get_by_label("method").click();
+    harness.run_ok();
+    harness.get_by_label("linear").click();
+    wait_for(&mut harness, "a linear preview", |app| {
+        app.preview
+            .as_ref()
+            .is_some_and(|p| p.full && p.yaml.starts_with("merge_method: linear"))
+    });
+    let preview = harness.state().preview.clone().unwrap();
+    assert!(preview.scores.contains_key("mean/accuracy"));
+    assert!(
+        preview.survival.is_none(),
+        "no base: no task vectors to follow"
+    );
+    assert!(!harness.state().notice.as_ref().is_some_and(|n| n.error));
+    // Saved without a base, it loads back onto the open models.
+    harness.state_mut().recipe_path = dir.path().join("linear.yml").display().to_string();
+    harness.get_by_label("Save recipe").click();
+    harness.run_ok();
+    harness.state_mut().settings.as_mut().unwrap().method = "ties".to_owned();
+    harness.run_ok();
+    harness.get_by_label("Load recipe").click();
+    harness.run_ok();
+    let notice = harness.state().notice.clone().unwrap();
+    assert!(!notice.error, "{}", notice.text);
+    assert_eq!(harness.state().settings.as_ref().unwrap().method, "linear");
 }

@@ -58,7 +58,8 @@ pub struct Preview {
     pub yaml: String,
     /// The demo family's accuracies (empty for other families).
     pub scores: Scores,
-    pub survival: Survival,
+    /// `None` for a merge without a base (linear).
+    pub survival: Option<Survival>,
     pub full: bool,
     pub millis: f64,
 }
@@ -98,8 +99,23 @@ pub struct Workbench {
     pub selected_tensor: Option<String>,
     /// Families opened before, most recent first (kept by eframe between runs).
     pub recent: Vec<RecentFamily>,
-    /// A recipe to load once the family it names has opened: its text and file.
-    pending_recipe: Option<(String, PathBuf)>,
+    /// A recipe to load once the family it names has opened.
+    pending_recipe: Option<PendingRecipe>,
+}
+
+/// A recipe waiting for its family to open.
+#[derive(Debug)]
+struct PendingRecipe {
+    text: String,
+    file: PathBuf,
+    base: PathBuf,
+    models: Vec<PathBuf>,
+}
+
+/// Do `a` and `b` name the same file or folder?
+fn same_path(a: &std::path::Path, b: &std::path::Path) -> bool {
+    let canon = |p: &std::path::Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    canon(a) == canon(b)
 }
 
 /// A family the user opened before.
@@ -234,26 +250,33 @@ impl Workbench {
         let cwd = std::env::current_dir().map_err(|e| e.to_string())?;
         let (base, models) = mergescope_core::merge::plan::recipe_model_paths(&recipe, &file, &cwd)
             .map_err(|e| mergescope_core::one_line(&e.to_string()))?;
+        let same_models = |f: &OpenFamily| {
+            f.models.len() == models.len()
+                && f.models
+                    .iter()
+                    .all(|m| models.iter().any(|r| same_path(m, r)))
+        };
+        let open_family = self
+            .family
+            .as_ref()
+            .filter(|f| same_models(f) && base.as_deref().is_none_or(|b| same_path(&f.base, b)));
+        if let Some(family) = open_family {
+            return MergeSettings::from_recipe(&text, &file, family).map(|s| Some((s, file)));
+        }
+        // A recipe without a base (linear) cannot say which base to open its models with.
         let base = base.ok_or_else(|| {
             format!(
-                "{} names no base_model; open its models with a base in the Models panel, then \
-                 load it",
+                "{} names no base_model and its models are not the open ones; open them with a \
+                 base in the Models panel, then load it",
                 file.display()
             )
         })?;
-        let canon =
-            |p: &std::path::Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
-        let is_open = self.family.as_ref().is_some_and(|f| {
-            canon(&f.base) == canon(&base)
-                && f.models.len() == models.len()
-                && f.models
-                    .iter()
-                    .all(|m| models.iter().any(|r| canon(m) == canon(r)))
+        self.pending_recipe = Some(PendingRecipe {
+            text,
+            file,
+            base: base.clone(),
+            models: models.clone(),
         });
-        if let (true, Some(family)) = (is_open, &self.family) {
-            return MergeSettings::from_recipe(&text, &file, family).map(|s| Some((s, file)));
-        }
-        self.pending_recipe = Some((text, file));
         self.open(base, models);
         Ok(None)
     }
@@ -296,7 +319,16 @@ impl Workbench {
                         ),
                     });
                     let bytes: u64 = family.members.iter().map(|m| m.bytes).sum();
-                    if let Some((text, file)) = self.pending_recipe.take() {
+                    // Only for the family it asked for: another open may have come first.
+                    let pending = self.pending_recipe.take_if(|p| {
+                        same_path(&p.base, &family.base)
+                            && p.models.len() == family.models.len()
+                            && p.models
+                                .iter()
+                                .zip(&family.models)
+                                .all(|(a, b)| same_path(a, b))
+                    });
+                    if let Some(PendingRecipe { text, file, .. }) = pending {
                         self.notice =
                             Some(match MergeSettings::from_recipe(&text, &file, &family) {
                                 Ok(settings) => {
@@ -337,13 +369,20 @@ impl Workbench {
                     millis,
                 } => {
                     self.preview_progress = None;
-                    self.preview = Some(Preview {
-                        yaml,
-                        scores,
-                        survival: *survival,
-                        full,
-                        millis,
-                    });
+                    // One of another family, or of settings since changed, is not shown.
+                    if self
+                        .sent_preview
+                        .as_ref()
+                        .is_some_and(|(sent, _)| *sent == yaml)
+                    {
+                        self.preview = Some(Preview {
+                            yaml,
+                            scores,
+                            survival: survival.map(|s| *s),
+                            full,
+                            millis,
+                        });
+                    }
                 }
                 Event::PreviewProgress(fraction) => self.preview_progress = Some(fraction),
                 Event::PreviewStopped => self.preview_progress = None,
@@ -366,6 +405,7 @@ impl Workbench {
                 }
                 Event::Cancelled => {
                     self.busy = None;
+                    self.pending_recipe = None;
                     self.notice = Some(Notice {
                         error: false,
                         text: "cancelled; nothing was written".to_owned(),

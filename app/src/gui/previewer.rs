@@ -3,6 +3,7 @@
 //! matters: older queued ones are dropped and a running one is cancelled when a newer comes.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
@@ -30,43 +31,62 @@ pub struct PreviewRequest {
     pub full: bool,
 }
 
-/// The UI side: send requests; a newer one cancels the one running.
+/// What the UI and the thread share.
+#[derive(Default)]
+struct Shared {
+    /// The running preview's cancel token.
+    running: Mutex<Option<CancelToken>>,
+    /// The number of the newest request: any other is stale.
+    newest: AtomicU64,
+    /// Set when the app closes.
+    shutdown: AtomicBool,
+}
+
+impl Shared {
+    fn cancel_running(&self) {
+        if let Some(token) = &*self.running.lock().unwrap_or_else(PoisonError::into_inner) {
+            token.cancel();
+        }
+    }
+}
+
+/// The UI side: send requests; a newer one cancels the one running. Dropping it stops the
+/// thread.
 pub struct Previewer {
-    requests: Sender<PreviewRequest>,
-    running: Arc<Mutex<Option<CancelToken>>>,
+    requests: Sender<(u64, PreviewRequest)>,
+    shared: Arc<Shared>,
 }
 
 /// The thread's side before it starts (it needs the backend, which is made on the worker).
 pub struct PreviewInbox {
-    inbox: Receiver<PreviewRequest>,
-    running: Arc<Mutex<Option<CancelToken>>>,
+    inbox: Receiver<(u64, PreviewRequest)>,
+    shared: Arc<Shared>,
 }
 
 impl Previewer {
     /// The UI's handle and the inbox the thread will serve.
     pub fn new() -> (Self, PreviewInbox) {
         let (requests, inbox) = std::sync::mpsc::channel();
-        let running = Arc::new(Mutex::new(None));
+        let shared = Arc::new(Shared::default());
         let pending = PreviewInbox {
             inbox,
-            running: Arc::clone(&running),
+            shared: Arc::clone(&shared),
         };
-        (Self { requests, running }, pending)
+        (Self { requests, shared }, pending)
     }
 
     pub fn send(&self, request: PreviewRequest) {
-        self.cancel();
-        // The thread only stops when the app does.
-        let _ = self.requests.send(request);
+        // Numbered before the cancel: a preview that starts between the two sees it is stale.
+        let number = self.shared.newest.fetch_add(1, Ordering::SeqCst) + 1;
+        self.shared.cancel_running();
+        let _ = self.requests.send((number, request));
     }
 }
 
-impl Previewer {
-    /// Cancels the running preview, if any.
-    pub fn cancel(&self) {
-        if let Some(token) = &*self.running.lock().unwrap_or_else(PoisonError::into_inner) {
-            token.cancel();
-        }
+impl Drop for Previewer {
+    fn drop(&mut self) {
+        self.shared.shutdown.store(true, Ordering::SeqCst);
+        self.shared.cancel_running();
     }
 }
 
@@ -83,7 +103,7 @@ impl PreviewInbox {
             backend,
             outbox,
             notify,
-            running: self.running,
+            shared: self.shared,
             demo: None,
         };
         let inbox = self.inbox;
@@ -97,7 +117,7 @@ struct Thread {
     backend: Arc<dyn Backend>,
     outbox: Sender<Event>,
     notify: Arc<dyn Fn() + Send + Sync>,
-    running: Arc<Mutex<Option<CancelToken>>>,
+    shared: Arc<Shared>,
     /// Loaded on the first demo preview (the digits and the model code).
     demo: Option<DemoAccuracy>,
 }
@@ -108,25 +128,33 @@ impl Thread {
         (self.notify)();
     }
 
-    fn serve(mut self, inbox: &Receiver<PreviewRequest>) {
+    fn serve(mut self, inbox: &Receiver<(u64, PreviewRequest)>) {
         while let Ok(mut request) = inbox.recv() {
             // Only the newest request matters.
             while let Ok(newer) = inbox.try_recv() {
                 request = newer;
             }
-            let event = match self.preview(&request) {
+            if self.shared.shutdown.load(Ordering::SeqCst) {
+                break;
+            }
+            let (number, request) = request;
+            let event = match self.preview(number, &request) {
                 Ok(event) => event,
                 Err(None) => Event::PreviewStopped,
                 Err(Some(message)) => Event::PreviewFailed(message),
             };
-            *self.running.lock().unwrap_or_else(PoisonError::into_inner) = None;
+            *self
+                .shared
+                .running
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = None;
             self.send(event);
         }
     }
 
     /// A job whose progress goes to the Merge panel and whose cancel token a newer request
     /// reaches.
-    fn job(&self) -> Job {
+    fn job(&self, number: u64) -> Job {
         let job = Job::default();
         let progress = job.progress.clone();
         let outbox = self.outbox.clone();
@@ -141,14 +169,24 @@ impl Thread {
             let _ = outbox.send(Event::PreviewProgress(progress.snapshot().fraction()));
             notify();
         });
-        *self.running.lock().unwrap_or_else(PoisonError::into_inner) = Some(job.cancel.clone());
+        *self
+            .shared
+            .running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(job.cancel.clone());
+        // A newer request (or the app closing) may have come before the token was in place.
+        if self.shared.newest.load(Ordering::SeqCst) != number
+            || self.shared.shutdown.load(Ordering::SeqCst)
+        {
+            job.cancel.cancel();
+        }
         job
     }
 
     /// The preview's event; `Err(None)` when it was cancelled.
-    fn preview(&mut self, request: &PreviewRequest) -> Result<Event, Option<String>> {
+    fn preview(&mut self, number: u64, request: &PreviewRequest) -> Result<Event, Option<String>> {
         let started = Instant::now();
-        let job = self.job();
+        let job = self.job(number);
         let plan = super::worker::plan(&request.yaml, &request.file)?;
         let mut scores = Scores::new();
         if request.is_demo {
@@ -168,18 +206,26 @@ impl Thread {
                 .score(&merged, fidelity)
                 .map_err(|e| e.to_string())?;
         }
-        // Any family: how much of each task vector survives, per layer (data-free). While the
-        // pointer is down, a large family is measured on a few rows of each tensor.
+        // Any family with a base: how much of each task vector survives, per layer
+        // (data-free). While the pointer is down, a large family is measured on a few rows of
+        // each tensor. A merge without a base (linear) has no task vectors to measure.
         let sample = (!request.is_demo && !request.full).then_some(QUICK_SAMPLE);
-        let survival =
-            survival_sampled(&plan, self.backend.as_ref(), &job, sample).map_err(|e| match e {
-                AnalysisError::Cancelled(_) => None,
-                other => Some(other.to_string()),
-            })?;
+        let survival = match plan.family.base {
+            None => None,
+            Some(_) => Some(
+                survival_sampled(&plan, self.backend.as_ref(), &job, sample).map_err(
+                    |e| match e {
+                        AnalysisError::Cancelled(_) => None,
+                        other => Some(other.to_string()),
+                    },
+                )?,
+            ),
+        };
+        job.check_cancelled().map_err(|_| None)?;
         Ok(Event::Previewed {
             yaml: request.yaml.clone(),
             scores,
-            survival: Box::new(survival),
+            survival: survival.map(Box::new),
             full: request.full,
             millis: started.elapsed().as_secs_f64() * 1e3,
         })

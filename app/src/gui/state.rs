@@ -135,6 +135,18 @@ pub fn method_flags(method: &str) -> Vec<(&'static str, bool)> {
     })
 }
 
+/// The default the core gives `method`'s float parameter `name`, if any.
+fn param_default(method: &str, name: &str) -> Option<f64> {
+    spec(method)?
+        .params
+        .iter()
+        .find(|p| p.name == name)
+        .and_then(|p| match p.default {
+            Some(Value::Float(x)) => Some(x),
+            _ => None,
+        })
+}
+
 /// Where a per-model number starts, and the range its slider covers.
 pub fn model_param_range(name: &str) -> (f64, std::ops::RangeInclusive<f64>) {
     match name {
@@ -171,7 +183,11 @@ pub struct MergeSettings {
     pub per_layer: bool,
     pub lambda: f64,
     pub filters: Vec<ModuleFilter>,
-    pub seed: u64,
+    /// `dtype` of the recipe (the dtype inputs are computed in; float32 unless a loaded recipe
+    /// says otherwise).
+    pub dtype: String,
+    /// `tokenizer_source` of a loaded recipe, kept as it was.
+    pub tokenizer_source: Option<String>,
     /// `out_dtype` of the recipe: float32, bfloat16 or float16.
     pub out_dtype: String,
 }
@@ -192,7 +208,8 @@ impl MergeSettings {
             per_layer: false,
             lambda: 1.0,
             filters: Vec::new(),
-            seed: 0,
+            dtype: "float32".to_owned(),
+            tokenizer_source: None,
             out_dtype: "float32".to_owned(),
         }
     }
@@ -223,7 +240,9 @@ impl MergeSettings {
         }
         if on {
             for (curve, &w) in self.curves.iter_mut().zip(&self.weights) {
-                if (curve_mean(curve, layers) - w).abs() > 1e-9 {
+                // Switching off rounded the curve's mean to the slider's grid: a weight still
+                // equal to that is the curve's own, and the curve stays.
+                if round(curve_mean(curve, layers)) != w {
                     *curve = vec![w; curve.len().max(2)];
                 }
             }
@@ -275,7 +294,12 @@ impl MergeSettings {
         }
         if with_base && !self.filters.is_empty() {
             y.push_str("  lambda:\n");
-            for f in &self.filters {
+            // An empty or `*` filter would match everything and hide the entries after it.
+            for f in self
+                .filters
+                .iter()
+                .filter(|f| !matches!(f.filter.trim(), "" | "*"))
+            {
                 let _ = writeln!(
                     y,
                     "    - {{filter: {}, value: {}}}",
@@ -285,7 +309,14 @@ impl MergeSettings {
             }
             let _ = writeln!(y, "    - {{value: {}}}", self.lambda);
         }
-        y.push_str("dtype: float32\n");
+        let _ = writeln!(y, "dtype: {}", self.dtype);
+        if let Some(source) = &self.tokenizer_source {
+            let _ = writeln!(
+                y,
+                "tokenizer_source: {}",
+                serde_json::to_string(source).expect("strings serialize")
+            );
+        }
         if self.out_dtype != "float32" {
             let _ = writeln!(y, "out_dtype: {}", self.out_dtype);
         }
@@ -442,7 +473,11 @@ impl MergeSettings {
                         path.display()
                     )
                 })?;
-            match entry.parameters.get("weight") {
+            let weight = entry
+                .parameters
+                .get("weight")
+                .or_else(|| recipe.parameters.get("weight"));
+            match weight {
                 Some(ParamValue::List(points)) => {
                     let points = points
                         .iter()
@@ -479,11 +514,21 @@ impl MergeSettings {
                 }
                 None => {}
             }
+            // As the engine resolves them: the model's own value, else the recipe's shared
+            // one, else the method's default.
             for name in model_params(&settings.method) {
-                if let Some(v) = entry.parameters.get(name) {
-                    let value = number(v, name, &entry.model)?;
-                    settings.model_values[i].insert(name.to_owned(), value);
-                }
+                let value = match entry
+                    .parameters
+                    .get(name)
+                    .or_else(|| recipe.parameters.get(name))
+                {
+                    Some(v) => number(v, name, &entry.model)?,
+                    None => match param_default(&settings.method, name) {
+                        Some(default) => default,
+                        None => continue,
+                    },
+                };
+                settings.model_values[i].insert(name.to_owned(), value);
             }
         }
         for (name, _) in method_flags(&settings.method) {
@@ -500,7 +545,11 @@ impl MergeSettings {
                 for e in entries {
                     let value = number(&e.value, "lambda", "the recipe")?;
                     match e.filter.as_deref() {
-                        None | Some("*") => settings.lambda = value,
+                        // The first catch-all ends the list: entries after it never match.
+                        None | Some("*") => {
+                            settings.lambda = value;
+                            break;
+                        }
                         Some(filter) => settings.filters.push(ModuleFilter {
                             filter: filter.to_owned(),
                             lambda: value,
@@ -514,6 +563,10 @@ impl MergeSettings {
         if let Some(dtype) = recipe.out_dtype {
             settings.out_dtype = dtype;
         }
+        if let Some(dtype) = recipe.dtype {
+            settings.dtype = dtype;
+        }
+        settings.tokenizer_source = recipe.tokenizer_source;
         Ok(settings)
     }
 }
@@ -693,6 +746,50 @@ mod tests {
         );
         // Over depth (many layers), the middle preset keeps the mean weight.
         assert!((curve_mean(&CurvePreset::Middle.points(0.4), 1001) - 0.4).abs() < 1e-3);
+    }
+
+    #[test]
+    fn recipes_load_with_the_values_the_engine_would_use() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["base", "a", "b"] {
+            std::fs::write(dir.path().join(name), b"").unwrap();
+        }
+        let mut family = family();
+        family.base = dir.path().join("base");
+        family.models = vec![dir.path().join("a"), dir.path().join("b")];
+        let file = dir.path().join("r.yml");
+        // a: its own density; b: none, so the recipe's shared one. Weight from the shared
+        // parameters too. A catch-all lambda entry ends the list.
+        let yaml = "merge_method: ties\nbase_model: base\nmodels:\n  - model: a\n    parameters: {density: 0.2}\n  - model: b\nparameters:\n  weight: 0.7\n  density: 0.9\n  lambda:\n    - {filter: mlp, value: 0.5}\n    - {value: 0.8}\n    - {filter: attn, value: 0.1}\ndtype: bfloat16\ntokenizer_source: base\n";
+        let s = MergeSettings::from_recipe(yaml, &file, &family).unwrap();
+        assert_eq!(
+            (s.model_value(0, "density"), s.model_value(1, "density")),
+            (0.2, 0.9)
+        );
+        assert_eq!(s.weights, vec![0.7, 0.7]);
+        assert_eq!(s.lambda, 0.8);
+        assert_eq!(s.filters.len(), 1);
+        assert_eq!(s.dtype, "bfloat16");
+        assert_eq!(s.tokenizer_source.as_deref(), Some("base"));
+        let again = s.to_yaml(&family);
+        assert!(
+            again.contains("dtype: bfloat16\ntokenizer_source: \"base\""),
+            "{again}"
+        );
+        // Without any density the method's own default (keep everything) applies.
+        let bare = "merge_method: ties\nbase_model: base\nmodels:\n  - model: a\n  - model: b\n";
+        let s = MergeSettings::from_recipe(bare, &file, &family).unwrap();
+        assert_eq!(s.model_value(0, "density"), 1.0);
+    }
+
+    #[test]
+    fn a_shaped_curve_survives_switching_per_layer_off_and_on() {
+        let mut s = MergeSettings::for_models(1);
+        s.set_per_layer(true, 4);
+        s.curves[0] = vec![0.1, 0.25];
+        s.set_per_layer(false, 4);
+        s.set_per_layer(true, 4);
+        assert_eq!(s.curves[0], vec![0.1, 0.25]);
     }
 
     #[test]

@@ -54,7 +54,8 @@ pub enum Event {
         /// The demo family's accuracies (empty for other families).
         scores: Scores,
         /// How much of each task vector survives, per layer, and how far the merge moves.
-        survival: Box<Survival>,
+        /// `None` for a merge without a base (linear).
+        survival: Option<Box<Survival>>,
         full: bool,
         millis: f64,
     },
@@ -182,9 +183,8 @@ impl Drop for Worker {
     /// the app (or a test) ends: dropping a GPU device while the process exits can crash it.
     fn drop(&mut self) {
         self.cancel();
-        if let Some(previewer) = self.previewer.take() {
-            previewer.cancel();
-        }
+        // Dropping the previewer stops the preview thread; closing the commands, this one.
+        self.previewer = None;
         self.commands = None;
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();

@@ -155,7 +155,7 @@ pub fn survival_sampled(
             (Some(budget), Some((&rows, rest))) => {
                 let row: usize = rest.iter().product::<usize>().max(1);
                 let mut shape = t.shape.clone();
-                shape[0] = (budget / row).clamp(1, rows);
+                shape[0] = (budget / row).max(1).min(rows);
                 shape
             }
             _ => t.shape.clone(),

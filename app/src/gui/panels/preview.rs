@@ -36,9 +36,13 @@ pub fn show(app: &Workbench, ui: &mut egui::Ui) {
         });
         accuracy(ui, preview);
     }
+    let Some(survived) = &preview.survival else {
+        ui.label("(A merge without a base model has no task vectors to follow per layer.)");
+        return;
+    };
     ui.horizontal(|ui| {
         ui.strong("Preview: what the merge keeps of each fine-tune, per layer");
-        let how = match preview.survival.sampled {
+        let how = match survived.sampled {
             Some(n) => {
                 format!("(data-free; quick estimate from at most {n} elements of each tensor)")
             }
@@ -46,7 +50,7 @@ pub fn show(app: &Workbench, ui: &mut egui::Ui) {
         };
         ui.label(how).on_hover_text(&when);
     });
-    survival(ui, &preview.survival);
+    survival(ui, survived);
 }
 
 fn accuracy(ui: &mut egui::Ui, preview: &Preview) {
