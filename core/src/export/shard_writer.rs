@@ -111,9 +111,14 @@ impl ShardWriter {
 
 const EINVAL: i32 = 22;
 
+/// `MERGESCOPE_BUFFERED_WRITES=1` writes through the page cache (to compare, or where direct
+/// I/O misbehaves).
 #[cfg(target_os = "linux")]
 fn open_direct(path: &Path) -> Option<File> {
     use std::os::unix::fs::OpenOptionsExt as _;
+    if std::env::var_os("MERGESCOPE_BUFFERED_WRITES").is_some_and(|v| v == "1") {
+        return None;
+    }
     // O_DIRECT's value differs between architectures; libc knows it.
     std::fs::OpenOptions::new()
         .write(true)
