@@ -29,6 +29,15 @@ fn wait_for(harness: &mut Harness<'_, Workbench>, what: &str, done: impl Fn(&Wor
     harness.run_ok();
 }
 
+/// Clicks the widgets labelled `labels` one after the other, each in a frame of its own (a
+/// tab, then a combo box, then its entry).
+fn click_through(harness: &mut Harness<'_, Workbench>, labels: &[&str]) {
+    for label in labels {
+        harness.get_by_label(label).click();
+        harness.run_ok();
+    }
+}
+
 /// Waits for an error notice and returns its text.
 fn error_notice(harness: &mut Harness<'_, Workbench>) -> String {
     wait_for(harness, "an error notice", |app| {
@@ -135,10 +144,7 @@ fn per_layer_curves_filters_and_saving_the_recipe() {
     let recipe = dir.path().join("saved.yml");
     let mut harness = harness();
     opened(&mut harness);
-    harness.get_by_label("Merge").click();
-    harness.run_ok();
-    harness.get_by_label("per-layer weights").click();
-    harness.run_ok();
+    click_through(&mut harness, &["Merge", "per-layer weights"]);
     assert_eq!(
         harness.state().settings.as_ref().unwrap().curves[1],
         vec![0.3, 0.3],
@@ -255,10 +261,7 @@ fn per_layer_curves_filters_and_saving_the_recipe() {
 fn curve_presets_reshape_a_curve() {
     let mut harness = harness();
     opened(&mut harness);
-    harness.get_by_label("Merge").click();
-    harness.run_ok();
-    harness.get_by_label("per-layer weights").click();
-    harness.run_ok();
+    click_through(&mut harness, &["Merge", "per-layer weights"]);
     harness.get_all_by_label("shape").nth(2).unwrap().click();
     harness.run_ok();
     harness.get_by_label("rising (late layers most)").click();
@@ -720,30 +723,27 @@ fn loading_a_recipe_opens_the_models_it_names() {
 fn matrices_per_module_and_heatmap_means() {
     let mut harness = harness();
     opened(&mut harness);
-    harness.get_by_label("Sensitivity").click();
-    harness.run_ok();
-    harness.get_by_label("Fine-tune").click();
-    harness.run_ok();
-    harness.get_by_label("mean over models").click();
-    harness.run_ok();
+    click_through(
+        &mut harness,
+        &["Sensitivity", "Fine-tune", "mean over models"],
+    );
     assert_eq!(
         harness.state().selected_model,
         5,
         "four fine-tunes, the max, then the mean"
     );
 
-    harness.get_by_label("Interference").click();
-    harness.run_ok();
-    harness.get_by_label("scope of the matrices").click();
-    harness.run_ok();
-    harness.get_by_label("module: attn q (every layer)").click();
-    harness.run_ok();
+    click_through(
+        &mut harness,
+        &[
+            "Interference",
+            "scope of the matrices",
+            "module: attn q (every layer)",
+        ],
+    );
     assert_eq!(harness.state().selected_module.as_deref(), Some("attn q"));
     // Back to one layer: the module scope is dropped.
-    harness.get_by_label("scope of the matrices").click();
-    harness.run_ok();
-    harness.get_by_label("layer 2").click();
-    harness.run_ok();
+    click_through(&mut harness, &["scope of the matrices", "layer 2"]);
     let state = harness.state();
     assert_eq!(
         (state.selected_layer, state.selected_module.as_deref()),
@@ -800,12 +800,7 @@ fn a_large_family_is_previewed_from_a_sample_while_dragging() {
 fn choosing_a_method_shows_its_parameters() {
     let mut harness = harness();
     opened(&mut harness);
-    harness.get_by_label("Merge").click();
-    harness.run_ok();
-    harness.get_by_label("method").click();
-    harness.run_ok();
-    harness.get_by_label("della").click();
-    harness.run_ok();
+    click_through(&mut harness, &["Merge", "method", "della"]);
     // DELLA reads a density and an epsilon per model: a slider each.
     let rect = slider(&harness, "mirrored epsilon");
     harness.drag_at(rect.left_center() + egui::vec2(2.0, 0.0));
@@ -831,10 +826,7 @@ fn a_linear_merge_previews_and_its_recipe_loads_back() {
     let dir = tempfile::tempdir().unwrap();
     let mut harness = harness();
     opened(&mut harness);
-    harness.get_by_label("Merge").click();
-    harness.run_ok();
-    harness.get_by_label("method").click();
-    harness.run_ok();
+    click_through(&mut harness, &["Merge", "method"]);
     harness.get_by_label("linear").click();
     wait_for(&mut harness, "a linear preview", |app| {
         app.preview

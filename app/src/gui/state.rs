@@ -592,14 +592,7 @@ mod tests {
 
     #[test]
     fn a_saved_recipe_loads_back() {
-        // Recipes name models that exist: a merge would look for them.
-        let dir = tempfile::tempdir().unwrap();
-        for name in ["base", "a", "b"] {
-            std::fs::write(dir.path().join(name), b"").unwrap();
-        }
-        let mut family = family();
-        family.base = dir.path().join("base");
-        family.models = vec![dir.path().join("a"), dir.path().join("b")];
+        let (dir, family) = family_on_disk();
         let mut s = MergeSettings::for_models(2);
         s.method = "ties".to_owned();
         s.weights = vec![0.7, 0.1];
@@ -637,6 +630,19 @@ mod tests {
                 .unwrap_err()
                 .contains("mergescope merge")
         );
+    }
+
+    /// [`family`] with its base and models as (empty) files: recipes name models that exist,
+    /// as a merge would look for them.
+    fn family_on_disk() -> (tempfile::TempDir, OpenFamily) {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["base", "a", "b"] {
+            std::fs::write(dir.path().join(name), b"").unwrap();
+        }
+        let mut family = family();
+        family.base = dir.path().join("base");
+        family.models = vec![dir.path().join("a"), dir.path().join("b")];
+        (dir, family)
     }
 
     fn family() -> OpenFamily {
@@ -700,13 +706,7 @@ mod tests {
 
     #[test]
     fn every_parameter_of_the_method_is_edited_and_saved() {
-        let dir = tempfile::tempdir().unwrap();
-        for name in ["base", "a", "b"] {
-            std::fs::write(dir.path().join(name), b"").unwrap();
-        }
-        let mut family = family();
-        family.base = dir.path().join("base");
-        family.models = vec![dir.path().join("a"), dir.path().join("b")];
+        let (dir, family) = family_on_disk();
         // The core's declarations decide what the panel shows.
         assert_eq!(model_params("della"), ["density", "epsilon"]);
         assert_eq!(model_params("breadcrumbs"), ["density", "gamma"]);
@@ -750,13 +750,7 @@ mod tests {
 
     #[test]
     fn recipes_load_with_the_values_the_engine_would_use() {
-        let dir = tempfile::tempdir().unwrap();
-        for name in ["base", "a", "b"] {
-            std::fs::write(dir.path().join(name), b"").unwrap();
-        }
-        let mut family = family();
-        family.base = dir.path().join("base");
-        family.models = vec![dir.path().join("a"), dir.path().join("b")];
+        let (dir, family) = family_on_disk();
         let file = dir.path().join("r.yml");
         // a: its own density; b: none, so the recipe's shared one. Weight from the shared
         // parameters too. A catch-all lambda entry ends the list.
