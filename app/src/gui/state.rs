@@ -592,7 +592,7 @@ mod tests {
 
     #[test]
     fn a_saved_recipe_loads_back() {
-        let (dir, family) = family_on_disk();
+        let (_dir, family) = family_on_disk();
         let mut s = MergeSettings::for_models(2);
         s.method = "ties".to_owned();
         s.weights = vec![0.7, 0.1];
