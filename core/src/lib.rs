@@ -9,6 +9,7 @@
 //! - [`family`]: a base and N models aligned by tensor name;
 //! - [`layout`]: tensor names parsed into layers and modules;
 //! - [`merge`]: recipes, methods, the planner and the streamed executor;
+//! - [`pareto`]: preferences, fronts, hypervolume and the surrogate-assisted search;
 //! - [`eval`]: objectives (the demo family's accuracy, an external command) and the demo family;
 //! - [`export`]: atomic, sharded Hugging Face folders;
 //! - [`job`]: progress and cancellation for every long operation;
@@ -24,6 +25,7 @@ pub mod family;
 pub mod job;
 pub mod layout;
 pub mod merge;
+pub mod pareto;
 pub mod synth;
 
 pub use checkpoint::{Checkpoint, CheckpointError};

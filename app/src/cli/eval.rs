@@ -28,7 +28,7 @@ pub enum ObjectiveArg {
     Command(String),
 }
 
-fn parse_objective(s: &str) -> Result<ObjectiveArg, String> {
+pub(super) fn parse_objective(s: &str) -> Result<ObjectiveArg, String> {
     match s {
         "demo" => Ok(ObjectiveArg::Demo),
         "retention" => Ok(ObjectiveArg::Retention),

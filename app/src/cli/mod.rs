@@ -1,4 +1,5 @@
-//! `mergescope` on the command line: `inspect`, `merge`, `analyze`, `eval`, `demo`, `synth`.
+//! `mergescope` on the command line: `inspect`, `merge`, `analyze`, `eval`, `pareto`, `demo`,
+//! `synth`.
 //!
 //! User errors print one line (`error: ...`) naming the file, tensor or key and what to do,
 //! and exit with status 1. Ctrl-C cancels a running job; cancelled jobs leave no output and
@@ -10,6 +11,7 @@ mod demo;
 mod eval;
 mod inspect;
 mod merge;
+mod pareto;
 mod progress;
 mod synth;
 
@@ -53,6 +55,8 @@ enum Command {
     Analyze(analyze::Args),
     /// Score a model, or a recipe's merge: the demo family's accuracy, retention, or your command.
     Eval(eval::Args),
+    /// The front of merges over a recipe's per-model weights, and a preference → merge map.
+    Pareto(pareto::Args),
     /// Generate a small example family and merge it: the quickest way to see mergescope work.
     Demo(demo::Args),
     /// Generate a synthetic Llama-shaped model family (for benchmarks and experiments).
@@ -79,6 +83,10 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
             || matches!(
                 e.downcast_ref::<mergescope_core::analysis::AnalysisError>(),
                 Some(mergescope_core::analysis::AnalysisError::Cancelled(_))
+            )
+            || matches!(
+                e.downcast_ref::<mergescope_core::pareto::ParetoError>(),
+                Some(mergescope_core::pareto::ParetoError::Cancelled)
             )
             || matches!(
                 e.downcast_ref::<mergescope_core::synth::SynthError>(),
@@ -132,6 +140,7 @@ pub fn main() -> ExitCode {
         Command::Merge(args) => merge::run(&args, &job),
         Command::Analyze(args) => analyze::run(&args, &job),
         Command::Eval(args) => eval::run(&args, &job),
+        Command::Pareto(args) => pareto::run(&args, &job),
         Command::Demo(args) => demo::run(&args, &job),
         Command::Synth(args) => synth::run(&args, &job),
     };

@@ -174,6 +174,15 @@ pub struct ExternalCommand {
 impl ExternalCommand {
     /// Runs the command on `folder` and reads its JSON.
     pub fn run(&self, folder: &Path) -> Result<Scores, EvalError> {
+        self.run_with_directions(folder).map(|(scores, _)| scores)
+    }
+
+    /// Runs the command on `folder` and reads its metrics and the directions it gives for
+    /// them (`"directions": {"metric": "min"|"max"}`, the one entry that is not a number).
+    pub fn run_with_directions(
+        &self,
+        folder: &Path,
+    ) -> Result<(Scores, BTreeMap<String, String>), EvalError> {
         let quoted = shell_quote(&folder.display().to_string());
         let line = if self.command.contains("{model}") {
             self.command.replace("{model}", &quoted)
@@ -243,12 +252,18 @@ impl ExternalCommand {
                 }
             )));
         }
-        parse_scores(&out).map_err(failed)
+        parse_output(&out).map_err(failed)
     }
 }
 
 /// A JSON object of numbers.
+#[cfg(test)]
 fn parse_scores(stdout: &str) -> Result<Scores, String> {
+    parse_output(stdout).map(|(scores, _)| scores)
+}
+
+/// A JSON object of numbers, and optionally `"directions"`: an object of `"min"`/`"max"`.
+fn parse_output(stdout: &str) -> Result<(Scores, BTreeMap<String, String>), String> {
     let text = stdout.trim();
     let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
         let shown: String = text.chars().take(80).collect();
@@ -259,14 +274,28 @@ fn parse_scores(stdout: &str) -> Result<Scores, String> {
     let object = value
         .as_object()
         .ok_or_else(|| "its output is JSON but not an object of metrics".to_owned())?;
-    object
+    let mut directions = BTreeMap::new();
+    if let Some(given) = object.get("directions") {
+        let given = given
+            .as_object()
+            .ok_or_else(|| "`directions` must be an object like {\"loss\": \"min\"}".to_owned())?;
+        for (metric, direction) in given {
+            let direction = direction.as_str().ok_or_else(|| {
+                format!("the direction of `{metric}` is {direction}, not \"min\" or \"max\"")
+            })?;
+            directions.insert(metric.clone(), direction.to_owned());
+        }
+    }
+    let scores = object
         .iter()
+        .filter(|(k, _)| k.as_str() != "directions")
         .map(|(k, v)| {
             v.as_f64()
                 .map(|x| (k.clone(), x))
                 .ok_or_else(|| format!("metric `{k}` is {v}, not a number"))
         })
-        .collect()
+        .collect::<Result<Scores, String>>()?;
+    Ok((scores, directions))
 }
 
 fn shell_quote(s: &str) -> String {
@@ -327,6 +356,10 @@ mod tests {
                 .unwrap_err()
                 .contains("not a number")
         );
+        let (scores, directions) =
+            parse_output("{\"loss\": 0.2, \"directions\": {\"loss\": \"min\"}}").unwrap();
+        assert_eq!(scores.len(), 1);
+        assert_eq!(directions["loss"], "min");
     }
 
     #[test]
