@@ -21,15 +21,17 @@ pub enum Panel {
     Sensitivity,
     Interference,
     Merge,
+    Pareto,
     Export,
 }
 
 impl Panel {
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::Models,
         Self::Sensitivity,
         Self::Interference,
         Self::Merge,
+        Self::Pareto,
         Self::Export,
     ];
 
@@ -39,6 +41,7 @@ impl Panel {
             Self::Sensitivity => "Sensitivity",
             Self::Interference => "Interference",
             Self::Merge => "Merge",
+            Self::Pareto => "Pareto",
             Self::Export => "Export",
         }
     }
@@ -99,6 +102,8 @@ pub struct Workbench {
     pub selected_tensor: Option<String>,
     /// Families opened before, most recent first (kept by eframe between runs).
     pub recent: Vec<RecentFamily>,
+    /// The Pareto panel: its search, front and preference.
+    pub pareto: super::pareto::ParetoState,
     /// A recipe to load once the family it names has opened.
     pending_recipe: Option<PendingRecipe>,
 }
@@ -190,6 +195,7 @@ impl Workbench {
             selected_module: None,
             selected_tensor: None,
             recent: Vec::new(),
+            pareto: super::pareto::ParetoState::default(),
             pending_recipe: None,
         })
     }
@@ -342,6 +348,13 @@ impl Workbench {
                             });
                     }
                     self.remember(&family);
+                    self.pareto.clear();
+                    self.pareto.running = false;
+                    self.pareto.objective = if family.is_demo {
+                        super::pareto::ParetoObjective::Demo
+                    } else {
+                        super::pareto::ParetoObjective::Retention
+                    };
                     self.family = Some(*family);
                     self.report = None;
                     self.preview = None;
@@ -397,13 +410,29 @@ impl Workbench {
                     self.busy = None;
                     self.notice = Some(Notice { error: false, text });
                 }
+                Event::Pareto(update) => {
+                    if let super::pareto::ParetoUpdate::Done { outcome, .. } = &update {
+                        self.busy = None;
+                        self.notice = Some(Notice {
+                            error: false,
+                            text: format!(
+                                "Pareto search: {} real evaluations, normalised hypervolume {:.4}",
+                                outcome.evaluations(),
+                                outcome.hypervolume_normalised()
+                            ),
+                        });
+                    }
+                    self.pareto.apply(update);
+                }
                 Event::Progress { stage, fraction } => self.busy = Some((stage, fraction)),
                 Event::Failed(text) => {
+                    self.pareto.running = false;
                     self.busy = None;
                     self.pending_recipe = None;
                     self.notice = Some(Notice { error: true, text });
                 }
                 Event::Cancelled => {
+                    self.pareto.running = false;
                     self.busy = None;
                     self.pending_recipe = None;
                     self.notice = Some(Notice {
@@ -517,6 +546,7 @@ impl eframe::App for Workbench {
                 Panel::Sensitivity => panels::sensitivity::show(self, ui),
                 Panel::Interference => panels::interference::show(self, ui),
                 Panel::Merge => panels::merge::show(self, ui),
+                Panel::Pareto => panels::pareto::show(self, ui),
                 Panel::Export => panels::export::show(self, ui),
             });
         });

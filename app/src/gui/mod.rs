@@ -3,6 +3,7 @@
 pub mod app;
 pub mod curve_editor;
 pub mod panels;
+pub mod pareto;
 pub mod previewer;
 pub mod state;
 pub mod worker;

@@ -18,6 +18,7 @@ use mergescope_core::merge::plan::{MergePlan, PlanOptions};
 use mergescope_core::merge::recipe::Recipe;
 use mergescope_core::{CancelToken, Checkpoint, Job};
 
+use super::pareto::{ParetoObjective, ParetoRequest, ParetoUpdate};
 use super::previewer::{PreviewRequest, Previewer};
 use super::state::{MemberInfo, OpenFamily};
 
@@ -37,6 +38,8 @@ pub enum Command {
         /// Largest shard in bytes.
         shard_size: u64,
     },
+    /// A Pareto search over the recipe's per-model weights, then its data-free map.
+    Pareto(Box<ParetoRequest>),
 }
 
 /// What the worker answers.
@@ -65,6 +68,7 @@ pub enum Event {
     PreviewStopped,
     PreviewFailed(String),
     Exported(String),
+    Pareto(ParetoUpdate),
     Progress {
         stage: String,
         fraction: f64,
@@ -281,6 +285,7 @@ impl Engine {
                 force,
                 shard_size,
             } => self.export(&yaml, out, force, shard_size, epoch),
+            Command::Pareto(request) => self.pareto(&request, epoch),
         };
         *self.running.lock().unwrap_or_else(PoisonError::into_inner) = None;
         match result {
@@ -401,6 +406,86 @@ impl Engine {
             summary.tensors,
             mergescope_core::export::format_size(summary.data_bytes)
         )))
+    }
+}
+
+impl Engine {
+    /// Runs the search, sending each point as it is evaluated, then fits the data-free map.
+    fn pareto(&self, request: &ParetoRequest, epoch: u64) -> Result<Event, String> {
+        use mergescope_core::pareto::{
+            DecisionSpace, Direction, MergeEvaluator, ObjectiveKind, ParetoError, PreferenceMap,
+            RouterSettings, SearchEvent, SearchSettings, search,
+        };
+        let one_line = |e: ParetoError| match e {
+            ParetoError::Cancelled => CANCELLED.to_owned(),
+            other => mergescope_core::one_line(&other.to_string()),
+        };
+        let cwd = std::env::current_dir().map_err(|e| e.to_string())?;
+        let recipe = Recipe::from_yaml(&request.yaml, &request.file).map_err(|e| e.to_string())?;
+        let template =
+            mergescope_core::pareto::space::with_absolute_paths(&recipe, &request.file, &cwd)
+                .map_err(one_line)?;
+        let space = DecisionSpace::new(template, request.groups, request.range).map_err(one_line)?;
+        let objective = match &request.objective {
+            ParetoObjective::Demo => ObjectiveKind::Demo {
+                accuracy: mergescope_core::eval::DemoAccuracy::new().map_err(|e| e.to_string())?,
+                fidelity: mergescope_core::eval::Fidelity::Full,
+            },
+            ParetoObjective::Retention => ObjectiveKind::Retention,
+            ParetoObjective::Command {
+                command,
+                maximize,
+                minimize,
+            } => {
+                let mut directions = std::collections::BTreeMap::new();
+                for (names, direction) in [(maximize, Direction::Max), (minimize, Direction::Min)] {
+                    for name in names.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                        directions.insert(name.to_owned(), direction);
+                    }
+                }
+                ObjectiveKind::Command {
+                    command: mergescope_core::eval::ExternalCommand {
+                        command: command.clone(),
+                        timeout: std::time::Duration::from_secs(600),
+                    },
+                    directions,
+                }
+            }
+        };
+        let evaluator = MergeEvaluator {
+            recipe_file: request.file.clone(),
+            cwd,
+            backend: Arc::clone(&self.backend),
+            objective,
+            random_seed: 0,
+        };
+        let settings = SearchSettings {
+            budget: request.budget,
+            ..SearchSettings::default()
+        };
+        let job = self.job(epoch);
+        let outcome = search(&space, &evaluator, &settings, &job, &mut |event| {
+            let update = match event {
+                SearchEvent::Objectives {
+                    objectives,
+                    normalisation,
+                } => ParetoUpdate::Started {
+                    objectives: objectives.clone(),
+                    normalisation: normalisation.clone(),
+                },
+                SearchEvent::Point(point) => ParetoUpdate::Point(point.clone()),
+                SearchEvent::Round(round) => ParetoUpdate::Round(round.clone()),
+            };
+            self.send(Event::Pareto(update));
+        })
+        .map_err(one_line)?;
+        job.progress.set_stage("fitting the preference map");
+        let map = PreferenceMap::fit_on_surrogates(&outcome, &RouterSettings::default(), &job)
+            .map_err(one_line)?;
+        Ok(Event::Pareto(ParetoUpdate::Done {
+            outcome: Box::new(outcome),
+            map: Box::new(map),
+        }))
     }
 }
 

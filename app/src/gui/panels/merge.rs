@@ -4,7 +4,6 @@
 
 use crate::gui::app::{Notice, Workbench};
 use crate::gui::curve_editor::curve_editor;
-use crate::gui::previewer::PreviewRequest;
 use crate::gui::state::{
     CurvePreset, METHODS, MergeSettings, ModuleFilter, OpenFamily, curve_mean, has_lambda,
     method_flags, model_param_range, model_params, resample,
@@ -57,22 +56,7 @@ pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
     }
     let yaml = settings.to_yaml(family);
 
-    // Live preview: a quick one while the pointer is down, a full one once it is released.
-    let dragging = ui.input(|i| i.pointer.any_down());
-    let wanted_full = !dragging;
-    let up_to_date = app
-        .sent_preview
-        .as_ref()
-        .is_some_and(|(sent, full)| *sent == yaml && (*full || !wanted_full));
-    if !up_to_date {
-        app.worker.preview(PreviewRequest {
-            yaml: yaml.clone(),
-            file: family.recipe_file(),
-            is_demo: family.is_demo,
-            full: wanted_full,
-        });
-        app.sent_preview = Some((yaml.clone(), wanted_full));
-    }
+    super::preview::request(app, ui, &yaml);
 
     ui.separator();
     super::preview::show(app, ui);

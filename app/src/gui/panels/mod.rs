@@ -6,6 +6,7 @@ pub mod export;
 pub mod interference;
 pub mod merge;
 pub mod models;
+pub mod pareto;
 pub mod preview;
 pub mod sensitivity;
 

@@ -6,6 +6,29 @@ use mergescope_core::analysis::Survival;
 
 use super::fmt;
 use crate::gui::app::{Preview, Workbench};
+use crate::gui::previewer::PreviewRequest;
+
+/// Asks for a preview of `yaml` unless one is on its way: a quick one while the pointer is
+/// down, a full one once it is released.
+pub fn request(app: &mut Workbench, ui: &egui::Ui, yaml: &str) {
+    let Some(family) = &app.family else {
+        return;
+    };
+    let wanted_full = !ui.input(|i| i.pointer.any_down());
+    let up_to_date = app
+        .sent_preview
+        .as_ref()
+        .is_some_and(|(sent, full)| *sent == yaml && (*full || !wanted_full));
+    if !up_to_date {
+        app.worker.preview(PreviewRequest {
+            yaml: yaml.to_owned(),
+            file: family.recipe_file(),
+            is_demo: family.is_demo,
+            full: wanted_full,
+        });
+        app.sent_preview = Some((yaml.to_owned(), wanted_full));
+    }
+}
 
 pub fn show(app: &Workbench, ui: &mut egui::Ui) {
     if let Some(fraction) = app.preview_progress {
