@@ -852,3 +852,173 @@ fn a_linear_merge_previews_and_its_recipe_loads_back() {
     assert!(!notice.error, "{}", notice.text);
     assert_eq!(harness.state().settings.as_ref().unwrap().method, "linear");
 }
+
+/// Runs a Pareto search from the panel with `budget` evaluations (quick on the demo) and waits
+/// for its map.
+fn pareto_search(harness: &mut Harness<'_, Workbench>, budget: usize) {
+    harness.state_mut().pareto.budget = budget;
+    click_through(harness, &["Search the front"]);
+    assert!(harness.state().pareto.running);
+    wait_for(harness, "the search and its map", |app| {
+        app.pareto.map.is_some()
+    });
+}
+
+/// Drags the slider labelled `label` to its right end and lets go.
+fn drag_slider_to_the_end(harness: &mut Harness<'_, Workbench>, label: &str) {
+    let rect = slider(harness, label);
+    harness.drag_at(rect.left_center() + egui::vec2(4.0, 0.0));
+    harness.step();
+    harness.hover_at(rect.right_center() - egui::vec2(2.0, 0.0));
+    harness.step();
+    harness.drop_at(rect.right_center() - egui::vec2(2.0, 0.0));
+    harness.run_ok();
+}
+
+/// The Merge panel's weights are the map's coefficients for the panel's preference.
+fn weights_follow_the_map(app: &Workbench) {
+    let x = app.pareto.coefficients().expect("a map");
+    let weights = &app.settings.as_ref().unwrap().weights;
+    assert_eq!(weights.len(), x.len());
+    for (w, x) in weights.iter().zip(&x) {
+        assert!((w - x).abs() < 1e-4, "{weights:?} vs {x:?}");
+    }
+}
+
+#[test]
+fn a_pareto_search_shows_its_front_and_the_preference_moves_the_merge() {
+    let mut harness = harness();
+    opened(&mut harness);
+    click_through(&mut harness, &["Pareto", "quick estimate"]);
+    pareto_search(&mut harness, 14);
+    let app = harness.state();
+    assert_eq!(app.pareto.objectives.len(), 4);
+    assert!(app.pareto.points.len() >= 10, "{}", app.pareto.points.len());
+    assert!(app.pareto.on_front().iter().any(|f| *f));
+    assert!(app.pareto.outcome.as_ref().unwrap().evaluations() <= 14);
+    harness.get_by_label("leave-one-out R²");
+
+    // Four objectives: linked bars. Pulling one to the end leaves the others nothing.
+    drag_slider_to_the_end(&mut harness, "upright");
+    let app = harness.state();
+    let w = app.pareto.preference.clone();
+    assert!((w.iter().sum::<f64>() - 1.0).abs() < 1e-9, "{w:?}");
+    assert!(w[0] > 0.95, "{w:?}");
+    weights_follow_the_map(app);
+    // The preview follows the merge the preference gives.
+    let family = app.family.clone().unwrap();
+    let yaml = app.settings.as_ref().unwrap().to_yaml(&family);
+    wait_for(&mut harness, "the preference's full preview", |app| {
+        app.preview
+            .as_ref()
+            .is_some_and(|p| p.full && p.yaml == yaml)
+    });
+
+    // A front point's button loads its coefficients into the Merge panel.
+    let app = harness.state();
+    let i = app.pareto.on_front().iter().position(|f| *f).unwrap();
+    let coefficients = app.pareto.points[i].coefficients.clone();
+    // Below the fold: scroll to it first, as a user would.
+    harness.get_by_label(&format!("Load #{i}")).scroll_to_me();
+    harness.run_ok();
+    click_through(&mut harness, &[&format!("Load #{i}")]);
+    let weights = harness.state().settings.as_ref().unwrap().weights.clone();
+    for (w, c) in weights.iter().zip(&coefficients) {
+        assert!((w - c).abs() < 1e-4, "{weights:?} vs {coefficients:?}");
+    }
+    assert!(
+        harness
+            .state()
+            .notice
+            .as_ref()
+            .is_some_and(|n| n.text.contains(&format!("loaded point #{i}")))
+    );
+}
+
+/// The demo family's base and its first `experts` experts, on disk.
+fn demo_subfamily(dir: &std::path::Path, experts: usize) -> Vec<std::path::PathBuf> {
+    let family = mergescope_core::eval::DemoFamily::extract(dir).unwrap();
+    let mut paths = vec![family.base()];
+    paths.extend(
+        mergescope_core::eval::Domain::ALL
+            .iter()
+            .take(experts)
+            .map(|&d| family.expert(d)),
+    );
+    paths
+}
+
+#[test]
+fn three_objectives_take_a_triangle_and_two_a_slider() {
+    let dir = tempfile::tempdir().unwrap();
+    // Three experts, scored by retention: a preference point in a triangle.
+    let mut harness = harness_on(&demo_subfamily(dir.path(), 3));
+    opened(&mut harness);
+    click_through(
+        &mut harness,
+        &["Pareto", "objective", "retention (data-free)"],
+    );
+    pareto_search(&mut harness, 12);
+    assert_eq!(harness.state().pareto.objectives.len(), 3);
+    let triangle = harness.get_by_label("preference triangle").rect();
+    // The top corner is the first objective.
+    let corner = egui::pos2(triangle.center().x, triangle.top() + 18.0);
+    harness.drag_at(triangle.center());
+    harness.step();
+    harness.hover_at(corner);
+    harness.step();
+    harness.drop_at(corner);
+    harness.run_ok();
+    let app = harness.state();
+    assert!(
+        app.pareto.preference[0] > 0.9,
+        "{:?}",
+        app.pareto.preference
+    );
+    weights_follow_the_map(app);
+    drop(harness);
+
+    // Two experts: one slider between the two tasks.
+    let mut harness = harness_on(&demo_subfamily(dir.path(), 2));
+    opened(&mut harness);
+    click_through(
+        &mut harness,
+        &["Pareto", "objective", "retention (data-free)"],
+    );
+    pareto_search(&mut harness, 10);
+    drag_slider_to_the_end(&mut harness, "on rotated (the rest on upright)");
+    let app = harness.state();
+    assert!(
+        app.pareto.preference[0] > 0.95,
+        "{:?}",
+        app.pareto.preference
+    );
+    weights_follow_the_map(app);
+}
+
+#[test]
+fn a_cancelled_search_keeps_its_points_and_the_worker_goes_on() {
+    let mut harness = harness();
+    opened(&mut harness);
+    // All test digits: slow enough in a test build to be stopped part-way.
+    click_through(&mut harness, &["Pareto", "Search the front"]);
+    wait_for(&mut harness, "the first points", |app| {
+        app.pareto.points.len() >= 3
+    });
+    click_through(&mut harness, &["Cancel search"]);
+    wait_for(&mut harness, "the search to stop", |app| {
+        !app.pareto.running
+    });
+    let app = harness.state();
+    assert!(app.pareto.outcome.is_none() && app.pareto.map.is_none());
+    assert!(app.pareto.points.len() >= 3);
+    assert!(app.pareto.points.len() < 60);
+    assert!(
+        app.notice
+            .as_ref()
+            .is_some_and(|n| n.text.contains("cancelled"))
+    );
+    // The worker takes the next job.
+    click_through(&mut harness, &["quick estimate"]);
+    pareto_search(&mut harness, 10);
+}

@@ -271,14 +271,20 @@ fn shown(outcome: &Outcome, j: usize, value: f64) -> String {
 fn table(outcome: &Outcome, report: &Report) -> String {
     let mut text = String::new();
     let names = outcome.space.coefficient_names();
-    let short = |name: &str| name.split('/').next().unwrap_or(name).to_owned();
+    let labels = mergescope_core::pareto::report::short_names(
+        &outcome
+            .objectives
+            .iter()
+            .map(|o| o.name.as_str())
+            .collect::<Vec<_>>(),
+    );
     let _ = write!(text, "{:<10}", "point");
     for n in &names {
         let _ = write!(text, " {:>8}", truncate(n, 8));
     }
     text.push_str(" |");
-    for o in &outcome.objectives {
-        let _ = write!(text, " {:>9}", truncate(&short(&o.name), 9));
+    for label in &labels {
+        let _ = write!(text, " {:>9}", truncate(label, 9));
     }
     let _ = writeln!(text, " {:>8}", "contrib");
     let row = |text: &mut String,
@@ -370,12 +376,8 @@ fn table(outcome: &Outcome, report: &Report) -> String {
         report
             .surrogate
             .iter()
-            .map(|f| format!(
-                "{} R² {:.3} RMSE {:.4}",
-                short(&f.objective),
-                f.loo_r2,
-                f.loo_rmse
-            ))
+            .zip(&labels)
+            .map(|(f, label)| format!("{label} R² {:.3} RMSE {:.4}", f.loo_r2, f.loo_rmse))
             .collect::<Vec<_>>()
             .join("; ")
     );

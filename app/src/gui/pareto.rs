@@ -32,7 +32,12 @@ pub struct ParetoRequest {
     pub groups: usize,
     pub range: (f64, f64),
     pub budget: usize,
+    /// Score the demo on [`QUICK_SAMPLE`] test images per domain instead of all of them.
+    pub quick: bool,
 }
+
+/// Test images per domain of a quick search.
+pub const QUICK_SAMPLE: usize = 64;
 
 /// What the worker sends while a search runs.
 #[derive(Debug)]
@@ -57,6 +62,8 @@ pub struct ParetoState {
     pub lower: f64,
     pub upper: f64,
     pub budget: usize,
+    /// A quick search: the demo scored on a fixed subsample of its test images.
+    pub quick: bool,
     pub running: bool,
     pub objectives: Vec<ObjectiveSpec>,
     pub normalisation: Option<Normalisation>,
@@ -83,6 +90,7 @@ impl Default for ParetoState {
             lower: mergescope_core::pareto::space::LAMBDA_RANGE.0,
             upper: mergescope_core::pareto::space::LAMBDA_RANGE.1,
             budget: 60,
+            quick: false,
             running: false,
             objectives: Vec::new(),
             normalisation: None,
@@ -160,7 +168,11 @@ impl ParetoState {
 
     /// Whether each point is on the front of the points so far.
     pub fn on_front(&self) -> Vec<bool> {
-        let maximised: Vec<Vec<f64>> = self.points.iter().map(|p| self.maximised(&p.scores)).collect();
+        let maximised: Vec<Vec<f64>> = self
+            .points
+            .iter()
+            .map(|p| self.maximised(&p.scores))
+            .collect();
         let mut flags = vec![false; self.points.len()];
         for i in front::non_dominated(&maximised) {
             flags[i] = true;
@@ -184,6 +196,18 @@ impl ParetoState {
     pub fn predicted(&self, x: &[f64]) -> Option<Vec<f64>> {
         let outcome = self.outcome.as_ref()?;
         Some(outcome.surrogates.iter().map(|s| s.predict(x)).collect())
+    }
+
+    /// Short names of the objectives: a part every name shares (`…/accuracy`, `retention/…`)
+    /// is left out.
+    pub fn labels(&self) -> Vec<String> {
+        mergescope_core::pareto::report::short_names(
+            &self
+                .objectives
+                .iter()
+                .map(|o| o.name.as_str())
+                .collect::<Vec<_>>(),
+        )
     }
 
     /// Sets the preference (made a valid one).

@@ -425,11 +425,16 @@ impl Engine {
         let template =
             mergescope_core::pareto::space::with_absolute_paths(&recipe, &request.file, &cwd)
                 .map_err(one_line)?;
-        let space = DecisionSpace::new(template, request.groups, request.range).map_err(one_line)?;
+        let space =
+            DecisionSpace::new(template, request.groups, request.range).map_err(one_line)?;
         let objective = match &request.objective {
             ParetoObjective::Demo => ObjectiveKind::Demo {
                 accuracy: mergescope_core::eval::DemoAccuracy::new().map_err(|e| e.to_string())?,
-                fidelity: mergescope_core::eval::Fidelity::Full,
+                fidelity: if request.quick {
+                    mergescope_core::eval::Fidelity::Subsample(super::pareto::QUICK_SAMPLE)
+                } else {
+                    mergescope_core::eval::Fidelity::Full
+                },
             },
             ParetoObjective::Retention => ObjectiveKind::Retention,
             ParetoObjective::Command {

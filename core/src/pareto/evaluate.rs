@@ -167,6 +167,16 @@ impl Evaluator for MergeEvaluator {
                         failed(e)
                     }
                 })?;
+                // Members are labelled by their path in the recipe: name them by folder.
+                let scores = scores
+                    .into_iter()
+                    .map(|(key, v)| match key.split_once('/') {
+                        Some((metric, model)) => {
+                            (format!("{metric}/{}", super::space::label_of(model)), v)
+                        }
+                        None => (key, v),
+                    })
+                    .collect();
                 Ok(Evaluation {
                     scores,
                     directions: BTreeMap::new(),

@@ -179,6 +179,21 @@ pub fn coefficients_by_model(outcome: &Outcome, x: &[f64]) -> IndexMap<String, C
         .collect()
 }
 
+/// `names` without the first or last `/`-part when every name has that same part.
+pub fn short_names(names: &[&str]) -> Vec<String> {
+    let parts: Vec<Vec<&str>> = names.iter().map(|n| n.split('/').collect()).collect();
+    let several = names.len() > 1 && parts.iter().all(|p| p.len() > 1);
+    let first_shared = several && parts.iter().all(|p| p[0] == parts[0][0]);
+    let last_shared = several && parts.iter().all(|p| p.last() == parts[0].last());
+    if first_shared {
+        parts.iter().map(|p| p[1..].join("/")).collect()
+    } else if last_shared {
+        parts.iter().map(|p| p[..p.len() - 1].join("/")).collect()
+    } else {
+        names.iter().map(|n| (*n).to_owned()).collect()
+    }
+}
+
 /// The held-out preferences of a map's validation: Das–Dennis with 3 divisions (20 rays for
 /// four objectives), none of which the Dirichlet training draws hit exactly.
 pub fn held_out_preferences(objectives: usize) -> Vec<Vec<f64>> {
@@ -237,4 +252,16 @@ pub fn validate(
         ),
         entries,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_names_drop_the_shared_part() {
+        assert_eq!(short_names(&["a/accuracy", "b/accuracy"]), ["a", "b"]);
+        assert_eq!(short_names(&["retention/a", "retention/b"]), ["a", "b"]);
+        assert_eq!(short_names(&["score", "cost"]), ["score", "cost"]);
+    }
 }

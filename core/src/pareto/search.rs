@@ -189,9 +189,15 @@ impl Outcome {
         self.hypervolume_normalised() * self.normalisation.box_volume()
     }
 
-    /// Real evaluations, the inputs' included.
+    /// Real evaluations, the inputs' included (an input that is also a point of the space
+    /// counts once).
     pub fn evaluations(&self) -> usize {
-        self.inputs.len() + self.points.len()
+        self.inputs.len()
+            + self
+                .points
+                .iter()
+                .filter(|p| !matches!(p.source, Source::Input(_)))
+                .count()
     }
 
     /// The point with the smallest Tchebycheff loss for `preference` (the "snap" map).

@@ -60,7 +60,11 @@ fn settings_ui(app: &mut Workbench, ui: &mut egui::Ui, family: &OpenFamily) {
             .selected_text(label(&state.objective))
             .show_ui(ui, |ui| {
                 if family.is_demo {
-                    ui.selectable_value(&mut state.objective, ParetoObjective::Demo, "demo accuracy");
+                    ui.selectable_value(
+                        &mut state.objective,
+                        ParetoObjective::Demo,
+                        "demo accuracy",
+                    );
                 }
                 ui.selectable_value(
                     &mut state.objective,
@@ -82,7 +86,9 @@ fn settings_ui(app: &mut Workbench, ui: &mut egui::Ui, family: &OpenFamily) {
                 .range(1..=4)
                 .prefix("layer groups: "),
         )
-        .on_hover_text("One coefficient per model and group of consecutive layers (a mergekit gradient)");
+        .on_hover_text(
+            "One coefficient per model and group of consecutive layers (a mergekit gradient)",
+        );
         ui.add(
             egui::DragValue::new(&mut state.lower)
                 .range(-1.0..=state.upper - 0.1)
@@ -101,6 +107,13 @@ fn settings_ui(app: &mut Workbench, ui: &mut egui::Ui, family: &OpenFamily) {
                 .prefix("budget: "),
         )
         .on_hover_text("Real evaluations in all, the input models' included");
+        if matches!(state.objective, ParetoObjective::Demo) {
+            ui.checkbox(&mut state.quick, "quick estimate")
+                .on_hover_text(format!(
+                    "Score on the first {} test images of each domain instead of all of them",
+                    crate::gui::pareto::QUICK_SAMPLE
+                ));
+        }
     });
     if let ParetoObjective::Command {
         command,
@@ -112,9 +125,17 @@ fn settings_ui(app: &mut Workbench, ui: &mut egui::Ui, family: &OpenFamily) {
             ui.label("command");
             ui.add(egui::TextEdit::singleline(command).hint_text("python eval.py {model}"));
             ui.label("maximize");
-            ui.add(egui::TextEdit::singleline(maximize).desired_width(100.0).hint_text("accuracy"));
+            ui.add(
+                egui::TextEdit::singleline(maximize)
+                    .desired_width(100.0)
+                    .hint_text("accuracy"),
+            );
             ui.label("minimize");
-            ui.add(egui::TextEdit::singleline(minimize).desired_width(100.0).hint_text("loss"));
+            ui.add(
+                egui::TextEdit::singleline(minimize)
+                    .desired_width(100.0)
+                    .hint_text("loss"),
+            );
         });
     }
     let (running, points) = (state.running, state.points.len());
@@ -142,6 +163,7 @@ fn start(app: &mut Workbench, family: &OpenFamily) {
         groups: app.pareto.groups,
         range: (app.pareto.lower, app.pareto.upper),
         budget: app.pareto.budget,
+        quick: app.pareto.quick,
     };
     app.pareto.clear();
     app.pareto.running = true;
@@ -193,18 +215,20 @@ fn summary_ui(state: &ParetoState, ui: &mut egui::Ui) {
         // The surrogates' fit, once the search fitted them.
         let fits = state.outcome.as_ref().map(|o| &o.surrogates);
         if let Some(surrogates) = fits {
-            egui::Grid::new("surrogate-fit").striped(true).show(ui, |ui| {
-                ui.strong("surrogate");
-                ui.strong("leave-one-out R²");
-                ui.strong("RMSE");
-                ui.end_row();
-                for (o, s) in state.objectives.iter().zip(surrogates) {
-                    ui.label(&o.name);
-                    ui.label(format!("{:.3}", s.fit.loo_r2));
-                    ui.label(shown(o, s.fit.loo_rmse));
+            egui::Grid::new("surrogate-fit")
+                .striped(true)
+                .show(ui, |ui| {
+                    ui.strong("surrogate");
+                    ui.strong("leave-one-out R²");
+                    ui.strong("RMSE");
                     ui.end_row();
-                }
-            });
+                    for (o, s) in state.objectives.iter().zip(surrogates) {
+                        ui.label(&o.name);
+                        ui.label(format!("{:.3}", s.fit.loo_r2));
+                        ui.label(shown(o, s.fit.loo_rmse));
+                        ui.end_row();
+                    }
+                });
         }
     });
 }
@@ -218,26 +242,19 @@ fn shown(objective: &mergescope_core::pareto::ObjectiveSpec, value: f64) -> Stri
     }
 }
 
-fn short(name: &str) -> &str {
-    name.split('/').next().unwrap_or(name)
-}
-
 /// The preference widget, and what moving it does: coefficients from the map into the Merge
 /// panel's settings, and a live preview.
 fn preference_ui(app: &mut Workbench, ui: &mut egui::Ui, family: &OpenFamily) {
-    let names: Vec<String> = app
-        .pareto
-        .objectives
-        .iter()
-        .map(|o| short(&o.name).to_owned())
-        .collect();
+    let names = app.pareto.labels();
     ui.horizontal(|ui| {
         ui.strong("Preference over the tasks");
         if app.pareto.map.is_none() {
             ui.label("(the map is learned when the search ends)");
         }
         ui.checkbox(&mut app.pareto.snap, "snap to evaluated points")
-            .on_hover_text("Use the evaluated merge with the best Tchebycheff score for the preference");
+            .on_hover_text(
+                "Use the evaluated merge with the best Tchebycheff score for the preference",
+            );
     });
     let before = app.pareto.preference.clone();
     match names.len() {
@@ -246,7 +263,7 @@ fn preference_ui(app: &mut Workbench, ui: &mut egui::Ui, family: &OpenFamily) {
             let mut first = app.pareto.preference[0];
             ui.add(
                 egui::Slider::new(&mut first, 0.0..=1.0)
-                    .text(format!("{} ← → {}", names[1], names[0])),
+                    .text(format!("on {} (the rest on {})", names[0], names[1])),
             );
             app.pareto.set_preference(&[first, 1.0 - first]);
         }
@@ -273,7 +290,11 @@ fn preference_ui(app: &mut Workbench, ui: &mut egui::Ui, family: &OpenFamily) {
         apply_preference(app, family);
     }
     if let Some(x) = app.pareto.coefficients() {
-        let outcome = app.pareto.outcome.as_ref().expect("coefficients need a search");
+        let outcome = app
+            .pareto
+            .outcome
+            .as_ref()
+            .expect("coefficients need a search");
         ui.label(format!(
             "coefficients: {}",
             outcome
@@ -292,7 +313,8 @@ fn preference_ui(app: &mut Workbench, ui: &mut egui::Ui, family: &OpenFamily) {
                     .objectives
                     .iter()
                     .zip(&predicted)
-                    .map(|(o, v)| format!("{} {}", short(&o.name), shown(o, *v)))
+                    .zip(&names)
+                    .map(|((o, v), name)| format!("{name} {}", shown(o, *v)))
                     .collect::<Vec<_>>()
                     .join(", ")
             ));
@@ -340,9 +362,8 @@ pub fn load_coefficients(app: &mut Workbench, family: &OpenFamily, x: &[f64]) {
 fn triangle_ui(ui: &mut egui::Ui, names: &[String], w: &mut [f64]) {
     let size = egui::vec2(240.0, 210.0);
     let (rect, response) = ui.allocate_exact_size(size, egui::Sense::click_and_drag());
-    response.widget_info(|| {
-        egui::WidgetInfo::labeled(egui::Role::Slider, true, "preference triangle")
-    });
+    response
+        .widget_info(|| egui::WidgetInfo::labeled(egui::Role::Slider, true, "preference triangle"));
     let corners = [
         egui::pos2(rect.center().x, rect.top() + 16.0),
         egui::pos2(rect.left() + 16.0, rect.bottom() - 18.0),
@@ -391,21 +412,32 @@ fn barycentric(p: egui::Pos2, [a, b, c]: [egui::Pos2; 3]) -> Vec<f64> {
 fn scatter_ui(app: &mut Workbench, ui: &mut egui::Ui) {
     let state = &mut app.pareto;
     let m = state.objectives.len();
+    let names = state.labels();
     ui.horizontal(|ui| {
         for (axis, label) in [(0, "x"), (1, "y")] {
-            let value = if axis == 0 { &mut state.axes.0 } else { &mut state.axes.1 };
+            let value = if axis == 0 {
+                &mut state.axes.0
+            } else {
+                &mut state.axes.1
+            };
             egui::ComboBox::from_label(label)
-                .selected_text(short(&state.objectives[*value].name).to_owned())
+                .selected_text(names[*value].clone())
                 .show_ui(ui, |ui| {
-                    for j in 0..m {
-                        ui.selectable_value(value, j, short(&state.objectives[j].name));
+                    for (j, name) in names.iter().enumerate().take(m) {
+                        ui.selectable_value(value, j, name);
                     }
                 });
         }
     });
     let (a, b) = state.axes;
     let on_front = state.on_front();
-    let percent = |j: usize| if state.objectives[j].unit_interval { 100.0 } else { 1.0 };
+    let percent = |j: usize| {
+        if state.objectives[j].unit_interval {
+            100.0
+        } else {
+            1.0
+        }
+    };
     let (pa, pb) = (percent(a), percent(b));
     let at = |scores: &[f64]| [scores[a] * pa, scores[b] * pb];
     let mut clicked = None;
@@ -430,8 +462,17 @@ fn scatter_ui(app: &mut Workbench, ui: &mut egui::Ui) {
                     .map(|(p, _)| at(&p.scores))
                     .collect()
             };
-            plot.points(Points::new("evaluated", pick(false, false)).color(OTHER).radius(3.0));
-            plot.points(Points::new("front", pick(true, false)).color(FRONT).radius(5.0).filled(true));
+            plot.points(
+                Points::new("evaluated", pick(false, false))
+                    .color(OTHER)
+                    .radius(3.0),
+            );
+            plot.points(
+                Points::new("front", pick(true, false))
+                    .color(FRONT)
+                    .radius(5.0)
+                    .filled(true),
+            );
             plot.points(
                 Points::new("input models", pick(false, true))
                     .color(INPUT)
@@ -441,7 +482,9 @@ fn scatter_ui(app: &mut Workbench, ui: &mut egui::Ui) {
             for p in &state.points {
                 if let mergescope_core::pareto::Source::Input(label) = &p.source {
                     let [x, y] = at(&p.scores);
-                    plot.text(Text::new(label.clone(), PlotPoint::new(x, y), label.clone()).color(INPUT));
+                    plot.text(
+                        Text::new(label.clone(), PlotPoint::new(x, y), label.clone()).color(INPUT),
+                    );
                 }
             }
             if let Some(predicted) = &predicted {
@@ -454,7 +497,15 @@ fn scatter_ui(app: &mut Workbench, ui: &mut egui::Ui) {
                 );
             }
             if let Some(ray) = ray(state, a, b) {
-                plot.line(Line::new("preference ray", ray.into_iter().map(|p| [p[0] * pa, p[1] * pb]).collect::<PlotPoints<'_>>()).color(CHOSEN));
+                plot.line(
+                    Line::new(
+                        "preference ray",
+                        ray.into_iter()
+                            .map(|p| [p[0] * pa, p[1] * pb])
+                            .collect::<PlotPoints<'_>>(),
+                    )
+                    .color(CHOSEN),
+                );
             }
             if plot.response().clicked()
                 && let Some(pointer) = plot.pointer_coordinate()
@@ -466,7 +517,10 @@ fn scatter_ui(app: &mut Workbench, ui: &mut egui::Ui) {
                     .enumerate()
                     .map(|(i, p)| {
                         let [x, y] = at(&p.scores);
-                        (i, plot.screen_from_plot(PlotPoint::new(x, y)).distance(target))
+                        (
+                            i,
+                            plot.screen_from_plot(PlotPoint::new(x, y)).distance(target),
+                        )
                     })
                     .filter(|(_, d)| *d < 12.0)
                     .min_by(|x, y| x.1.total_cmp(&y.1))
@@ -502,7 +556,7 @@ fn ray(state: &ParetoState, a: usize, b: usize) -> Option<Vec<[f64; 2]>> {
 /// Parallel coordinates of every objective, normalised (0: the reference, 1: the ideal).
 fn parallel_ui(state: &ParetoState, ui: &mut egui::Ui) {
     ui.label("All objectives (0 = reference, 1 = ideal)");
-    let names: Vec<String> = state.objectives.iter().map(|o| short(&o.name).to_owned()).collect();
+    let names = state.labels();
     let on_front = state.on_front();
     let predicted = state.coefficients().and_then(|x| state.predicted(&x));
     let axis_names = names.clone();
@@ -530,12 +584,18 @@ fn parallel_ui(state: &ParetoState, ui: &mut egui::Ui) {
                 } else {
                     (OTHER.gamma_multiply(0.5), 0.7)
                 };
-                let series: PlotPoints<'_> = g.iter().enumerate().map(|(j, v)| [j as f64, *v]).collect();
+                let series: PlotPoints<'_> =
+                    g.iter().enumerate().map(|(j, v)| [j as f64, *v]).collect();
                 plot.line(Line::new("", series).color(color).width(width));
             }
             if let Some(g) = predicted.as_ref().and_then(|p| state.normalised(p)) {
-                let series: PlotPoints<'_> = g.iter().enumerate().map(|(j, v)| [j as f64, *v]).collect();
-                plot.line(Line::new("preference (predicted)", series).color(CHOSEN).width(3.0));
+                let series: PlotPoints<'_> =
+                    g.iter().enumerate().map(|(j, v)| [j as f64, *v]).collect();
+                plot.line(
+                    Line::new("preference (predicted)", series)
+                        .color(CHOSEN)
+                        .width(3.0),
+                );
             }
         });
 }
@@ -544,37 +604,40 @@ fn parallel_ui(state: &ParetoState, ui: &mut egui::Ui) {
 fn front_table_ui(app: &mut Workbench, ui: &mut egui::Ui) {
     let state = &app.pareto;
     let on_front = state.on_front();
+    let names = state.labels();
     let mut load = None;
     ui.strong("The front (click a row's button, or a point in the scatter, to load it into the Merge panel)");
-    egui::Grid::new("pareto-front").striped(true).show(ui, |ui| {
-        ui.label("");
-        ui.strong("from");
-        for o in &state.objectives {
-            ui.strong(short(&o.name));
-        }
-        ui.strong("coefficients");
-        ui.end_row();
-        for (i, (p, front)) in state.points.iter().zip(&on_front).enumerate() {
-            if !front {
-                continue;
+    egui::Grid::new("pareto-front")
+        .striped(true)
+        .show(ui, |ui| {
+            ui.label("");
+            ui.strong("from");
+            for name in &names {
+                ui.strong(name);
             }
-            if ui.button(format!("Load #{i}")).clicked() {
-                load = Some(i);
-            }
-            ui.label(p.source.describe());
-            for (o, s) in state.objectives.iter().zip(&p.scores) {
-                ui.label(shown(o, *s));
-            }
-            ui.label(
-                p.coefficients
-                    .iter()
-                    .map(|c| format!("{c:.2}"))
-                    .collect::<Vec<_>>()
-                    .join(" "),
-            );
+            ui.strong("coefficients");
             ui.end_row();
-        }
-    });
+            for (i, (p, front)) in state.points.iter().zip(&on_front).enumerate() {
+                if !front {
+                    continue;
+                }
+                if ui.button(format!("Load #{i}")).clicked() {
+                    load = Some(i);
+                }
+                ui.label(p.source.describe());
+                for (o, s) in state.objectives.iter().zip(&p.scores) {
+                    ui.label(shown(o, *s));
+                }
+                ui.label(
+                    p.coefficients
+                        .iter()
+                        .map(|c| format!("{c:.2}"))
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                );
+                ui.end_row();
+            }
+        });
     if let Some(i) = load {
         load_point(app, i);
     }
