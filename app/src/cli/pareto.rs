@@ -51,6 +51,10 @@ pub struct Args {
     /// Real evaluations in all, the input models' included.
     #[arg(long, default_value_t = 60)]
     budget: usize,
+    /// Surrogate rounds after the initial design, at most (a round that adds under 1 % of
+    /// hypervolume ends the search earlier).
+    #[arg(long, default_value_t = SearchSettings::default().max_rounds)]
+    rounds: usize,
     /// One coefficient per model and layer group: K control points of a mergekit gradient.
     #[arg(long, default_value_t = 1)]
     layer_groups: usize,
@@ -113,6 +117,7 @@ pub fn run(args: &Args, job: &Job) -> Result<(), Failure> {
     )?;
     let settings = SearchSettings {
         budget: args.budget,
+        max_rounds: args.rounds,
         seed: args.seed,
         ..SearchSettings::default()
     };
@@ -264,7 +269,8 @@ fn shown(outcome: &Outcome, j: usize, value: f64) -> String {
     if outcome.objectives[j].unit_interval {
         format!("{:.1}%", value * 100.0)
     } else {
-        format!("{value:.4}")
+        // `+ 0.0` prints a negative zero (a negated `min` objective) as 0.
+        format!("{:.4}", value + 0.0)
     }
 }
 
@@ -280,7 +286,7 @@ fn table(outcome: &Outcome, report: &Report) -> String {
     );
     let _ = write!(text, "{:<10}", "point");
     for n in &names {
-        let _ = write!(text, " {:>8}", truncate(n, 8));
+        let _ = write!(text, " {:>10}", truncate(n, 10));
     }
     text.push_str(" |");
     for label in &labels {
@@ -294,7 +300,7 @@ fn table(outcome: &Outcome, report: &Report) -> String {
                contribution: Option<f64>| {
         let _ = write!(text, "{label:<10}");
         for c in coefficients {
-            let _ = write!(text, " {c:>8.3}");
+            let _ = write!(text, " {c:>10.3}");
         }
         text.push_str(" |");
         for (j, s) in scores.iter().enumerate() {
@@ -329,7 +335,7 @@ fn table(outcome: &Outcome, report: &Report) -> String {
         .collect();
     let _ = writeln!(
         text,
-        "front: {} of {} merges (sorted by contribution)",
+        "front: {} of {} evaluated points (sorted by their share of the hypervolume)",
         front.len(),
         outcome.points.len()
     );
