@@ -13,6 +13,9 @@ use crate::gui::worker::Command;
 const FRONT: egui::Color32 = egui::Color32::from_rgb(230, 90, 40);
 const OTHER: egui::Color32 = egui::Color32::from_rgb(140, 140, 150);
 const INPUT: egui::Color32 = egui::Color32::from_rgb(60, 120, 220);
+/// Parallel coordinates stop here below the reference: merges that wreck a task would squash
+/// the range that matters.
+const BELOW: f64 = -0.5;
 const CHOSEN: egui::Color32 = egui::Color32::from_rgb(40, 170, 90);
 
 pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
@@ -38,7 +41,10 @@ pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
     ui.separator();
     summary_ui(&app.pareto, ui);
     ui.separator();
-    preference_ui(app, ui, &family);
+    ui.columns(2, |columns| {
+        preference_ui(app, &mut columns[0], &family);
+        applied_preview_ui(app, &mut columns[1], &family);
+    });
     ui.separator();
     ui.columns(2, |columns| {
         scatter_ui(app, &mut columns[0]);
@@ -196,6 +202,7 @@ fn summary_ui(state: &ParetoState, ui: &mut egui::Ui) {
     );
     ui.horizontal(|ui| {
         if state.rounds.len() > 1 {
+            ui.label("hypervolume\nby round");
             let history: PlotPoints<'_> = state
                 .rounds
                 .iter()
@@ -319,13 +326,31 @@ fn preference_ui(app: &mut Workbench, ui: &mut egui::Ui, family: &OpenFamily) {
                     .join(", ")
             ));
         }
-        // The real merge of these coefficients, as the Merge panel previews it.
-        if let Some(settings) = &app.settings {
-            let yaml = settings.to_yaml(family);
-            super::preview::request(app, ui, &yaml);
-            super::preview::show(app, ui);
+        if app.pareto.applied.as_ref() != Some(&app.pareto.preference)
+            && ui
+                .button("Use in the Merge panel")
+                .on_hover_text("Moving the preference does this too")
+                .clicked()
+        {
+            apply_preference(app, family);
         }
     }
+}
+
+/// The real merge of the preference's coefficients, previewed as the Merge panel does, once
+/// they are the Merge panel's settings.
+fn applied_preview_ui(app: &mut Workbench, ui: &mut egui::Ui, family: &OpenFamily) {
+    if app.pareto.applied.as_ref() != Some(&app.pareto.preference) {
+        if app.pareto.map.is_some() {
+            ui.label("Move the preference to merge and preview what it gives.");
+        }
+        return;
+    }
+    let Some(yaml) = app.settings.as_ref().map(|s| s.to_yaml(family)) else {
+        return;
+    };
+    super::preview::request(app, ui, &yaml);
+    super::preview::scores_of(app, ui, &yaml);
 }
 
 /// Puts the coefficients the preference gives into the Merge panel's settings.
@@ -445,7 +470,7 @@ fn scatter_ui(app: &mut Workbench, ui: &mut egui::Ui) {
     let predicted = coefficients.as_ref().and_then(|x| state.predicted(x));
     Plot::new("pareto-scatter")
         .height(300.0)
-        .legend(Legend::default())
+        .legend(Legend::default().position(egui_plot::Corner::LeftBottom))
         .x_axis_label(state.objectives[a].name.clone())
         .y_axis_label(state.objectives[b].name.clone())
         .allow_scroll(false)
@@ -482,9 +507,8 @@ fn scatter_ui(app: &mut Workbench, ui: &mut egui::Ui) {
             for p in &state.points {
                 if let mergescope_core::pareto::Source::Input(label) = &p.source {
                     let [x, y] = at(&p.scores);
-                    plot.text(
-                        Text::new(label.clone(), PlotPoint::new(x, y), label.clone()).color(INPUT),
-                    );
+                    // Unnamed: the labels are not legend entries.
+                    plot.text(Text::new("", PlotPoint::new(x, y), label.clone()).color(INPUT));
                 }
             }
             if let Some(predicted) = &predicted {
@@ -542,7 +566,8 @@ fn ray(state: &ParetoState, a: usize, b: usize) -> Option<Vec<[f64; 2]>> {
         let f = n.reference[j] + g * (n.ideal[j] - n.reference[j]);
         state.objectives[j].direction.score(f)
     };
-    let t_end = w(a).max(w(b));
+    // Down to where one of the two reaches the reference: past it the ray leaves the box.
+    let t_end = w(a).min(w(b));
     Some(
         (0..=10)
             .map(|k| {
@@ -555,7 +580,9 @@ fn ray(state: &ParetoState, a: usize, b: usize) -> Option<Vec<[f64; 2]>> {
 
 /// Parallel coordinates of every objective, normalised (0: the reference, 1: the ideal).
 fn parallel_ui(state: &ParetoState, ui: &mut egui::Ui) {
-    ui.label("All objectives (0 = reference, 1 = ideal)");
+    ui.label(format!(
+        "All objectives (0 = reference, 1 = ideal; below {BELOW} drawn at {BELOW})"
+    ));
     let names = state.labels();
     let on_front = state.on_front();
     let predicted = state.coefficients().and_then(|x| state.predicted(&x));
@@ -584,13 +611,19 @@ fn parallel_ui(state: &ParetoState, ui: &mut egui::Ui) {
                 } else {
                     (OTHER.gamma_multiply(0.5), 0.7)
                 };
-                let series: PlotPoints<'_> =
-                    g.iter().enumerate().map(|(j, v)| [j as f64, *v]).collect();
+                let series: PlotPoints<'_> = g
+                    .iter()
+                    .enumerate()
+                    .map(|(j, v)| [j as f64, v.max(BELOW)])
+                    .collect();
                 plot.line(Line::new("", series).color(color).width(width));
             }
             if let Some(g) = predicted.as_ref().and_then(|p| state.normalised(p)) {
-                let series: PlotPoints<'_> =
-                    g.iter().enumerate().map(|(j, v)| [j as f64, *v]).collect();
+                let series: PlotPoints<'_> = g
+                    .iter()
+                    .enumerate()
+                    .map(|(j, v)| [j as f64, v.max(BELOW)])
+                    .collect();
                 plot.line(
                     Line::new("preference (predicted)", series)
                         .color(CHOSEN)

@@ -30,6 +30,40 @@ pub fn request(app: &mut Workbench, ui: &egui::Ui, yaml: &str) {
     }
 }
 
+/// The preview's scores alone, compact: the demo's accuracies, else how much of each task
+/// vector the whole merge keeps. `None` until the preview of `yaml` has arrived.
+pub fn scores_of(app: &Workbench, ui: &mut egui::Ui, yaml: &str) {
+    let current = app.preview.as_ref().filter(|p| p.yaml == yaml);
+    let Some(preview) = current else {
+        ui.horizontal(|ui| {
+            ui.spinner();
+            ui.label("merging and scoring...");
+        });
+        return;
+    };
+    if app.family.as_ref().is_some_and(|f| f.is_demo) {
+        ui.label(if preview.full {
+            "test accuracy of this merge (all test digits)"
+        } else {
+            "test accuracy of this merge (quick estimate)"
+        });
+        accuracy(ui, preview);
+    } else if let Some(survived) = &preview.survival {
+        ui.label("what this merge keeps of each fine-tune (data-free)");
+        egui::Grid::new("pareto-retention").striped(true).show(ui, |ui| {
+            for (name, s) in survived.models.iter().zip(&survived.whole_model.models) {
+                ui.label(name);
+                ui.label(format!(
+                    "retention {}  cosine {}",
+                    fmt(s.projection),
+                    fmt(s.cosine)
+                ));
+                ui.end_row();
+            }
+        });
+    }
+}
+
 pub fn show(app: &Workbench, ui: &mut egui::Ui) {
     if let Some(fraction) = app.preview_progress {
         ui.add(
