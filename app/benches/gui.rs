@@ -172,6 +172,31 @@ fn main() {
         drag(&mut harness, left, right, 5, true),
     );
 
+    // The Pareto panel's preference, after a search: each move goes through the map into the
+    // Merge panel's settings and previews their merge.
+    harness.get_by_label("Pareto").click();
+    harness.step();
+    harness.get_by_label("Search the front").click();
+    harness.step();
+    let searched = wait(&mut harness, |app| app.pareto.map.is_some());
+    println!(
+        "Pareto search from the panel (60 evaluations): {:.2} s",
+        searched.as_secs_f64()
+    );
+    let bar = harness
+        .get_by_role_and_label(Role::Slider, "upright")
+        .rect();
+    report(
+        "demo family, Pareto preference bar, 10 drags (no rendering)",
+        drag(
+            &mut harness,
+            bar.left_center() + egui::vec2(4.0, 0.0),
+            bar.right_center() - egui::vec2(4.0, 0.0),
+            10,
+            false,
+        ),
+    );
+
     if let Some(dir) = std::env::var_os("MERGESCOPE_BENCH_FAMILY") {
         large_family(std::path::Path::new(&dir));
     }

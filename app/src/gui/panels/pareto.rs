@@ -276,7 +276,8 @@ fn preference_ui(app: &mut Workbench, ui: &mut egui::Ui, family: &OpenFamily) {
         }
         3 => {
             let mut w = app.pareto.preference.clone();
-            triangle_ui(ui, &names, &mut w);
+            // Not justified: the triangle keeps its own size in a column.
+            ui.horizontal(|ui| triangle_ui(ui, &names, &mut w));
             app.pareto.set_preference(&w);
         }
         _ => {

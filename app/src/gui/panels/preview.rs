@@ -50,17 +50,19 @@ pub fn scores_of(app: &Workbench, ui: &mut egui::Ui, yaml: &str) {
         accuracy(ui, preview);
     } else if let Some(survived) = &preview.survival {
         ui.label("what this merge keeps of each fine-tune (data-free)");
-        egui::Grid::new("pareto-retention").striped(true).show(ui, |ui| {
-            for (name, s) in survived.models.iter().zip(&survived.whole_model.models) {
-                ui.label(name);
-                ui.label(format!(
-                    "retention {}  cosine {}",
-                    fmt(s.projection),
-                    fmt(s.cosine)
-                ));
-                ui.end_row();
-            }
-        });
+        egui::Grid::new("pareto-retention")
+            .striped(true)
+            .show(ui, |ui| {
+                for (name, s) in survived.models.iter().zip(&survived.whole_model.models) {
+                    ui.label(name);
+                    ui.label(format!(
+                        "retention {}  cosine {}",
+                        fmt(s.projection),
+                        fmt(s.cosine)
+                    ));
+                    ui.end_row();
+                }
+            });
     }
 }
 
