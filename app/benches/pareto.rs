@@ -17,7 +17,7 @@ use mergescope_core::backend::Cpu;
 use mergescope_core::eval::{DemoAccuracy, DemoFamily, Fidelity};
 use mergescope_core::merge::recipe::Recipe;
 use mergescope_core::pareto::report::{Validation, held_out_preferences, validate};
-use mergescope_core::pareto::router::train_demo_router;
+use mergescope_core::pareto::router::{train_demo_router, train_demo_router_from};
 use mergescope_core::pareto::search::normalised_hypervolume;
 use mergescope_core::pareto::space::{LAMBDA_RANGE, with_absolute_paths};
 use mergescope_core::pareto::{
@@ -109,7 +109,7 @@ fn timed_search(
 
 fn report_validation(name: &str, v: &Validation, grid_hv: f64, seconds: f64) {
     println!(
-        "{name:<28} learned in {seconds:>6.1} s; regret vs grid mean {:.4} max {:.4}; hypervolume of its 20 points {:.4} ({:.3} × grid)",
+        "{name:<46} learned in {seconds:>6.1} s; regret vs grid mean {:.4} max {:.4}; hypervolume of its 20 points {:.4} ({:.3} × grid)",
         v.mean_regret,
         v.max_regret,
         v.hypervolume_normalised,
@@ -201,8 +201,8 @@ fn main() {
     }
     for groups in [1, 2] {
         let space = DecisionSpace::new(template.clone(), groups, LAMBDA_RANGE).expect("a space");
-        let outcome = if groups == 1 {
-            outcome.clone()
+        let (outcome, start) = if groups == 1 {
+            (outcome.clone(), map.clone())
         } else {
             let (o, _, t) = timed_search(&space, &evaluator);
             println!(
@@ -232,29 +232,48 @@ fn main() {
                 grid_hv,
                 fitted,
             );
-            o
+            (o, map)
         };
-        let started = Instant::now();
-        let router = train_demo_router(
-            &outcome,
-            &recipe_file,
-            &cwd,
-            &RouterSettings::default(),
-            &job,
-        )
-        .expect("the demo router");
-        let trained = started.elapsed().as_secs_f64();
-        let v = validate(
-            &router,
-            &outcome,
-            &evaluator,
-            &held_out,
-            &grid_points,
-            &job,
-            &mut |_| {},
-        )
-        .expect("validation");
-        report_validation(&format!("demo router (K = {groups})"), &v, grid_hv, trained);
+        // PWEMoE's initialisation, as `mergescope pareto --learn demo-router` trains it, and
+        // (K = 1 only) from the data-free map.
+        let starts: Vec<Option<&PreferenceMap>> = if groups == 1 {
+            vec![None, Some(&start)]
+        } else {
+            vec![None]
+        };
+        for from in starts {
+            let started = Instant::now();
+            let settings = RouterSettings::default();
+            let router = match from {
+                None => train_demo_router(&outcome, &recipe_file, &cwd, &settings, &job),
+                Some(start) => {
+                    train_demo_router_from(start, &outcome, &recipe_file, &cwd, &settings, &job)
+                }
+            }
+            .expect("the demo router");
+            let trained = started.elapsed().as_secs_f64();
+            let v = validate(
+                &router,
+                &outcome,
+                &evaluator,
+                &held_out,
+                &grid_points,
+                &job,
+                &mut |_| {},
+            )
+            .expect("validation");
+            let how = if from.is_some() {
+                "from the data-free map"
+            } else {
+                "PWEMoE init"
+            };
+            report_validation(
+                &format!("demo router (K = {groups}, {how})"),
+                &v,
+                grid_hv,
+                trained,
+            );
+        }
     }
     let _ = std::fs::remove_dir_all(&root);
 }

@@ -933,6 +933,25 @@ fn a_pareto_search_shows_its_front_and_the_preference_moves_the_merge() {
             .as_ref()
             .is_some_and(|n| n.text.contains(&format!("loaded point #{i}")))
     );
+
+    // The map saves as JSON that loads back with the same coefficients.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("map.json");
+    harness.state_mut().pareto.map_path = path.display().to_string();
+    harness.run_ok();
+    click_through(&mut harness, &["Save the map"]);
+    let loaded = mergescope_core::pareto::PreferenceMap::load(&path).unwrap();
+    let w = harness.state().pareto.preference.clone();
+    assert_eq!(
+        loaded.coefficients(&w),
+        harness
+            .state()
+            .pareto
+            .map
+            .as_ref()
+            .unwrap()
+            .coefficients(&w)
+    );
 }
 
 /// The demo family's base and its first `experts` experts, on disk.

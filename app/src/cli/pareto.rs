@@ -223,6 +223,8 @@ pub fn run(args: &Args, job: &Job) -> Result<(), Failure> {
         let timed = Instant::now();
         let learned = match args.learn.unwrap_or(Learn::Surrogate) {
             Learn::Surrogate => PreferenceMap::fit_on_surrogates(&outcome, &router, job)?,
+            // PWEMoE's initialisation: starting from the data-free map measured worse
+            // (`cargo bench --bench pareto`), the weighted cross-entropy pulling it elsewhere.
             Learn::DemoRouter => {
                 train_demo_router(&outcome, recipe_file, &evaluator.cwd, &router, job)?
             }

@@ -80,6 +80,8 @@ pub struct ParetoState {
     pub axes: (usize, usize),
     /// The preference whose coefficients were last put into the Merge panel.
     pub applied: Option<Vec<f64>>,
+    /// Where "Save the map" writes.
+    pub map_path: String,
 }
 
 impl Default for ParetoState {
@@ -102,6 +104,10 @@ impl Default for ParetoState {
             snap: false,
             axes: (0, 1),
             applied: None,
+            map_path: std::env::temp_dir()
+                .join("mergescope-map.json")
+                .display()
+                .to_string(),
         }
     }
 }

@@ -44,12 +44,44 @@ struct RoutedTensor {
 }
 
 /// Trains the demo router for `outcome`'s space (task arithmetic on a family built on the demo
-/// base, objectives the four domains' accuracies), the recipes resolving from `recipe_file`.
+/// base, objectives the four domains' accuracies), the recipes resolving from `recipe_file`,
+/// from PWEMoE's initialisation (small random A, b at the equal point).
 pub fn train_demo_router(
     outcome: &Outcome,
     recipe_file: &Path,
     cwd: &Path,
     settings: &RouterSettings,
+    job: &Job,
+) -> Result<PreferenceMap, ParetoError> {
+    train(outcome, recipe_file, cwd, settings, None, job)
+}
+
+/// [`train_demo_router`] from another map's router (the data-free one, say): the labelled data
+/// refine what the surrogates found instead of starting over.
+pub fn train_demo_router_from(
+    start: &PreferenceMap,
+    outcome: &Outcome,
+    recipe_file: &Path,
+    cwd: &Path,
+    settings: &RouterSettings,
+    job: &Job,
+) -> Result<PreferenceMap, ParetoError> {
+    if start.weights.len() != outcome.space.dimension()
+        || start.objectives.len() != outcome.objectives.len()
+    {
+        return Err(ParetoError::Settings(
+            "the starting map was learned for another space or other objectives".to_owned(),
+        ));
+    }
+    train(outcome, recipe_file, cwd, settings, Some(start), job)
+}
+
+fn train(
+    outcome: &Outcome,
+    recipe_file: &Path,
+    cwd: &Path,
+    settings: &RouterSettings,
+    start: Option<&PreferenceMap>,
     job: &Job,
 ) -> Result<PreferenceMap, ParetoError> {
     settings.check()?;
@@ -152,9 +184,18 @@ pub fn train_demo_router(
     let mut rng = ChaCha8Rng::seed_from_u64(settings.seed);
     let normal = Normal::new(0.0f32, 0.01).expect("valid");
     let equal = 0.3f64.clamp(space.lower, space.upper) as f32;
-    let a_init: Vec<f32> = (0..d * m).map(|_| normal.sample(&mut rng)).collect();
+    let (a_init, b_init): (Vec<f32>, Vec<f32>) = match start {
+        Some(map) => (
+            map.weights.iter().flatten().map(|&v| v as f32).collect(),
+            map.bias.iter().map(|&v| v as f32).collect(),
+        ),
+        None => (
+            (0..d * m).map(|_| normal.sample(&mut rng)).collect(),
+            vec![equal; d],
+        ),
+    };
     let a = Var::from_vec(a_init, (d, m), &device).map_err(candle)?;
-    let b = Var::from_vec(vec![equal; d], (d, 1), &device).map_err(candle)?;
+    let b = Var::from_vec(b_init, (d, 1), &device).map_err(candle)?;
     let mut optimizer = AdamW::new(
         vec![a.clone(), b.clone()],
         ParamsAdamW {

@@ -262,6 +262,9 @@ fn preference_ui(app: &mut Workbench, ui: &mut egui::Ui, family: &OpenFamily) {
             .on_hover_text(
                 "Use the evaluated merge with the best Tchebycheff score for the preference",
             );
+        if app.pareto.map.is_some() {
+            save_map_ui(app, ui);
+        }
     });
     let before = app.pareto.preference.clone();
     match names.len() {
@@ -352,6 +355,34 @@ fn applied_preview_ui(app: &mut Workbench, ui: &mut egui::Ui, family: &OpenFamil
     };
     super::preview::request(app, ui, &yaml);
     super::preview::scores_of(app, ui, &yaml);
+}
+
+/// Saves the map as JSON (`mergescope pareto --from-map` reads it).
+fn save_map_ui(app: &mut Workbench, ui: &mut egui::Ui) {
+    ui.add(
+        egui::TextEdit::singleline(&mut app.pareto.map_path)
+            .desired_width(220.0)
+            .hint_text("map.json"),
+    )
+    .on_hover_text("Where the preference map is saved");
+    if ui.button("Save the map").clicked()
+        && let Some(map) = &app.pareto.map
+    {
+        let path = std::path::PathBuf::from(app.pareto.map_path.trim());
+        app.notice = Some(match map.save(&path) {
+            Ok(()) => Notice {
+                error: false,
+                text: format!(
+                    "saved the map to {}; `mergescope pareto --from-map` turns preferences into recipes with it",
+                    path.display()
+                ),
+            },
+            Err(e) => Notice {
+                error: true,
+                text: mergescope_core::one_line(&e.to_string()),
+            },
+        });
+    }
 }
 
 /// Puts the coefficients the preference gives into the Merge panel's settings.
