@@ -268,8 +268,8 @@ pub fn search(
 
     // The inputs: the base (the reference point) and each model (the ideal point).
     let (base_path, model_paths) = evaluator.model_paths(&space.template)?;
-    let mut first = None;
-    let mut raw_inputs = Vec::new();
+    let has_base = base_path.is_some();
+    let mut evaluated = Vec::new();
     let mut members: Vec<(String, std::path::PathBuf, Option<usize>)> = Vec::new();
     if let Some(base) = base_path {
         members.push(("base".to_owned(), base, None));
@@ -291,23 +291,23 @@ pub fn search(
         if let Some(m) = which {
             coefficients[m * space.groups..(m + 1) * space.groups].fill(1.0);
         }
-        if first.is_none() {
-            first = Some(evaluation.clone());
-        }
-        raw_inputs.push((label.clone(), coefficients, evaluation, which.is_none()));
+        evaluated.push((label.clone(), coefficients, evaluation));
     }
-    let first =
-        first.ok_or_else(|| ParetoError::Settings("the recipe has no models".to_owned()))?;
-    let objectives = evaluator.objectives(&first)?;
+    let first = evaluated
+        .first()
+        .ok_or_else(|| ParetoError::Settings("the recipe has no models".to_owned()))?;
+    let objectives = evaluator.objectives(&first.2)?;
     let mut inputs = Vec::new();
-    for (label, coefficients, evaluation, _) in &raw_inputs {
+    for (label, coefficients, evaluation) in &evaluated {
         inputs.push(Point {
             coefficients: coefficients.clone(),
             scores: scores_of(evaluation, &objectives)?,
             source: Source::Input(label.clone()),
         });
     }
-    let normalisation = reference_and_ideal(&objectives, &inputs, &raw_inputs, settings)?;
+    // The base, when there is one, was scored first.
+    let base = has_base.then_some(0);
+    let normalisation = reference_and_ideal(&objectives, &inputs, base, settings)?;
     on_event(&SearchEvent::Objectives {
         objectives: objectives.clone(),
         normalisation: normalisation.clone(),
@@ -463,7 +463,7 @@ fn reproduces_inputs(space: &DecisionSpace, settings: &SearchSettings) -> bool {
 fn reference_and_ideal(
     objectives: &[ObjectiveSpec],
     inputs: &[Point],
-    raw_inputs: &[(String, Vec<f64>, super::evaluate::Evaluation, bool)],
+    base: Option<usize>,
     settings: &SearchSettings,
 ) -> Result<Normalisation, ParetoError> {
     let m = objectives.len();
@@ -482,10 +482,7 @@ fn reference_and_ideal(
         .iter()
         .map(|p| maximised(objectives, &p.scores))
         .collect();
-    let base = raw_inputs
-        .iter()
-        .position(|(_, _, _, is_base)| *is_base)
-        .map(|i| maxed[i].clone());
+    let base = base.map(|i| maxed[i].clone());
     let worst: Vec<f64> = (0..m)
         .map(|j| maxed.iter().map(|v| v[j]).fold(f64::INFINITY, f64::min))
         .collect();

@@ -262,9 +262,6 @@ fn preference_ui(app: &mut Workbench, ui: &mut egui::Ui, family: &OpenFamily) {
             .on_hover_text(
                 "Use the evaluated merge with the best Tchebycheff score for the preference",
             );
-        if app.pareto.map.is_some() {
-            save_map_ui(app, ui);
-        }
     });
     let before = app.pareto.preference.clone();
     match names.len() {
@@ -330,14 +327,17 @@ fn preference_ui(app: &mut Workbench, ui: &mut egui::Ui, family: &OpenFamily) {
                     .join(", ")
             ));
         }
-        if app.pareto.applied.as_ref() != Some(&app.pareto.preference)
-            && ui
-                .button("Use in the Merge panel")
-                .on_hover_text("Moving the preference does this too")
-                .clicked()
-        {
-            apply_preference(app, family);
-        }
+        ui.horizontal(|ui| {
+            if app.pareto.applied.as_ref() != Some(&app.pareto.preference)
+                && ui
+                    .button("Use in the Merge panel")
+                    .on_hover_text("Moving the preference does this too")
+                    .clicked()
+            {
+                apply_preference(app, family);
+            }
+            save_map_ui(app, ui);
+        });
     }
 }
 
@@ -417,14 +417,15 @@ pub fn load_coefficients(app: &mut Workbench, family: &OpenFamily, x: &[f64]) {
 
 /// A draggable point in a triangle whose corners are the three objectives.
 fn triangle_ui(ui: &mut egui::Ui, names: &[String], w: &mut [f64]) {
-    let size = egui::vec2(240.0, 210.0);
+    let size = egui::vec2(280.0, 210.0);
     let (rect, response) = ui.allocate_exact_size(size, egui::Sense::click_and_drag());
     response
         .widget_info(|| egui::WidgetInfo::labeled(egui::Role::Slider, true, "preference triangle"));
+    // Inset so the corners' names fit beside and below them.
     let corners = [
         egui::pos2(rect.center().x, rect.top() + 16.0),
-        egui::pos2(rect.left() + 16.0, rect.bottom() - 18.0),
-        egui::pos2(rect.right() - 16.0, rect.bottom() - 18.0),
+        egui::pos2(rect.left() + 40.0, rect.bottom() - 18.0),
+        egui::pos2(rect.right() - 40.0, rect.bottom() - 18.0),
     ];
     if let Some(pos) = response.interact_pointer_pos() {
         let b = barycentric(pos, corners);
