@@ -47,8 +47,11 @@ pub struct Fit {
 
 /// Clip bound of the logit transform: accuracies of exactly 0 or 1 stay finite.
 const CLIP: f64 = 1e-3;
-/// The ridge penalty on standardised features (each column has n · 1 sum of squares).
+/// The ridge penalty on standardised features (each column has n · 1 sum of squares), when one
+/// is not chosen.
 const RIDGE: f64 = 1e-3;
+/// The penalties [`Surrogate::fit_best`] chooses among.
+const RIDGES: [f64; 4] = [1e-3, 1e-2, 1e-1, 1.0];
 
 fn logit(p: f64) -> f64 {
     let p = p.clamp(CLIP, 1.0 - CLIP);
@@ -81,9 +84,51 @@ impl Surrogate {
     pub fn fit(
         points: &[Vec<f64>],
         scores: &[f64],
+        bounds: (&[f64], &[f64]),
+        unit_interval: bool,
+        kind: SurrogateKind,
+    ) -> Result<Self, ParetoError> {
+        Self::fit_with_ridge(points, scores, bounds, unit_interval, kind, RIDGE)
+    }
+
+    /// The surrogate that predicts left-out points best: the diagonal or (with at least as
+    /// many points as it has coefficients) the full quadratic, each with a few ridge
+    /// penalties, chosen by leave-one-out RMSE. A full quadratic on barely enough points
+    /// interpolates the noise; a map trained on it then chases the noise's peaks.
+    pub fn fit_best(
+        points: &[Vec<f64>],
+        scores: &[f64],
+        bounds: (&[f64], &[f64]),
+        unit_interval: bool,
+    ) -> Result<Self, ParetoError> {
+        let d = bounds.0.len();
+        let mut kinds = vec![SurrogateKind::Diagonal];
+        if points.len() >= SurrogateKind::Full.coefficients(d) {
+            kinds.push(SurrogateKind::Full);
+        }
+        let mut best: Option<Self> = None;
+        for kind in kinds {
+            for ridge in RIDGES {
+                let fitted =
+                    Self::fit_with_ridge(points, scores, bounds, unit_interval, kind, ridge)?;
+                if best
+                    .as_ref()
+                    .is_none_or(|b| fitted.fit.loo_rmse < b.fit.loo_rmse)
+                {
+                    best = Some(fitted);
+                }
+            }
+        }
+        Ok(best.expect("at least one fit"))
+    }
+
+    fn fit_with_ridge(
+        points: &[Vec<f64>],
+        scores: &[f64],
         (lower, upper): (&[f64], &[f64]),
         unit_interval: bool,
         kind: SurrogateKind,
+        ridge: f64,
     ) -> Result<Self, ParetoError> {
         let n = points.len();
         let d = lower.len();
@@ -141,7 +186,7 @@ impl Surrogate {
 
         let mut gram = z.transpose() * &z;
         for k in 0..p {
-            gram[(k, k)] += RIDGE * n as f64 + if scale[k] > 0.0 { 0.0 } else { 1.0 };
+            gram[(k, k)] += ridge * n as f64 + if scale[k] > 0.0 { 0.0 } else { 1.0 };
         }
         let inverse = gram
             .llt(faer::Side::Lower)
