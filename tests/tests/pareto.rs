@@ -284,7 +284,7 @@ fn the_demo_search_writes_a_front_a_report_and_a_map_that_makes_recipes() {
         dir.path(),
         &[
             "pareto",
-            "--from-map",
+            "--map",
             &s(&map),
             "--preference",
             "0.7,0.1,0.1,0.1",
@@ -338,7 +338,7 @@ fn the_demo_search_writes_a_front_a_report_and_a_map_that_makes_recipes() {
         run(
             BIN,
             dir.path(),
-            &["pareto", "--from-map", &s(&map), "--preference", bad],
+            &["pareto", "--map", &s(&map), "--preference", bad],
         )
         .assert_user_error(&["--preference needs 4 non-negative numbers"]);
     }
@@ -398,7 +398,7 @@ fn layer_groups_give_per_group_coefficients_and_gradient_recipes() {
         dir.path(),
         &[
             "pareto",
-            "--from-map",
+            "--map",
             &s(&map),
             "--preference",
             "1,1,1,1",
@@ -676,7 +676,7 @@ fn bad_settings_fail_with_one_line() {
     run(
         BIN,
         dir.path(),
-        &["pareto", "--from-map", &s(&broken), "--preference", "1,0"],
+        &["pareto", "--map", &s(&broken), "--preference", "1,0"],
     )
     .assert_user_error(&[&s(&broken), "not a mergescope preference map"]);
     // Nothing was written beside the inputs.

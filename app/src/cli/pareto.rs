@@ -36,7 +36,7 @@ pub enum Learn {
 pub struct Args {
     /// The mergekit recipe whose models' weights are searched (its method and other
     /// parameters are held fixed).
-    #[arg(value_parser = path_arg, required_unless_present = "map_in")]
+    #[arg(value_parser = path_arg, required_unless_present = "preference")]
     recipe: Option<PathBuf>,
     /// `demo` (the four domains' test accuracies), `retention` (data-free, one per model), or
     /// `cmd:"COMMAND"` (run on each merge's folder; prints {"metric": value, …}).
@@ -72,14 +72,19 @@ pub struct Args {
     /// Write the search as JSON.
     #[arg(long, value_parser = path_arg)]
     json: Option<PathBuf>,
-    /// Write the learned map (with --learn; the data-free one without).
-    #[arg(long = "map", value_parser = path_arg, conflicts_with = "map_in")]
-    map_out: Option<PathBuf>,
-    /// Use a saved map instead of searching: with --preference, print its coefficients.
-    #[arg(long = "from-map", value_parser = path_arg, alias = "map-in", requires = "preference")]
-    map_in: Option<PathBuf>,
-    /// A preference over the objectives (comma-separated, normalised to sum to 1).
-    #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
+    /// After a search: write the learned map here (with --learn; the data-free one without).
+    /// With --preference: the saved map to read instead of searching.
+    #[arg(long, value_parser = path_arg, alias = "from-map")]
+    map: Option<PathBuf>,
+    /// A preference over the objectives (comma-separated, normalised to sum to 1): print the
+    /// coefficients the map given with --map gives it, without a search.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        allow_negative_numbers = true,
+        requires = "map",
+        conflicts_with = "recipe"
+    )]
     preference: Vec<f64>,
     /// Write the preference's merge as a mergekit recipe.
     #[arg(long, value_parser = path_arg)]
@@ -97,13 +102,17 @@ pub struct Args {
 }
 
 pub fn run(args: &Args, job: &Job) -> Result<(), Failure> {
-    if let Some(map) = &args.map_in {
+    if !args.preference.is_empty() {
+        let map = args
+            .map
+            .as_ref()
+            .expect("clap requires --map with --preference");
         return from_map(args, map);
     }
     let recipe_file = args
         .recipe
         .as_ref()
-        .expect("clap requires a recipe without --from-map");
+        .expect("clap requires a recipe without --preference");
     let cwd = std::env::current_dir()?;
     let template = mergescope_core::pareto::space::with_absolute_paths(
         &Recipe::from_file(recipe_file)?,
@@ -214,7 +223,7 @@ pub fn run(args: &Args, job: &Job) -> Result<(), Failure> {
 
     let mut validation = Vec::new();
     let mut map = None;
-    if args.learn.is_some() || args.map_out.is_some() {
+    if args.learn.is_some() || args.map.is_some() {
         let router = RouterSettings {
             steps: args.router_steps,
             seed: args.seed,
@@ -245,7 +254,7 @@ pub fn run(args: &Args, job: &Job) -> Result<(), Failure> {
         }
         map = Some(learned);
     }
-    if let (Some(path), Some(map)) = (&args.map_out, &map) {
+    if let (Some(path), Some(map)) = (&args.map, &map) {
         map.save(path)?;
         eprintln!("wrote the map to {}", path.display());
     }
@@ -417,7 +426,7 @@ fn truncate(s: &str, n: usize) -> String {
     }
 }
 
-/// `--from-map MAP --preference w [--recipe-out R]`.
+/// `--map MAP --preference w [--recipe-out R]`.
 fn from_map(args: &Args, path: &Path) -> Result<(), Failure> {
     let map = PreferenceMap::load(path)?;
     let m = map.objectives.len();

@@ -357,7 +357,7 @@ fn applied_preview_ui(app: &mut Workbench, ui: &mut egui::Ui, family: &OpenFamil
     super::preview::scores_of(app, ui, &yaml);
 }
 
-/// Saves the map as JSON (`mergescope pareto --from-map` reads it).
+/// Saves the map as JSON (`mergescope pareto --map` reads it).
 fn save_map_ui(app: &mut Workbench, ui: &mut egui::Ui) {
     ui.add(
         egui::TextEdit::singleline(&mut app.pareto.map_path)
@@ -373,7 +373,7 @@ fn save_map_ui(app: &mut Workbench, ui: &mut egui::Ui) {
             Ok(()) => Notice {
                 error: false,
                 text: format!(
-                    "saved the map to {}; `mergescope pareto --from-map` turns preferences into recipes with it",
+                    "saved the map to {}; `mergescope pareto --map` turns preferences into recipes with it",
                     path.display()
                 ),
             },
