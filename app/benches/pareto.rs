@@ -184,17 +184,21 @@ fn main() {
     }
     let micros = started.elapsed().as_secs_f64() * 1e6 / calls as f64;
     println!("map: a preference's coefficients in {micros:.3} µs (checksum {sink:.1})");
-    let v = validate(
-        &map,
-        &outcome,
-        &evaluator,
-        &held_out,
-        &grid_points,
-        &job,
-        &mut |_| {},
-    )
-    .expect("validation");
-    report_validation("data-free map (K = 1)", &v, grid_hv, fitted);
+    // Each map evaluated for real at the held-out preferences, against the grid.
+    let check = |name: &str, map: &PreferenceMap, outcome: &Outcome, seconds: f64| {
+        let v = validate(
+            map,
+            outcome,
+            &evaluator,
+            &held_out,
+            &grid_points,
+            &job,
+            &mut |_| {},
+        )
+        .expect("validation");
+        report_validation(name, &v, grid_hv, seconds);
+    };
+    check("data-free map (K = 1)", &map, &outcome, fitted);
 
     let quick = std::env::var_os("MERGESCOPE_BENCH_QUICK").is_some();
     for groups in [1, 2] {
@@ -214,22 +218,7 @@ fn main() {
             let map = PreferenceMap::fit_on_surrogates(&o, &RouterSettings::default(), &job)
                 .expect("the data-free map");
             let fitted = started.elapsed().as_secs_f64();
-            let v = validate(
-                &map,
-                &o,
-                &evaluator,
-                &held_out,
-                &grid_points,
-                &job,
-                &mut |_| {},
-            )
-            .expect("validation");
-            report_validation(
-                &format!("data-free map (K = {groups})"),
-                &v,
-                grid_hv,
-                fitted,
-            );
+            check(&format!("data-free map (K = {groups})"), &map, &o, fitted);
             (o, map)
         };
         // PWEMoE's initialisation, as `mergescope pareto --learn demo-router` trains it, and
@@ -252,25 +241,15 @@ fn main() {
             }
             .expect("the demo router");
             let trained = started.elapsed().as_secs_f64();
-            let v = validate(
-                &router,
-                &outcome,
-                &evaluator,
-                &held_out,
-                &grid_points,
-                &job,
-                &mut |_| {},
-            )
-            .expect("validation");
             let how = if from.is_some() {
                 "from the data-free map"
             } else {
                 "PWEMoE init"
             };
-            report_validation(
+            check(
                 &format!("demo router (K = {groups}, {how})"),
-                &v,
-                grid_hv,
+                &router,
+                &outcome,
                 trained,
             );
         }

@@ -317,21 +317,7 @@ fn the_demo_search_writes_a_front_a_report_and_a_map_that_makes_recipes() {
         assert!((r - p).abs() < 1e-4 + 1e-9, "recipe {r} vs printed {p}");
         assert!((0.0..=1.2).contains(r));
     }
-    let merged = dir.path().join("merged");
-    run(
-        BIN,
-        dir.path(),
-        &[
-            "merge",
-            &s(&out_recipe),
-            "--out",
-            &s(&merged),
-            "--backend",
-            "cpu",
-        ],
-    )
-    .assert_success();
-    assert!(merged.join("model.safetensors").is_file());
+    merges(dir.path(), &out_recipe);
 
     // A preference of the wrong length, or a negative entry, is refused.
     for bad in ["0.5,0.5", "0.7,0.1,0.1,0.1,0.0", "1,1,-1,1"] {
@@ -417,21 +403,7 @@ fn layer_groups_give_per_group_coefficients_and_gradient_recipes() {
             other => panic!("a gradient per model: {other:?}"),
         }
     }
-    let merged = dir.path().join("merged");
-    run(
-        BIN,
-        dir.path(),
-        &[
-            "merge",
-            &s(&out_recipe),
-            "--out",
-            &s(&merged),
-            "--backend",
-            "cpu",
-        ],
-    )
-    .assert_success();
-    assert!(merged.join("model.safetensors").is_file());
+    merges(dir.path(), &out_recipe);
 }
 
 /// Scores a folder by its distances to two experts: `score` = −‖θ − θ_upright‖ (higher is
@@ -686,4 +658,23 @@ fn bad_settings_fail_with_one_line() {
         "{:?}",
         std::fs::read_dir(dir.path()).unwrap().collect::<Vec<_>>()
     );
+}
+
+/// `mergescope merge RECIPE` runs in `dir` and writes a model.
+fn merges(dir: &Path, recipe: &Path) {
+    let merged = dir.join("merged");
+    run(
+        BIN,
+        dir,
+        &[
+            "merge",
+            &s(recipe),
+            "--out",
+            &s(&merged),
+            "--backend",
+            "cpu",
+        ],
+    )
+    .assert_success();
+    assert!(merged.join("model.safetensors").is_file());
 }

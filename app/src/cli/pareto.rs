@@ -3,7 +3,6 @@
 //! learned preference → coefficients map; `mergescope pareto --map MAP.json --preference …`
 //! turns a preference into a recipe.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -138,23 +137,10 @@ pub fn run(args: &Args, job: &Job) -> Result<(), Failure> {
         },
         ObjectiveArg::Retention => ObjectiveKind::Retention,
         ObjectiveArg::Command(command) => {
-            let mut directions = BTreeMap::new();
-            for (names, direction) in [
-                (&args.maximize, Direction::Max),
-                (&args.minimize, Direction::Min),
-            ] {
-                for name in names.iter().filter(|n| !n.trim().is_empty()) {
-                    if directions
-                        .insert(name.trim().to_owned(), direction)
-                        .is_some()
-                    {
-                        return Err(anyhow::anyhow!(
-                            "`{name}` is given to both --maximize and --minimize"
-                        )
-                        .into());
-                    }
-                }
-            }
+            let directions = mergescope_core::pareto::objective::directions_from_lists(
+                args.maximize.iter().map(String::as_str),
+                args.minimize.iter().map(String::as_str),
+            )?;
             ObjectiveKind::Command {
                 command: ExternalCommand {
                     command: command.clone(),
@@ -277,12 +263,7 @@ pub fn run(args: &Args, job: &Job) -> Result<(), Failure> {
 
 /// Scores as the table shows them: percent for accuracies.
 fn shown(outcome: &Outcome, j: usize, value: f64) -> String {
-    if outcome.objectives[j].unit_interval {
-        format!("{:.1}%", value * 100.0)
-    } else {
-        // `+ 0.0` prints a negative zero (a negated `min` objective) as 0.
-        format!("{:.4}", value + 0.0)
-    }
+    outcome.objectives[j].display(value)
 }
 
 fn table(outcome: &Outcome, report: &Report) -> String {

@@ -82,6 +82,8 @@ pub struct ParetoState {
     pub applied: Option<Vec<f64>>,
     /// Where "Save the map" writes.
     pub map_path: String,
+    /// Whether each of `points` is on their front: kept with them, not redone every frame.
+    front: Vec<bool>,
 }
 
 impl Default for ParetoState {
@@ -108,6 +110,7 @@ impl Default for ParetoState {
                 .join("mergescope-map.json")
                 .display()
                 .to_string(),
+            front: Vec::new(),
         }
     }
 }
@@ -122,9 +125,11 @@ impl ParetoState {
         self.outcome = None;
         self.map = None;
         self.applied = None;
+        self.front.clear();
     }
 
     pub fn apply(&mut self, update: ParetoUpdate) {
+        let points_changed = matches!(update, ParetoUpdate::Point(_) | ParetoUpdate::Done { .. });
         match update {
             ParetoUpdate::Started {
                 objectives,
@@ -152,15 +157,22 @@ impl ParetoState {
                 self.map = Some(*map);
             }
         }
+        if points_changed {
+            let maximised: Vec<Vec<f64>> = self
+                .points
+                .iter()
+                .map(|p| self.maximised(&p.scores))
+                .collect();
+            self.front = vec![false; self.points.len()];
+            for i in front::non_dominated(&maximised) {
+                self.front[i] = true;
+            }
+        }
     }
 
     /// A point's scores, maximised.
     pub fn maximised(&self, scores: &[f64]) -> Vec<f64> {
-        self.objectives
-            .iter()
-            .zip(scores)
-            .map(|(o, s)| o.direction.maximised(*s))
-            .collect()
+        mergescope_core::pareto::search::maximised(&self.objectives, scores)
     }
 
     /// A point's normalised objectives (0 at the reference, 1 at the ideal).
@@ -173,17 +185,8 @@ impl ParetoState {
     }
 
     /// Whether each point is on the front of the points so far.
-    pub fn on_front(&self) -> Vec<bool> {
-        let maximised: Vec<Vec<f64>> = self
-            .points
-            .iter()
-            .map(|p| self.maximised(&p.scores))
-            .collect();
-        let mut flags = vec![false; self.points.len()];
-        for i in front::non_dominated(&maximised) {
-            flags[i] = true;
-        }
-        flags
+    pub fn on_front(&self) -> &[bool] {
+        &self.front
     }
 
     /// The coefficients the current preference gives: the map's, or the best evaluated

@@ -413,7 +413,7 @@ impl Engine {
     /// Runs the search, sending each point as it is evaluated, then fits the data-free map.
     fn pareto(&self, request: &ParetoRequest, epoch: u64) -> Result<Event, String> {
         use mergescope_core::pareto::{
-            DecisionSpace, Direction, MergeEvaluator, ObjectiveKind, ParetoError, PreferenceMap,
+            DecisionSpace, MergeEvaluator, ObjectiveKind, ParetoError, PreferenceMap,
             RouterSettings, SearchEvent, SearchSettings, search,
         };
         let one_line = |e: ParetoError| match e {
@@ -442,12 +442,11 @@ impl Engine {
                 maximize,
                 minimize,
             } => {
-                let mut directions = std::collections::BTreeMap::new();
-                for (names, direction) in [(maximize, Direction::Max), (minimize, Direction::Min)] {
-                    for name in names.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-                        directions.insert(name.to_owned(), direction);
-                    }
-                }
+                let directions = mergescope_core::pareto::objective::directions_from_lists(
+                    maximize.split(','),
+                    minimize.split(','),
+                )
+                .map_err(one_line)?;
                 ObjectiveKind::Command {
                     command: mergescope_core::eval::ExternalCommand {
                         command: command.clone(),

@@ -38,6 +38,29 @@ impl Direction {
     }
 }
 
+/// The directions two lists of metric names give (`--maximize a,b --minimize c`, or the Pareto
+/// panel's two fields); blank names are skipped and a name in both lists is an error.
+pub fn directions_from_lists<'a>(
+    maximize: impl IntoIterator<Item = &'a str>,
+    minimize: impl IntoIterator<Item = &'a str>,
+) -> Result<std::collections::BTreeMap<String, Direction>, ParetoError> {
+    let mut directions = std::collections::BTreeMap::new();
+    let lists: [(Vec<&str>, Direction); 2] = [
+        (maximize.into_iter().collect(), Direction::Max),
+        (minimize.into_iter().collect(), Direction::Min),
+    ];
+    for (names, direction) in lists {
+        for name in names.into_iter().map(str::trim).filter(|n| !n.is_empty()) {
+            if directions.insert(name.to_owned(), direction).is_some() {
+                return Err(ParetoError::Settings(format!(
+                    "`{name}` is given to both --maximize and --minimize"
+                )));
+            }
+        }
+    }
+    Ok(directions)
+}
+
 /// A named number and which way is better.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ObjectiveSpec {
@@ -56,6 +79,16 @@ impl ObjectiveSpec {
             name: name.to_owned(),
             direction: Direction::Max,
             unit_interval: false,
+        }
+    }
+
+    /// A score as people read it: percent for values in [0, 1], four decimals otherwise
+    /// (a negated `min` objective's zero printed as 0, not −0).
+    pub fn display(&self, value: f64) -> String {
+        if self.unit_interval {
+            format!("{:.1}%", value * 100.0)
+        } else {
+            format!("{:.4}", value + 0.0)
         }
     }
 
@@ -103,11 +136,7 @@ impl Normalisation {
 
     /// g_j = (f_j − r_j)/(z*_j − r_j): 0 at the reference, 1 at the ideal, not clipped.
     pub fn normalise(&self, maximised: &[f64]) -> Vec<f64> {
-        maximised
-            .iter()
-            .zip(self.reference.iter().zip(&self.ideal))
-            .map(|(f, (r, z))| (f - r) / (z - r))
-            .collect()
+        super::hypervolume::normalise(maximised, &self.reference, &self.ideal)
     }
 
     /// The inverse of [`Normalisation::normalise`].

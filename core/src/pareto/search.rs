@@ -211,11 +211,24 @@ impl Outcome {
     }
 }
 
-fn maximised(objectives: &[ObjectiveSpec], scores: &[f64]) -> Vec<f64> {
+/// A point's scores, maximised (a `min` objective negated).
+pub fn maximised(objectives: &[ObjectiveSpec], scores: &[f64]) -> Vec<f64> {
     objectives
         .iter()
         .zip(scores)
         .map(|(o, &s)| o.direction.maximised(s))
+        .collect()
+}
+
+/// Every point's normalised objectives (0 at the reference, 1 at the ideal).
+pub fn normalised_points(
+    objectives: &[ObjectiveSpec],
+    normalisation: &Normalisation,
+    points: &[Point],
+) -> Vec<Vec<f64>> {
+    points
+        .iter()
+        .map(|p| normalisation.normalise(&maximised(objectives, &p.scores)))
         .collect()
 }
 
@@ -225,11 +238,10 @@ pub fn normalised_hypervolume(
     normalisation: &Normalisation,
     points: &[Point],
 ) -> f64 {
-    let normalised: Vec<Vec<f64>> = points
-        .iter()
-        .map(|p| normalisation.normalise(&maximised(objectives, &p.scores)))
-        .collect();
-    hypervolume::hypervolume(&normalised, &vec![0.0; objectives.len()])
+    hypervolume::hypervolume(
+        &normalised_points(objectives, normalisation, points),
+        &vec![0.0; objectives.len()],
+    )
 }
 
 /// The task-arithmetic recipe that reproduces input `which` (`None`: the base) of `space`'s
@@ -713,15 +725,7 @@ fn solve_rays(
     rng: &mut ChaCha8Rng,
     job: &Job,
 ) -> Result<Vec<Vec<f64>>, ParetoError> {
-    let normalised: Vec<Vec<f64>> = archive
-        .points
-        .iter()
-        .map(|p| {
-            solver
-                .normalisation
-                .normalise(&maximised(solver.objectives, &p.scores))
-        })
-        .collect();
+    let normalised = normalised_points(solver.objectives, solver.normalisation, &archive.points);
     let d = solver.lower.len();
     let middle: Vec<f64> = solver
         .lower
@@ -779,11 +783,7 @@ fn mutants(
     archive: &Archive<'_>,
     rng: &mut ChaCha8Rng,
 ) -> Vec<Vec<f64>> {
-    let normalised: Vec<Vec<f64>> = archive
-        .points
-        .iter()
-        .map(|p| normalisation.normalise(&maximised(objectives, &p.scores)))
-        .collect();
+    let normalised = normalised_points(objectives, normalisation, &archive.points);
     let contributions = hypervolume::contributions(&normalised, &vec![0.0; objectives.len()]);
     let mut order: Vec<usize> = (0..archive.points.len())
         .filter(|&i| contributions[i] > 0.0)
@@ -816,24 +816,24 @@ fn choose_candidates(
 ) -> Vec<Vec<f64>> {
     let m = solver.objectives.len();
     let origin = vec![0.0; m];
-    let mut pool: Vec<(Vec<f64>, Vec<f64>)> = Vec::new();
+    let mut pooled: Vec<Vec<f64>> = Vec::new();
     for x in solutions {
-        let pooled: Vec<Vec<f64>> = pool.iter().map(|(x, _)| x.clone()).collect();
         if archive.is_new(x, &pooled) {
-            pool.push((x.clone(), solver.predicted_normalised(x)));
+            pooled.push(x.clone());
         }
     }
-    let mut front: Vec<Vec<f64>> = archive
-        .points
-        .iter()
-        .map(|p| {
-            solver
-                .normalisation
-                .normalise(&maximised(solver.objectives, &p.scores))
+    let mut pool: Vec<(Vec<f64>, Vec<f64>)> = pooled
+        .into_iter()
+        .map(|x| {
+            let predicted = solver.predicted_normalised(&x);
+            (x, predicted)
         })
         .collect();
-    let keep = front::non_dominated(&front);
-    front = keep.into_iter().map(|i| front[i].clone()).collect();
+    let normalised = normalised_points(solver.objectives, solver.normalisation, &archive.points);
+    let mut front: Vec<Vec<f64>> = front::non_dominated(&normalised)
+        .into_iter()
+        .map(|i| normalised[i].clone())
+        .collect();
     let mut chosen = Vec::new();
     while chosen.len() < quota && !pool.is_empty() {
         let now = hypervolume::hypervolume(&front, &origin);

@@ -232,21 +232,12 @@ fn summary_ui(state: &ParetoState, ui: &mut egui::Ui) {
                     for (o, s) in state.objectives.iter().zip(surrogates) {
                         ui.label(&o.name);
                         ui.label(format!("{:.3}", s.fit.loo_r2));
-                        ui.label(shown(o, s.fit.loo_rmse));
+                        ui.label(o.display(s.fit.loo_rmse));
                         ui.end_row();
                     }
                 });
         }
     });
-}
-
-/// A score as the panel shows it: percent for accuracies.
-fn shown(objective: &mergescope_core::pareto::ObjectiveSpec, value: f64) -> String {
-    if objective.unit_interval {
-        format!("{:.1}%", value * 100.0)
-    } else {
-        format!("{value:.4}")
-    }
 }
 
 /// The preference widget, and what moving it does: coefficients from the map into the Merge
@@ -322,7 +313,7 @@ fn preference_ui(app: &mut Workbench, ui: &mut egui::Ui, family: &OpenFamily) {
                     .iter()
                     .zip(&predicted)
                     .zip(&names)
-                    .map(|((o, v), name)| format!("{name} {}", shown(o, *v)))
+                    .map(|((o, v), name)| format!("{name} {}", o.display(*v)))
                     .collect::<Vec<_>>()
                     .join(", ")
             ));
@@ -512,7 +503,7 @@ fn scatter_ui(app: &mut Workbench, ui: &mut egui::Ui) {
                 state
                     .points
                     .iter()
-                    .zip(&on_front)
+                    .zip(on_front)
                     .filter(|(p, front)| {
                         matches!(p.source, mergescope_core::pareto::Source::Input(_)) == input
                             && (input || **front == f)
@@ -632,7 +623,7 @@ fn parallel_ui(state: &ParetoState, ui: &mut egui::Ui) {
             }
         })
         .show(ui, |plot| {
-            for (p, front) in state.points.iter().zip(&on_front) {
+            for (p, front) in state.points.iter().zip(on_front) {
                 let Some(g) = state.normalised(&p.scores) else {
                     continue;
                 };
@@ -683,7 +674,7 @@ fn front_table_ui(app: &mut Workbench, ui: &mut egui::Ui) {
             }
             ui.strong("coefficients");
             ui.end_row();
-            for (i, (p, front)) in state.points.iter().zip(&on_front).enumerate() {
+            for (i, (p, front)) in state.points.iter().zip(on_front).enumerate() {
                 if !front {
                     continue;
                 }
@@ -692,7 +683,7 @@ fn front_table_ui(app: &mut Workbench, ui: &mut egui::Ui) {
                 }
                 ui.label(p.source.describe());
                 for (o, s) in state.objectives.iter().zip(&p.scores) {
-                    ui.label(shown(o, *s));
+                    ui.label(o.display(*s));
                 }
                 ui.label(
                     p.coefficients
