@@ -120,6 +120,8 @@ impl Progress {
 pub struct Job {
     pub progress: Progress,
     pub cancel: CancelToken,
+    /// Tensors found to hold NaN or ±Inf while the job ran.
+    pub non_finite: crate::nonfinite::NonFiniteLog,
 }
 
 impl Job {

@@ -208,9 +208,23 @@ impl LayerKey {
     }
 }
 
+/// The largest block index a tensor name may carry. No model has come near it (the deepest
+/// have a few hundred blocks); a larger number is not a layer index, and counting blocks up to
+/// it would size per-layer tables by an attacker's choice. [`Checkpoint::open`] refuses names
+/// above it; [`split_block`] never returns one.
+///
+/// [`Checkpoint::open`]: crate::Checkpoint::open
+pub const MAX_BLOCK_INDEX: usize = 9_999;
+
 /// The first `.<digits>.` in `name`: the text before it and the number (mergekit's rule for
-/// architectures it infers).
+/// architectures it infers). Numbers above [`MAX_BLOCK_INDEX`] are not block indices.
 pub fn split_block(name: &str) -> Option<(&str, usize)> {
+    split_block_unbounded(name).filter(|&(_, block)| block <= MAX_BLOCK_INDEX)
+}
+
+/// [`split_block`] without the bound, saturating at `usize::MAX`: for reporting a name whose
+/// index is too large.
+pub fn split_block_unbounded(name: &str) -> Option<(&str, usize)> {
     let bytes = name.as_bytes();
     let mut i = 0;
     while i < bytes.len() {
@@ -221,7 +235,7 @@ pub fn split_block(name: &str) -> Option<(&str, usize)> {
                 j += 1;
             }
             if j > digits_start && j < bytes.len() && bytes[j] == b'.' {
-                let block = name[digits_start..j].parse().ok()?;
+                let block = name[digits_start..j].parse().unwrap_or(usize::MAX);
                 return Some((&name[..i], block));
             }
         }

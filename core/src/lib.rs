@@ -13,6 +13,7 @@
 //! - [`eval`]: objectives (the demo family's accuracy, an external command) and the demo family;
 //! - [`export`]: atomic, sharded Hugging Face folders;
 //! - [`job`]: progress and cancellation for every long operation;
+//! - [`nonfinite`]: NaN and ±Inf in weights, found and reported;
 //! - [`synth`]: synthetic model families (demo, tests, benchmarks).
 
 pub mod analysis;
@@ -25,10 +26,11 @@ pub mod family;
 pub mod job;
 pub mod layout;
 pub mod merge;
+pub mod nonfinite;
 pub mod pareto;
 pub mod synth;
 
-pub use checkpoint::{Checkpoint, CheckpointError};
+pub use checkpoint::{CHANGED_ON_DISK, Checkpoint, CheckpointError};
 pub use job::{CancelToken, Job, Progress};
 
 /// Joins a multi-line message into one line: every user-facing error is promised as one line

@@ -50,7 +50,7 @@ pub struct Args {
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Metric::Sensitivity, Metric::Interference])]
     metrics: Vec<Metric>,
     /// Singular values per task vector for spectra (implies `--metrics …,spectra`).
-    #[arg(long)]
+    #[arg(long, value_parser = super::count_in::<1, 4096>)]
     rank: Option<usize>,
     /// Density of the top-k magnitude masks compared by the Jaccard overlap.
     #[arg(long, default_value_t = 0.1)]
@@ -68,7 +68,7 @@ pub struct Args {
     #[arg(long, value_parser = path_arg)]
     csv: Option<PathBuf>,
     /// Rows in each ranking of the summary.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = super::count_in::<0, 1_000_000>)]
     top: usize,
     /// Recompute even if the same analysis is in the cache.
     #[arg(long)]
@@ -153,6 +153,12 @@ pub fn run(args: &Args, job: &Job) -> Result<(), Failure> {
         })?,
     };
     write_outputs(args, &report)?;
+    if !report.non_finite.is_empty() {
+        eprintln!(
+            "warning: {}; they count as unchanged in every metric",
+            mergescope_core::nonfinite::summary(&report.non_finite)
+        );
+    }
     eprintln!(
         "analysed {} tensors of {} model(s) in {:.2} s{}",
         report.tensors.len(),

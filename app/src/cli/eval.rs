@@ -53,10 +53,10 @@ pub struct Args {
     #[arg(long, default_value = "demo", value_parser = parse_objective)]
     objective: ObjectiveArg,
     /// Score only the first N test samples of each domain (the demo objective's quick estimate).
-    #[arg(long)]
+    #[arg(long, value_parser = super::count_in::<1, 1_000_000>)]
     subsample: Option<usize>,
     /// Stop the objective command after this many seconds.
-    #[arg(long, default_value_t = 600)]
+    #[arg(long, default_value_t = 600, value_parser = super::seconds_in::<1, 604_800>)]
     timeout: u64,
     /// Seed of the random methods when merging a recipe.
     #[arg(long, default_value_t = 0)]

@@ -4,13 +4,13 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use mergescope_core::Job;
-use mergescope_core::export::{ExportOptions, ExportSummary, format_size, parse_size};
+use mergescope_core::export::{ExportOptions, ExportSummary, format_size};
 use mergescope_core::merge::engine::execute;
 use mergescope_core::merge::plan::{MergePlan, PlanOptions};
 
 use super::backend::{BackendArg, open as open_backend};
 use super::progress::run_with_progress;
-use super::{Failure, path_arg, print_out};
+use super::{Failure, parse_shard_size, path_arg, print_out, warn_non_finite};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -21,7 +21,7 @@ pub struct Args {
     #[arg(long, value_parser = path_arg)]
     out: PathBuf,
     /// Largest shard, e.g. 5GB, 500MB, 2GiB.
-    #[arg(long, default_value = "5GB", value_parser = parse_size)]
+    #[arg(long, default_value = "5GB", value_parser = parse_shard_size)]
     shard_size: u64,
     /// Replace the output folder if it is not empty.
     #[arg(long)]
@@ -72,7 +72,12 @@ pub fn run(args: &Args, job: &Job) -> Result<(), Failure> {
         force: args.force,
     };
     let backend = open_backend(args.backend)?;
+    // What killed exports left beside the output is repaired before writing; say so.
+    for repair in mergescope_core::export::recover_interrupted(&args.out) {
+        eprintln!("warning: {repair}");
+    }
     let summary = run_with_progress(job, || execute(&plan, &options, backend.as_ref(), job))?;
+    warn_non_finite(job);
     print_out(&summary_line(&summary, started.elapsed().as_secs_f64()))
 }
 

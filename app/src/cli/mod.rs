@@ -115,15 +115,14 @@ pub fn main() -> ExitCode {
         }
     };
     let job = Job::default();
-    let cancel = job.cancel.clone();
-    // Ignoring a failure here only means Ctrl-C kills the process instead of cancelling.
-    let _ = ctrlc::set_handler(move || cancel.cancel());
     let Some(command) = cli.command else {
         return match crate::gui::run(crate::gui::Startup {
             paths: cli.models,
             recipe: cli.recipe,
             panel: cli.panel,
             backend: cli.backend.into(),
+            // Without a handler Ctrl-C ends the process as it would any program.
+            interrupt: crate::gui::interrupt::Interrupt::install().ok(),
         }) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -135,6 +134,9 @@ pub fn main() -> ExitCode {
             }
         };
     };
+    let cancel = job.cancel.clone();
+    // Ignoring a failure here only means Ctrl-C kills the process instead of cancelling.
+    let _ = ctrlc::set_handler(move || cancel.cancel());
     let result = match command {
         Command::Inspect(args) => inspect::run(&args),
         Command::Merge(args) => merge::run(&args, &job),
@@ -197,4 +199,62 @@ fn print_out(text: &str) -> Result<(), Failure> {
 /// `PATH` arguments are plain paths.
 fn path_arg(s: &str) -> Result<PathBuf, String> {
     Ok(PathBuf::from(s))
+}
+
+/// The smallest and largest `--shard-size`: below a kilobyte every tensor gets a file of its
+/// own for no reason, and a shard above 100 TB is a typo.
+const SHARD_SIZE_RANGE: std::ops::RangeInclusive<u64> = 1_000..=100_000_000_000_000;
+
+/// `--shard-size`: a size such as `5GB`, within [`SHARD_SIZE_RANGE`].
+fn parse_shard_size(s: &str) -> Result<u64, String> {
+    let size = mergescope_core::export::parse_size(s)?;
+    if SHARD_SIZE_RANGE.contains(&size) {
+        Ok(size)
+    } else {
+        Err(format!(
+            "{size} bytes is outside the allowed range of 1kB to 100TB"
+        ))
+    }
+}
+
+/// One warning line when the job met NaN or ±Inf in its inputs (or made them).
+fn warn_non_finite(job: &Job) {
+    let found = job.non_finite.snapshot();
+    if !found.is_empty() {
+        eprintln!("warning: {}", mergescope_core::nonfinite::summary(&found));
+    }
+}
+
+/// A whole number within `MIN..=MAX` (counts and limits of the commands' options): one line
+/// naming the allowed range instead of hours of work on a typo.
+fn count_in<const MIN: u64, const MAX: u64>(s: &str) -> Result<usize, String> {
+    let n: u64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a whole number"))?;
+    if (MIN..=MAX).contains(&n) {
+        usize::try_from(n).map_err(|_| format!("{n} is too large for this machine"))
+    } else {
+        Err(format!("{n} is outside the allowed range {MIN} to {MAX}"))
+    }
+}
+
+/// [`count_in`] for `u64` options (seconds).
+fn seconds_in<const MIN: u64, const MAX: u64>(s: &str) -> Result<u64, String> {
+    count_in::<MIN, MAX>(s).map(|n| n as u64)
+}
+
+/// A merge coefficient on the command line: finite, within the recipes' range for weights.
+fn coefficient(s: &str) -> Result<f64, String> {
+    let x: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number"))?;
+    let bounds = mergescope_core::merge::params::Bounds::of("task_arithmetic", "weight")
+        .expect("weights are bounded");
+    if bounds.contains(x) {
+        Ok(x)
+    } else {
+        Err(format!("{x} is outside the allowed range {bounds}"))
+    }
 }

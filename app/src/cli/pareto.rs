@@ -48,25 +48,25 @@ pub struct Args {
     #[arg(long, value_delimiter = ',')]
     minimize: Vec<String>,
     /// Real evaluations in all, the input models' included.
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = 60, value_parser = super::count_in::<1, 100_000>)]
     budget: usize,
     /// Surrogate rounds after the initial design, at most (a round that adds under 1 % of
     /// hypervolume ends the search earlier).
-    #[arg(long, default_value_t = SearchSettings::default().max_rounds)]
+    #[arg(long, default_value_t = SearchSettings::default().max_rounds, value_parser = super::count_in::<0, 1000>)]
     rounds: usize,
     /// One coefficient per model and layer group: K control points of a mergekit gradient.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = super::count_in::<1, 64>)]
     layer_groups: usize,
-    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true, value_parser = super::coefficient)]
     lambda_min: f64,
-    #[arg(long, default_value_t = 1.2, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 1.2, allow_negative_numbers = true, value_parser = super::coefficient)]
     lambda_max: f64,
     /// Learn a preference → coefficients map after the search and validate it on 20 held-out
     /// preferences with real merges.
     #[arg(long, value_enum)]
     learn: Option<Learn>,
     /// Steps of the router's training.
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 2000, value_parser = super::count_in::<1, 1_000_000>)]
     router_steps: usize,
     /// Write the search as JSON.
     #[arg(long, value_parser = path_arg)]
@@ -89,10 +89,10 @@ pub struct Args {
     #[arg(long, value_parser = path_arg)]
     recipe_out: Option<PathBuf>,
     /// Score only the first N test images of each domain (the demo objective).
-    #[arg(long)]
+    #[arg(long, value_parser = super::count_in::<1, 1_000_000>)]
     subsample: Option<usize>,
     /// Stop an objective command after this many seconds.
-    #[arg(long, default_value_t = 600)]
+    #[arg(long, default_value_t = 600, value_parser = super::seconds_in::<1, 604_800>)]
     timeout: u64,
     #[arg(long, default_value_t = 0)]
     seed: u64,

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use mergescope_core::Job;
 use mergescope_core::dtype::FloatType;
-use mergescope_core::export::{format_size, parse_size};
+use mergescope_core::export::format_size;
 use mergescope_core::synth::{LlamaShape, SynthFamily};
 
 use super::progress::run_with_progress;
@@ -27,7 +27,7 @@ pub struct Args {
     #[arg(long, value_enum, default_value = "tiny")]
     preset: Preset,
     /// Number of fine-tunes besides the base.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = super::count_in::<1, 64>)]
     finetunes: usize,
     /// float32, float16 or bfloat16.
     #[arg(long, default_value = "bfloat16", value_parser = parse_float_type)]
@@ -35,7 +35,7 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Largest shard, e.g. 5GB or 500MB.
-    #[arg(long, default_value = "5GB", value_parser = parse_size)]
+    #[arg(long, default_value = "5GB", value_parser = super::parse_shard_size)]
     shard_size: u64,
     /// Replace existing model folders.
     #[arg(long)]

@@ -106,6 +106,14 @@ pub struct Workbench {
     pub pareto: super::pareto::ParetoState,
     /// A recipe to load once the family it names has opened.
     pending_recipe: Option<PendingRecipe>,
+    /// For a worker started again after its thread died.
+    ctx: egui::Context,
+    /// The Merge panel's settings while the family reopens on a restarted worker: kept, not
+    /// reset to defaults.
+    kept_settings: Option<MergeSettings>,
+    /// Set by Ctrl-C in the terminal (or SIGTERM): the window closes cleanly at the next
+    /// frame.
+    pub interrupted: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A recipe waiting for its family to open.
@@ -197,7 +205,61 @@ impl Workbench {
             recent: Vec::new(),
             pareto: super::pareto::ParetoState::default(),
             pending_recipe: None,
+            ctx: ctx.clone(),
+            kept_settings: None,
+            interrupted: std::sync::Arc::default(),
         })
+    }
+
+    /// Starts the worker again when its thread (or the preview thread) is gone, so no job can
+    /// wait forever on it: says so, and reopens the family on a fresh worker (on the CPU: the
+    /// window's device belonged to the old one).
+    fn restart_stopped_worker(&mut self) {
+        let Some(why) = self.worker.stopped() else {
+            return;
+        };
+        let repaint = self.ctx.clone();
+        let worker = Worker::start(
+            Box::new(|| {
+                let cpu = mergescope_core::backend::Cpu;
+                let described = mergescope_core::backend::Backend::describe(&cpu);
+                Ok((std::sync::Arc::new(cpu), described))
+            }),
+            move || repaint.request_repaint(),
+        );
+        let text = match worker {
+            Ok(worker) => {
+                // Dropping the old one joins what is left of its threads.
+                self.worker = worker;
+                self.busy = None;
+                self.preview_progress = None;
+                self.sent_preview = None;
+                self.pareto.running = false;
+                self.kept_settings = self.settings.clone();
+                let reopened = match &self.family {
+                    Some(family) if family.builtin => {
+                        self.worker.send(Command::OpenDemo);
+                        "; reopening the demo family"
+                    }
+                    Some(family) => {
+                        self.worker.send(Command::Open {
+                            base: family.base.clone(),
+                            models: family.models.clone(),
+                        });
+                        "; reopening the models"
+                    }
+                    None => "",
+                };
+                format!(
+                    "{why} unexpectedly (a bug in mergescope, please report it); it was started \
+                     again on the CPU{reopened}"
+                )
+            }
+            Err(e) => {
+                format!("{why} unexpectedly and cannot be started again: {e}; restart mergescope")
+            }
+        };
+        self.notice = Some(Notice { error: true, text });
     }
 
     /// Opens the demo family when `paths` is empty, else `paths[0]` as the base and the rest as
@@ -303,12 +365,18 @@ impl Workbench {
 
     /// Applies what the worker sent since the last frame.
     pub fn poll(&mut self) {
+        self.restart_stopped_worker();
         while let Ok(event) = self.worker.events.try_recv() {
             match event {
                 Event::Backend(described) => self.backend = described,
                 Event::Opened(family) => {
                     self.busy = None;
-                    self.settings = Some(MergeSettings::for_models(family.models.len()));
+                    self.settings = Some(
+                        self.kept_settings
+                            .take()
+                            .filter(|kept| kept.weights.len() == family.models.len())
+                            .unwrap_or_else(|| MergeSettings::for_models(family.models.len())),
+                    );
                     self.base_path = family.base.display().to_string();
                     self.model_paths = family
                         .models
@@ -372,6 +440,15 @@ impl Workbench {
                 Event::AnalyzedSoFar(report) => self.report = Some(*report),
                 Event::Analyzed(report) => {
                     self.busy = None;
+                    if !report.non_finite.is_empty() {
+                        self.notice = Some(Notice {
+                            error: true,
+                            text: format!(
+                                "{}; they count as unchanged in the analysis",
+                                mergescope_core::nonfinite::summary(&report.non_finite)
+                            ),
+                        });
+                    }
                     self.report = Some(*report);
                 }
                 Event::Previewed {
@@ -500,7 +577,27 @@ impl Workbench {
                 } else {
                     ui.visuals().text_color()
                 };
+                let reopen = notice.error
+                    && notice
+                        .text
+                        .contains(mergescope_core::checkpoint::CHANGED_ON_DISK);
                 ui.colored_label(color, &notice.text);
+                if reopen
+                    && let Some(family) = &self.family
+                    && ui
+                        .button("Reopen")
+                        .on_hover_text("Open the models again as they are on disk now; the Merge panel's settings are kept")
+                        .clicked()
+                {
+                    let (base, models, builtin) =
+                        (family.base.clone(), family.models.clone(), family.builtin);
+                    self.kept_settings = self.settings.clone();
+                    if builtin {
+                        self.open_demo();
+                    } else {
+                        self.open(base, models);
+                    }
+                }
             }
         });
     }
@@ -514,8 +611,14 @@ impl eframe::App for Workbench {
     }
 
     fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
-        self.poll();
         let ctx = ui.ctx().clone();
+        if self.interrupted.load(std::sync::atomic::Ordering::SeqCst) {
+            // Cancel first so the close does not wait for a long job; dropping the app then
+            // joins the worker, whose export removes its staging folder.
+            self.worker.cancel();
+            ctx.send_viewport_cmd(egui::ViewportCommand::Close);
+        }
+        self.poll();
         self.take_dropped_files(&ctx);
         egui::Panel::top("tabs").show(ui, |ui| {
             ui.horizontal(|ui| {

@@ -2,6 +2,7 @@
 
 pub mod app;
 pub mod curve_editor;
+pub mod interrupt;
 pub mod panels;
 pub mod pareto;
 pub mod previewer;
@@ -25,6 +26,8 @@ pub struct Startup {
     pub panel: app::Panel,
     /// Where previews and exports run.
     pub backend: BackendChoice,
+    /// The terminal's Ctrl-C, when a handler could be installed.
+    pub interrupt: Option<interrupt::Interrupt>,
 }
 
 /// Opens the window.
@@ -50,6 +53,9 @@ pub fn run(startup: Startup) -> eframe::Result {
         options,
         Box::new(move |cc| {
             let mut app = Workbench::with_backend(&cc.egui_ctx, make_backend(cc, startup.backend))?;
+            if let Some(interrupt) = &startup.interrupt {
+                app.interrupted = interrupt.attach(&cc.egui_ctx);
+            }
             app.load_recent(cc.storage);
             match startup.recipe {
                 Some(recipe) => app.load_recipe(recipe),

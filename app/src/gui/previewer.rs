@@ -40,6 +40,8 @@ struct Shared {
     newest: AtomicU64,
     /// Set when the app closes.
     shutdown: AtomicBool,
+    /// Set when the thread has ended for any other reason (it should not).
+    died: AtomicBool,
 }
 
 impl Shared {
@@ -73,6 +75,11 @@ impl Previewer {
             shared: Arc::clone(&shared),
         };
         (Self { requests, shared }, pending)
+    }
+
+    /// The thread ended while the app still runs.
+    pub fn stopped(&self) -> bool {
+        self.shared.died.load(Ordering::SeqCst)
     }
 
     pub fn send(&self, request: PreviewRequest) {
@@ -109,7 +116,22 @@ impl PreviewInbox {
         let inbox = self.inbox;
         std::thread::Builder::new()
             .name("mergescope-preview".to_owned())
-            .spawn(move || thread.serve(&inbox))
+            .spawn(move || {
+                // Dropped however the thread ends, unwinding included.
+                let _watch = Watch(Arc::clone(&thread.shared));
+                thread.serve(&inbox);
+            })
+    }
+}
+
+/// Marks the thread as gone when it ends before the app asked it to.
+struct Watch(Arc<Shared>);
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        if !self.0.shutdown.load(Ordering::SeqCst) {
+            self.0.died.store(true, Ordering::SeqCst);
+        }
     }
 }
 
@@ -138,7 +160,17 @@ impl Thread {
                 break;
             }
             let (number, request) = request;
-            let event = match self.preview(number, &request) {
+            // A panic in a preview is reported and the thread takes the next request.
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.preview(number, &request)
+            }))
+            .unwrap_or_else(|panic| {
+                Err(Some(format!(
+                    "internal error: {}; this is a bug in mergescope (please report it)",
+                    super::worker::panic_message(panic.as_ref())
+                )))
+            });
+            let event = match outcome {
                 Ok(event) => event,
                 Err(None) => Event::PreviewStopped,
                 Err(Some(message)) => Event::PreviewFailed(message),

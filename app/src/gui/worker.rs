@@ -40,6 +40,20 @@ pub enum Command {
     },
     /// A Pareto search over the recipe's per-model weights, then its data-free map.
     Pareto(Box<ParetoRequest>),
+    /// A job that fails on purpose: how the tests prove a failing job never takes the
+    /// workbench down with it.
+    #[doc(hidden)]
+    InjectFault(Fault),
+}
+
+/// What an injected fault does.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// The job panics (a bug in a job): reported, and the worker takes the next job.
+    PanicInJob,
+    /// The worker thread itself dies (a bug outside any job): the UI notices and restarts it.
+    KillWorker,
 }
 
 /// What the worker answers.
@@ -172,6 +186,23 @@ impl Worker {
         }
     }
 
+    /// `Some(why)` when the worker thread or the preview thread has stopped although the app
+    /// still runs (a bug outside any job): the caller restarts the worker, so the workbench
+    /// never waits on a thread that is gone.
+    pub fn stopped(&self) -> Option<&'static str> {
+        if self
+            .thread
+            .as_ref()
+            .is_some_and(std::thread::JoinHandle::is_finished)
+        {
+            Some("the worker thread stopped")
+        } else if self.previewer.as_ref().is_some_and(Previewer::stopped) {
+            Some("the preview thread stopped")
+        } else {
+            None
+        }
+    }
+
     /// Cancels the running job and every job sent before this call that has not started.
     pub fn cancel(&self) {
         self.cancelled
@@ -219,6 +250,9 @@ impl Engine {
 
     fn serve(&mut self, inbox: &Receiver<Queued>) {
         while let Ok(queued) = inbox.recv() {
+            if let Command::InjectFault(Fault::KillWorker) = queued.command {
+                panic!("injected fault: the worker thread dies");
+            }
             self.start(queued);
         }
     }
@@ -262,8 +296,30 @@ impl Engine {
         job
     }
 
+    /// Runs `command` and sends its outcome. A panic inside the job is caught here and
+    /// reported like any failure: the worker stays up for the next job.
     fn run(&mut self, command: Command, epoch: u64) {
-        let result = match command {
+        let what = command.describe();
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.run_command(command, epoch)
+        }))
+        .unwrap_or_else(|panic| {
+            Err(format!(
+                "{what} failed: internal error: {}; this is a bug in mergescope (please report \
+                 it); the workbench goes on",
+                panic_message(panic.as_ref())
+            ))
+        });
+        *self.running.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        match result {
+            Ok(event) => self.send(event),
+            Err(message) if message == CANCELLED => self.send(Event::Cancelled),
+            Err(message) => self.send(Event::Failed(message)),
+        }
+    }
+
+    fn run_command(&mut self, command: Command, epoch: u64) -> Result<Event, String> {
+        match command {
             Command::OpenDemo => DemoFamily::extract(&demo_root())
                 .map_err(|e| e.to_string())
                 .and_then(|family| {
@@ -286,12 +342,7 @@ impl Engine {
                 shard_size,
             } => self.export(&yaml, out, force, shard_size, epoch),
             Command::Pareto(request) => self.pareto(&request, epoch),
-        };
-        *self.running.lock().unwrap_or_else(PoisonError::into_inner) = None;
-        match result {
-            Ok(event) => self.send(event),
-            Err(message) if message == CANCELLED => self.send(Event::Cancelled),
-            Err(message) => self.send(Event::Failed(message)),
+            Command::InjectFault(fault) => panic!("injected fault: {fault:?}"),
         }
     }
 
@@ -400,8 +451,17 @@ impl Engine {
                 mergescope_core::merge::engine::MergeError::Cancelled(_) => CANCELLED.to_owned(),
                 other => mergescope_core::one_line(&other.to_string()),
             })?;
+        let non_finite = job.non_finite.snapshot();
+        let warning = if non_finite.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; warning: {}",
+                mergescope_core::nonfinite::summary(&non_finite)
+            )
+        };
         Ok(Event::Exported(format!(
-            "wrote {}: {} tensors, {}",
+            "wrote {}: {} tensors, {}{warning}",
             summary.out_dir.display(),
             summary.tensors,
             mergescope_core::export::format_size(summary.data_bytes)
@@ -494,6 +554,28 @@ impl Engine {
 }
 
 const CANCELLED: &str = "\u{0}cancelled";
+
+impl Command {
+    /// The job in a few words, for messages about it.
+    fn describe(&self) -> &'static str {
+        match self {
+            Self::OpenDemo | Self::Open { .. } => "opening the models",
+            Self::Analyze => "the analysis",
+            Self::Export { .. } => "the export",
+            Self::Pareto(_) => "the Pareto search",
+            Self::InjectFault(_) => "an injected fault",
+        }
+    }
+}
+
+/// The text a panic was raised with.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .map_or_else(|| "a panic".to_owned(), |m| mergescope_core::one_line(&m))
+}
 
 /// The plan of the workbench's recipe, as if it lived at `file` (relative model paths resolve
 /// from there).

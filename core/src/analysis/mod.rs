@@ -33,6 +33,7 @@ use crate::checkpoint::{Checkpoint, ReadAhead, TensorView};
 use crate::family::Family;
 use crate::job::{Cancelled, Job};
 use crate::layout::LayerKey;
+use crate::nonfinite::NonFinite;
 
 /// How far ahead of the computation the helper thread reads inputs.
 const READ_AHEAD_BYTES: u64 = 768 << 20;
@@ -86,6 +87,9 @@ pub enum AnalysisError {
     Merge { tensor: String, message: String },
     #[error(transparent)]
     Cancelled(#[from] Cancelled),
+    /// An input changed on disk while (or before) it was measured.
+    #[error(transparent)]
+    Input(#[from] crate::checkpoint::CheckpointError),
 }
 
 /// One tensor to analyse: the base's index, each model's, and the shape compared.
@@ -140,6 +144,7 @@ pub fn analyze_with_partials(
         layers: BTreeMap::new(),
         modules: BTreeMap::new(),
         randomized: false,
+        non_finite: Vec::new(),
     };
     let mut last_partial = std::time::Instant::now();
     let steps = planned
@@ -158,8 +163,16 @@ pub fn analyze_with_partials(
         .collect();
     let ahead = ReadAhead::new(steps, READ_AHEAD_BYTES);
     ahead.with_helper(|| -> Result<(), AnalysisError> {
+        let verify = |p: &Planned| -> Result<(), AnalysisError> {
+            base.checkpoint.verify_tensor(p.base)?;
+            for (m, &i) in family.models.iter().zip(&p.models) {
+                m.checkpoint.verify_tensor(i)?;
+            }
+            Ok(())
+        };
         for (k, p) in planned.iter().enumerate() {
             job.check_cancelled()?;
+            verify(p)?;
             let b = base.checkpoint.view(p.base).leading_rows(&p.shape);
             let views: Vec<TensorView<'_>> = family
                 .models
@@ -168,6 +181,7 @@ pub fn analyze_with_partials(
                 .map(|(m, &i)| m.checkpoint.view(i).leading_rows(&p.shape))
                 .collect();
             let sums = tensor_sums(b, &views, &settings.interference);
+            let found = non_finite_of(&p.name, family, &sums);
             let key = LayerKey::parse(&p.name);
             let mut report = TensorReport {
                 name: p.name.clone(),
@@ -189,10 +203,26 @@ pub fn analyze_with_partials(
                     ));
                 }
             }
+            if !found.is_empty() {
+                report.notes.push(format!(
+                    "held non-finite values (NaN or ±Inf): {}; they count as unchanged here",
+                    found
+                        .iter()
+                        .map(|f| format!("{} in {}", f.count, f.member))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
             if let Some(spectra) = &settings.spectra
                 && p.shape.len() >= 2
             {
                 acc.randomized |= add_spectra(&mut report, b, &views, spectra);
+            }
+            // After the last read of this tensor: its numbers came from unchanged files.
+            verify(p)?;
+            for f in found {
+                job.non_finite.record(f.clone());
+                acc.non_finite.push(f);
             }
             acc.whole.add(&sums);
             let layer = acc
@@ -240,6 +270,7 @@ struct Accumulated {
     modules: BTreeMap<String, (Sums, usize)>,
     /// Some spectrum was randomized.
     randomized: bool,
+    non_finite: Vec<NonFinite>,
 }
 
 impl Accumulated {
@@ -312,6 +343,7 @@ impl Accumulated {
             limits,
             jaccard_chance: d / (2.0 - d),
             survival: None,
+            non_finite: self.non_finite.clone(),
         }
     }
 }
@@ -326,7 +358,15 @@ fn add_spectra(
 ) -> bool {
     use rayon::prelude::*;
 
-    let base_values = base.to_f32_vec();
+    // Non-finite weights are zeros here, as in the sums: an SVD of a matrix with a NaN has no
+    // meaning and faer's iterations need not converge on one.
+    let finite = |mut values: Vec<f32>| {
+        for v in values.iter_mut().filter(|v| !v.is_finite()) {
+            *v = 0.0;
+        }
+        values
+    };
+    let base_values = finite(base.to_f32_vec());
     let shape = report.shape.clone();
     let name = report.name.clone();
     // The base and every task vector are factorized in parallel (each SVD is mostly thin
@@ -341,7 +381,7 @@ fn add_spectra(
                 .par_iter()
                 .enumerate()
                 .map(|(i, model)| {
-                    let mut tau = model.to_f32_vec();
+                    let mut tau = finite(model.to_f32_vec());
                     for (t, b) in tau.iter_mut().zip(&base_values) {
                         *t -= b;
                     }
@@ -375,6 +415,26 @@ fn add_spectra(
     report.base_energy = Some(energies);
     report.overlaps = Some(overlaps);
     randomized
+}
+
+/// What `sums` counted of non-finite values in `tensor`, by member.
+fn non_finite_of(tensor: &str, family: &Family, sums: &Sums) -> Vec<NonFinite> {
+    let base = family.base.as_ref().expect("checked by analyze");
+    std::iter::once((&base.label, sums.base_non_finite))
+        .chain(
+            family
+                .models
+                .iter()
+                .zip(&sums.models)
+                .map(|(m, s)| (&m.label, s.non_finite)),
+        )
+        .filter(|&(_, count)| count > 0)
+        .map(|(member, count)| NonFinite {
+            tensor: tensor.to_owned(),
+            member: member.clone(),
+            count,
+        })
+        .collect()
 }
 
 /// The tensors every member has with float dtypes and comparable shapes, in the base's file
@@ -473,6 +533,7 @@ fn identities(family: &Family) -> Result<Vec<InputIdentity>, AnalysisError> {
                     .map(|s| s.len() as u64)
                     .sum(),
                 header_sha256: header_hash(&member.checkpoint)?,
+                content: format!("{:016x}", member.checkpoint.fingerprint()),
             })
         })
         .collect()
@@ -553,6 +614,11 @@ fn cached(
     let Some(dir) = cache else {
         return Ok((compute()?, false));
     };
+    // The fingerprint is taken from the open maps: a file replaced since it was opened would
+    // match its old report, so it must be reopened first.
+    for (_, member) in family.members() {
+        member.checkpoint.verify_unchanged()?;
+    }
     let key = cache_key(&identities(family)?, settings);
     if let Some(report) = load_cached(dir, &key) {
         return Ok((report, true));

@@ -21,6 +21,11 @@ pub struct InputIdentity {
     pub bytes: u64,
     /// SHA-256 of the shards' safetensors headers, in shard order.
     pub header_sha256: String,
+    /// A fingerprint of the weights themselves: each shard's size and modification time and a
+    /// hash of sampled data blocks ([`Checkpoint::fingerprint`](crate::Checkpoint::fingerprint)),
+    /// so a cached report is never served for weights that changed under the same header.
+    #[serde(default)]
+    pub content: String,
 }
 
 /// Metrics of a set of tensors: a layer, a module kind or the whole model.
@@ -92,6 +97,10 @@ pub struct Report {
     pub jaccard_chance: f64,
     /// With a recipe: how much of each task vector survives in its merge.
     pub survival: Option<Survival>,
+    /// Tensors that held NaN or ±Inf, per input; those values count as unchanged (τ = 0) in
+    /// every metric and as 0 in the spectra.
+    #[serde(default)]
+    pub non_finite: Vec<crate::nonfinite::NonFinite>,
 }
 
 fn fmt(v: Option<f64>) -> String {

@@ -17,6 +17,10 @@ pub struct ModelSums {
     /// TIES: #{τ ≠ 0 (after trimming)} and how many of those oppose the elected sign.
     pub ties_nonzero: u64,
     pub ties_conflict: u64,
+    /// #{NaN or ±Inf in the model's weights}; those coordinates count as unchanged (τ = 0)
+    /// in every other sum, so one bad value does not turn a layer's figures into NaN.
+    #[serde(default)]
+    pub non_finite: u64,
 }
 
 /// What a pair of task vectors adds up to.
@@ -45,6 +49,9 @@ pub struct Sums {
     /// #{coordinates with a positive and a negative τᵢ} and #{with at least two nonzero τᵢ}.
     pub disagree: u64,
     pub multi_nonzero: u64,
+    /// #{NaN or ±Inf in the base's weights} (left out of `base_sq`; τ = 0 there).
+    #[serde(default)]
+    pub base_non_finite: u64,
 }
 
 /// Index of pair (i, j), i < j, among `n` models.
@@ -77,6 +84,7 @@ impl Sums {
             a.changed += b.changed;
             a.ties_nonzero += b.ties_nonzero;
             a.ties_conflict += b.ties_conflict;
+            a.non_finite += b.non_finite;
         }
         for (a, b) in self.pairs.iter_mut().zip(&other.pairs) {
             a.dot += b.dot;
@@ -87,6 +95,7 @@ impl Sums {
         }
         self.disagree += other.disagree;
         self.multi_nonzero += other.multi_nonzero;
+        self.base_non_finite += other.base_non_finite;
     }
 
     /// The metrics these sums stand for.

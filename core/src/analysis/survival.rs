@@ -192,6 +192,15 @@ pub fn survival_sampled(
             };
             let shape = &shapes[k];
             let numel: usize = shape.iter().product();
+            let verify = || -> Result<(), AnalysisError> {
+                base.checkpoint
+                    .verify_tensor(task.base.expect("filtered"))?;
+                for &(m, i) in &task.models {
+                    family.models[m].checkpoint.verify_tensor(i)?;
+                }
+                Ok(())
+            };
+            verify()?;
             let b = base
                 .checkpoint
                 .view(task.base.expect("filtered"))
@@ -215,6 +224,7 @@ pub fn survival_sampled(
                     tensor: task.name.clone(),
                     message: e.0,
                 })?;
+            verify()?;
             let sums = tensor_survival(b, &models, &buffer);
             let mut by_family = SurvivalSums::new(n);
             by_family.merged_sq = sums.merged_sq;

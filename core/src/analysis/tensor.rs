@@ -39,7 +39,8 @@ fn magnitude_mask(base: TensorView<'_>, model: TensorView<'_>, density: f64) -> 
             HighBits::new,
             |_, xs, k| {
                 for ((k, &b), &x) in k.iter_mut().zip(xs[0]).zip(xs[1]) {
-                    *k = magnitude_key(x - b);
+                    let d = x - b;
+                    *k = magnitude_key(if d.is_finite() { d } else { 0.0 });
                 }
             },
             HighBits::add,
@@ -120,7 +121,8 @@ pub fn tensor_sums(
         let (&b, xs) = xs.split_first().expect("the base is first");
         let len = b.len();
         let mut part = Sums::new(m);
-        part.base_sq = sum_f64(b, |v| v * v);
+        part.base_sq = sum_f64(b, |v| if v.is_finite() { v * v } else { 0.0 });
+        part.base_non_finite = count(b.iter().map(|v| !v.is_finite()));
         ROWS.with_borrow_mut(|rows| {
             rows.resize((m + 1) * CHUNK, 0.0);
             let (taus, elected) = rows.split_at_mut(m * CHUNK);
@@ -128,9 +130,12 @@ pub fn tensor_sums(
             for (i, x) in xs.iter().enumerate() {
                 let t = &mut taus[i * CHUNK..i * CHUNK + len];
                 for ((t, &x), &b) in t.iter_mut().zip(x.iter()).zip(b) {
-                    *t = x - b;
+                    // A non-finite weight (in the model or the base) is no measurable change.
+                    let d = x - b;
+                    *t = if d.is_finite() { d } else { 0.0 };
                 }
                 part.models[i] = ModelSums {
+                    non_finite: count(x.iter().map(|v| !v.is_finite())),
                     sq: sum_f64(t, |v| v * v),
                     abs: sum_f64(t, f64::abs),
                     max_abs: f64::from(t.iter().fold(0f32, |a, &v| a.max(v.abs()))),

@@ -15,10 +15,10 @@ impl ModelConfig {
             return Ok(None);
         };
         let path = folder.join("config.json");
-        let text = match std::fs::read_to_string(&path) {
+        let text = match super::read_small_file(&path, "config.json", super::MAX_CONFIG_BYTES) {
             Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(CheckpointError::io(path, e)),
+            Err(CheckpointError::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e),
         };
         let raw = serde_json::from_str(&text).map_err(|e| CheckpointError::BadConfig {
             path: path.clone(),

@@ -1,5 +1,9 @@
 use std::path::PathBuf;
 
+/// The words every "file changed underneath" error carries, so a front end that only has the
+/// message (the GUI's notices) can offer to reopen.
+pub const CHANGED_ON_DISK: &str = "changed on disk since it was opened";
+
 /// Why a checkpoint could not be opened. Every variant names the file it is about.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -44,6 +48,44 @@ pub enum CheckpointError {
         first: PathBuf,
         second: PathBuf,
     },
+
+    #[error(
+        "{path}: tensor `{tensor}` {what}, above mergescope's limit of {limit}; the header is \
+         damaged or the file is not a model mergescope can open"
+    )]
+    TensorTooLarge {
+        path: PathBuf,
+        tensor: String,
+        what: String,
+        limit: String,
+    },
+
+    #[error(
+        "{path}: tensor `{tensor}` names block {block}; block indices above {max} are not \
+         layers of any model (the file is damaged or not a model)"
+    )]
+    BlockIndexTooLarge {
+        path: PathBuf,
+        tensor: String,
+        block: usize,
+        max: usize,
+    },
+
+    #[error(
+        "{path}: {size} bytes is too large for a {kind} (at most {limit} bytes); is it the right file?"
+    )]
+    SidecarTooLarge {
+        path: PathBuf,
+        kind: &'static str,
+        size: u64,
+        limit: u64,
+    },
+
+    #[error(
+        "{path} {phrase} ({what}); reopen it (nothing was written from the changed data)",
+        phrase = CHANGED_ON_DISK
+    )]
+    ChangedOnDisk { path: PathBuf, what: String },
 
     #[error("{path}: config.json is not valid JSON: {reason}; fix or remove it")]
     BadConfig { path: PathBuf, reason: String },

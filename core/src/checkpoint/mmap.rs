@@ -1,32 +1,155 @@
 //! The only place mergescope maps files into memory (and so the only `unsafe` in `core`).
+//!
+//! A memory map is only as stable as the file behind it: if another program truncates a shard
+//! while it is mapped, reading the vanished pages raises SIGBUS, which kills the process. Two
+//! defences, so a file changing underneath is an error and never a crash:
+//! - each map remembers the file's identity (device, inode, size, modification time) and
+//!   [`MappedFile::verify`] compares it with the file on disk; readers call it before and after
+//!   using a tensor, so changed data is reported ("reopen it") rather than merged;
+//! - on Linux a SIGBUS handler ([`guard`]) catches a fault inside a registered map, maps zero
+//!   pages over the rest of it so the read completes, and marks the map as faulted, which
+//!   `verify` then reports. The zeros never reach an output: the reader's `verify` after the
+//!   tensor fails, and the job stops with that error.
 
 #![allow(unsafe_code)]
 
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use memmap2::{Advice, Mmap, UncheckedAdvice};
+
+/// What identifies the exact bytes a map was made from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Identity {
+    len: u64,
+    modified: Option<SystemTime>,
+    #[cfg(unix)]
+    device: u64,
+    #[cfg(unix)]
+    inode: u64,
+}
+
+impl Identity {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        #[cfg(unix)]
+        use std::os::unix::fs::MetadataExt as _;
+        Self {
+            len: meta.len(),
+            modified: meta.modified().ok(),
+            #[cfg(unix)]
+            device: meta.dev(),
+            #[cfg(unix)]
+            inode: meta.ino(),
+        }
+    }
+
+    /// How `now` differs from `self`, in words; `None` when it is the same file, unchanged.
+    fn change(&self, now: &Self) -> Option<String> {
+        #[cfg(unix)]
+        if (self.device, self.inode) != (now.device, now.inode) {
+            return Some("it was replaced by another file".to_owned());
+        }
+        if self.len != now.len {
+            return Some(format!(
+                "its size went from {} to {} bytes",
+                self.len, now.len
+            ));
+        }
+        if self.modified != now.modified {
+            return Some("it was modified".to_owned());
+        }
+        None
+    }
+}
 
 /// A read-only memory map of one shard file.
 #[derive(Debug)]
 pub(crate) struct MappedFile {
     map: Mmap,
+    /// Kept open so `verify` sees the mapped inode even after the path is replaced.
+    file: File,
+    path: PathBuf,
+    identity: Identity,
+    #[cfg(target_os = "linux")]
+    region: Option<guard::Region>,
 }
 
 impl MappedFile {
     pub(crate) fn open(path: &Path) -> std::io::Result<Self> {
         let file = File::open(path)?;
-        // SAFETY: the map is read-only and private to this process. If another process truncates
-        // or rewrites the file while it is mapped, reads may see the new bytes or fault (SIGBUS);
-        // that is the documented contract of every memory-mapped safetensors reader (candle,
-        // safetensors' own examples). mergescope never writes to a file it has mapped: exports go
-        // to a fresh folder that may not overlap any input (`export::guard`).
+        let identity = Identity::of(&file.metadata()?);
+        // SAFETY: the map is read-only and private to this process. If another process
+        // truncates the file while it is mapped, a read of the vanished pages faults; the SIGBUS
+        // guard below turns that into zero pages plus a flag that `verify` reports, so no
+        // reference into the map ever outlives valid memory. mergescope never writes to a file
+        // it has mapped: exports go to a fresh folder that may not overlap any input
+        // (`export::guard`).
         let map = unsafe { Mmap::map(&file)? };
-        Ok(Self { map })
+        #[cfg(target_os = "linux")]
+        let region = guard::Region::register(map.as_ptr() as usize, map.len());
+        Ok(Self {
+            map,
+            file,
+            path: path.to_path_buf(),
+            identity,
+            #[cfg(target_os = "linux")]
+            region,
+        })
     }
 
     pub(crate) fn bytes(&self) -> &[u8] {
         &self.map
+    }
+
+    /// `Err(what changed)` when the file on disk is no longer the one that was mapped, or a
+    /// read of the map faulted because the file shrank. Costs two `stat` calls.
+    pub(crate) fn verify(&self) -> Result<(), String> {
+        #[cfg(target_os = "linux")]
+        if self.region.as_ref().is_some_and(guard::Region::faulted) {
+            return Err("it became shorter while mergescope was reading it".to_owned());
+        }
+        let mapped = self
+            .file
+            .metadata()
+            .map_err(|e| format!("cannot check it: {e}"))?;
+        if let Some(change) = self.identity.change(&Identity::of(&mapped)) {
+            return Err(change);
+        }
+        match std::fs::metadata(&self.path) {
+            Ok(now) => self
+                .identity
+                .change(&Identity::of(&now))
+                .map_or(Ok(()), Err),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err("it was deleted or moved".to_owned())
+            }
+            Err(e) => Err(format!("cannot check it: {e}")),
+        }
+    }
+
+    /// A cheap fingerprint of the data: the identity plus a hash of a few sampled 4 KiB blocks
+    /// (the first, the last and up to 14 spread between). Caches key on it so an edited file
+    /// whose size and modification time were restored is still seen as new.
+    pub(crate) fn fingerprint(&self) -> u64 {
+        use std::hash::{Hash as _, Hasher as _};
+        const BLOCK: usize = 4096;
+        const SAMPLES: usize = 16;
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        self.identity.len.hash(&mut hasher);
+        self.identity.modified.hash(&mut hasher);
+        let bytes = self.bytes();
+        let blocks = bytes.len().div_ceil(BLOCK);
+        for k in 0..SAMPLES.min(blocks) {
+            let block = if SAMPLES >= blocks {
+                k
+            } else {
+                k * (blocks - 1) / (SAMPLES - 1)
+            };
+            let start = block * BLOCK;
+            bytes[start..(start + BLOCK).min(bytes.len())].hash(&mut hasher);
+        }
+        hasher.finish()
     }
 
     /// Asks the kernel to start reading `range` now, so a later access does not wait on disk.
@@ -64,5 +187,134 @@ impl MappedFile {
             self.map
                 .unchecked_advise_range(UncheckedAdvice::DontNeed, aligned_start, aligned_len)
         };
+    }
+}
+
+/// The SIGBUS guard: a process-wide table of mapped regions and a signal handler that rescues
+/// faults inside them.
+#[cfg(target_os = "linux")]
+mod guard {
+    use std::sync::Once;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    /// Enough for every shard of a dozen 70 B models; a map beyond it is simply unguarded.
+    const SLOTS: usize = 1024;
+
+    struct Slot {
+        start: AtomicUsize,
+        len: AtomicUsize,
+        faulted: AtomicBool,
+    }
+
+    #[allow(clippy::declare_interior_mutable_const)]
+    const EMPTY: Slot = Slot {
+        start: AtomicUsize::new(0),
+        len: AtomicUsize::new(0),
+        faulted: AtomicBool::new(false),
+    };
+    static TABLE: [Slot; SLOTS] = [EMPTY; SLOTS];
+    static INSTALL: Once = Once::new();
+    /// The handler that was in place before ours, for faults that are not ours.
+    static mut PREVIOUS: Option<libc::sigaction> = None;
+
+    /// One registered map; unregisters on drop (before memmap2 unmaps it).
+    #[derive(Debug)]
+    pub(super) struct Region {
+        slot: usize,
+    }
+
+    impl Region {
+        pub(super) fn register(start: usize, len: usize) -> Option<Self> {
+            if len == 0 {
+                return None;
+            }
+            INSTALL.call_once(install);
+            let slot = TABLE.iter().position(|s| {
+                s.start
+                    .compare_exchange(0, usize::MAX, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+            })?;
+            let entry = &TABLE[slot];
+            entry.faulted.store(false, Ordering::Relaxed);
+            entry.len.store(len, Ordering::Relaxed);
+            entry.start.store(start, Ordering::Release);
+            Some(Self { slot })
+        }
+
+        pub(super) fn faulted(&self) -> bool {
+            TABLE[self.slot].faulted.load(Ordering::Acquire)
+        }
+    }
+
+    impl Drop for Region {
+        fn drop(&mut self) {
+            TABLE[self.slot].start.store(0, Ordering::Release);
+        }
+    }
+
+    fn install() {
+        // SAFETY: a zeroed sigaction is a valid "no flags, empty mask" value and the handler has
+        // the SA_SIGINFO signature. PREVIOUS is written once, here, before the handler that
+        // reads it is installed.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_sigbus as *const () as usize;
+            action.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
+            libc::sigemptyset(&raw mut action.sa_mask);
+            let mut old: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(libc::SIGBUS, std::ptr::null(), &raw mut old) != 0 {
+                return;
+            }
+            PREVIOUS = Some(old);
+            libc::sigaction(libc::SIGBUS, &raw const action, std::ptr::null_mut());
+        }
+    }
+
+    /// Async-signal-safe: atomics, `mmap` and `sigaction` only.
+    extern "C" fn on_sigbus(signal: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+        // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers.
+        let address = unsafe { (*info).si_addr() } as usize;
+        for entry in &TABLE {
+            let start = entry.start.load(Ordering::Acquire);
+            if start == 0 || start == usize::MAX {
+                continue;
+            }
+            let len = entry.len.load(Ordering::Relaxed);
+            if !(start..start + len).contains(&address) {
+                continue;
+            }
+            let page = address & !4095;
+            // SAFETY: replaces the vanished file pages of our own read-only map, from the
+            // faulting page to the map's end, with zero pages at the same address; the map is
+            // still owned by its MappedFile, whose drop unmaps the whole range as before.
+            let zeros = unsafe {
+                libc::mmap(
+                    page as *mut libc::c_void,
+                    start + len - page,
+                    libc::PROT_READ,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+                    -1,
+                    0,
+                )
+            };
+            if zeros != libc::MAP_FAILED {
+                entry.faulted.store(true, Ordering::Release);
+                return; // the faulting read is retried and now sees zeros
+            }
+            break;
+        }
+        // Not ours (or unrescuable): put the previous handler back; the read faults again and
+        // the process ends as it would have without mergescope.
+        // SAFETY: PREVIOUS was published before this handler was installed.
+        unsafe {
+            match *(&raw const PREVIOUS) {
+                Some(previous) => {
+                    libc::sigaction(signal, &raw const previous, std::ptr::null_mut());
+                }
+                None => {
+                    libc::signal(signal, libc::SIG_DFL);
+                }
+            }
+        }
     }
 }

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 pub use config::ModelConfig;
-pub use error::CheckpointError;
+pub use error::{CHANGED_ON_DISK, CheckpointError};
 use mmap::MappedFile;
 pub use readahead::ReadAhead;
 
@@ -23,6 +23,16 @@ use crate::dtype::{Dtype, FloatType, decode_into};
 pub const INDEX_FILE_NAME: &str = "model.safetensors.index.json";
 /// The file name of a single-file checkpoint inside a Hugging Face folder.
 pub const SINGLE_FILE_NAME: &str = "model.safetensors";
+
+/// The most dimensions a tensor may have (real models use at most 5).
+pub const MAX_TENSOR_RANK: usize = 8;
+/// The most elements one tensor may have: 2³⁴, 8× Llama-3-405B's embedding. A header claiming
+/// more is refused at open, so no later step sizes a buffer by it.
+pub const MAX_TENSOR_ELEMENTS: usize = 1 << 34;
+/// The largest `*.safetensors.index.json` read (a 405 B model's is under 100 KB).
+pub const MAX_INDEX_BYTES: u64 = 64 << 20;
+/// The largest `config.json` read.
+pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
 
 /// How the checkpoint was laid out on disk.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -54,6 +64,15 @@ impl Shard {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    fn verify(&self) -> Result<(), CheckpointError> {
+        self.map
+            .verify()
+            .map_err(|what| CheckpointError::ChangedOnDisk {
+                path: self.path.clone(),
+                what,
+            })
     }
 
     /// The header's `__metadata__` (string to string, as the format defines it).
@@ -371,6 +390,31 @@ impl Checkpoint {
         self.tensors.iter().map(|t| t.byte_len() as u64).sum()
     }
 
+    /// `Err(ChangedOnDisk)` when any shard file is no longer the one that was opened (replaced,
+    /// resized, modified, deleted) or shrank while being read. Readers call it before and after
+    /// they use tensor data, so data from a changed file never reaches a result.
+    pub fn verify_unchanged(&self) -> Result<(), CheckpointError> {
+        self.shards.iter().try_for_each(Shard::verify)
+    }
+
+    /// [`verify_unchanged`](Self::verify_unchanged) for the shard holding the tensor at `index`
+    /// only (two `stat` calls): cheap enough to call per tensor.
+    pub fn verify_tensor(&self, index: usize) -> Result<(), CheckpointError> {
+        self.shards[self.tensors[index].shard].verify()
+    }
+
+    /// A fingerprint of the checkpoint's bytes: every shard's identity (size, modification
+    /// time) and a hash of sampled data blocks. Equal fingerprints mean, with high probability,
+    /// the same weights; caches key on it.
+    pub fn fingerprint(&self) -> u64 {
+        use std::hash::{Hash as _, Hasher as _};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        for shard in &self.shards {
+            shard.map.fingerprint().hash(&mut hasher);
+        }
+        hasher.finish()
+    }
+
     /// Hints that the tensor at `index` will be read soon.
     pub fn prefetch(&self, index: usize) {
         let info = &self.tensors[index];
@@ -437,6 +481,9 @@ fn open_shard(
         })
         .collect();
     tensors.sort_by_key(|t| t.start);
+    for t in &tensors {
+        check_bounds(path, t)?;
+    }
     let shard = Shard {
         path: path.to_path_buf(),
         metadata: metadata
@@ -450,12 +497,79 @@ fn open_shard(
     Ok((shard, tensors))
 }
 
+/// Refuses headers whose numbers no model has: a rank, an element count or a block index that
+/// would otherwise size a buffer or a per-layer table.
+fn check_bounds(path: &Path, t: &TensorInfo) -> Result<(), CheckpointError> {
+    let too_large = |what: String, limit: String| CheckpointError::TensorTooLarge {
+        path: path.to_path_buf(),
+        tensor: t.name.clone(),
+        what,
+        limit,
+    };
+    if t.shape.len() > MAX_TENSOR_RANK {
+        return Err(too_large(
+            format!("has {} dimensions", t.shape.len()),
+            format!("{MAX_TENSOR_RANK} dimensions"),
+        ));
+    }
+    let numel = t
+        .shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .filter(|&n| n <= MAX_TENSOR_ELEMENTS);
+    if numel.is_none() {
+        return Err(too_large(
+            format!("has shape {:?}", t.shape),
+            format!("2^34 elements ({MAX_TENSOR_ELEMENTS})"),
+        ));
+    }
+    if let Some((_, block)) = crate::layout::split_block_unbounded(&t.name)
+        && block > crate::layout::MAX_BLOCK_INDEX
+    {
+        return Err(CheckpointError::BlockIndexTooLarge {
+            path: path.to_path_buf(),
+            tensor: t.name.clone(),
+            block,
+            max: crate::layout::MAX_BLOCK_INDEX,
+        });
+    }
+    Ok(())
+}
+
+/// Reads a small JSON side file whole, refusing one larger than `limit` before reading it.
+pub(crate) fn read_small_file(
+    path: &Path,
+    kind: &'static str,
+    limit: u64,
+) -> Result<String, CheckpointError> {
+    use std::io::Read as _;
+    let file = std::fs::File::open(path).map_err(|e| CheckpointError::io(path, e))?;
+    let size = file
+        .metadata()
+        .map_err(|e| CheckpointError::io(path, e))?
+        .len();
+    if size > limit {
+        return Err(CheckpointError::SidecarTooLarge {
+            path: path.to_path_buf(),
+            kind,
+            size,
+            limit,
+        });
+    }
+    let mut text = String::with_capacity(size as usize);
+    // `take` keeps a file that grows while being read within the limit too.
+    file.take(limit)
+        .read_to_string(&mut text)
+        .map_err(|e| CheckpointError::io(path, e))?;
+    Ok(text)
+}
+
 fn read_index(index: &Path) -> Result<BTreeMap<String, String>, CheckpointError> {
     #[derive(serde::Deserialize)]
     struct Index {
         weight_map: BTreeMap<String, String>,
     }
-    let text = std::fs::read_to_string(index).map_err(|e| CheckpointError::io(index, e))?;
+    let text = read_small_file(index, "sharded-checkpoint index", MAX_INDEX_BYTES)?;
     let parsed: Index = serde_json::from_str(&text).map_err(|e| CheckpointError::BadIndex {
         path: index.to_path_buf(),
         reason: e.to_string(),

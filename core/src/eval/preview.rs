@@ -14,7 +14,20 @@ use crate::merge::plan::{MergePlan, TaskAction};
 pub fn merge_in_memory(plan: &MergePlan, backend: &dyn Backend) -> Result<ModelTensors, String> {
     let family = &plan.family;
     let mut values = BTreeMap::new();
+    let verify = |task: &crate::merge::plan::TensorTask| -> Result<(), String> {
+        let base = family.base.as_ref().zip(task.base);
+        base.into_iter()
+            .map(|(b, i)| (&b.checkpoint, i))
+            .chain(
+                task.models
+                    .iter()
+                    .map(|&(m, i)| (&family.models[m].checkpoint, i)),
+            )
+            .try_for_each(|(c, i)| c.verify_tensor(i))
+            .map_err(|e| e.to_string())
+    };
     for task in &plan.tasks {
+        verify(task)?;
         let base = family
             .base
             .as_ref()
@@ -55,6 +68,7 @@ pub fn merge_in_memory(plan: &MergePlan, backend: &dyn Backend) -> Result<ModelT
                 first.to_f32_vec()
             }
         };
+        verify(task)?;
         values.insert(task.name.clone(), merged);
     }
     Ok(ModelTensors { values })

@@ -20,6 +20,7 @@ use crate::checkpoint::{Checkpoint, ReadAhead};
 use crate::dtype::{FloatType, TensorBytes};
 use crate::export::{Export, ExportError, ExportOptions, ExportSummary, OutputTensor, sidecar};
 use crate::job::{Cancelled, Job};
+use crate::nonfinite::{NonFinite, NonFiniteLog};
 
 /// How far ahead of the computation the helper thread reads inputs: a few tensors, so cold
 /// reads overlap the arithmetic without holding much more than the tensor in flight.
@@ -55,6 +56,9 @@ pub enum MergeError {
     },
     #[error("cannot start the writer thread: {0}")]
     Thread(std::io::Error),
+    /// An input file changed on disk during the merge.
+    #[error(transparent)]
+    Input(#[from] crate::checkpoint::CheckpointError),
 }
 
 /// Runs the plan and writes the merged model (see the module docs for the data path).
@@ -112,7 +116,12 @@ pub fn execute(
             let mut buffers = Buffers::new(returned);
             for (i, task) in plan.tasks.iter().enumerate() {
                 job.check_cancelled()?;
-                let data = compute(plan, task, backend, &mut buffers)?;
+                // Before: a file changed since planning is not read at all. After: one that
+                // changed (or shrank, faulting the map) while this tensor was computed does not
+                // get its tensor written.
+                verify_inputs(plan, task)?;
+                let data = compute(plan, task, backend, &mut buffers, &job.non_finite)?;
+                verify_inputs(plan, task)?;
                 for_each_input(plan, task, Checkpoint::release);
                 ahead.done(i);
                 if sender.send(data).is_err() {
@@ -169,6 +178,7 @@ fn compute<'a>(
     task: &'a TensorTask,
     backend: &dyn Backend,
     buffers: &mut Buffers,
+    non_finite: &NonFiniteLog,
 ) -> Result<TensorBytes, MergeError> {
     let family = &plan.family;
     // Views show the task's shape: fewer leading rows when vocabularies were truncated.
@@ -203,6 +213,7 @@ fn compute<'a>(
                     method: plan.method.spec().name.to_owned(),
                     message: e.0,
                 })?;
+            note_non_finite(plan, task, &buffers.work, non_finite);
             let reuse = buffers.take(*out);
             Ok(TensorBytes::encode_reusing(&buffers.work, *out, reuse))
         }
@@ -213,6 +224,7 @@ fn compute<'a>(
             let values = &mut buffers.work;
             values.resize(task.numel(), 0.0);
             crate::merge::kernel::zip_map(&[single], values, |_, xs, o| o.copy_from_slice(xs[0]));
+            note_non_finite(plan, task, &buffers.work, non_finite);
             let reuse = buffers.take(*out);
             Ok(TensorBytes::encode_reusing(&buffers.work, *out, reuse))
         }
@@ -242,6 +254,52 @@ fn compute<'a>(
             Ok(TensorBytes::Raw(first.bytes.to_vec()))
         }
     }
+}
+
+/// Records which inputs of `task` held NaN or ±Inf when its result does. The result is
+/// scanned for every tensor (one pass over memory just written); the inputs only when it is
+/// not finite, which is rare.
+fn note_non_finite(plan: &MergePlan, task: &TensorTask, result: &[f32], log: &NonFiniteLog) {
+    let in_result = crate::nonfinite::count(result);
+    if in_result == 0 {
+        return;
+    }
+    let family = &plan.family;
+    let mut found = false;
+    let members = family
+        .base
+        .as_ref()
+        .zip(task.base)
+        .into_iter()
+        .chain(task.models.iter().map(|&(m, i)| (&family.models[m], i)));
+    for (member, index) in members {
+        let count = crate::nonfinite::count_view(member.checkpoint.view(index));
+        if count > 0 {
+            found = true;
+            log.record(NonFinite {
+                tensor: task.name.clone(),
+                member: member.label.clone(),
+                count,
+            });
+        }
+    }
+    if !found {
+        log.record(NonFinite {
+            tensor: task.name.clone(),
+            member: crate::nonfinite::RESULT.to_owned(),
+            count: in_result,
+        });
+    }
+}
+
+fn verify_inputs(plan: &MergePlan, task: &TensorTask) -> Result<(), MergeError> {
+    let mut result = Ok(());
+    for_each_input(plan, task, |checkpoint, index| {
+        if result.is_ok() {
+            result = checkpoint.verify_tensor(index);
+        }
+    });
+    Ok(result?)
 }
 
 fn for_each_input<'p>(

@@ -136,6 +136,85 @@ impl Value {
     }
 }
 
+/// The values a numeric parameter may take. Every number a recipe gives is checked against
+/// these before a tensor is planned, so a typo (`max_iter: 1e9`, `tol: 0`, `density: 50`)
+/// is one line naming the key instead of a merge that runs for hours or divides by zero.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Bounds {
+    pub min: f64,
+    pub max: f64,
+    /// Why the range is what it is, appended to the error (starts with "; " when set).
+    pub why: &'static str,
+}
+
+impl Bounds {
+    const fn new(min: f64, max: f64, why: &'static str) -> Self {
+        Self { min, max, why }
+    }
+
+    pub fn contains(self, x: f64) -> bool {
+        (self.min..=self.max).contains(&x)
+    }
+
+    /// The range of parameter `name` of `method`; `None` for switches.
+    ///
+    /// The ranges are wide enough for every recipe seen in the wild (mergekit's defaults and
+    /// examples, the papers' sweeps) and narrow enough that nothing inside them overflows,
+    /// divides by zero or iterates without end.
+    pub fn of(method: &str, name: &str) -> Option<Self> {
+        const SCALE: f64 = 1.0e3;
+        Some(match (method, name) {
+            (_, "weight" | "lambda" | "scale") => Self::new(
+                -SCALE,
+                SCALE,
+                "; weights and scales beyond a thousand only amplify rounding noise",
+            ),
+            (_, "density" | "gamma" | "epsilon" | "select_topk") => {
+                Self::new(0.0, 1.0, "; it is a fraction of the task vector's entries")
+            }
+            ("slerp", "t") => Self::new(
+                -1.0,
+                2.0,
+                "; 0 is the base, 1 the other model, and beyond [0, 1] it extrapolates",
+            ),
+            ("nearswap", "t") => Self::new(
+                0.0,
+                SCALE,
+                "; it is a distance between weights, so it is not negative",
+            ),
+            ("karcher", "max_iter") => Self::new(
+                1.0,
+                100.0,
+                "; each iteration is a pass over every input tensor (mergekit's default is 10)",
+            ),
+            ("karcher", "tol") => Self::new(
+                1.0e-12,
+                1.0,
+                "; a tolerance of 0 is never met (mergekit's default is 1e-5)",
+            ),
+            (_, "eps") => Self::new(
+                1.0e-12,
+                1.0,
+                "; it keeps divisions by a zero norm finite (mergekit's default is 1e-8)",
+            ),
+            _ => return None,
+        })
+    }
+}
+
+impl std::fmt::Display for Bounds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let show = |x: f64| {
+            if x != 0.0 && x.abs() < 1.0e-3 {
+                format!("{x:e}")
+            } else {
+                format!("{x}")
+            }
+        };
+        write!(f, "[{}, {}]", show(self.min), show(self.max))
+    }
+}
+
 /// Where a method input's own `parameters:` come from: its `models:` entry, or nothing when it
 /// is a `base_model` appended as an extra input.
 #[derive(Clone, Copy, Debug)]
@@ -221,15 +300,29 @@ impl Resolver<'_> {
             key: key.to_owned(),
             message: format!("expected {expected}, found {}", scalar.describe()),
         };
-        match (spec.kind, scalar) {
-            (Kind::Float, Scalar::Number(x)) if x.is_finite() => Ok(Value::Float(*x)),
-            (Kind::Float, _) => Err(bad("a finite number")),
+        let value = match (spec.kind, scalar) {
+            (Kind::Float, Scalar::Number(x)) if x.is_finite() => Value::Float(*x),
+            (Kind::Float, _) => return Err(bad("a finite number")),
             (Kind::Int, Scalar::Number(x)) if x.fract() == 0.0 && x.abs() < 9.0e15 => {
-                Ok(Value::Int(*x as i64))
+                Value::Int(*x as i64)
             }
-            (Kind::Int, _) => Err(bad("a whole number")),
-            (Kind::Bool, Scalar::Bool(b)) => Ok(Value::Bool(*b)),
-            (Kind::Bool, _) => Err(bad("true or false")),
+            (Kind::Int, _) => return Err(bad("a whole number")),
+            (Kind::Bool, Scalar::Bool(b)) => Value::Bool(*b),
+            (Kind::Bool, _) => return Err(bad("true or false")),
+        };
+        match (value, Bounds::of(self.method, spec.name)) {
+            (Value::Float(_) | Value::Int(_), Some(bounds)) if !bounds.contains(value.as_f64()) => {
+                Err(RecipeError::BadValue {
+                    file: self.file.to_path_buf(),
+                    key: key.to_owned(),
+                    message: format!(
+                        "{} is outside the allowed range {bounds}{}",
+                        scalar.describe(),
+                        bounds.why
+                    ),
+                })
+            }
+            _ => Ok(value),
         }
     }
 
