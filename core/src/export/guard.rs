@@ -7,21 +7,20 @@ use super::ExportError;
 /// The output folder, checked against the inputs.
 #[derive(Debug)]
 pub(super) struct CheckedOutput {
+    /// As the caller wrote it, for messages.
+    pub given: PathBuf,
     /// Absolute, with symlinks in its existing part resolved.
     pub path: PathBuf,
     pub parent: PathBuf,
     pub name: String,
-    /// Whether `path` exists now (an empty folder, or anything when forced).
+    /// Whether `path` exists (an empty folder, or anything when forced); set by
+    /// [`check_existing`].
     pub exists: bool,
 }
 
 /// Refuses an output folder that is an input, lies inside an input's folder, or contains an
-/// input (replacing it would delete the input); and a non-empty folder unless `force`.
-pub(super) fn check_output(
-    out: &Path,
-    inputs: &[PathBuf],
-    force: bool,
-) -> Result<CheckedOutput, ExportError> {
+/// input (replacing it would delete the input).
+pub(super) fn check_output(out: &Path, inputs: &[PathBuf]) -> Result<CheckedOutput, ExportError> {
     let path = resolve_lenient(out).map_err(|source| ExportError::Io {
         path: out.to_path_buf(),
         source,
@@ -56,38 +55,44 @@ pub(super) fn check_output(
             });
         }
     };
-    let exists = match std::fs::symlink_metadata(&path) {
+    Ok(CheckedOutput {
+        given: out.to_path_buf(),
+        path,
+        parent,
+        name,
+        exists: false,
+    })
+}
+
+/// Sets `out.exists`; refuses a non-empty folder unless `force`, and anything but a folder.
+pub(super) fn check_existing(out: &mut CheckedOutput, force: bool) -> Result<(), ExportError> {
+    out.exists = match std::fs::symlink_metadata(&out.path) {
         Ok(meta) if meta.is_dir() => {
-            let mut entries = std::fs::read_dir(&path).map_err(|source| ExportError::Io {
-                path: path.clone(),
+            let mut entries = std::fs::read_dir(&out.path).map_err(|source| ExportError::Io {
+                path: out.path.clone(),
                 source,
             })?;
             if entries.next().is_some() && !force {
                 return Err(ExportError::NotEmpty {
-                    out: out.to_path_buf(),
+                    out: out.given.clone(),
                 });
             }
             true
         }
         Ok(_) => {
             return Err(ExportError::BadOutput {
-                out: out.to_path_buf(),
+                out: out.given.clone(),
                 reason: "it exists and is not a folder".to_owned(),
             });
         }
         Err(_) => false,
     };
-    Ok(CheckedOutput {
-        path,
-        parent,
-        name,
-        exists,
-    })
+    Ok(())
 }
 
 /// Absolute form of `path` with the existing prefix canonicalised, so `out/../base` and a
 /// symlink to an input are recognised even though `path` itself may not exist yet.
-fn resolve_lenient(path: &Path) -> std::io::Result<PathBuf> {
+pub(super) fn resolve_lenient(path: &Path) -> std::io::Result<PathBuf> {
     let absolute = std::path::absolute(path)?;
     let mut existing = absolute.clone();
     let mut rest = Vec::new();
