@@ -371,6 +371,7 @@ impl Workbench {
                 Event::Backend(described) => self.backend = described,
                 Event::Opened(family) => {
                     self.busy = None;
+                    let reopened = self.kept_settings.is_some();
                     self.settings = Some(
                         self.kept_settings
                             .take()
@@ -384,14 +385,17 @@ impl Workbench {
                         .map(|p| p.display().to_string())
                         .collect::<Vec<_>>()
                         .join("\n");
-                    self.notice = Some(Notice {
-                        error: false,
-                        text: format!(
-                            "opened {} fine-tune(s) on {}",
-                            family.models.len(),
-                            family.base.display()
-                        ),
-                    });
+                    let opened = format!(
+                        "opened {} fine-tune(s) on {}",
+                        family.models.len(),
+                        family.base.display()
+                    );
+                    // After a reopen, what made it necessary stays in view.
+                    let text = match self.notice.take().filter(|_| reopened) {
+                        Some(before) => format!("{}; re{opened}", before.text),
+                        None => opened,
+                    };
+                    self.notice = Some(Notice { error: false, text });
                     let bytes: u64 = family.members.iter().map(|m| m.bytes).sum();
                     // Only for the family it asked for: another open may have come first.
                     let pending = self.pending_recipe.take_if(|p| {
@@ -644,13 +648,16 @@ impl eframe::App for Workbench {
         });
         egui::Panel::bottom("status").show(ui, |ui| self.status_bar(ui));
         egui::CentralPanel::default().show(ui, |ui| {
-            egui::ScrollArea::vertical().show(ui, |ui| match self.panel {
-                Panel::Models => panels::models::show(self, ui),
-                Panel::Sensitivity => panels::sensitivity::show(self, ui),
-                Panel::Interference => panels::interference::show(self, ui),
-                Panel::Merge => panels::merge::show(self, ui),
-                Panel::Pareto => panels::pareto::show(self, ui),
-                Panel::Export => panels::export::show(self, ui),
+            egui::ScrollArea::vertical().show(ui, |ui| {
+                let panel = self.panel;
+                panels::guarded(ui, panel.title(), |ui| match panel {
+                    Panel::Models => panels::models::show(self, ui),
+                    Panel::Sensitivity => panels::sensitivity::show(self, ui),
+                    Panel::Interference => panels::interference::show(self, ui),
+                    Panel::Merge => panels::merge::show(self, ui),
+                    Panel::Pareto => panels::pareto::show(self, ui),
+                    Panel::Export => panels::export::show(self, ui),
+                });
             });
         });
     }

@@ -279,12 +279,15 @@ fn tensor_survival(
         let (b, xs) = xs.split_first().expect("base first");
         let merged = &merged[start..start + b.len()];
         let mut part = SurvivalSums::new(m);
+        // Non-finite weights count as no change, as in the analysis (`tensor_sums`): one NaN
+        // must not turn every figure of its layer into NaN.
+        let finite = |d: f32| if d.is_finite() { f64::from(d) } else { 0.0 };
         for (e, (&o, &b)) in merged.iter().zip(b.iter()).enumerate() {
-            let tm = f64::from(o - b);
+            let tm = finite(o - b);
             part.merged_sq += tm * tm;
-            part.base_sq += f64::from(b) * f64::from(b);
+            part.base_sq += finite(b) * finite(b);
             for (i, x) in xs.iter().enumerate() {
-                let ti = f64::from(x[e] - b);
+                let ti = finite(x[e] - b);
                 part.dot[i] += tm * ti;
                 part.model_sq[i] += ti * ti;
             }

@@ -99,7 +99,7 @@ pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
                         .filter_map(|(b, g)| Some([*b, g.metrics.cosine[i][j]?]))
                         .collect();
                     let name = format!("{} x {}", report.models[i], report.models[j]);
-                    plot.line(egui_plot::Line::new(name, points));
+                    plot.line(egui_plot::Line::new(name, super::finite_points(points)));
                 }
             }
             let conflict: Vec<[f64; 2]> = layers
@@ -113,7 +113,10 @@ pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
                     ])
                 })
                 .collect();
-            plot.line(egui_plot::Line::new("mean sign conflict", conflict));
+            plot.line(egui_plot::Line::new(
+                "mean sign conflict",
+                super::finite_points(conflict),
+            ));
         });
     spectra(app, ui);
 }
@@ -167,7 +170,10 @@ fn spectra(app: &mut Workbench, ui: &mut egui::Ui) {
                     .enumerate()
                     .map(|(k, &v)| [(k + 1) as f64, v])
                     .collect();
-                plot.line(egui_plot::Line::new(label.clone(), points));
+                plot.line(egui_plot::Line::new(
+                    label.clone(),
+                    super::finite_points(points),
+                ));
             }
         });
     egui::Grid::new("tensor-figures")

@@ -78,3 +78,28 @@ pub fn cell(ui: &mut egui::Ui, size: f32, color: egui::Color32, hover: &str) -> 
 pub fn fmt(v: Option<f64>) -> String {
     v.map_or_else(|| "-".to_owned(), |v| format!("{v:.3}"))
 }
+
+/// The points of a plot line without non-finite coordinates: egui_plot refuses bounds that
+/// are not finite (a panic), and a NaN in the weights can reach a figure.
+pub fn finite_points(points: Vec<[f64; 2]>) -> Vec<[f64; 2]> {
+    points
+        .into_iter()
+        .filter(|p| p.iter().all(|v| v.is_finite()))
+        .collect()
+}
+
+/// Draws `panel`; a panic while drawing it (a bug) becomes an error message in its place, so
+/// one broken figure never takes the window down.
+pub fn guarded(ui: &mut egui::Ui, name: &str, panel: impl FnOnce(&mut egui::Ui)) {
+    let drawn = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| panel(ui)));
+    if let Err(panic) = drawn {
+        ui.colored_label(
+            ui.visuals().error_fg_color,
+            format!(
+                "The {name} panel could not be drawn: internal error: {}; this is a bug in \
+                 mergescope (please report it). The other panels still work.",
+                crate::gui::worker::panic_message(panic.as_ref())
+            ),
+        );
+    }
+}

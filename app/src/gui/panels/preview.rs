@@ -183,7 +183,10 @@ fn survival(ui: &mut egui::Ui, survival: &Survival) {
                             .iter()
                             .filter_map(|g| Some([g.block? as f64, g.models[i].projection?]))
                             .collect();
-                        plot.line(egui_plot::Line::new(label.clone(), points));
+                        plot.line(egui_plot::Line::new(
+                            label.clone(),
+                            super::finite_points(points),
+                        ));
                     }
                 });
         });
@@ -192,7 +195,10 @@ fn survival(ui: &mut egui::Ui, survival: &Survival) {
             ui.label("merged delta per layer, |delta| / |theta_base|");
             let bars: Vec<egui_plot::Bar> = layers
                 .iter()
-                .filter_map(|g| Some(egui_plot::Bar::new(g.block? as f64, g.merged_relative?)))
+                .filter_map(|g| {
+                    let value = g.merged_relative.filter(|v| v.is_finite())?;
+                    Some(egui_plot::Bar::new(g.block? as f64, value))
+                })
                 .collect();
             egui_plot::Plot::new("delta-per-layer")
                 .height(150.0)

@@ -116,7 +116,7 @@ pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
                 .iter()
                 .filter_map(|g| {
                     let b: f64 = g.name.strip_prefix("layer ")?.parse().ok()?;
-                    let rel = g.metrics.models[i].rel?;
+                    let rel = g.metrics.models[i].rel.filter(|v| v.is_finite())?;
                     let x = b - 0.4 + width * (i as f64 + 0.5);
                     Some(egui_plot::Bar::new(x, rel).width(width))
                 })
