@@ -233,3 +233,72 @@ fn a_file_changed_on_disk_is_reported_and_can_be_reopened() {
     analysed(&mut harness);
     assert_eq!(harness.state().settings.as_ref().unwrap().weights[1], 0.33);
 }
+
+/// A model of eight 1024 × 1024 f32 tensors (32 MB), whose export takes a moment.
+fn write_big_model(folder: &Path, salt: u32) -> PathBuf {
+    std::fs::create_dir_all(folder).unwrap();
+    let data: Vec<(String, Vec<u8>)> = (0..8u32)
+        .map(|t| {
+            let bytes = (0..1024 * 1024u32)
+                .flat_map(|i| {
+                    let h = i.wrapping_mul(2_654_435_761) ^ (salt * 7919 + t * 104_729);
+                    ((h % 2001) as f32 / 1000.0 - 1.0).to_le_bytes()
+                })
+                .collect();
+            (format!("model.layers.{t}.mlp.up_proj.weight"), bytes)
+        })
+        .collect();
+    let views: HashMap<String, TensorView<'_>> = data
+        .iter()
+        .map(|(n, b)| {
+            let view = TensorView::new(Dtype::F32, vec![1024, 1024], b).unwrap();
+            (n.clone(), view)
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &folder.join("model.safetensors")).unwrap();
+    folder.to_path_buf()
+}
+
+/// What Ctrl-C in the terminal does to a running export: the flag the signal handler sets
+/// (`gui::interrupt`) cancels the job at the next frame, before the window closes, and the
+/// export leaves nothing behind. (tests/tests/signals.rs sends the real signals to the real
+/// window.)
+#[test]
+fn an_interrupt_cancels_a_running_export_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths: Vec<PathBuf> = ["base", "ft_a", "ft_b"]
+        .iter()
+        .zip(0..)
+        .map(|(name, salt)| write_big_model(&dir.path().join(name), salt))
+        .collect();
+    let mut harness = harness_on(&paths);
+    wait_for(&mut harness, "the family", |app| app.family.is_some());
+    harness.state().worker.cancel(); // the automatic analysis
+    wait_for(&mut harness, "no job", |app| app.busy.is_none());
+    let out = dir.path().join("merged");
+    harness.state_mut().export_dir = out.display().to_string();
+    harness.get_by_label("Export").click();
+    harness.run_ok();
+    harness.get_by_label("Write the merged model").click();
+    wait_for(&mut harness, "the export under way", |app| {
+        app.busy
+            .as_ref()
+            .is_some_and(|(stage, fraction)| stage.starts_with("merging") && *fraction > 0.0)
+    });
+    harness
+        .state()
+        .interrupted
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let text = notice_with(&mut harness, "cancelled");
+    assert!(text.contains("nothing was written"), "{text}");
+    drop(harness); // closing the window joins the worker
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!out.exists(), "{names:?}");
+    assert!(
+        names.iter().all(|n| !n.starts_with('.')),
+        "a staging folder was left: {names:?}"
+    );
+}

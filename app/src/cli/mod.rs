@@ -116,14 +116,17 @@ pub fn main() -> ExitCode {
     };
     let job = Job::default();
     let Some(command) = cli.command else {
+        // Without a handler Ctrl-C ends the process as it would any program.
+        let interrupt = crate::gui::interrupt::Interrupt::install().ok();
         return match crate::gui::run(crate::gui::Startup {
             paths: cli.models,
             recipe: cli.recipe,
             panel: cli.panel,
             backend: cli.backend.into(),
-            // Without a handler Ctrl-C ends the process as it would any program.
-            interrupt: crate::gui::interrupt::Interrupt::install().ok(),
+            interrupt: interrupt.clone(),
         }) {
+            // As a shell reports a program ended by Ctrl-C.
+            Ok(()) if interrupt.is_some_and(|i| i.requested()) => ExitCode::from(130),
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!(

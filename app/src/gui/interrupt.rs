@@ -32,6 +32,11 @@ impl Interrupt {
         Ok(interrupt)
     }
 
+    /// Whether a signal asked the workbench to close.
+    pub fn requested(&self) -> bool {
+        self.requested.load(Ordering::SeqCst)
+    }
+
     /// The flag the workbench checks every frame, and the window the handler wakes.
     pub fn attach(&self, ctx: &egui::Context) -> Arc<AtomicBool> {
         let _ = self.ctx.set(ctx.clone());
