@@ -128,42 +128,45 @@ impl TensorBytes {
     pub fn encode(values: Vec<f32>, ty: FloatType) -> Self {
         match ty {
             FloatType::F32 => Self::F32(values),
-            FloatType::F16 | FloatType::BF16 => Self::encode_reusing(&values, ty, None),
+            FloatType::F16 | FloatType::BF16 => Self::encode_reusing(&values, ty, None).0,
         }
     }
 
     /// Like [`encode`](Self::encode), but writes into `reuse`'s allocation when it is a buffer
-    /// of type `ty`, so a stream of tensors does not fault in fresh pages for every one.
-    pub fn encode_reusing(values: &[f32], ty: FloatType, reuse: Option<Self>) -> Self {
+    /// of type `ty`, so a stream of tensors does not fault in fresh pages for every one. Also
+    /// returns how many values are NaN or ±Inf, counted while each chunk is in cache (a
+    /// separate pass over a merged tensor would cost a read of it from memory).
+    pub fn encode_reusing(values: &[f32], ty: FloatType, reuse: Option<Self>) -> (Self, u64) {
         match (ty, reuse) {
             (FloatType::F32, reuse) => {
                 let mut out = match reuse {
                     Some(Self::F32(v)) => v,
                     _ => Vec::new(),
                 };
-                out.clear();
-                out.extend_from_slice(values);
-                Self::F32(out)
+                let non_finite = convert_into(values, &mut out, 0.0, |dst, src| {
+                    dst.copy_from_slice(src);
+                });
+                (Self::F32(out), non_finite)
             }
             (FloatType::F16, reuse) => {
                 let mut out = match reuse {
                     Some(Self::F16(v)) => v,
                     _ => Vec::new(),
                 };
-                convert_into(values, &mut out, f16::ZERO, |dst, src| {
+                let non_finite = convert_into(values, &mut out, f16::ZERO, |dst, src| {
                     dst.convert_from_f32_slice(src);
                 });
-                Self::F16(out)
+                (Self::F16(out), non_finite)
             }
             (FloatType::BF16, reuse) => {
                 let mut out = match reuse {
                     Some(Self::BF16(v)) => v,
                     _ => Vec::new(),
                 };
-                convert_into(values, &mut out, bf16::ZERO, |dst, src| {
+                let non_finite = convert_into(values, &mut out, bf16::ZERO, |dst, src| {
                     dst.convert_from_f32_slice(src);
                 });
-                Self::BF16(out)
+                (Self::BF16(out), non_finite)
             }
         }
     }
@@ -194,14 +197,18 @@ fn convert_into<T: Copy + Send + Sync>(
     out: &mut Vec<T>,
     zero: T,
     convert: impl Fn(&mut [T], &[f32]) + Sync,
-) {
+) -> u64 {
     use rayon::prelude::*;
     const CHUNK: usize = 1 << 16;
     out.clear();
     out.resize(values.len(), zero);
     out.par_chunks_mut(CHUNK)
         .zip(values.par_chunks(CHUNK))
-        .for_each(|(dst, src)| convert(dst, src));
+        .map(|(dst, src)| {
+            convert(dst, src);
+            src.iter().filter(|v| !v.is_finite()).count() as u64
+        })
+        .sum()
 }
 
 #[cfg(test)]

@@ -213,9 +213,10 @@ fn compute<'a>(
                     method: plan.method.spec().name.to_owned(),
                     message: e.0,
                 })?;
-            note_non_finite(plan, task, &buffers.work, non_finite);
             let reuse = buffers.take(*out);
-            Ok(TensorBytes::encode_reusing(&buffers.work, *out, reuse))
+            let (bytes, count) = TensorBytes::encode_reusing(&buffers.work, *out, reuse);
+            note_non_finite(plan, task, count, non_finite);
+            Ok(bytes)
         }
         TaskAction::Convert { out } => {
             let single = base
@@ -224,9 +225,10 @@ fn compute<'a>(
             let values = &mut buffers.work;
             values.resize(task.numel(), 0.0);
             crate::merge::kernel::zip_map(&[single], values, |_, xs, o| o.copy_from_slice(xs[0]));
-            note_non_finite(plan, task, &buffers.work, non_finite);
             let reuse = buffers.take(*out);
-            Ok(TensorBytes::encode_reusing(&buffers.work, *out, reuse))
+            let (bytes, count) = TensorBytes::encode_reusing(&buffers.work, *out, reuse);
+            note_non_finite(plan, task, count, non_finite);
+            Ok(bytes)
         }
         TaskAction::CopyIdentical => {
             let reference = family
@@ -256,11 +258,9 @@ fn compute<'a>(
     }
 }
 
-/// Records which inputs of `task` held NaN or ±Inf when its result does. The result is
-/// scanned for every tensor (one pass over memory just written); the inputs only when it is
-/// not finite, which is rare.
-fn note_non_finite(plan: &MergePlan, task: &TensorTask, result: &[f32], log: &NonFiniteLog) {
-    let in_result = crate::nonfinite::count(result);
+/// Records which inputs of `task` held NaN or ±Inf when its result holds `in_result` of them
+/// (counted while encoding it). The inputs are scanned only then, which is rare.
+fn note_non_finite(plan: &MergePlan, task: &TensorTask, in_result: u64, log: &NonFiniteLog) {
     if in_result == 0 {
         return;
     }
