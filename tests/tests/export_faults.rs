@@ -107,7 +107,7 @@ fn mount(dir: &Path, size_kib: u64, read_only: bool) -> Option<Mount> {
         });
     }
     let _ = std::fs::remove_file(&image);
-    println!(
+    eprintln!(
         "skipped: cannot mount a tmpfs or a loop image on {} (needs root or CAP_SYS_ADMIN)",
         dir.display()
     );
@@ -140,7 +140,7 @@ fn mount_ext4(dir: &Path, size_kib: u64) -> Option<Mount> {
         });
     }
     let _ = std::fs::remove_file(&image);
-    println!(
+    eprintln!(
         "skipped: cannot mount an ext4 image on {} (needs root and loop devices)",
         dir.display()
     );
@@ -497,6 +497,9 @@ fn force_replaces_an_existing_output_and_leaves_nothing_else() {
     }
 }
 
+/// Extra environment variables of a run.
+type Env<'a> = &'a [(&'a str, &'a str)];
+
 /// Starts a forced merge into `merged` that pauses at `point`; returns once it is there, with
 /// its stderr (kept open until the kill).
 fn paused_merge(dir: &Path, point: &str, env: &[(&str, &str)]) -> (Child, ChildStderr) {
@@ -531,6 +534,7 @@ fn paused_merge(dir: &Path, point: &str, env: &[(&str, &str)]) -> (Child, ChildS
         line.clear();
     }
     let _ = child.kill();
+    let _ = child.wait();
     panic!("the merge ended before reaching `{point}`:\n{seen}");
 }
 
@@ -548,7 +552,7 @@ fn kill_9_at_every_step_of_a_forced_replace_leaves_the_old_or_the_new_model() {
     let out = dir.path().join("merged");
     let no_exchange = [("MERGESCOPE_TEST_NO_EXCHANGE", "1")];
     // (point, env, which model the name must hold after the kill)
-    let cases: [(&str, &[(&str, &str)], &str); 7] = [
+    let cases: [(&str, Env<'_>, &str); 7] = [
         ("staging", &[], "old"),
         ("data", &[], "old"),
         ("synced", &[], "old"),

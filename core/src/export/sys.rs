@@ -61,6 +61,8 @@ pub(super) fn exchange(_a: &Path, _b: &Path) -> io::Result<()> {
 /// Free space of the file system holding `path` (which must exist); `None` where unknown (not
 /// Linux, or a file system that reports no size, as some network and FUSE mounts do).
 #[cfg(target_os = "linux")]
+// The statvfs fields are 32-bit on some architectures and 64-bit on others.
+#[allow(clippy::unnecessary_cast)]
 pub(super) fn space(path: &Path) -> Option<FsSpace> {
     let path = c_path(path).ok()?;
     let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
