@@ -413,6 +413,57 @@ fn a_read_only_output_folder_is_one_line_and_nothing_changes() {
     assert!(is_old_output(&dir.path().join("rw/merged")));
 }
 
+/// A folder with mode 0555, for a user who is not root (root ignores permission bits): the CLI
+/// runs as `nobody` through `setpriv`.
+#[test]
+fn a_folder_without_write_permission_is_one_line_and_nothing_changes() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    family(dir.path(), 0);
+    // Everything readable for `nobody` (the safetensors writer makes private files).
+    for path in std::iter::once(dir.path().to_path_buf())
+        .chain(listing(dir.path()).into_iter().map(|p| dir.path().join(p)))
+    {
+        let mode = if path.is_dir() { 0o755 } else { 0o644 };
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let locked = dir.path().join("locked");
+    std::fs::create_dir(&locked).unwrap();
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o555)).unwrap();
+    let as_nobody = |out: &str| {
+        let args = ["merge", "recipe.yml", "--out", out, "--backend", "cpu"];
+        let output = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN])
+            .args(args)
+            .current_dir(dir.path())
+            .env_remove("RUST_BACKTRACE")
+            .env_remove("XDG_RUNTIME_DIR")
+            .output()
+            .ok()?;
+        let run = Run {
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+            output,
+        };
+        // setpriv itself fails (not root, or no such tool in this image): nothing to test.
+        (!run.stderr().starts_with("setpriv:")).then_some(run)
+    };
+    let before = (listing(dir.path()), inputs(dir.path()));
+    let locked_text = locked.canonicalize().unwrap().display().to_string();
+    for out in ["locked/merged", "locked/new/parents/merged"] {
+        let Some(run) = as_nobody(out) else {
+            eprintln!("skipped: cannot run the CLI as an unprivileged user with setpriv");
+            return;
+        };
+        let line = run.assert_user_error(&[
+            &format!("cannot write the output folder {out}"),
+            &format!("{locked_text} is not writable (permission denied)"),
+            "choose another folder or get write permission for it",
+        ]);
+        println!("{line}");
+        assert_eq!((listing(dir.path()), inputs(dir.path())), before);
+    }
+}
+
 /// The workbench exports through the same `execute` (app/src/gui/worker.rs) and shows the
 /// error's text: it gets the same typed errors and lines.
 #[test]
