@@ -28,8 +28,8 @@ fn main() {
         })
         .collect();
     let count = tensors.len();
-    let mut export =
-        Export::begin(&ExportOptions::new(&folder), tensors, BTreeMap::new(), &[]).expect("export");
+    let mut export = Export::begin_sparse(&ExportOptions::new(&folder), tensors, BTreeMap::new())
+        .expect("export");
     export
         .add_file(
             "config.json",

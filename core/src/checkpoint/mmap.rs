@@ -1,4 +1,5 @@
-//! The only place mergescope maps files into memory (and so the only `unsafe` in `core`).
+//! The only place mergescope maps files into memory, with the SIGBUS guard that keeps a file
+//! truncated under the map from killing the process (`unsafe` here and in `export::sys`).
 //!
 //! A memory map is only as stable as the file behind it: if another program truncates a shard
 //! while it is mapped, reading the vanished pages raises SIGBUS, which kills the process. Two
@@ -194,8 +195,8 @@ impl MappedFile {
 /// faults inside them.
 #[cfg(target_os = "linux")]
 mod guard {
-    use std::sync::Once;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Once, OnceLock};
 
     /// Enough for every shard of a dozen 70 B models; a map beyond it is simply unguarded.
     const SLOTS: usize = 1024;
@@ -214,8 +215,9 @@ mod guard {
     };
     static TABLE: [Slot; SLOTS] = [EMPTY; SLOTS];
     static INSTALL: Once = Once::new();
-    /// The handler that was in place before ours, for faults that are not ours.
-    static mut PREVIOUS: Option<libc::sigaction> = None;
+    /// The handler that was in place before ours, for faults that are not ours. Reading a
+    /// set `OnceLock` is one atomic load: safe inside a signal handler.
+    static PREVIOUS: OnceLock<libc::sigaction> = OnceLock::new();
 
     /// One registered map; unregisters on drop (before memmap2 unmaps it).
     #[derive(Debug)]
@@ -265,7 +267,7 @@ mod guard {
             if libc::sigaction(libc::SIGBUS, std::ptr::null(), &raw mut old) != 0 {
                 return;
             }
-            PREVIOUS = Some(old);
+            let _ = PREVIOUS.set(old);
             libc::sigaction(libc::SIGBUS, &raw const action, std::ptr::null_mut());
         }
     }
@@ -305,11 +307,11 @@ mod guard {
         }
         // Not ours (or unrescuable): put the previous handler back; the read faults again and
         // the process ends as it would have without mergescope.
-        // SAFETY: PREVIOUS was published before this handler was installed.
+        // SAFETY: PREVIOUS was set before this handler was installed and is never written again.
         unsafe {
-            match *(&raw const PREVIOUS) {
+            match PREVIOUS.get() {
                 Some(previous) => {
-                    libc::sigaction(signal, &raw const previous, std::ptr::null_mut());
+                    libc::sigaction(signal, previous, std::ptr::null_mut());
                 }
                 None => {
                     libc::signal(signal, libc::SIG_DFL);
