@@ -204,21 +204,7 @@ fn path_arg(s: &str) -> Result<PathBuf, String> {
     Ok(PathBuf::from(s))
 }
 
-/// The smallest and largest `--shard-size`: below a kilobyte every tensor gets a file of its
-/// own for no reason, and a shard above 100 TB is a typo.
-const SHARD_SIZE_RANGE: std::ops::RangeInclusive<u64> = 1_000..=100_000_000_000_000;
-
-/// `--shard-size`: a size such as `5GB`, within [`SHARD_SIZE_RANGE`].
-fn parse_shard_size(s: &str) -> Result<u64, String> {
-    let size = mergescope_core::export::parse_size(s)?;
-    if SHARD_SIZE_RANGE.contains(&size) {
-        Ok(size)
-    } else {
-        Err(format!(
-            "{size} bytes is outside the allowed range of 1kB to 100TB"
-        ))
-    }
-}
+use mergescope_core::export::parse_shard_size;
 
 /// One warning line when the job met NaN or ±Inf in its inputs (or made them).
 fn warn_non_finite(job: &Job) {

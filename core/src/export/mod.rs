@@ -19,7 +19,7 @@ use std::fs::File;
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
 
-pub use size::{format_size, parse_size};
+pub use size::{SHARD_SIZE_RANGE, format_size, parse_shard_size, parse_size};
 pub use stale::{Recovery, recover_interrupted};
 
 use crate::checkpoint::{INDEX_FILE_NAME, SINGLE_FILE_NAME};

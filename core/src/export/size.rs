@@ -1,5 +1,21 @@
 //! Shard sizes as people write them: `5GB`, `500MB`, `2GiB`, `1048576`.
 
+/// The smallest and largest shard size: below a kilobyte every tensor gets a file of its own
+/// for no reason, and a shard above 100 TB is a typo.
+pub const SHARD_SIZE_RANGE: std::ops::RangeInclusive<u64> = 1_000..=100_000_000_000_000;
+
+/// A shard size such as `5GB` ([`parse_size`]), within [`SHARD_SIZE_RANGE`].
+pub fn parse_shard_size(text: &str) -> Result<u64, String> {
+    let size = parse_size(text)?;
+    if SHARD_SIZE_RANGE.contains(&size) {
+        Ok(size)
+    } else {
+        Err(format!(
+            "{size} bytes is outside the allowed range of 1kB to 100TB"
+        ))
+    }
+}
+
 /// Parses a byte size. Decimal units (`KB`, `MB`, `GB`, `TB`) are powers of 1000 as in
 /// Hugging Face's `max_shard_size`; binary units (`KiB`, `MiB`, `GiB`, `TiB`) powers of 1024.
 pub fn parse_size(text: &str) -> Result<u64, String> {

@@ -55,7 +55,7 @@ pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
         .add_enabled(!busy, egui::Button::new("Write the merged model"))
         .clicked()
     {
-        match mergescope_core::export::parse_size(app.shard_size.trim()) {
+        match mergescope_core::export::parse_shard_size(app.shard_size.trim()) {
             Ok(shard_size) => {
                 let command = Command::Export {
                     yaml: settings.to_yaml(family),
