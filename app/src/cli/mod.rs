@@ -21,6 +21,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use mergescope_core::Job;
+use mergescope_core::export::parse_shard_size;
 
 /// A workbench for model merging.
 #[derive(Debug, Parser)]
@@ -203,8 +204,6 @@ fn print_out(text: &str) -> Result<(), Failure> {
 fn path_arg(s: &str) -> Result<PathBuf, String> {
     Ok(PathBuf::from(s))
 }
-
-use mergescope_core::export::parse_shard_size;
 
 /// One warning line when the job met NaN or ±Inf in its inputs (or made them).
 fn warn_non_finite(job: &Job) {
