@@ -84,21 +84,29 @@ pub fn run(bin: &str, cwd: &Path, args: &[&str]) -> Run {
 
 /// [`run`] with extra environment variables.
 pub fn run_with_env(bin: &str, cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
-    let mut command = Command::new(bin);
-    command
-        .args(args)
-        .current_dir(cwd)
-        .env_remove("RUST_BACKTRACE")
-        .envs(env.iter().copied());
-    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
-        // Mesa's Vulkan driver complains on stderr without one; the tests read stderr.
-        command.env("XDG_RUNTIME_DIR", runtime_dir());
-    }
-    let output = command.output().expect("the mergescope binary runs");
+    let mut command = command(bin, cwd, args);
+    let output = command
+        .envs(env.iter().copied())
+        .output()
+        .expect("the mergescope binary runs");
     Run {
         args: args.iter().map(|s| (*s).to_owned()).collect(),
         output,
     }
+}
+
+/// The command [`run`] runs, for tests that start it and act while it runs.
+pub fn command(bin: &str, cwd: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(bin);
+    command
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("RUST_BACKTRACE");
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        // Mesa's Vulkan driver complains on stderr without one; the tests read stderr.
+        command.env("XDG_RUNTIME_DIR", runtime_dir());
+    }
+    command
 }
 
 /// A private (0700) runtime folder for the child processes of this test binary.

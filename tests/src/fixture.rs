@@ -252,3 +252,51 @@ pub fn listing(dir: &Path) -> Vec<PathBuf> {
     out.sort();
     out
 }
+
+/// Bf16 models of `layers` Llama blocks of hidden size 1024 (about 12 MB a layer), written
+/// straight from byte patterns so that a merge big enough to take a while is quick to make:
+/// `base/` and `ft/` under `dir`.
+pub fn big_family(dir: &Path, layers: usize) {
+    let h = 1024;
+    let mut shapes = vec![("model.embed_tokens.weight".to_owned(), vec![2048, h])];
+    for l in 0..layers {
+        let p = format!("model.layers.{l}");
+        shapes.push((format!("{p}.input_layernorm.weight"), vec![h]));
+        shapes.push((format!("{p}.self_attn.q_proj.weight"), vec![h, h]));
+        shapes.push((format!("{p}.self_attn.o_proj.weight"), vec![h, h]));
+        shapes.push((format!("{p}.mlp.up_proj.weight"), vec![2 * h, h]));
+        shapes.push((format!("{p}.mlp.down_proj.weight"), vec![h, 2 * h]));
+    }
+    shapes.push(("model.norm.weight".to_owned(), vec![h]));
+    shapes.push(("lm_head.weight".to_owned(), vec![2048, h]));
+    for (name, variant) in [("base", 0u16), ("ft", 1)] {
+        // bf16 values between 1.0 and 2.0, a different pattern per model.
+        let period: Vec<u8> = (0..4096u16)
+            .flat_map(|i| (0x3f80 + (i * 7 + variant * 13) % 0x80).to_le_bytes())
+            .collect();
+        let data: Vec<Vec<u8>> = shapes
+            .iter()
+            .map(|(_, shape)| {
+                let len = shape.iter().product::<usize>() * 2;
+                let mut bytes = Vec::with_capacity(len);
+                while bytes.len() < len {
+                    let n = (len - bytes.len()).min(period.len());
+                    bytes.extend_from_slice(&period[..n]);
+                }
+                bytes
+            })
+            .collect();
+        let views: Vec<(String, TensorView<'_>)> = shapes
+            .iter()
+            .zip(&data)
+            .map(|((name, shape), bytes)| {
+                let view = TensorView::new(Dtype::BF16, shape.clone(), bytes).unwrap();
+                (name.clone(), view)
+            })
+            .collect();
+        let folder = dir.join(name);
+        std::fs::create_dir_all(&folder).unwrap();
+        safetensors::serialize_to_file(views, None, &folder.join("model.safetensors")).unwrap();
+        write_config(&folder, layers, Dtype::BF16);
+    }
+}

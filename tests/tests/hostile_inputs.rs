@@ -383,3 +383,58 @@ fn analysis_spectra_and_eval_measure_around_non_finite_weights() {
     .unwrap();
     run(BIN, d, &["eval", "ta.yml", "--objective", "retention"]).assert_success();
 }
+
+/// Another program truncates an input while `mergescope merge` reads it (memory-mapped): one
+/// line saying which file changed, exit code 1, no output and no staging folder; never a
+/// SIGBUS.
+#[test]
+fn an_input_truncated_during_a_merge_is_one_line_and_no_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut hit = false;
+    // The merge takes about 2 s here; try earlier truncations until one lands mid-merge.
+    for delay in [600, 300, 150, 50] {
+        mergescope_tests::fixture::big_family(d, 6);
+        std::fs::write(
+            d.join("recipe.yml"),
+            "merge_method: task_arithmetic\nbase_model: base\nmodels:\n  - model: ft\n    parameters:\n      weight: 0.5\n",
+        )
+        .unwrap();
+        let child =
+            mergescope_tests::cli::command(BIN, d, &["merge", "recipe.yml", "--out", "merged"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay));
+        let file = d.join("ft/model.safetensors");
+        let len = std::fs::metadata(&file).unwrap().len();
+        std::fs::File::options()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_len(len / 3)
+            .unwrap();
+        let output = child.wait_with_output().unwrap();
+        let result = mergescope_tests::cli::Run {
+            args: vec!["merge".to_owned()],
+            output,
+        };
+        if result.code() == Some(0) {
+            std::fs::remove_dir_all(d.join("merged")).unwrap();
+            continue; // finished before the truncation
+        }
+        result.assert_user_error(&["ft/model.safetensors", mergescope_core::CHANGED_ON_DISK]);
+        let names: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            !names.iter().any(|n| n.contains("merged")),
+            "output or staging left: {names:?}"
+        );
+        hit = true;
+        break;
+    }
+    assert!(hit, "no truncation landed during a merge");
+}
