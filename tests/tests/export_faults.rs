@@ -692,7 +692,11 @@ fn kill_9_at_random_times_of_a_real_export_leaves_the_old_or_the_new_model() {
             .spawn()
             .unwrap();
         std::thread::sleep(delay);
-        kill_9(child);
+        // On a loaded machine a late kill can find the merge finished: that is the "after"
+        // case below, not a failure.
+        let mut child = child;
+        child.kill().unwrap(); // SIGKILL, or nothing if it has ended
+        child.wait().unwrap();
         let left = hidden(dir.path());
         if is_old_output(&out) {
             landed.push(if left.is_empty() { "before" } else { "writing" });
