@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable as _;
 use mergescope::gui::Workbench;
+use mergescope::gui::app::Panel;
 use mergescope::gui::worker::{Command, Fault};
 use safetensors::{Dtype, tensor::TensorView};
 
@@ -109,6 +110,18 @@ fn family(dir: &Path, spoil: bool) -> Vec<PathBuf> {
     ]
 }
 
+/// For the README, with `MERGESCOPE_SCREENSHOT_DIR=$PWD/docs/screenshots cargo test -p
+/// mergescope --test gui_faults`: the window on `panel`, rendered by kittest's wgpu renderer.
+fn save_screenshot(harness: &mut Harness<'_, Workbench>, panel: Panel, name: &str) {
+    let Some(dir) = std::env::var_os("MERGESCOPE_SCREENSHOT_DIR") else {
+        return;
+    };
+    harness.state_mut().panel = panel;
+    harness.run_ok();
+    let image = harness.render().expect("kittest renders with wgpu");
+    image.save(Path::new(&dir).join(name)).unwrap();
+}
+
 fn harness_on(paths: &[PathBuf]) -> Harness<'static, Workbench> {
     let paths = paths.to_vec();
     Harness::builder()
@@ -191,6 +204,7 @@ fn non_finite_weights_are_named_and_every_panel_still_draws() {
             });
         }
     }
+    save_screenshot(&mut harness, Panel::Sensitivity, "non-finite.png");
     // Exporting it says so too.
     let out = dir.path().join("merged");
     harness.state_mut().export_dir = out.display().to_string();
@@ -222,6 +236,7 @@ fn a_file_changed_on_disk_is_reported_and_can_be_reopened() {
     let text = notice_with(&mut harness, mergescope_core::CHANGED_ON_DISK);
     assert!(text.contains("ft_b"), "{text}");
     assert!(text.contains("reopen it"), "{text}");
+    save_screenshot(&mut harness, Panel::Models, "changed-on-disk.png");
     // The file is put right, and the notice's button reopens the family as it is now.
     write_model(&dir.path().join("ft_b"), 0.5, false);
     harness.get_by_label("Reopen").click();

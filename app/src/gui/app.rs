@@ -575,7 +575,7 @@ impl Workbench {
                 }
                 ui.separator();
             }
-            if let Some(notice) = &self.notice {
+            if let Some(notice) = self.notice.clone() {
                 let color = if notice.error {
                     ui.visuals().error_fg_color
                 } else {
@@ -585,7 +585,7 @@ impl Workbench {
                     && notice
                         .text
                         .contains(mergescope_core::checkpoint::CHANGED_ON_DISK);
-                ui.colored_label(color, &notice.text);
+                // Before the text, so a long notice never pushes the button out of the window.
                 if reopen
                     && let Some(family) = &self.family
                     && ui
@@ -602,6 +602,9 @@ impl Workbench {
                         self.open(base, models);
                     }
                 }
+                // One line however long; the whole text on hover.
+                ui.add(egui::Label::new(egui::RichText::new(&notice.text).color(color)).truncate())
+                    .on_hover_text(&notice.text);
             }
         });
     }

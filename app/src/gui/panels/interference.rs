@@ -12,6 +12,7 @@ pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
     let Some(report) = &app.report else {
         return;
     };
+    super::non_finite(ui, report);
     // The matrices cover the selected module (all layers), else the selected layer, else the
     // whole model.
     let group = app

@@ -103,3 +103,36 @@ pub fn guarded(ui: &mut egui::Ui, name: &str, panel: impl FnOnce(&mut egui::Ui))
         );
     }
 }
+
+/// The tensors whose weights hold NaN or ±Inf, if any: a collapsible warning above a panel's
+/// figures (which count those values as unchanged).
+pub fn non_finite(ui: &mut egui::Ui, report: &mergescope_core::analysis::Report) {
+    if report.non_finite.is_empty() {
+        return;
+    }
+    let color = ui.visuals().warn_fg_color;
+    egui::CollapsingHeader::new(
+        egui::RichText::new(format!(
+            "{} tensor(s) hold NaN or ±Inf; those values count as unchanged in these figures",
+            report.non_finite.len()
+        ))
+        .color(color),
+    )
+    .id_salt("non-finite")
+    .show(ui, |ui| {
+        egui::Grid::new("non-finite-list")
+            .striped(true)
+            .show(ui, |ui| {
+                for header in ["tensor", "model", "values"] {
+                    ui.strong(header);
+                }
+                ui.end_row();
+                for found in &report.non_finite {
+                    ui.label(&found.tensor);
+                    ui.label(&found.member);
+                    ui.label(found.count.to_string());
+                    ui.end_row();
+                }
+            });
+    });
+}

@@ -14,6 +14,7 @@ pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
     let Some(report) = &app.report else {
         return;
     };
+    super::non_finite(ui, report);
     let models = report.models.len();
     ui.horizontal(|ui| {
         egui::ComboBox::from_label("Fine-tune")
