@@ -4,18 +4,18 @@
 //   data    the chunk of every input, as stored on disk: f32 one per word, f16/bf16 two per
 //           word (element 2k in the low half), each input starting on a word boundary;
 //   header  (uniform) the chunk's description, in u32 words (f32 values as their bits):
-//             [0] elements in the chunk  [1] inputs  [2] flags  [3..8) kernel scalars
+//             [0] elements in the chunk  [1] inputs  [2] flags  [3..7) kernel scalars
+//             [7] always 0 (see `exact`)
 //             then 8 words per input: data offset (words), dtype, coefficient, factor,
 //             mask offset (words, NO_MASK for none), 3 unused;
 //   masks   keep-masks, one bit per element, bit k of word w = element 32w + k;
-//   out     f32 results (or per-workgroup partial sums for reductions).
+//   out     results, declared by each kernel: f32 per element, or f64 per Gram block.
 // WGSL has no bf16: it is the high half of an f32, so decoding is a shift, exact as on the CPU.
 
 @group(0) @binding(0) var<storage, read> data: array<u32>;
 // A uniform buffer: the same few words for every thread, served from the constant cache.
 @group(0) @binding(1) var<uniform> header_words: array<vec4<u32>, 256>;
 @group(0) @binding(2) var<storage, read> masks: array<u32>;
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;
 
 const WORKGROUP: u32 = 256u;
 const DTYPE_F32: u32 = 0u;
@@ -36,6 +36,22 @@ fn input_field(input: u32, field: u32) -> u32 {
 fn coefficient(input: u32) -> f32 { return bitcast<f32>(input_field(input, 2u)); }
 fn factor(input: u32) -> f32 { return bitcast<f32>(input_field(input, 3u)); }
 
+// `x` as a finished value: an XOR with a header word the host always sets to 0. The compiler
+// cannot know that word, so it cannot fuse the multiply that made `x` into an add that takes
+// `x` (one rounding instead of two): every product passed through here is rounded exactly as
+// the CPU rounds it (docs/gpu-cpu-agreement.md).
+fn exact(x: f32) -> f32 {
+    return bitcast<f32>(bitcast<u32>(x) ^ header(7u));
+}
+
+// `x` finished as `exact` does, with ±0 and denormals replaced by +0 by integer operations
+// (which no GPU flushes): the same bits as `agreement::flush` on the CPU, whether or not the
+// device flushed a denormal first.
+fn flushed(x: f32) -> f32 {
+    let bits = bitcast<u32>(x) ^ header(7u);
+    return bitcast<f32>(select(bits, 0u, (bits & 0x7f800000u) == 0u));
+}
+
 // An IEEE half in the low 16 bits, widened exactly (unpack2x16float would need a capability
 // some backends lack).
 fn f16_to_f32(h: u32) -> f32 {
@@ -43,9 +59,13 @@ fn f16_to_f32(h: u32) -> f32 {
     let exponent = (h >> 10u) & 0x1fu;
     let mantissa = h & 0x3ffu;
     if exponent == 0u {
-        // Zero or subnormal: mantissa · 2⁻²⁴, exact in f32.
-        let magnitude = f32(mantissa) * 5.9604645e-8;
-        return select(magnitude, -magnitude, sign != 0u);
+        if mantissa == 0u {
+            return bitcast<f32>(sign);
+        }
+        // Subnormal: mantissa · 2⁻²⁴, a normal f32, built from its bits (no float arithmetic
+        // that a device could flush or fuse).
+        let top = firstLeadingBit(mantissa);
+        return bitcast<f32>(sign | ((top + 103u) << 23u) | ((mantissa ^ (1u << top)) << (23u - top)));
     }
     if exponent == 31u {
         return bitcast<f32>(sign | 0x7f800000u | (mantissa << 13u));

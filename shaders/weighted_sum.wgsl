@@ -1,5 +1,9 @@
 // out = Σ coefficientₖ · inputₖ, summed in input order from 0, then / scalar0 if flag bit 0.
-// Linear, SLERP (after its weights are known) and Model Stock.
+// Linear, SLERP (after its weights are known) and Model Stock. Each product is finished
+// (`exact`) before it is added, so the sum is rounded as the CPU rounds it: Model Stock near
+// its denominator's zero multiplies by ratios of 10⁶, where a fused product would show.
+
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
 
 @compute @workgroup_size(256)
 fn main(@builtin(global_invocation_id) id: vec3<u32>,
@@ -10,7 +14,7 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>,
     }
     var sum = 0.0;
     for (var k = 0u; k < input_count(); k++) {
-        sum += load(k, i) * coefficient(k);
+        sum += exact(load(k, i) * coefficient(k));
     }
     if (flags() & 1u) != 0u {
         sum /= scalar(0u);

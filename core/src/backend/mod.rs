@@ -5,8 +5,12 @@
 //! SLERP) and asks the backend for the element-wise and reducing work, which is where the
 //! bytes are. Both backends implement the same operations with the same order of arithmetic,
 //! so they agree within ALGORITHMS.md §6's CPU-vs-GPU bound; methods whose work does not fit
-//! these operations (and is not worth a kernel) run on the CPU inside a GPU merge.
+//! these operations (and is not worth a kernel) run on the CPU inside a GPU merge. Where a
+//! method branches on a computed value (the sign election, SLERP's colinear fallback, Model
+//! Stock's denominator), both backends compute that value bit for bit alike, so they take the
+//! same branch: see [`agreement`] and docs/gpu-cpu-agreement.md.
 
+pub mod agreement;
 mod cpu;
 pub mod gpu;
 
@@ -32,9 +36,15 @@ pub enum BackendError {
     Device { adapter: String, message: String },
 }
 
-/// The second phase of every generalized-task-arithmetic method (ALGORITHMS.md §2.1): masked,
+/// The second phase of every generalized-task-arithmetic method (ALGORITHMS.md §2.2): masked,
 /// weighted and rescaled task vectors combined, with sign election and the disjoint mean when
 /// `consensus` is set, scaled by `lambda` and added to the base.
+///
+/// With `consensus`, each model's vote is [`agreement::vote`], the votes are summed in model
+/// order with [`agreement::accumulate`], the total elects by [`agreement::elects_negative`],
+/// a vote counts if it [`agreement::agrees`], and the agreeing weights (flushed) are summed
+/// with `accumulate` too; a divisor of 0 becomes 1. Both backends take every one of these
+/// decisions bit for bit alike.
 #[derive(Clone, Copy, Debug)]
 pub struct Combine<'a> {
     pub base: TensorView<'a>,
@@ -57,7 +67,8 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// What runs the arithmetic, for people: `cpu (2 threads)`, `gpu: NVIDIA H100 (Vulkan)`.
     fn describe(&self) -> String;
 
-    /// `out = Σ cᵢ·xᵢ`, summed in input order from 0, then divided by `divisor` if given.
+    /// `out = Σ cᵢ·xᵢ`, summed in input order from 0, each product rounded before it is added
+    /// (never fused), then divided by `divisor` if given.
     fn weighted_sum(
         &self,
         inputs: &[TensorView<'_>],
@@ -67,7 +78,12 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     ) -> Result<(), BackendError>;
 
     /// The Gram matrix (k×k, row-major) of the inputs, each taken as one flat vector, minus
-    /// `center` when given; accumulated to f64.
+    /// `center` when given; accumulated to f64 in blocks of
+    /// [`GRAM_BLOCK`](agreement::GRAM_BLOCK) elements, each summed in
+    /// [`GRAM_LANES`](agreement::GRAM_LANES) interleaved lanes added in a fixed tree, the
+    /// blocks added in order; every element's value goes through
+    /// [`gram_value`](agreement::gram_value). Both backends return the same bits: SLERP and
+    /// Model Stock decide on it.
     fn gram(
         &self,
         inputs: &[TensorView<'_>],

@@ -10,6 +10,12 @@
 //! What stays on the host: keep-masks (DARE/DELLA draw them from the counter-based generator
 //! and TIES/breadcrumbs select them by rank on the CPU, so both backends use identical masks),
 //! the scalar maths of SLERP and Model Stock, and the final f64 sum of reduction partials.
+//!
+//! Where a method branches on a computed value, the kernels compute it bit for bit as the CPU
+//! backend does (`backend::agreement`, docs/gpu-cpu-agreement.md): the sign election's votes
+//! and sums are flushed and never fused, and the Gram matrices SLERP and Model Stock decide on
+//! are summed in f64 in the CPU's order. A device without f64 shaders leaves the Gram matrices
+//! to the host.
 
 mod kernels;
 mod stream;
@@ -73,6 +79,8 @@ impl Gpu {
         let info = adapter.get_info();
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("mergescope"),
+            // f64 where the adapter has it: the Gram kernel sums in f64, as the CPU does.
+            required_features: adapter.features() & wgpu::Features::SHADER_F64,
             // The adapter's own limits: the defaults cap buffers at 256 MiB.
             required_limits: adapter.limits(),
             ..Default::default()
@@ -85,7 +93,9 @@ impl Gpu {
     }
 
     /// Runs on a device someone else made (the GUI passes eframe's), which should have been
-    /// requested with the adapter's limits: the backend sizes its chunks from `device.limits()`.
+    /// requested with the adapter's limits (the backend sizes its chunks from
+    /// `device.limits()`) and with `SHADER_F64` where the adapter has it (without it, Gram
+    /// matrices are computed on the host).
     pub fn from_device(
         device: wgpu::Device,
         queue: wgpu::Queue,
@@ -107,6 +117,12 @@ impl Gpu {
 
     pub fn adapter(&self) -> &wgpu::AdapterInfo {
         &self.info
+    }
+
+    /// Whether Gram matrices are computed on the device (it has f64 shaders); otherwise the
+    /// host computes them, with the same result.
+    pub fn gram_on_device(&self) -> bool {
+        self.pipelines.get(Kernel::Gram).is_some()
     }
 
     /// Bytes of device memory the backend holds (its two slots of buffers).
@@ -134,14 +150,11 @@ impl Gpu {
             flags: if kernel == Kernel::Combine { 3 } else { 0 },
             scalars: [1.0, 1.0],
         };
+        let pipeline = self.pipeline(kernel)?;
         let scopes = ErrorScopes::push(&self.device);
-        let timed = self.lock().time_resident(
-            &self.device,
-            &self.queue,
-            self.pipelines.get(kernel),
-            &job,
-            repeats,
-        );
+        let timed = self
+            .lock()
+            .time_resident(&self.device, &self.queue, pipeline, &job, repeats);
         scopes.pop(&self.info)?;
         timed.map_err(|message| BackendError::Device {
             adapter: self.info.name.clone(),
@@ -156,16 +169,25 @@ impl Gpu {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    fn pipeline(&self, kernel: Kernel) -> Result<&wgpu::ComputePipeline, BackendError> {
+        self.pipelines
+            .get(kernel)
+            .ok_or_else(|| BackendError::Device {
+                adapter: self.info.name.clone(),
+                message: format!(
+                    "the `{}` kernel needs f64 shaders, which this device lacks",
+                    kernel.name()
+                ),
+            })
+    }
+
     /// Runs `job` and turns any device error into a [`BackendError`].
     fn run(&self, job: &Job<'_>, sink: &mut Sink<'_>) -> Result<(), BackendError> {
+        let pipeline = self.pipeline(job.kernel)?;
         let scopes = ErrorScopes::push(&self.device);
-        let ran = self.lock().run(
-            &self.device,
-            &self.queue,
-            self.pipelines.get(job.kernel),
-            job,
-            sink,
-        );
+        let ran = self
+            .lock()
+            .run(&self.device, &self.queue, pipeline, job, sink);
         scopes.pop(&self.info)?;
         ran.map_err(|message| BackendError::Device {
             adapter: self.info.name.clone(),
@@ -271,20 +293,26 @@ impl Backend for Gpu {
         center: Option<TensorView<'_>>,
     ) -> Result<Vec<f64>, BackendError> {
         let k = inputs.len();
-        if k == 0 || k > GRAM_MAX_VECTORS {
-            // More vectors than one dispatch holds: rare (Model Stock with > 8 models).
-            return Cpu.gram(inputs, center);
-        }
         let mut views = Vec::with_capacity(k + 1);
         views.extend(center);
         views.extend_from_slice(inputs);
-        let inputs = stream_inputs(&views);
+        let inputs_of_job = stream_inputs(&views);
         let job = Job {
             kernel: Kernel::Gram,
-            inputs: &inputs,
+            inputs: &inputs_of_job,
             flags: u32::from(center.is_some()),
             scalars: [0.0; 2],
         };
+        // The host computes the same bits: where the device has no f64, for more vectors than
+        // one dispatch holds (Model Stock with > 8 models), or when a chunk cannot hold one
+        // Gram block (only with tiny chunk budgets).
+        if k == 0
+            || k > GRAM_MAX_VECTORS
+            || !self.gram_on_device()
+            || self.lock().job_chunk_elements(&job) == 0
+        {
+            return Cpu.gram(inputs, center);
+        }
         let pairs = k * (k + 1) / 2;
         let mut partials = vec![Vec::new(); pairs];
         self.run(&job, &mut Sink::Partials(&mut partials))?;
@@ -292,8 +320,7 @@ impl Backend for Gpu {
         let mut p = 0;
         for i in 0..k {
             for j in i..k {
-                let sum =
-                    crate::merge::kernel::sum_in_order(partials[p].iter().map(|&v| f64::from(v)));
+                let sum = crate::merge::kernel::sum_in_order(partials[p].iter().copied());
                 g[i * k + j] = sum;
                 g[j * k + i] = sum;
                 p += 1;

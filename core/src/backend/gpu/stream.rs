@@ -4,6 +4,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 
 use super::kernels::{Kernel, WORKGROUP};
+use crate::backend::agreement::GRAM_BLOCK;
 use crate::checkpoint::TensorView;
 use crate::dtype::FloatType;
 use crate::merge::select::BitMask;
@@ -12,13 +13,13 @@ use crate::merge::select::BitMask;
 const NO_MASK: u32 = u32::MAX;
 /// Header words before the per-input records, and words per record (common.wgsl).
 const HEADER_INPUTS: usize = 8;
+/// The header word that is always 0: `exact` and `flushed` in common.wgsl XOR with it, so the
+/// compiler cannot fuse a product into a sum through them.
+const OPAQUE_ZERO: usize = 7;
 const INPUT_WORDS: usize = 8;
 const HEADER_BYTES: u64 = 4096;
 /// Inputs one header describes.
 const MAX_INPUTS: usize = (HEADER_BYTES as usize / 4 - HEADER_INPUTS) / INPUT_WORDS;
-/// Most workgroups a Gram dispatch uses: 256 K threads fill the largest GPUs, and each group
-/// ends in a tree reduction per matrix entry, so fewer groups cost less.
-const GRAM_GROUPS: usize = 1024;
 /// The smallest chunk budget: 64 elements of the most inputs a header holds, in f32.
 const MIN_CHUNK_BYTES: u64 = 64 * 1024;
 
@@ -62,8 +63,8 @@ pub struct Job<'a> {
 pub enum Sink<'a> {
     /// One f32 per element.
     Elements(&'a mut [f32]),
-    /// Per Gram entry (upper triangle, row by row), every workgroup's partial sum in order.
-    Partials(&'a mut [Vec<f32>]),
+    /// Per Gram entry (upper triangle, row by row), every block's sum in order.
+    Partials(&'a mut [Vec<f64>]),
 }
 
 /// A chunk in flight in a slot.
@@ -200,21 +201,32 @@ impl Slots {
         usize::try_from(elements.max(64)).unwrap_or(usize::MAX)
     }
 
-    /// The workgroup grid for `len` elements of `job`, and how many floats it writes.
-    fn dispatch(&self, job: &Job<'_>, len: usize) -> ((u32, u32), usize) {
-        let groups = len.div_ceil(WORKGROUP as usize);
+    /// Elements per chunk of `job`: for a Gram job a whole number of Gram blocks (one
+    /// workgroup each, so chunks start where the CPU's blocks do), 0 when not even one fits.
+    pub fn job_chunk_elements(&self, job: &Job<'_>) -> usize {
+        let elements = self.chunk_elements(job.inputs);
         if job.kernel == Kernel::Gram {
-            let pairs = gram_pairs(job);
-            let gram_groups = groups
-                .min(GRAM_GROUPS)
-                .min((self.out_bytes / 4) as usize / pairs)
-                .min(self.max_groups as usize)
-                .max(1);
-            ((gram_groups as u32, 1), gram_groups * pairs)
+            let by_out = (self.out_bytes / 8) as usize / gram_pairs(job).max(1);
+            let blocks = (elements / GRAM_BLOCK)
+                .min(by_out)
+                .min(self.max_groups as usize);
+            blocks * GRAM_BLOCK
         } else {
+            elements
+        }
+    }
+
+    /// The workgroup grid for `len` elements of `job`, and how many bytes it writes.
+    fn dispatch(&self, job: &Job<'_>, len: usize) -> ((u32, u32), u64) {
+        if job.kernel == Kernel::Gram {
+            let blocks = len.div_ceil(GRAM_BLOCK);
+            let blocks = u32::try_from(blocks).expect("at most max_groups blocks per chunk");
+            ((blocks, 1), u64::from(blocks) * gram_pairs(job) as u64 * 8)
+        } else {
+            let groups = len.div_ceil(WORKGROUP as usize);
             let groups = u32::try_from(groups).expect("chunks are smaller than 4 G elements");
             let x = groups.min(self.max_groups);
-            ((x, groups.div_ceil(x)), len)
+            ((x, groups.div_ceil(x)), len as u64 * 4)
         }
     }
 
@@ -252,7 +264,10 @@ impl Slots {
         if let Sink::Elements(out) = sink {
             assert_eq!(out.len(), n, "the output has the tensor's element count");
         }
-        let cap = self.chunk_elements(job.inputs);
+        let cap = self.job_chunk_elements(job);
+        if cap == 0 {
+            return Err("a chunk does not hold one Gram block; raise the chunk budget".to_owned());
+        }
         let mut chunk = 0;
         let mut start = 0;
         while start < n {
@@ -290,6 +305,7 @@ impl Slots {
         header[2] = job.flags;
         header[3] = job.scalars[0].to_bits();
         header[4] = job.scalars[1].to_bits();
+        header[OPAQUE_ZERO] = 0;
         let (mut data_word, mut mask_word) = (0u64, 0u64);
         for (k, input) in job.inputs.iter().enumerate() {
             let ty = input.float_type();
@@ -321,7 +337,7 @@ impl Slots {
         }
         queue.write_buffer(&slot.header, 0, bytemuck::cast_slice(&header));
 
-        let (dispatch, read_floats) = dispatch;
+        let (dispatch, read_bytes) = dispatch;
         let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
             label: Some(job.kernel.name()),
         });
@@ -334,7 +350,6 @@ impl Slots {
             pass.set_bind_group(0, &slot.bind_group, &[]);
             pass.dispatch_workgroups(dispatch.0, dispatch.1, 1);
         }
-        let read_bytes = (read_floats * 4) as u64;
         encoder.copy_buffer_to_buffer(&slot.out, 0, &slot.readback, 0, read_bytes);
         let submission = queue.submit([encoder.finish()]);
         let mapped = Arc::new(Mutex::new(None));
@@ -365,7 +380,11 @@ impl Slots {
         repeats: u32,
     ) -> Result<(usize, f64), String> {
         let n = job.inputs.first().map_or(0, |i| i.view.numel());
-        let len = self.chunk_elements(job.inputs).min(n);
+        let cap = self.job_chunk_elements(job);
+        if cap == 0 {
+            return Err("a chunk does not hold one Gram block; raise the chunk budget".to_owned());
+        }
+        let len = cap.min(n);
         let mut scratch = vec![0f32; len];
         let mut partials = vec![Vec::new(); gram_pairs(job)];
         let mut sink = if job.kernel == Kernel::Gram {
@@ -439,14 +458,15 @@ impl Slots {
                 .slice(..pending.read_bytes)
                 .get_mapped_range()
                 .map_err(|e| e.to_string())?;
-            let values: &[f32] = bytemuck::cast_slice(&view);
             match sink {
                 Sink::Elements(out) => {
+                    let values: &[f32] = bytemuck::cast_slice(&view);
                     out[pending.start..pending.start + pending.len].copy_from_slice(values);
                 }
                 Sink::Partials(entries) => {
                     let pairs = entries.len();
                     debug_assert_eq!(job.kernel, Kernel::Gram);
+                    let values: Vec<f64> = bytemuck::pod_collect_to_vec(&view);
                     for group in values.chunks(pairs) {
                         for (entry, &v) in entries.iter_mut().zip(group) {
                             entry.push(v);

@@ -26,6 +26,8 @@ static SPEC: MethodSpec = MethodSpec {
 
 /// The interpolation ratio from the Gram matrix of the task vectors (N × N, row-major).
 /// Not clamped: negative mean cosines extrapolate away from the average, as in mergekit.
+/// Close above the guard the ratio is ≈ −10⁶ and sensitive to every bit of the Gram matrix,
+/// which both backends therefore compute bit for bit alike (docs/gpu-cpu-agreement.md).
 fn ratio(g: &[f64], n: usize) -> f32 {
     let mut sum = 0.0;
     let mut pairs = 0;
