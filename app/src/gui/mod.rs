@@ -42,9 +42,12 @@ pub fn run(startup: Startup) -> eframe::Result {
     // Compute on eframe's device needs the adapter's limits, not wgpu's defaults.
     if let eframe::egui_wgpu::WgpuSetup::CreateNew(ref mut setup) = options.wgpu_options.wgpu_setup
     {
+        // f64 where the adapter has it: the Gram kernel then runs on the device (without it
+        // the host computes the same bits).
         setup.device_descriptor = Arc::new(|adapter| eframe::wgpu::DeviceDescriptor {
             label: Some("mergescope"),
             required_limits: adapter.limits(),
+            required_features: adapter.features() & eframe::wgpu::Features::SHADER_F64,
             ..Default::default()
         });
     }
