@@ -128,7 +128,7 @@ fn recipe_numbers_out_of_range_are_one_line_naming_key_and_range() {
             "0",
         ],
     )
-    .assert_user_error(&["--budget", "outside the allowed range 1 to 100000"]);
+    .assert_user_error(&["budget", "to 10000", "got 0"]);
     run(
         BIN,
         dir.path(),

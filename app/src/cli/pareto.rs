@@ -48,14 +48,14 @@ pub struct Args {
     #[arg(long, value_delimiter = ',')]
     minimize: Vec<String>,
     /// Real evaluations in all, the input models' included.
-    #[arg(long, default_value_t = 60, value_parser = super::count_in::<1, 100_000>)]
+    #[arg(long, default_value_t = 60)]
     budget: usize,
     /// Surrogate rounds after the initial design, at most (a round that adds under 1 % of
     /// hypervolume ends the search earlier).
-    #[arg(long, default_value_t = SearchSettings::default().max_rounds, value_parser = super::count_in::<0, 1000>)]
+    #[arg(long, default_value_t = SearchSettings::default().max_rounds)]
     rounds: usize,
     /// One coefficient per model and layer group: K control points of a mergekit gradient.
-    #[arg(long, default_value_t = 1, value_parser = super::count_in::<1, 64>)]
+    #[arg(long, default_value_t = 1)]
     layer_groups: usize,
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true, value_parser = super::coefficient)]
     lambda_min: f64,
@@ -66,7 +66,7 @@ pub struct Args {
     #[arg(long, value_enum)]
     learn: Option<Learn>,
     /// Steps of the router's training.
-    #[arg(long, default_value_t = 2000, value_parser = super::count_in::<1, 1_000_000>)]
+    #[arg(long, default_value_t = 2000)]
     router_steps: usize,
     /// Write the search as JSON.
     #[arg(long, value_parser = path_arg)]
