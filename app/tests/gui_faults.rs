@@ -13,10 +13,18 @@ use mergescope::gui::app::Panel;
 use mergescope::gui::worker::{Command, Fault};
 use safetensors::{Dtype, tensor::TensorView};
 
-/// Steps the UI until `done` holds, or fails after 60 s.
-fn wait_for(harness: &mut Harness<'_, Workbench>, what: &str, done: impl Fn(&Workbench) -> bool) {
+/// Steps the UI until `found` finds something in the workbench's state and returns it as it
+/// was then (the worker answers asynchronously), or fails after 60 s.
+fn step_until<T>(
+    harness: &mut Harness<'_, Workbench>,
+    what: &str,
+    found: impl Fn(&Workbench) -> Option<T>,
+) -> T {
     let started = Instant::now();
-    while !done(harness.state()) {
+    loop {
+        if let Some(value) = found(harness.state()) {
+            return value;
+        }
         assert!(
             started.elapsed() < Duration::from_secs(60),
             "timed out waiting for {what}; notice: {:?}",
@@ -25,26 +33,22 @@ fn wait_for(harness: &mut Harness<'_, Workbench>, what: &str, done: impl Fn(&Wor
         std::thread::sleep(Duration::from_millis(10));
         harness.step();
     }
+}
+
+/// Steps the UI until `done` holds, then lets it settle.
+fn wait_for(harness: &mut Harness<'_, Workbench>, what: &str, done: impl Fn(&Workbench) -> bool) {
+    step_until(harness, what, |app| done(app).then_some(()));
     harness.run_ok();
 }
 
 /// Waits for a notice containing `needle` and returns it as it was then.
 fn notice_with(harness: &mut Harness<'_, Workbench>, needle: &str) -> String {
-    let started = Instant::now();
-    loop {
-        if let Some(notice) = &harness.state().notice
-            && notice.text.contains(needle)
-        {
-            return notice.text.clone();
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "timed out waiting for a notice with {needle}; notice: {:?}",
-            harness.state().notice
-        );
-        std::thread::sleep(Duration::from_millis(10));
-        harness.step();
-    }
+    step_until(harness, needle, |app| {
+        app.notice
+            .as_ref()
+            .filter(|n| n.text.contains(needle))
+            .map(|n| n.text.clone())
+    })
 }
 
 fn analysed(harness: &mut Harness<'_, Workbench>) {
