@@ -271,6 +271,9 @@ fn random_masks(
 ) -> Vec<(Option<BitMask>, f32)> {
     const LANES: usize = 8;
     const WORDS: usize = CHUNK / 64;
+    if models.is_empty() {
+        return Vec::new();
+    }
     let n = base.numel();
     let m = models.len();
     let rngs: Vec<ElementRng> = (0..m).map(|i| ElementRng::new(seed, tensor, i)).collect();
