@@ -966,7 +966,8 @@ mod tests {
         assert_eq!(values, &[10.0, 11.0, 12.0, 13.0]);
     }
 
-    fn names(dir: &Path) -> Vec<String> {
+    /// The entries of `dir`, sorted (also for `stale`'s tests).
+    pub(super) fn names(dir: &Path) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

@@ -157,14 +157,7 @@ mod tests {
         std::fs::write(path.join("marker"), marker).unwrap();
     }
 
-    fn names(dir: &Path) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        names
-    }
+    use crate::export::tests::names;
 
     #[test]
     fn parses_only_our_hidden_folders() {
