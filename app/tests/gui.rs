@@ -2,68 +2,14 @@
 //! panels, drag a slider and watch the preview, edit per-layer weights, save the recipe,
 //! export, and open a corrupt file.
 
-use std::time::{Duration, Instant};
-
 use egui::accesskit::Role;
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable as _;
 use mergescope::gui::Workbench;
 use mergescope::gui::app::Panel;
 
-/// The workbench on the demo family.
-fn harness() -> Harness<'static, Workbench> {
-    harness_on(&[])
-}
-
-/// Steps the UI until `done` holds (the worker answers asynchronously), or fails after 60 s.
-fn wait_for(harness: &mut Harness<'_, Workbench>, what: &str, done: impl Fn(&Workbench) -> bool) {
-    let started = Instant::now();
-    while !done(harness.state()) {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-        harness.step();
-    }
-    harness.run_ok();
-}
-
-/// Clicks the widgets labelled `labels` one after the other, each in a frame of its own (a
-/// tab, then a combo box, then its entry).
-fn click_through(harness: &mut Harness<'_, Workbench>, labels: &[&str]) {
-    for label in labels {
-        harness.get_by_label(label).click();
-        harness.run_ok();
-    }
-}
-
-/// Waits for an error notice and returns its text.
-fn error_notice(harness: &mut Harness<'_, Workbench>) -> String {
-    wait_for(harness, "an error notice", |app| {
-        app.notice.as_ref().is_some_and(|n| n.error)
-    });
-    harness.state().notice.clone().unwrap().text
-}
-
-/// The workbench on the models at `paths` (base first), merging on the CPU.
-fn harness_on(paths: &[std::path::PathBuf]) -> Harness<'static, Workbench> {
-    let paths = paths.to_vec();
-    Harness::builder()
-        .with_size(egui::vec2(1200.0, 900.0))
-        .build_eframe(move |cc| Workbench::new(&cc.egui_ctx, &paths).expect("the worker starts"))
-}
-
-fn opened(harness: &mut Harness<'_, Workbench>) {
-    wait_for(harness, "the demo family and its whole analysis", |app| {
-        app.family.is_some() && app.report.as_ref().is_some_and(|r| r.partial().is_none())
-    });
-}
-
-/// The slider labelled `label` (its value box carries the label too).
-fn slider(harness: &Harness<'_, Workbench>, label: &str) -> egui::Rect {
-    harness.get_by_role_and_label(Role::Slider, label).rect()
-}
+mod common;
+use common::{click_through, error_notice, harness, harness_on, opened, slider, wait_for};
 
 fn mean_accuracy(app: &Workbench) -> Option<f64> {
     app.preview

@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable as _;
@@ -13,35 +12,9 @@ use mergescope::gui::app::Panel;
 use mergescope::gui::worker::{Command, Fault};
 use safetensors::{Dtype, tensor::TensorView};
 
-/// Steps the UI until `found` finds something in the workbench's state and returns it as it
-/// was then (the worker answers asynchronously), or fails after 60 s.
-fn step_until<T>(
-    harness: &mut Harness<'_, Workbench>,
-    what: &str,
-    found: impl Fn(&Workbench) -> Option<T>,
-) -> T {
-    let started = Instant::now();
-    loop {
-        if let Some(value) = found(harness.state()) {
-            return value;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "timed out waiting for {what}; notice: {:?}",
-            harness.state().notice
-        );
-        std::thread::sleep(Duration::from_millis(10));
-        harness.step();
-    }
-}
+mod common;
+use common::{harness_on, save_screenshot, step_until, wait_for};
 
-/// Steps the UI until `done` holds, then lets it settle.
-fn wait_for(harness: &mut Harness<'_, Workbench>, what: &str, done: impl Fn(&Workbench) -> bool) {
-    step_until(harness, what, |app| done(app).then_some(()));
-    harness.run_ok();
-}
-
-/// Waits for a notice containing `needle` and returns it as it was then.
 fn notice_with(harness: &mut Harness<'_, Workbench>, needle: &str) -> String {
     step_until(harness, needle, |app| {
         app.notice
@@ -112,25 +85,6 @@ fn family(dir: &Path, spoil: bool) -> Vec<PathBuf> {
         write_model(&dir.join("ft_a"), 0.02, spoil),
         write_model(&dir.join("ft_b"), -0.03, false),
     ]
-}
-
-/// For the README, with `MERGESCOPE_SCREENSHOT_DIR=$PWD/docs/screenshots cargo test -p
-/// mergescope --test gui_faults`: the window on `panel`, rendered by kittest's wgpu renderer.
-fn save_screenshot(harness: &mut Harness<'_, Workbench>, panel: Panel, name: &str) {
-    let Some(dir) = std::env::var_os("MERGESCOPE_SCREENSHOT_DIR") else {
-        return;
-    };
-    harness.state_mut().panel = panel;
-    harness.run_ok();
-    let image = harness.render().expect("kittest renders with wgpu");
-    image.save(Path::new(&dir).join(name)).unwrap();
-}
-
-fn harness_on(paths: &[PathBuf]) -> Harness<'static, Workbench> {
-    let paths = paths.to_vec();
-    Harness::builder()
-        .with_size(egui::vec2(1200.0, 900.0))
-        .build_eframe(move |cc| Workbench::new(&cc.egui_ctx, &paths).expect("the worker starts"))
 }
 
 #[test]

@@ -1,0 +1,105 @@
+//! What the workbench's kittest suites share: a harness on a family, stepping until the worker
+//! answers, clicking through labels, and screenshots for the README.
+// Each test binary includes this module and uses a different part of it.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use egui::accesskit::Role;
+use egui_kittest::Harness;
+use egui_kittest::kittest::Queryable as _;
+use mergescope::gui::Workbench;
+use mergescope::gui::app::Panel;
+
+/// The workbench on the models at `paths` (base first; the demo family when empty), merging
+/// on the CPU, in a 1200×900 window.
+pub fn harness_on(paths: &[PathBuf]) -> Harness<'static, Workbench> {
+    harness_sized(paths, egui::vec2(1200.0, 900.0))
+}
+
+/// [`harness_on`] in a window of `size` points.
+pub fn harness_sized(paths: &[PathBuf], size: egui::Vec2) -> Harness<'static, Workbench> {
+    let paths = paths.to_vec();
+    Harness::builder()
+        .with_size(size)
+        .build_eframe(move |cc| Workbench::new(&cc.egui_ctx, &paths).expect("the worker starts"))
+}
+
+/// The workbench on the demo family.
+pub fn harness() -> Harness<'static, Workbench> {
+    harness_on(&[])
+}
+
+/// Steps the UI until `found` finds something in the workbench's state and returns it as it
+/// was then (the worker answers asynchronously), or fails after 60 s.
+pub fn step_until<T>(
+    harness: &mut Harness<'_, Workbench>,
+    what: &str,
+    found: impl Fn(&Workbench) -> Option<T>,
+) -> T {
+    let started = Instant::now();
+    loop {
+        if let Some(value) = found(harness.state()) {
+            return value;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "timed out waiting for {what}; notice: {:?}",
+            harness.state().notice
+        );
+        std::thread::sleep(Duration::from_millis(10));
+        harness.step();
+    }
+}
+
+/// Steps the UI until `done` holds, then lets it settle.
+pub fn wait_for(
+    harness: &mut Harness<'_, Workbench>,
+    what: &str,
+    done: impl Fn(&Workbench) -> bool,
+) {
+    step_until(harness, what, |app| done(app).then_some(()));
+    harness.run_ok();
+}
+
+/// The demo family (or the family given) open with its whole analysis.
+pub fn opened(harness: &mut Harness<'_, Workbench>) {
+    wait_for(harness, "the family and its whole analysis", |app| {
+        app.family.is_some() && app.report.as_ref().is_some_and(|r| r.partial().is_none())
+    });
+}
+
+/// Clicks the widgets labelled `labels` one after the other, each in a frame of its own (a
+/// tab, then a combo box, then its entry).
+pub fn click_through(harness: &mut Harness<'_, Workbench>, labels: &[&str]) {
+    for label in labels {
+        harness.get_by_label(label).click();
+        harness.run_ok();
+    }
+}
+
+/// The slider labelled `label` (its value box carries the label too).
+pub fn slider(harness: &Harness<'_, Workbench>, label: &str) -> egui::Rect {
+    harness.get_by_role_and_label(Role::Slider, label).rect()
+}
+
+/// Waits for an error notice and returns its text.
+pub fn error_notice(harness: &mut Harness<'_, Workbench>) -> String {
+    wait_for(harness, "an error notice", |app| {
+        app.notice.as_ref().is_some_and(|n| n.error)
+    });
+    harness.state().notice.clone().unwrap().text
+}
+
+/// For the README, with `MERGESCOPE_SCREENSHOT_DIR=$PWD/docs/screenshots cargo test -p
+/// mergescope --test …`: the window on `panel`, rendered by kittest's wgpu renderer.
+pub fn save_screenshot(harness: &mut Harness<'_, Workbench>, panel: Panel, name: &str) {
+    let Some(dir) = std::env::var_os("MERGESCOPE_SCREENSHOT_DIR") else {
+        return;
+    };
+    harness.state_mut().panel = panel;
+    harness.run_ok();
+    let image = harness.render().expect("kittest renders with wgpu");
+    image.save(Path::new(&dir).join(name)).unwrap();
+}
