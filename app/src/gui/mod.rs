@@ -7,6 +7,7 @@ pub mod panels;
 pub mod pareto;
 pub mod previewer;
 pub mod state;
+pub mod text;
 pub mod worker;
 
 use std::path::PathBuf;
