@@ -103,6 +103,114 @@ fn retention_scores_a_recipe_without_data() {
     }
 }
 
+/// `eval --compare --json` of `recipe`.
+fn compared(recipe: &str, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["eval", recipe, "--json", "--compare"];
+    args.extend_from_slice(extra);
+    let ran = run(BIN, &repo(), &args);
+    ran.assert_success();
+    serde_json::from_str(&ran.stdout()).expect("eval --compare --json prints an object")
+}
+
+#[test]
+fn compare_puts_the_merge_beside_its_base_and_each_expert() {
+    let recipe = "assets/demo/recipes/task_arithmetic.yml";
+    let json = compared(recipe, &["--subsample", "40"]);
+    let quick = ["--subsample", "40"];
+    // Every column is what `eval` of that model alone says.
+    let as_map = |v: &serde_json::Value| -> BTreeMap<String, f64> {
+        serde_json::from_value(v.clone()).unwrap()
+    };
+    assert_eq!(as_map(&json["merge"]), scores(recipe, &quick));
+    assert_eq!(
+        as_map(&json["inputs"]["base"]),
+        scores("assets/demo/base", &quick)
+    );
+    let models = json["inputs"]["models"].as_array().unwrap();
+    assert_eq!(models.len(), 4);
+    for (entry, domain) in models.iter().zip(DOMAINS) {
+        assert!(entry[0].as_str().unwrap().ends_with(domain), "{entry}");
+        assert_eq!(
+            as_map(&entry[1]),
+            scores(&format!("assets/demo/{domain}"), &quick)
+        );
+    }
+    // Deltas: to the base, and to the best single expert by the metric's direction.
+    for row in json["comparison"]["metrics"].as_array().unwrap() {
+        let metric = row["metric"].as_str().unwrap();
+        let merge = row["merge"].as_f64().unwrap();
+        let base = row["base"].as_f64().unwrap();
+        assert_eq!(
+            row["delta_to_base"].as_f64().unwrap(),
+            merge - base,
+            "{metric}"
+        );
+        let singles: Vec<f64> = row["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        let best = if metric.ends_with("loss") {
+            singles.iter().copied().fold(f64::INFINITY, f64::min)
+        } else {
+            singles.iter().copied().fold(f64::NEG_INFINITY, f64::max)
+        };
+        assert_eq!(
+            row["delta_to_best"].as_f64().unwrap(),
+            merge - best,
+            "{metric}"
+        );
+    }
+    // The table reads accuracies in percent and their deltas in points.
+    let table = run(
+        BIN,
+        &repo(),
+        &["eval", recipe, "--compare", "--subsample", "40"],
+    );
+    table.assert_success();
+    let text = table.stdout();
+    let mean = text
+        .lines()
+        .find(|l| l.starts_with("mean/accuracy"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(mean.contains(" %") && mean.contains(" pp"), "{mean}");
+    assert!(
+        text.lines().next().unwrap().contains("vs best single"),
+        "{text}"
+    );
+}
+
+#[test]
+fn compare_of_retention_measures_each_expert_alone() {
+    let json = compared(
+        "assets/demo/recipes/task_arithmetic.yml",
+        &["--objective", "retention"],
+    );
+    for (j, entry) in json["inputs"]["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+    {
+        let label = entry[0].as_str().unwrap();
+        let own = entry[1][format!("retention/{label}")].as_f64().unwrap();
+        // An expert alone keeps all of its own task vector and only part of the others'.
+        assert!((own - 1.0).abs() < 1e-6, "{label}: {own}");
+        for domain in DOMAINS.iter().filter(|d| !label.ends_with(*d)) {
+            let other = entry[1][format!("retention/../{domain}")].as_f64().unwrap();
+            assert!(other < 0.5, "{j} {domain}: {other}");
+        }
+    }
+    assert_eq!(
+        json["inputs"]["base"]["retention/../upright"].as_f64(),
+        Some(0.0)
+    );
+    // A model alone cannot be compared: there is nothing to compare it with.
+    let ran = run(BIN, &repo(), &["eval", "assets/demo/base", "--compare"]);
+    ran.assert_user_error(&["pass a .yml recipe"]);
+}
+
 fn script(dir: &Path, name: &str, body: &str) -> String {
     let path = dir.join(name);
     std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();

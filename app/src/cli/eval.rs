@@ -7,6 +7,9 @@ use std::time::{Duration, Instant};
 
 use mergescope_core::Job;
 use mergescope_core::backend::Cpu;
+use mergescope_core::eval::compare::{
+    Comparison, InputScores, format_delta, format_value, retention_inputs,
+};
 use mergescope_core::eval::{
     Candidate, DemoAccuracy, ExternalCommand, Fidelity, Objective, Retention,
 };
@@ -64,6 +67,10 @@ pub struct Args {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Score the recipe's base and each of its models on the same objective too, and show the
+    /// merge's delta to the base and to the best single model per metric.
+    #[arg(long)]
+    compare: bool,
 }
 
 fn is_recipe(path: &Path) -> bool {
@@ -83,19 +90,20 @@ impl Drop for Scratch {
 
 pub fn run(args: &Args, job: &Job) -> Result<(), Failure> {
     let started = Instant::now();
+    let options = PlanOptions {
+        cwd: std::env::current_dir()?,
+        random_seed: Some(args.random_seed),
+        truncate_vocab: false,
+    };
     let plan = is_recipe(&args.target)
-        .then(|| {
-            MergePlan::from_file(
-                &args.target,
-                &PlanOptions {
-                    cwd: std::env::current_dir()?,
-                    random_seed: Some(args.random_seed),
-                    truncate_vocab: false,
-                },
-            )
-            .map_err(Failure::from)
-        })
+        .then(|| MergePlan::from_file(&args.target, &options).map_err(Failure::from))
         .transpose()?;
+    if args.compare && plan.is_none() {
+        return Err(anyhow::anyhow!(
+            "--compare compares a recipe's merge with its base and models; pass a .yml recipe"
+        )
+        .into());
+    }
     if matches!(args.objective, ObjectiveArg::Retention) && plan.is_none() {
         return Err(anyhow::anyhow!(
             "the retention objective scores a recipe's merge; pass a .yml recipe"
@@ -158,14 +166,143 @@ pub fn run(args: &Args, job: &Job) -> Result<(), Failure> {
             ""
         }
     );
+    let inputs = match (&plan, args.compare) {
+        (Some(plan), true) => Some(run_with_progress(job, || {
+            input_scores(
+                plan,
+                &options,
+                objective.as_ref(),
+                &args.objective,
+                fidelity,
+                job,
+            )
+        })?),
+        _ => None,
+    };
+    let Some(inputs) = inputs else {
+        if args.json {
+            let mut text = serde_json::to_string_pretty(&scores)?;
+            text.push('\n');
+            return print_out(&text);
+        }
+        let mut text = String::new();
+        for (metric, value) in &scores {
+            let _ = writeln!(text, "{metric:<32} {:>10}", format_value(metric, *value));
+        }
+        return print_out(&text);
+    };
+    let comparison = Comparison::new(&scores, &inputs);
     if args.json {
-        let mut text = serde_json::to_string_pretty(&scores)?;
+        let mut text = serde_json::to_string_pretty(&serde_json::json!({
+            "objective": objective.name(),
+            "merge": scores,
+            "inputs": inputs,
+            "comparison": comparison,
+        }))?;
         text.push('\n');
         return print_out(&text);
     }
-    let mut text = String::new();
-    for (metric, value) in &scores {
-        let _ = writeln!(text, "{metric:<32} {value:.4}");
+    print_out(&comparison_table(&comparison))
+}
+
+/// The base's and each model's scores on `objective`: each scored as it is on disk, or for
+/// retention, each model's task vector alone measured like a merge.
+fn input_scores(
+    plan: &MergePlan,
+    options: &PlanOptions,
+    objective: &dyn Objective,
+    kind: &ObjectiveArg,
+    fidelity: Fidelity,
+    job: &Job,
+) -> Result<InputScores, mergescope_core::eval::EvalError> {
+    if matches!(kind, ObjectiveArg::Retention) {
+        return retention_inputs(plan, options, &Cpu, job, None);
     }
-    print_out(&text)
+    let score = |checkpoint: &mergescope_core::Checkpoint| {
+        job.check_cancelled()
+            .map_err(|e| mergescope_core::eval::EvalError::Retention(e.to_string()))?;
+        objective.evaluate(
+            &Candidate {
+                folder: Some(checkpoint.source()),
+                tensors: None,
+            },
+            fidelity,
+        )
+    };
+    let family = &plan.family;
+    Ok(InputScores {
+        base: family
+            .base
+            .as_ref()
+            .map(|b| score(&b.checkpoint))
+            .transpose()?,
+        models: family
+            .models
+            .iter()
+            .map(|m| Ok((m.label.clone(), score(&m.checkpoint)?)))
+            .collect::<Result<_, mergescope_core::eval::EvalError>>()?,
+    })
+}
+
+/// A model's label as a column title: its file or folder name.
+fn short(label: &str) -> String {
+    let name = Path::new(label)
+        .file_name()
+        .map_or_else(|| label.to_owned(), |n| n.to_string_lossy().into_owned());
+    name.strip_suffix(".safetensors")
+        .unwrap_or(&name)
+        .to_owned()
+}
+
+/// The comparison as a table: a row per metric; the merge, the base and each model, then
+/// the merge's delta to the base and to the best single model (named).
+fn comparison_table(comparison: &Comparison) -> String {
+    let mut header = vec!["metric".to_owned(), "merge".to_owned(), "base".to_owned()];
+    header.extend(comparison.models.iter().map(|m| short(m)));
+    header.extend(["vs base", "vs best single", "best single"].map(str::to_owned));
+    let rows: Vec<Vec<String>> = comparison
+        .metrics
+        .iter()
+        .map(|row| {
+            let m = row.metric.as_str();
+            let value = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format_value(m, v));
+            let delta = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format_delta(m, v));
+            let mut cells = vec![m.to_owned(), format_value(m, row.merge), value(row.base)];
+            cells.extend(row.models.iter().map(|&v| value(v)));
+            cells.push(delta(row.delta_to_base));
+            cells.push(delta(row.delta_to_best));
+            cells.push(
+                row.best_single
+                    .as_deref()
+                    .map_or_else(|| "-".to_owned(), short),
+            );
+            cells
+        })
+        .collect();
+    let widths: Vec<usize> = (0..header.len())
+        .map(|c| {
+            rows.iter()
+                .map(|r| r[c].chars().count())
+                .chain(std::iter::once(header[c].chars().count()))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut text = String::new();
+    for cells in std::iter::once(&header).chain(&rows) {
+        let line: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .enumerate()
+            .map(|(c, (cell, &w))| {
+                if c == 0 || c == cells.len() - 1 {
+                    format!("{cell:<w$}")
+                } else {
+                    format!("{cell:>w$}")
+                }
+            })
+            .collect();
+        let _ = writeln!(text, "{}", line.join("  ").trim_end());
+    }
+    text
 }

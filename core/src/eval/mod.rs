@@ -2,6 +2,7 @@
 //! they are first shown on: a tiny ViT base and four task experts trained with candle on UCI's
 //! handwritten digits under four transforms (`assets/`).
 
+pub mod compare;
 pub mod demo;
 pub mod digits;
 pub mod model;

@@ -118,6 +118,11 @@ impl DemoAccuracy {
         })
     }
 
+    /// The shape of the models it scores.
+    pub fn config(&self) -> VitConfig {
+        self.config
+    }
+
     /// The full test accuracy of the model in `folder` on each domain (in [`Domain::ALL`]
     /// order), then their mean: one row of the demo family's accuracy matrix.
     pub fn accuracy_row(&self, folder: &Path) -> Result<Vec<f64>, EvalError> {
@@ -324,16 +329,7 @@ impl Objective for Retention<'_> {
     ) -> Result<Scores, EvalError> {
         let survived = crate::analysis::survival(self.plan, self.backend, self.job)
             .map_err(|e| EvalError::Retention(e.to_string()))?;
-        let mut scores = Scores::new();
-        for (label, s) in survived.models.iter().zip(&survived.whole_model.models) {
-            if let Some(p) = s.projection {
-                scores.insert(format!("retention/{label}"), p);
-            }
-            if let Some(c) = s.cosine {
-                scores.insert(format!("cosine/{label}"), c);
-            }
-        }
-        Ok(scores)
+        Ok(super::compare::retention_scores(&survived))
     }
 }
 
