@@ -188,6 +188,7 @@ impl SynthFamily {
             out_dir: folder.to_path_buf(),
             shard_size: self.shard_size,
             force,
+            card_scores: None,
         };
         let meta = BTreeMap::from([("format".to_owned(), "pt".to_owned())]);
         let mut export = Export::begin(&options, tensors, meta, &[])?;

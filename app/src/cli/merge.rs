@@ -70,6 +70,8 @@ pub fn run(args: &Args, job: &Job) -> Result<(), Failure> {
         out_dir: args.out.clone(),
         shard_size: args.shard_size,
         force: args.force,
+        // A merge from the command line has no preview: its card carries no scores.
+        card_scores: None,
     };
     let backend = open_backend(args.backend)?;
     // What killed exports left beside the output is repaired before writing; say so.

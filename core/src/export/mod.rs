@@ -4,8 +4,11 @@
 //! layout and each shard's header are fixed up front and tensor data is appended in order as it
 //! arrives: no tensor waits in memory for its shard to fill. Everything is written into a hidden
 //! sibling folder that is renamed into place only after the last byte is synced; an interrupted
-//! or cancelled export leaves nothing that looks like a model.
+//! or cancelled export leaves nothing that looks like a model. A merge's folder also holds
+//! its recipe as `mergekit_config.yml` and a `README.md` model card ([`card`]), written into
+//! the same hidden folder so the rename publishes them with the weights.
 
+pub mod card;
 mod guard;
 mod shard_writer;
 use shard_writer::ShardWriter;
@@ -19,6 +22,7 @@ use std::fs::File;
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
 
+pub use card::{CARD_FILE, CardScore, CardScores, MERGEKIT_CONFIG_FILE, ScoreUnit};
 pub use size::{SHARD_SIZE_RANGE, format_size, parse_shard_size, parse_size};
 pub use stale::{Recovery, recover_interrupted};
 
@@ -55,6 +59,9 @@ pub struct ExportOptions {
     pub shard_size: u64,
     /// Replace a non-empty output folder.
     pub force: bool,
+    /// Scores the merge got before it was written (the workbench's preview), for the model
+    /// card; `None` leaves them out.
+    pub card_scores: Option<CardScores>,
 }
 
 impl ExportOptions {
@@ -63,6 +70,7 @@ impl ExportOptions {
             out_dir: out_dir.into(),
             shard_size: DEFAULT_SHARD_SIZE,
             force: false,
+            card_scores: None,
         }
     }
 }
@@ -310,6 +318,8 @@ pub struct Export {
     next: usize,
     open: Option<(usize, ShardWriter)>,
     extra_files: Vec<String>,
+    /// `mergekit_config.yml` and `README.md`, written last (see [`card`]).
+    recipe_files: Vec<(&'static str, Vec<u8>)>,
 }
 
 impl Export {
@@ -347,6 +357,7 @@ impl Export {
         guard::check_existing(&mut out, options.force)?;
 
         let shards = plan_shards(&tensors, options.shard_size.max(1));
+        let recipe_files = card::recipe_files(&metadata, options.card_scores.as_ref());
         let metadata: HashMap<String, String> = metadata.into_iter().collect();
         let headers = shards
             .iter()
@@ -375,7 +386,11 @@ impl Export {
                     room.blocks(8 + header.len() as u64 + data)
                 })
                 .sum::<u64>()
-            + index.as_ref().map_or(0, |i| room.blocks(i.len() as u64));
+            + index.as_ref().map_or(0, |i| room.blocks(i.len() as u64))
+            + recipe_files
+                .iter()
+                .map(|(_, bytes)| room.blocks(bytes.len() as u64))
+                .sum::<u64>();
         let skip = std::env::var_os(SKIP_SPACE_CHECK_ENV).is_some_and(|v| v == "1");
         room.check(space, check_space && !skip)?;
 
@@ -392,6 +407,7 @@ impl Export {
             next: 0,
             open: None,
             extra_files: Vec::new(),
+            recipe_files,
         })
     }
 
@@ -460,6 +476,10 @@ impl Export {
     /// Adds a small file (config, tokenizer, recipe) to the folder, synced to disk.
     pub fn add_file(&mut self, name: &str, contents: &[u8]) -> Result<(), ExportError> {
         self.room.needed += self.room.blocks(contents.len() as u64);
+        self.write_file(name, contents)
+    }
+
+    fn write_file(&mut self, name: &str, contents: &[u8]) -> Result<(), ExportError> {
         let path = self.staging.path.join(name);
         write_synced(&path, contents).map_err(|source| self.room.error(&path, source))?;
         self.extra_files.push(name.to_owned());
@@ -488,6 +508,13 @@ impl Export {
             let writer = self.start_shard(0)?;
             let finished = writer.finish();
             finished.map_err(|source| self.room.error(&path, source))?;
+        }
+        // Counted in `room.needed` already. A file of the same name added by the caller (a
+        // model's own README.md among copied files) is the caller's choice and stays.
+        for (name, contents) in std::mem::take(&mut self.recipe_files) {
+            if !self.extra_files.iter().any(|f| f == name) {
+                self.write_file(name, &contents)?;
+            }
         }
         if let Some(index) = &self.index {
             let path = self.staging.path.join(INDEX_FILE_NAME);
