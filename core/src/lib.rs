@@ -14,6 +14,7 @@
 //! - [`export`]: atomic, sharded Hugging Face folders;
 //! - [`job`]: progress and cancellation for every long operation;
 //! - [`nonfinite`]: NaN and ±Inf in weights, found and reported;
+//! - [`sweep`]: XY parameter sweeps: a recipe's parameters over a grid, each cell merged and scored;
 //! - [`synth`]: synthetic model families (demo, tests, benchmarks).
 
 pub mod analysis;
@@ -28,6 +29,7 @@ pub mod layout;
 pub mod merge;
 pub mod nonfinite;
 pub mod pareto;
+pub mod sweep;
 pub mod synth;
 
 pub use checkpoint::{CHANGED_ON_DISK, Checkpoint, CheckpointError};
