@@ -6,11 +6,11 @@ use std::path::PathBuf;
 
 use mergescope_core::Checkpoint;
 use mergescope_core::checkpoint::Storage;
-use mergescope_core::export::format_size;
 use mergescope_core::family::dtype_name;
 use mergescope_core::layout::{LayerKey, Layout};
 
 use super::{Failure, path_arg, print_out};
+use crate::gui::text::{human_bytes, human_count};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -115,10 +115,11 @@ fn as_text(ckpt: &Checkpoint, layout: &Layout) -> String {
     let _ = writeln!(s, "  architecture: {arch}, {} layers", layout.num_layers());
     let _ = writeln!(
         s,
-        "  tensors:      {} ({} parameters, {})",
+        "  tensors:      {} ({} parameters = {}, {})",
         ckpt.tensors().len(),
+        human_count(ckpt.parameter_count()),
         group_digits(ckpt.parameter_count()),
-        format_size(ckpt.data_bytes())
+        human_bytes(ckpt.data_bytes())
     );
     let _ = writeln!(s, "  dtypes:       {dtypes}");
     let _ = writeln!(s, "  shards:");
@@ -132,7 +133,7 @@ fn as_text(ckpt: &Checkpoint, layout: &Layout) -> String {
         let _ = writeln!(
             s,
             "    [{i}] {name}  {count} tensors, {}",
-            format_size(shard.len() as u64)
+            human_bytes(shard.len() as u64)
         );
     }
     let width = ckpt

@@ -191,7 +191,8 @@ impl Workbench {
                 .join("mergescope-merged")
                 .display()
                 .to_string(),
-            export_force: true,
+            // Replacing a folder that holds files asks first (the Export panel).
+            export_force: false,
             shard_size: "5GB".to_owned(),
             busy_since: None,
             recipe_path: std::env::temp_dir()
@@ -376,7 +377,12 @@ impl Workbench {
                         self.kept_settings
                             .take()
                             .filter(|kept| kept.weights.len() == family.models.len())
-                            .unwrap_or_else(|| MergeSettings::for_models(family.models.len())),
+                            .unwrap_or_else(|| {
+                                // Written as it came in: bf16 inputs give a bf16 model.
+                                let mut fresh = MergeSettings::for_models(family.models.len());
+                                fresh.out_dtype = panels::export::inputs_dtype(&family).to_owned();
+                                fresh
+                            }),
                     );
                     self.base_path = family.base.display().to_string();
                     self.model_paths = family
@@ -525,8 +531,9 @@ impl Workbench {
         }
     }
 
-    /// Files dropped on the window: the first becomes the base if none is typed in, the rest
-    /// fine-tunes; then the family is opened.
+    /// Files and folders dropped on the window: a recipe (`.yml`, `.yaml`) is loaded; else the
+    /// first model becomes the base and the rest fine-tunes (one model onto an open family is
+    /// added to it), and the family is opened.
     fn take_dropped_files(&mut self, ctx: &egui::Context) {
         let dropped: Vec<PathBuf> = ctx.input(|i| {
             i.raw
@@ -537,6 +544,16 @@ impl Workbench {
                 .collect()
         });
         if dropped.is_empty() {
+            return;
+        }
+        // A recipe (mergekit YAML) loads into the Merge panel, opening the models it names.
+        let is_recipe = |p: &PathBuf| {
+            p.extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("yml") || e.eq_ignore_ascii_case("yaml"))
+        };
+        if let Some(recipe) = dropped.iter().find(|p| is_recipe(p)) {
+            self.load_recipe(recipe.clone());
+            self.panel = Panel::Merge;
             return;
         }
         let (base, models) = dropped.split_first().expect("not empty");

@@ -37,6 +37,8 @@ pub enum Command {
         force: bool,
         /// Largest shard in bytes.
         shard_size: u64,
+        /// The preview's scores, for the model card.
+        card_scores: Option<mergescope_core::export::CardScores>,
     },
     /// A Pareto search over the recipe's per-model weights, then its data-free map.
     Pareto(Box<ParetoRequest>),
@@ -340,7 +342,14 @@ impl Engine {
                 out,
                 force,
                 shard_size,
-            } => self.export(&yaml, out, force, shard_size, epoch),
+                card_scores,
+            } => {
+                let mut options = ExportOptions::new(out);
+                options.force = force;
+                options.shard_size = shard_size;
+                options.card_scores = card_scores;
+                self.export(&yaml, &options, epoch)
+            }
             Command::Pareto(request) => self.pareto(&request, epoch),
             Command::InjectFault(fault) => panic!("injected fault: {fault:?}"),
         }
@@ -432,22 +441,12 @@ impl Engine {
         Ok(Event::Analyzed(Box::new(report)))
     }
 
-    fn export(
-        &self,
-        yaml: &str,
-        out: PathBuf,
-        force: bool,
-        shard_size: u64,
-        epoch: u64,
-    ) -> Result<Event, String> {
+    fn export(&self, yaml: &str, options: &ExportOptions, epoch: u64) -> Result<Event, String> {
         let (_, open) = self.family.as_ref().ok_or("open a family first")?;
         let plan = plan(yaml, &open.recipe_file())?;
         let job = self.job(epoch);
-        let mut options = ExportOptions::new(out);
-        options.force = force;
-        options.shard_size = shard_size;
         let summary =
-            execute(&plan, &options, self.backend.as_ref(), &job).map_err(|e| match e {
+            execute(&plan, options, self.backend.as_ref(), &job).map_err(|e| match e {
                 mergescope_core::merge::engine::MergeError::Cancelled(_) => CANCELLED.to_owned(),
                 other => mergescope_core::one_line(&other.to_string()),
             })?;

@@ -405,7 +405,7 @@ mod tests {
             card.contains("For all models:\n\n* `lambda`: 0.9\n* `out_dtype`: bfloat16\n"),
             "{card}"
         );
-        assert!(card.contains(&format!("```yaml\n{}```", YAML)), "{card}");
+        assert!(card.contains(&format!("```yaml\n{YAML}```")), "{card}");
         assert!(card.contains("--random-seed 42"), "{card}");
         assert!(card.ends_with("Written by mergescope 9.9.9.\n"), "{card}");
         assert!(!card.contains("### Scores"), "{card}");

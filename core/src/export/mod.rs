@@ -75,6 +75,50 @@ impl ExportOptions {
     }
 }
 
+/// What is at an output folder now, as [`Export::begin`] will judge it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OutputState {
+    /// Nothing there yet: the folder (and its missing parents) will be created.
+    Missing,
+    /// An empty folder: written into without asking.
+    Empty,
+    /// A folder with files: replaced only with `force`. `first` holds a few of its entries'
+    /// names, sorted, `count` how many there are.
+    NotEmpty { first: Vec<String>, count: usize },
+}
+
+/// Judges `out` before an export to it, so a caller can ask the user before replacing a
+/// folder instead of failing: the same refusals as [`Export::begin`] (an output that is, lies
+/// inside or contains one of `inputs`; something that is not a folder), then what is there.
+/// Reads only the folder's metadata and its entries' names.
+pub fn output_state(out: &Path, inputs: &[PathBuf]) -> Result<OutputState, ExportError> {
+    let mut checked = guard::check_output(out, inputs)?;
+    // As if forced: a folder with files is what this reports, not a refusal; anything but a
+    // folder is still refused.
+    guard::check_existing(&mut checked, true)?;
+    if !checked.exists {
+        return Ok(OutputState::Missing);
+    }
+    let entries = std::fs::read_dir(&checked.path).map_err(|source| ExportError::Io {
+        path: checked.path.clone(),
+        source,
+    })?;
+    let mut names: Vec<String> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    if names.is_empty() {
+        return Ok(OutputState::Empty);
+    }
+    names.sort();
+    let count = names.len();
+    names.truncate(3);
+    Ok(OutputState::NotEmpty {
+        first: names,
+        count,
+    })
+}
+
 /// One tensor to be written.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OutputTensor {
@@ -1024,6 +1068,30 @@ mod tests {
             assert_eq!(names(dir.path()), ["merged"], "exchange: {exchange}");
             assert_eq!(names(&out), ["config.json", SINGLE_FILE_NAME]);
         }
+    }
+
+    #[test]
+    fn the_output_is_judged_before_writing_as_the_export_will() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("merged");
+        assert_eq!(output_state(&out, &[]).unwrap(), OutputState::Missing);
+        std::fs::create_dir(&out).unwrap();
+        assert_eq!(output_state(&out, &[]).unwrap(), OutputState::Empty);
+        for name in ["d", "c", "b", "a"] {
+            std::fs::write(out.join(name), name).unwrap();
+        }
+        assert_eq!(
+            output_state(&out, &[]).unwrap(),
+            OutputState::NotEmpty {
+                first: vec!["a".to_owned(), "b".to_owned(), "c".to_owned()],
+                count: 4
+            }
+        );
+        // An input inside it, or a file in its place, is refused as the export refuses it.
+        let err = output_state(dir.path(), &[out.join("a")]).unwrap_err();
+        assert!(matches!(err, ExportError::OverlapsInput { .. }), "{err}");
+        let err = output_state(&out.join("a"), &[]).unwrap_err();
+        assert!(matches!(err, ExportError::BadOutput { .. }), "{err}");
     }
 
     #[test]

@@ -128,7 +128,9 @@ pub fn non_finite(ui: &mut egui::Ui, report: &mergescope_core::analysis::Report)
                 }
                 ui.end_row();
                 for found in &report.non_finite {
-                    ui.label(&found.tensor);
+                    // Shortened in the middle so the layer index stays in view.
+                    ui.label(crate::gui::text::elide_middle(&found.tensor, 56))
+                        .on_hover_text(&found.tensor);
                     ui.label(&found.member);
                     ui.label(found.count.to_string());
                     ui.end_row();

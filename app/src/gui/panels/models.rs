@@ -3,9 +3,14 @@
 
 use std::path::PathBuf;
 
-use mergescope_core::export::format_size;
+use mergescope_core::layout::LayerKey;
 
-use crate::gui::app::Workbench;
+use crate::gui::app::{Notice, Workbench};
+use crate::gui::panels::export::folder_dialog_ui;
+use crate::gui::text::{elide_middle, human_bytes, human_count};
+
+/// Tensor names longer than this are shortened in the middle (the whole name on hover).
+const NAME_CHARS: usize = 56;
 
 pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
     ui.heading("Models");
@@ -13,17 +18,22 @@ pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
         if ui.button("Open the demo family").clicked() {
             app.open_demo();
         }
-        ui.label("or drop model files or folders on the window");
+        ui.label("or drop model files, folders or a recipe (.yml) on the window");
     });
     ui.add_space(6.0);
     ui.horizontal(|ui| {
         let label = ui.label("Base");
         ui.add(egui::TextEdit::singleline(&mut app.base_path).desired_width(560.0))
             .labelled_by(label.id);
-        if ui.button("Browse...").clicked()
-            && let Some(folder) = rfd::FileDialog::new().pick_folder()
-        {
-            app.base_path = folder.display().to_string();
+        match folder_dialog_ui(ui, "models-base", "Browse...") {
+            Some(Ok(folder)) => app.base_path = folder.display().to_string(),
+            Some(Err(why)) => {
+                app.notice = Some(Notice {
+                    error: true,
+                    text: why,
+                });
+            }
+            None => {}
         }
     });
     ui.horizontal_top(|ui| {
@@ -34,13 +44,20 @@ pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
                 .desired_rows(4),
         )
         .labelled_by(label.id);
-        if ui.button("Add...").clicked()
-            && let Some(folder) = rfd::FileDialog::new().pick_folder()
-        {
-            if !app.model_paths.trim().is_empty() {
-                app.model_paths.push('\n');
+        match folder_dialog_ui(ui, "models-add", "Add...") {
+            Some(Ok(folder)) => {
+                if !app.model_paths.trim().is_empty() {
+                    app.model_paths.push('\n');
+                }
+                app.model_paths.push_str(&folder.display().to_string());
             }
-            app.model_paths.push_str(&folder.display().to_string());
+            Some(Err(why)) => {
+                app.notice = Some(Notice {
+                    error: true,
+                    text: why,
+                });
+            }
+            None => {}
         }
     });
     if ui.button("Open").clicked() {
@@ -52,7 +69,7 @@ pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
             .map(PathBuf::from)
             .collect();
         if app.base_path.trim().is_empty() || models.is_empty() {
-            app.notice = Some(crate::gui::app::Notice {
+            app.notice = Some(Notice {
                 error: true,
                 text: "give a base model and at least one fine-tune".to_owned(),
             });
@@ -118,10 +135,12 @@ pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
                     .on_hover_text(m.path.display().to_string());
                 ui.label(&m.architecture);
                 ui.label(m.layers.to_string());
-                ui.label(m.parameters.to_string());
+                ui.label(human_count(m.parameters))
+                    .on_hover_text(format!("{} parameters", m.parameters));
                 ui.label(&m.dtypes);
                 ui.label(m.shards.to_string());
-                ui.label(format_size(m.bytes));
+                ui.label(human_bytes(m.bytes))
+                    .on_hover_text(format!("{} bytes of tensor data", m.bytes));
                 ui.end_row();
             }
         });
@@ -137,4 +156,39 @@ pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
             ui.label(format!("- {issue}"));
         }
     }
+    ui.add_space(6.0);
+    tensors_ui(ui, &family.tensor_names);
+}
+
+/// The base's tensors in file order: the name (shortened in the middle, never losing the
+/// layer index; whole on hover), its block and module. Only the rows in view are laid out, so
+/// a model of thousands of tensors costs no more per frame than a small one.
+fn tensors_ui(ui: &mut egui::Ui, names: &[String]) {
+    egui::CollapsingHeader::new(format!("Tensors of the base ({})", names.len()))
+        .id_salt("base-tensors")
+        .show(ui, |ui| {
+            let row_height = ui.text_style_height(&egui::TextStyle::Body);
+            egui::ScrollArea::vertical()
+                .id_salt("base-tensors-rows")
+                .max_height(320.0)
+                .show_rows(ui, row_height, names.len(), |ui, rows| {
+                    egui::Grid::new("base-tensors-grid")
+                        .striped(true)
+                        .num_columns(3)
+                        .show(ui, |ui| {
+                            for name in names.get(rows).unwrap_or_default() {
+                                let key = LayerKey::parse(name);
+                                ui.label(
+                                    egui::RichText::new(elide_middle(name, NAME_CHARS)).monospace(),
+                                )
+                                .on_hover_text(name);
+                                ui.label(
+                                    key.block.map_or_else(String::new, |b| format!("layer {b}")),
+                                );
+                                ui.label(key.module.label());
+                                ui.end_row();
+                            }
+                        });
+                });
+        });
 }
