@@ -9,7 +9,10 @@ use mergescope::gui::Workbench;
 use mergescope::gui::app::Panel;
 
 mod common;
-use common::{click_through, error_notice, harness, harness_on, opened, slider, wait_for};
+use common::{
+    click_through, drag_slider_to_the_end, error_notice, harness, harness_on, opened, slider,
+    wait_for,
+};
 
 fn mean_accuracy(app: &Workbench) -> Option<f64> {
     app.preview
@@ -811,16 +814,6 @@ fn pareto_search(harness: &mut Harness<'_, Workbench>, budget: usize) {
 }
 
 /// Drags the slider labelled `label` to its right end and lets go.
-fn drag_slider_to_the_end(harness: &mut Harness<'_, Workbench>, label: &str) {
-    let rect = slider(harness, label);
-    harness.drag_at(rect.left_center() + egui::vec2(4.0, 0.0));
-    harness.step();
-    harness.hover_at(rect.right_center() - egui::vec2(2.0, 0.0));
-    harness.step();
-    harness.drop_at(rect.right_center() - egui::vec2(2.0, 0.0));
-    harness.run_ok();
-}
-
 /// The Merge panel's weights are the map's coefficients for the panel's preference.
 fn weights_follow_the_map(app: &Workbench) {
     let x = app.pareto.coefficients().expect("a map");

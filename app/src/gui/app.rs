@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use mergescope_core::analysis::{Report, Survival};
 use mergescope_core::eval::Scores;
+use mergescope_core::eval::compare::InputScores;
 
 use super::panels;
 use super::state::{MergeSettings, OpenFamily};
@@ -54,6 +55,25 @@ pub struct Notice {
     pub text: String,
 }
 
+/// A notice as it was shown, for the log of earlier ones.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoggedNotice {
+    /// `HH:MM:SS` (UTC).
+    pub clock: String,
+    pub notice: Notice,
+}
+
+/// Notices kept in the log.
+const NOTICE_LOG: usize = 100;
+
+/// Something that replaces the open family (and so the Merge panel's settings).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OpenRequest {
+    Demo,
+    Models { base: PathBuf, models: Vec<PathBuf> },
+    Recipe(PathBuf),
+}
+
 /// The last preview the worker computed.
 #[derive(Clone, Debug)]
 pub struct Preview {
@@ -63,8 +83,24 @@ pub struct Preview {
     pub scores: Scores,
     /// `None` for a merge without a base (linear).
     pub survival: Option<Survival>,
+    /// The base's and each input model's scores on the same objective.
+    pub inputs: Option<std::sync::Arc<InputScores>>,
     pub full: bool,
     pub millis: f64,
+}
+
+impl Preview {
+    /// The merge's scores on the objective the comparison and the history use: the demo's
+    /// accuracies, else retention per model.
+    pub fn objective_scores(&self) -> (String, Scores) {
+        match &self.survival {
+            Some(survival) if self.scores.is_empty() => (
+                "retention (data-free)".to_owned(),
+                mergescope_core::eval::compare::retention_scores(survival),
+            ),
+            _ => ("demo accuracy".to_owned(), self.scores.clone()),
+        }
+    }
 }
 
 /// Everything the window shows.
@@ -84,6 +120,24 @@ pub struct Workbench {
     /// Stage and fraction of the job in progress.
     pub busy: Option<(String, f64)>,
     pub notice: Option<Notice>,
+    /// Earlier notices, oldest first (the current one last).
+    pub notices: Vec<LoggedNotice>,
+    /// The message area above the status bar is open.
+    pub show_messages: bool,
+    /// Every settled preview of the open family, saved in the user's data folder.
+    pub history: super::history::History,
+    /// Undo and redo of the Merge panel's settings.
+    pub undo: super::history::Undo,
+    /// Where histories are kept ([`super::history::data_dir`]; `None`: nowhere).
+    pub data_dir: Option<PathBuf>,
+    /// The settings as last opened, loaded or saved: anything else is unsaved.
+    pub saved_settings: Option<MergeSettings>,
+    /// An open that waits for the user to say what happens to unsaved settings.
+    pub confirm_open: Option<OpenRequest>,
+    /// The recipe text as the user is editing it, while it has the keyboard.
+    pub yaml_draft: Option<String>,
+    /// Why the edited recipe text was not applied.
+    pub yaml_error: Option<String>,
     /// Paths typed into the Models panel.
     pub base_path: String,
     pub model_paths: String,
@@ -185,6 +239,15 @@ impl Workbench {
             preview_progress: None,
             busy: None,
             notice: None,
+            notices: Vec::new(),
+            show_messages: false,
+            history: super::history::History::default(),
+            undo: super::history::Undo::default(),
+            data_dir: super::history::data_dir(),
+            saved_settings: None,
+            confirm_open: None,
+            yaml_draft: None,
+            yaml_error: None,
             base_path: String::new(),
             model_paths: String::new(),
             export_dir: std::env::temp_dir()
@@ -283,23 +346,62 @@ impl Workbench {
         self.worker.send(Command::Analyze);
     }
 
+    /// Opens the built-in demo family, after asking if the Merge panel's settings are unsaved.
     pub fn open_demo(&mut self) {
-        self.start_job("opening the demo family");
-        self.worker.send(Command::OpenDemo);
+        self.request_open(OpenRequest::Demo);
     }
 
+    /// Opens `base` and `models`, after asking if the Merge panel's settings are unsaved.
     pub fn open(&mut self, base: PathBuf, models: Vec<PathBuf>) {
-        self.start_job("opening");
-        self.worker.send(Command::Open { base, models });
+        self.request_open(OpenRequest::Models { base, models });
     }
 
-    /// Loads a mergekit recipe into the Merge panel; when it names other models than the open
-    /// family's, that family is opened first.
+    /// Loads a mergekit recipe into the Merge panel (opening the models it names), after
+    /// asking if the panel's settings are unsaved.
     pub fn load_recipe(&mut self, file: PathBuf) {
+        self.request_open(OpenRequest::Recipe(file));
+    }
+
+    /// Are the Merge panel's settings other than those last opened, loaded or saved?
+    pub fn unsaved(&self) -> bool {
+        self.settings.is_some() && self.settings != self.saved_settings
+    }
+
+    /// Marks the settings as saved (a recipe was written).
+    pub fn settings_saved(&mut self) {
+        self.saved_settings.clone_from(&self.settings);
+    }
+
+    /// Carries out `request` now, or asks first when it would replace unsaved settings.
+    pub fn request_open(&mut self, request: OpenRequest) {
+        if self.unsaved() {
+            self.confirm_open = Some(request);
+        } else {
+            self.open_now(request);
+        }
+    }
+
+    /// Carries out `request` whatever the settings are.
+    pub fn open_now(&mut self, request: OpenRequest) {
+        match request {
+            OpenRequest::Demo => {
+                self.start_job("opening the demo family");
+                self.worker.send(Command::OpenDemo);
+            }
+            OpenRequest::Models { base, models } => {
+                self.start_job("opening");
+                self.worker.send(Command::Open { base, models });
+            }
+            OpenRequest::Recipe(file) => self.load_recipe_now(file),
+        }
+    }
+
+    fn load_recipe_now(&mut self, file: PathBuf) {
         match self.try_load_recipe(file) {
             Ok(None) => {}
             Ok(Some((settings, file))) => {
                 self.settings = Some(settings);
+                self.settings_saved();
                 self.notice = Some(Notice {
                     error: false,
                     text: format!("loaded {}", file.display()),
@@ -346,7 +448,7 @@ impl Workbench {
             base: base.clone(),
             models: models.clone(),
         });
-        self.open(base, models);
+        self.open_now(OpenRequest::Models { base, models });
         Ok(None)
     }
 
@@ -426,6 +528,17 @@ impl Workbench {
                             });
                     }
                     self.remember(&family);
+                    self.saved_settings.clone_from(&self.settings);
+                    self.undo.reset(self.settings.as_ref());
+                    let members: Vec<PathBuf> = std::iter::once(family.base.clone())
+                        .chain(family.models.iter().cloned())
+                        .collect();
+                    let (history, unreadable) =
+                        super::history::History::open(self.data_dir.as_deref(), &members);
+                    self.history = history;
+                    if let Some(text) = unreadable {
+                        self.notice = Some(Notice { error: true, text });
+                    }
                     self.pareto.clear();
                     self.pareto.running = false;
                     self.pareto.objective = if family.is_demo {
@@ -465,6 +578,7 @@ impl Workbench {
                     yaml,
                     scores,
                     survival,
+                    inputs,
                     full,
                     millis,
                 } => {
@@ -475,13 +589,18 @@ impl Workbench {
                         .as_ref()
                         .is_some_and(|(sent, _)| *sent == yaml)
                     {
-                        self.preview = Some(Preview {
+                        let preview = Preview {
                             yaml,
                             scores,
                             survival: survival.map(|s| *s),
+                            inputs,
                             full,
                             millis,
-                        });
+                        };
+                        if full {
+                            self.record(&preview);
+                        }
+                        self.preview = Some(preview);
                     }
                 }
                 Event::PreviewProgress(fraction) => self.preview_progress = Some(fraction),
@@ -531,6 +650,142 @@ impl Workbench {
         }
     }
 
+    /// A full preview becomes a history entry (unless it repeats the newest), saved at once.
+    fn record(&mut self, preview: &Preview) {
+        let Some(settings) = &self.settings else {
+            return;
+        };
+        let (objective, scores) = preview.objective_scores();
+        if self
+            .history
+            .record(&preview.yaml, &settings.method, &objective, &scores)
+            && let Err(text) = self.history.save()
+        {
+            self.notice = Some(Notice { error: true, text });
+        }
+    }
+
+    /// Steps the settings back (`redo` false) or forward through the undo history.
+    pub fn undo_redo(&mut self, redo: bool) {
+        let settings = if redo {
+            self.undo.redo()
+        } else {
+            self.undo.undo()
+        };
+        if let Some(settings) = settings {
+            self.settings = Some(settings);
+        }
+    }
+
+    /// Ctrl+Z and Ctrl+Shift+Z (or Ctrl+Y), unless a text field has the keyboard (it has its
+    /// own undo).
+    fn undo_shortcuts(&mut self, ctx: &egui::Context) {
+        use egui::{Key, KeyboardShortcut, Modifiers};
+        if ctx.egui_wants_keyboard_input() {
+            return;
+        }
+        let (redo, undo) = ctx.input_mut(|i| {
+            let redo = i.consume_shortcut(&KeyboardShortcut::new(
+                Modifiers::COMMAND | Modifiers::SHIFT,
+                Key::Z,
+            )) || i.consume_shortcut(&KeyboardShortcut::new(Modifiers::COMMAND, Key::Y));
+            let undo = i.consume_shortcut(&KeyboardShortcut::new(Modifiers::COMMAND, Key::Z));
+            (redo, undo)
+        });
+        if redo || undo {
+            self.undo_redo(redo);
+        }
+    }
+
+    /// Keeps a log of every notice shown (each new one once).
+    fn log_notice(&mut self) {
+        let Some(notice) = &self.notice else {
+            return;
+        };
+        if self.notices.last().is_some_and(|l| l.notice == *notice) {
+            return;
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+            % 86_400;
+        self.notices.push(LoggedNotice {
+            clock: format!("{:02}:{:02}:{:02}", now / 3600, now / 60 % 60, now % 60),
+            notice: notice.clone(),
+        });
+        if self.notices.len() > NOTICE_LOG {
+            self.notices.remove(0);
+        }
+        // An error opens the message area: it is read in full there.
+        if notice.error {
+            self.show_messages = true;
+        }
+    }
+
+    /// Asks what happens to unsaved settings before another family replaces them.
+    fn confirm_open_dialog(&mut self, ctx: &egui::Context) {
+        let Some(request) = self.confirm_open.clone() else {
+            return;
+        };
+        let what = match &request {
+            OpenRequest::Demo => "Opening the demo family".to_owned(),
+            OpenRequest::Models { base, .. } => format!("Opening {}", base.display()),
+            OpenRequest::Recipe(file) => format!("Loading {}", file.display()),
+        };
+        let modal = egui::Modal::new(egui::Id::unique("confirm-open")).show(ctx, |ui| {
+            ui.set_max_width(460.0);
+            ui.heading("Unsaved merge settings");
+            ui.label(format!(
+                "{what} replaces the Merge panel's settings, which are not saved in a recipe.                  Every previewed setting stays in this family's history."
+            ));
+            ui.add_space(8.0);
+            ui.horizontal(|ui| {
+                if ui
+                    .button("Save the recipe, then open")
+                    .on_hover_text(format!("Writes the recipe to {}", self.recipe_path))
+                    .clicked()
+                {
+                    match self.save_recipe() {
+                        Ok(()) => {
+                            self.confirm_open = None;
+                            self.open_now(request.clone());
+                        }
+                        Err(text) => {
+                            self.confirm_open = None;
+                            self.notice = Some(Notice { error: true, text });
+                        }
+                    }
+                }
+                if ui.button("Open without saving").clicked() {
+                    self.confirm_open = None;
+                    self.open_now(request.clone());
+                }
+                if ui.button("Cancel").clicked() {
+                    self.confirm_open = None;
+                }
+            });
+        });
+        if modal.should_close() {
+            self.confirm_open = None;
+        }
+    }
+
+    /// Writes the Merge panel's recipe to the recipe file.
+    pub fn save_recipe(&mut self) -> Result<(), String> {
+        let (Some(family), Some(settings)) = (&self.family, &self.settings) else {
+            return Err("there are no settings to save: open a family first".to_owned());
+        };
+        let path = PathBuf::from(self.recipe_path.trim());
+        std::fs::write(&path, settings.to_yaml(family))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        self.settings_saved();
+        self.notice = Some(Notice {
+            error: false,
+            text: format!("saved the recipe to {}", path.display()),
+        });
+        Ok(())
+    }
+
     /// Files and folders dropped on the window: a recipe (`.yml`, `.yaml`) is loaded; else the
     /// first model becomes the base and the rest fine-tunes (one model onto an open family is
     /// added to it), and the family is opened.
@@ -569,9 +824,65 @@ impl Workbench {
         self.panel = Panel::Models;
     }
 
+    /// The message area: the current notice in full (wrapped, selectable, copyable) and the
+    /// log of earlier ones, newest first.
+    fn messages(&mut self, ui: &mut egui::Ui) {
+        ui.horizontal(|ui| {
+            ui.strong("Messages");
+            if let Some(notice) = &self.notice
+                && ui
+                    .button("Copy")
+                    .on_hover_text("Copy the current message to the clipboard")
+                    .clicked()
+            {
+                ui.ctx().copy_text(notice.text.clone());
+            }
+            if ui
+                .button("Clear")
+                .on_hover_text("Forget earlier messages")
+                .clicked()
+            {
+                self.notices.clear();
+            }
+            if ui.button("Hide").clicked() {
+                self.show_messages = false;
+            }
+        });
+        egui::ScrollArea::vertical()
+            .auto_shrink([false, true])
+            .show(ui, |ui| {
+                for (k, logged) in self.notices.iter().rev().enumerate() {
+                    let color = if logged.notice.error {
+                        ui.visuals().error_fg_color
+                    } else {
+                        ui.visuals().text_color()
+                    };
+                    ui.horizontal_top(|ui| {
+                        ui.weak(&logged.clock);
+                        let text = egui::RichText::new(&logged.notice.text).color(color);
+                        // The newest is the current message, in full; all can be selected.
+                        let text = if k == 0 { text.strong() } else { text };
+                        ui.add(egui::Label::new(text).wrap().selectable(true));
+                    });
+                }
+                if self.notices.is_empty() {
+                    ui.weak("No messages yet.");
+                }
+            });
+    }
+
     fn status_bar(&mut self, ui: &mut egui::Ui) {
         ui.horizontal(|ui| {
             ui.label(format!("backend: {}", self.backend));
+            ui.separator();
+            let errors = self.notices.iter().filter(|n| n.notice.error).count();
+            let label = if errors > 0 {
+                format!("Messages ({errors} error{})", if errors == 1 { "" } else { "s" })
+            } else {
+                "Messages".to_owned()
+            };
+            ui.toggle_value(&mut self.show_messages, label)
+                .on_hover_text("Every message in full, selectable and copyable, with the earlier ones");
             ui.separator();
             if let Some((stage, fraction)) = &self.busy {
                 let eta = self
@@ -613,11 +924,11 @@ impl Workbench {
                     let (base, models, builtin) =
                         (family.base.clone(), family.models.clone(), family.builtin);
                     self.kept_settings = self.settings.clone();
-                    if builtin {
-                        self.open_demo();
+                    self.open_now(if builtin {
+                        OpenRequest::Demo
                     } else {
-                        self.open(base, models);
-                    }
+                        OpenRequest::Models { base, models }
+                    });
                 }
                 // One line however long; the whole text on hover.
                 ui.add(egui::Label::new(egui::RichText::new(&notice.text).color(color)).truncate())
@@ -644,6 +955,8 @@ impl eframe::App for Workbench {
         }
         self.poll();
         self.take_dropped_files(&ctx);
+        self.undo_shortcuts(&ctx);
+        self.log_notice();
         egui::Panel::top("tabs").show(ui, |ui| {
             ui.horizontal(|ui| {
                 ui.heading("mergescope");
@@ -667,6 +980,12 @@ impl eframe::App for Workbench {
             });
         });
         egui::Panel::bottom("status").show(ui, |ui| self.status_bar(ui));
+        if self.show_messages {
+            egui::Panel::bottom("messages")
+                .resizable(true)
+                .default_size(140.0)
+                .show(ui, |ui| self.messages(ui));
+        }
         egui::CentralPanel::default().show(ui, |ui| {
             egui::ScrollArea::vertical().show(ui, |ui| {
                 let panel = self.panel;
@@ -680,5 +999,12 @@ impl eframe::App for Workbench {
                 });
             });
         });
+        self.confirm_open_dialog(&ctx);
+        // A change counts for undo once it has settled: one drag is one step.
+        if !ctx.input(|i| i.pointer.any_down())
+            && let Some(settings) = &self.settings
+        {
+            self.undo.observe(settings);
+        }
     }
 }

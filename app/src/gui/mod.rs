@@ -1,7 +1,10 @@
 //! The workbench GUI (eframe): open, see, tune with live preview, export.
 
 pub mod app;
+pub mod chart;
 pub mod curve_editor;
+pub mod help;
+pub mod history;
 pub mod interrupt;
 pub mod panels;
 pub mod pareto;

@@ -10,14 +10,18 @@ use std::time::Instant;
 
 use mergescope_core::analysis::{AnalysisError, survival_sampled};
 use mergescope_core::backend::Backend;
+use mergescope_core::eval::compare::{InputScores, demo_inputs, retention_inputs};
 use mergescope_core::eval::preview::merge_in_memory;
 use mergescope_core::eval::{DemoAccuracy, Fidelity, Scores};
+use mergescope_core::merge::plan::MergePlan;
 use mergescope_core::{CancelToken, Job};
 
 use super::worker::Event;
 
 /// Elements of each tensor a quick (pointer down) preview measures outside the demo family.
 const QUICK_SAMPLE: usize = 1 << 16;
+/// Test digits per domain a quick preview of the demo family scores.
+pub const QUICK_DIGITS: usize = 32;
 
 /// What to preview.
 #[derive(Debug)]
@@ -112,6 +116,7 @@ impl PreviewInbox {
             notify,
             shared: self.shared,
             demo: None,
+            inputs: Vec::new(),
         };
         let inbox = self.inbox;
         std::thread::Builder::new()
@@ -142,6 +147,15 @@ struct Thread {
     shared: Arc<Shared>,
     /// Loaded on the first demo preview (the digits and the model code).
     demo: Option<DemoAccuracy>,
+    /// The inputs' scores per family and grade: they do not change while the user tunes.
+    inputs: Vec<(InputsKey, Arc<InputScores>)>,
+}
+
+/// What the inputs' scores depend on: the models (base first) and the preview's grade.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct InputsKey {
+    models: Vec<String>,
+    full: bool,
 }
 
 impl Thread {
@@ -229,7 +243,7 @@ impl Thread {
             let fidelity = if request.full {
                 Fidelity::Full
             } else {
-                Fidelity::Subsample(32)
+                Fidelity::Subsample(QUICK_DIGITS)
             };
             scores = self
                 .demo
@@ -253,13 +267,67 @@ impl Thread {
                 )?,
             ),
         };
+        let inputs = self.inputs(&plan, request, &job, sample)?;
         job.check_cancelled().map_err(|_| None)?;
         Ok(Event::Previewed {
             yaml: request.yaml.clone(),
             scores,
             survival: survival.map(Box::new),
+            inputs,
             full: request.full,
             millis: started.elapsed().as_secs_f64() * 1e3,
         })
+    }
+
+    /// The base's and each input model's scores, of the same objective and grade as the
+    /// preview: computed on the first preview of a family, then kept. `None` for a merge
+    /// without a base outside the demo family (retention needs task vectors).
+    fn inputs(
+        &mut self,
+        plan: &MergePlan,
+        request: &PreviewRequest,
+        job: &Job,
+        sample: Option<usize>,
+    ) -> Result<Option<Arc<InputScores>>, Option<String>> {
+        let family = &plan.family;
+        let key = InputsKey {
+            models: family
+                .base
+                .iter()
+                .chain(&family.models)
+                .map(|m| m.checkpoint.source().display().to_string())
+                .collect(),
+            full: request.full,
+        };
+        if let Some((_, kept)) = self.inputs.iter().find(|(k, _)| *k == key) {
+            return Ok(Some(Arc::clone(kept)));
+        }
+        let computed = if request.is_demo {
+            let demo = self.demo.as_ref().expect("loaded by the preview");
+            let fidelity = if request.full {
+                Fidelity::Full
+            } else {
+                Fidelity::Subsample(QUICK_DIGITS)
+            };
+            demo_inputs(plan, demo, fidelity).map_err(|e| Some(e.to_string()))?
+        } else if family.base.is_some() {
+            let options = super::worker::plan_options()?;
+            retention_inputs(plan, &options, self.backend.as_ref(), job, sample).map_err(|e| {
+                if job.check_cancelled().is_err() {
+                    None
+                } else {
+                    Some(e.to_string())
+                }
+            })?
+        } else {
+            return Ok(None);
+        };
+        let computed = Arc::new(computed);
+        // Two families' worth (the open one in both grades) is all a session needs.
+        if self.inputs.len() >= 4 {
+            self.inputs.remove(0);
+        }
+        self.inputs.push((key, Arc::clone(&computed)));
+        Ok(Some(computed))
     }
 }

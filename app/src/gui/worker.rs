@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use mergescope_core::analysis::{AnalysisSettings, Report, Survival, analyze_with_partials};
 use mergescope_core::backend::{Backend, Cpu};
+use mergescope_core::eval::compare::InputScores;
 use mergescope_core::eval::{DemoFamily, Scores};
 use mergescope_core::export::ExportOptions;
 use mergescope_core::family::{Family, Member};
@@ -75,6 +76,8 @@ pub enum Event {
         /// How much of each task vector survives, per layer, and how far the merge moves.
         /// `None` for a merge without a base (linear).
         survival: Option<Box<Survival>>,
+        /// The base's and each input model's scores on the same objective and grade.
+        inputs: Option<Arc<InputScores>>,
         full: bool,
         millis: f64,
     },
@@ -580,16 +583,17 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 /// from there).
 pub fn plan(yaml: &str, file: &Path) -> Result<MergePlan, String> {
     let recipe = Recipe::from_yaml(yaml, file).map_err(|e| e.to_string())?;
-    MergePlan::new(
-        recipe,
-        file,
-        &PlanOptions {
-            cwd: std::env::current_dir().map_err(|e| e.to_string())?,
-            random_seed: Some(0),
-            truncate_vocab: false,
-        },
-    )
-    .map_err(|e| mergescope_core::one_line(&e.to_string()))
+    MergePlan::new(recipe, file, &plan_options()?)
+        .map_err(|e| mergescope_core::one_line(&e.to_string()))
+}
+
+/// How the workbench plans its recipes: a fixed seed, so a preview repeats.
+pub fn plan_options() -> Result<PlanOptions, String> {
+    Ok(PlanOptions {
+        cwd: std::env::current_dir().map_err(|e| e.to_string())?,
+        random_seed: Some(0),
+        truncate_vocab: false,
+    })
 }
 
 /// Where the demo family is unpacked: the user's cache folder, else the temporary folder.

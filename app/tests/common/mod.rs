@@ -19,11 +19,24 @@ pub fn harness_on(paths: &[PathBuf]) -> Harness<'static, Workbench> {
 }
 
 /// [`harness_on`] in a window of `size` points.
+/// Its history is not saved (tests must not write to the user's data folder).
 pub fn harness_sized(paths: &[PathBuf], size: egui::Vec2) -> Harness<'static, Workbench> {
+    harness_with(paths, size, |app| app.data_dir = None)
+}
+
+/// [`harness_sized`], with `configure` run on the workbench before its first frame (before the
+/// family has opened).
+pub fn harness_with(
+    paths: &[PathBuf],
+    size: egui::Vec2,
+    configure: impl FnOnce(&mut Workbench) + 'static,
+) -> Harness<'static, Workbench> {
     let paths = paths.to_vec();
-    Harness::builder()
-        .with_size(size)
-        .build_eframe(move |cc| Workbench::new(&cc.egui_ctx, &paths).expect("the worker starts"))
+    Harness::builder().with_size(size).build_eframe(move |cc| {
+        let mut app = Workbench::new(&cc.egui_ctx, &paths).expect("the worker starts");
+        configure(&mut app);
+        app
+    })
 }
 
 /// The workbench on the demo family.
@@ -102,4 +115,15 @@ pub fn save_screenshot(harness: &mut Harness<'_, Workbench>, panel: Panel, name:
     harness.run_ok();
     let image = harness.render().expect("kittest renders with wgpu");
     image.save(Path::new(&dir).join(name)).unwrap();
+}
+
+/// Drags the slider labelled `label` from its left end to its right end.
+pub fn drag_slider_to_the_end(harness: &mut Harness<'_, Workbench>, label: &str) {
+    let rect = slider(harness, label);
+    harness.drag_at(rect.left_center() + egui::vec2(4.0, 0.0));
+    harness.step();
+    harness.hover_at(rect.right_center() - egui::vec2(2.0, 0.0));
+    harness.step();
+    harness.drop_at(rect.right_center() - egui::vec2(2.0, 0.0));
+    harness.run_ok();
 }

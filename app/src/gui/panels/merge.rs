@@ -4,6 +4,7 @@
 
 use crate::gui::app::{Notice, Workbench};
 use crate::gui::curve_editor::curve_editor;
+use crate::gui::help;
 use crate::gui::state::{
     CurvePreset, METHODS, MergeSettings, ModuleFilter, OpenFamily, curve_mean, has_lambda,
     method_flags, model_param_range, model_params, resample,
@@ -11,6 +12,8 @@ use crate::gui::state::{
 
 /// Weights run over this range on sliders and curves (negative weights subtract a task).
 const WEIGHTS: std::ops::RangeInclusive<f64> = -1.0..=2.0;
+/// Lambda runs over this range, globally and per module filter.
+const LAMBDAS: std::ops::RangeInclusive<f64> = 0.0..=2.0;
 /// Curves have between 2 and this many control points.
 const MAX_POINTS: usize = 9;
 
@@ -25,16 +28,22 @@ pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
             .selected_text(&settings.method)
             .show_ui(ui, |ui| {
                 for m in METHODS {
-                    ui.selectable_value(&mut settings.method, m.to_owned(), m);
+                    ui.selectable_value(&mut settings.method, m.to_owned(), m)
+                        .on_hover_text(help::method(m));
                 }
-            });
+            })
+            .response
+            .on_hover_text(help::method(&settings.method));
         ui.separator();
         let mut per_layer = settings.per_layer;
         let toggle = ui
             .checkbox(&mut per_layer, "per-layer weights")
-            .on_hover_text(
-                "A weight curve per model over depth (a mergekit gradient): drag its points",
-            );
+            .on_hover_text(help::param(
+                &settings.method,
+                "per-layer weights",
+                None,
+                None,
+            ));
         if toggle.changed() {
             settings.set_per_layer(per_layer, family.layers);
         }
@@ -46,8 +55,8 @@ pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
     }
     if has_lambda(&settings.method) {
         ui.horizontal(|ui| {
-            ui.add(egui::Slider::new(&mut settings.lambda, 0.0..=2.0).text("lambda"))
-                .on_hover_text("Scales the merged task vector before it is added to the base");
+            ui.add(egui::Slider::new(&mut settings.lambda, LAMBDAS).text("lambda"))
+                .on_hover_text(help::param(&settings.method, "lambda", Some(LAMBDAS), None));
             flags(ui, settings);
         });
         filters(ui, family, settings);
@@ -61,10 +70,54 @@ pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
     ui.separator();
     super::preview::show(app, ui);
     ui.separator();
-    ui.collapsing("Recipe (mergekit YAML)", |ui| {
-        ui.monospace(&yaml);
-    });
-    recipe_file(app, ui, &yaml);
+    super::history::show(app, ui);
+    ui.separator();
+    egui::CollapsingHeader::new("Recipe (mergekit YAML, editable)")
+        .id_salt("recipe-yaml")
+        .show(ui, |ui| recipe_editor(app, ui, &yaml));
+    recipe_file(app, ui);
+}
+
+/// The recipe as text: what the settings make, or the user's edit of it. An edit that parses
+/// becomes the settings at once; one that does not says why and changes nothing.
+fn recipe_editor(app: &mut Workbench, ui: &mut egui::Ui, yaml: &str) {
+    let mut text = app.yaml_draft.clone().unwrap_or_else(|| yaml.to_owned());
+    let label = ui.label("Edit the recipe: a change that parses becomes the settings at once.");
+    let edit = ui
+        .add(
+            egui::TextEdit::multiline(&mut text)
+                .code_editor()
+                .desired_width(f32::INFINITY)
+                .desired_rows(8),
+        )
+        .labelled_by(label.id);
+    if edit.changed() {
+        app.yaml_draft = Some(text);
+    } else if !edit.has_focus() {
+        // Once the user is elsewhere, the text follows the sliders again.
+        app.yaml_draft = None;
+        app.yaml_error = None;
+    }
+    let Some(draft) = app.yaml_draft.clone().filter(|_| edit.changed()) else {
+        if let Some(error) = &app.yaml_error {
+            ui.add(
+                egui::Label::new(egui::RichText::new(error).color(ui.visuals().error_fg_color))
+                    .wrap()
+                    .selectable(true),
+            );
+        }
+        return;
+    };
+    let Some(family) = &app.family else {
+        return;
+    };
+    match MergeSettings::from_recipe(&draft, &family.recipe_file(), family) {
+        Ok(settings) => {
+            app.settings = Some(settings);
+            app.yaml_error = None;
+        }
+        Err(e) => app.yaml_error = Some(format!("not applied: {e}")),
+    }
 }
 
 fn model_name(family: &OpenFamily, i: usize) -> String {
@@ -79,7 +132,8 @@ fn sliders(ui: &mut egui::Ui, family: &OpenFamily, settings: &mut MergeSettings)
             ui.label(&name);
             ui.add(
                 egui::Slider::new(&mut settings.weights[i], WEIGHTS).text(format!("{name} weight")),
-            );
+            )
+            .on_hover_text(help::param(&settings.method, "weight", Some(WEIGHTS), None));
             ui.horizontal(|ui| model_sliders(ui, settings, i, &name));
             ui.end_row();
         }
@@ -90,9 +144,10 @@ fn sliders(ui: &mut egui::Ui, family: &OpenFamily, settings: &mut MergeSettings)
 fn model_sliders(ui: &mut egui::Ui, settings: &mut MergeSettings, i: usize, name: &str) {
     for param in model_params(&settings.method) {
         let mut value = settings.model_value(i, param);
-        let (_, range) = model_param_range(param);
+        let (start, range) = model_param_range(param);
         if ui
-            .add(egui::Slider::new(&mut value, range).text(format!("{name} {param}")))
+            .add(egui::Slider::new(&mut value, range.clone()).text(format!("{name} {param}")))
+            .on_hover_text(help::param(&settings.method, param, Some(range), Some(start)))
             .changed()
         {
             settings.model_values[i].insert(param.to_owned(), value);
@@ -104,7 +159,11 @@ fn model_sliders(ui: &mut egui::Ui, settings: &mut MergeSettings, i: usize, name
 fn flags(ui: &mut egui::Ui, settings: &mut MergeSettings) {
     for (name, _) in method_flags(&settings.method) {
         let mut on = settings.flag(name);
-        if ui.checkbox(&mut on, name).changed() {
+        if ui
+            .checkbox(&mut on, name)
+            .on_hover_text(help::param(&settings.method, name, None, None))
+            .changed()
+        {
             settings.flags.insert(name.to_owned(), on);
         }
     }
@@ -117,6 +176,13 @@ fn curves(ui: &mut egui::Ui, family: &OpenFamily, settings: &mut MergeSettings) 
             "These models have no numbered layers: a curve gives every tensor its first point.",
         );
     }
+    ui.horizontal(|ui| {
+        crate::gui::curve_editor::shape_every_curve_ui(ui, &mut settings.curves, family.layers);
+        if has_lambda(&settings.method) {
+            ui.separator();
+            crate::gui::curve_editor::attention_mlp_split_ui(ui, family, settings);
+        }
+    });
     // Two models to a row: a curve is wide and short.
     let editor_width = ((ui.available_width() - 32.0) / 2.0 - 186.0).clamp(200.0, 420.0);
     let models: Vec<usize> = (0..family.models.len()).collect();
@@ -153,7 +219,11 @@ fn curve_controls(ui: &mut egui::Ui, family: &OpenFamily, settings: &mut MergeSe
         .width(90.0)
         .show_ui(ui, |ui| {
             for preset in CurvePreset::ALL {
-                if ui.selectable_label(false, preset.label()).clicked() {
+                if ui
+                    .selectable_label(false, preset.label())
+                    .on_hover_text(preset.help())
+                    .clicked()
+                {
                     // A flat curve at 0 would stay 0 under every shape.
                     let scale = if mean.abs() < 1e-9 { 0.3 } else { mean };
                     settings.curves[i] = preset.points(scale);
@@ -185,17 +255,20 @@ fn curve_controls(ui: &mut egui::Ui, family: &OpenFamily, settings: &mut MergeSe
 
 /// Module filters: tensors whose names contain a filter take its lambda (first match wins).
 fn filters(ui: &mut egui::Ui, family: &OpenFamily, settings: &mut MergeSettings) {
-    ui.label("Module filters: tensors whose names contain a filter take its lambda instead (the first match wins; 0 keeps the base).");
+    let explained = help::param(&settings.method, "module filters", Some(LAMBDAS), None);
+    ui.label("Module filters: tensors whose names contain a filter take its lambda instead (the first match wins; 0 keeps the base).")
+        .on_hover_text(&explained);
     let mut remove = None;
     for (k, f) in settings.filters.iter_mut().enumerate() {
         ui.horizontal(|ui| {
             let label = ui.label(format!("filter {}", k + 1));
             ui.add(egui::TextEdit::singleline(&mut f.filter).desired_width(160.0))
-                .labelled_by(label.id);
+                .labelled_by(label.id)
+                .on_hover_text(&explained);
             ui.add(
-                egui::Slider::new(&mut f.lambda, 0.0..=2.0)
-                    .text(format!("filter {} lambda", k + 1)),
-            );
+                egui::Slider::new(&mut f.lambda, LAMBDAS).text(format!("filter {} lambda", k + 1)),
+            )
+            .on_hover_text(&explained);
             ui.label(format!("{} tensors", family.matches(&f.filter)));
             if ui.button(format!("Remove filter {}", k + 1)).clicked() {
                 remove = Some(k);
@@ -222,26 +295,21 @@ fn filters(ui: &mut egui::Ui, family: &OpenFamily, settings: &mut MergeSettings)
                     });
                 }
             }
-        });
+        })
+        .response
+        .on_hover_text(&explained);
 }
 
 /// Save the recipe to a file, or load one into the panel (opening the models it names).
-fn recipe_file(app: &mut Workbench, ui: &mut egui::Ui, yaml: &str) {
+fn recipe_file(app: &mut Workbench, ui: &mut egui::Ui) {
     ui.horizontal(|ui| {
         let label = ui.label("Recipe file");
         ui.add(egui::TextEdit::singleline(&mut app.recipe_path).desired_width(420.0))
             .labelled_by(label.id);
-        if ui.button("Save recipe").clicked() {
-            app.notice = Some(match std::fs::write(&app.recipe_path, yaml) {
-                Ok(()) => Notice {
-                    error: false,
-                    text: format!("saved the recipe to {}", app.recipe_path),
-                },
-                Err(e) => Notice {
-                    error: true,
-                    text: format!("cannot write {}: {e}", app.recipe_path),
-                },
-            });
+        if ui.button("Save recipe").clicked()
+            && let Err(text) = app.save_recipe()
+        {
+            app.notice = Some(Notice { error: true, text });
         }
         if ui.button("Load recipe").clicked() {
             app.load_recipe(std::path::PathBuf::from(app.recipe_path.trim()));

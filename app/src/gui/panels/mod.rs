@@ -3,6 +3,7 @@
 use crate::gui::app::Workbench;
 
 pub mod export;
+pub mod history;
 pub mod interference;
 pub mod merge;
 pub mod models;
@@ -34,45 +35,6 @@ pub fn report_ready(app: &mut Workbench, ui: &mut egui::Ui) -> bool {
         app.analyze();
     }
     false
-}
-
-/// A color for `value` in [lo, hi]: blue (low) → white → red (high).
-pub fn diverging(value: f64, lo: f64, hi: f64) -> egui::Color32 {
-    let t = if hi > lo {
-        ((value - lo) / (hi - lo)).clamp(0.0, 1.0)
-    } else {
-        0.5
-    } as f32;
-    let (r, g, b) = if t < 0.5 {
-        let s = t / 0.5;
-        (s, s, 1.0)
-    } else {
-        let s = (1.0 - t) / 0.5;
-        (1.0, s, s)
-    };
-    egui::Color32::from_rgb(
-        (r * 220.0) as u8 + 20,
-        (g * 220.0) as u8 + 20,
-        (b * 220.0) as u8 + 20,
-    )
-}
-
-/// A color for `value` in [0, hi]: white → dark red.
-pub fn sequential(value: f64, hi: f64) -> egui::Color32 {
-    let t = if hi > 0.0 {
-        (value / hi).clamp(0.0, 1.0)
-    } else {
-        0.0
-    } as f32;
-    let fade = |c: f32| (255.0 - t * (255.0 - c)) as u8;
-    egui::Color32::from_rgb(fade(150.0), fade(20.0), fade(30.0))
-}
-
-/// A square cell of `color` with hover text.
-pub fn cell(ui: &mut egui::Ui, size: f32, color: egui::Color32, hover: &str) -> egui::Response {
-    let (rect, response) = ui.allocate_exact_size(egui::vec2(size, size), egui::Sense::click());
-    ui.painter().rect_filled(rect.shrink(1.0), 2.0, color);
-    response.on_hover_text(hover)
 }
 
 pub fn fmt(v: Option<f64>) -> String {

@@ -3,6 +3,9 @@
 //! far it moves the base.
 
 use mergescope_core::analysis::Survival;
+use mergescope_core::eval::compare::{
+    Comparison, InputScores, MetricRow, format_delta, format_value,
+};
 
 use super::fmt;
 use crate::gui::app::{Preview, Workbench};
@@ -83,17 +86,25 @@ pub fn show(app: &Workbench, ui: &mut egui::Ui) {
     };
     // The time is in the tooltip: it changes every run, the rest of the panel does not.
     let when = format!("merged and scored in {:.0} ms", preview.millis);
-    if app.family.as_ref().is_some_and(|f| f.is_demo) {
-        ui.horizontal(|ui| {
-            ui.strong("Preview: test accuracy of the merged model");
-            ui.label(if preview.full {
-                "(all test digits)"
-            } else {
-                "(quick estimate, 32 per domain)"
-            })
-            .on_hover_text(&when);
+    let is_demo = app.family.as_ref().is_some_and(|f| f.is_demo);
+    ui.horizontal(|ui| {
+        ui.strong(if is_demo {
+            "Preview: test accuracy of the merge, beside its base and each expert"
+        } else {
+            "Preview: how much of each fine-tune the merge keeps, beside each fine-tune alone"
         });
-        accuracy(ui, preview);
+        let grade = match (is_demo, preview.full) {
+            (true, true) => "(all test digits)".to_owned(),
+            (true, false) => format!(
+                "(quick estimate, {} digits per domain)",
+                crate::gui::previewer::QUICK_DIGITS
+            ),
+            (false, _) => "(data-free)".to_owned(),
+        };
+        ui.label(grade).on_hover_text(&when);
+    });
+    if is_demo || preview.survival.is_some() {
+        compare(ui, preview);
     }
     let Some(survived) = &preview.survival else {
         ui.label("(A merge without a base model has no task vectors to follow per layer.)");
@@ -110,6 +121,131 @@ pub fn show(app: &Workbench, ui: &mut egui::Ui) {
         ui.label(how).on_hover_text(&when);
     });
     survival(ui, survived);
+}
+
+/// The merge's scores beside the base's and each input model's, then the merge's delta to
+/// the base and to the best single model per column, green where the merge is better.
+fn compare(ui: &mut egui::Ui, preview: &Preview) {
+    let (_, scores) = preview.objective_scores();
+    // Accuracies for the demo, retention per model otherwise: one number per task.
+    let shown: mergescope_core::eval::Scores = scores
+        .into_iter()
+        .filter(|(m, _)| m.ends_with("/accuracy") || m.starts_with("retention/"))
+        .collect();
+    let empty = InputScores::default();
+    let inputs = preview.inputs.as_deref().unwrap_or(&empty);
+    let mut comparison = Comparison::new(&shown, inputs);
+    let title = |metric: &str| {
+        let name = metric
+            .strip_suffix("/accuracy")
+            .or_else(|| metric.strip_prefix("retention/"))
+            .unwrap_or(metric);
+        crate::gui::state::model_name(std::path::Path::new(name))
+    };
+    // Columns in the order of the rows: a task's column where its model's row is.
+    let names: Vec<String> = comparison
+        .models
+        .iter()
+        .map(|m| crate::gui::state::model_name(std::path::Path::new(m)))
+        .collect();
+    comparison.metrics.sort_by_key(|row| {
+        let t = title(&row.metric);
+        names.iter().position(|n| *n == t).unwrap_or(names.len())
+    });
+    let better = if ui.visuals().dark_mode {
+        egui::Color32::from_rgb(0x3f, 0xb9, 0x50)
+    } else {
+        egui::Color32::from_rgb(0x1a, 0x7f, 0x37)
+    };
+    let worse = ui.visuals().error_fg_color;
+    let delta_cell =
+        |ui: &mut egui::Ui, row: &MetricRow, delta: Option<f64>, hover: String| match delta {
+            Some(d) => {
+                let color = if d == 0.0 {
+                    ui.visuals().text_color()
+                } else if row.improves(d) {
+                    better
+                } else {
+                    worse
+                };
+                ui.colored_label(color, format_delta(&row.metric, d))
+                    .on_hover_text(hover);
+            }
+            None => {
+                ui.weak("-");
+            }
+        };
+    egui::Grid::new("compare")
+        .striped(true)
+        .min_col_width(64.0)
+        .show(ui, |ui| {
+            ui.label("");
+            for row in &comparison.metrics {
+                ui.strong(title(&row.metric)).on_hover_text(&row.metric);
+            }
+            ui.end_row();
+            ui.strong("this merge");
+            for row in &comparison.metrics {
+                ui.strong(format_value(&row.metric, row.merge));
+            }
+            ui.end_row();
+            if preview.inputs.is_none() {
+                ui.horizontal(|ui| {
+                    ui.spinner();
+                    ui.label("scoring the base and each model...");
+                });
+                ui.end_row();
+                return;
+            }
+            let value = |ui: &mut egui::Ui, row: &MetricRow, v: Option<f64>| match v {
+                Some(v) => ui.label(format_value(&row.metric, v)),
+                None => ui.weak("-"),
+            };
+            if inputs.base.is_some() {
+                ui.label("base");
+                for row in &comparison.metrics {
+                    value(ui, row, row.base);
+                }
+                ui.end_row();
+            }
+            for (i, label) in comparison.models.iter().enumerate() {
+                ui.label(crate::gui::state::model_name(std::path::Path::new(label)))
+                    .on_hover_text(label);
+                for row in &comparison.metrics {
+                    value(ui, row, row.models[i]);
+                }
+                ui.end_row();
+            }
+            if inputs.base.is_some() {
+                ui.strong("vs base");
+                for row in &comparison.metrics {
+                    delta_cell(
+                        ui,
+                        row,
+                        row.delta_to_base,
+                        format!("this merge minus the base on {}", row.metric),
+                    );
+                }
+                ui.end_row();
+            }
+            ui.strong("vs best single")
+                .on_hover_text("this merge minus the best input model on each column");
+            for row in &comparison.metrics {
+                let best = row.best_single.as_deref().map_or_else(String::new, |b| {
+                    crate::gui::state::model_name(std::path::Path::new(b))
+                });
+                delta_cell(
+                    ui,
+                    row,
+                    row.delta_to_best,
+                    format!(
+                        "this merge minus {best}, the best single model on {}",
+                        row.metric
+                    ),
+                );
+            }
+            ui.end_row();
+        });
 }
 
 fn accuracy(ui: &mut egui::Ui, preview: &Preview) {
