@@ -1,5 +1,5 @@
-//! `mergescope` on the command line: `inspect`, `merge`, `analyze`, `eval`, `pareto`, `demo`,
-//! `synth`.
+//! `mergescope` on the command line: `inspect`, `merge`, `analyze`, `eval`, `pareto`, `sweep`,
+//! `demo`, `synth`.
 //!
 //! User errors print one line (`error: ...`) naming the file, tensor or key and what to do,
 //! and exit with status 1. Ctrl-C cancels a running job; cancelled jobs leave no output and
@@ -13,6 +13,7 @@ mod inspect;
 mod merge;
 mod pareto;
 mod progress;
+mod sweep;
 mod synth;
 
 use std::io::Write as _;
@@ -58,6 +59,8 @@ enum Command {
     Eval(eval::Args),
     /// The front of merges over a recipe's per-model weights, and a preference → merge map.
     Pareto(pareto::Args),
+    /// Merge and score a recipe over a grid of one to three of its parameters (an XY sweep).
+    Sweep(sweep::Args),
     /// Generate a small example family and merge it: the quickest way to see mergescope work.
     Demo(demo::Args),
     /// Generate a synthetic Llama-shaped model family (for benchmarks and experiments).
@@ -147,6 +150,7 @@ pub fn main() -> ExitCode {
         Command::Analyze(args) => analyze::run(&args, &job),
         Command::Eval(args) => eval::run(&args, &job),
         Command::Pareto(args) => pareto::run(&args, &job),
+        Command::Sweep(args) => sweep::run(&args, &job),
         Command::Demo(args) => demo::run(&args, &job),
         Command::Synth(args) => synth::run(&args, &job),
     };

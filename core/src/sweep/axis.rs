@@ -172,8 +172,7 @@ pub fn parse_values(text: &str) -> Result<Vec<f64>, String> {
         let parts: Vec<&str> = text.split(':').collect();
         let [start, end, steps] = parts.as_slice() else {
             return Err(format!(
-                "`{text}` is not START:END:STEPS; give the number of values too, e.g. {}:11",
-                text.trim_end_matches(':')
+                "`{text}` is not START:END:STEPS; give the first value, the last and how many, e.g. 0:1:11"
             ));
         };
         let steps: usize = steps.trim().parse().map_err(|_| {

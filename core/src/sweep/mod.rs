@@ -5,11 +5,13 @@
 //! - [`axis`]: the parameter paths (`models.1.weight`, `models.0.weight[2]`, `lambda`) and
 //!   their values (`0:1:11`, `0.1,0.5,0.9`);
 //! - [`edit`]: the values set in the recipe's YAML tree, everything else kept;
+//! - [`metric`]: the number a table or chart shows, and the best cell on it;
 //! - [`run`]: the cells merged in memory (or exported, for a command) and scored, each
 //!   reported as it is done.
 
 pub mod axis;
 pub mod edit;
+pub mod metric;
 pub mod run;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,264 @@
+//! `mergescope sweep RECIPE.yml --param models.1.weight=0:1:11 [--param …] [--objective …]
+//! [--json OUT]`: the recipe merged and scored at every cell of a grid of one to three of its
+//! parameters, printed as a table (a 2-D sweep as a grid) with the best cell marked.
+
+use std::fmt::Write as _;
+use std::io::IsTerminal as _;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use indicatif::{ProgressBar, ProgressStyle};
+use mergescope_core::Job;
+use mergescope_core::backend::Cpu;
+use mergescope_core::eval::{DemoAccuracy, ExternalCommand, Fidelity};
+use mergescope_core::merge::plan::PlanOptions;
+use mergescope_core::sweep::metric::{
+    best_cell, default_metric, is_accuracy, metric_names, metric_value,
+};
+use mergescope_core::sweep::{Axis, Cell, Sweep, SweepError, SweepObjective};
+
+use super::eval::{ObjectiveArg, parse_objective};
+use super::{Failure, path_arg, print_out};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The mergekit recipe every cell starts from.
+    #[arg(value_parser = path_arg)]
+    recipe: PathBuf,
+    /// A parameter and its values: models.N.NAME (a model's weight, density, epsilon,
+    /// gamma, …), NAME or parameters.NAME (lambda, t, …), each optionally NAME[K] for control
+    /// point K of a per-layer gradient; then =START:END:STEPS (both ends included) or
+    /// =a,b,c. Give one to three.
+    #[arg(long = "param", required = true, value_name = "PATH=VALUES", value_parser = parse_axis)]
+    params: Vec<Axis>,
+    /// `demo`, `retention`, or `cmd:"COMMAND"` (run on each cell's merge, exported to a
+    /// scratch folder; prints {"metric": value, …}).
+    #[arg(long, default_value = "demo", value_parser = parse_objective)]
+    objective: ObjectiveArg,
+    /// Score only the first N test samples of each domain (the demo objective's quick estimate).
+    #[arg(long, value_parser = super::count_in::<1, 1_000_000>)]
+    subsample: Option<usize>,
+    /// The metric the table shows (default: mean/accuracy, the mean retention, or the
+    /// command's first).
+    #[arg(long)]
+    metric: Option<String>,
+    /// Stop the objective command after this many seconds (per cell).
+    #[arg(long, default_value_t = 600, value_parser = super::seconds_in::<1, 604_800>)]
+    timeout: u64,
+    /// Seed of the random methods (DARE, DELLA), the same for every cell.
+    #[arg(long, default_value_t = 0)]
+    random_seed: u64,
+    /// Also write every cell (its values, scores and recipe) to this JSON file.
+    #[arg(long, value_parser = path_arg)]
+    json: Option<PathBuf>,
+}
+
+fn parse_axis(s: &str) -> Result<Axis, String> {
+    Axis::parse(s).map_err(|e| e.to_string())
+}
+
+pub fn run(args: &Args, job: &Job) -> Result<(), Failure> {
+    let text = std::fs::read_to_string(&args.recipe)
+        .with_context(|| format!("cannot read the recipe {}", args.recipe.display()))?;
+    let sweep = Sweep::new(&text, &args.recipe, args.params.clone())?;
+    let objective = match &args.objective {
+        ObjectiveArg::Demo => SweepObjective::Demo {
+            accuracy: DemoAccuracy::new()?,
+            fidelity: args.subsample.map_or(Fidelity::Full, Fidelity::Subsample),
+        },
+        ObjectiveArg::Retention => SweepObjective::Retention,
+        ObjectiveArg::Command(command) => SweepObjective::Command(ExternalCommand {
+            command: command.clone(),
+            timeout: Duration::from_secs(args.timeout),
+        }),
+    };
+    let options = PlanOptions {
+        cwd: std::env::current_dir()?,
+        random_seed: Some(args.random_seed),
+        truncate_vocab: false,
+    };
+    let started = Instant::now();
+    let cells = with_cell_progress(job, || {
+        mergescope_core::sweep::run(&sweep, &objective, &Cpu, &options, job, &mut |_| {})
+    })
+    .map_err(|e| match e {
+        SweepError::Cancelled => Failure::Cancelled,
+        other => Failure::from(other),
+    })?;
+    let elapsed = started.elapsed().as_secs_f64();
+    eprintln!(
+        "sweep: {} cells of {} in {elapsed:.2} s ({:.1} ms a cell)",
+        cells.len(),
+        objective.describe(),
+        elapsed * 1e3 / cells.len().max(1) as f64
+    );
+    super::warn_non_finite(job);
+    let first = cells.first().map(|c| &c.scores);
+    let metric = match (&args.metric, first) {
+        (Some(m), Some(scores)) if metric_value(scores, m).is_none() => {
+            return Err(anyhow::anyhow!(
+                "--metric {m}: the objective reported no such metric; it reported {}",
+                metric_names(scores).join(", ")
+            )
+            .into());
+        }
+        (Some(m), _) => m.clone(),
+        (None, Some(scores)) => default_metric(scores).ok_or_else(|| {
+            anyhow::anyhow!("the objective reported no metrics; a sweep needs at least one")
+        })?,
+        (None, None) => String::new(),
+    };
+    if let Some(path) = &args.json {
+        let report = json_report(&sweep, &objective, &cells, &metric);
+        let text = serde_json::to_string_pretty(&report)?;
+        mergescope_core::export::write_atomically(path, format!("{text}\n").as_bytes())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    print_out(&table(&sweep, &cells, &metric))
+}
+
+/// Runs `work` on a named thread while a bar on stderr (a terminal only) counts cells.
+fn with_cell_progress<T: Send>(job: &Job, work: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|scope| {
+        let worker = std::thread::Builder::new()
+            .name("mergescope-sweep".to_owned())
+            .spawn_scoped(scope, work)
+            .expect("the OS refused to start a thread");
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::new(0);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} {msg:48!} [{bar:30}] {pos}/{len} cells, eta {eta}",
+                )
+                .expect("a valid template")
+                .progress_chars("=> "),
+            );
+            bar
+        });
+        while !worker.is_finished() {
+            if let Some(bar) = &bar {
+                let snapshot = job.progress.snapshot();
+                bar.set_length(snapshot.total);
+                bar.set_position(snapshot.done);
+                bar.set_message(snapshot.stage);
+            }
+            std::thread::sleep(Duration::from_millis(80));
+        }
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
+        worker
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+/// A metric's value as the table prints it: accuracies in percent with one decimal.
+fn shown(metric: &str, value: Option<f64>) -> String {
+    match value {
+        Some(v) if is_accuracy(metric) => format!("{:.1}%", v * 100.0),
+        Some(v) => format!("{v:.4}"),
+        None => "-".to_owned(),
+    }
+}
+
+/// One row per cell (1 or 3 parameters), or a grid with the first parameter down and the
+/// second across (2 parameters); the best cell carries a `*`.
+fn table(sweep: &Sweep, cells: &[Cell], metric: &str) -> String {
+    let best = best_cell(cells, metric);
+    let mark = |i: usize| if Some(i) == best { "*" } else { " " };
+    let value = |i: usize| shown(metric, metric_value(&cells[i].scores, metric));
+    let axes = sweep.axes();
+    let mut text = String::new();
+    if let [rows, columns] = axes {
+        let _ = writeln!(
+            text,
+            "{metric} (rows: {}, columns: {}):",
+            rows.path, columns.path
+        );
+        let _ = write!(text, "{:>10}", "");
+        for v in &columns.values {
+            let _ = write!(text, " {:>9}", format_value(*v));
+        }
+        text.push('\n');
+        for (r, row_value) in rows.values.iter().enumerate() {
+            let _ = write!(text, "{:>10}", format_value(*row_value));
+            for c in 0..columns.values.len() {
+                let i = r * columns.values.len() + c;
+                if i < cells.len() {
+                    let _ = write!(text, " {:>8}{}", value(i), mark(i));
+                }
+            }
+            text.push('\n');
+        }
+    } else {
+        for axis in axes {
+            let _ = write!(text, "{:>18} ", axis.path.to_string());
+        }
+        let _ = writeln!(text, "{metric:>14}");
+        for (i, cell) in cells.iter().enumerate() {
+            for v in &cell.values {
+                let _ = write!(text, "{:>18} ", format_value(*v));
+            }
+            let _ = writeln!(text, "{:>13}{}", value(i), mark(i));
+        }
+    }
+    if let Some(i) = best {
+        let _ = writeln!(
+            text,
+            "best (*): {}: {}",
+            sweep.describe(&cells[i].values),
+            value(i)
+        );
+    }
+    text
+}
+
+/// A swept value as short as it reads exactly.
+fn format_value(v: f64) -> String {
+    format!("{v}")
+}
+
+#[derive(serde::Serialize)]
+struct Report<'a> {
+    recipe: String,
+    objective: String,
+    params: Vec<ParamReport>,
+    /// The metric the table showed and the best cell on it.
+    metric: &'a str,
+    best: Option<Vec<usize>>,
+    cells: &'a [Cell],
+}
+
+#[derive(serde::Serialize)]
+struct ParamReport {
+    path: String,
+    key: String,
+    values: Vec<f64>,
+}
+
+fn json_report<'a>(
+    sweep: &Sweep,
+    objective: &SweepObjective,
+    cells: &'a [Cell],
+    metric: &'a str,
+) -> Report<'a> {
+    Report {
+        recipe: sweep.file().display().to_string(),
+        objective: objective.describe(),
+        params: sweep
+            .axes()
+            .iter()
+            .map(|a| ParamReport {
+                path: a.path.to_string(),
+                key: a.path.recipe_key(),
+                values: a.values.clone(),
+            })
+            .collect(),
+        metric,
+        best: best_cell(cells, metric).map(|i| cells[i].index.clone()),
+        cells,
+    }
+}
