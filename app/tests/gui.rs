@@ -10,8 +10,8 @@ use mergescope::gui::app::Panel;
 
 mod common;
 use common::{
-    click_through, drag_slider_to_the_end, error_notice, harness, harness_on, opened, slider,
-    wait_for,
+    MemoryStorage, click_through, drag_slider_to_the_end, error_notice, harness, harness_on,
+    opened, slider, wait_for,
 };
 
 fn mean_accuracy(app: &Workbench) -> Option<f64> {
@@ -360,7 +360,7 @@ fn dropping_files_opens_them_and_a_corrupt_one_is_reported() {
     let mut storage = MemoryStorage::default();
     eframe::App::save(harness.state_mut(), &mut storage);
     let mut again = harness_without_family();
-    again.state_mut().load_recent(Some(&storage));
+    again.state_mut().load_remembered(Some(&storage));
     assert_eq!(again.state().recent, harness.state().recent);
     // One corrupt file dropped on it is added as a fine-tune, fails, and says why.
     harness.input_mut().dropped_files =
@@ -368,26 +368,6 @@ fn dropping_files_opens_them_and_a_corrupt_one_is_reported() {
     let notice = error_notice(&mut harness);
     assert!(notice.contains("dropped.safetensors"), "{notice}");
     assert_eq!(harness.state().family.as_ref().unwrap().models.len(), 2);
-}
-
-/// eframe's storage, in memory.
-#[derive(Default)]
-struct MemoryStorage(std::collections::HashMap<String, String>);
-
-impl eframe::Storage for MemoryStorage {
-    fn get_string(&self, key: &str) -> Option<String> {
-        self.0.get(key).cloned()
-    }
-
-    fn set_string(&mut self, key: &str, value: String) {
-        self.0.insert(key.to_owned(), value);
-    }
-
-    fn remove_string(&mut self, key: &str) {
-        self.0.remove(key);
-    }
-
-    fn flush(&mut self) {}
 }
 
 fn harness_without_family() -> Harness<'static, Workbench> {

@@ -14,8 +14,8 @@ use mergescope_core::eval::{Candidate, DemoAccuracy, Fidelity, Objective as _};
 
 mod common;
 use common::{
-    click_through, drag_slider_to_the_end, harness, harness_sized, harness_with, opened,
-    save_screenshot, step_until, wait_for,
+    MemoryStorage, click_through, drag_slider_to_the_end, harness, harness_sized, harness_with,
+    opened, save_screenshot, step_until, wait_for,
 };
 
 /// Waits for the full preview of the current settings, with the inputs' scores.
@@ -294,6 +294,7 @@ fn at_1024_by_700_no_widgets_overlap_and_none_is_cut_off() {
     let size = egui::vec2(1024.0, 700.0);
     let mut harness = harness_sized(&[], size);
     opened(&mut harness);
+    let mut problems = Vec::new();
     for panel in Panel::ALL {
         harness.state_mut().panel = panel;
         harness.run_ok();
@@ -306,23 +307,44 @@ fn at_1024_by_700_no_widgets_overlap_and_none_is_cut_off() {
                     continue;
                 }
                 let label = node.accesskit_node().label().unwrap_or_default();
-                assert!(
-                    rect.min.x >= -0.5 && rect.max.x <= size.x + 0.5,
-                    "{}: `{label}` ({role:?}) is cut off at {rect:?}",
-                    panel.title()
-                );
+                if rect.min.x < -0.5 || rect.max.x > size.x + 0.5 {
+                    problems.push(format!(
+                        "{}: `{label}` ({role:?}) is cut off at {rect:?}",
+                        panel.title()
+                    ));
+                }
                 rects.push((format!("`{label}` ({role:?})"), rect));
             }
         }
         for (i, (a, ra)) in rects.iter().enumerate() {
             for (b, rb) in &rects[i + 1..] {
                 let overlap = ra.intersect(*rb);
-                assert!(
-                    !(overlap.width() > 1.0 && overlap.height() > 1.0),
-                    "{}: {a} at {ra:?} overlaps {b} at {rb:?}",
-                    panel.title()
-                );
+                if overlap.width() > 1.0 && overlap.height() > 1.0 {
+                    problems.push(format!(
+                        "{}: {a} at {ra:?} overlaps {b} at {rb:?}",
+                        panel.title()
+                    ));
+                }
             }
         }
     }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn the_panel_and_theme_are_remembered_between_runs() {
+    let mut harness = harness();
+    opened(&mut harness);
+    click_through(&mut harness, &["Merge", "Light"]);
+    let mut storage = MemoryStorage::default();
+    eframe::App::save(harness.state_mut(), &mut storage);
+    drop(harness);
+    let mut again = common::harness();
+    again.state_mut().load_remembered(Some(&storage));
+    again.run_ok();
+    assert_eq!(again.state().panel, Panel::Merge);
+    assert_eq!(
+        again.ctx.options(|o| o.theme_preference),
+        egui::ThemePreference::Light
+    );
 }

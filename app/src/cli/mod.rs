@@ -24,9 +24,24 @@ use clap::{Parser, Subcommand};
 use mergescope_core::Job;
 use mergescope_core::export::parse_shard_size;
 
-/// A workbench for model merging.
+/// What `--help` says after the options: the two faces of the program.
+const AFTER_HELP: &str = "Without a command, mergescope opens the workbench window: on the \
+built-in demo family, on the models given (the base first), or on a recipe's models \
+(--recipe). Every command runs headless, with no window and no display, on the same \
+mergekit-style YAML recipes the workbench saves and exports.";
+
+/// A workbench for model merging: a window to see where fine-tunes differ from their base and
+/// where they fight, tune a merge against a live preview and export it, and the same as
+/// headless commands over mergekit recipes.
 #[derive(Debug, Parser)]
-#[command(name = "mergescope", version, about, long_about = None, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "mergescope",
+    version,
+    about,
+    long_about = None,
+    after_help = AFTER_HELP,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -34,9 +49,9 @@ pub struct Cli {
     /// fine-tunes), or on the built-in demo family when none are given.
     #[arg(value_parser = path_arg)]
     models: Vec<PathBuf>,
-    /// Without a command: the panel the workbench opens on.
-    #[arg(long, value_enum, default_value_t)]
-    panel: crate::gui::app::Panel,
+    /// Without a command: the panel the workbench opens on (else the one it last showed).
+    #[arg(long, value_enum)]
+    panel: Option<crate::gui::app::Panel>,
     /// Without a command: where previews and exports run. `auto` uses the window's own GPU
     /// device when it is a hardware one.
     #[arg(long, value_enum, default_value_t)]

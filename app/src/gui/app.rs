@@ -197,11 +197,34 @@ const RECENT: usize = 8;
 /// The storage key of the recent families.
 const RECENT_KEY: &str = "mergescope.recent_families";
 
+/// The storage keys of the panel and theme last shown.
+const PANEL_KEY: &str = "mergescope.panel";
+const THEME_KEY: &str = "mergescope.theme";
+
 impl Workbench {
-    /// The recent families eframe kept from an earlier run.
-    pub fn load_recent(&mut self, storage: Option<&dyn eframe::Storage>) {
-        if let Some(text) = storage.and_then(|s| s.get_string(RECENT_KEY)) {
+    /// What eframe kept from an earlier run: the recent families, the panel and the theme
+    /// (the window's size and place eframe restores itself).
+    pub fn load_remembered(&mut self, storage: Option<&dyn eframe::Storage>) {
+        let Some(storage) = storage else {
+            return;
+        };
+        if let Some(text) = storage.get_string(RECENT_KEY) {
             self.recent = serde_json::from_str(&text).unwrap_or_default();
+        }
+        if let Some(panel) = storage
+            .get_string(PANEL_KEY)
+            .and_then(|t| Panel::ALL.into_iter().find(|p| p.title() == t))
+        {
+            self.panel = panel;
+        }
+        let theme = match storage.get_string(THEME_KEY).as_deref() {
+            Some("light") => Some(egui::ThemePreference::Light),
+            Some("dark") => Some(egui::ThemePreference::Dark),
+            Some("system") => Some(egui::ThemePreference::System),
+            _ => None,
+        };
+        if let Some(theme) = theme {
+            self.ctx.set_theme(theme);
         }
     }
 }
@@ -943,6 +966,13 @@ impl eframe::App for Workbench {
         if let Ok(text) = serde_json::to_string(&self.recent) {
             storage.set_string(RECENT_KEY, text);
         }
+        storage.set_string(PANEL_KEY, self.panel.title().to_owned());
+        let theme = match self.ctx.options(|o| o.theme_preference) {
+            egui::ThemePreference::Light => "light",
+            egui::ThemePreference::Dark => "dark",
+            egui::ThemePreference::System => "system",
+        };
+        storage.set_string(THEME_KEY, theme.to_owned());
     }
 
     fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {

@@ -27,7 +27,8 @@ pub struct Startup {
     /// A mergekit recipe whose models are opened and whose settings are loaded (instead of
     /// `paths`).
     pub recipe: Option<PathBuf>,
-    pub panel: app::Panel,
+    /// The panel to show first; else the one shown when the window last closed.
+    pub panel: Option<app::Panel>,
     /// Where previews and exports run.
     pub backend: BackendChoice,
     /// The terminal's Ctrl-C, when a handler could be installed.
@@ -63,12 +64,14 @@ pub fn run(startup: Startup) -> eframe::Result {
             if let Some(interrupt) = &startup.interrupt {
                 app.interrupted = interrupt.attach(&cc.egui_ctx);
             }
-            app.load_recent(cc.storage);
+            app.load_remembered(cc.storage);
             match startup.recipe {
                 Some(recipe) => app.load_recipe(recipe),
                 None => app.open_paths(&startup.paths),
             }
-            app.panel = startup.panel;
+            if let Some(panel) = startup.panel {
+                app.panel = panel;
+            }
             Ok(Box::new(app))
         }),
     )

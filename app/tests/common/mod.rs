@@ -127,3 +127,23 @@ pub fn drag_slider_to_the_end(harness: &mut Harness<'_, Workbench>, label: &str)
     harness.drop_at(rect.right_center() - egui::vec2(2.0, 0.0));
     harness.run_ok();
 }
+
+/// eframe's storage, in memory.
+#[derive(Default)]
+pub struct MemoryStorage(std::collections::HashMap<String, String>);
+
+impl eframe::Storage for MemoryStorage {
+    fn get_string(&self, key: &str) -> Option<String> {
+        self.0.get(key).cloned()
+    }
+
+    fn set_string(&mut self, key: &str, value: String) {
+        self.0.insert(key.to_owned(), value);
+    }
+
+    fn remove_string(&mut self, key: &str) {
+        self.0.remove(key);
+    }
+
+    fn flush(&mut self) {}
+}
