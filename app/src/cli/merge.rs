@@ -17,7 +17,8 @@ pub struct Args {
     /// A mergekit-style YAML recipe.
     #[arg(value_parser = path_arg)]
     recipe: PathBuf,
-    /// The folder to write the merged model into (created; must not be inside an input).
+    /// The folder to write the merged model into (created; must not be inside an input), with
+    /// its recipe as mergekit_config.yml and a README.md model card.
     #[arg(long, value_parser = path_arg)]
     out: PathBuf,
     /// Largest shard, e.g. 5GB, 500MB, 2GiB.

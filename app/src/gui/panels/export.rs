@@ -139,7 +139,7 @@ fn contents_ui(app: &Workbench, ui: &mut egui::Ui, yaml: &str) {
     let shard_size = mergescope_core::export::parse_shard_size(app.shard_size.trim()).ok();
     let shards = shard_size.map_or(1, |s| bytes.div_ceil(s.max(1)).max(1));
     ui.label(format!(
-        "Into {}, the {} of {} fine-tune(s):",
+        "Into {}, a {} merge of {} fine-tune(s):",
         if app.export_dir.trim().is_empty() {
             "the folder above"
         } else {
