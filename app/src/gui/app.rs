@@ -22,16 +22,18 @@ pub enum Panel {
     Sensitivity,
     Interference,
     Merge,
+    Sweep,
     Pareto,
     Export,
 }
 
 impl Panel {
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::Models,
         Self::Sensitivity,
         Self::Interference,
         Self::Merge,
+        Self::Sweep,
         Self::Pareto,
         Self::Export,
     ];
@@ -42,6 +44,7 @@ impl Panel {
             Self::Sensitivity => "Sensitivity",
             Self::Interference => "Interference",
             Self::Merge => "Merge",
+            Self::Sweep => "Sweep",
             Self::Pareto => "Pareto",
             Self::Export => "Export",
         }
@@ -158,6 +161,8 @@ pub struct Workbench {
     pub recent: Vec<RecentFamily>,
     /// The Pareto panel: its search, front and preference.
     pub pareto: super::pareto::ParetoState,
+    /// The Sweep panel: its parameters and the cells computed so far.
+    pub sweep: super::sweep::SweepState,
     /// A recipe to load once the family it names has opened.
     pending_recipe: Option<PendingRecipe>,
     /// For a worker started again after its thread died.
@@ -291,6 +296,7 @@ impl Workbench {
             selected_tensor: None,
             recent: Vec::new(),
             pareto: super::pareto::ParetoState::default(),
+            sweep: super::sweep::SweepState::default(),
             pending_recipe: None,
             ctx: ctx.clone(),
             kept_settings: None,
@@ -626,6 +632,12 @@ impl Workbench {
                         self.preview = Some(preview);
                     }
                 }
+                Event::PreviewInputs { yaml, inputs } => {
+                    self.preview_progress = None;
+                    if let Some(preview) = self.preview.as_mut().filter(|p| p.yaml == yaml) {
+                        preview.inputs = inputs;
+                    }
+                }
                 Event::PreviewProgress(fraction) => self.preview_progress = Some(fraction),
                 Event::PreviewStopped => self.preview_progress = None,
                 Event::PreviewFailed(text) => {
@@ -653,15 +665,22 @@ impl Workbench {
                     }
                     self.pareto.apply(update);
                 }
+                Event::SweepCell(cell) => self.sweep.add_cell(*cell),
+                Event::SweepDone { millis } => {
+                    self.busy = None;
+                    self.sweep.finished(millis);
+                }
                 Event::Progress { stage, fraction } => self.busy = Some((stage, fraction)),
                 Event::Failed(text) => {
                     self.pareto.running = false;
+                    self.sweep.running = false;
                     self.busy = None;
                     self.pending_recipe = None;
                     self.notice = Some(Notice { error: true, text });
                 }
                 Event::Cancelled => {
                     self.pareto.running = false;
+                    self.sweep.running = false;
                     self.busy = None;
                     self.pending_recipe = None;
                     self.notice = Some(Notice {
@@ -1024,6 +1043,7 @@ impl eframe::App for Workbench {
                     Panel::Sensitivity => panels::sensitivity::show(self, ui),
                     Panel::Interference => panels::interference::show(self, ui),
                     Panel::Merge => panels::merge::show(self, ui),
+                    Panel::Sweep => panels::sweep::show(self, ui),
                     Panel::Pareto => panels::pareto::show(self, ui),
                     Panel::Export => panels::export::show(self, ui),
                 });

@@ -158,6 +158,21 @@ struct InputsKey {
     full: bool,
 }
 
+impl InputsKey {
+    fn of(plan: &MergePlan, full: bool) -> Self {
+        let family = &plan.family;
+        Self {
+            models: family
+                .base
+                .iter()
+                .chain(&family.models)
+                .map(|m| m.checkpoint.source().display().to_string())
+                .collect(),
+            full,
+        }
+    }
+}
+
 impl Thread {
     fn send(&self, event: Event) {
         let _ = self.outbox.send(event);
@@ -267,41 +282,46 @@ impl Thread {
                 )?,
             ),
         };
-        let inputs = self.inputs(&plan, request, &job, sample)?;
         job.check_cancelled().map_err(|_| None)?;
-        Ok(Event::Previewed {
+        let key = InputsKey::of(&plan, request.full);
+        let kept = self
+            .inputs
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, kept)| Arc::clone(kept));
+        let previewed = Event::Previewed {
             yaml: request.yaml.clone(),
             scores,
             survival: survival.map(Box::new),
-            inputs,
+            inputs: kept.clone(),
             full: request.full,
             millis: started.elapsed().as_secs_f64() * 1e3,
+        };
+        if kept.is_some() {
+            return Ok(previewed);
+        }
+        // The merge is shown first; its inputs' scores (once per family and grade, a read of
+        // every model for a large family) follow.
+        self.send(previewed);
+        let inputs = self.inputs(&plan, key, request, &job, sample)?;
+        Ok(Event::PreviewInputs {
+            yaml: request.yaml.clone(),
+            inputs,
         })
     }
 
     /// The base's and each input model's scores, of the same objective and grade as the
-    /// preview: computed on the first preview of a family, then kept. `None` for a merge
-    /// without a base outside the demo family (retention needs task vectors).
+    /// preview, computed on the first preview of a family and kept under `key`. `None` for a
+    /// merge without a base outside the demo family (retention needs task vectors).
     fn inputs(
         &mut self,
         plan: &MergePlan,
+        key: InputsKey,
         request: &PreviewRequest,
         job: &Job,
         sample: Option<usize>,
     ) -> Result<Option<Arc<InputScores>>, Option<String>> {
         let family = &plan.family;
-        let key = InputsKey {
-            models: family
-                .base
-                .iter()
-                .chain(&family.models)
-                .map(|m| m.checkpoint.source().display().to_string())
-                .collect(),
-            full: request.full,
-        };
-        if let Some((_, kept)) = self.inputs.iter().find(|(k, _)| *k == key) {
-            return Ok(Some(Arc::clone(kept)));
-        }
         let computed = if request.is_demo {
             let demo = self.demo.as_ref().expect("loaded by the preview");
             let fidelity = if request.full {

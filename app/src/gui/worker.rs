@@ -43,6 +43,8 @@ pub enum Command {
     },
     /// A Pareto search over the recipe's per-model weights, then its data-free map.
     Pareto(Box<ParetoRequest>),
+    /// The recipe merged and scored at every cell of a grid of its parameters.
+    Sweep(Box<super::sweep::SweepRequest>),
     /// A job that fails on purpose: how the tests prove a failing job never takes the
     /// workbench down with it.
     #[doc(hidden)]
@@ -81,6 +83,12 @@ pub enum Event {
         full: bool,
         millis: f64,
     },
+    /// The base's and each input model's scores for the preview of `yaml`, when they were
+    /// not known yet as it was sent.
+    PreviewInputs {
+        yaml: String,
+        inputs: Option<Arc<InputScores>>,
+    },
     /// How far the running preview is.
     PreviewProgress(f64),
     /// A preview was cancelled or superseded by a newer one.
@@ -88,6 +96,12 @@ pub enum Event {
     PreviewFailed(String),
     Exported(String),
     Pareto(ParetoUpdate),
+    /// A cell of the running sweep, as soon as it is scored.
+    SweepCell(Box<mergescope_core::sweep::Cell>),
+    /// The sweep scored every cell, in this many milliseconds.
+    SweepDone {
+        millis: f64,
+    },
     Progress {
         stage: String,
         fraction: f64,
@@ -354,6 +368,7 @@ impl Engine {
                 self.export(&yaml, &options, epoch)
             }
             Command::Pareto(request) => self.pareto(&request, epoch),
+            Command::Sweep(request) => self.sweep(&request, epoch),
             Command::InjectFault(fault) => panic!("injected fault: {fault:?}"),
         }
     }
@@ -555,6 +570,45 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// Merges and scores every cell of the sweep, sending each as soon as it is done.
+    fn sweep(&self, request: &super::sweep::SweepRequest, epoch: u64) -> Result<Event, String> {
+        use mergescope_core::eval::{DemoAccuracy, Fidelity};
+        use mergescope_core::sweep::{Sweep, SweepError, SweepObjective, run};
+        let one_line = |e: SweepError| match e {
+            SweepError::Cancelled => CANCELLED.to_owned(),
+            other => mergescope_core::one_line(&other.to_string()),
+        };
+        let started = Instant::now();
+        let sweep =
+            Sweep::new(&request.yaml, &request.file, request.axes.clone()).map_err(one_line)?;
+        // Full scores: a cell is what the Merge panel's full preview of its settings shows.
+        let objective = if request.is_demo {
+            SweepObjective::Demo {
+                accuracy: DemoAccuracy::new().map_err(|e| e.to_string())?,
+                fidelity: Fidelity::Full,
+            }
+        } else {
+            SweepObjective::Retention
+        };
+        // Planned as previews are (the same seed), so a cell repeats its preview.
+        let options = plan_options()?;
+        let job = self.job(epoch);
+        run(
+            &sweep,
+            &objective,
+            self.backend.as_ref(),
+            &options,
+            &job,
+            &mut |cell| self.send(Event::SweepCell(Box::new(cell.clone()))),
+        )
+        .map_err(one_line)?;
+        Ok(Event::SweepDone {
+            millis: started.elapsed().as_secs_f64() * 1e3,
+        })
+    }
+}
+
 const CANCELLED: &str = "\u{0}cancelled";
 
 impl Command {
@@ -565,6 +619,7 @@ impl Command {
             Self::Analyze => "the analysis",
             Self::Export { .. } => "the export",
             Self::Pareto(_) => "the Pareto search",
+            Self::Sweep(_) => "the sweep",
             Self::InjectFault(_) => "an injected fault",
         }
     }
