@@ -174,7 +174,7 @@ fn compare_puts_the_merge_beside_its_base_and_each_expert() {
         .lines()
         .find(|l| l.starts_with("mean/accuracy"))
         .unwrap_or_else(|| panic!("{text}"));
-    assert!(mean.contains(" %") && mean.contains(" pp"), "{mean}");
+    assert!(mean.contains('%') && mean.contains(" pp"), "{mean}");
     assert!(
         text.lines().next().unwrap().contains("vs best single"),
         "{text}"

@@ -31,10 +31,11 @@ pub fn is_accuracy(metric: &str) -> bool {
         .contains("accuracy")
 }
 
-/// `value` as people read `metric`: accuracies in percent (`97.3 %`), the rest as numbers.
+/// `value` as people read `metric`: accuracies in percent (`97.3%`, as every table of
+/// mergescope prints them), the rest as numbers.
 pub fn format_value(metric: &str, value: f64) -> String {
     if is_accuracy(metric) {
-        format!("{:.1} %", 100.0 * value)
+        format!("{:.1}%", 100.0 * value)
     } else {
         format!("{value:.4}")
     }
@@ -268,7 +269,7 @@ mod tests {
 
     #[test]
     fn accuracies_read_in_percent() {
-        assert_eq!(format_value("mean/accuracy", 0.9731), "97.3 %");
+        assert_eq!(format_value("mean/accuracy", 0.9731), "97.3%");
         assert_eq!(format_delta("mean/accuracy", -0.012), "-1.2 pp");
         assert_eq!(format_value("mean/loss", 0.25), "0.2500");
         assert!(higher_is_better("retention/a") && !higher_is_better("mean/loss"));

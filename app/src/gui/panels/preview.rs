@@ -262,7 +262,7 @@ fn accuracy(ui: &mut egui::Ui, preview: &Preview) {
             ui.add(
                 egui::ProgressBar::new(*value as f32)
                     .desired_width(240.0)
-                    .text(format!("{:.1} %", 100.0 * value)),
+                    .text(format!("{:.1}%", 100.0 * value)),
             );
             ui.end_row();
         }
