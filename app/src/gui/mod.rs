@@ -10,6 +10,7 @@ pub mod panels;
 pub mod pareto;
 pub mod previewer;
 pub mod state;
+pub mod sweep;
 pub mod text;
 pub mod worker;
 

@@ -10,6 +10,7 @@ pub mod models;
 pub mod pareto;
 pub mod preview;
 pub mod sensitivity;
+pub mod sweep;
 
 /// Whether the analysis report is there; if not, says why or offers to start it. A report
 /// still being filled in says how far it is.

@@ -1,0 +1,375 @@
+//! The Sweep panel's state: the parameters the user picked (from what the Merge panel's
+//! settings have), the cells as the worker computes them, and the CSV of the results.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use mergescope_core::sweep::metric::{metric_names, metric_value};
+use mergescope_core::sweep::{Axis, Cell, ParamPath};
+
+use super::state::{MergeSettings, OpenFamily, has_lambda, model_name, model_params};
+
+/// Steps per axis a new axis starts with.
+const DEFAULT_STEPS: usize = 6;
+
+/// A parameter the current settings let the user sweep.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParamChoice {
+    /// As the core parses it: `models.1.weight`, `models.0.weight[2]`, `lambda`.
+    pub path: String,
+    /// In words: `weight of rotated`, `weight of rotated, curve point 3 of 5`.
+    pub label: String,
+    /// Where a new range starts and ends.
+    pub range: (f64, f64),
+}
+
+/// Every number of `settings` a sweep can vary, as its recipe writes them: each model's
+/// weight (each control point of its curve when per-layer weights are on), each model's
+/// density, epsilon or gamma as the method reads them, and `lambda` when it is one number.
+pub fn param_choices(settings: &MergeSettings, family: &OpenFamily) -> Vec<ParamChoice> {
+    let mut choices = Vec::new();
+    for (i, path) in family.models.iter().enumerate() {
+        let model = model_name(path);
+        if settings.per_layer {
+            let points = settings.curves.get(i).map_or(0, Vec::len);
+            for k in 0..points {
+                choices.push(ParamChoice {
+                    path: format!("models.{i}.weight[{k}]"),
+                    label: format!("weight of {model}, curve point {} of {points}", k + 1),
+                    range: (0.0, 1.0),
+                });
+            }
+        } else {
+            choices.push(ParamChoice {
+                path: format!("models.{i}.weight"),
+                label: format!("weight of {model}"),
+                range: (0.0, 1.0),
+            });
+        }
+    }
+    for name in model_params(&settings.method) {
+        for (i, path) in family.models.iter().enumerate() {
+            let range = match name {
+                "density" => (0.1, 1.0),
+                _ => (0.0, 0.3),
+            };
+            choices.push(ParamChoice {
+                path: format!("models.{i}.{name}"),
+                label: format!("{name} of {}", model_name(path)),
+                range,
+            });
+        }
+    }
+    // A lambda per module filter is a {filter, value} list, not one number to vary.
+    if has_lambda(&settings.method) && settings.filters.is_empty() {
+        choices.push(ParamChoice {
+            path: "lambda".to_owned(),
+            label: "lambda (strength of the merged task vector)".to_owned(),
+            range: (0.5, 1.5),
+        });
+    }
+    choices
+}
+
+/// One axis as the user sets it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AxisChoice {
+    /// A [`ParamChoice::path`].
+    pub path: String,
+    pub start: f64,
+    pub end: f64,
+    pub steps: usize,
+}
+
+impl AxisChoice {
+    pub fn new(choice: &ParamChoice) -> Self {
+        Self {
+            path: choice.path.clone(),
+            start: choice.range.0,
+            end: choice.range.1,
+            steps: DEFAULT_STEPS,
+        }
+    }
+
+    /// The core's axis; `Err` says what is wrong, in one line.
+    pub fn to_axis(&self) -> Result<Axis, String> {
+        let path = ParamPath::parse(&self.path).map_err(|e| e.to_string())?;
+        Axis::range(path, self.start, self.end, self.steps).map_err(|e| e.to_string())
+    }
+}
+
+/// A sweep's results as they arrive.
+#[derive(Clone, Debug, Default)]
+pub struct SweepResults {
+    /// The axes it ran over, with their values.
+    pub axes: Vec<Axis>,
+    /// The label of each axis's parameter, as it was picked.
+    pub labels: Vec<String>,
+    /// Cells in the order computed (row-major); fewer than the grid while it runs or after a
+    /// cancel.
+    pub cells: Vec<Cell>,
+    /// Where the recipes were taken to live (the family's recipe file).
+    pub file: PathBuf,
+    pub millis: Option<f64>,
+}
+
+impl SweepResults {
+    pub fn cell_count(&self) -> usize {
+        self.axes.iter().map(|a| a.values.len()).product()
+    }
+
+    /// The cell at `index`, if it has been computed.
+    pub fn cell(&self, index: &[usize]) -> Option<&Cell> {
+        self.cells.iter().find(|c| c.index == index)
+    }
+
+    /// The metrics the cells report (and the mean retention), from the first cell.
+    pub fn metrics(&self) -> Vec<String> {
+        self.cells
+            .first()
+            .map_or_else(Vec::new, |c| metric_names(&c.scores))
+    }
+
+    /// The CSV of every cell: one column per parameter, then one per metric.
+    pub fn csv(&self) -> String {
+        let metrics = self.metrics();
+        let mut text = String::new();
+        let header: Vec<String> = self
+            .axes
+            .iter()
+            .map(|a| a.path.to_string())
+            .chain(metrics.iter().cloned())
+            .map(|h| csv_field(&h))
+            .collect();
+        let _ = writeln!(text, "{}", header.join(","));
+        for cell in &self.cells {
+            let row: Vec<String> = cell
+                .values
+                .iter()
+                .map(f64::to_string)
+                .chain(metrics.iter().map(|m| {
+                    metric_value(&cell.scores, m).map_or_else(String::new, |v| v.to_string())
+                }))
+                .collect();
+            let _ = writeln!(text, "{}", row.join(","));
+        }
+        text
+    }
+}
+
+/// A CSV field, quoted when it holds a comma, a quote or a line break.
+fn csv_field(text: &str) -> String {
+    if text.contains([',', '"', '\n']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text.to_owned()
+    }
+}
+
+/// What the worker is asked to sweep.
+#[derive(Debug)]
+pub struct SweepRequest {
+    /// The Merge panel's recipe.
+    pub yaml: String,
+    /// Where it is taken to live.
+    pub file: PathBuf,
+    pub axes: Vec<Axis>,
+    /// Score on the demo's digits (else retention).
+    pub is_demo: bool,
+}
+
+/// The Sweep panel's state.
+#[derive(Clone, Debug)]
+pub struct SweepState {
+    /// One or two axes.
+    pub axes: Vec<AxisChoice>,
+    /// The metric the chart shows.
+    pub metric: Option<String>,
+    pub running: bool,
+    pub results: Option<SweepResults>,
+    /// Where "Save CSV" writes.
+    pub csv_path: String,
+}
+
+impl Default for SweepState {
+    fn default() -> Self {
+        Self {
+            axes: Vec::new(),
+            metric: None,
+            running: false,
+            results: None,
+            csv_path: std::env::temp_dir()
+                .join("mergescope-sweep.csv")
+                .display()
+                .to_string(),
+        }
+    }
+}
+
+impl SweepState {
+    /// Keeps the chosen axes among `choices` (settings change under the panel): an axis
+    /// whose parameter is gone takes the first one left.
+    pub fn fit_to(&mut self, choices: &[ParamChoice]) {
+        let Some(first) = choices.first() else {
+            self.axes.clear();
+            return;
+        };
+        if self.axes.is_empty() {
+            self.axes.push(AxisChoice::new(first));
+        }
+        for axis in &mut self.axes {
+            if !choices.iter().any(|c| c.path == axis.path) {
+                *axis = AxisChoice::new(first);
+            }
+        }
+    }
+
+    /// A sweep was sent: results start empty.
+    pub fn started(&mut self, axes: Vec<Axis>, labels: Vec<String>, file: PathBuf) {
+        self.running = true;
+        self.results = Some(SweepResults {
+            axes,
+            labels,
+            cells: Vec::new(),
+            file,
+            millis: None,
+        });
+    }
+
+    /// A cell from the worker.
+    pub fn add_cell(&mut self, cell: Cell) {
+        if let Some(results) = &mut self.results {
+            results.cells.push(cell);
+            if self.metric.is_none() {
+                self.metric =
+                    mergescope_core::sweep::metric::default_metric(&results.cells[0].scores);
+            }
+        }
+    }
+
+    /// The worker finished the sweep.
+    pub fn finished(&mut self, millis: f64) {
+        self.running = false;
+        if let Some(results) = &mut self.results {
+            results.millis = Some(millis);
+        }
+    }
+
+    /// Writes the CSV of the results to `path`, atomically.
+    pub fn save_csv(&self, path: &Path) -> Result<String, String> {
+        let results = self
+            .results
+            .as_ref()
+            .filter(|r| !r.cells.is_empty())
+            .ok_or("there are no results to save yet; run a sweep first")?;
+        mergescope_core::export::write_atomically(path, results.csv().as_bytes())
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        Ok(format!(
+            "wrote {} cells to {}",
+            results.cells.len(),
+            path.display()
+        ))
+    }
+}
+
+/// A metric's name as the panel shows it: a retention key names the model by its folder.
+pub fn metric_label(metric: &str) -> String {
+    match metric.split_once('/') {
+        Some((kind @ ("retention" | "cosine"), model)) => {
+            format!("{kind} of {}", model_name(Path::new(model)))
+        }
+        _ => metric.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn family() -> OpenFamily {
+        OpenFamily {
+            base: PathBuf::from("/m/base"),
+            models: vec![PathBuf::from("/m/a"), PathBuf::from("/m/b")],
+            members: Vec::new(),
+            issues: Vec::new(),
+            is_demo: false,
+            builtin: false,
+            tensor_names: Vec::new(),
+            layers: 4,
+        }
+    }
+
+    #[test]
+    fn choices_follow_the_settings() {
+        let mut settings = MergeSettings::for_models(2);
+        let paths = |s: &MergeSettings| -> Vec<String> {
+            param_choices(s, &family())
+                .into_iter()
+                .map(|c| c.path)
+                .collect()
+        };
+        assert_eq!(
+            paths(&settings),
+            ["models.0.weight", "models.1.weight", "lambda"]
+        );
+        settings.method = "ties".to_owned();
+        settings.per_layer = true;
+        settings.curves = vec![vec![0.3, 0.3, 0.3], vec![0.3, 0.3]];
+        assert_eq!(
+            paths(&settings),
+            [
+                "models.0.weight[0]",
+                "models.0.weight[1]",
+                "models.0.weight[2]",
+                "models.1.weight[0]",
+                "models.1.weight[1]",
+                "models.0.density",
+                "models.1.density",
+                "lambda"
+            ]
+        );
+        settings.method = "linear".to_owned();
+        assert!(!paths(&settings).contains(&"lambda".to_owned()));
+        // Every choice is a path the core sweeps in the recipe the settings make.
+        settings.method = "della".to_owned();
+        settings.per_layer = false;
+        let yaml = settings.to_yaml(&family());
+        for choice in param_choices(&settings, &family()) {
+            let axis = AxisChoice::new(&choice).to_axis().unwrap();
+            mergescope_core::sweep::Sweep::new(&yaml, Path::new("/m/r.yml"), vec![axis])
+                .unwrap_or_else(|e| panic!("{}: {e}", choice.path));
+        }
+    }
+
+    #[test]
+    fn results_become_csv() {
+        let axes = vec![
+            AxisChoice {
+                path: "models.0.weight".to_owned(),
+                start: 0.0,
+                end: 1.0,
+                steps: 2,
+            }
+            .to_axis()
+            .unwrap(),
+        ];
+        let mut state = SweepState::default();
+        state.started(axes, vec!["weight of a".to_owned()], PathBuf::from("r.yml"));
+        for (i, v) in [0.0, 1.0].into_iter().enumerate() {
+            state.add_cell(Cell {
+                index: vec![i],
+                values: vec![v],
+                scores: [("retention/x,y".to_owned(), v / 2.0)]
+                    .into_iter()
+                    .collect(),
+                recipe: String::new(),
+            });
+        }
+        assert_eq!(
+            state.results.as_ref().unwrap().csv(),
+            "models.0.weight,mean retention,\"retention/x,y\"\n0,0,0\n1,0.5,0.5\n"
+        );
+        assert_eq!(state.metric.as_deref(), Some("mean retention"));
+        assert_eq!(metric_label("retention//m/a"), "retention of a");
+    }
+}
