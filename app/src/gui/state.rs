@@ -366,42 +366,71 @@ pub fn round(x: f64) -> f64 {
 /// where it can, so switching shape does not change the overall strength much.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CurvePreset {
-    Flat,
+    Constant,
     Rising,
     Falling,
-    Middle,
+    V,
+    InverseV,
     EarlyOnly,
     LateOnly,
 }
 
 impl CurvePreset {
-    pub const ALL: [Self; 6] = [
-        Self::Flat,
+    pub const ALL: [Self; 7] = [
+        Self::Constant,
         Self::Rising,
         Self::Falling,
-        Self::Middle,
+        Self::V,
+        Self::InverseV,
         Self::EarlyOnly,
         Self::LateOnly,
     ];
 
     pub const fn label(self) -> &'static str {
         match self {
-            Self::Flat => "flat",
+            Self::Constant => "constant",
             Self::Rising => "rising (late layers most)",
             Self::Falling => "falling (early layers most)",
-            Self::Middle => "middle layers",
+            Self::V => "V (first and last layers most)",
+            Self::InverseV => "inverse V (middle layers most)",
             Self::EarlyOnly => "early half only",
             Self::LateOnly => "late half only",
+        }
+    }
+
+    /// What the shape does to the weights, for its tooltip.
+    pub const fn help(self) -> &'static str {
+        match self {
+            Self::Constant => "The same weight on every layer (the curve's mean).",
+            Self::Rising => {
+                "A linear ramp from 0 at the first layer to twice the mean at the last: the \
+                 base's early (general) layers stay, the late (task-specific) ones merge most."
+            }
+            Self::Falling => {
+                "A linear ramp from twice the mean at the first layer to 0 at the last: merge \
+                 the early layers, keep the base's late ones."
+            }
+            Self::V => {
+                "Twice the mean at the first and last layers, 0 in the middle (two linear \
+                 ramps)."
+            }
+            Self::InverseV => {
+                "0 at the first and last layers, twice the mean in the middle (two linear \
+                 ramps)."
+            }
+            Self::EarlyOnly => "Twice the mean on the first half of the layers, 0 after it.",
+            Self::LateOnly => "0 on the first half of the layers, twice the mean after it.",
         }
     }
 
     /// Five control points with mean `w` over depth.
     pub fn points(self, w: f64) -> Vec<f64> {
         let shape: [f64; 5] = match self {
-            Self::Flat => [1.0; 5],
+            Self::Constant => [1.0; 5],
             Self::Rising => [0.0, 0.5, 1.0, 1.5, 2.0],
             Self::Falling => [2.0, 1.5, 1.0, 0.5, 0.0],
-            Self::Middle => [0.0, 1.0, 2.0, 1.0, 0.0],
+            Self::V => [2.0, 1.0, 0.0, 1.0, 2.0],
+            Self::InverseV => [0.0, 1.0, 2.0, 1.0, 0.0],
             // The half that is kept carries twice the weight (a mean of 3/4 w over depth).
             Self::EarlyOnly => [2.0, 2.0, 0.0, 0.0, 0.0],
             Self::LateOnly => [0.0, 0.0, 0.0, 2.0, 2.0],
@@ -744,8 +773,14 @@ mod tests {
             CurvePreset::Rising.points(0.3),
             vec![0.0, 0.15, 0.3, 0.45, 0.6]
         );
-        // Over depth (many layers), the middle preset keeps the mean weight.
-        assert!((curve_mean(&CurvePreset::Middle.points(0.4), 1001) - 0.4).abs() < 1e-3);
+        // Over depth (many layers), the V shapes keep the mean weight.
+        for preset in [CurvePreset::V, CurvePreset::InverseV, CurvePreset::Constant] {
+            assert!(
+                (curve_mean(&preset.points(0.4), 1001) - 0.4).abs() < 1e-3,
+                "{preset:?}"
+            );
+        }
+        assert_eq!(CurvePreset::V.points(0.5), vec![1.0, 0.5, 0.0, 0.5, 1.0]);
     }
 
     #[test]

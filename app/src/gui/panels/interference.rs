@@ -1,11 +1,16 @@
 //! Interference: the task × task matrices (cosine, sign conflict, top-k mask overlap) for the
 //! whole model, a layer or a module kind.
 
-use super::{cell, diverging, fmt, sequential};
+use super::fmt;
 use crate::gui::app::Workbench;
+use crate::gui::chart::{self, ColorScale, Heatmap, Series, XyChart};
 
 pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
-    ui.heading("Interference");
+    ui.horizontal(|ui| {
+        ui.heading("Interference");
+        ui.add_space(24.0);
+        chart::folder_ui(ui);
+    });
     if !super::report_ready(app, ui) {
         return;
     }
@@ -46,79 +51,110 @@ pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
                 );
             }
         });
-    (app.selected_layer, app.selected_module) = scope;
-    let n = report.models.len();
-    ui.horizontal_top(|ui| {
-        for (title, matrix, signed) in [
-            ("cosine", &group.metrics.cosine, true),
-            ("sign conflict", &group.metrics.sign_conflict, false),
-            ("top-k overlap", &group.metrics.jaccard, false),
-        ] {
+    let scope_name = group.name.clone();
+    let matrices = [
+        (
+            "cosine",
+            &group.metrics.cosine,
+            ColorScale::Diverging,
+            "cosine of the two task vectors (1: same direction, 0: unrelated, -1: opposed)",
+        ),
+        (
+            "sign conflict",
+            &group.metrics.sign_conflict,
+            ColorScale::Sequential,
+            "share of the coordinates both change whose signs differ",
+        ),
+        (
+            "top-k overlap",
+            &group.metrics.jaccard,
+            ColorScale::Sequential,
+            "Jaccard overlap of the two top-k magnitude masks",
+        ),
+    ];
+    ui.horizontal_wrapped(|ui| {
+        for (title, matrix, scale, meaning) in matrices {
+            let hover = |_: usize, _: usize| format!("scope: {scope_name}\n{meaning}");
+            let heatmap = Heatmap {
+                title,
+                axes: ("model", "model"),
+                rows: &report.models,
+                columns: &report.models,
+                values: matrix,
+                scale,
+                exclude_diagonal: true,
+                hover: &hover,
+                clickable_rows: false,
+                selected_row: None,
+            };
+            // Wrapped by hand: a vertical group's width is not known before it is laid out.
+            if ui.available_width() < heatmap.size(ui).x {
+                ui.end_row();
+            }
             ui.vertical(|ui| {
-                ui.strong(title);
-                egui::Grid::new(title).spacing([2.0, 2.0]).show(ui, |ui| {
-                    for i in 0..n {
-                        for j in 0..n {
-                            let v = matrix[i][j];
-                            let color = match v {
-                                None => ui.visuals().faint_bg_color,
-                                Some(v) if signed => diverging(v, -1.0, 1.0),
-                                Some(v) => sequential(v, 1.0),
-                            };
-                            let hover =
-                                format!("{} x {}: {}", report.models[i], report.models[j], fmt(v));
-                            cell(ui, 34.0, color, &hover);
-                        }
-                        ui.label(egui::RichText::new(&report.models[i]).small());
-                        ui.end_row();
-                    }
-                });
+                chart::framed_ui(
+                    ui,
+                    &mut app.notice,
+                    &format!("interference-{title}-{scope_name}"),
+                    &format!("{title} ({scope_name})"),
+                    || heatmap.csv(),
+                    |ui| heatmap.show(ui),
+                );
             });
             ui.add_space(16.0);
         }
     });
+    (app.selected_layer, app.selected_module) = scope;
     ui.label(format!(
-        "Top-k overlap at density {} (chance {:.3}). Sign conflict: share of shared nonzeros with opposite signs.",
+        "Colours span the pairs (the diagonal, each model with itself, is grey and off the scale). \
+         Top-k overlap at density {} (chance {:.3}). Sign conflict: share of shared nonzeros with opposite signs.",
         report.settings.interference.density, report.jaccard_chance
     ));
     ui.add_space(8.0);
-    ui.strong("Per layer: cosine of each pair of task vectors");
+    let n = report.models.len();
     let layers: Vec<(f64, &mergescope_core::analysis::GroupReport)> = report
         .layers
         .iter()
         .filter_map(|g| Some((g.name.strip_prefix("layer ")?.parse().ok()?, g)))
         .collect();
-    egui_plot::Plot::new("cosine-per-layer")
-        .height(170.0)
-        .legend(egui_plot::Legend::default())
-        .allow_scroll(false)
-        .show(ui, |plot| {
-            for i in 0..n {
-                for j in i + 1..n {
-                    let points: Vec<[f64; 2]> = layers
-                        .iter()
-                        .filter_map(|(b, g)| Some([*b, g.metrics.cosine[i][j]?]))
-                        .collect();
-                    let name = format!("{} x {}", report.models[i], report.models[j]);
-                    plot.line(egui_plot::Line::new(name, super::finite_points(points)));
-                }
-            }
-            let conflict: Vec<[f64; 2]> = layers
+    let mut series = Vec::new();
+    for i in 0..n {
+        for j in i + 1..n {
+            let points = layers
                 .iter()
-                .filter_map(|(b, g)| {
-                    Some([
-                        *b,
-                        mergescope_core::analysis::GroupReport::mean_pairwise(
-                            &g.metrics.sign_conflict,
-                        )?,
-                    ])
-                })
+                .filter_map(|(b, g)| Some([*b, g.metrics.cosine[i][j]?]))
                 .collect();
-            plot.line(egui_plot::Line::new(
-                "mean sign conflict",
-                super::finite_points(conflict),
-            ));
-        });
+            let name = format!("{} × {}", report.models[i], report.models[j]);
+            series.push(Series::new(name, series.len(), points));
+        }
+    }
+    let conflict = layers
+        .iter()
+        .filter_map(|(b, g)| {
+            Some([
+                *b,
+                mergescope_core::analysis::GroupReport::mean_pairwise(&g.metrics.sign_conflict)?,
+            ])
+        })
+        .collect();
+    series.push(Series::new("mean sign conflict", series.len(), conflict));
+    let per_layer = XyChart {
+        series_title: "pair".to_owned(),
+        series,
+        height: 180.0,
+        min_y_span: 0.1,
+        include_y: vec![0.0],
+        x_is_layer: true,
+        ..XyChart::new("cosine-per-layer", "layer", "cosine (sign conflict)")
+    };
+    chart::framed_ui(
+        ui,
+        &mut app.notice,
+        "interference-per-layer",
+        "Per layer: cosine of each pair of task vectors, and the mean sign conflict",
+        || per_layer.csv(),
+        |ui| per_layer.show(ui),
+    );
     spectra(app, ui);
 }
 
@@ -146,10 +182,15 @@ fn spectra(app: &mut Workbench, ui: &mut egui::Ui) {
         .unwrap_or_else(|| candidates[0].name.clone());
     let mut selected = chosen.clone();
     egui::ComboBox::from_label("tensor")
-        .selected_text(&selected)
+        .selected_text(crate::gui::text::elide_middle(&selected, 48))
         .show_ui(ui, |ui| {
             for t in &candidates {
-                ui.selectable_value(&mut selected, t.name.clone(), &t.name);
+                ui.selectable_value(
+                    &mut selected,
+                    t.name.clone(),
+                    crate::gui::text::elide_middle(&t.name, 64),
+                )
+                .on_hover_text(&t.name);
             }
         });
     app.selected_tensor = Some(selected.clone());
@@ -159,24 +200,42 @@ fn spectra(app: &mut Workbench, ui: &mut egui::Ui) {
     let Some(spectra) = &tensor.spectra else {
         return;
     };
-    egui_plot::Plot::new("spectra")
-        .height(180.0)
-        .legend(egui_plot::Legend::default())
-        .allow_scroll(false)
-        .show(ui, |plot| {
-            for (label, s) in report.models.iter().zip(spectra) {
-                let points: Vec<[f64; 2]> = s
-                    .sigma
-                    .iter()
-                    .enumerate()
-                    .map(|(k, &v)| [(k + 1) as f64, v])
-                    .collect();
-                plot.line(egui_plot::Line::new(
-                    label.clone(),
-                    super::finite_points(points),
-                ));
-            }
-        });
+    let series = report
+        .models
+        .iter()
+        .zip(spectra)
+        .enumerate()
+        .map(|(i, (label, s))| {
+            let points = s
+                .sigma
+                .iter()
+                .enumerate()
+                .map(|(k, &v)| [(k + 1) as f64, v])
+                .collect();
+            Series::new(label.clone(), i, points)
+        })
+        .collect();
+    let plot = XyChart {
+        series_title: "model".to_owned(),
+        series,
+        include_y: vec![0.0],
+        ..XyChart::new(
+            "spectra",
+            "k (singular value index)",
+            "σ_k of the task vector",
+        )
+    };
+    chart::framed_ui(
+        ui,
+        &mut app.notice,
+        &format!("spectra-{selected}"),
+        &format!(
+            "Singular values of each task vector of {}",
+            crate::gui::text::elide_middle(&selected, 60)
+        ),
+        || plot.csv(),
+        |ui| plot.show(ui),
+    );
     egui::Grid::new("tensor-figures")
         .striped(true)
         .show(ui, |ui| {

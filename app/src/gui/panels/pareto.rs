@@ -3,9 +3,10 @@
 //! that gives, through the learned map, the merge that best serves it — previewed live, and
 //! loaded into the Merge panel (and so exported) as it moves.
 
-use egui_plot::{Legend, Line, MarkerShape, Plot, PlotPoint, PlotPoints, Points, Text};
+use egui_plot::{HoverPosition, Line, MarkerShape, Plot, PlotPoint, PlotPoints, Points, Text};
 
 use crate::gui::app::{Notice, Workbench};
+use crate::gui::chart;
 use crate::gui::pareto::{ParetoObjective, ParetoRequest, ParetoState, linked};
 use crate::gui::state::OpenFamily;
 use crate::gui::worker::Command;
@@ -19,7 +20,11 @@ const BELOW: f64 = -0.5;
 const CHOSEN: egui::Color32 = egui::Color32::from_rgb(40, 170, 90);
 
 pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
-    ui.heading("Pareto");
+    ui.horizontal(|ui| {
+        ui.heading("Pareto");
+        ui.add_space(24.0);
+        chart::folder_ui(ui);
+    });
     let Some(family) = app.family.clone() else {
         ui.label("Open a family first.");
         return;
@@ -39,7 +44,7 @@ pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
         return;
     }
     ui.separator();
-    summary_ui(&app.pareto, ui);
+    summary_ui(&app.pareto, &mut app.notice, ui);
     ui.separator();
     ui.columns(2, |columns| {
         preference_ui(app, &mut columns[0], &family);
@@ -48,7 +53,7 @@ pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
     ui.separator();
     ui.columns(2, |columns| {
         scatter_ui(app, &mut columns[0]);
-        parallel_ui(&app.pareto, &mut columns[1]);
+        parallel_ui(&app.pareto, &mut app.notice, &mut columns[1]);
     });
     ui.separator();
     front_table_ui(app, ui);
@@ -177,7 +182,7 @@ fn start(app: &mut Workbench, family: &OpenFamily) {
     app.worker.send(Command::Pareto(Box::new(request)));
 }
 
-fn summary_ui(state: &ParetoState, ui: &mut egui::Ui) {
+fn summary_ui(state: &ParetoState, notice: &mut Option<Notice>, ui: &mut egui::Ui) {
     let front = state.on_front().iter().filter(|f| **f).count();
     let latest = state.rounds.last();
     ui.horizontal(|ui| {
@@ -202,22 +207,32 @@ fn summary_ui(state: &ParetoState, ui: &mut egui::Ui) {
     );
     ui.horizontal(|ui| {
         if state.rounds.len() > 1 {
-            ui.label("hypervolume\nby round");
-            let history: PlotPoints<'_> = state
-                .rounds
-                .iter()
-                .map(|r| [r.round as f64, r.hypervolume_normalised])
-                .collect();
-            Plot::new("hypervolume-history")
-                .width(220.0)
-                .height(90.0)
-                .allow_drag(false)
-                .allow_zoom(false)
-                .allow_scroll(false)
-                .show_axes([true, true])
-                .show(ui, |plot| {
-                    plot.line(Line::new("hypervolume per round", history));
-                });
+            let history = chart::XyChart {
+                series_title: "series".to_owned(),
+                series: vec![chart::Series::new(
+                    "hypervolume",
+                    0,
+                    state
+                        .rounds
+                        .iter()
+                        .map(|r| [r.round as f64, r.hypervolume_normalised])
+                        .collect(),
+                )],
+                height: 110.0,
+                min_y_span: 0.01,
+                ..chart::XyChart::new("hypervolume-history", "round", "hypervolume")
+            };
+            ui.vertical(|ui| {
+                ui.set_width(320.0);
+                chart::framed_ui(
+                    ui,
+                    notice,
+                    "pareto-hypervolume",
+                    "Hypervolume by round",
+                    || history.csv(),
+                    |ui| history.show(ui),
+                );
+            });
         }
         // The surrogates' fit, once the search fitted them.
         let fits = state.outcome.as_ref().map(|o| &o.surrogates);
@@ -492,22 +507,86 @@ fn scatter_ui(app: &mut Workbench, ui: &mut egui::Ui) {
     let mut clicked = None;
     let coefficients = state.coefficients();
     let predicted = coefficients.as_ref().and_then(|x| state.predicted(x));
-    Plot::new("pareto-scatter")
+    // Which evaluated point each marker of a series is, for the hover.
+    let series = [
+        ("evaluated", false, false),
+        ("front", true, false),
+        ("input models", false, true),
+    ];
+    let members: Vec<Vec<usize>> = series
+        .iter()
+        .map(|&(_, f, input)| {
+            (0..state.points.len())
+                .filter(|&i| is_input(&state.points[i]) == input && (input || on_front[i] == f))
+                .collect()
+        })
+        .collect();
+    let (oa, ob) = (&state.objectives[a], &state.objectives[b]);
+    let unit = |pct: f64| if pct == 100.0 { " (%)" } else { "" };
+    let readout = |what: String, scores: &[f64]| {
+        format!(
+            "{what}\n{}: {}\n{}: {}",
+            oa.name,
+            oa.display(scores[a]),
+            ob.name,
+            ob.display(scores[b])
+        )
+    };
+    let plotted = state
+        .points
+        .iter()
+        .map(|p| at(&p.scores))
+        .chain(predicted.as_deref().map(at));
+    let (lo, hi) = plotted.fold(
+        ([f64::INFINITY; 2], [f64::NEG_INFINITY; 2]),
+        |(lo, hi), [x, y]| ([lo[0].min(x), lo[1].min(y)], [hi[0].max(x), hi[1].max(y)]),
+    );
+    let mut plot = Plot::new("pareto-scatter")
         .height(300.0)
-        .legend(Legend::default().position(egui_plot::Corner::LeftBottom))
-        .x_axis_label(state.objectives[a].name.clone())
-        .y_axis_label(state.objectives[b].name.clone())
+        .x_axis_label(format!("{}{}", oa.name, unit(pa)))
+        .y_axis_label(format!("{}{}", ob.name, unit(pb)))
         .allow_scroll(false)
-        .show(ui, |plot| {
+        .label_formatter(|pos| {
+            let HoverPosition::NearDataPoint {
+                plot_name, index, ..
+            } = pos
+            else {
+                return None;
+            };
+            if *plot_name == "preference (predicted)" {
+                return Some(readout(
+                    "the preference's merge (predicted)".to_owned(),
+                    predicted.as_deref()?,
+                ));
+            }
+            let s = series.iter().position(|(name, ..)| name == plot_name)?;
+            let i = *members[s].get(*index)?;
+            let p = &state.points[i];
+            Some(readout(format!("#{i}: {}", p.source.describe()), &p.scores))
+        });
+    if lo[0].is_finite() && hi[0].is_finite() {
+        // Noise in the scores is not stretched over the plot (at least 1 % or 0.01 wide).
+        let (x0, x1) = chart::y_range(lo[0], hi[0], 0.01 * pa);
+        let (y0, y1) = chart::y_range(lo[1], hi[1], 0.01 * pb);
+        plot = plot.include_x(x0).include_x(x1).include_y(y0).include_y(y1);
+    }
+    let scatter = |ui: &mut egui::Ui| {
+        chart::legend_ui(
+            ui,
+            [
+                ("evaluated", OTHER),
+                ("front", FRONT),
+                ("input models", INPUT),
+                ("preference (predicted)", CHOSEN),
+            ],
+        );
+        let shown = plot.show(ui, |plot| {
             let pick = |f: bool, input: bool| -> PlotPoints<'static> {
                 state
                     .points
                     .iter()
                     .zip(on_front)
-                    .filter(|(p, front)| {
-                        matches!(p.source, mergescope_core::pareto::Source::Input(_)) == input
-                            && (input || **front == f)
-                    })
+                    .filter(|(p, front)| is_input(p) == input && (input || **front == f))
                     .map(|(p, _)| at(&p.scores))
                     .collect()
             };
@@ -575,6 +654,16 @@ fn scatter_ui(app: &mut Workbench, ui: &mut egui::Ui) {
                     .map(|(i, _)| i);
             }
         });
+        chart::name_plot(&shown.response, "pareto-scatter");
+    };
+    chart::framed_ui(
+        ui,
+        &mut app.notice,
+        "pareto-scatter",
+        "Every evaluated merge, the front highlighted (click a point to load it)",
+        || points_csv(state, false),
+        scatter,
+    );
     if let Some(i) = clicked {
         load_point(app, i);
     }
@@ -603,58 +692,128 @@ fn ray(state: &ParetoState, a: usize, b: usize) -> Option<Vec<[f64; 2]>> {
 }
 
 /// Parallel coordinates of every objective, normalised (0: the reference, 1: the ideal).
-fn parallel_ui(state: &ParetoState, ui: &mut egui::Ui) {
-    ui.label(format!(
-        "All objectives (0 = reference, 1 = ideal; below {BELOW} drawn at {BELOW})"
-    ));
+fn parallel_ui(state: &ParetoState, notice: &mut Option<Notice>, ui: &mut egui::Ui) {
     let names = state.labels();
     let on_front = state.on_front();
     let predicted = state.coefficients().and_then(|x| state.predicted(&x));
     let axis_names = names.clone();
-    Plot::new("pareto-parallel")
-        .height(300.0)
-        .allow_scroll(false)
-        .x_axis_formatter(move |mark, _| {
-            let k = mark.value.round();
-            if (mark.value - k).abs() < 1e-9 && k >= 0.0 {
-                axis_names.get(k as usize).cloned().unwrap_or_default()
-            } else {
-                String::new()
-            }
-        })
-        .show(ui, |plot| {
-            for (p, front) in state.points.iter().zip(on_front) {
-                let Some(g) = state.normalised(&p.scores) else {
-                    continue;
+    let line_name = |i: usize| format!("#{i}: {}", state.points[i].source.describe());
+    let body = |ui: &mut egui::Ui| {
+        ui.label(format!(
+            "0 = reference (the base), 1 = ideal (each objective's best input); below {BELOW} drawn at {BELOW}"
+        ));
+        chart::legend_ui(
+            ui,
+            [
+                ("evaluated", OTHER),
+                ("front", FRONT),
+                ("input models", INPUT),
+                ("preference (predicted)", CHOSEN),
+            ],
+        );
+        let shown = Plot::new("pareto-parallel")
+            .height(300.0)
+            .allow_scroll(false)
+            .x_axis_label("objective")
+            .y_axis_label("normalised score")
+            .label_formatter(|pos| {
+                let HoverPosition::NearDataPoint {
+                    plot_name,
+                    position,
+                    ..
+                } = pos
+                else {
+                    return None;
                 };
-                let input = matches!(p.source, mergescope_core::pareto::Source::Input(_));
-                let (color, width) = if input {
-                    (INPUT, 1.5)
-                } else if *front {
-                    (FRONT, 1.5)
+                let objective = names.get(position.x.round().max(0.0) as usize)?;
+                Some(format!("{plot_name}\n{objective}: {:.3}", position.y))
+            })
+            .x_axis_formatter(move |mark, _| {
+                let k = mark.value.round();
+                if (mark.value - k).abs() < 1e-9 && k >= 0.0 {
+                    axis_names.get(k as usize).cloned().unwrap_or_default()
                 } else {
-                    (OTHER.gamma_multiply(0.5), 0.7)
-                };
-                let series: PlotPoints<'_> = g
-                    .iter()
-                    .enumerate()
-                    .map(|(j, v)| [j as f64, v.max(BELOW)])
-                    .collect();
-                plot.line(Line::new("", series).color(color).width(width));
-            }
-            if let Some(g) = predicted.as_ref().and_then(|p| state.normalised(p)) {
-                let series: PlotPoints<'_> = g
-                    .iter()
-                    .enumerate()
-                    .map(|(j, v)| [j as f64, v.max(BELOW)])
-                    .collect();
-                plot.line(
-                    Line::new("preference (predicted)", series)
-                        .color(CHOSEN)
-                        .width(3.0),
-                );
-            }
-        });
+                    String::new()
+                }
+            })
+            .show(ui, |plot| {
+                for (i, (p, front)) in state.points.iter().zip(on_front).enumerate() {
+                    let Some(g) = state.normalised(&p.scores) else {
+                        continue;
+                    };
+                    let (color, width) = if is_input(p) {
+                        (INPUT, 1.5)
+                    } else if *front {
+                        (FRONT, 1.5)
+                    } else {
+                        (OTHER.gamma_multiply(0.5), 0.7)
+                    };
+                    let series: PlotPoints<'_> = g
+                        .iter()
+                        .enumerate()
+                        .map(|(j, v)| [j as f64, v.max(BELOW)])
+                        .collect();
+                    plot.line(Line::new(line_name(i), series).color(color).width(width));
+                }
+                if let Some(g) = predicted.as_ref().and_then(|p| state.normalised(p)) {
+                    let series: PlotPoints<'_> = g
+                        .iter()
+                        .enumerate()
+                        .map(|(j, v)| [j as f64, v.max(BELOW)])
+                        .collect();
+                    plot.line(
+                        Line::new("preference (predicted)", series)
+                            .color(CHOSEN)
+                            .width(3.0),
+                    );
+                }
+            });
+        chart::name_plot(&shown.response, "pareto-parallel");
+    };
+    chart::framed_ui(
+        ui,
+        notice,
+        "pareto-parallel",
+        "All objectives, normalised",
+        || points_csv(state, true),
+        body,
+    );
+}
+
+fn is_input(p: &mergescope_core::pareto::search::Point) -> bool {
+    matches!(p.source, mergescope_core::pareto::Source::Input(_))
+}
+
+/// Every evaluated point as CSV: its number, where it comes from, whether it is on the front,
+/// each objective's score (raw, or normalised as the parallel coordinates show it) and its
+/// coefficients.
+fn points_csv(state: &ParetoState, normalised: bool) -> String {
+    let on_front = state.on_front();
+    let coefficients = state.points.first().map_or(0, |p| p.coefficients.len());
+    let coefficient_names: Vec<String> = match &state.outcome {
+        Some(o) => o.space.coefficient_names(),
+        None => (0..coefficients)
+            .map(|k| format!("coefficient {k}"))
+            .collect(),
+    };
+    let mut header = vec!["point".to_owned(), "from".to_owned(), "on front".to_owned()];
+    header.extend(state.objectives.iter().map(|o| o.name.clone()));
+    header.extend(coefficient_names);
+    let rows = state.points.iter().enumerate().map(|(i, p)| {
+        let scores = if normalised {
+            state.normalised(&p.scores)
+        } else {
+            Some(p.scores.clone())
+        };
+        let mut row = vec![i.to_string(), p.source.describe(), on_front[i].to_string()];
+        match scores {
+            Some(scores) => row.extend(scores.iter().map(f64::to_string)),
+            None => row.extend(state.objectives.iter().map(|_| String::new())),
+        }
+        row.extend(p.coefficients.iter().map(f64::to_string));
+        row
+    });
+    chart::csv_of(&header, rows)
 }
 
 /// The front as a table, each point with a button that loads it into the Merge panel.

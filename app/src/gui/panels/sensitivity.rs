@@ -1,13 +1,21 @@
-//! Sensitivity: how far each fine-tune moved each layer and module (‖τ‖/‖θ_b‖), as a
-//! layer × module heatmap, with the most moved tensors.
+//! Sensitivity: how far each fine-tune moved each layer and module (|τ| / |θ_base|), as a
+//! layer × module heatmap, bars per layer for every fine-tune, and the most moved tensors.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{cell, fmt, sequential};
+use super::fmt;
 use crate::gui::app::Workbench;
+use crate::gui::chart::{self, ColorScale, Heatmap, Marks, Series, XyChart};
+
+/// How the figures name the ratio they show.
+const RATIO: &str = "|τ| / |θ_base|";
 
 pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
-    ui.heading("Sensitivity");
+    ui.horizontal(|ui| {
+        ui.heading("Sensitivity");
+        ui.add_space(24.0);
+        chart::folder_ui(ui);
+    });
     if !super::report_ready(app, ui) {
         return;
     }
@@ -33,6 +41,11 @@ pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
                 ui.selectable_value(&mut app.selected_model, models + 1, "mean over models");
             });
     });
+    let shown = match app.selected_model {
+        i if i < models => report.models[i].clone(),
+        i if i == models => "max over models".to_owned(),
+        _ => "mean over models".to_owned(),
+    };
     // rel per (block, module) for the selected model, or the max or mean over models.
     let pick = |t: &mergescope_core::analysis::TensorReport| -> Option<f64> {
         let rels = t.metrics.models.iter().filter_map(|m| m.rel);
@@ -45,6 +58,7 @@ pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
             }
         }
     };
+    // Per (block, module): the shown figure and the hover text of the tensor that sets it.
     let mut grid: BTreeMap<(usize, String), (f64, String)> = BTreeMap::new();
     let mut modules = BTreeSet::new();
     let mut blocks = BTreeSet::new();
@@ -56,7 +70,7 @@ pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
         modules.insert(t.module.clone());
         let entry = grid
             .entry((block, t.module.clone()))
-            .or_insert((0.0, String::new()));
+            .or_insert((f64::NEG_INFINITY, String::new()));
         if rel >= entry.0 {
             // The hover shows every fine-tune's figure for the tensor, not only the picked one.
             let each: Vec<String> = report
@@ -65,92 +79,118 @@ pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
                 .zip(&t.metrics.models)
                 .map(|(label, m)| format!("  {label}: {}", fmt(m.rel)))
                 .collect();
-            *entry = (rel, format!("{}\n{}", t.name, each.join("\n")));
+            *entry = (
+                rel,
+                format!("tensor {}\nshown: {shown}\n{}", t.name, each.join("\n")),
+            );
         }
     }
-    let hi = grid.values().map(|v| v.0).fold(0.0, f64::max);
-    ui.label(format!("|tau| / |theta_base| per layer (rows) and module (columns); darkest = {hi:.3}. Click a layer to select it."));
-    egui::Grid::new("heatmap")
-        .spacing([2.0, 2.0])
-        .show(ui, |ui| {
-            ui.label("");
-            for m in &modules {
-                ui.label(egui::RichText::new(m).small());
-            }
-            ui.end_row();
-            for &b in &blocks {
-                let selected = app.selected_layer == Some(b);
-                if ui
-                    .selectable_label(selected, format!("layer {b}"))
-                    .clicked()
-                {
-                    app.selected_layer = if selected { None } else { Some(b) };
-                    app.selected_module = None;
-                }
-                for m in &modules {
-                    match grid.get(&(b, m.clone())) {
-                        Some((rel, name)) => {
-                            let hover = format!("{name}\nshown: {rel:.4} (|tau| / |theta_base|)");
-                            if cell(ui, 26.0, sequential(*rel, hi), &hover).clicked() {
-                                app.selected_layer = Some(b);
-                                app.selected_module = None;
-                            }
-                        }
-                        None => {
-                            ui.label("");
-                        }
-                    }
-                }
-                ui.end_row();
-            }
-        });
+    let blocks: Vec<usize> = blocks.into_iter().collect();
+    let modules: Vec<String> = modules.into_iter().collect();
+    let rows: Vec<String> = blocks.iter().map(|b| format!("layer {b}")).collect();
+    let values: Vec<Vec<Option<f64>>> = blocks
+        .iter()
+        .map(|&b| {
+            modules
+                .iter()
+                .map(|m| grid.get(&(b, m.clone())).map(|v| v.0))
+                .collect()
+        })
+        .collect();
+    let hover = |r: usize, c: usize| {
+        grid.get(&(blocks[r], modules[c].clone()))
+            .map(|v| v.1.clone())
+            .unwrap_or_default()
+    };
+    let heatmap = Heatmap {
+        title: &format!("{RATIO}, {shown}"),
+        axes: ("layer", "module"),
+        rows: &rows,
+        columns: &modules,
+        values: &values,
+        scale: ColorScale::Sequential,
+        exclude_diagonal: false,
+        hover: &hover,
+        clickable_rows: true,
+        selected_row: app
+            .selected_layer
+            .and_then(|b| blocks.iter().position(|&x| x == b)),
+    };
+    let clicked = chart::framed_ui(
+        ui,
+        &mut app.notice,
+        &format!("sensitivity-{shown}"),
+        "How far the fine-tune moved each layer (rows) and module (columns); click a layer to select it",
+        || heatmap.csv(),
+        |ui| heatmap.show(ui),
+    );
+    if let Some(r) = clicked.clicked_row {
+        let b = blocks[r];
+        app.selected_layer = if app.selected_layer == Some(b) {
+            None
+        } else {
+            Some(b)
+        };
+        app.selected_module = None;
+    } else if let Some((r, _)) = clicked.clicked_cell {
+        app.selected_layer = Some(blocks[r]);
+        app.selected_module = None;
+    }
+
     ui.add_space(8.0);
-    ui.strong("Per layer: |tau| / |theta_base| of each fine-tune");
-    let bars: Vec<(usize, String, Vec<egui_plot::Bar>)> = report
+    let Some(report) = &app.report else {
+        return;
+    };
+    let series = report
         .models
         .iter()
         .enumerate()
         .map(|(i, label)| {
-            let width = 0.8 / models as f64;
-            let bars = report
+            let points = report
                 .layers
                 .iter()
                 .filter_map(|g| {
                     let b: f64 = g.name.strip_prefix("layer ")?.parse().ok()?;
-                    let rel = g.metrics.models[i].rel.filter(|v| v.is_finite())?;
-                    let x = b - 0.4 + width * (i as f64 + 0.5);
-                    Some(egui_plot::Bar::new(x, rel).width(width))
+                    Some([b, g.metrics.models.get(i)?.rel?])
                 })
                 .collect();
-            (i, label.clone(), bars)
+            Series::new(label.clone(), i, points)
         })
         .collect();
-    egui_plot::Plot::new("sensitivity-per-layer")
-        .height(160.0)
-        .legend(egui_plot::Legend::default())
-        .allow_scroll(false)
-        .show(ui, |plot| {
-            for (_, label, bars) in bars {
-                plot.bar_chart(egui_plot::BarChart::new(label, bars));
-            }
-        });
+    let bars = XyChart {
+        series_title: "model".to_owned(),
+        series,
+        marks: Marks::Bars,
+        height: 170.0,
+        include_y: vec![0.0],
+        x_is_layer: true,
+        ..XyChart::new("sensitivity-per-layer", "layer", RATIO)
+    };
+    chart::framed_ui(
+        ui,
+        &mut app.notice,
+        "sensitivity-per-layer",
+        "Per layer: how far each fine-tune moved it",
+        || bars.csv(),
+        |ui| bars.show(ui),
+    );
+
     ui.add_space(8.0);
     ui.strong("Most moved tensors (mean over fine-tunes)");
     for c in report.critical.iter().take(8) {
-        ui.label(format!("{:.4}  {}", c.mean_rel, c.tensor));
+        ui.label(format!(
+            "{:.4}  {}",
+            c.mean_rel,
+            crate::gui::text::elide_middle(&c.tensor, 64)
+        ))
+        .on_hover_text(&c.tensor);
     }
     ui.add_space(8.0);
     ui.strong("Whole model");
     egui::Grid::new("whole-sensitivity")
         .striped(true)
         .show(ui, |ui| {
-            for h in [
-                "model",
-                "|tau|",
-                "|tau|/|theta|",
-                "changed",
-                "TIES conflict",
-            ] {
+            for h in ["model", "|τ|", RATIO, "changed", "TIES conflict"] {
                 ui.strong(h);
             }
             ui.end_row();
