@@ -161,3 +161,80 @@ fn a_1d_sweep_draws_a_line_and_cancel_stops_a_long_one() {
     assert_eq!(results.cells.len(), 2, "{:?}", harness.state().notice);
     assert_eq!(results.cells[1].values, [1.0]);
 }
+
+/// A tiny Llama-shaped base and two fine-tunes (not the demo: scored on retention).
+fn synthetic_family(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let shape = mergescope_core::synth::LlamaShape {
+        hidden: 16,
+        intermediate: 32,
+        layers: 2,
+        vocab: 32,
+        heads: 2,
+        kv_heads: 1,
+    };
+    mergescope_core::synth::SynthFamily::new(shape, 2)
+        .write(dir, false, &mergescope_core::Job::default())
+        .unwrap()
+}
+
+#[test]
+fn other_families_sweep_retention_and_save_csv() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = synthetic_family(dir.path());
+    let mut harness = common::harness_on(&paths);
+    opened(&mut harness);
+    harness.get_by_label("Sweep").click();
+    harness.run_ok();
+    harness.state_mut().sweep.axes = vec![axis("models.1.weight", 0.0, 1.0, 3)];
+    harness.run_ok();
+    harness.get_by_label("Run sweep").click();
+    harness.run_ok();
+    wait_for(&mut harness, "the retention sweep", |app| {
+        !app.sweep.running && app.busy.is_none()
+    });
+    let app = harness.state();
+    let results = app.sweep.results.clone().unwrap();
+    assert_eq!(results.cells.len(), 3, "{:?}", app.notice);
+    assert_eq!(app.sweep.metric.as_deref(), Some("mean retention"));
+    let family = app.family.as_ref().unwrap();
+    for cell in &results.cells {
+        let mut settings = app.settings.clone().unwrap();
+        settings.weights[1] = cell.values[0];
+        let plan = mergescope::gui::worker::plan(&settings.to_yaml(family), &family.recipe_file())
+            .unwrap();
+        let alone = mergescope_core::eval::Retention {
+            plan: &plan,
+            backend: &Cpu,
+            job: &mergescope_core::Job::default(),
+        };
+        use mergescope_core::eval::Objective as _;
+        let alone = alone
+            .evaluate(&mergescope_core::eval::Candidate::default(), Fidelity::Full)
+            .unwrap();
+        assert_eq!(cell.scores, alone, "cell {:?}", cell.values);
+    }
+    // More of a model's weight keeps more of its task vector.
+    let kept = |i: usize| {
+        results.cells[i]
+            .scores
+            .iter()
+            .find(|(k, _)| k.starts_with("retention/") && k.ends_with("ft_2"))
+            .map(|(_, v)| *v)
+            .unwrap()
+    };
+    assert!(kept(2) > kept(0), "{} vs {}", kept(2), kept(0));
+
+    let csv = dir.path().join("sweep.csv");
+    harness.state_mut().sweep.csv_path = csv.display().to_string();
+    harness.run_ok();
+    harness.get_by_label("Save CSV").click();
+    harness.run_ok();
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1 + 3, "{text}");
+    assert!(
+        lines[0].starts_with("models.1.weight,mean retention,"),
+        "{text}"
+    );
+    assert!(lines[3].starts_with("1,"), "{text}");
+}
