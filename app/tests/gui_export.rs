@@ -11,6 +11,7 @@ use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable as _;
 use mergescope::gui::Workbench;
 use mergescope::gui::app::Panel;
+use mergescope_core::eval::compare::format_value;
 use safetensors::{Dtype, tensor::TensorView};
 
 mod common;
@@ -139,7 +140,9 @@ fn a_bf16_family_exports_bf16_with_its_recipe_and_a_card_of_the_preview() {
     // The Export panel asks for the preview itself; the card will carry its scores.
     let yaml = current_yaml(harness.state());
     let preview = step_until(&mut harness, "the preview of these settings", |app| {
-        app.preview.clone().filter(|p| p.yaml == yaml && p.full)
+        app.preview
+            .clone()
+            .filter(|p| p.yaml == yaml && p.full && p.inputs.is_some())
     });
     harness.run_ok();
     harness.get_by_label_contains("README.md: a model card");
@@ -172,8 +175,8 @@ fn a_bf16_family_exports_bf16_with_its_recipe_and_a_card_of_the_preview() {
     let config = std::fs::read_to_string(out.join("config.json")).unwrap();
     assert!(config.contains("\"torch_dtype\": \"bfloat16\""), "{config}");
 
-    // The card names what made the model and the scores the preview showed (as the Merge
-    // panel shows them: three decimals, per fine-tune).
+    // The card names what made the model and the scores the preview showed, beside the base's
+    // and the best single model's.
     let card = std::fs::read_to_string(out.join("README.md")).unwrap();
     assert!(
         card.contains("merged using the [Task Arithmetic](https://arxiv.org/abs/2212.04089)"),
@@ -186,13 +189,15 @@ fn a_bf16_family_exports_bf16_with_its_recipe_and_a_card_of_the_preview() {
     let survival = preview.survival.expect("a merge with a base has retention");
     for (model, kept) in survival.models.iter().zip(&survival.whole_model.models) {
         let name = Path::new(model).file_name().unwrap().to_string_lossy();
-        let row = format!(
-            "| {name} retention | {:.3} |",
-            kept.projection.expect("finite weights")
-        );
-        assert!(card.contains(&row), "card lacks {row:?}:\n{card}");
+        let metric = format!("retention/{name}");
+        let value = format_value(&metric, kept.projection.expect("finite weights"));
+        let row = card
+            .lines()
+            .find(|l| l.starts_with(&format!("| {metric} | {value} | ")))
+            .unwrap_or_else(|| panic!("card lacks {metric} = {value}:\n{card}"));
+        // The inputs were scored too: the best single model is named.
+        assert!(row.contains(&format!("`{name}` (")), "{row}");
     }
-
     // mergekit_config.yml is the recipe the panel built, and the command line merges it to
     // the same weights (the workbench merges with seed 0).
     let recipe = std::fs::read_to_string(out.join("mergekit_config.yml")).unwrap();
@@ -354,7 +359,8 @@ fn the_models_panel_reads_in_human_units_and_keeps_layer_indices() {
         .get_by_label_contains("Tensors of the base (10)")
         .click();
     harness.run_ok();
-    // 60 characters, shortened in the middle: the layer index and module survive.
+    save_screenshot(&mut harness, Panel::Models, "models-tensors.png");
+    // 58 characters, shortened in the middle: the layer index and module survive.
     let full = "model.language_model.decoder.layers.1.mlp.down_proj.weight";
     let shown = harness
         .get_all_by_label_contains("layers.1.mlp.down_proj.weight")

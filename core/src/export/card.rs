@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
+use crate::eval::compare::{Comparison, format_delta, format_value};
 use crate::merge::recipe::{ParamValue, Recipe, Scalar};
 
 /// The recipe, as mergekit names it in its output folders.
@@ -24,40 +25,15 @@ const RECIPE_KEY: &str = "mergescope_recipe";
 const VERSION_KEY: &str = "mergescope_version";
 const SEED_KEY: &str = "mergescope_random_seed";
 
-/// How a score reads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ScoreUnit {
-    /// A fraction shown in percent (accuracies): `0.922` reads `92.2 %`.
-    Percent,
-    /// A plain number (losses, retention, a command's metric): `0.8412` reads `0.841`.
-    Plain,
-}
-
-/// One score of the merge.
-#[derive(Clone, Debug, PartialEq)]
-pub struct CardScore {
-    pub metric: String,
-    pub value: f64,
-    pub unit: ScoreUnit,
-}
-
-impl CardScore {
-    /// The value as the workbench shows it.
-    pub fn formatted(&self) -> String {
-        match self.unit {
-            ScoreUnit::Percent => format!("{:.1} %", 100.0 * self.value),
-            ScoreUnit::Plain => format!("{:.3}", self.value),
-        }
-    }
-}
-
 /// The scores a merge got before it was written, and what scored them: the card shows them
-/// so a reader knows what the merge was tuned for.
+/// beside the base's and the best single model's, so a reader knows what the merge was tuned
+/// for and whether it helped.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CardScores {
-    /// The objective, as the user chose it (`demo accuracy, all test digits`, `retention`).
+    /// The objective, as the user chose it (`demo accuracy (all test digits)`, `retention`).
     pub objective: String,
-    pub scores: Vec<CardScore>,
+    /// The merge's scores and, where they were computed, its inputs' on the same objective.
+    pub comparison: Comparison,
 }
 
 /// The files an export with `metadata` adds: `mergekit_config.yml` and `README.md` when the
@@ -129,8 +105,13 @@ pub fn model_card(input: &CardInput<'_>) -> String {
     }
     card.push_str("tags:\n- mergekit\n- merge\n- mergescope\nlibrary_name: transformers\n---\n");
 
-    let inputs = models.len() + usize::from(base.is_some());
-    let _ = writeln!(card, "# A {pretty} merge of {inputs} models\n");
+    let plural = if models.len() == 1 { "" } else { "s" };
+    let on_base = if base.is_some() { " on a base" } else { "" };
+    let _ = writeln!(
+        card,
+        "# A {pretty} merge of {} model{plural}{on_base}\n",
+        models.len()
+    );
     let _ = writeln!(
         card,
         "This is a merge of pre-trained language models created with mergescope {} from a \
@@ -153,24 +134,8 @@ pub fn model_card(input: &CardInput<'_>) -> String {
     card.push_str("### Parameters\n\n");
     parameters(&mut card, recipe, base);
 
-    if let Some(scores) = input.scores.filter(|s| !s.scores.is_empty()) {
-        card.push_str("### Scores\n\n");
-        let _ = writeln!(
-            card,
-            "Scored in mergescope's preview before it was written, on the objective \
-             {}:\n",
-            escape(&scores.objective)
-        );
-        card.push_str("| metric | value |\n|---|---|\n");
-        for score in &scores.scores {
-            let _ = writeln!(
-                card,
-                "| {} | {} |",
-                escape(&score.metric),
-                score.formatted()
-            );
-        }
-        card.push('\n');
+    if let Some(scores) = input.scores.filter(|s| !s.comparison.metrics.is_empty()) {
+        scores_table(&mut card, scores);
     }
 
     card.push_str(
@@ -187,6 +152,50 @@ pub fn model_card(input: &CardInput<'_>) -> String {
     }
     let _ = writeln!(card, "Written by mergescope {}.", input.version);
     card
+}
+
+/// The merge's scores beside the base's and the best single model's, with the differences,
+/// as the workbench's preview shows them.
+fn scores_table(card: &mut String, scores: &CardScores) {
+    card.push_str("### Scores\n\n");
+    let _ = writeln!(
+        card,
+        "Scored in mergescope's preview before it was written, on the objective {}:\n",
+        escape(&scores.objective)
+    );
+    let value = |metric: &str, v: Option<f64>| {
+        v.map_or_else(|| "-".to_owned(), |v| format_value(metric, v))
+    };
+    let delta = |metric: &str, d: Option<f64>| {
+        d.map_or_else(|| "-".to_owned(), |d| format_delta(metric, d))
+    };
+    card.push_str(
+        "| metric | this merge | base | vs base | best single model | vs best |\n\
+         |---|---|---|---|---|---|\n",
+    );
+    for row in &scores.comparison.metrics {
+        let best = match (&row.best_single, row.delta_to_best) {
+            (Some(label), Some(d)) => {
+                let score = value(&row.metric, Some(row.merge - d));
+                (
+                    format!("{} ({score})", code(label)),
+                    delta(&row.metric, Some(d)),
+                )
+            }
+            _ => ("-".to_owned(), "-".to_owned()),
+        };
+        let _ = writeln!(
+            card,
+            "| {} | {} | {} | {} | {} | {} |",
+            escape(&row.metric),
+            format_value(&row.metric, row.merge),
+            value(&row.metric, row.base),
+            delta(&row.metric, row.delta_to_base),
+            best.0,
+            best.1
+        );
+    }
+    card.push('\n');
 }
 
 /// The per-model parameters as a table (a column per parameter, in the order the recipe
@@ -380,7 +389,12 @@ mod tests {
             ),
             "{card}"
         );
-        assert!(card.contains("library_name: transformers\n---\n"), "{card}");
+        assert!(
+            card.contains(
+                "library_name: transformers\n---\n# A TIES merge of 2 models on a base\n"
+            ),
+            "{card}"
+        );
         assert!(
             card.contains(
                 "using the [TIES](https://arxiv.org/abs/2306.01708) merge method using \
@@ -412,29 +426,51 @@ mod tests {
     }
 
     #[test]
-    fn scores_show_with_their_objective_as_the_workbench_shows_them() {
+    fn scores_show_beside_the_base_and_the_best_model_as_the_workbench_shows_them() {
+        use crate::eval::compare::InputScores;
+        let merge = BTreeMap::from([
+            ("upright/accuracy".to_owned(), 0.9217),
+            ("mean/accuracy".to_owned(), 0.9),
+        ]);
+        let inputs = InputScores {
+            base: Some(BTreeMap::from([("upright/accuracy".to_owned(), 0.875)])),
+            models: vec![
+                (
+                    "/m/upright".to_owned(),
+                    BTreeMap::from([("upright/accuracy".to_owned(), 0.961)]),
+                ),
+                (
+                    "/m/rotated".to_owned(),
+                    BTreeMap::from([("upright/accuracy".to_owned(), 0.817)]),
+                ),
+            ],
+        };
         let scores = CardScores {
             objective: "demo accuracy (all test digits)".to_owned(),
-            scores: vec![
-                CardScore {
-                    metric: "upright/accuracy".to_owned(),
-                    value: 0.9217,
-                    unit: ScoreUnit::Percent,
-                },
-                CardScore {
-                    metric: "retention".to_owned(),
-                    value: 0.84126,
-                    unit: ScoreUnit::Plain,
-                },
-            ],
+            comparison: Comparison::new(&merge, &inputs),
         };
         let card = card(Some(&scores));
         assert!(
             card.contains("on the objective demo accuracy (all test digits):"),
             "{card}"
         );
-        assert!(card.contains("| upright/accuracy | 92.2 % |\n"), "{card}");
-        assert!(card.contains("| retention | 0.841 |\n"), "{card}");
+        // Formatted as the workbench and `eval --compare` format them.
+        let (pct, pp) = (
+            |v| format_value("upright/accuracy", v),
+            |d| format_delta("upright/accuracy", d),
+        );
+        let row = format!(
+            "| upright/accuracy | {} | {} | {} | `/m/upright` ({}) | {} |\n",
+            pct(0.9217),
+            pct(0.875),
+            pp(0.9217 - 0.875),
+            pct(0.961),
+            pp(0.9217 - 0.961)
+        );
+        assert!(card.contains(&row), "{row}\n{card}");
+        // The mean comes last; no input has it.
+        let mean = format!("| mean/accuracy | {} | - | - | - | - |\n\n", pct(0.9));
+        assert!(card.contains(&mean), "{card}");
     }
 
     #[test]

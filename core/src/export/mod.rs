@@ -22,7 +22,7 @@ use std::fs::File;
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
 
-pub use card::{CARD_FILE, CardScore, CardScores, MERGEKIT_CONFIG_FILE, ScoreUnit};
+pub use card::{CARD_FILE, CardScores, MERGEKIT_CONFIG_FILE};
 pub use size::{SHARD_SIZE_RANGE, format_size, parse_shard_size, parse_size};
 pub use stale::{Recovery, recover_interrupted};
 

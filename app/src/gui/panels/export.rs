@@ -10,10 +10,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use mergescope_core::analysis::Survival;
+use mergescope_core::eval::Scores;
+use mergescope_core::eval::compare::Comparison;
 use mergescope_core::export::{
-    CARD_FILE, CardScore, CardScores, MERGEKIT_CONFIG_FILE, OutputState, ScoreUnit, output_state,
-    sidecar,
+    CARD_FILE, CardScores, MERGEKIT_CONFIG_FILE, OutputState, output_state, sidecar,
 };
 
 use crate::gui::app::{Notice, Workbench};
@@ -225,70 +225,46 @@ fn copied_files(ui: &egui::Ui, family: &OpenFamily, tokenizer: Option<&str>) -> 
     names
 }
 
-/// The scores the preview of `yaml` showed, as the model card gives them: the demo family's
-/// accuracies in percent, else what the merge keeps of each fine-tune. `None` until that
-/// preview has arrived.
+/// The scores the preview of `yaml` showed, as the model card gives them: the merge's, beside
+/// the base's and each input model's where those are computed (the demo's accuracies, else
+/// what the merge keeps of each fine-tune). `None` until that preview has arrived.
 pub fn card_scores(app: &Workbench, yaml: &str) -> Option<CardScores> {
     let preview = app.preview.as_ref().filter(|p| p.yaml == yaml)?;
-    let family = app.family.as_ref()?;
-    if family.is_demo && !preview.scores.is_empty() {
-        // As the preview lists them: per task, then the mean; losses left out.
-        let mut rows: Vec<(&String, &f64)> = preview
-            .scores
-            .iter()
-            .filter(|(metric, _)| !metric.ends_with("/loss"))
-            .collect();
-        rows.sort_by_key(|(metric, _)| metric.starts_with("mean/"));
-        return Some(CardScores {
-            objective: if preview.full {
-                "demo accuracy (all test digits)"
-            } else {
-                "demo accuracy (quick estimate, 32 test digits per domain)"
-            }
-            .to_owned(),
-            scores: rows
-                .into_iter()
-                .map(|(metric, value)| CardScore {
-                    metric: metric.clone(),
-                    value: *value,
-                    unit: ScoreUnit::Percent,
-                })
-                .collect(),
-        });
+    let (objective, scores) = preview.objective_scores();
+    // What the preview's comparison lists: one number per task, and their mean.
+    let shown: Scores = scores
+        .into_iter()
+        .filter(|(m, _)| m.ends_with("/accuracy") || m.starts_with("retention/"))
+        .collect();
+    if shown.is_empty() {
+        return None;
     }
-    preview.survival.as_ref().map(retention_scores)
-}
-
-fn retention_scores(survival: &Survival) -> CardScores {
-    let whole = &survival.whole_model;
-    let mut scores = Vec::new();
-    for (model, kept) in survival.models.iter().zip(&whole.models) {
-        let name = model_name(Path::new(model));
-        for (what, value) in [("retention", kept.projection), ("cosine", kept.cosine)] {
-            if let Some(value) = value {
-                scores.push(CardScore {
-                    metric: format!("{name} {what}"),
-                    value,
-                    unit: ScoreUnit::Plain,
-                });
-            }
-        }
+    // Models by the names the panels give them, not their full paths.
+    let short = |scores: Scores| -> Scores {
+        scores
+            .into_iter()
+            .map(|(metric, v)| match metric.strip_prefix("retention/") {
+                Some(path) => (format!("retention/{}", model_name(Path::new(path))), v),
+                None => (metric, v),
+            })
+            .collect()
+    };
+    let shown = short(shown);
+    let mut inputs = preview.inputs.as_deref().cloned().unwrap_or_default();
+    inputs.base = inputs.base.map(short);
+    for (label, scores) in &mut inputs.models {
+        *label = model_name(Path::new(label));
+        *scores = short(std::mem::take(scores));
     }
-    if let Some(value) = whole.merged_relative {
-        scores.push(CardScore {
-            metric: "merged delta |Δ| / |θ_base|".to_owned(),
-            value,
-            unit: ScoreUnit::Plain,
-        });
-    }
-    CardScores {
-        objective: match survival.sampled {
-            Some(_) => "retention (data-free, quick estimate from a sample of each tensor)",
-            None => "retention (data-free)",
-        }
-        .to_owned(),
-        scores,
-    }
+    let grade = match (preview.scores.is_empty(), preview.full) {
+        (false, true) => " (all test digits)",
+        (false, false) => " (quick estimate)",
+        (true, _) => "",
+    };
+    Some(CardScores {
+        objective: format!("{objective}{grade}"),
+        comparison: Comparison::new(&shown, &inputs),
+    })
 }
 
 /// The folder a Write is waiting on the user's answer for.

@@ -167,7 +167,10 @@ fn tensors_ui(ui: &mut egui::Ui, names: &[String]) {
     egui::CollapsingHeader::new(format!("Tensors of the base ({})", names.len()))
         .id_salt("base-tensors")
         .show(ui, |ui| {
-            let row_height = ui.text_style_height(&egui::TextStyle::Body);
+            // Names are monospace, the other columns body text: a row is as tall as the taller.
+            let row_height = ui
+                .text_style_height(&egui::TextStyle::Monospace)
+                .max(ui.text_style_height(&egui::TextStyle::Body));
             egui::ScrollArea::vertical()
                 .id_salt("base-tensors-rows")
                 .max_height(320.0)
