@@ -247,3 +247,36 @@ fn headless_commands_print_nothing_from_the_windowing_stack() {
         );
     }
 }
+
+#[test]
+fn inspect_gives_counts_and_sizes_in_human_units() {
+    use mergescope::gui::text::{human_bytes, human_count};
+    let dir = tempfile::tempdir().unwrap();
+    family(dir.path());
+    let checkpoint = mergescope_core::Checkpoint::open(&dir.path().join("math")).unwrap();
+    let (count, bytes) = (checkpoint.parameter_count(), checkpoint.data_bytes());
+    let inspect = run(BIN, dir.path(), &["inspect", "math"]);
+    inspect.assert_success();
+    let text = inspect.stdout();
+    // `1.24 K parameters = 1,240, 2.48 kB`: the human figure first, the exact count after.
+    let expected = format!("{} parameters = ", human_count(count));
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("tensors:"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(line.contains(&expected), "{line}");
+    assert!(
+        line.ends_with(&format!(", {})", human_bytes(bytes))),
+        "{line}"
+    );
+    let grouped = count.to_string();
+    assert!(
+        line.replace(',', "").contains(&format!("= {grouped}")),
+        "{line}"
+    );
+    // The sharded folder's shards in human units too.
+    assert!(
+        text.contains(" tensors, ") && text.contains(" kB\n"),
+        "{text}"
+    );
+}

@@ -108,13 +108,20 @@ pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
     confirm_replace_ui(app, ui);
 }
 
-/// The dtype the inputs are stored in, as the recipe names it: the base's float type (the
-/// narrowest when it mixes them, as models that keep norms in float32 do), else float32.
+/// The dtype the inputs are stored in, as the recipe names it: the base's (the first model's
+/// in a family without one).
 pub fn inputs_dtype(family: &OpenFamily) -> &'static str {
-    let Some(base) = family.members.first() else {
-        return "float32";
-    };
-    let has = |name: &str| base.dtypes.split(", ").any(|d| d == name);
+    family
+        .members
+        .first()
+        .map_or("float32", |base| recipe_dtype(&base.dtypes))
+}
+
+/// The float type of a model whose tensors are stored as `dtypes` (`"BF16, F32"`, as the
+/// Models panel lists them): the narrowest float type it holds, as models that keep their
+/// norms in float32 are still bf16 models; float32 when it holds no half type.
+fn recipe_dtype(dtypes: &str) -> &'static str {
+    let has = |name: &str| dtypes.split(", ").any(|d| d == name);
     if has("BF16") {
         "bfloat16"
     } else if has("F16") {
@@ -453,4 +460,19 @@ pub fn folder_dialog_ui(ui: &mut egui::Ui, id_salt: &str, label: &str) -> Option
     }
     ui.data_mut(|d| d.insert_temp(id, pending));
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_inputs_dtype_is_the_narrowest_float_type_stored() {
+        assert_eq!(recipe_dtype("BF16"), "bfloat16");
+        assert_eq!(recipe_dtype("BF16, F32"), "bfloat16");
+        assert_eq!(recipe_dtype("F16, F32, I64"), "float16");
+        assert_eq!(recipe_dtype("F32"), "float32");
+        assert_eq!(recipe_dtype("F32, I64"), "float32");
+        assert_eq!(recipe_dtype(""), "float32");
+    }
 }
