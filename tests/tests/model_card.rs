@@ -253,7 +253,7 @@ fn inspect_gives_counts_and_sizes_in_human_units() {
     use mergescope::gui::text::{human_bytes, human_count};
     let dir = tempfile::tempdir().unwrap();
     family(dir.path());
-    let checkpoint = mergescope_core::Checkpoint::open(&dir.path().join("math")).unwrap();
+    let checkpoint = mergescope_core::Checkpoint::open(dir.path().join("math")).unwrap();
     let (count, bytes) = (checkpoint.parameter_count(), checkpoint.data_bytes());
     let inspect = run(BIN, dir.path(), &["inspect", "math"]);
     inspect.assert_success();
