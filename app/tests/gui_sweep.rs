@@ -146,7 +146,8 @@ fn a_1d_sweep_draws_a_line_and_cancel_stops_a_long_one() {
         "{:?}",
         app.notice
     );
-    // The cells computed before the cancel stay on the chart.
+    // The cells computed before the cancel stay on the line chart.
+    harness.get_by_label("chart sweep-line");
     harness.get_by_label("best (outlined):");
 
     // The workbench goes on: a new sweep runs to its end.
@@ -224,11 +225,12 @@ fn other_families_sweep_retention_and_save_csv() {
     };
     assert!(kept(2) > kept(0), "{} vs {}", kept(2), kept(0));
 
-    let csv = dir.path().join("sweep.csv");
-    harness.state_mut().sweep.csv_path = csv.display().to_string();
+    // The chart's Save CSV writes every cell into the charts folder.
+    mergescope::gui::chart::set_folder(&harness.ctx, dir.path());
     harness.run_ok();
     harness.get_by_label("Save CSV").click();
     harness.run_ok();
+    let csv = dir.path().join("sweep-1.csv");
     let text = std::fs::read_to_string(&csv).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 1 + 3, "{text}");

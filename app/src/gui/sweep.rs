@@ -1,5 +1,5 @@
 //! The Sweep panel's state: the parameters the user picked (from what the Merge panel's
-//! settings have), the cells as the worker computes them, and the CSV of the results.
+//! settings have), the cells as the worker computes them, and their CSV.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -179,7 +179,7 @@ pub struct SweepRequest {
 }
 
 /// The Sweep panel's state.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct SweepState {
     /// One or two axes.
     pub axes: Vec<AxisChoice>,
@@ -187,23 +187,6 @@ pub struct SweepState {
     pub metric: Option<String>,
     pub running: bool,
     pub results: Option<SweepResults>,
-    /// Where "Save CSV" writes.
-    pub csv_path: String,
-}
-
-impl Default for SweepState {
-    fn default() -> Self {
-        Self {
-            axes: Vec::new(),
-            metric: None,
-            running: false,
-            results: None,
-            csv_path: std::env::temp_dir()
-                .join("mergescope-sweep.csv")
-                .display()
-                .to_string(),
-        }
-    }
 }
 
 impl SweepState {
@@ -253,22 +236,6 @@ impl SweepState {
         if let Some(results) = &mut self.results {
             results.millis = Some(millis);
         }
-    }
-
-    /// Writes the CSV of the results to `path`, atomically.
-    pub fn save_csv(&self, path: &Path) -> Result<String, String> {
-        let results = self
-            .results
-            .as_ref()
-            .filter(|r| !r.cells.is_empty())
-            .ok_or("there are no results to save yet; run a sweep first")?;
-        mergescope_core::export::write_atomically(path, results.csv().as_bytes())
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-        Ok(format!(
-            "wrote {} cells to {}",
-            results.cells.len(),
-            path.display()
-        ))
     }
 }
 

@@ -8,6 +8,7 @@ use mergescope_core::sweep::MAX_STEPS;
 use mergescope_core::sweep::metric::{best_cell, higher_is_better, is_accuracy, metric_value};
 
 use crate::gui::app::{Notice, Panel, Workbench};
+use crate::gui::chart;
 use crate::gui::state::MergeSettings;
 use crate::gui::sweep::{AxisChoice, ParamChoice, SweepRequest, SweepResults, param_choices};
 
@@ -15,7 +16,11 @@ use crate::gui::sweep::{AxisChoice, ParamChoice, SweepRequest, SweepResults, par
 const BEST: Color32 = Color32::from_rgb(235, 40, 40);
 
 pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
-    ui.heading("Sweep");
+    ui.horizontal(|ui| {
+        ui.heading("Sweep");
+        ui.add_space(24.0);
+        chart::folder_ui(ui);
+    });
     let (Some(family), Some(settings)) = (app.family.clone(), app.settings.clone()) else {
         ui.label("Open a family first (Models panel).");
         return;
@@ -55,16 +60,27 @@ pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
         ui.label("Waiting for the first cell…");
         return;
     };
-    let clicked = match results.axes.len() {
-        1 => line_ui(ui, &results, &metric),
-        _ => heatmap_ui(ui, &results, &metric),
-    };
+    let title = format!(
+        "{} by {}",
+        crate::gui::sweep::metric_label(&metric),
+        results.labels.join(" and ")
+    );
+    let name = format!("sweep-{}", results.axes.len());
+    let clicked = chart::framed_ui(
+        ui,
+        &mut app.notice,
+        &name,
+        &title,
+        || results.csv(),
+        |ui| match results.axes.len() {
+            1 => line_ui(ui, &results, &metric),
+            _ => heatmap_ui(ui, &results, &metric),
+        },
+    );
     best_ui(ui, &results, &metric);
     if let Some(i) = clicked {
         load_cell(app, &results, i);
     }
-    ui.separator();
-    csv_ui(app, ui);
 }
 
 /// The parameter, range and steps of each axis, and the switch for a second one.
@@ -254,9 +270,32 @@ fn line_ui(ui: &mut egui::Ui, results: &SweepResults, metric: &str) -> Option<us
     );
     let hover_x = x_label.clone();
     let hover_metric = metric.to_owned();
+    // The whole range from the first cell on, and a y span of at least a point of accuracy:
+    // cells fill in across a fixed frame, and a flat series looks flat.
+    let axis = &results.axes[0];
+    let (first, last) = (
+        axis.values.iter().copied().fold(f64::INFINITY, f64::min),
+        axis.values
+            .iter()
+            .copied()
+            .fold(f64::NEG_INFINITY, f64::max),
+    );
+    let (y_lo, y_hi) = points.iter().fold(
+        (f64::INFINITY, f64::NEG_INFINITY),
+        |(lo, hi), (_, [_, y])| (lo.min(*y), hi.max(*y)),
+    );
+    let (y_lo, y_hi) = if y_lo.is_finite() {
+        chart::y_range(y_lo, y_hi, if scale == 100.0 { 1.0 } else { 1e-3 })
+    } else {
+        (0.0, scale)
+    };
     let mut clicked = None;
-    Plot::new("sweep-line")
+    let shown = Plot::new("sweep-line")
         .height(320.0)
+        .include_x(first)
+        .include_x(last)
+        .include_y(y_lo)
+        .include_y(y_hi)
         .x_axis_label(x_label)
         .y_axis_label(y_label)
         .allow_scroll(false)
@@ -298,6 +337,7 @@ fn line_ui(ui: &mut egui::Ui, results: &SweepResults, metric: &str) -> Option<us
                     .map(|(i, _)| i);
             }
         });
+    chart::name_plot(&shown.response, "sweep-line");
     clicked
 }
 
@@ -366,15 +406,13 @@ fn heatmap_ui(ui: &mut egui::Ui, results: &SweepResults, metric: &str) -> Option
             )
             .shrink(0.5);
             let value = values[r * n_columns + c];
-            let fill = value.map_or(ui.visuals().faint_bg_color, |v| viridis(position(v)));
+            let fill = value.map_or(ui.visuals().faint_bg_color, |v| {
+                chart::viridis(f64::from(position(v)))
+            });
             painter.rect_filled(rect, 0.0, fill);
             if let Some(v) = value {
                 let text = format_metric(metric, v);
-                let ink = if luminance(fill) > 0.45 {
-                    Color32::BLACK
-                } else {
-                    Color32::WHITE
-                };
+                let ink = chart::text_on(fill);
                 let galley = painter.layout_no_wrap(text, small.clone(), ink);
                 if galley.size().x + 4.0 < rect.width() && galley.size().y < rect.height() {
                     painter.galley(rect.center() - galley.size() / 2.0, galley, ink);
@@ -462,7 +500,11 @@ fn colour_bar(
             pos2(bar.min.x, y0),
             pos2(bar.max.x, y0 + bar.height() / steps as f32 + 0.5),
         );
-        painter.rect_filled(slice, 0.0, viridis(if flat { 0.5 } else { t }));
+        painter.rect_filled(
+            slice,
+            0.0,
+            chart::viridis(if flat { 0.5 } else { f64::from(t) }),
+        );
     }
     painter.rect_stroke(bar, 0.0, Stroke::new(1.0, text_color), StrokeKind::Outside);
     let small = FontId::proportional(11.0);
@@ -551,67 +593,9 @@ fn load_cell(app: &mut Workbench, results: &SweepResults, i: usize) {
     }
 }
 
-/// The path field and the button that writes the results as CSV.
-fn csv_ui(app: &mut Workbench, ui: &mut egui::Ui) {
-    ui.horizontal(|ui| {
-        let label = ui.label("CSV file:");
-        ui.add(egui::TextEdit::singleline(&mut app.sweep.csv_path).desired_width(360.0))
-            .labelled_by(label.id);
-        if ui.button("Save CSV").clicked() {
-            let path = std::path::PathBuf::from(app.sweep.csv_path.trim());
-            app.notice = Some(match app.sweep.save_csv(&path) {
-                Ok(text) => Notice { error: false, text },
-                Err(text) => Notice { error: true, text },
-            });
-        }
-    });
-}
-
-/// Matplotlib's viridis (perceptually uniform, readable in light and dark themes and in grey):
-/// `t` in [0, 1], linear between nine of its colours.
-pub fn viridis(t: f32) -> Color32 {
-    const STOPS: [[f32; 3]; 9] = [
-        [68.0, 1.0, 84.0],
-        [71.0, 44.0, 122.0],
-        [59.0, 81.0, 139.0],
-        [44.0, 113.0, 142.0],
-        [33.0, 145.0, 140.0],
-        [39.0, 173.0, 129.0],
-        [92.0, 200.0, 99.0],
-        [170.0, 220.0, 50.0],
-        [253.0, 231.0, 37.0],
-    ];
-    let t = if t.is_finite() {
-        t.clamp(0.0, 1.0)
-    } else {
-        0.0
-    };
-    let x = t * (STOPS.len() - 1) as f32;
-    let low = (x.floor() as usize).min(STOPS.len() - 2);
-    let f = x - low as f32;
-    let mix = |k: usize| (STOPS[low][k] * (1.0 - f) + STOPS[low + 1][k] * f).round() as u8;
-    Color32::from_rgb(mix(0), mix(1), mix(2))
-}
-
-/// Relative luminance in [0, 1], to pick black or white text on a cell.
-fn luminance(c: Color32) -> f32 {
-    (0.2126 * f32::from(c.r()) + 0.7152 * f32::from(c.g()) + 0.0722 * f32::from(c.b())) / 255.0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn viridis_runs_dark_to_light() {
-        assert_eq!(viridis(0.0), Color32::from_rgb(68, 1, 84));
-        assert_eq!(viridis(1.0), Color32::from_rgb(253, 231, 37));
-        let steps: Vec<f32> = (0..=20)
-            .map(|k| luminance(viridis(k as f32 / 20.0)))
-            .collect();
-        assert!(steps.windows(2).all(|w| w[1] > w[0]), "{steps:?}");
-        assert_eq!(viridis(f32::NAN), viridis(0.0));
-    }
 
     #[test]
     fn accuracies_read_in_percent() {
