@@ -157,7 +157,11 @@ fn a_bf16_family_exports_bf16_with_its_recipe_and_a_card_of_the_preview() {
     harness.state_mut().export_dir = out.display().to_string();
     harness.run_ok();
     harness.get_by_label("Write the merged model").click();
-    notice_starting(&mut harness, "wrote");
+    let wrote = notice_starting(&mut harness, "wrote");
+    assert!(
+        wrote.ends_with("+ config.json, mergekit_config.yml, README.md"),
+        "{wrote}"
+    );
     assert_eq!(
         names(&out),
         [

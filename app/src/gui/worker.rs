@@ -477,8 +477,14 @@ impl Engine {
                 mergescope_core::nonfinite::summary(&non_finite)
             )
         };
+        // As `mergescope merge` says it: the weights, then the files beside them.
+        let beside = if summary.files.is_empty() {
+            String::new()
+        } else {
+            format!(" + {}", summary.files.join(", "))
+        };
         Ok(Event::Exported(format!(
-            "wrote {}: {} tensors, {}{warning}",
+            "wrote {}: {} tensors, {}{beside}{warning}",
             summary.out_dir.display(),
             summary.tensors,
             mergescope_core::export::format_size(summary.data_bytes)
