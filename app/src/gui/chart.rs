@@ -264,6 +264,7 @@ const MAX_COLUMN_WIDTH: f32 = 110.0;
 const MAX_ROW_LABEL: usize = 28;
 const MAX_COLUMN_LABEL: usize = 14;
 const BAR_WIDTH: f32 = 14.0;
+const BAR_GAP: f32 = 10.0;
 const BAR_STEPS: usize = 48;
 
 /// A heatmap laid out: see [`Heatmap::measure`].
@@ -353,7 +354,7 @@ impl Heatmap<'_> {
         let bar_height = grid.y.max(4.0 * row_height);
         let bar_block = (BAR_WIDTH + 6.0 + tick_width).max(bar_title.size().x);
         let size = vec2(
-            row_width + grid.x + 16.0 + bar_block,
+            row_width + grid.x + BAR_GAP + bar_block,
             header + bar_height.max(grid.y) + 4.0,
         );
         Measure {
@@ -462,7 +463,7 @@ impl Heatmap<'_> {
             }
         }
         let bar = Rect::from_min_size(
-            pos2(origin.x + grid.x + 16.0, origin.y),
+            pos2(origin.x + grid.x + BAR_GAP, origin.y),
             vec2(BAR_WIDTH, bar_height),
         );
         painter.galley(

@@ -481,3 +481,101 @@ pub fn attention_mlp_split_ui(ui: &mut Ui, family: &OpenFamily, settings: &mut M
     });
     ui.data_mut(|d| d.insert_temp(id, (attention, mlp)));
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn family(names: &[&str]) -> OpenFamily {
+        OpenFamily {
+            base: PathBuf::from("/m/base"),
+            models: vec![PathBuf::from("/m/a")],
+            members: Vec::new(),
+            issues: Vec::new(),
+            is_demo: false,
+            builtin: false,
+            tensor_names: names.iter().map(|n| (*n).to_owned()).collect(),
+            layers: 2,
+        }
+    }
+
+    #[test]
+    fn weights_are_marked_negative_or_out_of_range() {
+        let range = -1.0..=2.0;
+        assert_eq!(mark(0.5, &range), None);
+        assert_eq!(mark(0.0, &range), None);
+        assert_eq!(mark(-0.01, &range), Some(Mark::Negative));
+        assert_eq!(mark(2.5, &range), Some(Mark::OutOfRange));
+        assert_eq!(mark(-3.0, &range), Some(Mark::OutOfRange));
+        assert!(mark_text(-0.5, &range).unwrap().contains("subtracted"));
+    }
+
+    #[test]
+    fn layer_ticks_keep_the_ends() {
+        assert_eq!(layer_ticks(4), [0, 1, 2, 3]);
+        assert_eq!(layer_ticks(32), [0, 4, 8, 12, 16, 20, 24, 28, 31]);
+        assert_eq!(layer_ticks(1), [0]);
+    }
+
+    #[test]
+    fn the_split_catches_attention_then_mlp_and_nothing_else() {
+        let llama = family(&[
+            "model.embed_tokens.weight",
+            "model.layers.0.self_attn.q_proj.weight",
+            "model.layers.0.self_attn.o_proj.weight",
+            "model.layers.0.mlp.gate_proj.weight",
+            "model.layers.0.mlp.down_proj.weight",
+            "model.layers.0.input_layernorm.weight",
+            "model.layers.1.self_attn.q_proj.weight",
+            "model.layers.1.mlp.up_proj.weight",
+            "lm_head.weight",
+        ]);
+        let split = ModuleSplit::of(&llama);
+        assert_eq!(
+            (split.attention.as_slice(), split.mlp.as_slice()),
+            (
+                ["self_attn".to_owned()].as_slice(),
+                ["mlp".to_owned()].as_slice()
+            )
+        );
+        assert_eq!((split.attention_tensors, split.mlp_tensors), (3, 3));
+
+        let mut filters = vec![
+            ModuleFilter {
+                filter: "mlp".to_owned(),
+                lambda: 0.1,
+            },
+            ModuleFilter {
+                filter: "embed_tokens".to_owned(),
+                lambda: 0.0,
+            },
+        ];
+        split.apply(&mut filters, 1.0, 0.5);
+        let got: Vec<(&str, f64)> = filters
+            .iter()
+            .map(|f| (f.filter.as_str(), f.lambda))
+            .collect();
+        assert_eq!(
+            got,
+            [("self_attn", 1.0), ("mlp", 0.5), ("embed_tokens", 0.0)]
+        );
+
+        // Names without attention or MLP tensors give no split.
+        assert!(ModuleSplit::of(&family(&["conv.weight", "fc.weight"])).is_empty());
+    }
+
+    #[test]
+    fn shapes_keep_each_curves_mean() {
+        assert_eq!(
+            shaped(CurvePreset::Rising, &[0.4, 0.4], 4),
+            CurvePreset::Rising.points(0.4)
+        );
+        // A curve at 0 takes a shape at a small weight rather than staying flat.
+        assert_eq!(
+            shaped(CurvePreset::InverseV, &[0.0, 0.0], 4),
+            CurvePreset::InverseV.points(SHAPE_SCALE_AT_ZERO)
+        );
+    }
+}

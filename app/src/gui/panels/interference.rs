@@ -88,7 +88,7 @@ pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
                 selected_row: None,
             };
             // Wrapped by hand: a vertical group's width is not known before it is laid out.
-            if ui.available_width() < heatmap.size(ui).x {
+            if ui.available_size_before_wrap().x < heatmap.size(ui).x {
                 ui.end_row();
             }
             ui.vertical(|ui| {
@@ -101,7 +101,7 @@ pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
                     |ui| heatmap.show(ui),
                 );
             });
-            ui.add_space(16.0);
+            ui.add_space(8.0);
         }
     });
     (app.selected_layer, app.selected_module) = scope;
