@@ -77,6 +77,36 @@ fn write_bf16_model(folder: &Path, shift: f32) -> PathBuf {
     folder.to_path_buf()
 }
 
+/// Rewrites the model in `folder` as two shards and their index, as Hugging Face stores
+/// larger models.
+fn shard_in_two(folder: &Path) {
+    let single = folder.join("model.safetensors");
+    let bytes = std::fs::read(&single).unwrap();
+    let model = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut names: Vec<String> = model.names().into_iter().map(str::to_owned).collect();
+    names.sort();
+    let half = names.len() / 2;
+    let mut weight_map = serde_json::Map::new();
+    for (i, part) in [&names[..half], &names[half..]].into_iter().enumerate() {
+        let file = format!("model-{:05}-of-00002.safetensors", i + 1);
+        let views: HashMap<String, TensorView<'_>> = part
+            .iter()
+            .map(|n| (n.clone(), model.tensor(n).unwrap()))
+            .collect();
+        safetensors::serialize_to_file(views, None, &folder.join(&file)).unwrap();
+        for n in part {
+            weight_map.insert(n.clone(), file.clone().into());
+        }
+    }
+    let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
+    std::fs::write(
+        folder.join("model.safetensors.index.json"),
+        serde_json::to_vec_pretty(&index).unwrap(),
+    )
+    .unwrap();
+    std::fs::remove_file(single).unwrap();
+}
+
 /// A bf16 base and two bf16 fine-tunes (`math`, `code`) under `dir`.
 fn bf16_family(dir: &Path) -> Vec<PathBuf> {
     vec![
@@ -306,9 +336,10 @@ fn drop_on(harness: &mut Harness<'_, Workbench>, paths: &[&Path]) {
 fn dropped_folders_open_and_a_dropped_recipe_loads() {
     let dir = tempfile::tempdir().unwrap();
     let paths = bf16_family(&dir.path().join("family"));
+    shard_in_two(&paths[2]);
     let mut harness = harness_on(&[]);
     opened_family(&mut harness);
-    // Three folders at once: the first is the base.
+    // Three folders at once, one of them sharded: the first is the base.
     drop_on(
         &mut harness,
         &paths.iter().map(PathBuf::as_path).collect::<Vec<_>>(),
@@ -318,6 +349,16 @@ fn dropped_folders_open_and_a_dropped_recipe_loads() {
             .as_ref()
             .is_some_and(|f| f.models.len() == 2 && f.base == paths[0])
     });
+    let shards: Vec<usize> = harness
+        .state()
+        .family
+        .as_ref()
+        .unwrap()
+        .members
+        .iter()
+        .map(|m| m.shards)
+        .collect();
+    assert_eq!(shards, [1, 1, 2]);
 
     // A recipe naming the open models loads into the Merge panel.
     let recipe = dir.path().join("tuned.yml");
