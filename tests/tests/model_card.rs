@@ -204,13 +204,15 @@ fn windowing_noise(stderr: &str) -> Vec<&str> {
         .collect()
 }
 
-/// Runs `args` with no display, as on a server reached over ssh. (The runtime folder a login
-/// session provides stays: without one, Mesa's Vulkan device-selection layer prints a line
-/// whenever a GPU is looked for, which only the process's environment can turn off.)
+/// Runs `args` with no display and no login session's runtime folder, as in a container or
+/// a CI runner (without that folder Mesa's Vulkan device-selection layer would print a line
+/// whenever a GPU is looked for; mergescope turns the layer off there).
 fn headless(dir: &Path, args: &[&str]) -> Run {
     let output = command(BIN, dir, args)
         .env_remove("DISPLAY")
         .env_remove("WAYLAND_DISPLAY")
+        .env_remove("XDG_RUNTIME_DIR")
+        .env_remove("NODEVICE_SELECT")
         .env_remove("RUST_LOG")
         .output()
         .expect("the mergescope binary runs");

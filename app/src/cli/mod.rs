@@ -82,6 +82,24 @@ enum Command {
     Synth(synth::Args),
 }
 
+/// Mesa's Vulkan device-selection layer prints `error: XDG_RUNTIME_DIR is invalid or not set`
+/// (twice) whenever a GPU is looked for outside a login session — a container, a CI runner, a
+/// cron job. wgpu orders the adapters itself, so the layer adds nothing here but the noise;
+/// it is turned off with its own switch where that variable is missing.
+fn quiet_vulkan_device_select() {
+    if cfg!(target_os = "linux")
+        && std::env::var_os("XDG_RUNTIME_DIR").is_none()
+        && std::env::var_os("NODEVICE_SELECT").is_none()
+    {
+        // SAFETY: called first thing in `main`, before any thread exists, so nothing can read
+        // the environment while it changes.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::env::set_var("NODEVICE_SELECT", "1");
+        }
+    }
+}
+
 /// How a command ended, beyond success.
 #[derive(Debug)]
 pub enum Failure {
@@ -121,6 +139,7 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
+    quiet_vulkan_device_select();
     install_panic_hook();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
