@@ -290,3 +290,52 @@ fn ctrl_c_cancels_and_writes_nothing() {
     );
     assert!(!out.exists());
 }
+
+#[test]
+fn a_command_scores_each_cell_in_a_scratch_folder_removed_after() {
+    let (dir, recipe) = demo_copy();
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let script = dir.path().join("count.sh");
+    // Counts the files of the folder it is given and reports the model's first byte count:
+    // proves each cell was exported to a folder of its own.
+    std::fs::write(
+        &script,
+        "#!/bin/sh\nn=$(ls \"$1\" | wc -l); b=$(wc -c < \"$1/model.safetensors\"); echo \"{\\\"files\\\": $n, \\\"bytes\\\": $b}\"\n",
+    )
+    .unwrap();
+    let objective = format!("cmd:sh {}", script.display());
+    let out = dir.path().join("cmd.json");
+    let recipe_arg = recipe.display().to_string();
+    let out_arg = out.display().to_string();
+    let tmp_arg = tmp.display().to_string();
+    let ran = mergescope_tests::cli::run_with_env(
+        BIN,
+        dir.path(),
+        &[
+            "sweep",
+            &recipe_arg,
+            "--param",
+            "models.0.weight=0,1",
+            "--objective",
+            &objective,
+            "--metric",
+            "files",
+            "--json",
+            &out_arg,
+        ],
+        &[("TMPDIR", tmp_arg.as_str())],
+    );
+    ran.assert_success();
+    let report = read_json(&out);
+    let cells = report["cells"].as_array().unwrap();
+    assert_eq!(cells.len(), 2);
+    for cell in cells {
+        let scores = scores_of(cell);
+        assert!(scores["files"] >= 2.0, "{scores:?}");
+        assert!(scores["bytes"] > 1000.0, "{scores:?}");
+    }
+    assert!(ran.stdout().contains("files"), "{}", ran.stdout());
+    let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().collect();
+    assert!(left.is_empty(), "scratch folders left behind: {left:?}");
+}
