@@ -198,14 +198,18 @@ fn a_1d_sweep_prints_a_row_per_value() {
             "sweep",
             &recipe_arg,
             "--param",
-            "models.3.weight=0,1",
+            "models.3.weight=0:1:101",
             "--objective",
             "retention",
             "--metric",
             "accuracy",
+            "--json",
+            "never.json",
         ],
     );
     bad_metric.assert_user_error(&["--metric accuracy", "mean retention"]);
+    // Stopped at the first cell: nothing written.
+    assert!(!dir.path().join("never.json").exists());
 }
 
 #[test]

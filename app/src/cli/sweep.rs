@@ -79,10 +79,29 @@ pub fn run(args: &Args, job: &Job) -> Result<(), Failure> {
         truncate_vocab: false,
     };
     let started = Instant::now();
-    let cells = with_cell_progress(job, || {
-        mergescope_core::sweep::run(&sweep, &objective, &Cpu, &options, job, &mut |_| {})
-    })
-    .map_err(|e| match e {
+    // A --metric the objective does not report stops the sweep at its first cell, not after
+    // the last.
+    let (cells, unknown_metric) = with_cell_progress(job, || {
+        let mut unknown_metric = None;
+        let cells =
+            mergescope_core::sweep::run(&sweep, &objective, &Cpu, &options, job, &mut |cell| {
+                if let Some(m) = &args.metric
+                    && unknown_metric.is_none()
+                    && metric_value(&cell.scores, m).is_none()
+                {
+                    unknown_metric = Some(format!(
+                        "--metric {m}: the objective reported no such metric; it reported {}",
+                        metric_names(&cell.scores).join(", ")
+                    ));
+                    job.cancel.cancel();
+                }
+            });
+        (cells, unknown_metric)
+    });
+    if let Some(message) = unknown_metric {
+        return Err(anyhow::anyhow!(message).into());
+    }
+    let cells = cells.map_err(|e| match e {
         SweepError::Cancelled => Failure::Cancelled,
         other => Failure::from(other),
     })?;
@@ -94,17 +113,9 @@ pub fn run(args: &Args, job: &Job) -> Result<(), Failure> {
         elapsed * 1e3 / cells.len().max(1) as f64
     );
     super::warn_non_finite(job);
-    let first = cells.first().map(|c| &c.scores);
-    let metric = match (&args.metric, first) {
-        (Some(m), Some(scores)) if metric_value(scores, m).is_none() => {
-            return Err(anyhow::anyhow!(
-                "--metric {m}: the objective reported no such metric; it reported {}",
-                metric_names(scores).join(", ")
-            )
-            .into());
-        }
+    let metric = match (&args.metric, cells.first()) {
         (Some(m), _) => m.clone(),
-        (None, Some(scores)) => default_metric(scores).ok_or_else(|| {
+        (None, Some(cell)) => default_metric(&cell.scores).ok_or_else(|| {
             anyhow::anyhow!("the objective reported no metrics; a sweep needs at least one")
         })?,
         (None, None) => String::new(),
