@@ -273,3 +273,71 @@ fn json_report<'a>(
         cells,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RECIPE: &str = "merge_method: task_arithmetic\nbase_model: b\nmodels:\n  - model: x\n    parameters: {weight: 0.5}\n  - model: y\n    parameters: {weight: 0.5}\n";
+
+    /// A sweep over `specs` whose cell n scores `mean/accuracy` = n / 100.
+    fn swept(specs: &[&str]) -> (Sweep, Vec<Cell>) {
+        let axes = specs.iter().map(|s| Axis::parse(s).unwrap()).collect();
+        let sweep = Sweep::new(RECIPE, std::path::Path::new("r.yml"), axes).unwrap();
+        let cells = (0..sweep.cell_count())
+            .map(|n| {
+                let index = sweep.cell_index(n);
+                Cell {
+                    values: sweep.values_at(&index),
+                    index,
+                    scores: [("mean/accuracy".to_owned(), n as f64 / 100.0)]
+                        .into_iter()
+                        .collect(),
+                    recipe: String::new(),
+                }
+            })
+            .collect();
+        (sweep, cells)
+    }
+
+    #[test]
+    fn two_parameters_make_a_grid_and_others_a_row_per_cell() {
+        let (sweep, cells) = swept(&["models.0.weight=0,1", "models.1.weight=0:1:3"]);
+        let text = table(&sweep, &cells, "mean/accuracy");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 1 + 1 + 2 + 1, "{text}");
+        assert_eq!(
+            lines[1].split_whitespace().collect::<Vec<_>>(),
+            ["0", "0.5", "1"]
+        );
+        assert_eq!(
+            lines[3].split_whitespace().collect::<Vec<_>>(),
+            ["1", "3.0%", "4.0%", "5.0%*"]
+        );
+        assert_eq!(
+            lines[4],
+            "best (*): models.0.weight = 1, models.1.weight = 1: 5.0%"
+        );
+
+        let (sweep, cells) = swept(&["models.0.weight=0,1", "models.1.weight=0,1", "lambda=1,2"]);
+        let text = table(&sweep, &cells, "mean/accuracy");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 1 + 8 + 1, "{text}");
+        assert_eq!(
+            lines[0].split_whitespace().collect::<Vec<_>>(),
+            [
+                "models.0.weight",
+                "models.1.weight",
+                "lambda",
+                "mean/accuracy"
+            ]
+        );
+        assert_eq!(
+            lines[8].split_whitespace().collect::<Vec<_>>(),
+            ["1", "1", "2", "7.0%*"]
+        );
+        // Other metrics print as numbers.
+        let text = table(&sweep, &cells, "missing");
+        assert!(text.lines().nth(1).unwrap().ends_with("- "), "{text}");
+    }
+}
