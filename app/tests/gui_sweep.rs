@@ -149,6 +149,13 @@ fn a_1d_sweep_draws_a_line_and_cancel_stops_a_long_one() {
     // The cells computed before the cancel stay on the line chart.
     harness.get_by_label("chart sweep-line");
     harness.get_by_label("best (outlined):");
+    // A click on a point loads its settings.
+    harness.get_by_label("point lambda = 0.02").click();
+    harness.run_ok();
+    assert_eq!(harness.state().panel, Panel::Merge);
+    assert_eq!(harness.state().settings.as_ref().unwrap().lambda, 0.02);
+    harness.get_by_label("Sweep").click();
+    harness.run_ok();
 
     // The workbench goes on: a new sweep runs to its end.
     harness.state_mut().sweep.axes = vec![axis("models.2.weight", 0.0, 1.0, 2)];

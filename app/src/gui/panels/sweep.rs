@@ -322,22 +322,39 @@ fn line_ui(ui: &mut egui::Ui, results: &SweepResults, metric: &str) -> Option<us
                         .color(BEST),
                 );
             }
-            if plot.response().clicked()
-                && let Some(pointer) = plot.pointer_coordinate()
-            {
-                let target = plot.screen_from_plot(pointer);
-                clicked = points
-                    .iter()
-                    .map(|(i, [x, y])| {
-                        let at = plot.screen_from_plot(PlotPoint::new(*x, *y));
-                        (*i, at.distance(target))
-                    })
-                    .filter(|(_, d)| *d < 14.0)
-                    .min_by(|a, b| a.1.total_cmp(&b.1))
-                    .map(|(i, _)| i);
-            }
+            points
+                .iter()
+                .map(|(i, [x, y])| (*i, plot.screen_from_plot(PlotPoint::new(*x, *y))))
+                .collect::<Vec<_>>()
         });
     chart::name_plot(&shown.response, "sweep-line");
+    // Each point is a button of its own on top of the plot: clicked, hovered and named for
+    // screen readers (and tests) like a heatmap's cell.
+    let axis_path = &results.axes[0].path;
+    for (i, at) in shown.inner {
+        if !shown.response.rect.contains(at) {
+            continue;
+        }
+        let cell = &results.cells[i];
+        let described = format!("{axis_path} = {}", cell.values[0]);
+        let response = ui.interact(
+            Rect::from_center_size(at, vec2(14.0, 14.0)),
+            ui.make_persistent_id(("sweep point", i)),
+            Sense::click(),
+        );
+        let label = format!("point {described}");
+        response
+            .widget_info(|| egui::WidgetInfo::labeled(egui::accesskit::Role::Button, true, &label));
+        let value = metric_value(&cell.scores, metric)
+            .map_or_else(String::new, |v| format_metric(metric, v));
+        let response = response.on_hover_text(format!(
+            "{described}\n{}: {value}\nclick to load these settings into the Merge panel",
+            crate::gui::sweep::metric_label(metric)
+        ));
+        if response.clicked() {
+            clicked = Some(i);
+        }
+    }
     clicked
 }
 
