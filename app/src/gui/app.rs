@@ -385,10 +385,11 @@ impl Workbench {
         self.request_open(OpenRequest::Models { base, models });
     }
 
-    /// Loads a mergekit recipe into the Merge panel (opening the models it names), after
-    /// asking if the panel's settings are unsaved.
+    /// Loads a mergekit recipe into the Merge panel. A recipe over the open family replaces
+    /// the settings at once (undo brings them back); one over other models opens them first,
+    /// after asking if the panel's settings are unsaved.
     pub fn load_recipe(&mut self, file: PathBuf) {
-        self.request_open(OpenRequest::Recipe(file));
+        self.load_recipe_now(file, false);
     }
 
     /// Are the Merge panel's settings other than those last opened, loaded or saved?
@@ -403,7 +404,9 @@ impl Workbench {
 
     /// Carries out `request` now, or asks first when it would replace unsaved settings.
     pub fn request_open(&mut self, request: OpenRequest) {
-        if self.unsaved() {
+        if let OpenRequest::Recipe(file) = request {
+            self.load_recipe(file);
+        } else if self.unsaved() {
             self.confirm_open = Some(request);
         } else {
             self.open_now(request);
@@ -421,12 +424,13 @@ impl Workbench {
                 self.start_job("opening");
                 self.worker.send(Command::Open { base, models });
             }
-            OpenRequest::Recipe(file) => self.load_recipe_now(file),
+            OpenRequest::Recipe(file) => self.load_recipe_now(file, true),
         }
     }
 
-    fn load_recipe_now(&mut self, file: PathBuf) {
-        match self.try_load_recipe(file) {
+    /// Loads `file`; `confirmed`: the user said unsaved settings may go.
+    fn load_recipe_now(&mut self, file: PathBuf, confirmed: bool) {
+        match self.try_load_recipe(file, confirmed) {
             Ok(None) => {}
             Ok(Some((settings, file))) => {
                 self.settings = Some(settings);
@@ -443,6 +447,7 @@ impl Workbench {
     fn try_load_recipe(
         &mut self,
         file: PathBuf,
+        confirmed: bool,
     ) -> Result<Option<(MergeSettings, PathBuf)>, String> {
         let text = std::fs::read_to_string(&file)
             .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
@@ -471,6 +476,10 @@ impl Workbench {
                 file.display()
             )
         })?;
+        if !confirmed && self.unsaved() {
+            self.confirm_open = Some(OpenRequest::Recipe(file));
+            return Ok(None);
+        }
         self.pending_recipe = Some(PendingRecipe {
             text,
             file,

@@ -133,7 +133,12 @@ fn sliders(ui: &mut egui::Ui, family: &OpenFamily, settings: &mut MergeSettings)
             ui.add(
                 egui::Slider::new(&mut settings.weights[i], WEIGHTS).text(format!("{name} weight")),
             )
-            .on_hover_text(help::param(&settings.method, "weight", Some(WEIGHTS), None));
+            .on_hover_text(help::param(
+                &settings.method,
+                "weight",
+                Some(WEIGHTS),
+                None,
+            ));
             ui.horizontal(|ui| model_sliders(ui, settings, i, &name));
             ui.end_row();
         }
@@ -147,7 +152,12 @@ fn model_sliders(ui: &mut egui::Ui, settings: &mut MergeSettings, i: usize, name
         let (start, range) = model_param_range(param);
         if ui
             .add(egui::Slider::new(&mut value, range.clone()).text(format!("{name} {param}")))
-            .on_hover_text(help::param(&settings.method, param, Some(range), Some(start)))
+            .on_hover_text(help::param(
+                &settings.method,
+                param,
+                Some(range),
+                Some(start),
+            ))
             .changed()
         {
             settings.model_values[i].insert(param.to_owned(), value);
@@ -183,10 +193,15 @@ fn curves(ui: &mut egui::Ui, family: &OpenFamily, settings: &mut MergeSettings) 
             crate::gui::curve_editor::attention_mlp_split_ui(ui, family, settings);
         }
     });
-    // Two models to a row: a curve is wide and short.
-    let editor_width = ((ui.available_width() - 32.0) / 2.0 - 186.0).clamp(200.0, 420.0);
+    // As many models to a row as fit (a curve is wide and short), sharing the full width:
+    // each takes its controls (170 + gaps) and at least 280 points of curve.
+    const CONTROLS: f32 = 170.0 + 32.0;
+    let available = ui.available_width();
+    let per_row =
+        ((available / (CONTROLS + 280.0)).floor() as usize).clamp(1, family.models.len().max(1));
+    let editor_width = (available / per_row as f32 - CONTROLS).max(200.0);
     let models: Vec<usize> = (0..family.models.len()).collect();
-    for pair in models.chunks(2) {
+    for pair in models.chunks(per_row) {
         ui.horizontal_top(|ui| {
             for &i in pair {
                 ui.vertical(|ui| {

@@ -8,7 +8,8 @@ use mergescope_core::eval::compare::{
 };
 
 use super::fmt;
-use crate::gui::app::{Preview, Workbench};
+use crate::gui::app::{Notice, Preview, Workbench};
+use crate::gui::chart::{self, Marks, Series, XyChart};
 use crate::gui::previewer::PreviewRequest;
 
 /// Asks for a preview of `yaml` unless one is on its way: a quick one while the pointer is
@@ -69,7 +70,7 @@ pub fn scores_of(app: &Workbench, ui: &mut egui::Ui, yaml: &str) {
     }
 }
 
-pub fn show(app: &Workbench, ui: &mut egui::Ui) {
+pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
     if let Some(fraction) = app.preview_progress {
         ui.add(
             egui::ProgressBar::new(fraction as f32)
@@ -80,7 +81,8 @@ pub fn show(app: &Workbench, ui: &mut egui::Ui) {
                 )),
         );
     }
-    let Some(preview) = &app.preview else {
+    // A copy: the charts below write their saving outcomes to the notice.
+    let Some(preview) = app.preview.clone() else {
         ui.label("Preview: computing...");
         return;
     };
@@ -104,7 +106,15 @@ pub fn show(app: &Workbench, ui: &mut egui::Ui) {
         ui.label(grade).on_hover_text(&when);
     });
     if is_demo || preview.survival.is_some() {
-        compare(ui, preview);
+        let comparison = comparison(&preview);
+        chart::framed_ui(
+            ui,
+            &mut app.notice,
+            "comparison",
+            "This merge, the base and each input model",
+            || comparison_csv(&comparison),
+            |ui| compare(ui, &comparison, preview.inputs.is_some()),
+        );
     }
     let Some(survived) = &preview.survival else {
         ui.label("(A merge without a base model has no task vectors to follow per layer.)");
@@ -120,12 +130,11 @@ pub fn show(app: &Workbench, ui: &mut egui::Ui) {
         };
         ui.label(how).on_hover_text(&when);
     });
-    survival(ui, survived);
+    survival(ui, &mut app.notice, survived);
 }
 
-/// The merge's scores beside the base's and each input model's, then the merge's delta to
-/// the base and to the best single model per column, green where the merge is better.
-fn compare(ui: &mut egui::Ui, preview: &Preview) {
+/// The merge's scores beside its inputs', one column per task in the order of the rows.
+fn comparison(preview: &Preview) -> Comparison {
     let (_, scores) = preview.objective_scores();
     // Accuracies for the demo, retention per model otherwise: one number per task.
     let shown: mergescope_core::eval::Scores = scores
@@ -135,13 +144,6 @@ fn compare(ui: &mut egui::Ui, preview: &Preview) {
     let empty = InputScores::default();
     let inputs = preview.inputs.as_deref().unwrap_or(&empty);
     let mut comparison = Comparison::new(&shown, inputs);
-    let title = |metric: &str| {
-        let name = metric
-            .strip_suffix("/accuracy")
-            .or_else(|| metric.strip_prefix("retention/"))
-            .unwrap_or(metric);
-        crate::gui::state::model_name(std::path::Path::new(name))
-    };
     // Columns in the order of the rows: a task's column where its model's row is.
     let names: Vec<String> = comparison
         .models
@@ -149,9 +151,47 @@ fn compare(ui: &mut egui::Ui, preview: &Preview) {
         .map(|m| crate::gui::state::model_name(std::path::Path::new(m)))
         .collect();
     comparison.metrics.sort_by_key(|row| {
-        let t = title(&row.metric);
+        let t = column_title(&row.metric);
         names.iter().position(|n| *n == t).unwrap_or(names.len())
     });
+    comparison
+}
+
+/// A metric as a column title: the task or model it is about.
+fn column_title(metric: &str) -> String {
+    let name = metric
+        .strip_suffix("/accuracy")
+        .or_else(|| metric.strip_prefix("retention/"))
+        .unwrap_or(metric);
+    crate::gui::state::model_name(std::path::Path::new(name))
+}
+
+/// The comparison's numbers: a row per metric, full precision.
+fn comparison_csv(comparison: &Comparison) -> String {
+    let mut header: Vec<String> = ["metric", "merge", "base"].map(str::to_owned).to_vec();
+    header.extend(comparison.models.iter().cloned());
+    header.extend(["delta_to_base", "delta_to_best_single", "best_single"].map(str::to_owned));
+    let rows = comparison.metrics.iter().map(|row| {
+        let mut cells = vec![
+            row.metric.clone(),
+            chart::csv_number(Some(row.merge)),
+            chart::csv_number(row.base),
+        ];
+        cells.extend(row.models.iter().map(|&v| chart::csv_number(v)));
+        cells.push(chart::csv_number(row.delta_to_base));
+        cells.push(chart::csv_number(row.delta_to_best));
+        cells.push(row.best_single.clone().unwrap_or_default());
+        cells
+    });
+    chart::csv_of(&header, rows)
+}
+
+/// The merge's scores beside the base's and each input model's, then the merge's delta to
+/// the base and to the best single model per column, green where the merge is better.
+/// `scored`: the inputs' scores have arrived.
+fn compare(ui: &mut egui::Ui, comparison: &Comparison, scored: bool) {
+    let title = column_title;
+    let has_base = comparison.metrics.iter().any(|m| m.base.is_some());
     let better = if ui.visuals().dark_mode {
         egui::Color32::from_rgb(0x3f, 0xb9, 0x50)
     } else {
@@ -189,7 +229,7 @@ fn compare(ui: &mut egui::Ui, preview: &Preview) {
                 ui.strong(format_value(&row.metric, row.merge));
             }
             ui.end_row();
-            if preview.inputs.is_none() {
+            if !scored {
                 ui.horizontal(|ui| {
                     ui.spinner();
                     ui.label("scoring the base and each model...");
@@ -201,7 +241,7 @@ fn compare(ui: &mut egui::Ui, preview: &Preview) {
                 Some(v) => ui.label(format_value(&row.metric, v)),
                 None => ui.weak("-"),
             };
-            if inputs.base.is_some() {
+            if has_base {
                 ui.label("base");
                 for row in &comparison.metrics {
                     value(ui, row, row.base);
@@ -216,7 +256,7 @@ fn compare(ui: &mut egui::Ui, preview: &Preview) {
                 }
                 ui.end_row();
             }
-            if inputs.base.is_some() {
+            if has_base {
                 ui.strong("vs base");
                 for row in &comparison.metrics {
                     delta_cell(
@@ -269,7 +309,7 @@ fn accuracy(ui: &mut egui::Ui, preview: &Preview) {
     });
 }
 
-fn survival(ui: &mut egui::Ui, survival: &Survival) {
+fn survival(ui: &mut egui::Ui, notice: &mut Option<Notice>, survival: &Survival) {
     let whole = &survival.whole_model;
     let names: Vec<String> = survival
         .models
@@ -303,46 +343,69 @@ fn survival(ui: &mut egui::Ui, survival: &Survival) {
     if layers.is_empty() {
         return;
     }
-    let width = (ui.available_width() - 12.0) / 2.0;
-    ui.horizontal(|ui| {
-        ui.vertical(|ui| {
-            ui.set_width(width);
-            ui.label("retention per layer");
-            egui_plot::Plot::new("retention-per-layer")
-                .height(150.0)
-                .legend(egui_plot::Legend::default().position(egui_plot::Corner::RightBottom))
-                .allow_scroll(false)
-                .allow_drag(false)
-                .show(ui, |plot| {
-                    for (i, label) in names.iter().enumerate() {
-                        let points: Vec<[f64; 2]> = layers
-                            .iter()
-                            .filter_map(|g| Some([g.block? as f64, g.models[i].projection?]))
-                            .collect();
-                        plot.line(egui_plot::Line::new(
-                            label.clone(),
-                            super::finite_points(points),
-                        ));
-                    }
-                });
-        });
-        ui.vertical(|ui| {
-            ui.set_width(width);
-            ui.label("merged delta per layer, |delta| / |theta_base|");
-            let bars: Vec<egui_plot::Bar> = layers
+    let retention = XyChart {
+        series_title: "model".to_owned(),
+        series: names
+            .iter()
+            .enumerate()
+            .map(|(i, label)| {
+                let points = layers
+                    .iter()
+                    .filter_map(|g| Some([g.block? as f64, g.models[i].projection?]))
+                    .collect();
+                Series::new(label.clone(), i, points)
+            })
+            .collect(),
+        x_is_layer: true,
+        include_y: vec![0.0],
+        min_y_span: 0.05,
+        height: 170.0,
+        ..XyChart::new("retention-per-layer", "layer", "retention")
+    };
+    let delta = XyChart {
+        series_title: "merge".to_owned(),
+        series: vec![Series::new(
+            "this merge",
+            names.len(),
+            layers
                 .iter()
-                .filter_map(|g| {
-                    let value = g.merged_relative.filter(|v| v.is_finite())?;
-                    Some(egui_plot::Bar::new(g.block? as f64, value))
-                })
-                .collect();
-            egui_plot::Plot::new("delta-per-layer")
-                .height(150.0)
-                .allow_scroll(false)
-                .allow_drag(false)
-                .show(ui, |plot| {
-                    plot.bar_chart(egui_plot::BarChart::new("merged delta", bars));
-                });
-        });
+                .filter_map(|g| Some([g.block? as f64, g.merged_relative?]))
+                .collect(),
+        )],
+        marks: Marks::Bars,
+        x_is_layer: true,
+        include_y: vec![0.0],
+        min_y_span: 1e-3,
+        height: 170.0,
+        ..XyChart::new(
+            "merged-delta-per-layer",
+            "layer",
+            "|θ_merged − θ_base| / |θ_base|",
+        )
+    };
+    // Side by side, each half the width; one above the other when the window is narrow.
+    let columns = if ui.available_width() >= 900.0 { 2 } else { 1 };
+    ui.columns(columns, |cols| {
+        chart::framed_ui(
+            &mut cols[0],
+            notice,
+            "retention-per-layer",
+            "What the merge keeps of each fine-tune's τ, per layer",
+            || retention.csv(),
+            |ui| retention.show(ui),
+        );
+        let ui = if columns == 2 {
+            &mut cols[1]
+        } else {
+            &mut cols[0]
+        };
+        chart::framed_ui(
+            ui,
+            notice,
+            "merged-delta-per-layer",
+            "How far the merge moves the base, per layer (Δ = θ_merged − θ_base)",
+            || delta.csv(),
+            |ui| delta.show(ui),
+        );
     });
 }
