@@ -71,7 +71,14 @@ pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
                     for dtype in OUT_DTYPES {
                         ui.selectable_value(&mut settings.out_dtype, dtype.to_owned(), dtype);
                     }
-                });
+                })
+                .response
+                .on_hover_text(crate::gui::help::param(
+                    &settings.method,
+                    "out_dtype",
+                    None,
+                    None,
+                ));
             if let Some(dtype) = inputs_dtype {
                 ui.label(if settings.out_dtype == dtype {
                     "(the inputs' dtype)".to_owned()
