@@ -3,6 +3,7 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use mergescope_core::sweep::metric::{metric_names, metric_value};
 use mergescope_core::sweep::{Axis, Cell, ParamPath};
@@ -186,7 +187,8 @@ pub struct SweepState {
     /// The metric the chart shows.
     pub metric: Option<String>,
     pub running: bool,
-    pub results: Option<SweepResults>,
+    /// Shared with the frame that draws them, so a frame never copies thousands of cells.
+    pub results: Option<Arc<SweepResults>>,
 }
 
 impl SweepState {
@@ -210,22 +212,29 @@ impl SweepState {
     /// A sweep was sent: results start empty.
     pub fn started(&mut self, axes: Vec<Axis>, labels: Vec<String>, file: PathBuf) {
         self.running = true;
-        self.results = Some(SweepResults {
+        self.results = Some(Arc::new(SweepResults {
             axes,
             labels,
             cells: Vec::new(),
             file,
             millis: None,
-        });
+        }));
     }
 
     /// A cell from the worker.
     pub fn add_cell(&mut self, cell: Cell) {
         if let Some(results) = &mut self.results {
+            let results = Arc::make_mut(results);
             results.cells.push(cell);
-            if self.metric.is_none() {
-                self.metric =
-                    mergescope_core::sweep::metric::default_metric(&results.cells[0].scores);
+            // The metric chosen before is kept while the cells report it (another family's
+            // sweep may score on another objective).
+            let first = &results.cells[0].scores;
+            if self
+                .metric
+                .as_deref()
+                .is_none_or(|m| metric_value(first, m).is_none())
+            {
+                self.metric = mergescope_core::sweep::metric::default_metric(first);
             }
         }
     }
@@ -234,7 +243,7 @@ impl SweepState {
     pub fn finished(&mut self, millis: f64) {
         self.running = false;
         if let Some(results) = &mut self.results {
-            results.millis = Some(millis);
+            Arc::make_mut(results).millis = Some(millis);
         }
     }
 }
