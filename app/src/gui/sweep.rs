@@ -119,9 +119,18 @@ impl SweepResults {
         self.axes.iter().map(|a| a.values.len()).product()
     }
 
-    /// The cell at `index`, if it has been computed.
+    /// The cell at `index`, if it has been computed. Cells arrive in row-major order, so
+    /// cell n is looked up at position n (a 101 × 101 heatmap draws without a search per cell).
     pub fn cell(&self, index: &[usize]) -> Option<&Cell> {
-        self.cells.iter().find(|c| c.index == index)
+        let position = self
+            .axes
+            .iter()
+            .zip(index)
+            .fold(0, |n, (axis, &i)| n * axis.values.len() + i);
+        self.cells
+            .get(position)
+            .filter(|c| c.index == index)
+            .or_else(|| self.cells.iter().find(|c| c.index == index))
     }
 
     /// The metrics the cells report (and the mean retention), from the first cell.
@@ -346,6 +355,9 @@ mod tests {
             "models.0.weight,mean retention,\"retention/x,y\"\n0,0,0\n1,0.5,0.5\n"
         );
         assert_eq!(state.metric.as_deref(), Some("mean retention"));
+        let results = state.results.as_ref().unwrap();
+        assert_eq!(results.cell(&[1]).unwrap().values, [1.0]);
+        assert!(results.cell(&[2]).is_none());
         assert_eq!(metric_label("retention//m/a"), "retention of a");
     }
 }

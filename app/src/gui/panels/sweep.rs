@@ -12,6 +12,9 @@ use crate::gui::chart;
 use crate::gui::state::MergeSettings;
 use crate::gui::sweep::{AxisChoice, ParamChoice, SweepRequest, SweepResults, param_choices};
 
+/// Heatmaps up to this many cells name each cell as a button of its own.
+const MAX_NAMED_CELLS: usize = 50 * 50;
+
 /// The colour of the best cell's mark: visible on every viridis colour.
 const BEST: Color32 = Color32::from_rgb(235, 40, 40);
 
@@ -414,7 +417,25 @@ fn heatmap_ui(ui: &mut egui::Ui, results: &SweepResults, metric: &str) -> Option
     let painter = ui.painter_at(area);
     let text_color = ui.visuals().text_color();
     let small = FontId::proportional(11.0);
-    let mut clicked = None;
+    let described = |r: usize, c: usize| {
+        format!(
+            "{} = {}, {} = {}",
+            rows.path, rows.values[r], columns.path, columns.values[c]
+        )
+    };
+    let hover_text = |r: usize, c: usize| match values[r * n_columns + c] {
+        Some(v) => format!(
+            "{}\n{}: {}\nclick to load these settings into the Merge panel",
+            described(r, c),
+            crate::gui::sweep::metric_label(metric),
+            format_metric(metric, v)
+        ),
+        None => format!("{}\nnot computed yet", described(r, c)),
+    };
+    // Up to 50 × 50 cells each is a named button (screen readers, tests); a larger grid is one
+    // widget that finds the cell under the pointer, so a frame stays cheap.
+    let named = n_rows * n_columns <= MAX_NAMED_CELLS;
+    let mut clicked_at = None;
     for r in 0..n_rows {
         for c in 0..n_columns {
             let rect = Rect::from_min_size(
@@ -427,7 +448,10 @@ fn heatmap_ui(ui: &mut egui::Ui, results: &SweepResults, metric: &str) -> Option
                 chart::viridis(f64::from(position(v)))
             });
             painter.rect_filled(rect, 0.0, fill);
-            if let Some(v) = value {
+            // No value fits a cell narrower than about four characters: no text laid out.
+            if let Some(v) = value
+                && rect.width() > 28.0
+            {
                 let text = format_metric(metric, v);
                 let ink = chart::text_on(fill);
                 let galley = painter.layout_no_wrap(text, small.clone(), ink);
@@ -435,36 +459,55 @@ fn heatmap_ui(ui: &mut egui::Ui, results: &SweepResults, metric: &str) -> Option
                     painter.galley(rect.center() - galley.size() / 2.0, galley, ink);
                 }
             }
-            let index = [r, c];
-            if best.as_deref() == Some(index.as_slice()) {
+            if best.as_deref() == Some([r, c].as_slice()) {
                 painter.rect_stroke(rect, 0.0, Stroke::new(3.0, BEST), StrokeKind::Inside);
             }
-            let described = format!(
-                "{} = {}, {} = {}",
-                rows.path, rows.values[r], columns.path, columns.values[c]
-            );
-            let response = ui.interact(
-                rect,
-                ui.make_persistent_id(("sweep cell", r, c)),
-                Sense::click(),
-            );
-            let label = format!("cell {described}");
-            response.widget_info(|| {
-                egui::WidgetInfo::labeled(egui::accesskit::Role::Button, true, &label)
-            });
-            let response = response.on_hover_text(match value {
-                Some(v) => format!(
-                    "{described}\n{}: {}\nclick to load these settings into the Merge panel",
-                    crate::gui::sweep::metric_label(metric),
-                    format_metric(metric, v)
-                ),
-                None => format!("{described}\nnot computed yet"),
-            });
-            if response.clicked() && value.is_some() {
-                clicked = results.cells.iter().position(|cell| cell.index == index);
+            if named {
+                let response = ui.interact(
+                    rect,
+                    ui.make_persistent_id(("sweep cell", r, c)),
+                    Sense::click(),
+                );
+                response.widget_info(|| {
+                    egui::WidgetInfo::labeled(
+                        egui::accesskit::Role::Button,
+                        true,
+                        format!("cell {}", described(r, c)),
+                    )
+                });
+                if response
+                    .on_hover_ui(|ui| {
+                        ui.label(hover_text(r, c));
+                    })
+                    .clicked()
+                {
+                    clicked_at = Some((r, c));
+                }
             }
         }
     }
+    if !named {
+        let under = |at: egui::Pos2| {
+            let offset = at - grid.min;
+            let (c, r) = (offset.x / cell_width, offset.y / cell_height);
+            (r >= 0.0 && c >= 0.0 && (r as usize) < n_rows && (c as usize) < n_columns)
+                .then_some((r as usize, c as usize))
+        };
+        let response = ui.interact(grid, ui.make_persistent_id("sweep grid"), Sense::click());
+        let pointed = response.hover_pos().and_then(under);
+        let response = match pointed {
+            Some((r, c)) => response.on_hover_ui_at_pointer(|ui| {
+                ui.label(hover_text(r, c));
+            }),
+            None => response,
+        };
+        if response.clicked() {
+            clicked_at = response.interact_pointer_pos().and_then(under);
+        }
+    }
+    let clicked = clicked_at
+        .filter(|&(r, c)| values[r * n_columns + c].is_some())
+        .and_then(|(r, c)| results.cells.iter().position(|cell| cell.index == [r, c]));
     // Tick labels: every row; columns as many as fit.
     for (r, v) in rows.values.iter().enumerate() {
         painter.text(
