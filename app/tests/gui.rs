@@ -37,7 +37,11 @@ fn opens_the_demo_family_and_walks_the_panels() {
             Panel::Sensitivity,
             "Most moved tensors (mean over fine-tunes)",
         ),
-        ("Interference", Panel::Interference, "sign conflict (whole model)"),
+        (
+            "Interference",
+            Panel::Interference,
+            "sign conflict (whole model)",
+        ),
         ("Merge", Panel::Merge, "method"),
         ("Export", Panel::Export, "Output folder"),
     ] {

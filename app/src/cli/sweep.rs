@@ -13,9 +13,7 @@ use mergescope_core::Job;
 use mergescope_core::backend::Cpu;
 use mergescope_core::eval::{DemoAccuracy, ExternalCommand, Fidelity};
 use mergescope_core::merge::plan::PlanOptions;
-use mergescope_core::sweep::metric::{
-    best_cell, default_metric, is_accuracy, metric_names, metric_value,
-};
+use mergescope_core::sweep::metric::{self, best_cell, default_metric, metric_names, metric_value};
 use mergescope_core::sweep::{Axis, Cell, Sweep, SweepError, SweepObjective};
 
 use super::eval::{ObjectiveArg, parse_objective};
@@ -168,11 +166,7 @@ fn with_cell_progress<T: Send>(job: &Job, work: impl FnOnce() -> T + Send) -> T 
 
 /// A metric's value as the table prints it: accuracies in percent with one decimal.
 fn shown(metric: &str, value: Option<f64>) -> String {
-    match value {
-        Some(v) if is_accuracy(metric) => format!("{:.1}%", v * 100.0),
-        Some(v) => format!("{v:.4}"),
-        None => "-".to_owned(),
-    }
+    value.map_or_else(|| "-".to_owned(), |v| metric::format_value(metric, v))
 }
 
 /// One row per cell (1 or 3 parameters), or a grid with the first parameter down and the

@@ -16,9 +16,15 @@ use crate::backend::Backend;
 use crate::merge::plan::{MergePlan, PlanOptions};
 use crate::merge::recipe::{ParamValue, Scalar};
 
-/// Is a larger value of `metric` better? Losses and errors are the exceptions by name.
+/// Is a larger value of `metric` better? Losses, errors and perplexities (by the name's last
+/// part, any case) are minimised; everything else (accuracy, retention, cosine, a command's
+/// score) is maximised.
 pub fn higher_is_better(metric: &str) -> bool {
-    let last = metric.rsplit('/').next().unwrap_or(metric);
+    let last = metric
+        .rsplit('/')
+        .next()
+        .unwrap_or(metric)
+        .to_ascii_lowercase();
     !(last.contains("loss") || last.contains("error") || last.contains("perplexity"))
 }
 
@@ -28,6 +34,7 @@ pub fn is_accuracy(metric: &str) -> bool {
         .rsplit('/')
         .next()
         .unwrap_or(metric)
+        .to_ascii_lowercase()
         .contains("accuracy")
 }
 

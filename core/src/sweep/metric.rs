@@ -39,17 +39,7 @@ pub fn default_metric(scores: &Scores) -> Option<String> {
     metric_names(scores).into_iter().next()
 }
 
-/// Losses and errors are minimised; everything else (accuracy, retention, cosine, a
-/// command's score) is maximised.
-pub fn higher_is_better(metric: &str) -> bool {
-    let lower = metric.to_ascii_lowercase();
-    !(lower.contains("loss") || lower.contains("error") || lower.contains("perplexity"))
-}
-
-/// Accuracies read as percentages.
-pub fn is_accuracy(metric: &str) -> bool {
-    metric.ends_with("accuracy")
-}
+pub use crate::eval::compare::{format_value, higher_is_better, is_accuracy};
 
 /// The index in `cells` of the best cell on `metric` (the first of equals); `None` when no
 /// cell has a finite value.

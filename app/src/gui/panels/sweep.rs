@@ -239,11 +239,7 @@ fn metric_ui(app: &mut Workbench, ui: &mut egui::Ui, results: &SweepResults) {
 
 /// A value as the panel writes it: accuracies in percent with one decimal.
 fn format_metric(metric: &str, value: f64) -> String {
-    if is_accuracy(metric) {
-        format!("{:.1}%", value * 100.0)
-    } else {
-        format!("{value:.4}")
-    }
+    mergescope_core::eval::compare::format_value(metric, value)
 }
 
 /// The chart's unit for `metric` (accuracies are drawn in percent).
