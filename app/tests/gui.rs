@@ -300,9 +300,15 @@ fn every_panel_looks_as_it_did() {
             .click();
         harness.remove_cursor();
         if name == "merge" {
-            wait_for(&mut harness, "a full preview", |app| {
-                app.preview.as_ref().is_some_and(|p| p.full)
+            wait_for(&mut harness, "a full preview beside its inputs", |app| {
+                app.preview
+                    .as_ref()
+                    .is_some_and(|p| p.full && p.inputs.is_some())
             });
+            // The history's clock reads the time of day: fixed, like the paths.
+            for entry in &mut harness.state_mut().history.entries {
+                entry.time = 0;
+            }
         }
         harness.run_ok();
         results.add(harness.try_snapshot(name));
@@ -323,8 +329,11 @@ fn every_panel_looks_as_it_did() {
     wait_for(&mut harness, "the curves' full preview", |app| {
         app.preview
             .as_ref()
-            .is_some_and(|p| p.full && p.yaml.contains("[0, 0.3, 0.6]"))
+            .is_some_and(|p| p.full && p.inputs.is_some() && p.yaml.contains("[0, 0.3, 0.6]"))
     });
+    for entry in &mut harness.state_mut().history.entries {
+        entry.time = 0;
+    }
     results.add(harness.try_snapshot("merge-curves"));
 }
 

@@ -377,11 +377,7 @@ fn survival(ui: &mut egui::Ui, notice: &mut Option<Notice>, survival: &Survival)
         include_y: vec![0.0],
         min_y_span: 1e-3,
         height: 170.0,
-        ..XyChart::new(
-            "merged-delta-per-layer",
-            "layer",
-            "|θ_merged − θ_base| / |θ_base|",
-        )
+        ..XyChart::new("merged-delta-per-layer", "layer", "|Δ| / |θ_base|")
     };
     // Side by side, each half the width; one above the other when the window is narrow.
     let columns = if ui.available_width() >= 900.0 { 2 } else { 1 };
