@@ -11,7 +11,7 @@ use mergescope::gui::app::Panel;
 mod common;
 use common::{
     MemoryStorage, click_through, drag_slider_to_the_end, error_notice, harness, harness_on,
-    opened, slider, wait_for,
+    opened, save_screenshot, slider, wait_for,
 };
 
 fn mean_accuracy(app: &Workbench) -> Option<f64> {
@@ -866,6 +866,9 @@ fn a_pareto_search_shows_its_front_and_the_preference_moves_the_merge() {
             .as_ref()
             .is_some_and(|n| n.text.contains(&format!("loaded point #{i}")))
     );
+
+    harness.state_mut().notice = None;
+    save_screenshot(&mut harness, Panel::Pareto, "pareto.png");
 
     // The map saves as JSON that loads back with the same coefficients.
     let dir = tempfile::tempdir().unwrap();

@@ -82,7 +82,6 @@ fn the_preview_compares_the_merge_with_the_base_and_each_expert() {
             "`{text}` is in the table"
         );
     }
-    save_screenshot(&mut harness, Panel::Merge, "merge.png");
 }
 
 #[test]
@@ -156,6 +155,11 @@ fn history_entries_pin_side_by_side_load_back_and_survive_a_restart() {
         .query_all(By::new().label("mirrored weight"))
         .count();
     assert!(differing >= 1, "the differing setting is a row");
+    harness
+        .get_by_label_contains("Pinned merges side by side (2)")
+        .scroll_to_me();
+    harness.run_ok();
+    save_screenshot(&mut harness, Panel::Merge, "history.png");
 
     // Load the first back: exactly its settings.
     harness.get_by_label("Load #1").click();

@@ -241,11 +241,13 @@ fn describe(value: &ParamValue) -> String {
 /// their settings, rows that differ highlighted.
 fn side_by_side(app: &mut Workbench, ui: &mut egui::Ui, pinned: &[HistoryEntry]) {
     let first = &pinned[0];
-    let metrics: Vec<&String> = first
+    let mut metrics: Vec<&String> = first
         .scores
         .keys()
         .filter(|m| !m.ends_with("/loss") && !m.starts_with("cosine/"))
         .collect();
+    // Per-task rows first, their mean last (as the preview's table).
+    metrics.sort_by_key(|m| m.starts_with("mean/"));
     let settings: Vec<Vec<(String, String)>> =
         pinned.iter().map(|e| settings_rows(&e.recipe)).collect();
     let mut keys: Vec<String> = Vec::new();
