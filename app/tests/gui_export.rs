@@ -15,7 +15,7 @@ use mergescope_core::eval::compare::format_value;
 use safetensors::{Dtype, tensor::TensorView};
 
 mod common;
-use common::{harness_on, save_screenshot, step_until, wait_for};
+use common::{harness_on, save_screenshot, step_until, wait_for, write_safetensors};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mergescope");
 
@@ -59,16 +59,7 @@ fn write_bf16_model(folder: &Path, shift: f32) -> PathBuf {
             (name, shape, bytes)
         })
         .collect();
-    let views: HashMap<String, TensorView<'_>> = data
-        .iter()
-        .map(|(n, s, b)| {
-            (
-                n.clone(),
-                TensorView::new(Dtype::BF16, s.clone(), b).unwrap(),
-            )
-        })
-        .collect();
-    safetensors::serialize_to_file(views, None, &folder.join("model.safetensors")).unwrap();
+    write_safetensors(&folder.join("model.safetensors"), Dtype::BF16, &data);
     std::fs::write(
         folder.join("config.json"),
         r#"{"architectures": ["LlamaForCausalLM"], "num_hidden_layers": 2, "torch_dtype": "bfloat16"}"#,

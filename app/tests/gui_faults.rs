@@ -2,7 +2,6 @@
 //! holding NaN or ±Inf, and a model file changed on disk while open each end in a readable
 //! notice, and the workbench goes on working.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use egui_kittest::Harness;
@@ -10,10 +9,10 @@ use egui_kittest::kittest::Queryable as _;
 use mergescope::gui::Workbench;
 use mergescope::gui::app::Panel;
 use mergescope::gui::worker::{Command, Fault};
-use safetensors::{Dtype, tensor::TensorView};
+use safetensors::Dtype;
 
 mod common;
-use common::{harness_on, save_screenshot, step_until, wait_for};
+use common::{harness_on, save_screenshot, step_until, wait_for, write_safetensors};
 
 fn notice_with(harness: &mut Harness<'_, Workbench>, needle: &str) -> String {
     step_until(harness, needle, |app| {
@@ -64,17 +63,7 @@ fn write_model(folder: &Path, shift: f32, spoil: bool) -> PathBuf {
             (name, shape, values.flat_map(f32::to_le_bytes).collect())
         })
         .collect();
-    let views: HashMap<String, TensorView<'_>> = data
-        .iter()
-        .map(|(n, s, b)| {
-            (
-                n.clone(),
-                TensorView::new(Dtype::F32, s.clone(), b).unwrap(),
-            )
-        })
-        .collect();
-    let path = folder.join("model.safetensors");
-    safetensors::serialize_to_file(views, None, &path).unwrap();
+    write_safetensors(&folder.join("model.safetensors"), Dtype::F32, &data);
     folder.to_path_buf()
 }
 
@@ -221,14 +210,11 @@ fn write_big_model(folder: &Path, salt: u32) -> PathBuf {
             (format!("model.layers.{t}.mlp.up_proj.weight"), bytes)
         })
         .collect();
-    let views: HashMap<String, TensorView<'_>> = data
-        .iter()
-        .map(|(n, b)| {
-            let view = TensorView::new(Dtype::F32, vec![1024, 1024], b).unwrap();
-            (n.clone(), view)
-        })
+    let data: Vec<(String, Vec<usize>, Vec<u8>)> = data
+        .into_iter()
+        .map(|(n, b)| (n, vec![1024, 1024], b))
         .collect();
-    safetensors::serialize_to_file(views, None, &folder.join("model.safetensors")).unwrap();
+    write_safetensors(&folder.join("model.safetensors"), Dtype::F32, &data);
     folder.to_path_buf()
 }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use mergescope_core::Job;
 use mergescope_core::backend::Cpu;
 use mergescope_core::eval::compare::{
-    Comparison, InputScores, format_delta, format_value, retention_inputs,
+    Comparison, InputScores, format_delta, format_value, retention_inputs, score_inputs,
 };
 use mergescope_core::eval::{
     Candidate, DemoAccuracy, ExternalCommand, Fidelity, Objective, Retention,
@@ -214,33 +214,20 @@ fn input_scores(
     kind: &ObjectiveArg,
     fidelity: Fidelity,
     job: &Job,
-) -> Result<InputScores, mergescope_core::eval::EvalError> {
+) -> anyhow::Result<InputScores> {
     if matches!(kind, ObjectiveArg::Retention) {
-        return retention_inputs(plan, options, &Cpu, job, None);
+        return Ok(retention_inputs(plan, options, &Cpu, job, None)?);
     }
-    let score = |checkpoint: &mergescope_core::Checkpoint| {
-        job.check_cancelled()
-            .map_err(|e| mergescope_core::eval::EvalError::Retention(e.to_string()))?;
-        objective.evaluate(
+    score_inputs(plan, |checkpoint| {
+        // Between models: Ctrl-C ends the comparison as it ends a merge.
+        job.check_cancelled()?;
+        Ok(objective.evaluate(
             &Candidate {
                 folder: Some(checkpoint.source()),
                 tensors: None,
             },
             fidelity,
-        )
-    };
-    let family = &plan.family;
-    Ok(InputScores {
-        base: family
-            .base
-            .as_ref()
-            .map(|b| score(&b.checkpoint))
-            .transpose()?,
-        models: family
-            .models
-            .iter()
-            .map(|m| Ok((m.label.clone(), score(&m.checkpoint)?)))
-            .collect::<Result<_, mergescope_core::eval::EvalError>>()?,
+        )?)
     })
 }
 

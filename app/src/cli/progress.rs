@@ -7,7 +7,34 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressStyle};
 use mergescope_core::Job;
 
+/// What the bar counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unit {
+    /// Bytes read or written, with the rate.
+    Bytes,
+    /// A sweep's cells.
+    Cells,
+}
+
+impl Unit {
+    fn template(self) -> &'static str {
+        match self {
+            Self::Bytes => {
+                "{spinner} {msg:32!} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}"
+            }
+            Self::Cells => "{spinner} {msg:48!} [{bar:30}] {pos}/{len} cells, eta {eta}",
+        }
+    }
+}
+
+/// [`run_counting`] in bytes.
 pub fn run_with_progress<T: Send>(job: &Job, work: impl FnOnce() -> T + Send) -> T {
+    run_counting(Unit::Bytes, job, work)
+}
+
+/// Runs `work` on a named thread while a bar on stderr (a terminal only) counts `unit`s of
+/// the job's progress.
+pub fn run_counting<T: Send>(unit: Unit, job: &Job, work: impl FnOnce() -> T + Send) -> T {
     std::thread::scope(|scope| {
         let worker = std::thread::Builder::new()
             .name("mergescope-worker".to_owned())
@@ -16,7 +43,7 @@ pub fn run_with_progress<T: Send>(job: &Job, work: impl FnOnce() -> T + Send) ->
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = ProgressBar::new(0);
             bar.set_style(
-                ProgressStyle::with_template("{spinner} {msg:32!} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+                ProgressStyle::with_template(unit.template())
                     .expect("a valid template")
                     .progress_chars("=> "),
             );

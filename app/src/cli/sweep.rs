@@ -3,12 +3,10 @@
 //! parameters, printed as a table (a 2-D sweep as a grid) with the best cell marked.
 
 use std::fmt::Write as _;
-use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use indicatif::{ProgressBar, ProgressStyle};
 use mergescope_core::Job;
 use mergescope_core::backend::Cpu;
 use mergescope_core::eval::{DemoAccuracy, ExternalCommand, Fidelity};
@@ -79,23 +77,24 @@ pub fn run(args: &Args, job: &Job) -> Result<(), Failure> {
     let started = Instant::now();
     // A --metric the objective does not report stops the sweep at its first cell, not after
     // the last.
-    let (cells, unknown_metric) = with_cell_progress(job, || {
-        let mut unknown_metric = None;
-        let cells =
-            mergescope_core::sweep::run(&sweep, &objective, &Cpu, &options, job, &mut |cell| {
-                if let Some(m) = &args.metric
-                    && unknown_metric.is_none()
-                    && metric_value(&cell.scores, m).is_none()
-                {
-                    unknown_metric = Some(format!(
-                        "--metric {m}: the objective reported no such metric; it reported {}",
-                        metric_names(&cell.scores).join(", ")
-                    ));
-                    job.cancel.cancel();
-                }
-            });
-        (cells, unknown_metric)
-    });
+    let (cells, unknown_metric) =
+        super::progress::run_counting(super::progress::Unit::Cells, job, || {
+            let mut unknown_metric = None;
+            let cells =
+                mergescope_core::sweep::run(&sweep, &objective, &Cpu, &options, job, &mut |cell| {
+                    if let Some(m) = &args.metric
+                        && unknown_metric.is_none()
+                        && metric_value(&cell.scores, m).is_none()
+                    {
+                        unknown_metric = Some(format!(
+                            "--metric {m}: the objective reported no such metric; it reported {}",
+                            metric_names(&cell.scores).join(", ")
+                        ));
+                        job.cancel.cancel();
+                    }
+                });
+            (cells, unknown_metric)
+        });
     if let Some(message) = unknown_metric {
         return Err(anyhow::anyhow!(message).into());
     }
@@ -126,42 +125,6 @@ pub fn run(args: &Args, job: &Job) -> Result<(), Failure> {
         eprintln!("wrote {}", path.display());
     }
     print_out(&table(&sweep, &cells, &metric))
-}
-
-/// Runs `work` on a named thread while a bar on stderr (a terminal only) counts cells.
-fn with_cell_progress<T: Send>(job: &Job, work: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|scope| {
-        let worker = std::thread::Builder::new()
-            .name("mergescope-sweep".to_owned())
-            .spawn_scoped(scope, work)
-            .expect("the OS refused to start a thread");
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let bar = ProgressBar::new(0);
-            bar.set_style(
-                ProgressStyle::with_template(
-                    "{spinner} {msg:48!} [{bar:30}] {pos}/{len} cells, eta {eta}",
-                )
-                .expect("a valid template")
-                .progress_chars("=> "),
-            );
-            bar
-        });
-        while !worker.is_finished() {
-            if let Some(bar) = &bar {
-                let snapshot = job.progress.snapshot();
-                bar.set_length(snapshot.total);
-                bar.set_position(snapshot.done);
-                bar.set_message(snapshot.stage);
-            }
-            std::thread::sleep(Duration::from_millis(80));
-        }
-        if let Some(bar) = bar {
-            bar.finish_and_clear();
-        }
-        worker
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-    })
 }
 
 /// A metric's value as the table prints it: accuracies in percent with one decimal.

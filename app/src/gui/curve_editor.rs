@@ -289,10 +289,34 @@ fn axes(
 /// A shape for every model's curve at once, each keeping its own mean weight over depth.
 /// Returns whether the curves changed.
 pub fn shape_every_curve_ui(ui: &mut Ui, curves: &mut [Vec<f64>], layers: usize) -> bool {
+    let chosen = shape_menu(
+        ui,
+        egui::Id::unique("shape every curve"),
+        "shape of every curve",
+        110.0,
+        "Reshape every model's curve at once; each keeps its own mean weight over depth",
+    );
+    let Some(preset) = chosen else {
+        return false;
+    };
+    for curve in curves.iter_mut() {
+        *curve = shaped(preset, curve, layers);
+    }
+    true
+}
+
+/// A menu of the curve shapes, each with its explanation; the one chosen this frame.
+pub fn shape_menu(
+    ui: &mut Ui,
+    id: egui::Id,
+    label: &str,
+    width: f32,
+    hover: &str,
+) -> Option<CurvePreset> {
     let mut chosen = None;
-    egui::ComboBox::new("shape every curve", "shape of every curve")
+    egui::ComboBox::new(id, label)
         .selected_text("choose...")
-        .width(110.0)
+        .width(width)
         .show_ui(ui, |ui| {
             for preset in CurvePreset::ALL {
                 if ui
@@ -305,16 +329,8 @@ pub fn shape_every_curve_ui(ui: &mut Ui, curves: &mut [Vec<f64>], layers: usize)
             }
         })
         .response
-        .on_hover_text(
-            "Reshape every model's curve at once; each keeps its own mean weight over depth",
-        );
-    let Some(preset) = chosen else {
-        return false;
-    };
-    for curve in curves.iter_mut() {
-        *curve = shaped(preset, curve, layers);
-    }
-    true
+        .on_hover_text(hover);
+    chosen
 }
 
 /// `curve` reshaped as `preset`, at its own mean weight.

@@ -3,6 +3,7 @@
 // Each test binary includes this module and uses a different part of it.
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -131,7 +132,7 @@ pub fn drag_slider_to_the_end(harness: &mut Harness<'_, Workbench>, label: &str)
 
 /// eframe's storage, in memory.
 #[derive(Default)]
-pub struct MemoryStorage(std::collections::HashMap<String, String>);
+pub struct MemoryStorage(HashMap<String, String>);
 
 impl eframe::Storage for MemoryStorage {
     fn get_string(&self, key: &str) -> Option<String> {
@@ -147,4 +148,22 @@ impl eframe::Storage for MemoryStorage {
     }
 
     fn flush(&mut self) {}
+}
+
+/// Writes `tensors` (name, shape, little-endian bytes of `dtype`) as one safetensors file.
+pub fn write_safetensors(
+    path: &Path,
+    dtype: safetensors::Dtype,
+    tensors: &[(String, Vec<usize>, Vec<u8>)],
+) {
+    let views: HashMap<String, safetensors::tensor::TensorView<'_>> = tensors
+        .iter()
+        .map(|(n, s, b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(dtype, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, path).unwrap();
 }

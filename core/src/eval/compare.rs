@@ -150,6 +150,24 @@ impl Comparison {
     }
 }
 
+/// The base's and every input model's scores, each checkpoint of `plan`'s family scored as it
+/// is by `score`.
+pub fn score_inputs<E>(
+    plan: &MergePlan,
+    mut score: impl FnMut(&crate::Checkpoint) -> Result<Scores, E>,
+) -> Result<InputScores, E> {
+    let family = &plan.family;
+    let base = match &family.base {
+        Some(b) => Some(score(&b.checkpoint)?),
+        None => None,
+    };
+    let mut models = Vec::with_capacity(family.models.len());
+    for m in &family.models {
+        models.push((m.label.clone(), score(&m.checkpoint)?));
+    }
+    Ok(InputScores { base, models })
+}
+
 /// The demo objective's scores of the base and every input model of `plan`, each scored as it
 /// is on disk.
 pub fn demo_inputs(
@@ -157,24 +175,11 @@ pub fn demo_inputs(
     demo: &DemoAccuracy,
     fidelity: Fidelity,
 ) -> Result<InputScores, EvalError> {
-    let score = |checkpoint: &crate::Checkpoint| {
+    score_inputs(plan, |checkpoint| {
         demo.score(
             &ModelTensors::from_checkpoint(checkpoint, demo.config())?,
             fidelity,
         )
-    };
-    let family = &plan.family;
-    Ok(InputScores {
-        base: family
-            .base
-            .as_ref()
-            .map(|b| score(&b.checkpoint))
-            .transpose()?,
-        models: family
-            .models
-            .iter()
-            .map(|m| Ok((m.label.clone(), score(&m.checkpoint)?)))
-            .collect::<Result<_, EvalError>>()?,
     })
 }
 

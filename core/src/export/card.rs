@@ -13,7 +13,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use crate::eval::compare::{Comparison, format_delta, format_value};
-use crate::merge::recipe::{ParamValue, Recipe, Scalar};
+use crate::merge::recipe::{ParamValue, Recipe};
 
 /// The recipe, as mergekit names it in its output folders.
 pub const MERGEKIT_CONFIG_FILE: &str = "mergekit_config.yml";
@@ -252,35 +252,9 @@ fn parameters(card: &mut String, recipe: &Recipe, base: Option<&str>) {
     }
 }
 
-/// A parameter value on one line: `0.3`, a gradient `[0.1, 0.5, 0.9]`, or filters
-/// `self_attn: 0.5; mlp: [0, 1]; *: 1`.
+/// A parameter value on one line ([`ParamValue`]'s display), escaped for Markdown.
 fn inline(value: &ParamValue) -> String {
-    let scalar = |s: &Scalar| match s {
-        Scalar::Number(n) => n.to_string(),
-        Scalar::Bool(b) => b.to_string(),
-        Scalar::Text(t) => t.clone(),
-    };
-    let text = match value {
-        ParamValue::Scalar(s) => scalar(s),
-        ParamValue::List(list) => {
-            format!(
-                "[{}]",
-                list.iter().map(scalar).collect::<Vec<_>>().join(", ")
-            )
-        }
-        ParamValue::Conditional(entries) => entries
-            .iter()
-            .map(|e| {
-                format!(
-                    "{}: {}",
-                    e.filter.as_deref().unwrap_or("*"),
-                    inline(&e.value)
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("; "),
-    };
-    escape(&text)
+    escape(&value.to_string())
 }
 
 /// A path or name in Markdown: in backticks, so underscores and asterisks stay literal.

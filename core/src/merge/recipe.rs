@@ -92,6 +92,40 @@ impl Scalar {
     }
 }
 
+/// A value as a person reads it on one line: `0.3`, `true`, `name`.
+impl std::fmt::Display for Scalar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Number(n) => write!(f, "{n}"),
+            Self::Bool(b) => write!(f, "{b}"),
+            Self::Text(t) => f.write_str(t),
+        }
+    }
+}
+
+/// A value on one line: `0.3`, a gradient `[0.1, 0.5, 0.9]`, or filters
+/// `self_attn: 0.5; mlp: [0, 1]; *: 1`.
+impl std::fmt::Display for ParamValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Scalar(s) => write!(f, "{s}"),
+            Self::List(list) => {
+                let items: Vec<String> = list.iter().map(Scalar::to_string).collect();
+                write!(f, "[{}]", items.join(", "))
+            }
+            Self::Conditional(entries) => {
+                for (k, e) in entries.iter().enumerate() {
+                    if k > 0 {
+                        f.write_str("; ")?;
+                    }
+                    write!(f, "{}: {}", e.filter.as_deref().unwrap_or("*"), e.value)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 impl ParamValue {
     /// Evaluates the value for `tensor` at relative depth `t` in [0, 1]. `None` means "unset at
     /// this scope": an empty list, or a conditional list none of whose filters match.

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use mergescope_core::eval::compare::{format_delta, format_value, higher_is_better};
-use mergescope_core::merge::recipe::{ParamValue, Recipe, Scalar};
+use mergescope_core::merge::recipe::Recipe;
 
 use crate::gui::app::{Notice, Panel, Workbench};
 use crate::gui::history::HistoryEntry;
@@ -196,11 +196,11 @@ pub fn settings_rows(recipe: &str) -> Vec<(String, String)> {
     for entry in &recipe.models {
         let name = model_name(Path::new(&entry.model));
         for (key, value) in &entry.parameters {
-            rows.push((format!("{name} {key}"), describe(value)));
+            rows.push((format!("{name} {key}"), value.to_string()));
         }
     }
     for (key, value) in &recipe.parameters {
-        rows.push((key.clone(), describe(value)));
+        rows.push((key.clone(), value.to_string()));
     }
     for (key, value) in [("dtype", &recipe.dtype), ("out_dtype", &recipe.out_dtype)] {
         rows.push((
@@ -209,32 +209,6 @@ pub fn settings_rows(recipe: &str) -> Vec<(String, String)> {
         ));
     }
     rows
-}
-
-fn describe(value: &ParamValue) -> String {
-    let scalar = |s: &Scalar| match s {
-        Scalar::Number(x) => format!("{x}"),
-        Scalar::Bool(b) => b.to_string(),
-        Scalar::Text(t) => t.clone(),
-    };
-    match value {
-        ParamValue::Scalar(s) => scalar(s),
-        ParamValue::List(points) => format!(
-            "[{}]",
-            points.iter().map(scalar).collect::<Vec<_>>().join(", ")
-        ),
-        ParamValue::Conditional(entries) => entries
-            .iter()
-            .map(|e| {
-                format!(
-                    "{}: {}",
-                    e.filter.as_deref().unwrap_or("*"),
-                    describe(&e.value)
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("; "),
-    }
 }
 
 /// The pinned entries in columns: their scores (with the delta to the first pinned) and

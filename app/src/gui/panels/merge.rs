@@ -6,8 +6,8 @@ use crate::gui::app::{Notice, Workbench};
 use crate::gui::curve_editor::curve_editor;
 use crate::gui::help;
 use crate::gui::state::{
-    CurvePreset, METHODS, MergeSettings, ModuleFilter, OpenFamily, curve_mean, has_lambda,
-    method_flags, model_param_range, model_params, resample,
+    METHODS, MergeSettings, ModuleFilter, OpenFamily, has_lambda, method_flags, model_param_range,
+    model_params, resample,
 };
 
 /// Weights run over this range on sliders and curves (negative weights subtract a task).
@@ -228,25 +228,17 @@ fn curves(ui: &mut egui::Ui, family: &OpenFamily, settings: &mut MergeSettings) 
 fn curve_controls(ui: &mut egui::Ui, family: &OpenFamily, settings: &mut MergeSettings, i: usize) {
     let name = model_name(family, i);
     ui.strong(&name);
-    let mean = curve_mean(&settings.curves[i], family.layers);
-    egui::ComboBox::new(("preset", i), "shape")
-        .selected_text("choose...")
-        .width(90.0)
-        .show_ui(ui, |ui| {
-            for preset in CurvePreset::ALL {
-                if ui
-                    .selectable_label(false, preset.label())
-                    .on_hover_text(preset.help())
-                    .clicked()
-                {
-                    // A flat curve at 0 would stay 0 under every shape.
-                    let scale = if mean.abs() < 1e-9 { 0.3 } else { mean };
-                    settings.curves[i] = preset.points(scale);
-                }
-            }
-        })
-        .response
-        .on_hover_text(format!("Reset {name}'s curve to a shape"));
+    let chosen = crate::gui::curve_editor::shape_menu(
+        ui,
+        egui::Id::unique(("preset", i)),
+        "shape",
+        90.0,
+        &format!("Reset {name}'s curve to a shape"),
+    );
+    if let Some(preset) = chosen {
+        settings.curves[i] =
+            crate::gui::curve_editor::shaped(preset, &settings.curves[i], family.layers);
+    }
     ui.horizontal(|ui| {
         let k = settings.curves[i].len();
         if ui
