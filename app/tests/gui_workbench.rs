@@ -297,7 +297,30 @@ const INTERACTIVE: [Role; 6] = [
 fn at_1024_by_700_no_widgets_overlap_and_none_is_cut_off() {
     let size = egui::vec2(1024.0, 700.0);
     let mut harness = harness_sized(&[], size);
-    opened(&mut harness);
+    let problems = layout_problems(&mut harness, size);
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn on_a_4k_screen_at_twice_the_pixels_no_widgets_overlap() {
+    // 3840 × 2160 pixels at a scale of 2: 1920 × 1080 points.
+    let size = egui::vec2(1920.0, 1080.0);
+    let mut harness = Harness::builder()
+        .with_size(size)
+        .with_pixels_per_point(2.0)
+        .build_eframe(|cc| {
+            let mut app = Workbench::new(&cc.egui_ctx, &[]).expect("the worker starts");
+            app.data_dir = None;
+            app
+        });
+    let problems = layout_problems(&mut harness, size);
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// Every panel of the demo family in a window of `size` points: the widgets a user clicks,
+/// drags or types into that overlap another or stick out of the window.
+fn layout_problems(harness: &mut Harness<'_, Workbench>, size: egui::Vec2) -> Vec<String> {
+    opened(harness);
     let mut problems = Vec::new();
     for panel in Panel::ALL {
         harness.state_mut().panel = panel;
@@ -332,7 +355,7 @@ fn at_1024_by_700_no_widgets_overlap_and_none_is_cut_off() {
             }
         }
     }
-    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    problems
 }
 
 #[test]
