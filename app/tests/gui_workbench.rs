@@ -48,7 +48,7 @@ fn the_preview_compares_the_merge_with_the_base_and_each_expert() {
     full_preview(&mut harness);
     let app = harness.state();
     let preview = app.preview.clone().unwrap();
-    let inputs = preview.inputs.clone().unwrap();
+    let inputs = preview.inputs.clone().unwrap().full.clone();
     let family = app.family.clone().unwrap();
     // Each column is what `mergescope eval` of that model says (the same objective, in full).
     let demo = DemoAccuracy::new().unwrap();

@@ -3,9 +3,9 @@
 
 use std::path::PathBuf;
 
+use super::worker::FamilyInputs;
 use mergescope_core::analysis::{Report, Survival};
 use mergescope_core::eval::Scores;
-use mergescope_core::eval::compare::InputScores;
 
 use super::panels;
 use super::state::{MergeSettings, OpenFamily};
@@ -86,8 +86,8 @@ pub struct Preview {
     pub scores: Scores,
     /// `None` for a merge without a base (linear).
     pub survival: Option<Survival>,
-    /// The base's and each input model's scores on the same objective.
-    pub inputs: Option<std::sync::Arc<InputScores>>,
+    /// The base's and each input model's scores on the same objective (both grades).
+    pub inputs: Option<std::sync::Arc<FamilyInputs>>,
     pub full: bool,
     pub millis: f64,
 }
@@ -131,6 +131,12 @@ pub struct Workbench {
     pub history: super::history::History,
     /// Undo and redo of the Merge panel's settings.
     pub undo: super::history::Undo,
+    /// What the open family's previews are compared with, once scored.
+    pub inputs: Option<std::sync::Arc<FamilyInputs>>,
+    /// The inputs are being scored as the only job (see [`Workbench::score_inputs`]).
+    inputs_alone: bool,
+    /// The inputs' scores were asked for (and have not failed).
+    pub inputs_requested: bool,
     /// Where histories are kept ([`super::history::data_dir`]; `None`: nowhere).
     pub data_dir: Option<PathBuf>,
     /// The settings as last opened, loaded or saved: anything else is unsaved.
@@ -271,6 +277,9 @@ impl Workbench {
             show_messages: false,
             history: super::history::History::default(),
             undo: super::history::Undo::default(),
+            inputs: None,
+            inputs_alone: false,
+            inputs_requested: false,
             data_dir: super::history::data_dir(),
             saved_settings: None,
             confirm_open: None,
@@ -368,6 +377,27 @@ impl Workbench {
     pub fn start_job(&mut self, stage: &str) {
         self.busy = Some((stage.to_owned(), 0.0));
         self.busy_since = Some(std::time::Instant::now());
+    }
+
+    /// Scores the open family's base and models on the previews' objective (a job: a large
+    /// family's take a read of every model), for every preview to be compared with. `alone`:
+    /// no other job follows it, so the status bar shows it as the job in progress (else the
+    /// next one, the analysis, holds the status bar until both are done).
+    pub fn score_inputs(&mut self, alone: bool) {
+        let (Some(family), Some(settings)) = (&self.family, &self.settings) else {
+            return;
+        };
+        let command = Command::ScoreInputs {
+            yaml: settings.to_yaml(family),
+            file: family.recipe_file(),
+            is_demo: family.is_demo,
+        };
+        if alone {
+            self.start_job("scoring the base and each model");
+        }
+        self.inputs_alone = alone;
+        self.inputs_requested = true;
+        self.worker.send(command);
     }
 
     pub fn analyze(&mut self) {
@@ -592,9 +622,14 @@ impl Workbench {
                     self.selected_layer = None;
                     self.selected_module = None;
                     self.selected_tensor = None;
+                    self.inputs = None;
                     // Analysis fills the Sensitivity and Interference panels in the background;
-                    // for large families it waits to be asked (it reads every byte).
+                    // for large families it waits to be asked (it reads every byte). The
+                    // inputs' scores come first: every preview is compared with them.
+                    // Both wait to be asked for on a large family: they read every model.
+                    self.inputs_requested = false;
                     if bytes <= AUTO_ANALYSIS_BYTES {
+                        self.score_inputs(false);
                         self.analyze();
                     }
                 }
@@ -616,7 +651,6 @@ impl Workbench {
                     yaml,
                     scores,
                     survival,
-                    inputs,
                     full,
                     millis,
                 } => {
@@ -631,7 +665,7 @@ impl Workbench {
                             yaml,
                             scores,
                             survival: survival.map(|s| *s),
-                            inputs,
+                            inputs: self.inputs.clone(),
                             full,
                             millis,
                         };
@@ -641,11 +675,14 @@ impl Workbench {
                         self.preview = Some(preview);
                     }
                 }
-                Event::PreviewInputs { yaml, inputs } => {
-                    self.preview_progress = None;
-                    if let Some(preview) = self.preview.as_mut().filter(|p| p.yaml == yaml) {
-                        preview.inputs = inputs;
+                Event::InputsScored(inputs) => {
+                    if self.inputs_alone {
+                        self.busy = None;
                     }
+                    if let Some(preview) = &mut self.preview {
+                        preview.inputs.clone_from(&inputs);
+                    }
+                    self.inputs = inputs;
                 }
                 Event::PreviewProgress(fraction) => self.preview_progress = Some(fraction),
                 Event::PreviewStopped => self.preview_progress = None,
@@ -682,6 +719,7 @@ impl Workbench {
                 Event::Progress { stage, fraction } => self.busy = Some((stage, fraction)),
                 Event::Failed(text) => {
                     self.pareto.running = false;
+                    self.inputs_requested = self.inputs.is_some();
                     self.sweep.running = false;
                     self.busy = None;
                     self.pending_recipe = None;
@@ -689,6 +727,7 @@ impl Workbench {
                 }
                 Event::Cancelled => {
                     self.pareto.running = false;
+                    self.inputs_requested = self.inputs.is_some();
                     self.sweep.running = false;
                     self.busy = None;
                     self.pending_recipe = None;

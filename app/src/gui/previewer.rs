@@ -10,10 +10,8 @@ use std::time::Instant;
 
 use mergescope_core::analysis::{AnalysisError, survival_sampled};
 use mergescope_core::backend::Backend;
-use mergescope_core::eval::compare::{InputScores, demo_inputs, retention_inputs};
 use mergescope_core::eval::preview::merge_in_memory;
 use mergescope_core::eval::{DemoAccuracy, Fidelity, Scores};
-use mergescope_core::merge::plan::MergePlan;
 use mergescope_core::{CancelToken, Job};
 
 use super::worker::Event;
@@ -116,7 +114,6 @@ impl PreviewInbox {
             notify,
             shared: self.shared,
             demo: None,
-            inputs: Vec::new(),
         };
         let inbox = self.inbox;
         std::thread::Builder::new()
@@ -147,30 +144,6 @@ struct Thread {
     shared: Arc<Shared>,
     /// Loaded on the first demo preview (the digits and the model code).
     demo: Option<DemoAccuracy>,
-    /// The inputs' scores per family and grade: they do not change while the user tunes.
-    inputs: Vec<(InputsKey, Arc<InputScores>)>,
-}
-
-/// What the inputs' scores depend on: the models (base first) and the preview's grade.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct InputsKey {
-    models: Vec<String>,
-    full: bool,
-}
-
-impl InputsKey {
-    fn of(plan: &MergePlan, full: bool) -> Self {
-        let family = &plan.family;
-        Self {
-            models: family
-                .base
-                .iter()
-                .chain(&family.models)
-                .map(|m| m.checkpoint.source().display().to_string())
-                .collect(),
-            full,
-        }
-    }
 }
 
 impl Thread {
@@ -283,71 +256,12 @@ impl Thread {
             ),
         };
         job.check_cancelled().map_err(|_| None)?;
-        let key = InputsKey::of(&plan, request.full);
-        let kept = self
-            .inputs
-            .iter()
-            .find(|(k, _)| *k == key)
-            .map(|(_, kept)| Arc::clone(kept));
-        let previewed = Event::Previewed {
+        Ok(Event::Previewed {
             yaml: request.yaml.clone(),
             scores,
             survival: survival.map(Box::new),
-            inputs: kept.clone(),
             full: request.full,
             millis: started.elapsed().as_secs_f64() * 1e3,
-        };
-        if kept.is_some() {
-            return Ok(previewed);
-        }
-        // The merge is shown first; its inputs' scores (once per family and grade, a read of
-        // every model for a large family) follow.
-        self.send(previewed);
-        let inputs = self.inputs(&plan, key, request, &job, sample)?;
-        Ok(Event::PreviewInputs {
-            yaml: request.yaml.clone(),
-            inputs,
         })
-    }
-
-    /// The base's and each input model's scores, of the same objective and grade as the
-    /// preview, computed on the first preview of a family and kept under `key`. `None` for a
-    /// merge without a base outside the demo family (retention needs task vectors).
-    fn inputs(
-        &mut self,
-        plan: &MergePlan,
-        key: InputsKey,
-        request: &PreviewRequest,
-        job: &Job,
-        sample: Option<usize>,
-    ) -> Result<Option<Arc<InputScores>>, Option<String>> {
-        let family = &plan.family;
-        let computed = if request.is_demo {
-            let demo = self.demo.as_ref().expect("loaded by the preview");
-            let fidelity = if request.full {
-                Fidelity::Full
-            } else {
-                Fidelity::Subsample(QUICK_DIGITS)
-            };
-            demo_inputs(plan, demo, fidelity).map_err(|e| Some(e.to_string()))?
-        } else if family.base.is_some() {
-            let options = super::worker::plan_options()?;
-            retention_inputs(plan, &options, self.backend.as_ref(), job, sample).map_err(|e| {
-                if job.check_cancelled().is_err() {
-                    None
-                } else {
-                    Some(e.to_string())
-                }
-            })?
-        } else {
-            return Ok(None);
-        };
-        let computed = Arc::new(computed);
-        // Two families' worth (the open one in both grades) is all a session needs.
-        if self.inputs.len() >= 4 {
-            self.inputs.remove(0);
-        }
-        self.inputs.push((key, Arc::clone(&computed)));
-        Ok(Some(computed))
     }
 }

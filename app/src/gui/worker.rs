@@ -23,6 +23,25 @@ use super::pareto::{ParetoObjective, ParetoRequest, ParetoUpdate};
 use super::previewer::{PreviewRequest, Previewer};
 use super::state::{MemberInfo, OpenFamily};
 
+/// What a family's previews are compared with.
+#[derive(Debug)]
+pub struct FamilyInputs {
+    /// Scored as the full previews are.
+    pub full: InputScores,
+    /// Scored as the quick previews are, where that differs (the demo's subsample).
+    pub quick: Option<InputScores>,
+}
+
+impl FamilyInputs {
+    /// The scores to compare a preview of grade `full` with.
+    pub fn for_grade(&self, full: bool) -> &InputScores {
+        match &self.quick {
+            Some(quick) if !full => quick,
+            _ => &self.full,
+        }
+    }
+}
+
 /// What the UI asks for.
 #[derive(Debug)]
 pub enum Command {
@@ -40,6 +59,13 @@ pub enum Command {
         shard_size: u64,
         /// The preview's scores, for the model card.
         card_scores: Option<mergescope_core::export::CardScores>,
+    },
+    /// The base's and each input model's scores on the previews' objective, once per family:
+    /// what every preview is compared with. `yaml` is any recipe over the family.
+    ScoreInputs {
+        yaml: String,
+        file: PathBuf,
+        is_demo: bool,
     },
     /// A Pareto search over the recipe's per-model weights, then its data-free map.
     Pareto(Box<ParetoRequest>),
@@ -78,17 +104,12 @@ pub enum Event {
         /// How much of each task vector survives, per layer, and how far the merge moves.
         /// `None` for a merge without a base (linear).
         survival: Option<Box<Survival>>,
-        /// The base's and each input model's scores on the same objective and grade.
-        inputs: Option<Arc<InputScores>>,
         full: bool,
         millis: f64,
     },
-    /// The base's and each input model's scores for the preview of `yaml`, when they were
-    /// not known yet as it was sent.
-    PreviewInputs {
-        yaml: String,
-        inputs: Option<Arc<InputScores>>,
-    },
+    /// The base's and each input model's scores on the previews' objective, in both of their
+    /// grades (the same for retention); `None`: this family has none (no base, no demo).
+    InputsScored(Option<Arc<FamilyInputs>>),
     /// How far the running preview is.
     PreviewProgress(f64),
     /// A preview was cancelled or superseded by a newer one.
@@ -354,6 +375,11 @@ impl Engine {
                 self.open(&base, &models, is_demo, false)
             }
             Command::Analyze => self.analyze(epoch),
+            Command::ScoreInputs {
+                yaml,
+                file,
+                is_demo,
+            } => self.score_inputs(&yaml, &file, is_demo, epoch),
             Command::Export {
                 yaml,
                 out,
@@ -438,6 +464,44 @@ impl Engine {
         };
         self.family = Some((family, open.clone()));
         Ok(Event::Opened(Box::new(open)))
+    }
+
+    /// The inputs' scores: for the demo each model's accuracy on all test digits and on the
+    /// quick preview's; otherwise each fine-tune's task vector alone measured like a merge
+    /// (a read of every model, once per family, here rather than on the preview thread so no
+    /// preview waits behind it).
+    fn score_inputs(
+        &self,
+        yaml: &str,
+        file: &Path,
+        is_demo: bool,
+        epoch: u64,
+    ) -> Result<Event, String> {
+        use mergescope_core::eval::compare::{demo_inputs, retention_inputs};
+        use mergescope_core::eval::{DemoAccuracy, Fidelity};
+        let plan = plan(yaml, file)?;
+        let job = self.job(epoch);
+        let inputs = if is_demo {
+            let demo = DemoAccuracy::new().map_err(|e| e.to_string())?;
+            let quick = Fidelity::Subsample(super::previewer::QUICK_DIGITS);
+            Some(FamilyInputs {
+                full: demo_inputs(&plan, &demo, Fidelity::Full).map_err(|e| e.to_string())?,
+                quick: Some(demo_inputs(&plan, &demo, quick).map_err(|e| e.to_string())?),
+            })
+        } else if plan.family.base.is_some() {
+            let full = retention_inputs(&plan, &plan_options()?, self.backend.as_ref(), &job, None)
+                .map_err(|e| {
+                    if job.check_cancelled().is_err() {
+                        CANCELLED.to_owned()
+                    } else {
+                        e.to_string()
+                    }
+                })?;
+            Some(FamilyInputs { full, quick: None })
+        } else {
+            None
+        };
+        Ok(Event::InputsScored(inputs.map(Arc::new)))
     }
 
     fn analyze(&self, epoch: u64) -> Result<Event, String> {
@@ -623,6 +687,7 @@ impl Command {
         match self {
             Self::OpenDemo | Self::Open { .. } => "opening the models",
             Self::Analyze => "the analysis",
+            Self::ScoreInputs { .. } => "scoring the base and each model",
             Self::Export { .. } => "the export",
             Self::Pareto(_) => "the Pareto search",
             Self::Sweep(_) => "the sweep",

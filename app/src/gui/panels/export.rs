@@ -264,7 +264,11 @@ pub fn card_scores(app: &Workbench, yaml: &str) -> Option<CardScores> {
             .collect()
     };
     let shown = short(shown);
-    let mut inputs = preview.inputs.as_deref().cloned().unwrap_or_default();
+    let mut inputs = preview
+        .inputs
+        .as_deref()
+        .map(|inputs| inputs.for_grade(preview.full).clone())
+        .unwrap_or_default();
     inputs.base = inputs.base.map(short);
     for (label, scores) in &mut inputs.models {
         *label = model_name(Path::new(label));

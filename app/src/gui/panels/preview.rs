@@ -107,14 +107,24 @@ pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
     });
     if is_demo || preview.survival.is_some() {
         let comparison = comparison(&preview);
-        chart::framed_ui(
+        let inputs = if preview.inputs.is_some() {
+            Inputs::Scored
+        } else if app.inputs_requested {
+            Inputs::Scoring
+        } else {
+            Inputs::NotAsked
+        };
+        let ask = chart::framed_ui(
             ui,
             &mut app.notice,
             "comparison",
             "This merge, the base and each input model",
             || comparison_csv(&comparison),
-            |ui| compare(ui, &comparison, preview.inputs.is_some()),
+            |ui| compare(ui, &comparison, inputs),
         );
+        if ask {
+            app.score_inputs(true);
+        }
     }
     let Some(survived) = &preview.survival else {
         ui.label("(A merge without a base model has no task vectors to follow per layer.)");
@@ -142,7 +152,10 @@ fn comparison(preview: &Preview) -> Comparison {
         .filter(|(m, _)| m.ends_with("/accuracy") || m.starts_with("retention/"))
         .collect();
     let empty = InputScores::default();
-    let inputs = preview.inputs.as_deref().unwrap_or(&empty);
+    let inputs = preview
+        .inputs
+        .as_deref()
+        .map_or(&empty, |inputs| inputs.for_grade(preview.full));
     let mut comparison = Comparison::new(&shown, inputs);
     // Columns in the order of the rows: a task's column where its model's row is.
     let names: Vec<String> = comparison
@@ -189,7 +202,18 @@ fn comparison_csv(comparison: &Comparison) -> String {
 /// The merge's scores beside the base's and each input model's, then the merge's delta to
 /// the base and to the best single model per column, green where the merge is better.
 /// `scored`: the inputs' scores have arrived.
-fn compare(ui: &mut egui::Ui, comparison: &Comparison, scored: bool) {
+/// Where the inputs' scores are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Inputs {
+    Scored,
+    Scoring,
+    /// A large family's wait to be asked for (they read every model once per fine-tune).
+    NotAsked,
+}
+
+/// Returns whether the user asked for the inputs' scores.
+fn compare(ui: &mut egui::Ui, comparison: &Comparison, inputs: Inputs) -> bool {
+    let mut ask = false;
     let title = column_title;
     let has_base = comparison.metrics.iter().any(|m| m.base.is_some());
     let better = if ui.visuals().dark_mode {
@@ -229,13 +253,27 @@ fn compare(ui: &mut egui::Ui, comparison: &Comparison, scored: bool) {
                 ui.strong(format_value(&row.metric, row.merge));
             }
             ui.end_row();
-            if !scored {
-                ui.horizontal(|ui| {
-                    ui.spinner();
-                    ui.label("scoring the base and each model...");
-                });
-                ui.end_row();
-                return;
+            match inputs {
+                Inputs::Scored => {}
+                Inputs::Scoring => {
+                    ui.horizontal(|ui| {
+                        ui.spinner();
+                        ui.label("scoring the base and each model...");
+                    });
+                    ui.end_row();
+                    return;
+                }
+                Inputs::NotAsked => {
+                    ask = ui
+                        .button("Compare with the base and each model")
+                        .on_hover_text(
+                            "Measures each fine-tune alone like a merge: a read of every model \
+                             per fine-tune, once for this family (a job in the status bar)",
+                        )
+                        .clicked();
+                    ui.end_row();
+                    return;
+                }
             }
             let value = |ui: &mut egui::Ui, row: &MetricRow, v: Option<f64>| match v {
                 Some(v) => ui.label(format_value(&row.metric, v)),
@@ -286,6 +324,7 @@ fn compare(ui: &mut egui::Ui, comparison: &Comparison, scored: bool) {
             }
             ui.end_row();
         });
+    ask
 }
 
 fn accuracy(ui: &mut egui::Ui, preview: &Preview) {
