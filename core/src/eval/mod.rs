@@ -5,6 +5,7 @@
 pub mod compare;
 pub mod demo;
 pub mod digits;
+pub mod lm;
 pub mod model;
 pub mod objective;
 pub mod preview;
