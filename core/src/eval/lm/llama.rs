@@ -294,6 +294,66 @@ mod tests {
     }
 
     #[test]
+    fn a_merge_in_memory_loads_as_its_tensors_do_and_windows_score_every_token_once() {
+        let (config, weights) = tiny(false);
+        let flat = crate::eval::ModelTensors {
+            values: weights
+                .iter()
+                .map(|(n, t)| {
+                    (
+                        n.clone(),
+                        t.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                    )
+                })
+                .collect(),
+        };
+        let from_map = LlamaLm::load(
+            &VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu),
+            &config,
+        )
+        .unwrap();
+        let in_memory =
+            LlamaLm::load(&super::super::var_builder(&flat, &Device::Cpu), &config).unwrap();
+        let tokens: Vec<u32> = (0..40).map(|i| (i * 7 + 3) % 50).collect();
+        let whole = from_map.logits(&tokens).unwrap();
+        let same = in_memory.logits(&tokens).unwrap();
+        let diff = (&whole - &same)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert_eq!(diff, 0.0);
+        // One window over everything is the plain mean; smaller ones score each token once.
+        let mean = super::super::mean_nll(&whole, &tokens).unwrap();
+        let (total, count) =
+            super::super::windowed_nll(|w| in_memory.logits(w), &tokens, 64, 64).unwrap();
+        assert_eq!(count, 39);
+        assert!(
+            (total / 39.0 - mean).abs() < 1e-9,
+            "{} vs {mean}",
+            total / 39.0
+        );
+        for (window, stride, scored) in [(8, 4, 39), (16, 5, 39), (2, 1, 39), (8, 8, 35)] {
+            // Windows that do not overlap leave each one's first token (but the text's) out.
+            let (total, count) =
+                super::super::windowed_nll(|w| in_memory.logits(w), &tokens, window, stride)
+                    .unwrap();
+            assert_eq!(count, scored, "window {window}, stride {stride}");
+            assert!(total.is_finite() && total > 0.0);
+        }
+        assert!(super::super::windowed_nll(|w| in_memory.logits(w), &tokens, 8, 9).is_err());
+        // A tensor of the wrong size is refused by name.
+        let mut broken = flat;
+        broken.values.get_mut("model.norm.weight").unwrap().pop();
+        let error =
+            LlamaLm::load(&super::super::var_builder(&broken, &Device::Cpu), &config).unwrap_err();
+        assert!(error.to_string().contains("model.norm.weight"), "{error}");
+    }
+
+    #[test]
     fn a_uniform_head_has_the_vocabulary_as_its_perplexity() {
         let (config, mut weights) = tiny(false);
         weights.insert(

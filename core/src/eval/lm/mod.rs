@@ -8,7 +8,111 @@
 
 pub mod llama;
 
-use candle_core::{D, Tensor};
+use candle_core::{D, DType, Device, Shape, Tensor};
+use candle_nn::VarBuilder;
+use candle_nn::var_builder::SimpleBackend;
+
+use super::ModelTensors;
+
+/// A model held in memory as flat f32 values by name (a merge preview) as candle's weights:
+/// each tensor takes the shape the model asks for when its element count matches, so the
+/// in-memory merge needs no second copy in another layout.
+struct InMemory<'a>(&'a ModelTensors);
+
+impl InMemory<'_> {
+    fn values(&self, name: &str) -> candle_core::Result<&Vec<f32>> {
+        self.0.values.get(name).ok_or_else(|| {
+            candle_core::Error::CannotFindTensor {
+                path: name.to_owned(),
+            }
+            .bt()
+        })
+    }
+}
+
+impl SimpleBackend for InMemory<'_> {
+    fn get(
+        &self,
+        shape: Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let values = self.values(name)?;
+        if values.len() != shape.elem_count() {
+            return Err(candle_core::Error::UnexpectedShape {
+                msg: format!("`{name}` holds {} values", values.len()),
+                expected: shape,
+                got: Shape::from(values.len()),
+            }
+            .bt());
+        }
+        Tensor::from_slice(values, shape, device)?.to_dtype(dtype)
+    }
+
+    fn get_unchecked(
+        &self,
+        name: &str,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let values = self.values(name)?;
+        Tensor::from_slice(values, values.len(), device)?.to_dtype(dtype)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.0.values.contains_key(name)
+    }
+}
+
+/// `tensors` as the weights a candle model loads from.
+pub fn var_builder<'a>(tensors: &'a ModelTensors, device: &Device) -> VarBuilder<'a> {
+    VarBuilder::from_backend(Box::new(InMemory(tensors)), DType::F32, device.clone())
+}
+
+/// The summed negative log-likelihood (nats) of `tokens` and how many tokens it covers, read
+/// in windows of `window` tokens that move by `stride` (≤ `window`): a token is scored once,
+/// by the first window that holds it and its predecessor, with that window's context before
+/// it (the strided perplexity of Hugging Face's guide). With `stride < window` that is every
+/// token after the first; with `stride == window` each window's first token has no context
+/// and is left out.
+/// `logits_of` gives a window's logits at every position (tokens × vocab).
+pub fn windowed_nll(
+    mut logits_of: impl FnMut(&[u32]) -> candle_core::Result<Tensor>,
+    tokens: &[u32],
+    window: usize,
+    stride: usize,
+) -> candle_core::Result<(f64, usize)> {
+    if window < 2 || stride == 0 || stride > window {
+        candle_core::bail!(
+            "windows of {window} tokens moving by {stride}: need 2 ≤ window and 1 ≤ stride ≤ window"
+        );
+    }
+    let n = tokens.len();
+    let (mut total, mut count, mut scored_to) = (0.0, 0, 1);
+    let mut begin = 0;
+    while scored_to < n {
+        let end = (begin + window).min(n);
+        let logits = logits_of(&tokens[begin..end])?;
+        // Targets t in [first, end) are predicted by position t - 1 - begin of this window.
+        let first = scored_to.max(begin + 1);
+        if first < end {
+            let rows = logits.narrow(0, first - 1 - begin, end - first)?;
+            let log_probs = candle_nn::ops::log_softmax(&rows, D::Minus1)?;
+            let targets = Tensor::new(&tokens[first..end], logits.device())?.unsqueeze(1)?;
+            total -= log_probs
+                .gather(&targets, 1)?
+                .to_dtype(DType::F64)?
+                .sum_all()?
+                .to_scalar::<f64>()?;
+            count += end - first;
+            scored_to = end;
+        }
+        begin += stride;
+    }
+    Ok((total, count))
+}
 
 /// The mean negative log-likelihood (nats per token) of `tokens[1..]` under `logits`, the
 /// model's (seq × vocab) logits for `tokens`: position p predicts token p + 1.
@@ -22,9 +126,6 @@ pub fn mean_nll(logits: &Tensor, tokens: &[u32]) -> candle_core::Result<f64> {
     let targets = Tensor::new(&tokens[1..], logits.device())?.unsqueeze(1)?;
     let picked = log_probs.gather(&targets, 1)?.squeeze(1)?;
     // Summed in f64: a long text's total must not lose the small terms.
-    let total = picked
-        .to_dtype(candle_core::DType::F64)?
-        .sum_all()?
-        .to_scalar::<f64>()?;
+    let total = picked.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
     Ok(-total / (n - 1) as f64)
 }
