@@ -354,6 +354,42 @@ mod tests {
     }
 
     #[test]
+    fn a_config_json_picks_the_runner_or_says_which_are_supported() {
+        use super::super::{CausalLm, LmError};
+        let (_, weights) = tiny(false);
+        let vb = VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu);
+        let config = |architecture: &str| {
+            serde_json::json!({"architectures": [architecture], "hidden_size": 32,
+                "intermediate_size": 48, "vocab_size": 50, "num_hidden_layers": 2,
+                "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-5,
+                "rope_theta": 10000.0, "max_position_embeddings": 64,
+                "tie_word_embeddings": false})
+        };
+        let path = std::path::Path::new("m/config.json");
+        let model = CausalLm::load(&config("MistralForCausalLM"), path, &vb, "m").unwrap();
+        assert_eq!(model.logits(&[1, 2, 3]).unwrap().dims(), [3, 50]);
+        let refused = CausalLm::load(&config("GPT2LMHeadModel"), path, &vb, "m").unwrap_err();
+        assert!(matches!(refused, LmError::Unsupported { .. }));
+        let text = refused.to_string();
+        assert!(
+            text.contains("GPT2LMHeadModel") && text.contains("LlamaForCausalLM"),
+            "{text}"
+        );
+        let mut wrong = config("LlamaForCausalLM");
+        wrong["hidden_size"] = serde_json::json!("wide");
+        assert!(matches!(
+            CausalLm::load(&wrong, path, &vb, "m").unwrap_err(),
+            LmError::BadConfig { .. }
+        ));
+        wrong = config("LlamaForCausalLM");
+        wrong["num_hidden_layers"] = serde_json::json!(3);
+        let missing = CausalLm::load(&wrong, path, &vb, "m")
+            .unwrap_err()
+            .to_string();
+        assert!(missing.contains("model.layers.2"), "{missing}");
+    }
+
+    #[test]
     fn a_uniform_head_has_the_vocabulary_as_its_perplexity() {
         let (config, mut weights) = tiny(false);
         weights.insert(

@@ -8,11 +8,90 @@
 
 pub mod llama;
 
+use std::path::PathBuf;
+
 use candle_core::{D, DType, Device, Shape, Tensor};
 use candle_nn::VarBuilder;
 use candle_nn::var_builder::SimpleBackend;
 
 use super::ModelTensors;
+
+/// Why a language model cannot be run.
+#[derive(Debug, thiserror::Error)]
+pub enum LmError {
+    #[error(
+        "{config}: `{architecture}` models are not run in process yet; mergescope runs {supported} \
+         (use an objective command, `cmd:…`, for the others)"
+    )]
+    Unsupported {
+        config: PathBuf,
+        architecture: String,
+        supported: &'static str,
+    },
+    #[error("{config}: {reason}")]
+    BadConfig { config: PathBuf, reason: String },
+    #[error("{model}: {source}")]
+    Weights {
+        model: String,
+        source: candle_core::Error,
+    },
+}
+
+/// The architectures run in process, as `config.json`'s `architectures` names them.
+const SUPPORTED: &str = "LlamaForCausalLM and MistralForCausalLM";
+
+/// A causal language model the workbench can run.
+#[derive(Debug)]
+pub enum CausalLm {
+    /// Llama 2/3 and Mistral (their windows never pass Mistral's sliding window, so full
+    /// attention is what it computes).
+    Llama(llama::LlamaLm),
+}
+
+impl CausalLm {
+    /// The model `config` (a `config.json`, read from `config_path`) describes, with weights
+    /// from `vb`; `model` names them in errors.
+    pub fn load(
+        config: &serde_json::Value,
+        config_path: &std::path::Path,
+        vb: &VarBuilder<'_>,
+        model: &str,
+    ) -> Result<Self, LmError> {
+        let architecture = config["architectures"]
+            .get(0)
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("(none given)");
+        match architecture {
+            "LlamaForCausalLM" | "MistralForCausalLM" => {
+                let parsed: candle_transformers::models::llama::LlamaConfig =
+                    serde_json::from_value(config.clone()).map_err(|e| LmError::BadConfig {
+                        config: config_path.to_path_buf(),
+                        reason: format!("not a Llama configuration: {e}"),
+                    })?;
+                let loaded =
+                    llama::LlamaLm::load(vb, &parsed.into_config(false)).map_err(|source| {
+                        LmError::Weights {
+                            model: model.to_owned(),
+                            source,
+                        }
+                    })?;
+                Ok(Self::Llama(loaded))
+            }
+            other => Err(LmError::Unsupported {
+                config: config_path.to_path_buf(),
+                architecture: other.to_owned(),
+                supported: SUPPORTED,
+            }),
+        }
+    }
+
+    /// The logits at every position of a window of `tokens` (tokens × vocab).
+    pub fn logits(&self, tokens: &[u32]) -> candle_core::Result<Tensor> {
+        match self {
+            Self::Llama(model) => model.logits(tokens),
+        }
+    }
+}
 
 /// A model held in memory as flat f32 values by name (a merge preview) as candle's weights:
 /// each tensor takes the shape the model asks for when its element count matches, so the
