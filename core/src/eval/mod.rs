@@ -38,4 +38,6 @@ pub enum EvalError {
     NoModel,
     #[error("computing retention failed: {0}")]
     Retention(String),
+    #[error("{0}")]
+    Lm(String),
 }

@@ -16,6 +16,19 @@ pub struct ModelTensors {
 }
 
 impl ModelTensors {
+    /// Every float tensor of `checkpoint`, decoded to f32 (a whole model in memory: for the
+    /// small models the in-process objectives run).
+    pub fn all_floats(checkpoint: &Checkpoint) -> Self {
+        let values = checkpoint
+            .tensors()
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.float_type().is_some())
+            .map(|(i, t)| (t.name.clone(), checkpoint.view(i).to_f32_vec()))
+            .collect();
+        Self { values }
+    }
+
     /// Decodes every tensor the demo ViT needs from `checkpoint` (any float dtype).
     pub fn from_checkpoint(checkpoint: &Checkpoint, config: VitConfig) -> Result<Self, EvalError> {
         let mut values = BTreeMap::new();

@@ -203,7 +203,7 @@ fn rotary_tables(config: &Config, device: &Device) -> candle_core::Result<(Tenso
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::collections::HashMap;
 
     use candle_transformers::models::llama::{Cache, Llama, LlamaConfig};
@@ -211,7 +211,7 @@ mod tests {
     use super::*;
 
     /// A tiny Llama with grouped-query attention, random weights from a fixed seed.
-    fn tiny(tie: bool) -> (Config, HashMap<String, Tensor>) {
+    pub(in crate::eval::lm) fn tiny(tie: bool) -> (Config, HashMap<String, Tensor>) {
         let config: LlamaConfig = serde_json::from_str(&format!(
             r#"{{"hidden_size": 32, "intermediate_size": 48, "vocab_size": 50,
                 "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,

@@ -7,6 +7,7 @@
 //! its weights' names.
 
 pub mod llama;
+pub mod perplexity;
 
 use std::path::PathBuf;
 
@@ -30,6 +31,8 @@ pub enum LmError {
     },
     #[error("{config}: {reason}")]
     BadConfig { config: PathBuf, reason: String },
+    #[error("{file}: {reason}")]
+    Text { file: PathBuf, reason: String },
     #[error("{model}: {source}")]
     Weights {
         model: String,
