@@ -345,3 +345,126 @@ fn the_demo_objective_scores_tensors_in_memory_as_on_disk() {
         .unwrap();
     assert!((quick["rotated/accuracy"] - on_disk["rotated/accuracy"]).abs() < 0.25);
 }
+
+/// A two-layer Llama over the words `w0` … `w49`: weights, config.json and a word-level
+/// tokenizer.json (written as JSON, as Hugging Face stores it).
+fn tiny_llama(folder: &Path, shift: f32) {
+    use mergescope_tests::fixture::{Tensor, write_file};
+    std::fs::create_dir_all(folder).unwrap();
+    let wave =
+        move |salt: usize| move |i: usize| ((i * 31 + salt * 17) % 23) as f32 * 0.02 - 0.22 + shift;
+    let mut tensors = vec![
+        Tensor::new("model.embed_tokens.weight", &[50, 32], wave(1)),
+        Tensor::new("model.norm.weight", &[32], |_| 1.0),
+        Tensor::new("lm_head.weight", &[50, 32], wave(2)),
+    ];
+    for l in 0..2 {
+        for (k, (name, shape)) in [
+            ("self_attn.q_proj", [32, 32]),
+            ("self_attn.k_proj", [16, 32]),
+            ("self_attn.v_proj", [16, 32]),
+            ("self_attn.o_proj", [32, 32]),
+            ("mlp.gate_proj", [48, 32]),
+            ("mlp.up_proj", [48, 32]),
+            ("mlp.down_proj", [32, 48]),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let name = format!("model.layers.{l}.{name}.weight");
+            tensors.push(Tensor::new(&name, &shape, wave(3 + l * 7 + k)));
+        }
+        for norm in ["input_layernorm", "post_attention_layernorm"] {
+            tensors.push(Tensor::new(
+                &format!("model.layers.{l}.{norm}.weight"),
+                &[32],
+                |_| 1.0,
+            ));
+        }
+    }
+    write_file(
+        &folder.join("model.safetensors"),
+        &tensors,
+        safetensors::Dtype::F32,
+    );
+    std::fs::write(
+        folder.join("config.json"),
+        r#"{"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 32,
+            "intermediate_size": 48, "vocab_size": 50, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-5,
+            "rope_theta": 10000.0, "max_position_embeddings": 64, "tie_word_embeddings": false}"#,
+    )
+    .unwrap();
+    let vocab: Vec<String> = (0..50).map(|i| format!("\"w{i}\": {i}")).collect();
+    std::fs::write(
+        folder.join("tokenizer.json"),
+        format!(
+            r#"{{"version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+                "normalizer": null, "pre_tokenizer": {{"type": "Whitespace"}},
+                "post_processor": null, "decoder": null,
+                "model": {{"type": "WordLevel", "vocab": {{{}}}, "unk_token": "w0"}}}}"#,
+            vocab.join(", ")
+        ),
+    )
+    .unwrap();
+}
+
+#[test]
+fn perplexity_per_domain_of_a_language_model_and_of_a_recipes_merge() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    tiny_llama(&root.join("base"), 0.0);
+    tiny_llama(&root.join("a"), 0.01);
+    tiny_llama(&root.join("b"), -0.01);
+    std::fs::create_dir(root.join("texts")).unwrap();
+    let words = |step: usize, n: usize| -> String {
+        (0..n)
+            .map(|i| format!("w{} ", (i * step + 1) % 50))
+            .collect()
+    };
+    std::fs::write(root.join("texts/code.txt"), words(7, 150)).unwrap();
+    std::fs::write(root.join("texts/prose.txt"), words(3, 100)).unwrap();
+    std::fs::write(
+        root.join("recipe.yml"),
+        "merge_method: task_arithmetic\nbase_model: base\nmodels:\n  - model: a\n    parameters: {weight: 0.5}\n  - model: b\n    parameters: {weight: 0.5}\n",
+    )
+    .unwrap();
+    let scores = |target: &str, extra: &[&str]| -> serde_json::Value {
+        let mut args = vec!["eval", target, "--objective", "ppl:texts", "--json"];
+        args.extend_from_slice(extra);
+        let ran = run(BIN, root, &args);
+        ran.assert_success();
+        serde_json::from_str(&ran.stdout()).unwrap()
+    };
+    let base = scores("base", &[]);
+    for metric in ["code/perplexity", "prose/perplexity", "mean/nll"] {
+        let v = base[metric].as_f64().unwrap();
+        assert!(v.is_finite() && v > 0.0, "{metric}: {v}");
+    }
+    let nll = base["code/nll"].as_f64().unwrap();
+    assert!((nll.exp() - base["code/perplexity"].as_f64().unwrap()).abs() < 1e-9);
+    // A recipe's merge, compared with its inputs: lower perplexity is better.
+    let compared = scores("recipe.yml", &["--compare"]);
+    let row = compared["comparison"]["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["metric"] == "code/perplexity")
+        .unwrap()
+        .clone();
+    assert_eq!(row["higher_is_better"], false);
+    assert_eq!(row["base"], base["code/perplexity"]);
+    // Texts that cannot be read are one line naming the file.
+    std::fs::write(root.join("texts/bad.txt"), b"w1 \xff w2").unwrap();
+    let ran = run(BIN, root, &["eval", "base", "--objective", "ppl:texts"]);
+    ran.assert_user_error(&["bad.txt", "UTF-8"]);
+    // Other architectures say which run in process.
+    std::fs::remove_file(root.join("texts/bad.txt")).unwrap();
+    let config = root.join("base/config.json");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("LlamaForCausalLM", "GPT2LMHeadModel");
+    std::fs::write(&config, text).unwrap();
+    let ran = run(BIN, root, &["eval", "base", "--objective", "ppl:texts"]);
+    ran.assert_user_error(&["GPT2LMHeadModel", "LlamaForCausalLM"]);
+}

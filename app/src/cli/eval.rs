@@ -29,18 +29,23 @@ pub enum ObjectiveArg {
     Retention,
     /// The user's command, run on the model folder, printing a JSON object of numbers.
     Command(String),
+    /// A language model's perplexity on each `.txt` of a folder (one domain each).
+    Perplexity(PathBuf),
 }
 
 pub(super) fn parse_objective(s: &str) -> Result<ObjectiveArg, String> {
     match s {
         "demo" => Ok(ObjectiveArg::Demo),
         "retention" => Ok(ObjectiveArg::Retention),
-        _ => match s.strip_prefix("cmd:") {
-            Some(command) if !command.trim().is_empty() => {
+        _ => match (s.strip_prefix("cmd:"), s.strip_prefix("ppl:")) {
+            (Some(command), _) if !command.trim().is_empty() => {
                 Ok(ObjectiveArg::Command(command.to_owned()))
             }
+            (_, Some(dir)) if !dir.trim().is_empty() => {
+                Ok(ObjectiveArg::Perplexity(PathBuf::from(dir)))
+            }
             _ => Err(format!(
-                "unknown objective `{s}`; use demo, retention, or cmd:\"COMMAND\""
+                "unknown objective `{s}`; use demo, retention, cmd:\"COMMAND\" or ppl:DIR"
             )),
         },
     }
@@ -51,8 +56,10 @@ pub struct Args {
     /// A model (file, index or folder) or a mergekit recipe (.yml/.yaml) to merge and score.
     #[arg(value_parser = path_arg)]
     target: PathBuf,
-    /// `demo`, `retention` (recipes), or `cmd:"COMMAND"` (gets the model folder's path as
-    /// its last argument, or where `{model}` stands; prints {"metric": value, …}).
+    /// `demo`, `retention` (recipes), `cmd:"COMMAND"` (gets the model folder's path as its
+    /// last argument, or where `{model}` stands; prints {"metric": value, …}), or `ppl:DIR`
+    /// (a Llama/Mistral model's perplexity on each .txt of DIR, one domain each, tokenized
+    /// with the model's tokenizer.json).
     #[arg(long, default_value = "demo", value_parser = parse_objective)]
     objective: ObjectiveArg,
     /// Score only the first N test samples of each domain (the demo objective's quick estimate).
@@ -121,6 +128,9 @@ pub fn run(args: &Args, job: &Job) -> Result<(), Failure> {
             backend: &Cpu,
             job,
         }),
+        (ObjectiveArg::Perplexity(dir), _) => {
+            Box::new(perplexity(dir, &args.target, plan.as_ref())?)
+        }
         (ObjectiveArg::Retention, None) => unreachable!("refused above"),
     };
     // A recipe is merged into a scratch folder first (retention needs no files); a model is
@@ -228,6 +238,53 @@ fn input_scores(
             },
             fidelity,
         )?)
+    })
+}
+
+/// The perplexity objective on the texts in `dir`, with the configuration and tokenizer of
+/// the model `target` (a folder) or of the recipe's reference model and tokenizer source.
+fn perplexity(
+    dir: &Path,
+    target: &Path,
+    plan: Option<&MergePlan>,
+) -> anyhow::Result<mergescope_core::eval::lm::perplexity::Perplexity> {
+    use mergescope_core::eval::lm::perplexity::{Perplexity, TextDomains};
+    let (config_folder, tokenizer_folder) = match plan {
+        Some(plan) => (plan.config_source.clone(), plan.tokenizer_source.clone()),
+        None => {
+            let folder = mergescope_core::Checkpoint::open(target)?
+                .folder()
+                .map(Path::to_path_buf);
+            (folder.clone(), folder)
+        }
+    };
+    let config_folder = config_folder.ok_or_else(|| {
+        anyhow::anyhow!(
+            "{}: perplexity needs the model's config.json, and there is no model folder",
+            target.display()
+        )
+    })?;
+    let config_path = config_folder.join("config.json");
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(&config_path)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", config_path.display()))?,
+    )
+    .map_err(|e| anyhow::anyhow!("{}: {e}", config_path.display()))?;
+    let tokenizer = tokenizer_folder
+        .unwrap_or_else(|| config_folder.clone())
+        .join("tokenizer.json");
+    let domains = TextDomains::load(dir, &tokenizer)?;
+    // Windows as long as the model takes (at most 1,024 tokens: CPU time), overlapping by half.
+    let window = config["max_position_embeddings"]
+        .as_u64()
+        .map_or(1024, |n| n.min(1024) as usize)
+        .max(2);
+    Ok(Perplexity {
+        domains,
+        config,
+        config_path,
+        window,
+        stride: (window / 2).max(1),
     })
 }
 

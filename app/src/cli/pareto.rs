@@ -131,6 +131,13 @@ pub fn run(args: &Args, job: &Job) -> Result<(), Failure> {
     };
     settings.check(&space)?;
     let objective = match &args.objective {
+        ObjectiveArg::Perplexity(_) => {
+            return Err(anyhow::anyhow!(
+                "the perplexity objective (ppl:DIR) runs in `mergescope eval` so far; search \
+                 with demo, retention or cmd:\"COMMAND\""
+            )
+            .into());
+        }
         ObjectiveArg::Demo => ObjectiveKind::Demo {
             accuracy: DemoAccuracy::new()?,
             fidelity: args.subsample.map_or(Fidelity::Full, Fidelity::Subsample),

@@ -59,6 +59,13 @@ pub fn run(args: &Args, job: &Job) -> Result<(), Failure> {
         .with_context(|| format!("cannot read the recipe {}", args.recipe.display()))?;
     let sweep = Sweep::new(&text, &args.recipe, args.params.clone())?;
     let objective = match &args.objective {
+        ObjectiveArg::Perplexity(_) => {
+            return Err(anyhow::anyhow!(
+                "the perplexity objective (ppl:DIR) runs in `mergescope eval` so far; sweep \
+                 with demo, retention or cmd:\"COMMAND\""
+            )
+            .into());
+        }
         ObjectiveArg::Demo => SweepObjective::Demo {
             accuracy: DemoAccuracy::new()?,
             fidelity: args.subsample.map_or(Fidelity::Full, Fidelity::Subsample),
