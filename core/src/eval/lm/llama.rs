@@ -258,6 +258,35 @@ pub(super) mod tests {
         (config, weights)
     }
 
+    /// The tensors as a merge preview holds them: flat f32 values by name.
+    pub(in crate::eval::lm) fn flat(
+        weights: &HashMap<String, Tensor>,
+    ) -> crate::eval::ModelTensors {
+        crate::eval::ModelTensors {
+            values: weights
+                .iter()
+                .map(|(n, t)| {
+                    (
+                        n.clone(),
+                        t.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// The largest absolute difference between two tensors of one shape.
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
     #[test]
     fn every_positions_logits_are_candle_transformers_last_ones() {
         for tie in [false, true] {
@@ -280,14 +309,7 @@ pub(super) mod tests {
                     .unwrap()
                     .squeeze(0)
                     .unwrap();
-                let diff = (all.get(p).unwrap() - last)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
+                let diff = max_diff(&all.get(p).unwrap(), &last);
                 assert!(diff < 1e-5, "tie {tie}, position {p}: {diff}");
             }
         }
@@ -296,17 +318,7 @@ pub(super) mod tests {
     #[test]
     fn a_merge_in_memory_loads_as_its_tensors_do_and_windows_score_every_token_once() {
         let (config, weights) = tiny(false);
-        let flat = crate::eval::ModelTensors {
-            values: weights
-                .iter()
-                .map(|(n, t)| {
-                    (
-                        n.clone(),
-                        t.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-                    )
-                })
-                .collect(),
-        };
+        let flat = flat(&weights);
         let from_map = LlamaLm::load(
             &VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu),
             &config,
@@ -317,15 +329,7 @@ pub(super) mod tests {
         let tokens: Vec<u32> = (0..40).map(|i| (i * 7 + 3) % 50).collect();
         let whole = from_map.logits(&tokens).unwrap();
         let same = in_memory.logits(&tokens).unwrap();
-        let diff = (&whole - &same)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        assert_eq!(diff, 0.0);
+        assert_eq!(max_diff(&whole, &same), 0.0);
         // One window over everything is the plain mean; smaller ones score each token once.
         let mean = super::super::mean_nll(&whole, &tokens).unwrap();
         let (total, count) =

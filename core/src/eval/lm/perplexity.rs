@@ -196,17 +196,7 @@ mod tests {
         std::fs::create_dir(&model).unwrap();
         candle_core::safetensors::save(&weights, model.join("model.safetensors")).unwrap();
         std::fs::write(model.join("config.json"), config().to_string()).unwrap();
-        let in_memory = ModelTensors {
-            values: weights
-                .iter()
-                .map(|(n, t)| {
-                    (
-                        n.clone(),
-                        t.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-                    )
-                })
-                .collect(),
-        };
+        let in_memory = super::super::llama::tests::flat(&weights);
         let objective = Perplexity {
             domains,
             config: config(),
