@@ -288,14 +288,9 @@ fn perplexity(
     })
 }
 
-/// A model's label as a column title: its file or folder name.
+/// A model's label as a column title: its file or folder name, as the workbench names it.
 fn short(label: &str) -> String {
-    let name = Path::new(label)
-        .file_name()
-        .map_or_else(|| label.to_owned(), |n| n.to_string_lossy().into_owned());
-    name.strip_suffix(".safetensors")
-        .unwrap_or(&name)
-        .to_owned()
+    crate::gui::state::model_name(Path::new(label))
 }
 
 /// The comparison as a table: a row per metric; the merge, the base and each model, then

@@ -677,13 +677,19 @@ impl Series {
     pub fn new(name: impl Into<String>, i: usize, points: Vec<[f64; 2]>) -> Self {
         Self {
             name: name.into(),
-            points: points
-                .into_iter()
-                .filter(|p| p.iter().all(|v| v.is_finite()))
-                .collect(),
+            points: finite_points(points),
             color: series_color(i),
         }
     }
+}
+
+/// The points of a plot line without non-finite coordinates: egui_plot refuses bounds that
+/// are not finite (a panic), and a NaN in the weights can reach a figure.
+pub fn finite_points(points: Vec<[f64; 2]>) -> Vec<[f64; 2]> {
+    points
+        .into_iter()
+        .filter(|p| p.iter().all(|v| v.is_finite()))
+        .collect()
 }
 
 /// How an [`XyChart`] draws its series.

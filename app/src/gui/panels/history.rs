@@ -253,11 +253,8 @@ fn side_by_side(app: &mut Workbench, ui: &mut egui::Ui, pinned: &[HistoryEntry])
                     }
                     ui.end_row();
                     for metric in &metrics {
-                        let name = metric
-                            .strip_suffix("/accuracy")
-                            .or_else(|| metric.strip_prefix("retention/"))
-                            .unwrap_or(metric);
-                        ui.label(model_name(Path::new(name))).on_hover_text(*metric);
+                        ui.label(super::preview::column_title(metric))
+                            .on_hover_text(*metric);
                         let reference = first.scores.get(*metric).copied();
                         for e in pinned {
                             let Some(&v) = e.scores.get(*metric) else {

@@ -42,15 +42,6 @@ pub fn fmt(v: Option<f64>) -> String {
     v.map_or_else(|| "-".to_owned(), |v| format!("{v:.3}"))
 }
 
-/// The points of a plot line without non-finite coordinates: egui_plot refuses bounds that
-/// are not finite (a panic), and a NaN in the weights can reach a figure.
-pub fn finite_points(points: Vec<[f64; 2]>) -> Vec<[f64; 2]> {
-    points
-        .into_iter()
-        .filter(|p| p.iter().all(|v| v.is_finite()))
-        .collect()
-}
-
 /// Draws `panel`; a panic while drawing it (a bug) becomes an error message in its place, so
 /// one broken figure never takes the window down.
 pub fn guarded(ui: &mut egui::Ui, name: &str, panel: impl FnOnce(&mut egui::Ui)) {

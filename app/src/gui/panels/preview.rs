@@ -171,7 +171,7 @@ fn comparison(preview: &Preview) -> Comparison {
 }
 
 /// A metric as a column title: the task or model it is about.
-fn column_title(metric: &str) -> String {
+pub(super) fn column_title(metric: &str) -> String {
     let name = metric
         .strip_suffix("/accuracy")
         .or_else(|| metric.strip_prefix("retention/"))
