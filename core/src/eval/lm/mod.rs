@@ -9,7 +9,7 @@
 pub mod llama;
 pub mod perplexity;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use candle_core::{D, DType, Device, Shape, Tensor};
 use candle_nn::VarBuilder;
@@ -56,15 +56,11 @@ impl CausalLm {
     /// from `vb`; `model` names them in errors.
     pub fn load(
         config: &serde_json::Value,
-        config_path: &std::path::Path,
+        config_path: &Path,
         vb: &VarBuilder<'_>,
         model: &str,
     ) -> Result<Self, LmError> {
-        let architecture = config["architectures"]
-            .get(0)
-            .and_then(serde_json::Value::as_str)
-            .unwrap_or("(none given)");
-        match architecture {
+        match architecture(config) {
             "LlamaForCausalLM" | "MistralForCausalLM" => {
                 let parsed: candle_transformers::models::llama::LlamaConfig =
                     serde_json::from_value(config.clone()).map_err(|e| LmError::BadConfig {
@@ -94,6 +90,103 @@ impl CausalLm {
             Self::Llama(model) => model.logits(tokens),
         }
     }
+
+    /// An empty cache for reading a text a few tokens at a time ([`Self::extend`]).
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::default()
+    }
+
+    /// Reads `tokens` after those `cache` has seen and returns their logits (tokens × vocab),
+    /// each position attending to everything read before it: generation's step.
+    pub fn extend(&self, cache: &mut KvCache, tokens: &[u32]) -> candle_core::Result<Tensor> {
+        // Until the forwards keep keys and values, the whole text is read again.
+        cache.tokens.extend_from_slice(tokens);
+        let logits = self.logits(&cache.tokens)?;
+        logits.narrow(0, cache.tokens.len() - tokens.len(), tokens.len())
+    }
+}
+
+/// What a model has read so far, for [`CausalLm::extend`].
+#[derive(Clone, Debug, Default)]
+pub struct KvCache {
+    /// Every token read, in order.
+    tokens: Vec<u32>,
+}
+
+impl KvCache {
+    /// How many tokens have been read.
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+}
+
+/// Where a language model's `config.json` and `tokenizer.json` are, and the configuration.
+#[derive(Clone, Debug)]
+pub struct LmFiles {
+    pub config_path: PathBuf,
+    pub config: serde_json::Value,
+    pub tokenizer_path: PathBuf,
+}
+
+impl LmFiles {
+    /// The `config.json` in `config_folder` and the `tokenizer.json` in `tokenizer_folder`
+    /// (read now, so a missing or broken file is said at once).
+    pub fn in_folders(config_folder: &Path, tokenizer_folder: &Path) -> Result<Self, LmError> {
+        let config_path = config_folder.join("config.json");
+        let text = std::fs::read_to_string(&config_path).map_err(|e| LmError::BadConfig {
+            config: config_path.clone(),
+            reason: format!("cannot be read ({e}); a language model needs its config.json"),
+        })?;
+        let config = serde_json::from_str(&text).map_err(|e| LmError::BadConfig {
+            config: config_path.clone(),
+            reason: format!("is not JSON: {e}"),
+        })?;
+        let tokenizer_path = tokenizer_folder.join("tokenizer.json");
+        if !tokenizer_path.is_file() {
+            return Err(LmError::Text {
+                file: tokenizer_path,
+                reason: "is missing; a language model's text needs its tokenizer.json".to_owned(),
+            });
+        }
+        Ok(Self {
+            config_path,
+            config,
+            tokenizer_path,
+        })
+    }
+
+    /// Whether `config.json` names an architecture [`CausalLm::load`] runs.
+    pub fn is_supported(&self) -> bool {
+        is_supported(&self.config)
+    }
+
+    /// The configuration's context length (`max_position_embeddings`, else `n_positions`).
+    pub fn context(&self) -> Option<usize> {
+        ["max_position_embeddings", "n_positions"]
+            .iter()
+            .find_map(|key| self.config[key].as_u64())
+            .map(|n| n as usize)
+    }
+}
+
+/// The first of `config.json`'s `architectures`.
+pub fn architecture(config: &serde_json::Value) -> &str {
+    config["architectures"]
+        .get(0)
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or("(none given)")
+}
+
+/// Whether [`CausalLm::load`] runs the architecture `config` names.
+pub fn is_supported(config: &serde_json::Value) -> bool {
+    matches!(
+        architecture(config),
+        "LlamaForCausalLM" | "MistralForCausalLM"
+    )
 }
 
 /// A model held in memory as flat f32 values by name (a merge preview) as candle's weights:
