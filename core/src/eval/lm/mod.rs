@@ -41,7 +41,7 @@ pub enum LmError {
 }
 
 /// The architectures run in process, as `config.json`'s `architectures` names them.
-const SUPPORTED: &str = "LlamaForCausalLM and MistralForCausalLM";
+pub(crate) const SUPPORTED: &str = "LlamaForCausalLM and MistralForCausalLM";
 
 /// A causal language model the workbench can run.
 #[derive(Debug)]
