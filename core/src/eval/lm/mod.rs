@@ -6,6 +6,7 @@
 //! Llama-family forward over a whole window, with candle-transformers' configuration and
 //! its weights' names.
 
+pub mod generate;
 pub mod llama;
 pub mod perplexity;
 
