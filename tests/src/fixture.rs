@@ -300,3 +300,66 @@ pub fn big_family(dir: &Path, layers: usize) {
         write_config(&folder, layers, Dtype::BF16);
     }
 }
+
+/// A two-layer Llama over the words `w0` … `w49`: weights, config.json and a word-level
+/// tokenizer.json (written as JSON, as Hugging Face stores it). `shift` moves every weight but
+/// the norms, so fine-tunes differ from the base.
+pub fn tiny_llama(folder: &Path, shift: f32) {
+    std::fs::create_dir_all(folder).unwrap();
+    let wave =
+        move |salt: usize| move |i: usize| ((i * 31 + salt * 17) % 23) as f32 * 0.02 - 0.22 + shift;
+    let mut tensors = vec![
+        Tensor::new("model.embed_tokens.weight", &[50, 32], wave(1)),
+        Tensor::new("model.norm.weight", &[32], |_| 1.0),
+        Tensor::new("lm_head.weight", &[50, 32], wave(2)),
+    ];
+    for l in 0..2 {
+        for (k, (name, shape)) in [
+            ("self_attn.q_proj", [32, 32]),
+            ("self_attn.k_proj", [16, 32]),
+            ("self_attn.v_proj", [16, 32]),
+            ("self_attn.o_proj", [32, 32]),
+            ("mlp.gate_proj", [48, 32]),
+            ("mlp.up_proj", [48, 32]),
+            ("mlp.down_proj", [32, 48]),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let name = format!("model.layers.{l}.{name}.weight");
+            tensors.push(Tensor::new(&name, &shape, wave(3 + l * 7 + k)));
+        }
+        for norm in ["input_layernorm", "post_attention_layernorm"] {
+            tensors.push(Tensor::new(
+                &format!("model.layers.{l}.{norm}.weight"),
+                &[32],
+                |_| 1.0,
+            ));
+        }
+    }
+    write_file(
+        &folder.join("model.safetensors"),
+        &tensors,
+        Dtype::F32,
+    );
+    std::fs::write(
+        folder.join("config.json"),
+        r#"{"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 32,
+            "intermediate_size": 48, "vocab_size": 50, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-5,
+            "rope_theta": 10000.0, "max_position_embeddings": 64, "tie_word_embeddings": false}"#,
+    )
+    .unwrap();
+    let vocab: Vec<String> = (0..50).map(|i| format!("\"w{i}\": {i}")).collect();
+    std::fs::write(
+        folder.join("tokenizer.json"),
+        format!(
+            r#"{{"version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+                "normalizer": null, "pre_tokenizer": {{"type": "Whitespace"}},
+                "post_processor": null, "decoder": null,
+                "model": {{"type": "WordLevel", "vocab": {{{}}}, "unk_token": "w0"}}}}"#,
+            vocab.join(", ")
+        ),
+    )
+    .unwrap();
+}
