@@ -29,7 +29,7 @@ pub enum ObjectiveArg {
     Retention,
     /// The user's command, run on the model folder, printing a JSON object of numbers.
     Command(String),
-    /// A language model's perplexity on each `.txt` of a folder (one domain each).
+    /// A language model's perplexity on each `.txt` or `.jsonl` of a folder (one domain each).
     Perplexity(PathBuf),
 }
 
@@ -58,11 +58,12 @@ pub struct Args {
     target: PathBuf,
     /// `demo`, `retention` (recipes), `cmd:"COMMAND"` (gets the model folder's path as its
     /// last argument, or where `{model}` stands; prints {"metric": value, …}), or `ppl:DIR`
-    /// (a Llama/Mistral model's perplexity on each .txt of DIR, one domain each, tokenized
-    /// with the model's tokenizer.json).
+    /// (a Llama/Mistral model's perplexity on each .txt or .jsonl of DIR, one domain each,
+    /// tokenized with the model's tokenizer.json).
     #[arg(long, default_value = "demo", value_parser = parse_objective)]
     objective: ObjectiveArg,
-    /// Score only the first N test samples of each domain (the demo objective's quick estimate).
+    /// Score only the first N test samples of each domain (the demo objective's quick
+    /// estimate), or the first N tokens of each domain (perplexity).
     #[arg(long, value_parser = super::count_in::<1, 1_000_000>)]
     subsample: Option<usize>,
     /// Stop the objective command after this many seconds.
@@ -242,50 +243,29 @@ fn input_scores(
 }
 
 /// The perplexity objective on the texts in `dir`, with the configuration and tokenizer of
-/// the model `target` (a folder) or of the recipe's reference model and tokenizer source.
-fn perplexity(
+/// the model `target` (a folder) or of the recipe's reference model and tokenizer source (the
+/// rule is core's, shared with the workbench).
+pub(super) fn perplexity(
     dir: &Path,
     target: &Path,
     plan: Option<&MergePlan>,
 ) -> anyhow::Result<mergescope_core::eval::lm::perplexity::Perplexity> {
-    use mergescope_core::eval::lm::perplexity::{Perplexity, TextDomains};
-    let (config_folder, tokenizer_folder) = match plan {
-        Some(plan) => (plan.config_source.clone(), plan.tokenizer_source.clone()),
-        None => {
-            let folder = mergescope_core::Checkpoint::open(target)?
-                .folder()
-                .map(Path::to_path_buf);
-            (folder.clone(), folder)
-        }
-    };
-    let config_folder = config_folder.ok_or_else(|| {
+    use mergescope_core::eval::lm::LmFiles;
+    use mergescope_core::eval::lm::perplexity::Perplexity;
+    if let Some(plan) = plan {
+        return Ok(Perplexity::for_plan(dir, plan)?);
+    }
+    let checkpoint = mergescope_core::Checkpoint::open(target)?;
+    let folder = checkpoint.folder().ok_or_else(|| {
         anyhow::anyhow!(
             "{}: perplexity needs the model's config.json, and there is no model folder",
             target.display()
         )
     })?;
-    let config_path = config_folder.join("config.json");
-    let config: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(&config_path)
-            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", config_path.display()))?,
-    )
-    .map_err(|e| anyhow::anyhow!("{}: {e}", config_path.display()))?;
-    let tokenizer = tokenizer_folder
-        .unwrap_or_else(|| config_folder.clone())
-        .join("tokenizer.json");
-    let domains = TextDomains::load(dir, &tokenizer)?;
-    // Windows as long as the model takes (at most 1,024 tokens: CPU time), overlapping by half.
-    let window = config["max_position_embeddings"]
-        .as_u64()
-        .map_or(1024, |n| n.min(1024) as usize)
-        .max(2);
-    Ok(Perplexity {
-        domains,
-        config,
-        config_path,
-        window,
-        stride: (window / 2).max(1),
-    })
+    Ok(Perplexity::for_family(
+        dir,
+        &LmFiles::in_folders(folder, folder)?,
+    )?)
 }
 
 /// A model's label as a column title: its file or folder name, as the workbench names it.

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use mergescope_core::Job;
 use mergescope_core::eval::{DemoAccuracy, ExternalCommand, Fidelity};
+use mergescope_core::merge::plan::{MergePlan, PlanOptions};
 use mergescope_core::merge::recipe::Recipe;
 use mergescope_core::pareto::report::{Report, Validation, held_out_preferences, validate};
 use mergescope_core::pareto::router::train_demo_router;
@@ -37,8 +38,11 @@ pub struct Args {
     /// parameters are held fixed).
     #[arg(value_parser = path_arg, required_unless_present = "preference")]
     recipe: Option<PathBuf>,
-    /// `demo` (the four domains' test accuracies), `retention` (data-free, one per model), or
-    /// `cmd:"COMMAND"` (run on each merge's folder; prints {"metric": value, …}).
+    /// `demo` (the four domains' test accuracies), `retention` (data-free, one per model),
+    /// `cmd:"COMMAND"` (run on each merge's folder; prints {"metric": value, …}), or
+    /// `ppl:DIR` (a language model's mean token negative log-likelihood on each .txt or
+    /// .jsonl of DIR, one objective per domain, `DOMAIN/nll`, minimised: the log of its
+    /// perplexity, the same front, a better fit for the surrogate).
     #[arg(long, default_value = "demo", value_parser = super::eval::parse_objective)]
     objective: ObjectiveArg,
     /// Metrics of a `cmd:` objective where higher is better (comma-separated).
@@ -88,7 +92,7 @@ pub struct Args {
     /// Write the preference's merge as a mergekit recipe.
     #[arg(long, value_parser = path_arg)]
     recipe_out: Option<PathBuf>,
-    /// Score only the first N test images of each domain (the demo objective).
+    /// Score only the first N test images (demo) or tokens (perplexity) of each domain.
     #[arg(long, value_parser = super::count_in::<1, 1_000_000>)]
     subsample: Option<usize>,
     /// Stop an objective command after this many seconds.
@@ -131,12 +135,19 @@ pub fn run(args: &Args, job: &Job) -> Result<(), Failure> {
     };
     settings.check(&space)?;
     let objective = match &args.objective {
-        ObjectiveArg::Perplexity(_) => {
-            return Err(anyhow::anyhow!(
-                "the perplexity objective (ppl:DIR) runs in `mergescope eval` so far; search \
-                 with demo, retention or cmd:\"COMMAND\""
-            )
-            .into());
+        ObjectiveArg::Perplexity(dir) => {
+            let plan = MergePlan::from_file(
+                recipe_file,
+                &PlanOptions {
+                    cwd: cwd.clone(),
+                    random_seed: Some(args.seed),
+                    truncate_vocab: false,
+                },
+            )?;
+            ObjectiveKind::Perplexity {
+                perplexity: Arc::new(super::eval::perplexity(dir, recipe_file, Some(&plan))?),
+                fidelity: args.subsample.map_or(Fidelity::Full, Fidelity::Subsample),
+            }
         }
         ObjectiveArg::Demo => ObjectiveKind::Demo {
             accuracy: DemoAccuracy::new()?,
@@ -161,7 +172,11 @@ pub fn run(args: &Args, job: &Job) -> Result<(), Failure> {
     if directions_given && !matches!(args.objective, ObjectiveArg::Command(_)) {
         return Err(anyhow::anyhow!(
             "--maximize and --minimize name the metrics of a cmd: objective; the {} objective knows its directions",
-            if matches!(args.objective, ObjectiveArg::Demo) { "demo" } else { "retention" }
+            match args.objective {
+                ObjectiveArg::Demo => "demo",
+                ObjectiveArg::Perplexity(_) => "perplexity",
+                _ => "retention",
+            }
         )
         .into());
     }

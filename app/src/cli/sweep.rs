@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use mergescope_core::Job;
 use mergescope_core::backend::Cpu;
 use mergescope_core::eval::{DemoAccuracy, ExternalCommand, Fidelity};
-use mergescope_core::merge::plan::PlanOptions;
+use mergescope_core::merge::plan::{MergePlan, PlanOptions};
 use mergescope_core::sweep::metric::{self, best_cell, default_metric, metric_names, metric_value};
 use mergescope_core::sweep::{Axis, Cell, Sweep, SweepError, SweepObjective};
 
@@ -28,15 +28,16 @@ pub struct Args {
     /// =a,b,c. Give one to three.
     #[arg(long = "param", required = true, value_name = "PATH=VALUES", value_parser = parse_axis)]
     params: Vec<Axis>,
-    /// `demo`, `retention`, or `cmd:"COMMAND"` (run on each cell's merge, exported to a
-    /// scratch folder; prints {"metric": value, …}).
+    /// `demo`, `retention`, `cmd:"COMMAND"` (run on each cell's merge, exported to a
+    /// scratch folder; prints {"metric": value, …}), or `ppl:DIR` (a language model's
+    /// perplexity and mean token NLL on each .txt or .jsonl of DIR, one domain each).
     #[arg(long, default_value = "demo", value_parser = parse_objective)]
     objective: ObjectiveArg,
-    /// Score only the first N test samples of each domain (the demo objective's quick estimate).
+    /// Score only the first N test samples (demo) or tokens (perplexity) of each domain.
     #[arg(long, value_parser = super::count_in::<1, 1_000_000>)]
     subsample: Option<usize>,
-    /// The metric the table shows (default: mean/accuracy, the mean retention, or the
-    /// command's first).
+    /// The metric the table shows (default: mean/accuracy, mean/perplexity, the mean
+    /// retention, or the command's first).
     #[arg(long)]
     metric: Option<String>,
     /// Stop the objective command after this many seconds (per cell).
@@ -58,13 +59,23 @@ pub fn run(args: &Args, job: &Job) -> Result<(), Failure> {
     let text = std::fs::read_to_string(&args.recipe)
         .with_context(|| format!("cannot read the recipe {}", args.recipe.display()))?;
     let sweep = Sweep::new(&text, &args.recipe, args.params.clone())?;
+    let options = PlanOptions {
+        cwd: std::env::current_dir()?,
+        random_seed: Some(args.random_seed),
+        truncate_vocab: false,
+    };
     let objective = match &args.objective {
-        ObjectiveArg::Perplexity(_) => {
-            return Err(anyhow::anyhow!(
-                "the perplexity objective (ppl:DIR) runs in `mergescope eval` so far; sweep \
-                 with demo, retention or cmd:\"COMMAND\""
-            )
-            .into());
+        ObjectiveArg::Perplexity(dir) => {
+            // The recipe's own plan gives the configuration and tokenizer every cell shares.
+            let plan = MergePlan::from_file(&args.recipe, &options)?;
+            SweepObjective::Perplexity {
+                perplexity: std::sync::Arc::new(super::eval::perplexity(
+                    dir,
+                    &args.recipe,
+                    Some(&plan),
+                )?),
+                fidelity: args.subsample.map_or(Fidelity::Full, Fidelity::Subsample),
+            }
         }
         ObjectiveArg::Demo => SweepObjective::Demo {
             accuracy: DemoAccuracy::new()?,
@@ -75,11 +86,6 @@ pub fn run(args: &Args, job: &Job) -> Result<(), Failure> {
             command: command.clone(),
             timeout: Duration::from_secs(args.timeout),
         }),
-    };
-    let options = PlanOptions {
-        cwd: std::env::current_dir()?,
-        random_seed: Some(args.random_seed),
-        truncate_vocab: false,
     };
     let started = Instant::now();
     // A --metric the objective does not report stops the sweep at its first cell, not after

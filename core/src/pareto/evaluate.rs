@@ -9,6 +9,7 @@ use super::ParetoError;
 use super::objective::{Direction, ObjectiveSpec};
 use crate::Job;
 use crate::backend::Backend;
+use crate::eval::lm::perplexity::Perplexity;
 use crate::eval::preview::merge_in_memory;
 use crate::eval::{
     Candidate, DemoAccuracy, Domain, ExternalCommand, Fidelity, Objective as _, Retention, Scores,
@@ -67,6 +68,13 @@ pub enum ObjectiveKind {
         command: ExternalCommand,
         directions: BTreeMap<String, Direction>,
     },
+    /// A language model's mean negative log-likelihood per domain (`DOMAIN/nll`, minimised):
+    /// the log of its perplexity, so the front is the same, and the quadratic surrogate fits
+    /// it better than its exponential.
+    Perplexity {
+        perplexity: Arc<Perplexity>,
+        fidelity: Fidelity,
+    },
 }
 
 /// Merges a recipe as the engine does and scores it with one [`ObjectiveKind`].
@@ -121,6 +129,7 @@ impl Evaluator for MergeEvaluator {
             ObjectiveKind::Demo { .. } => "the demo's test accuracies".to_owned(),
             ObjectiveKind::Retention => "retention".to_owned(),
             ObjectiveKind::Command { command, .. } => format!("`{}`", command.command),
+            ObjectiveKind::Perplexity { .. } => "the mean token NLL per domain".to_owned(),
         }
     }
 
@@ -212,6 +221,32 @@ impl Evaluator for MergeEvaluator {
                 }
                 Ok(Evaluation { scores, directions })
             }
+            ObjectiveKind::Perplexity {
+                perplexity,
+                fidelity,
+            } => {
+                let model = match target {
+                    Target::Merge(recipe) => {
+                        let plan = self.plan(recipe)?;
+                        let merged =
+                            merge_in_memory(&plan, self.backend.as_ref()).map_err(failed)?;
+                        perplexity.model_of(&merged, "the merge").map_err(failed)?
+                    }
+                    Target::Input { folder, .. } => perplexity.model_in(folder).map_err(failed)?,
+                };
+                let scores = perplexity
+                    .score_until(&model, *fidelity, &job.cancel)
+                    .map_err(|e| match e {
+                        crate::eval::lm::perplexity::ScoreError::Cancelled => {
+                            ParetoError::Cancelled
+                        }
+                        other => failed(other),
+                    })?;
+                Ok(Evaluation {
+                    scores,
+                    directions: BTreeMap::new(),
+                })
+            }
         }
     }
 
@@ -240,6 +275,16 @@ impl Evaluator for MergeEvaluator {
                 }
                 Ok(specs)
             }
+            ObjectiveKind::Perplexity { perplexity, .. } => Ok(perplexity
+                .domains
+                .domains
+                .iter()
+                .map(|(name, _)| ObjectiveSpec {
+                    name: format!("{name}/nll"),
+                    direction: Direction::Min,
+                    unit_interval: false,
+                })
+                .collect()),
             ObjectiveKind::Command { directions, .. } => {
                 let chosen = if directions.is_empty() {
                     &first.directions

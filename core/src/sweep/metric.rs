@@ -31,10 +31,12 @@ pub fn metric_value(scores: &Scores, metric: &str) -> Option<f64> {
 }
 
 /// What a table or chart shows unless told otherwise: the demo's mean accuracy, the mean
-/// retention, or a command's first metric.
+/// perplexity, the mean retention, or a command's first metric.
 pub fn default_metric(scores: &Scores) -> Option<String> {
-    if scores.contains_key("mean/accuracy") {
-        return Some("mean/accuracy".to_owned());
+    for mean in ["mean/accuracy", "mean/perplexity"] {
+        if scores.contains_key(mean) {
+            return Some(mean.to_owned());
+        }
     }
     metric_names(scores).into_iter().next()
 }

@@ -38,6 +38,11 @@ pub enum SweepObjective {
     Retention,
     /// The user's command, run on the cell's merge exported to a scratch folder.
     Command(ExternalCommand),
+    /// A language model's perplexity per domain, the cell's merge held in memory.
+    Perplexity {
+        perplexity: std::sync::Arc<crate::eval::lm::perplexity::Perplexity>,
+        fidelity: Fidelity,
+    },
 }
 
 impl SweepObjective {
@@ -54,6 +59,14 @@ impl SweepObjective {
             } => format!("demo accuracy on {n} samples per domain"),
             Self::Retention => "retention".to_owned(),
             Self::Command(command) => format!("`{}`", command.command),
+            Self::Perplexity {
+                fidelity: Fidelity::Full,
+                ..
+            } => "perplexity".to_owned(),
+            Self::Perplexity {
+                fidelity: Fidelity::Subsample(n),
+                ..
+            } => format!("perplexity on the first {n} tokens per domain"),
         }
     }
 }
@@ -174,6 +187,20 @@ fn score_cell(
                 other => failed(&other),
             })?;
             command.run(&scratch.0).map_err(|e| failed(&e))
+        }
+        SweepObjective::Perplexity {
+            perplexity,
+            fidelity,
+        } => {
+            let mut merged = merge_in_memory(&plan, backend).map_err(|e| failed(&e))?;
+            round_to_output(&plan, &mut merged);
+            let model = perplexity
+                .model_of(&merged, "the merge")
+                .map_err(|e| failed(&e))?;
+            drop(merged);
+            perplexity
+                .score_until(&model, *fidelity, &job.cancel)
+                .map_err(|e| failed(&e))
         }
     }
 }
