@@ -1,211 +1,80 @@
-//! The Llama-family forward (Llama 2/3, Mistral without sliding windows, and others with the
-//! same block) over a window of tokens, returning every position's logits. It follows
-//! candle-transformers' `llama` model step for step — the same configuration, weight names,
-//! rotary embedding (rotate-half, Llama 3 frequency scaling) and f32 attention — so its
-//! logits at a window's last position are candle-transformers' (tested).
+//! The Llama forward as candle-transformers' `llama::Config` describes it (the demo family's
+//! trainer builds models from that configuration): the shared [`Decoder`] with Llama's
+//! options, in its differentiable form, since a model built here may be trained and candle's
+//! fused rms-norm, rope and softmax kernels carry no gradient. Evaluation loads models from
+//! `config.json` through [`super::CausalLm::load`], which runs the fused kernels.
 
-use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{Embedding, Linear, RmsNorm, VarBuilder};
-use candle_transformers::models::llama::Config;
+use candle_core::Tensor;
+use candle_nn::VarBuilder;
+use candle_transformers::models::llama::{Config, Llama3RopeType};
 
-/// One decoder block.
-#[derive(Debug)]
-struct Block {
-    input_norm: RmsNorm,
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    o: Linear,
-    post_attention_norm: RmsNorm,
-    gate: Linear,
-    up: Linear,
-    down: Linear,
-}
+use super::decoder::{Activation, Decoder, Options, RopeScaling};
 
 /// A Llama-family causal language model, in memory.
 #[derive(Debug)]
-pub struct LlamaLm {
-    embed: Embedding,
-    blocks: Vec<Block>,
-    norm: RmsNorm,
-    head: Linear,
-    heads: usize,
-    kv_heads: usize,
-    head_dim: usize,
-    /// Rotary tables, (positions × head_dim / 2).
-    cos: Tensor,
-    sin: Tensor,
-}
+pub struct LlamaLm(Decoder);
 
 impl LlamaLm {
     /// The model whose weights `vb` holds under Hugging Face's names (`model.layers.N…`).
     pub fn load(vb: &VarBuilder<'_>, config: &Config) -> candle_core::Result<Self> {
-        let hidden = config.hidden_size;
-        let heads = config.num_attention_heads;
-        let kv_heads = config.num_key_value_heads;
-        let head_dim = hidden / heads;
-        let embed = candle_nn::embedding(config.vocab_size, hidden, vb.pp("model.embed_tokens"))?;
-        let head = if config.tie_word_embeddings {
-            Linear::new(embed.embeddings().clone(), None)
-        } else {
-            candle_nn::linear_no_bias(hidden, config.vocab_size, vb.pp("lm_head"))?
-        };
-        let blocks = (0..config.num_hidden_layers)
-            .map(|i| {
-                let vb = vb.pp(format!("model.layers.{i}"));
-                let attn = vb.pp("self_attn");
-                let mlp = vb.pp("mlp");
-                let eps = config.rms_norm_eps;
-                let inter = config.intermediate_size;
-                Ok(Block {
-                    input_norm: candle_nn::rms_norm(hidden, eps, vb.pp("input_layernorm"))?,
-                    q: candle_nn::linear_no_bias(hidden, heads * head_dim, attn.pp("q_proj"))?,
-                    k: candle_nn::linear_no_bias(hidden, kv_heads * head_dim, attn.pp("k_proj"))?,
-                    v: candle_nn::linear_no_bias(hidden, kv_heads * head_dim, attn.pp("v_proj"))?,
-                    o: candle_nn::linear_no_bias(heads * head_dim, hidden, attn.pp("o_proj"))?,
-                    post_attention_norm: candle_nn::rms_norm(
-                        hidden,
-                        eps,
-                        vb.pp("post_attention_layernorm"),
-                    )?,
-                    gate: candle_nn::linear_no_bias(hidden, inter, mlp.pp("gate_proj"))?,
-                    up: candle_nn::linear_no_bias(hidden, inter, mlp.pp("up_proj"))?,
-                    down: candle_nn::linear_no_bias(inter, hidden, mlp.pp("down_proj"))?,
-                })
-            })
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        let norm = candle_nn::rms_norm(hidden, config.rms_norm_eps, vb.pp("model.norm"))?;
-        let (cos, sin) = rotary_tables(config, vb.device())?;
-        Ok(Self {
-            embed,
-            blocks,
-            norm,
-            head,
-            heads,
-            kv_heads,
-            head_dim,
-            cos,
-            sin,
-        })
+        Decoder::load(vb, &options(config)).map(Self)
     }
 
     /// The logits at every position of `tokens` (one window, at most the model's
     /// `max_position_embeddings` long): (tokens × vocab), f32.
     pub fn logits(&self, tokens: &[u32]) -> candle_core::Result<Tensor> {
-        let n = tokens.len();
-        let device = self.cos.device();
-        if n == 0 || n > self.cos.dim(0)? {
-            candle_core::bail!(
-                "a window of {n} tokens; the model takes 1 to {}",
-                self.cos.dim(0)?
-            );
-        }
-        let ids = Tensor::new(tokens, device)?.unsqueeze(0)?;
-        let mut x = self.embed.forward(&ids)?;
-        let mask = causal_mask(n, device)?;
-        let (cos, sin) = (self.cos.narrow(0, 0, n)?, self.sin.narrow(0, 0, n)?);
-        for block in &self.blocks {
-            let attended =
-                self.attention(block, &block.input_norm.forward(&x)?, &mask, &cos, &sin)?;
-            x = (x + attended)?;
-            let h = block.post_attention_norm.forward(&x)?;
-            let mlp = block.down.forward(
-                &(candle_nn::ops::silu(&block.gate.forward(&h)?)? * block.up.forward(&h)?)?,
-            )?;
-            x = (x + mlp)?;
-        }
-        let x = self.norm.forward(&x)?;
-        self.head.forward(&x)?.squeeze(0)?.to_dtype(DType::F32)
-    }
-
-    fn attention(
-        &self,
-        block: &Block,
-        x: &Tensor,
-        mask: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-    ) -> candle_core::Result<Tensor> {
-        let (b, n, hidden) = x.dims3()?;
-        let split = |t: Tensor, heads: usize| {
-            t.reshape((b, n, heads, self.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()
-        };
-        let q = split(block.q.forward(x)?, self.heads)?;
-        let k = split(block.k.forward(x)?, self.kv_heads)?;
-        let v = split(block.v.forward(x)?, self.kv_heads)?;
-        let q = candle_nn::rotary_emb::rope(&q, cos, sin)?;
-        let k = candle_nn::rotary_emb::rope(&k, cos, sin)?;
-        let groups = self.heads / self.kv_heads;
-        let k = candle_transformers::utils::repeat_kv(k, groups)?.to_dtype(DType::F32)?;
-        let v = candle_transformers::utils::repeat_kv(v, groups)?.to_dtype(DType::F32)?;
-        let q = q.to_dtype(DType::F32)?;
-        let scores = (q.matmul(&k.t()?)? / (self.head_dim as f64).sqrt())?;
-        let scores = scores.broadcast_add(mask)?;
-        let weights = candle_nn::ops::softmax_last_dim(&scores)?;
-        let y = weights.matmul(&v.contiguous()?)?.to_dtype(x.dtype())?;
-        let y = y.transpose(1, 2)?.reshape((b, n, hidden))?;
-        block.o.forward(&y)
+        self.0.logits(tokens)
     }
 }
 
-/// 0 where position i may see position j (j ≤ i), −∞ elsewhere: (n × n).
-fn causal_mask(n: usize, device: &Device) -> candle_core::Result<Tensor> {
-    let values: Vec<f32> = (0..n)
-        .flat_map(|i| (0..n).map(move |j| if j <= i { 0.0 } else { f32::NEG_INFINITY }))
-        .collect();
-    Tensor::from_vec(values, (n, n), device)
-}
-
-/// cos and sin of position × inverse frequency, as candle-transformers' `llama::Cache`
-/// computes them (Llama 3's frequency scaling included).
-fn rotary_tables(config: &Config, device: &Device) -> candle_core::Result<(Tensor, Tensor)> {
-    use candle_transformers::models::llama::{Llama3RopeConfig, Llama3RopeType};
+/// Llama's decoder options for `config`.
+pub fn options(config: &Config) -> Options {
     let head_dim = config.hidden_size / config.num_attention_heads;
-    let base: Vec<f32> = (0..head_dim)
-        .step_by(2)
-        .map(|i| 1f32 / config.rope_theta.powf(i as f32 / head_dim as f32))
-        .collect();
-    let inv_freq: Vec<f32> = match &config.rope_scaling {
-        None
-        | Some(Llama3RopeConfig {
-            rope_type: Llama3RopeType::Default,
-            ..
-        }) => base,
-        Some(s) => {
-            let low = s.original_max_position_embeddings as f32 / s.low_freq_factor;
-            let high = s.original_max_position_embeddings as f32 / s.high_freq_factor;
-            base.into_iter()
-                .map(|freq| {
-                    let wavelen = 2. * std::f32::consts::PI / freq;
-                    if wavelen < high {
-                        freq
-                    } else if wavelen > low {
-                        freq / s.factor
-                    } else {
-                        let smooth = (s.original_max_position_embeddings as f32 / wavelen
-                            - s.low_freq_factor)
-                            / (s.high_freq_factor - s.low_freq_factor);
-                        (1. - smooth) * freq / s.factor + smooth * freq
-                    }
-                })
-                .collect()
-        }
+    let rope_scaling = match &config.rope_scaling {
+        Some(s) if matches!(s.rope_type, Llama3RopeType::Llama3) => RopeScaling::Llama3 {
+            factor: f64::from(s.factor),
+            low_freq_factor: f64::from(s.low_freq_factor),
+            high_freq_factor: f64::from(s.high_freq_factor),
+            original_max_position_embeddings: s.original_max_position_embeddings as f64,
+        },
+        _ => RopeScaling::None,
     };
-    let k = inv_freq.len();
-    let inv_freq = Tensor::from_vec(inv_freq, (1, k), device)?;
-    let positions = Tensor::arange(0, config.max_position_embeddings as u32, device)?
-        .to_dtype(DType::F32)?
-        .reshape((config.max_position_embeddings, 1))?;
-    let angles = positions.matmul(&inv_freq)?;
-    Ok((angles.cos()?, angles.sin()?))
+    Options {
+        vocab: config.vocab_size,
+        hidden: config.hidden_size,
+        intermediate: config.intermediate_size,
+        layers: config.num_hidden_layers,
+        heads: config.num_attention_heads,
+        kv_heads: config.num_key_value_heads,
+        head_dim,
+        max_positions: config.max_position_embeddings,
+        rms_norm_eps: config.rms_norm_eps,
+        norm_plus_one: false,
+        qkv_bias: false,
+        o_bias: false,
+        mlp_bias: false,
+        fused_qkv: false,
+        fused_gate_up: false,
+        activation: Activation::Silu,
+        embed_scale: None,
+        sandwich_norms: false,
+        attention_scale: 1.0 / (head_dim as f64).sqrt(),
+        attention_softcap: None,
+        final_softcap: None,
+        windows: vec![None; config.num_hidden_layers],
+        rope_theta: f64::from(config.rope_theta),
+        rope_scaling,
+        rotary_dim: head_dim,
+        tie_embeddings: config.tie_word_embeddings,
+        differentiable: true,
+    }
 }
 
 #[cfg(test)]
 pub(super) mod tests {
     use std::collections::HashMap;
 
+    use candle_core::{DType, Device};
     use candle_transformers::models::llama::{Cache, Llama, LlamaConfig};
 
     use super::*;
@@ -293,10 +162,20 @@ pub(super) mod tests {
             let (config, weights) = tiny(tie);
             let vb = VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu);
             let ours = LlamaLm::load(&vb, &config).unwrap();
+            let fused = super::super::CausalLm::load(
+                &config_json("LlamaForCausalLM", tie),
+                std::path::Path::new("config.json"),
+                &vb,
+                "tiny",
+            )
+            .unwrap();
             let theirs = Llama::load(vb, &config).unwrap();
             let tokens: Vec<u32> = vec![3, 17, 42, 8, 8, 0, 49, 21, 5];
             let all = ours.logits(&tokens).unwrap();
             assert_eq!(all.dims(), [tokens.len(), 50]);
+            // The differentiable ops and the fused kernels compute the same thing.
+            let diff = max_diff(&all, &fused.logits(&tokens).unwrap());
+            assert!(diff < 1e-5, "tie {tie}: {diff}");
             for p in 0..tokens.len() {
                 // Theirs gives the last position of the prefix it is fed.
                 let mut cache = Cache::new(false, DType::F32, &config, &Device::Cpu).unwrap();
@@ -357,28 +236,42 @@ pub(super) mod tests {
         assert!(error.to_string().contains("model.norm.weight"), "{error}");
     }
 
+    /// `tiny`'s configuration as its `config.json` says it.
+    pub(in crate::eval::lm) fn config_json(architecture: &str, tie: bool) -> serde_json::Value {
+        serde_json::json!({"architectures": [architecture], "hidden_size": 32,
+            "intermediate_size": 48, "vocab_size": 50, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-5,
+            "rope_theta": 10000.0, "max_position_embeddings": 64,
+            "tie_word_embeddings": tie})
+    }
+
     #[test]
     fn a_config_json_picks_the_runner_or_says_which_are_supported() {
         use super::super::{CausalLm, LmError};
         let (_, weights) = tiny(false);
         let vb = VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu);
-        let config = |architecture: &str| {
-            serde_json::json!({"architectures": [architecture], "hidden_size": 32,
-                "intermediate_size": 48, "vocab_size": 50, "num_hidden_layers": 2,
-                "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-5,
-                "rope_theta": 10000.0, "max_position_embeddings": 64,
-                "tie_word_embeddings": false})
-        };
+        let config = |architecture: &str| config_json(architecture, false);
         let path = std::path::Path::new("m/config.json");
         let model = CausalLm::load(&config("MistralForCausalLM"), path, &vb, "m").unwrap();
         assert_eq!(model.logits(&[1, 2, 3]).unwrap().dims(), [3, 50]);
-        let refused = CausalLm::load(&config("GPT2LMHeadModel"), path, &vb, "m").unwrap_err();
+        let refused = CausalLm::load(&config("BertForMaskedLM"), path, &vb, "m").unwrap_err();
         assert!(matches!(refused, LmError::Unsupported { .. }));
         let text = refused.to_string();
         assert!(
-            text.contains("GPT2LMHeadModel") && text.contains("LlamaForCausalLM"),
+            text.contains("BertForMaskedLM")
+                && text.contains("LlamaForCausalLM")
+                && text.contains("GPT2LMHeadModel"),
             "{text}"
         );
+        assert!(!super::super::is_supported(&config("BertForMaskedLM")));
+        assert!(super::super::is_supported(&config("Gemma2ForCausalLM")));
+        // A rotary scaling that is not run is a configuration error, not a silent default.
+        let mut yarn = config("LlamaForCausalLM");
+        yarn["rope_scaling"] = serde_json::json!({"rope_type": "yarn", "factor": 4.0});
+        let text = CausalLm::load(&yarn, path, &vb, "m")
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("yarn"), "{text}");
         let mut wrong = config("LlamaForCausalLM");
         wrong["hidden_size"] = serde_json::json!("wide");
         assert!(matches!(
@@ -407,5 +300,85 @@ pub(super) mod tests {
         assert!((nll.exp() - 50.0).abs() < 1e-4, "{}", nll.exp());
         assert!(model.logits(&[]).is_err());
         assert!(model.logits(&[0; 65]).is_err());
+    }
+
+    #[test]
+    fn reading_in_chunks_through_the_cache_is_reading_at_once_windows_included() {
+        use super::super::CausalLm;
+        let (_, weights) = tiny(false);
+        let vb = VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu);
+        let path = std::path::Path::new("config.json");
+        let full = CausalLm::load(&config_json("LlamaForCausalLM", false), path, &vb, "m").unwrap();
+        let mut mistral = config_json("MistralForCausalLM", false);
+        mistral["sliding_window"] = serde_json::json!(3);
+        let windowed = CausalLm::load(&mistral, path, &vb, "m").unwrap();
+        let tokens: Vec<u32> = vec![3, 17, 42, 8, 8, 0, 49, 21, 5];
+        for model in [&full, &windowed] {
+            let whole = model.logits(&tokens).unwrap();
+            let mut cache = model.new_cache();
+            let mut parts = Vec::new();
+            for range in [0..3, 3..4, 4..5, 5..9] {
+                parts.push(model.extend(&mut cache, &tokens[range]).unwrap());
+            }
+            assert_eq!(cache.len(), 9);
+            let chunked = Tensor::cat(&parts, 0).unwrap();
+            let diff = max_diff(&whole, &chunked);
+            assert!(diff < 1e-5, "{diff}");
+            // Past the context, or outside the vocabulary: refused, the cache untouched.
+            assert!(model.extend(&mut cache, &[0; 56]).is_err());
+            assert!(model.extend(&mut cache, &[50]).is_err());
+            assert_eq!(cache.len(), 9);
+        }
+        // A window of 3 changes nothing before the fourth position and everything after.
+        let (a, b) = (
+            full.logits(&tokens).unwrap(),
+            windowed.logits(&tokens).unwrap(),
+        );
+        assert!(max_diff(&a.narrow(0, 0, 3).unwrap(), &b.narrow(0, 0, 3).unwrap()) < 1e-6);
+        for p in 3..tokens.len() {
+            assert!(
+                max_diff(&a.get(p).unwrap(), &b.get(p).unwrap()) > 1e-3,
+                "position {p}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_weight_of_a_model_built_here_gets_a_gradient() {
+        let (config, weights) = tiny(false);
+        let varmap = candle_nn::VarMap::new();
+        let model = LlamaLm::load(
+            &VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+            &config,
+        )
+        .unwrap();
+        {
+            let data = varmap.data().lock().unwrap();
+            for (name, var) in data.iter() {
+                var.set(&weights[name]).unwrap();
+            }
+        }
+        let tokens = [1u32, 2, 3, 4, 5, 6, 7];
+        let logits = model.logits(&tokens).unwrap();
+        let loss = candle_nn::loss::cross_entropy(
+            &logits.narrow(0, 0, 6).unwrap(),
+            &Tensor::new(&tokens[1..], &Device::Cpu).unwrap(),
+        )
+        .unwrap();
+        let grads = loss.backward().unwrap();
+        let data = varmap.data().lock().unwrap();
+        for (name, var) in data.iter() {
+            let grad = grads
+                .get(var)
+                .unwrap_or_else(|| panic!("no gradient for {name}"));
+            let size = grad
+                .abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(size > 0.0, "{name}: a zero gradient");
+        }
     }
 }

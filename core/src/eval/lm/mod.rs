@@ -2,11 +2,19 @@
 //! text (perplexity per domain) rather than how far its weights moved.
 //!
 //! candle-transformers' models return the last position's logits only (they are written for
-//! generation), and perplexity needs every position's; [`llama::LlamaLm`] is the
-//! Llama-family forward over a whole window, with candle-transformers' configuration and
-//! its weights' names.
+//! generation), and perplexity needs every position's, so the forwards are our own:
+//! [`decoder::Decoder`] for the rotary-embedding decoders (Llama 2/3, Mistral, Qwen2, Gemma,
+//! Gemma 2, Phi-3) and [`gpt2::Gpt2`], each checked against Hugging Face transformers' logits
+//! on saved checkpoints (`tests/fixtures/lm-parity`).
+//!
+//! Memory: a loaded model holds its weights once, as f32 (GPT-2's transposed Conv1D weights
+//! are that copy, not a second one); a [`KvCache`] adds 2 · layers · kv_heads · head_dim f32
+//! values per token read.
 
+mod configs;
+pub mod decoder;
 pub mod generate;
+pub mod gpt2;
 pub mod llama;
 pub mod perplexity;
 
@@ -42,14 +50,15 @@ pub enum LmError {
 }
 
 /// The architectures run in process, as `config.json`'s `architectures` names them.
-pub(crate) const SUPPORTED: &str = "LlamaForCausalLM and MistralForCausalLM";
+pub(crate) const SUPPORTED: &str = "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, \
+                         GemmaForCausalLM, Gemma2ForCausalLM, Phi3ForCausalLM and GPT2LMHeadModel";
 
 /// A causal language model the workbench can run.
 #[derive(Debug)]
 pub enum CausalLm {
-    /// Llama 2/3 and Mistral (their windows never pass Mistral's sliding window, so full
-    /// attention is what it computes).
-    Llama(llama::LlamaLm),
+    /// Llama 2/3, Mistral, Qwen2/2.5, Gemma, Gemma 2 and Phi-3.
+    Decoder(decoder::Decoder),
+    Gpt2(gpt2::Gpt2),
 }
 
 impl CausalLm {
@@ -61,21 +70,27 @@ impl CausalLm {
         vb: &VarBuilder<'_>,
         model: &str,
     ) -> Result<Self, LmError> {
-        match architecture(config) {
-            "LlamaForCausalLM" | "MistralForCausalLM" => {
-                let parsed: candle_transformers::models::llama::LlamaConfig =
-                    serde_json::from_value(config.clone()).map_err(|e| LmError::BadConfig {
-                        config: config_path.to_path_buf(),
-                        reason: format!("not a Llama configuration: {e}"),
-                    })?;
-                let loaded =
-                    llama::LlamaLm::load(vb, &parsed.into_config(false)).map_err(|source| {
-                        LmError::Weights {
-                            model: model.to_owned(),
-                            source,
-                        }
-                    })?;
-                Ok(Self::Llama(loaded))
+        let bad_config = |reason: String| LmError::BadConfig {
+            config: config_path.to_path_buf(),
+            reason,
+        };
+        let weights = |source| LmError::Weights {
+            model: model.to_owned(),
+            source,
+        };
+        let architecture = architecture(config);
+        if let Some(options) = configs::decoder_options(architecture, config) {
+            let options = options.map_err(bad_config)?;
+            return decoder::Decoder::load(vb, &options)
+                .map(Self::Decoder)
+                .map_err(weights);
+        }
+        match architecture {
+            "GPT2LMHeadModel" => {
+                let options = configs::gpt2_options(config).map_err(bad_config)?;
+                gpt2::Gpt2::load(vb, &options)
+                    .map(Self::Gpt2)
+                    .map_err(weights)
             }
             other => Err(LmError::Unsupported {
                 config: config_path.to_path_buf(),
@@ -85,11 +100,26 @@ impl CausalLm {
         }
     }
 
+    /// [`Self::load`] with the weights `tensors` holds (a merge in memory, or a folder read
+    /// by [`ModelTensors::all_floats`]), on the CPU. The model keeps its own copy: `tensors`
+    /// may be dropped once this returns.
+    pub fn from_tensors(
+        config: &serde_json::Value,
+        config_path: &Path,
+        tensors: &ModelTensors,
+        model: &str,
+    ) -> Result<Self, LmError> {
+        Self::load(
+            config,
+            config_path,
+            &var_builder(tensors, &Device::Cpu),
+            model,
+        )
+    }
+
     /// The logits at every position of a window of `tokens` (tokens × vocab).
     pub fn logits(&self, tokens: &[u32]) -> candle_core::Result<Tensor> {
-        match self {
-            Self::Llama(model) => model.logits(tokens),
-        }
+        self.extend(&mut KvCache::default(), tokens)
     }
 
     /// An empty cache for reading a text a few tokens at a time ([`Self::extend`]).
@@ -98,30 +128,50 @@ impl CausalLm {
     }
 
     /// Reads `tokens` after those `cache` has seen and returns their logits (tokens × vocab),
-    /// each position attending to everything read before it: generation's step.
+    /// each position attending to everything read before it: generation's step. The cache
+    /// keeps every layer's keys and values, so a step costs the new positions only. On an
+    /// error (too long a text, a token outside the vocabulary) `cache` is unchanged.
     pub fn extend(&self, cache: &mut KvCache, tokens: &[u32]) -> candle_core::Result<Tensor> {
-        // Until the forwards keep keys and values, the whole text is read again.
-        cache.tokens.extend_from_slice(tokens);
-        let logits = self.logits(&cache.tokens)?;
-        logits.narrow(0, cache.tokens.len() - tokens.len(), tokens.len())
+        match self {
+            Self::Decoder(model) => model.forward(tokens, cache),
+            Self::Gpt2(model) => model.forward(tokens, cache),
+        }
     }
 }
 
-/// What a model has read so far, for [`CausalLm::extend`].
+/// What a model has read so far, for [`CausalLm::extend`]: each layer's keys and values
+/// (1 × kv_heads × tokens × head_dim).
 #[derive(Clone, Debug, Default)]
 pub struct KvCache {
-    /// Every token read, in order.
-    tokens: Vec<u32>,
+    len: usize,
+    layers: Vec<(Tensor, Tensor)>,
 }
 
 impl KvCache {
     /// How many tokens have been read.
     pub fn len(&self) -> usize {
-        self.tokens.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.tokens.is_empty()
+        self.len == 0
+    }
+
+    /// Refuses a cache another model (of another depth) filled.
+    fn check_layers(&self, layers: usize) -> candle_core::Result<()> {
+        if !self.layers.is_empty() && self.layers.len() != layers {
+            candle_core::bail!(
+                "a cache of {} layers given to a model of {layers}",
+                self.layers.len()
+            );
+        }
+        Ok(())
+    }
+
+    /// Keeps the keys and values of `n` more tokens (each layer's, those before included).
+    fn commit(&mut self, layers: Vec<(Tensor, Tensor)>, n: usize) {
+        self.layers = layers;
+        self.len += n;
     }
 }
 
@@ -186,7 +236,13 @@ pub fn architecture(config: &serde_json::Value) -> &str {
 pub fn is_supported(config: &serde_json::Value) -> bool {
     matches!(
         architecture(config),
-        "LlamaForCausalLM" | "MistralForCausalLM"
+        "LlamaForCausalLM"
+            | "MistralForCausalLM"
+            | "Qwen2ForCausalLM"
+            | "GemmaForCausalLM"
+            | "Gemma2ForCausalLM"
+            | "Phi3ForCausalLM"
+            | "GPT2LMHeadModel"
     )
 }
 
