@@ -363,3 +363,37 @@ pub fn tiny_llama(folder: &Path, shift: f32) {
     )
     .unwrap();
 }
+
+/// [`tiny_llama`] whose text a constant dominates: the embeddings share a large first
+/// dimension that the blocks barely change, so the head's first column adds a fixed logit to
+/// each token whatever the context. `favour: Some((token, strength))` raises that token's by
+/// `strength`: a fine-tune whose training shows in what it writes, and a merge whose text
+/// follows its weights (task arithmetic scales each expert's raise).
+pub fn tiny_llama_favouring(folder: &Path, favour: Option<(usize, f32)>) {
+    tiny_llama(folder, 0.0);
+    let file = folder.join("model.safetensors");
+    let tensors: Vec<Tensor> = read_folder(folder)
+        .into_iter()
+        .map(|(name, (_, shape, values))| {
+            let mut values: Vec<f32> = values.into_iter().map(|v| v as f32).collect();
+            if name == "model.embed_tokens.weight" {
+                values.iter_mut().step_by(32).for_each(|v| *v = 1.0);
+            }
+            // The blocks' outputs, small beside the carrier.
+            if name.ends_with("o_proj.weight") || name.ends_with("down_proj.weight") {
+                values.iter_mut().for_each(|v| *v *= 0.1);
+            }
+            if name == "lm_head.weight"
+                && let Some((token, strength)) = favour
+            {
+                values[token * 32] += strength;
+            }
+            Tensor {
+                name,
+                shape,
+                values,
+            }
+        })
+        .collect();
+    write_file(&file, &tensors, Dtype::F32);
+}

@@ -1,5 +1,5 @@
-//! `mergescope` on the command line: `inspect`, `merge`, `analyze`, `eval`, `pareto`, `sweep`,
-//! `demo`, `synth`.
+//! `mergescope` on the command line: `inspect`, `merge`, `analyze`, `eval`, `generate`,
+//! `pareto`, `sweep`, `demo`, `synth`.
 //!
 //! User errors print one line (`error: ...`) naming the file, tensor or key and what to do,
 //! and exit with status 1. Ctrl-C cancels a running job; cancelled jobs leave no output and
@@ -9,6 +9,7 @@ mod analyze;
 mod backend;
 mod demo;
 mod eval;
+mod generate;
 mod inspect;
 mod merge;
 mod pareto;
@@ -72,6 +73,9 @@ enum Command {
     Analyze(analyze::Args),
     /// Score a model, or a recipe's merge: the demo family's accuracy, retention, or your command.
     Eval(eval::Args),
+    /// Continue a prompt with a language model, or a recipe's merge made in memory (--compare:
+    /// its base and each model too), printed token by token.
+    Generate(generate::Args),
     /// The front of merges over a recipe's per-model weights, and a preference → merge map.
     Pareto(pareto::Args),
     /// Merge and score a recipe over a grid of one to three of its parameters (an XY sweep).
@@ -183,6 +187,7 @@ pub fn main() -> ExitCode {
         Command::Merge(args) => merge::run(&args, &job),
         Command::Analyze(args) => analyze::run(&args, &job),
         Command::Eval(args) => eval::run(&args, &job),
+        Command::Generate(args) => generate::run(&args, &job),
         Command::Pareto(args) => pareto::run(&args, &job),
         Command::Sweep(args) => sweep::run(&args, &job),
         Command::Demo(args) => demo::run(&args, &job),

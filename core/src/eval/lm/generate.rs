@@ -74,10 +74,10 @@ impl Stop {
     /// In words, for a status line.
     pub fn describe(self) -> &'static str {
         match self {
-            Self::MaxTokens => "token limit",
-            Self::EndOfText => "end of text",
-            Self::Context => "context full",
-            Self::Cancelled => "stopped",
+            Self::MaxTokens => "stopped at the token limit",
+            Self::EndOfText => "ended with an end-of-text token",
+            Self::Context => "stopped at the end of the model's context",
+            Self::Cancelled => "cancelled",
         }
     }
 }
@@ -235,6 +235,36 @@ fn ids(value: &serde_json::Value) -> Vec<u32> {
         serde_json::Value::Array(list) => list.iter().filter_map(one).collect(),
         other => one(other).into_iter().collect(),
     }
+}
+
+/// `files`, refused when their configuration names an architecture that does not run in
+/// process (before any weights are read or merged).
+pub fn runnable(files: LmFiles) -> Result<LmFiles, LmError> {
+    if files.is_supported() {
+        Ok(files)
+    } else {
+        Err(LmError::Unsupported {
+            config: files.config_path.clone(),
+            architecture: super::architecture(&files.config).to_owned(),
+            supported: super::SUPPORTED,
+        })
+    }
+}
+
+/// The runnable files of a merge: its reference model's configuration and its tokenizer
+/// source's tokenizer (the recipe's `tokenizer_source`, else the reference model's).
+pub fn files_for_plan(plan: &crate::merge::plan::MergePlan) -> Result<LmFiles, LmError> {
+    let config_folder = plan
+        .config_source
+        .as_deref()
+        .ok_or_else(|| LmError::BadConfig {
+            config: PathBuf::from("config.json"),
+            reason: "the recipe's reference model is not in a folder, so there is no \
+                     config.json to build the model from; use model folders"
+                .to_owned(),
+        })?;
+    let tokenizer_folder = plan.tokenizer_source.as_deref().unwrap_or(config_folder);
+    runnable(LmFiles::in_folders(config_folder, tokenizer_folder)?)
 }
 
 /// Loads the model `files` describe with the weights `tensors` (on the CPU); `model` names it
