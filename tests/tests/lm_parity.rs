@@ -14,8 +14,15 @@ use mergescope_core::eval::lm::CausalLm;
 const TOLERANCE: f32 = 1e-4;
 
 /// Every fixture folder; a missing one fails rather than shrinking the test.
-const ARCHITECTURES: [&str; 7] = [
-    "llama", "mistral", "qwen2", "gemma", "gemma2", "phi3", "gpt2",
+const ARCHITECTURES: [&str; 8] = [
+    "llama",
+    "mistral",
+    "qwen2",
+    "gemma",
+    "gemma2",
+    "phi3",
+    "gpt2",
+    "phi3-longrope",
 ];
 
 fn fixtures() -> PathBuf {
@@ -26,6 +33,9 @@ struct Reference {
     architecture: String,
     tokens: Vec<u32>,
     logits: Vec<Vec<f32>>,
+    /// LongRoPE only: the logits of the text's first `original_max_position_embeddings`
+    /// tokens alone, which take the short factors.
+    short_logits: Option<Vec<Vec<f32>>>,
 }
 
 fn reference(folder: &Path) -> Reference {
@@ -37,22 +47,25 @@ fn reference(folder: &Path) -> Reference {
         .iter()
         .map(|t| t.as_u64().unwrap() as u32)
         .collect();
-    let logits = json["logits"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|row| {
-            row.as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_f64().unwrap() as f32)
-                .collect()
-        })
-        .collect();
+    let rows = |value: &serde_json::Value| -> Vec<Vec<f32>> {
+        value
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|row| {
+                row.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_f64().unwrap() as f32)
+                    .collect()
+            })
+            .collect()
+    };
     Reference {
         architecture: json["architecture"].as_str().unwrap().to_owned(),
         tokens,
-        logits,
+        logits: rows(&json["logits"]),
+        short_logits: json.get("short_logits").map(rows),
     }
 }
 
@@ -142,6 +155,19 @@ fn every_positions_logits_equal_transformers() {
             diff <= TOLERANCE,
             "{arch}: logits differ from transformers' by {diff} at position {at}"
         );
+        if let Some(short) = &reference.short_logits {
+            let tokens = &reference.tokens[..short.len()];
+            let ours = model.logits(tokens).unwrap().to_vec2::<f32>().unwrap();
+            let (diff, at) = max_diff(&ours, short);
+            eprintln!("{arch}, first {} tokens: max |Δ| {diff:.2e}", tokens.len());
+            assert!(diff <= TOLERANCE, "{arch}, short text: {diff} at {at}");
+            // The long factors must have made a difference, or the test shows nothing.
+            let (apart, _) = max_diff(&reference.logits[..short.len()], short);
+            assert!(
+                apart > 1e-2,
+                "{arch}: long and short rotations agree ({apart})"
+            );
+        }
     }
 }
 
@@ -151,15 +177,18 @@ fn reading_through_the_cache_gives_the_same_logits() {
         let folder = fixtures().join(arch);
         let reference = reference(&folder);
         let model = load(&folder, &tensors(&folder));
-        let at_once = model
-            .logits(&reference.tokens)
-            .unwrap()
-            .to_vec2::<f32>()
-            .unwrap();
+        // LongRoPE switches to its long factors once the text passes the original length, as
+        // transformers does, so positions cached before then keep the short rotation: a text
+        // read in pieces equals one read at once only within that length.
+        let (tokens, expected) = match &reference.short_logits {
+            Some(short) => (&reference.tokens[..short.len()], short),
+            None => (&reference.tokens[..], &reference.logits),
+        };
+        let at_once = model.logits(tokens).unwrap().to_vec2::<f32>().unwrap();
         // Chunks as a prompt and generated tokens come, then one token a step (past every
         // sliding window of the fixtures).
         for pieces in [&[3, 1, 1, 4][..], &[1; 20][..], &[7, 13][..]] {
-            let cached = through_cache(&model, &reference.tokens, pieces);
+            let cached = through_cache(&model, tokens, pieces);
             // The same sums in another order (a 1-row product is not blocked as a 20-row
             // one): f32 rounding, which grows with the logits' size (up to 6 here).
             let (own, at) = max_diff(&cached, &at_once);
@@ -168,7 +197,7 @@ fn reading_through_the_cache_gives_the_same_logits() {
                 own <= bound,
                 "{arch} {pieces:?}: {own} from reading at once (bound {bound}), position {at}"
             );
-            let (theirs, at) = max_diff(&cached, &reference.logits);
+            let (theirs, at) = max_diff(&cached, expected);
             assert!(
                 theirs <= TOLERANCE,
                 "{arch} {pieces:?}: {theirs} from transformers, position {at}"

@@ -83,8 +83,9 @@ fn activation(name: &str) -> Result<Activation, String> {
     })
 }
 
-/// `rope_theta`, the frequency scaling and the rotating fraction of each head.
-fn rope(config: &Value) -> Result<(f64, RopeScaling, f64), String> {
+/// `rope_theta`, the frequency scaling and the rotating fraction of each head. `phi3`: Phi-3's
+/// files call LongRoPE `su` or `yarn` too.
+fn rope(config: &Value, phi3: bool) -> Result<(f64, RopeScaling, f64), String> {
     let top = Reader(config);
     let params = ["rope_parameters", "rope_scaling"]
         .iter()
@@ -108,6 +109,8 @@ fn rope(config: &Value) -> Result<(f64, RopeScaling, f64), String> {
     };
     let scaling = match kind {
         "default" => RopeScaling::None,
+        "longrope" | "su" => longrope(config, &p)?,
+        "yarn" if phi3 => longrope(config, &p)?,
         "linear" => RopeScaling::Linear {
             factor: p.f64_or("factor", 1.0)?,
         },
@@ -121,11 +124,45 @@ fn rope(config: &Value) -> Result<(f64, RopeScaling, f64), String> {
         },
         other => {
             return Err(format!(
-                "the rotary scaling `{other}` is not run in process (default, linear and llama3 are)"
+                "the rotary scaling `{other}` is not run in process (default, linear, llama3 and \
+                 longrope are)"
             ));
         }
     };
     Ok((theta, scaling, partial))
+}
+
+/// LongRoPE's factors, and its attention factor as transformers derives it when the file
+/// does not give one.
+fn longrope(config: &Value, p: &Reader<'_>) -> Result<RopeScaling, String> {
+    let top = Reader(config);
+    let factors = |key: &str| -> Result<Vec<f64>, String> {
+        p.get(key)
+            .and_then(Value::as_array)
+            .ok_or_else(|| format!("LongRoPE needs `{key}`, a list of numbers"))?
+            .iter()
+            .map(|v| number(key, v))
+            .collect()
+    };
+    let original = match p.get("original_max_position_embeddings") {
+        Some(v) => whole("original_max_position_embeddings", v)?,
+        None => top.usize("original_max_position_embeddings")?,
+    };
+    let factor = match p.get("factor") {
+        Some(v) => number("factor", v)?,
+        None => top.usize_or("max_position_embeddings", original)? as f64 / original as f64,
+    };
+    let attention_factor = match p.get("attention_factor") {
+        Some(v) => number("attention_factor", v)?,
+        None if factor <= 1.0 => 1.0,
+        None => (1.0 + factor.ln() / (original as f64).ln()).sqrt(),
+    };
+    Ok(RopeScaling::LongRope {
+        short_factor: factors("short_factor")?,
+        long_factor: factors("long_factor")?,
+        original_max_position_embeddings: original,
+        attention_factor,
+    })
 }
 
 /// Which layers attend through a sliding window of `window` tokens: `layer_types` where the
@@ -203,11 +240,25 @@ fn read_decoder(family: Family, config: &Value) -> Result<decoder::Options, Stri
         None if gemma => 256,
         None => hidden / heads,
     };
-    let (rope_theta, rope_scaling, partial) = rope(config)?;
+    let (rope_theta, rope_scaling, partial) = rope(config, family == Phi3)?;
     let rotary_dim = (head_dim as f64 * partial) as usize;
     if head_dim == 0 || !rotary_dim.is_multiple_of(2) || rotary_dim == 0 || rotary_dim > head_dim {
         return Err(format!(
             "heads of {head_dim} dimensions with {rotary_dim} rotating: need an even number, 2 to {head_dim}"
+        ));
+    }
+    if let RopeScaling::LongRope {
+        short_factor,
+        long_factor,
+        ..
+    } = &rope_scaling
+        && (short_factor.len() != rotary_dim / 2 || long_factor.len() != rotary_dim / 2)
+    {
+        return Err(format!(
+            "LongRoPE has {} short and {} long factors for {} rotary frequencies",
+            short_factor.len(),
+            long_factor.len(),
+            rotary_dim / 2
         ));
     }
     let activation = match family {

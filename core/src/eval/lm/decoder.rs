@@ -45,7 +45,7 @@ impl Activation {
 }
 
 /// How the rotary frequencies are rescaled (`rope_type`).
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum RopeScaling {
     None,
     /// Position interpolation: every frequency divided by `factor`.
@@ -58,6 +58,15 @@ pub enum RopeScaling {
         low_freq_factor: f64,
         high_freq_factor: f64,
         original_max_position_embeddings: f64,
+    },
+    /// Phi-3's LongRoPE: each frequency divided by its own factor, the short ones while the
+    /// text is within `original_max_position_embeddings` and the long ones past it, and cos
+    /// and sin multiplied by `attention_factor`.
+    LongRope {
+        short_factor: Vec<f64>,
+        long_factor: Vec<f64>,
+        original_max_position_embeddings: usize,
+        attention_factor: f64,
     },
 }
 
@@ -144,6 +153,8 @@ pub struct Decoder {
     head: Linear,
     /// Inverse frequencies, (1 × rotary_dim / 2).
     inv_freq: Tensor,
+    /// LongRoPE's for texts past `original_max_position_embeddings`.
+    long_inv_freq: Option<Tensor>,
 }
 
 impl Decoder {
@@ -246,7 +257,17 @@ impl Decoder {
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
         let norm = norm(vb.pp("model.norm"))?;
-        let inv_freq = inverse_frequencies(o, vb.device())?;
+        let (inv_freq, long_inv_freq) = match &o.rope_scaling {
+            RopeScaling::LongRope {
+                short_factor,
+                long_factor,
+                ..
+            } => (
+                inverse_frequencies(o, Some(short_factor), vb.device())?,
+                Some(inverse_frequencies(o, Some(long_factor), vb.device())?),
+            ),
+            _ => (inverse_frequencies(o, None, vb.device())?, None),
+        };
         Ok(Self {
             options: options.clone(),
             embed,
@@ -254,6 +275,7 @@ impl Decoder {
             norm,
             head,
             inv_freq,
+            long_inv_freq,
         })
     }
 
@@ -275,7 +297,7 @@ impl Decoder {
         if let Some(scale) = o.embed_scale {
             x = (x * scale)?;
         }
-        let (cos, sin) = rotary(&self.inv_freq, offset, n)?;
+        let (cos, sin) = self.rotary(offset, n)?;
         let mut kept = Vec::with_capacity(self.blocks.len());
         for (i, block) in self.blocks.iter().enumerate() {
             let h = self.norm_of(&block.input_norm, &x)?;
@@ -330,6 +352,39 @@ impl Decoder {
     /// The logits at every position of `tokens` (tokens × vocab, f32).
     pub fn logits(&self, tokens: &[u32]) -> candle_core::Result<Tensor> {
         self.forward(tokens, &mut KvCache::default())
+    }
+
+    /// cos and sin of (position × inverse frequency) for positions `offset .. offset + n`,
+    /// (n × rotary_dim / 2) each.
+    fn rotary(&self, offset: usize, n: usize) -> candle_core::Result<(Tensor, Tensor)> {
+        let (inv_freq, scale) = match (&self.options.rope_scaling, &self.long_inv_freq) {
+            (
+                RopeScaling::LongRope {
+                    original_max_position_embeddings: original,
+                    attention_factor,
+                    ..
+                },
+                Some(long),
+            ) => {
+                // As transformers does: the whole text so far decides, so positions already
+                // in the cache keep the rotation they were read with.
+                let long_text = offset + n > *original;
+                (
+                    if long_text { long } else { &self.inv_freq },
+                    *attention_factor,
+                )
+            }
+            _ => (&self.inv_freq, 1.0),
+        };
+        let positions = Tensor::arange(offset as u32, (offset + n) as u32, inv_freq.device())?
+            .to_dtype(DType::F32)?
+            .reshape((n, 1))?;
+        let angles = positions.broadcast_mul(inv_freq)?;
+        if scale == 1.0 {
+            Ok((angles.cos()?, angles.sin()?))
+        } else {
+            Ok(((angles.cos()? * scale)?, (angles.sin()? * scale)?))
+        }
     }
 
     fn norm_of(&self, norm: &RmsNorm, x: &Tensor) -> candle_core::Result<Tensor> {
@@ -487,19 +542,34 @@ pub(super) fn check_window(
     Ok(())
 }
 
-/// The rotary frequencies as Hugging Face computes them (`rope_type` default, linear or
-/// llama3), (1 × rotary_dim / 2).
-fn inverse_frequencies(o: &Options, device: &Device) -> candle_core::Result<Tensor> {
+/// The rotary frequencies as Hugging Face computes them (`rope_type` default, linear, llama3,
+/// or LongRoPE with one of its lists of `factors`), (1 × rotary_dim / 2).
+fn inverse_frequencies(
+    o: &Options,
+    factors: Option<&Vec<f64>>,
+    device: &Device,
+) -> candle_core::Result<Tensor> {
     let dim = o.rotary_dim;
+    if let Some(factors) = factors
+        && factors.len() != dim / 2
+    {
+        candle_core::bail!(
+            "{} LongRoPE factors for {} rotary frequencies",
+            factors.len(),
+            dim / 2
+        );
+    }
     let base: Vec<f64> = (0..dim)
         .step_by(2)
         .map(|i| 1.0 / o.rope_theta.powf(i as f64 / dim as f64))
         .collect();
     let scaled: Vec<f32> = base
         .into_iter()
-        .map(|freq| match o.rope_scaling {
+        .enumerate()
+        .map(|(i, freq)| match o.rope_scaling {
             RopeScaling::None => freq,
             RopeScaling::Linear { factor } => freq / factor,
+            RopeScaling::LongRope { .. } => factors.map_or(freq, |f| freq / f[i]),
             RopeScaling::Llama3 {
                 factor,
                 low_freq_factor,
@@ -523,16 +593,6 @@ fn inverse_frequencies(o: &Options, device: &Device) -> candle_core::Result<Tens
         .collect();
     let k = scaled.len();
     Tensor::from_vec(scaled, (1, k), device)
-}
-
-/// cos and sin of (position × inverse frequency) for positions `offset .. offset + n`,
-/// (n × rotary_dim / 2) each.
-fn rotary(inv_freq: &Tensor, offset: usize, n: usize) -> candle_core::Result<(Tensor, Tensor)> {
-    let positions = Tensor::arange(offset as u32, (offset + n) as u32, inv_freq.device())?
-        .to_dtype(DType::F32)?
-        .reshape((n, 1))?;
-    let angles = positions.broadcast_mul(inv_freq)?;
-    Ok((angles.cos()?, angles.sin()?))
 }
 
 #[cfg(test)]
