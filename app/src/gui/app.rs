@@ -12,7 +12,7 @@ use super::state::{MergeSettings, OpenFamily};
 use super::worker::{Command, Event, MakeBackend, Worker};
 
 /// Families up to this size are analysed as soon as they open.
-const AUTO_ANALYSIS_BYTES: u64 = 2 << 30;
+pub(crate) const AUTO_ANALYSIS_BYTES: u64 = 2 << 30;
 
 /// The panels, left to right in the user's journey.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -93,10 +93,16 @@ pub struct Preview {
 }
 
 impl Preview {
+    /// Perplexities on the texts of a language-model family (else accuracies or retention).
+    pub fn is_perplexity(&self) -> bool {
+        self.scores.keys().any(|m| m.ends_with("/perplexity"))
+    }
+
     /// The merge's scores on the objective the comparison and the history use: the demo's
-    /// accuracies, else retention per model.
+    /// accuracies or a language model's perplexities, else retention per model.
     pub fn objective_scores(&self) -> (String, Scores) {
         match &self.survival {
+            _ if self.is_perplexity() => ("perplexity".to_owned(), self.scores.clone()),
             Some(survival) if self.scores.is_empty() => (
                 "retention (data-free)".to_owned(),
                 mergescope_core::eval::compare::retention_scores(survival),
@@ -169,6 +175,8 @@ pub struct Workbench {
     pub pareto: super::pareto::ParetoState,
     /// The Sweep panel: its parameters and the cells computed so far.
     pub sweep: super::sweep::SweepState,
+    /// The text domains a language-model family's merges are scored on.
+    pub texts: super::texts::Texts,
     /// A recipe to load once the family it names has opened.
     pending_recipe: Option<PendingRecipe>,
     /// For a worker started again after its thread died.
@@ -221,6 +229,9 @@ impl Workbench {
         };
         if let Some(text) = storage.get_string(RECENT_KEY) {
             self.recent = serde_json::from_str(&text).unwrap_or_default();
+        }
+        if let Some(text) = storage.get_string(super::texts::TEXTS_KEY) {
+            self.texts.remembered = serde_json::from_str(&text).unwrap_or_default();
         }
         if let Some(panel) = storage
             .get_string(PANEL_KEY)
@@ -306,6 +317,7 @@ impl Workbench {
             recent: Vec::new(),
             pareto: super::pareto::ParetoState::default(),
             sweep: super::sweep::SweepState::default(),
+            texts: super::texts::Texts::default(),
             pending_recipe: None,
             ctx: ctx.clone(),
             kept_settings: None,
@@ -391,6 +403,7 @@ impl Workbench {
             yaml: settings.to_yaml(family),
             file: family.recipe_file(),
             is_demo: family.is_demo,
+            texts: self.texts.loaded.clone(),
         };
         if alone {
             self.start_job("scoring the base and each model");
@@ -623,13 +636,19 @@ impl Workbench {
                     self.selected_module = None;
                     self.selected_tensor = None;
                     self.inputs = None;
+                    self.texts.clear();
                     // Analysis fills the Sensitivity and Interference panels in the background;
                     // for large families it waits to be asked (it reads every byte). The
                     // inputs' scores come first: every preview is compared with them.
                     // Both wait to be asked for on a large family: they read every model.
                     self.inputs_requested = false;
+                    // A language model's texts chosen before: its inputs are scored on them
+                    // once they are read.
+                    let rereading = self.reread_texts();
                     if bytes <= AUTO_ANALYSIS_BYTES {
-                        self.score_inputs(false);
+                        if !rereading {
+                            self.score_inputs(false);
+                        }
                         self.analyze();
                     }
                 }
@@ -679,11 +698,17 @@ impl Workbench {
                     if self.inputs_alone {
                         self.busy = None;
                     }
+                    // Perplexities on texts since replaced are not what previews show now.
+                    let texts = self.texts.loaded.as_ref().map(|t| &t.dir);
+                    if inputs.as_ref().is_some_and(|i| i.texts.as_ref() != texts) {
+                        continue;
+                    }
                     if let Some(preview) = &mut self.preview {
                         preview.inputs.clone_from(&inputs);
                     }
                     self.inputs = inputs;
                 }
+                Event::TextsLoaded { dir, outcome } => self.texts_loaded(&dir, outcome),
                 Event::PreviewProgress(fraction) => self.preview_progress = Some(fraction),
                 Event::PreviewStopped => self.preview_progress = None,
                 Event::PreviewFailed(text) => {
@@ -718,6 +743,7 @@ impl Workbench {
                 }
                 Event::Progress { stage, fraction } => self.busy = Some((stage, fraction)),
                 Event::Failed(text) => {
+                    self.texts.loading = false;
                     self.pareto.running = false;
                     self.inputs_requested = self.inputs.is_some();
                     self.sweep.running = false;
@@ -726,6 +752,7 @@ impl Workbench {
                     self.notice = Some(Notice { error: true, text });
                 }
                 Event::Cancelled => {
+                    self.texts.loading = false;
                     self.pareto.running = false;
                     self.inputs_requested = self.inputs.is_some();
                     self.sweep.running = false;
@@ -1032,6 +1059,9 @@ impl eframe::App for Workbench {
     fn save(&mut self, storage: &mut dyn eframe::Storage) {
         if let Ok(text) = serde_json::to_string(&self.recent) {
             storage.set_string(RECENT_KEY, text);
+        }
+        if let Ok(text) = serde_json::to_string(&self.texts.remembered) {
+            storage.set_string(super::texts::TEXTS_KEY, text);
         }
         storage.set_string(PANEL_KEY, self.panel.title().to_owned());
         let theme = match self.ctx.options(|o| o.theme_preference) {

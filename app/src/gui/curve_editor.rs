@@ -514,6 +514,7 @@ mod tests {
             builtin: false,
             tensor_names: names.iter().map(|n| (*n).to_owned()).collect(),
             layers: 2,
+            language_model: None,
         }
     }
 

@@ -89,9 +89,14 @@ impl History {
     }
 
     /// Adds the preview of `recipe` unless it is the newest entry already (the same settings
-    /// previewed again); returns whether it was added.
+    /// previewed again on the same objective: texts chosen since score them anew); returns
+    /// whether it was added.
     pub fn record(&mut self, recipe: &str, method: &str, objective: &str, scores: &Scores) -> bool {
-        if self.entries.last().is_some_and(|e| e.recipe == recipe) {
+        if self
+            .entries
+            .last()
+            .is_some_and(|e| e.recipe == recipe && e.objective == objective)
+        {
             return false;
         }
         let id = self.entries.last().map_or(1, |e| e.id + 1);

@@ -12,6 +12,7 @@ pub mod previewer;
 pub mod state;
 pub mod sweep;
 pub mod text;
+pub mod texts;
 pub mod worker;
 
 use std::path::PathBuf;

@@ -14,6 +14,9 @@ pub enum ParetoObjective {
     Demo,
     /// Data-free: the share of each task vector the merge keeps.
     Retention,
+    /// A language model's mean token NLL on each text domain (the Merge panel's texts), each
+    /// minimised.
+    Perplexity,
     /// The user's command on each merge's folder, with the metrics to maximise and minimise.
     Command {
         command: String,
@@ -32,8 +35,11 @@ pub struct ParetoRequest {
     pub groups: usize,
     pub range: (f64, f64),
     pub budget: usize,
-    /// Score the demo on [`QUICK_SAMPLE`] test images per domain instead of all of them.
+    /// Score the demo on [`QUICK_SAMPLE`] test images per domain instead of all of them (a
+    /// language model on each domain's first tokens, as its quick previews are).
     pub quick: bool,
+    /// The texts of a perplexity search.
+    pub texts: Option<super::texts::LoadedTexts>,
 }
 
 /// Test images per domain of a quick search.

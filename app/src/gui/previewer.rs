@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use mergescope_core::analysis::{AnalysisError, survival_sampled};
 use mergescope_core::backend::Backend;
+use mergescope_core::eval::lm::perplexity::{QUICK_TOKENS, ScoreError};
 use mergescope_core::eval::preview::merge_in_memory;
 use mergescope_core::eval::{DemoAccuracy, Fidelity, Scores};
 use mergescope_core::{CancelToken, Job};
@@ -31,6 +32,9 @@ pub struct PreviewRequest {
     pub is_demo: bool,
     /// All of the test split and every element; else a quick estimate.
     pub full: bool,
+    /// Score a language model's perplexity on these texts (all of each domain, or while the
+    /// pointer is down its first [`QUICK_TOKENS`]).
+    pub texts: Option<super::texts::LoadedTexts>,
 }
 
 /// What the UI and the thread share.
@@ -239,6 +243,26 @@ impl Thread {
                 .expect("made above")
                 .score(&merged, fidelity)
                 .map_err(|e| e.to_string())?;
+        } else if let Some(texts) = &request.texts {
+            let perplexity = &texts.perplexity;
+            let merged = merge_in_memory(&plan, self.backend.as_ref())?;
+            job.check_cancelled().map_err(|_| None)?;
+            let model = perplexity
+                .model_of(&merged, "the merge")
+                .map_err(|e| Some(e.to_string()))?;
+            // The model holds its own copy: one merged model in memory while scoring.
+            drop(merged);
+            let fidelity = if request.full {
+                Fidelity::Full
+            } else {
+                Fidelity::Subsample(QUICK_TOKENS)
+            };
+            scores = perplexity
+                .score_until(&model, fidelity, &job.cancel)
+                .map_err(|e| match e {
+                    ScoreError::Cancelled => None,
+                    other => Some(other.to_string()),
+                })?;
         }
         // Any family with a base: how much of each task vector survives, per layer
         // (data-free). While the pointer is down, a large family is measured on a few rows of

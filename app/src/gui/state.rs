@@ -40,6 +40,11 @@ pub struct OpenFamily {
     pub tensor_names: Vec<String>,
     /// Blocks in the deepest stack: the x axis of per-layer curves.
     pub layers: usize,
+    /// A language model: the base's folder holds a `config.json` and a `tokenizer.json`
+    /// (whether its architecture runs in process is [`LmFiles::is_supported`]).
+    ///
+    /// [`LmFiles::is_supported`]: mergescope_core::eval::lm::LmFiles::is_supported
+    pub language_model: Option<mergescope_core::eval::lm::LmFiles>,
 }
 
 impl OpenFamily {
@@ -692,6 +697,7 @@ mod tests {
             .map(str::to_owned)
             .to_vec(),
             layers: 2,
+            language_model: None,
         }
     }
 

@@ -186,6 +186,8 @@ pub struct SweepRequest {
     pub axes: Vec<Axis>,
     /// Score on the demo's digits (else retention).
     pub is_demo: bool,
+    /// Score a language model's perplexity on these texts instead.
+    pub texts: Option<super::texts::LoadedTexts>,
 }
 
 /// The Sweep panel's state.
@@ -281,6 +283,7 @@ mod tests {
             builtin: false,
             tensor_names: Vec::new(),
             layers: 4,
+            language_model: None,
         }
     }
 

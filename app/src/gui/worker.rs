@@ -22,6 +22,7 @@ use mergescope_core::{CancelToken, Checkpoint, Job};
 use super::pareto::{ParetoObjective, ParetoRequest, ParetoUpdate};
 use super::previewer::{PreviewRequest, Previewer};
 use super::state::{MemberInfo, OpenFamily};
+use super::texts::LoadedTexts;
 
 /// What a family's previews are compared with.
 #[derive(Debug)]
@@ -30,6 +31,8 @@ pub struct FamilyInputs {
     pub full: InputScores,
     /// Scored as the quick previews are, where that differs (the demo's subsample).
     pub quick: Option<InputScores>,
+    /// The texts they are perplexities on (`None`: not perplexities).
+    pub texts: Option<PathBuf>,
 }
 
 impl FamilyInputs {
@@ -66,6 +69,13 @@ pub enum Command {
         yaml: String,
         file: PathBuf,
         is_demo: bool,
+        /// A language model's perplexity on these texts instead.
+        texts: Option<LoadedTexts>,
+    },
+    /// Reads and tokenizes a folder of text domains for the open language-model family.
+    LoadTexts {
+        dir: PathBuf,
+        files: mergescope_core::eval::lm::LmFiles,
     },
     /// A Pareto search over the recipe's per-model weights, then its data-free map.
     Pareto(Box<ParetoRequest>),
@@ -110,6 +120,11 @@ pub enum Event {
     /// The base's and each input model's scores on the previews' objective, in both of their
     /// grades (the same for retention); `None`: this family has none (no base, no demo).
     InputsScored(Option<Arc<FamilyInputs>>),
+    /// The texts in `dir`, read and tokenized, or why they cannot be scored.
+    TextsLoaded {
+        dir: PathBuf,
+        outcome: Result<Arc<mergescope_core::eval::lm::perplexity::Perplexity>, String>,
+    },
     /// How far the running preview is.
     PreviewProgress(f64),
     /// A preview was cancelled or superseded by a newer one.
@@ -378,8 +393,22 @@ impl Engine {
             Command::ScoreInputs {
                 yaml,
                 file,
+                texts: Some(texts),
+                ..
+            } => self.score_perplexities(&yaml, &file, &texts, epoch),
+            Command::ScoreInputs {
+                yaml,
+                file,
                 is_demo,
+                texts: None,
             } => self.score_inputs(&yaml, &file, is_demo, epoch),
+            Command::LoadTexts { dir, files } => {
+                let outcome =
+                    mergescope_core::eval::lm::perplexity::Perplexity::for_family(&dir, &files)
+                        .map(Arc::new)
+                        .map_err(|e| mergescope_core::one_line(&e.to_string()));
+                Ok(Event::TextsLoaded { dir, outcome })
+            }
             Command::Export {
                 yaml,
                 out,
@@ -461,6 +490,7 @@ impl Engine {
                 .map(|t| t.name.clone())
                 .collect(),
             layers: Layout::of_checkpoint(base_checkpoint).num_layers(),
+            language_model: language_model(base_checkpoint),
         };
         self.family = Some((family, open.clone()));
         Ok(Event::Opened(Box::new(open)))
@@ -487,6 +517,7 @@ impl Engine {
             Some(FamilyInputs {
                 full: demo_inputs(&plan, &demo, Fidelity::Full).map_err(|e| e.to_string())?,
                 quick: Some(demo_inputs(&plan, &demo, quick).map_err(|e| e.to_string())?),
+                texts: None,
             })
         } else if plan.family.base.is_some() {
             let full = retention_inputs(&plan, &plan_options()?, self.backend.as_ref(), &job, None)
@@ -497,11 +528,70 @@ impl Engine {
                         e.to_string()
                     }
                 })?;
-            Some(FamilyInputs { full, quick: None })
+            Some(FamilyInputs {
+                full,
+                quick: None,
+                texts: None,
+            })
         } else {
             None
         };
         Ok(Event::InputsScored(inputs.map(Arc::new)))
+    }
+
+    /// The base's and each model's perplexity on `texts`, in both grades of the previews:
+    /// one model read into memory at a time, scored on the quick and the full text, dropped
+    /// before the next.
+    fn score_perplexities(
+        &self,
+        yaml: &str,
+        file: &Path,
+        texts: &LoadedTexts,
+        epoch: u64,
+    ) -> Result<Event, String> {
+        use mergescope_core::eval::Fidelity;
+        use mergescope_core::eval::lm::perplexity::{QUICK_TOKENS, ScoreError};
+        let plan = plan(yaml, file)?;
+        let job = self.job(epoch);
+        let perplexity = &texts.perplexity;
+        let members = plan.family.models.len() + usize::from(plan.family.base.is_some());
+        job.progress
+            .start_stage("perplexity of the base and each model", members as u64);
+        let mut quick = InputScores::default();
+        let stopped = |e: ScoreError| match e {
+            ScoreError::Cancelled => CANCELLED.to_owned(),
+            other => other.to_string(),
+        };
+        let full = mergescope_core::eval::compare::score_inputs(&plan, |checkpoint| {
+            job.check_cancelled().map_err(|_| CANCELLED.to_owned())?;
+            let model = perplexity
+                .model_in(checkpoint.source())
+                .map_err(|e| e.to_string())?;
+            let scores = perplexity
+                .score_until(&model, Fidelity::Full, &job.cancel)
+                .map_err(stopped)?;
+            let first = perplexity
+                .score_until(&model, Fidelity::Subsample(QUICK_TOKENS), &job.cancel)
+                .map_err(stopped)?;
+            // score_inputs visits the base first, then the models in order.
+            if quick.base.is_none() && plan.family.base.is_some() {
+                quick.base = Some(first);
+            } else {
+                let label = plan
+                    .family
+                    .models
+                    .get(quick.models.len())
+                    .map_or_else(String::new, |m| m.label.clone());
+                quick.models.push((label, first));
+            }
+            job.progress.add_done(1);
+            Ok::<_, String>(scores)
+        })?;
+        Ok(Event::InputsScored(Some(Arc::new(FamilyInputs {
+            full,
+            quick: Some(quick),
+            texts: Some(texts.dir.clone()),
+        }))))
     }
 
     fn analyze(&self, epoch: u64) -> Result<Event, String> {
@@ -584,6 +674,22 @@ impl Engine {
                 },
             },
             ParetoObjective::Retention => ObjectiveKind::Retention,
+            ParetoObjective::Perplexity => ObjectiveKind::Perplexity {
+                perplexity: Arc::clone(
+                    &request
+                        .texts
+                        .as_ref()
+                        .ok_or("choose the texts in the Merge panel first")?
+                        .perplexity,
+                ),
+                fidelity: if request.quick {
+                    mergescope_core::eval::Fidelity::Subsample(
+                        mergescope_core::eval::lm::perplexity::QUICK_TOKENS,
+                    )
+                } else {
+                    mergescope_core::eval::Fidelity::Full
+                },
+            },
             ParetoObjective::Command {
                 command,
                 maximize,
@@ -653,7 +759,12 @@ impl Engine {
         let sweep =
             Sweep::new(&request.yaml, &request.file, request.axes.clone()).map_err(one_line)?;
         // Full scores: a cell is what the Merge panel's full preview of its settings shows.
-        let objective = if request.is_demo {
+        let objective = if let Some(texts) = &request.texts {
+            SweepObjective::Perplexity {
+                perplexity: Arc::clone(&texts.perplexity),
+                fidelity: Fidelity::Full,
+            }
+        } else if request.is_demo {
             SweepObjective::Demo {
                 accuracy: DemoAccuracy::new().map_err(|e| e.to_string())?,
                 fidelity: Fidelity::Full,
@@ -688,6 +799,7 @@ impl Command {
             Self::OpenDemo | Self::Open { .. } => "opening the models",
             Self::Analyze => "the analysis",
             Self::ScoreInputs { .. } => "scoring the base and each model",
+            Self::LoadTexts { .. } => "reading the texts",
             Self::Export { .. } => "the export",
             Self::Pareto(_) => "the Pareto search",
             Self::Sweep(_) => "the sweep",
@@ -720,6 +832,13 @@ pub fn plan_options() -> Result<PlanOptions, String> {
         random_seed: Some(0),
         truncate_vocab: false,
     })
+}
+
+/// The language model `base` is, when its folder holds a `config.json` and a `tokenizer.json`
+/// (read at open: the Merge panel then offers texts to score merges on).
+fn language_model(base: &Checkpoint) -> Option<mergescope_core::eval::lm::LmFiles> {
+    let folder = base.folder()?;
+    mergescope_core::eval::lm::LmFiles::in_folders(folder, folder).ok()
 }
 
 /// Where the demo family is unpacked: the user's cache folder, else the temporary folder.

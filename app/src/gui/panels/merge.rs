@@ -65,6 +65,7 @@ pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
     }
     let yaml = settings.to_yaml(family);
 
+    crate::gui::texts::texts_ui(app, ui);
     super::preview::request(app, ui, &yaml);
 
     ui.separator();

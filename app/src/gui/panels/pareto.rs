@@ -65,6 +65,7 @@ fn settings_ui(app: &mut Workbench, ui: &mut egui::Ui, family: &OpenFamily) {
         let label = |o: &ParetoObjective| match o {
             ParetoObjective::Demo => "demo accuracy",
             ParetoObjective::Retention => "retention (data-free)",
+            ParetoObjective::Perplexity => "perplexity (NLL per domain)",
             ParetoObjective::Command { .. } => "command",
         };
         egui::ComboBox::from_label("objective")
@@ -75,6 +76,17 @@ fn settings_ui(app: &mut Workbench, ui: &mut egui::Ui, family: &OpenFamily) {
                         &mut state.objective,
                         ParetoObjective::Demo,
                         "demo accuracy",
+                    );
+                }
+                if app.texts.loaded.is_some() {
+                    ui.selectable_value(
+                        &mut state.objective,
+                        ParetoObjective::Perplexity,
+                        "perplexity (NLL per domain)",
+                    )
+                    .on_hover_text(
+                        "One objective per text domain of the Merge panel: the merge's mean \
+                         token negative log-likelihood (the log of its perplexity), minimised",
                     );
                 }
                 ui.selectable_value(
@@ -123,6 +135,13 @@ fn settings_ui(app: &mut Workbench, ui: &mut egui::Ui, family: &OpenFamily) {
                 .on_hover_text(format!(
                     "Score on the first {} test images of each domain instead of all of them",
                     crate::gui::pareto::QUICK_SAMPLE
+                ));
+        }
+        if matches!(state.objective, ParetoObjective::Perplexity) {
+            ui.checkbox(&mut state.quick, "quick estimate")
+                .on_hover_text(format!(
+                    "Score on the first {} tokens of each domain instead of all of the text",
+                    mergescope_core::eval::lm::perplexity::QUICK_TOKENS
                 ));
         }
     });
@@ -175,6 +194,7 @@ fn start(app: &mut Workbench, family: &OpenFamily) {
         range: (app.pareto.lower, app.pareto.upper),
         budget: app.pareto.budget,
         quick: app.pareto.quick,
+        texts: app.texts.loaded.clone(),
     };
     app.pareto.clear();
     app.pareto.running = true;

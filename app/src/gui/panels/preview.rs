@@ -1,6 +1,7 @@
 //! The Merge panel's live preview: for the demo family the merged model's test accuracy per
-//! domain; for every family, per layer, how much of each task vector the merge keeps and how
-//! far it moves the base.
+//! domain, for a language-model family with texts chosen its perplexity per domain; for every
+//! family, per layer, how much of each task vector the merge keeps and how far it moves the
+//! base.
 
 use mergescope_core::analysis::Survival;
 use mergescope_core::eval::compare::{
@@ -29,6 +30,7 @@ pub fn request(app: &mut Workbench, ui: &egui::Ui, yaml: &str) {
             file: family.recipe_file(),
             is_demo: family.is_demo,
             full: wanted_full,
+            texts: app.texts.loaded.clone(),
         });
         app.sent_preview = Some((yaml.to_owned(), wanted_full));
     }
@@ -45,7 +47,24 @@ pub fn scores_of(app: &Workbench, ui: &mut egui::Ui, yaml: &str) {
         });
         return;
     };
-    if app.family.as_ref().is_some_and(|f| f.is_demo) {
+    if preview.is_perplexity() {
+        ui.label(if preview.full {
+            "perplexity of this merge per domain (all text; lower is better)"
+        } else {
+            "perplexity of this merge per domain (quick estimate; lower is better)"
+        });
+        egui::Grid::new("pareto-perplexity")
+            .striped(true)
+            .show(ui, |ui| {
+                for (metric, value) in &preview.scores {
+                    if metric.ends_with("/perplexity") {
+                        ui.label(metric);
+                        ui.label(format_value(metric, *value));
+                        ui.end_row();
+                    }
+                }
+            });
+    } else if app.family.as_ref().is_some_and(|f| f.is_demo) {
         ui.label(if preview.full {
             "test accuracy of this merge (all test digits)"
         } else {
@@ -89,23 +108,32 @@ pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
     // The time is in the tooltip: it changes every run, the rest of the panel does not.
     let when = format!("merged and scored in {:.0} ms", preview.millis);
     let is_demo = app.family.as_ref().is_some_and(|f| f.is_demo);
+    let is_perplexity = preview.is_perplexity();
     ui.horizontal(|ui| {
-        ui.strong(if is_demo {
+        ui.strong(if is_perplexity {
+            "Preview: perplexity of the merge per text domain, beside its base and each model \
+             (lower is better)"
+        } else if is_demo {
             "Preview: test accuracy of the merge, beside its base and each expert"
         } else {
             "Preview: how much of each fine-tune the merge keeps, beside each fine-tune alone"
         });
-        let grade = match (is_demo, preview.full) {
-            (true, true) => "(all test digits)".to_owned(),
-            (true, false) => format!(
+        let grade = match (is_perplexity, is_demo, preview.full) {
+            (true, _, true) => "(all text)".to_owned(),
+            (true, _, false) => format!(
+                "(quick estimate, the first {} tokens of each domain)",
+                mergescope_core::eval::lm::perplexity::QUICK_TOKENS
+            ),
+            (false, true, true) => "(all test digits)".to_owned(),
+            (false, true, false) => format!(
                 "(quick estimate, {} digits per domain)",
                 crate::gui::previewer::QUICK_DIGITS
             ),
-            (false, _) => "(data-free)".to_owned(),
+            (false, false, _) => "(data-free)".to_owned(),
         };
         ui.label(grade).on_hover_text(&when);
     });
-    if is_demo || preview.survival.is_some() {
+    if is_demo || is_perplexity || preview.survival.is_some() {
         let comparison = comparison(&preview);
         let inputs = if preview.inputs.is_some() {
             Inputs::Scored
@@ -146,10 +174,13 @@ pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
 /// The merge's scores beside its inputs', one column per task in the order of the rows.
 fn comparison(preview: &Preview) -> Comparison {
     let (_, scores) = preview.objective_scores();
-    // Accuracies for the demo, retention per model otherwise: one number per task.
+    // Accuracies for the demo, perplexities for a language model, retention per model
+    // otherwise: one number per task.
     let shown: mergescope_core::eval::Scores = scores
         .into_iter()
-        .filter(|(m, _)| m.ends_with("/accuracy") || m.starts_with("retention/"))
+        .filter(|(m, _)| {
+            m.ends_with("/accuracy") || m.ends_with("/perplexity") || m.starts_with("retention/")
+        })
         .collect();
     let empty = InputScores::default();
     let inputs = preview
@@ -174,6 +205,7 @@ fn comparison(preview: &Preview) -> Comparison {
 pub(super) fn column_title(metric: &str) -> String {
     let name = metric
         .strip_suffix("/accuracy")
+        .or_else(|| metric.strip_suffix("/perplexity"))
         .or_else(|| metric.strip_prefix("retention/"))
         .unwrap_or(metric);
     crate::gui::state::model_name(std::path::Path::new(name))

@@ -28,7 +28,9 @@ pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
         ui.label("Open a family first (Models panel).");
         return;
     };
-    let objective = if family.is_demo {
+    let objective = if app.texts.loaded.is_some() {
+        "perplexity on each text domain (lower is better)"
+    } else if family.is_demo {
         "the demo's test accuracy"
     } else {
         "retention (the share of each task vector the merge keeps)"
@@ -190,6 +192,7 @@ fn run_ui(
                 file: family.recipe_file(),
                 axes: axes.clone(),
                 is_demo: family.is_demo,
+                texts: app.texts.loaded.clone(),
             };
             app.sweep
                 .started(axes.clone(), labels, family.recipe_file());

@@ -474,16 +474,16 @@ mod tests {
             (objective.window, objective.stride),
             (MAX_WINDOW, MAX_WINDOW / 2)
         );
-        let mut gpt2 = config();
-        gpt2["architectures"] = serde_json::json!(["GPT2LMHeadModel"]);
-        std::fs::write(root.join("config.json"), gpt2.to_string()).unwrap();
+        let mut mamba = config();
+        mamba["architectures"] = serde_json::json!(["MambaForCausalLM"]);
+        std::fs::write(root.join("config.json"), mamba.to_string()).unwrap();
         let files = LmFiles::in_folders(root, root).unwrap();
         // Refused before the texts are read: a missing folder is not what is reported.
         let error = Perplexity::for_family(&root.join("missing"), &files)
             .unwrap_err()
             .to_string();
         assert!(
-            error.contains("GPT2LMHeadModel") && error.contains("LlamaForCausalLM"),
+            error.contains("MambaForCausalLM") && error.contains("LlamaForCausalLM"),
             "{error}"
         );
     }
