@@ -95,14 +95,15 @@ fn tiny_llama(folder: &Path, shift: f32, architecture: &str) {
     .unwrap();
 }
 
-/// A base and two fine-tunes, and a folder of two text domains (a `.txt` and a `.jsonl`).
-/// Returns the models (base first) and the texts' folder.
+/// A base and two fine-tunes, and a folder of two text domains (a `.txt` and a `.jsonl`)
+/// named `domains` (a `texts` folder would be the family's default). Returns the models (base
+/// first) and the texts' folder.
 fn lm_family(root: &Path, architecture: &str) -> (Vec<PathBuf>, PathBuf) {
     let models: Vec<PathBuf> = ["base", "a", "b"].iter().map(|m| root.join(m)).collect();
     for (path, shift) in models.iter().zip([0.0, 0.06, -0.06]) {
         tiny_llama(path, shift, architecture);
     }
-    let texts = root.join("texts");
+    let texts = root.join("domains");
     std::fs::create_dir_all(&texts).unwrap();
     let words = |step: usize, n: usize| -> String {
         (0..n)
@@ -253,6 +254,16 @@ fn the_texts_folder_is_remembered_for_the_family() {
     harness.state_mut().panel = Panel::Merge;
     full_perplexity_preview(&mut harness, None);
     assert_eq!(harness.state().texts.dir.as_deref(), Some(texts.as_path()));
+    drop(harness);
+
+    // Without one remembered, a `texts` folder beside the base is the default (the language-
+    // model demo family ships its domains' held-out text so).
+    let beside = dir.path().join("texts");
+    std::fs::rename(&texts, &beside).unwrap();
+    let mut harness = harness_on(&models);
+    harness.state_mut().panel = Panel::Merge;
+    full_perplexity_preview(&mut harness, None);
+    assert_eq!(harness.state().texts.dir.as_deref(), Some(beside.as_path()));
 }
 
 #[test]

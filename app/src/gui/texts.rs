@@ -85,14 +85,21 @@ impl Workbench {
         self.worker.send(Command::LoadTexts { dir, files });
     }
 
-    /// Reads the texts chosen for the open family before, if any; returns whether it did.
+    /// Reads the texts chosen for the open family before, else a `texts` folder beside its
+    /// base (where the language-model demo family keeps its domains' held-out text), if any;
+    /// returns whether it did.
     pub fn reread_texts(&mut self) -> bool {
-        let remembered = self
-            .family
-            .as_ref()
-            .filter(|f| f.language_model.is_some())
-            .and_then(|f| self.texts.remembered.get(&family_key(f)).cloned());
-        match remembered {
+        let Some(family) = self.family.as_ref().filter(|f| f.language_model.is_some()) else {
+            return false;
+        };
+        let beside = family.base.parent().map(|p| p.join("texts"));
+        let chosen = self
+            .texts
+            .remembered
+            .get(&family_key(family))
+            .cloned()
+            .or_else(|| beside.filter(|dir| dir.is_dir()));
+        match chosen {
             Some(dir) => {
                 self.set_texts(dir);
                 true
