@@ -274,10 +274,13 @@ pub(super) mod tests {
         assert!(text.contains("yarn"), "{text}");
         let mut wrong = config("LlamaForCausalLM");
         wrong["hidden_size"] = serde_json::json!("wide");
-        assert!(matches!(
-            CausalLm::load(&wrong, path, &vb, "m").unwrap_err(),
-            LmError::BadConfig { .. }
-        ));
+        let error = CausalLm::load(&wrong, path, &vb, "m").unwrap_err();
+        assert!(matches!(error, LmError::BadConfig { .. }));
+        let text = error.to_string();
+        assert!(
+            text.contains("`hidden_size` is \"wide\"") && text.contains("LlamaForCausalLM"),
+            "{text}"
+        );
         wrong = config("LlamaForCausalLM");
         wrong["num_hidden_layers"] = serde_json::json!(3);
         let missing = CausalLm::load(&wrong, path, &vb, "m")

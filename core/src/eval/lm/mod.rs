@@ -70,15 +70,16 @@ impl CausalLm {
         vb: &VarBuilder<'_>,
         model: &str,
     ) -> Result<Self, LmError> {
+        let architecture = architecture(config);
+        // The architecture decides which keys are read, so a missing key is said with it.
         let bad_config = |reason: String| LmError::BadConfig {
             config: config_path.to_path_buf(),
-            reason,
+            reason: format!("{reason} (read as a {architecture} configuration)"),
         };
         let weights = |source| LmError::Weights {
             model: model.to_owned(),
             source,
         };
-        let architecture = architecture(config);
         if let Some(options) = configs::decoder_options(architecture, config) {
             let options = options.map_err(bad_config)?;
             return decoder::Decoder::load(vb, &options)
