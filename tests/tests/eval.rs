@@ -401,8 +401,8 @@ fn perplexity_per_domain_of_a_language_model_and_of_a_recipes_merge() {
     let config = root.join("base/config.json");
     let text = std::fs::read_to_string(&config)
         .unwrap()
-        .replace("LlamaForCausalLM", "GPT2LMHeadModel");
+        .replace("LlamaForCausalLM", "BertForMaskedLM");
     std::fs::write(&config, text).unwrap();
     let ran = run(BIN, root, &["eval", "base", "--objective", "ppl:texts"]);
-    ran.assert_user_error(&["GPT2LMHeadModel", "LlamaForCausalLM"]);
+    ran.assert_user_error(&["BertForMaskedLM", "LlamaForCausalLM"]);
 }
