@@ -185,6 +185,10 @@ fn a_language_model_familys_merge_is_previewed_by_its_perplexity_per_domain() {
     let entry = app.history.entries.last().unwrap();
     assert_eq!(entry.objective, "perplexity");
     assert_eq!(entry.scores["code/perplexity"], before);
+    // And an export's model card.
+    let card = mergescope::gui::panels::export::card_scores(app, &yaml).unwrap();
+    assert_eq!(card.objective, "perplexity (all text)");
+    assert!(card.comparison.metric("code/perplexity").is_some());
 
     // Held: quick previews on each domain's first tokens; released: the full text.
     let rect = slider(&harness, "a weight");

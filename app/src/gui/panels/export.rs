@@ -248,7 +248,9 @@ pub fn card_scores(app: &Workbench, yaml: &str) -> Option<CardScores> {
     // What the preview's comparison lists: one number per task, and their mean.
     let shown: Scores = scores
         .into_iter()
-        .filter(|(m, _)| m.ends_with("/accuracy") || m.starts_with("retention/"))
+        .filter(|(m, _)| {
+            m.ends_with("/accuracy") || m.ends_with("/perplexity") || m.starts_with("retention/")
+        })
         .collect();
     if shown.is_empty() {
         return None;
@@ -275,6 +277,7 @@ pub fn card_scores(app: &Workbench, yaml: &str) -> Option<CardScores> {
         *scores = short(std::mem::take(scores));
     }
     let grade = match (preview.scores.is_empty(), preview.full) {
+        (false, true) if preview.is_perplexity() => " (all text)",
         (false, true) => " (all test digits)",
         (false, false) => " (quick estimate)",
         (true, _) => "",
