@@ -17,6 +17,7 @@ pub mod generate;
 pub mod gpt2;
 pub mod llama;
 pub mod perplexity;
+pub mod train;
 
 use std::path::{Path, PathBuf};
 
