@@ -175,6 +175,8 @@ pub struct Workbench {
     pub pareto: super::pareto::ParetoState,
     /// The Sweep panel: its parameters and the cells computed so far.
     pub sweep: super::sweep::SweepState,
+    /// The Merge panel's generation preview (language-model families): prompt, columns, thread.
+    pub generation: super::generator::Generation,
     /// The text domains a language-model family's merges are scored on.
     pub texts: super::texts::Texts,
     /// A recipe to load once the family it names has opened.
@@ -317,6 +319,7 @@ impl Workbench {
             recent: Vec::new(),
             pareto: super::pareto::ParetoState::default(),
             sweep: super::sweep::SweepState::default(),
+            generation: super::generator::Generation::default(),
             texts: super::texts::Texts::default(),
             pending_recipe: None,
             ctx: ctx.clone(),

@@ -3,6 +3,7 @@
 pub mod app;
 pub mod chart;
 pub mod curve_editor;
+pub mod generator;
 pub mod help;
 pub mod history;
 pub mod interrupt;

@@ -70,6 +70,7 @@ pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
 
     ui.separator();
     super::preview::show(app, ui);
+    super::generation::show(app, ui, &yaml);
     ui.separator();
     super::history::show(app, ui);
     ui.separator();

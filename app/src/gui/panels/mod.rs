@@ -3,6 +3,7 @@
 use crate::gui::app::Workbench;
 
 pub mod export;
+pub mod generation;
 pub mod history;
 pub mod interference;
 pub mod merge;
