@@ -13,6 +13,7 @@
 
 mod configs;
 pub mod decoder;
+pub mod demo;
 pub mod generate;
 pub mod gpt2;
 pub mod llama;
