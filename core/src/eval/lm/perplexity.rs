@@ -193,7 +193,8 @@ impl Perplexity {
     }
 
     /// `DOMAIN/nll` (nats per token) and `DOMAIN/perplexity` for every domain, and their
-    /// means; `Subsample(n)` scores each domain's first `n` tokens.
+    /// means; `Subsample(n)` scores each domain's first `n` tokens, in windows that do not
+    /// overlap (each window's first token is then left out).
     pub fn score(&self, model: &CausalLm, fidelity: Fidelity) -> candle_core::Result<Scores> {
         self.score_until(model, fidelity, &CancelToken::default())
             .map_err(|e| match e {
@@ -213,9 +214,11 @@ impl Perplexity {
         let mut scores = Scores::new();
         let (mut nll_sum, mut ppl_sum) = (0.0, 0.0);
         for (name, tokens) in &self.domains.domains {
-            let tokens = match fidelity {
-                Fidelity::Full => tokens.as_slice(),
-                Fidelity::Subsample(n) => &tokens[..n.clamp(2, tokens.len())],
+            // The quick grade reads its tokens once, in windows side by side: a third less
+            // work than overlapping ones, for an estimate while a slider is held.
+            let (tokens, stride) = match fidelity {
+                Fidelity::Full => (tokens.as_slice(), self.stride),
+                Fidelity::Subsample(n) => (&tokens[..n.clamp(2, tokens.len())], self.window),
             };
             let logits = |w: &[u32]| {
                 if cancel.is_cancelled() {
@@ -224,7 +227,7 @@ impl Perplexity {
                 model.logits(w)
             };
             let (total, count) =
-                windowed_nll(logits, tokens, self.window, self.stride).map_err(|e| {
+                windowed_nll(logits, tokens, self.window, stride).map_err(|e| {
                     if cancel.is_cancelled() {
                         ScoreError::Cancelled
                     } else {
