@@ -640,7 +640,7 @@ fn loading_a_recipe_opens_the_models_it_names() {
     });
     let state = harness.state();
     let family = state.family.as_ref().unwrap();
-    assert!(family.is_demo && !family.builtin);
+    assert!(family.is_demo && family.builtin.is_none());
     let settings = state.settings.as_ref().unwrap();
     assert_eq!(settings.method, "dare_ties");
     assert!(settings.per_layer);

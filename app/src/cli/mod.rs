@@ -27,8 +27,8 @@ use mergescope_core::export::parse_shard_size;
 
 /// What `--help` says after the options: the two faces of the program.
 const AFTER_HELP: &str = "Without a command, mergescope opens the workbench window: on the \
-built-in demo family, on the models given (the base first), or on a recipe's models \
-(--recipe). Every command runs headless, with no window and no display, on the same \
+built-in demo family, on the built-in language-model demo (--lm-demo), on the models given (the \
+base first), or on a recipe's models (--recipe). Every command runs headless, with no window and no display, on the same \
 mergekit-style YAML recipes the workbench saves and exports.";
 
 /// A workbench for model merging: a window to see where fine-tunes differ from their base and
@@ -61,6 +61,11 @@ pub struct Cli {
     /// in the Merge panel.
     #[arg(long, value_parser = path_arg, conflicts_with = "models")]
     recipe: Option<PathBuf>,
+    /// Without a command: open the workbench on the built-in language-model demo family (a
+    /// small Llama and fine-tunes on code, docs and legal text) with its task-arithmetic
+    /// recipe, its merges previewed by perplexity on each domain's held-out text.
+    #[arg(long, conflicts_with_all = ["models", "recipe"])]
+    lm_demo: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -163,6 +168,7 @@ pub fn main() -> ExitCode {
         return match crate::gui::run(crate::gui::Startup {
             paths: cli.models,
             recipe: cli.recipe,
+            lm_demo: cli.lm_demo,
             panel: cli.panel,
             backend: cli.backend.into(),
             interrupt: interrupt.clone(),
@@ -287,5 +293,26 @@ fn coefficient(s: &str) -> Result<f64, String> {
         Ok(x)
     } else {
         Err(format!("{x} is outside the allowed range {bounds}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lm_demo_opens_the_window_on_the_language_model_demo_on_any_panel() {
+        let cli = Cli::try_parse_from(["mergescope", "--lm-demo", "--panel", "merge"]).unwrap();
+        assert!(cli.lm_demo && cli.command.is_none() && cli.models.is_empty());
+        assert_eq!(cli.panel, Some(crate::gui::app::Panel::Merge));
+        assert!(!Cli::try_parse_from(["mergescope"]).unwrap().lm_demo);
+        // It names the models to open: none may be given besides, nor a recipe.
+        for conflicting in [
+            &["mergescope", "--lm-demo", "base", "a"][..],
+            &["mergescope", "--lm-demo", "--recipe", "r.yml"],
+        ] {
+            let e = Cli::try_parse_from(conflicting).unwrap_err();
+            assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict);
+        }
     }
 }

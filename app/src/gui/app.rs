@@ -8,7 +8,7 @@ use mergescope_core::analysis::{Report, Survival};
 use mergescope_core::eval::Scores;
 
 use super::panels;
-use super::state::{MergeSettings, OpenFamily};
+use super::state::{BuiltinDemo, MergeSettings, OpenFamily};
 use super::worker::{Command, Event, MakeBackend, Worker};
 
 /// Families up to this size are analysed as soon as they open.
@@ -73,7 +73,12 @@ const NOTICE_LOG: usize = 100;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum OpenRequest {
     Demo,
-    Models { base: PathBuf, models: Vec<PathBuf> },
+    /// The language-model demo family, with its task-arithmetic recipe and its texts.
+    LmDemo,
+    Models {
+        base: PathBuf,
+        models: Vec<PathBuf>,
+    },
     Recipe(PathBuf),
 }
 
@@ -211,6 +216,38 @@ fn same_path(a: &std::path::Path, b: &std::path::Path) -> bool {
 pub struct RecentFamily {
     pub base: PathBuf,
     pub models: Vec<PathBuf>,
+}
+
+/// The language-model demo's recipe the workbench opens it with.
+const LM_DEMO_RECIPE: &str = "task_arithmetic";
+
+/// [`LM_DEMO_RECIPE`] as shipped, its models named by their paths in `family`: the shipped
+/// text names them `../base`, `../code`, …, which a recipe reader looks for in the current
+/// folder first (as mergekit does), where a `docs` folder may well be another one.
+fn lm_demo_recipe(family: &mergescope_core::eval::lm::demo::LmDemoFamily) -> String {
+    use mergescope_core::merge::recipe::Recipe;
+    let (_, text) = mergescope_core::eval::lm::demo::RECIPES
+        .iter()
+        .find(|(name, _)| *name == LM_DEMO_RECIPE)
+        .expect("the language-model demo ships a task_arithmetic recipe");
+    let file = family.recipe(LM_DEMO_RECIPE);
+    let Ok(mut recipe) = Recipe::from_yaml(text, &file) else {
+        // Reported when it is loaded, as any recipe's error is.
+        return (*text).to_owned();
+    };
+    let folder = file.parent().unwrap_or(&family.root);
+    let absolute = |model: &str| {
+        let path = std::path::Path::new(model);
+        path.strip_prefix("..")
+            .map_or_else(|_| folder.join(path), |rest| family.root.join(rest))
+            .display()
+            .to_string()
+    };
+    recipe.base_model = recipe.base_model.as_deref().map(absolute);
+    for entry in &mut recipe.models {
+        entry.model = absolute(&entry.model);
+    }
+    recipe.to_yaml()
 }
 
 /// How many recent families are kept.
@@ -354,9 +391,13 @@ impl Workbench {
                 self.pareto.running = false;
                 self.kept_settings = self.settings.clone();
                 let reopened = match &self.family {
-                    Some(family) if family.builtin => {
+                    Some(family) if family.builtin == Some(BuiltinDemo::Digits) => {
                         self.worker.send(Command::OpenDemo);
                         "; reopening the demo family"
+                    }
+                    Some(family) if family.builtin == Some(BuiltinDemo::Language) => {
+                        self.worker.send(Command::OpenLmDemo);
+                        "; reopening the language-model demo family"
                     }
                     Some(family) => {
                         self.worker.send(Command::Open {
@@ -426,6 +467,13 @@ impl Workbench {
         self.request_open(OpenRequest::Demo);
     }
 
+    /// Opens the built-in language-model demo family with its task-arithmetic recipe, its
+    /// held-out texts chosen (so the perplexity preview runs at once), after asking if the
+    /// Merge panel's settings are unsaved.
+    pub fn open_lm_demo(&mut self) {
+        self.request_open(OpenRequest::LmDemo);
+    }
+
     /// Opens `base` and `models`, after asking if the Merge panel's settings are unsaved.
     pub fn open(&mut self, base: PathBuf, models: Vec<PathBuf>) {
         self.request_open(OpenRequest::Models { base, models });
@@ -465,6 +513,22 @@ impl Workbench {
             OpenRequest::Demo => {
                 self.start_job("opening the demo family");
                 self.worker.send(Command::OpenDemo);
+            }
+            OpenRequest::LmDemo => {
+                // Its shipped recipe, once open (a reopen keeps the settings instead).
+                if self.kept_settings.is_none() {
+                    let family = mergescope_core::eval::lm::demo::LmDemoFamily {
+                        root: super::worker::lm_demo_root(),
+                    };
+                    self.pending_recipe = Some(PendingRecipe {
+                        text: lm_demo_recipe(&family),
+                        file: family.recipe(LM_DEMO_RECIPE),
+                        base: family.base(),
+                        models: family.experts(),
+                    });
+                }
+                self.start_job("opening the language-model demo family");
+                self.worker.send(Command::OpenLmDemo);
             }
             OpenRequest::Models { base, models } => {
                 self.start_job("opening");
@@ -538,7 +602,7 @@ impl Workbench {
 
     /// Remembers a family the user opened (most recent first, at most [`RECENT`]).
     fn remember(&mut self, family: &OpenFamily) {
-        if family.builtin {
+        if family.builtin.is_some() {
             return;
         }
         let entry = RecentFamily {
@@ -849,6 +913,7 @@ impl Workbench {
         };
         let what = match &request {
             OpenRequest::Demo => "Opening the demo family".to_owned(),
+            OpenRequest::LmDemo => "Opening the language-model demo family".to_owned(),
             OpenRequest::Models { base, .. } => format!("Opening {}", base.display()),
             OpenRequest::Recipe(file) => format!("Loading {}", file.display()),
         };
@@ -1044,10 +1109,10 @@ impl Workbench {
                     let (base, models, builtin) =
                         (family.base.clone(), family.models.clone(), family.builtin);
                     self.kept_settings = self.settings.clone();
-                    self.open_now(if builtin {
-                        OpenRequest::Demo
-                    } else {
-                        OpenRequest::Models { base, models }
+                    self.open_now(match builtin {
+                        Some(BuiltinDemo::Digits) => OpenRequest::Demo,
+                        Some(BuiltinDemo::Language) => OpenRequest::LmDemo,
+                        None => OpenRequest::Models { base, models },
                     });
                 }
                 // One line however long; the whole text on hover.

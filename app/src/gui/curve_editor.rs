@@ -511,7 +511,7 @@ mod tests {
             members: Vec::new(),
             issues: Vec::new(),
             is_demo: false,
-            builtin: false,
+            builtin: None,
             tensor_names: names.iter().map(|n| (*n).to_owned()).collect(),
             layers: 2,
             language_model: None,

@@ -25,8 +25,11 @@ pub use app::Workbench;
 
 /// What the window opens on.
 pub struct Startup {
-    /// Models, the base first; none: the demo family.
+    /// Models, the base first; none: the demo family (or the language-model one, `lm_demo`).
     pub paths: Vec<PathBuf>,
+    /// Opens the built-in language-model demo family (instead of `paths` and `recipe`), with
+    /// its task-arithmetic recipe and its texts.
+    pub lm_demo: bool,
     /// A mergekit recipe whose models are opened and whose settings are loaded (instead of
     /// `paths`).
     pub recipe: Option<PathBuf>,
@@ -69,6 +72,7 @@ pub fn run(startup: Startup) -> eframe::Result {
             }
             app.load_remembered(cc.storage);
             match startup.recipe {
+                _ if startup.lm_demo => app.open_lm_demo(),
                 Some(recipe) => app.load_recipe(recipe),
                 None => app.open_paths(&startup.paths),
             }

@@ -24,6 +24,17 @@ pub struct MemberInfo {
     pub bytes: u64,
 }
 
+/// The families shipped inside the binary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BuiltinDemo {
+    /// A tiny ViT and experts for rotated, mirrored and inverted digits
+    /// ([`mergescope_core::eval::DemoFamily`]).
+    Digits,
+    /// A small Llama-shaped base and fine-tunes on code, docs and legal text, with their
+    /// held-out texts ([`mergescope_core::eval::lm::demo::LmDemoFamily`]).
+    Language,
+}
+
 /// The family that is open.
 #[derive(Clone, Debug)]
 pub struct OpenFamily {
@@ -34,8 +45,9 @@ pub struct OpenFamily {
     pub issues: Vec<String>,
     /// Built on the demo family's base: previews score merges on the demo's digits.
     pub is_demo: bool,
-    /// The built-in demo family itself (one click away, so not kept among recent families).
-    pub builtin: bool,
+    /// One of the built-in demo families itself (one click away, so not kept among recent
+    /// families).
+    pub builtin: Option<BuiltinDemo>,
     /// The base's tensor names (for module filters).
     pub tensor_names: Vec<String>,
     /// Blocks in the deepest stack: the x axis of per-layer curves.
@@ -686,7 +698,7 @@ mod tests {
             members: Vec::new(),
             issues: Vec::new(),
             is_demo: false,
-            builtin: false,
+            builtin: None,
             tensor_names: [
                 "model.embed_tokens.weight",
                 "model.layers.0.self_attn.q_proj.weight",

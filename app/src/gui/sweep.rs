@@ -280,7 +280,7 @@ mod tests {
             members: Vec::new(),
             issues: Vec::new(),
             is_demo: false,
-            builtin: false,
+            builtin: None,
             tensor_names: Vec::new(),
             layers: 4,
             language_model: None,

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use mergescope_core::eval::lm::perplexity::Perplexity;
 
 use super::app::{Notice, Workbench};
-use super::state::OpenFamily;
+use super::state::{BuiltinDemo, OpenFamily};
 use super::worker::Command;
 
 /// The storage key of the folders chosen per family.
@@ -87,18 +87,18 @@ impl Workbench {
 
     /// Reads the texts chosen for the open family before, else a `texts` folder beside its
     /// base (where the language-model demo family keeps its domains' held-out text), if any;
-    /// returns whether it did.
+    /// returns whether it did. The built-in language-model demo always reads its own.
     pub fn reread_texts(&mut self) -> bool {
         let Some(family) = self.family.as_ref().filter(|f| f.language_model.is_some()) else {
             return false;
         };
         let beside = family.base.parent().map(|p| p.join("texts"));
-        let chosen = self
-            .texts
-            .remembered
-            .get(&family_key(family))
-            .cloned()
-            .or_else(|| beside.filter(|dir| dir.is_dir()));
+        // The language-model demo opens on its own held-out texts, whatever was chosen before.
+        let remembered = match family.builtin {
+            Some(BuiltinDemo::Language) => None,
+            _ => self.texts.remembered.get(&family_key(family)).cloned(),
+        };
+        let chosen = remembered.or_else(|| beside.filter(|dir| dir.is_dir()));
         match chosen {
             Some(dir) => {
                 self.set_texts(dir);

@@ -10,6 +10,7 @@ use std::time::Instant;
 use mergescope_core::analysis::{AnalysisSettings, Report, Survival, analyze_with_partials};
 use mergescope_core::backend::{Backend, Cpu};
 use mergescope_core::eval::compare::InputScores;
+use mergescope_core::eval::lm::demo::LmDemoFamily;
 use mergescope_core::eval::{DemoFamily, Scores};
 use mergescope_core::export::ExportOptions;
 use mergescope_core::family::{Family, Member};
@@ -21,7 +22,7 @@ use mergescope_core::{CancelToken, Checkpoint, Job};
 
 use super::pareto::{ParetoObjective, ParetoRequest, ParetoUpdate};
 use super::previewer::{PreviewRequest, Previewer};
-use super::state::{MemberInfo, OpenFamily};
+use super::state::{BuiltinDemo, MemberInfo, OpenFamily};
 use super::texts::LoadedTexts;
 
 /// What a family's previews are compared with.
@@ -49,6 +50,8 @@ impl FamilyInputs {
 #[derive(Debug)]
 pub enum Command {
     OpenDemo,
+    /// The language-model demo family, extracted to [`lm_demo_root`].
+    OpenLmDemo,
     Open {
         base: PathBuf,
         models: Vec<PathBuf>,
@@ -382,12 +385,22 @@ impl Engine {
                         .iter()
                         .map(|&d| family.expert(d))
                         .collect();
-                    self.open(&family.base(), &experts, true, true)
+                    self.open(&family.base(), &experts, true, Some(BuiltinDemo::Digits))
+                }),
+            Command::OpenLmDemo => LmDemoFamily::extract(&lm_demo_root())
+                .map_err(|e| e.to_string())
+                .and_then(|family| {
+                    self.open(
+                        &family.base(),
+                        &family.experts(),
+                        false,
+                        Some(BuiltinDemo::Language),
+                    )
                 }),
             Command::Open { base, models } => {
                 // A family built on the demo's base can be scored on the demo's digits.
                 let is_demo = DemoFamily::is_base(&base);
-                self.open(&base, &models, is_demo, false)
+                self.open(&base, &models, is_demo, None)
             }
             Command::Analyze => self.analyze(epoch),
             Command::ScoreInputs {
@@ -433,7 +446,7 @@ impl Engine {
         base: &Path,
         models: &[PathBuf],
         is_demo: bool,
-        builtin: bool,
+        builtin: Option<BuiltinDemo>,
     ) -> Result<Event, String> {
         let member = |path: &Path| -> Result<Member, String> {
             Ok(Member {
@@ -796,7 +809,7 @@ impl Command {
     /// The job in a few words, for messages about it.
     fn describe(&self) -> &'static str {
         match self {
-            Self::OpenDemo | Self::Open { .. } => "opening the models",
+            Self::OpenDemo | Self::OpenLmDemo | Self::Open { .. } => "opening the models",
             Self::Analyze => "the analysis",
             Self::ScoreInputs { .. } => "scoring the base and each model",
             Self::LoadTexts { .. } => "reading the texts",
@@ -846,4 +859,11 @@ fn demo_root() -> PathBuf {
     mergescope_core::analysis::cache_dir()
         .unwrap_or_else(std::env::temp_dir)
         .join("demo-family")
+}
+
+/// Where the language-model demo family is unpacked: beside the digits demo.
+pub fn lm_demo_root() -> PathBuf {
+    mergescope_core::analysis::cache_dir()
+        .unwrap_or_else(std::env::temp_dir)
+        .join("lm-demo-family")
 }

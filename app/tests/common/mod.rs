@@ -167,3 +167,63 @@ pub fn write_safetensors(
         .collect();
     safetensors::serialize_to_file(views, None, path).unwrap();
 }
+
+/// Bytes of each domain's held-out text the language-model demo is scored on in tests: the
+/// whole texts take minutes per model in an unoptimised build.
+pub const LM_DEMO_TEXT_BYTES: usize = 800;
+
+/// Opens the built-in language-model demo (as its button in the Models panel does) and waits
+/// until it is open with its own `texts` folder chosen; then scores it on the first
+/// [`LM_DEMO_TEXT_BYTES`] of each of those texts instead, copied into the folder returned.
+/// The whole texts are never read: the folder is replaced before they arrive.
+pub fn open_lm_demo(harness: &mut Harness<'_, Workbench>) -> tempfile::TempDir {
+    harness.state_mut().open_lm_demo();
+    lm_demo_opened(harness)
+}
+
+/// [`open_lm_demo`] once it was asked for (its button clicked).
+pub fn lm_demo_opened(harness: &mut Harness<'_, Workbench>) -> tempfile::TempDir {
+    use mergescope::gui::state::BuiltinDemo;
+    let root = step_until(harness, "the language-model demo to open", |app| {
+        app.family
+            .as_ref()
+            .filter(|f| f.builtin == Some(BuiltinDemo::Language))
+            .map(|f| f.base.parent().unwrap().to_path_buf())
+    });
+    let app = harness.state();
+    assert_eq!(
+        app.texts.dir.as_deref(),
+        Some(root.join("texts").as_path()),
+        "its texts are chosen as it opens"
+    );
+    assert!(app.texts.loading, "and are being read");
+    let short = tempfile::tempdir().unwrap();
+    for domain in mergescope_core::eval::lm::demo::DOMAINS {
+        let name = format!("{domain}.txt");
+        let text = std::fs::read_to_string(root.join("texts").join(&name)).unwrap();
+        let end = text
+            .char_indices()
+            .map(|(i, _)| i)
+            .find(|&i| i >= LM_DEMO_TEXT_BYTES)
+            .unwrap_or(text.len());
+        std::fs::write(short.path().join(name), &text[..end]).unwrap();
+    }
+    harness.state_mut().set_texts(short.path().to_path_buf());
+    harness.run_ok();
+    short
+}
+
+/// Steps until the open language-model family's merge has its full preview on the texts
+/// loaded, with the base's and each model's perplexities beside it (the Merge panel, which
+/// asks for the preview, must be showing).
+pub fn lm_previewed(harness: &mut Harness<'_, Workbench>) {
+    wait_for(harness, "the merge previewed on the texts", |app| {
+        let texts = app.texts.loaded.as_ref().map(|t| &t.dir);
+        texts.is_some()
+            && app.preview.as_ref().is_some_and(|p| {
+                p.full
+                    && p.is_perplexity()
+                    && p.inputs.as_ref().is_some_and(|i| i.texts.as_ref() == texts)
+            })
+    });
+}

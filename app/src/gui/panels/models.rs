@@ -1,4 +1,4 @@
-//! Models: open a base and fine-tunes (demo family, typed paths, the file dialog, or files
+//! Models: open a base and fine-tunes (the demo families, typed paths, the file dialog, or files
 //! dropped on the window) and see what was opened and how it lines up.
 
 use std::path::PathBuf;
@@ -7,16 +7,37 @@ use mergescope_core::layout::LayerKey;
 
 use crate::gui::app::{Notice, Workbench};
 use crate::gui::panels::export::folder_dialog_ui;
+use crate::gui::state::BuiltinDemo;
 use crate::gui::text::{elide_middle, human_bytes, human_count};
+
+/// What the language-model demo family is.
+const LM_DEMO: &str = "a small Llama-shaped base and fine-tunes on Python source (code), \
+     Python's language reference (docs) and software licences (legal), opened with the \
+     task-arithmetic recipe; the Merge panel previews merges by perplexity on each domain's \
+     held-out text and generates text with each model";
 
 /// Tensor names longer than this are shortened in the middle (the whole name on hover).
 const NAME_CHARS: usize = 56;
 
 pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
     ui.heading("Models");
-    ui.horizontal(|ui| {
-        if ui.button("Open the demo family").clicked() {
+    ui.horizontal_wrapped(|ui| {
+        if ui
+            .button("Open the demo family")
+            .on_hover_text(
+                "A tiny ViT base and experts for upright, rotated, mirrored and inverted \
+                 handwritten digits; merges are previewed by test accuracy",
+            )
+            .clicked()
+        {
             app.open_demo();
+        }
+        if ui
+            .button("Open the language-model demo")
+            .on_hover_text(LM_DEMO)
+            .clicked()
+        {
+            app.open_lm_demo();
         }
         ui.label("or drop model files, folders or a recipe (.yml) on the window");
     });
@@ -104,11 +125,13 @@ pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
         ui.label("No family open yet.");
         return;
     };
-    if family.builtin {
+    if family.builtin == Some(BuiltinDemo::Digits) {
         ui.label(
             "The built-in demo family: a tiny ViT base and experts for upright, rotated, \
              mirrored and inverted handwritten digits (UCI, CC BY 4.0).",
         );
+    } else if family.builtin == Some(BuiltinDemo::Language) {
+        ui.add(egui::Label::new(format!("The built-in language-model demo: {LM_DEMO}.")).wrap());
     } else if family.is_demo {
         ui.label("Built on the demo family's base: previews score merges on the demo's digits.");
     }
