@@ -34,20 +34,44 @@ fn demo_lm_merges_the_family_and_prints_perplexity_per_domain() {
     let stdout = ran.stdout();
     assert!(stdout.contains("first 200 tokens"), "{stdout}");
     let base = row(&stdout, "base");
+    let experts: Vec<Vec<f64>> = DOMAINS
+        .iter()
+        .map(|d| row(&stdout, &format!("{d} fine-tune")))
+        .collect();
     for (i, domain) in DOMAINS.iter().enumerate() {
-        let expert = row(&stdout, &format!("{domain} fine-tune"));
+        // Each fine-tune is clearly best on its own domain: below 0.95 of the base (code has
+        // the narrowest margin, 0.92 on these tokens) and below every other fine-tune.
         assert!(
-            expert[i] < base[i],
+            experts[i][i] < 0.95 * base[i],
             "{domain}: fine-tune {} vs base {}",
-            expert[i],
+            experts[i][i],
             base[i]
         );
+        for (j, other) in experts.iter().enumerate() {
+            assert!(
+                j == i || experts[i][i] < other[i],
+                "{domain}: its fine-tune {} vs the {} fine-tune {}",
+                experts[i][i],
+                DOMAINS[j],
+                other[i]
+            );
+        }
     }
+    // The shipped task-arithmetic merge keeps much of each: better than the base and than
+    // every single fine-tune on the mean (148 vs 160 and 154 to 220 on these tokens).
     let merged = row(&stdout, "merged (task_arithmetic)");
+    let mean = DOMAINS.len();
     assert!(
         merged.iter().all(|p| p.is_finite() && *p > 1.0),
         "{merged:?}"
     );
+    assert!(merged[mean] < base[mean], "{merged:?} vs base {base:?}");
+    for (expert, domain) in experts.iter().zip(DOMAINS) {
+        assert!(
+            merged[mean] < expert[mean],
+            "{merged:?} vs the {domain} fine-tune {expert:?}"
+        );
+    }
     let family = dir.path().join("family");
     for file in [
         "base/model.safetensors",

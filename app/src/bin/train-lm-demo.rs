@@ -42,6 +42,8 @@ struct Args {
     base_steps: usize,
     #[arg(long, default_value_t = LmTrainOptions::default().expert_steps)]
     expert_steps: usize,
+    #[arg(long, default_value_t = LmTrainOptions::default().base_share)]
+    base_share: f64,
     #[arg(long, default_value_t = LmTrainOptions::default().batch)]
     batch: usize,
     #[arg(long, default_value_t = LmTrainOptions::default().base_lr)]
@@ -51,27 +53,31 @@ struct Args {
 }
 
 /// The shipped merges of the experts, as (name, comment, method, per-model parameters,
-/// whether the base is named); written next to the models so users can run them.
-const RECIPES: [(&str, &str, &str, &str, bool); 3] = [
+/// the recipe's own parameters, whether the base is named); written next to the models so
+/// users can run them.
+const RECIPES: [(&str, &str, &str, &str, Option<&str>, bool); 3] = [
     (
         "linear",
         "The plain average of the experts (Model Soups).",
         "linear",
         "{weight: 1.0}",
+        None,
         false,
     ),
     (
         "task_arithmetic",
-        "The base plus 0.5 × each expert's task vector.",
+        "The base plus 0.4 × the sum of the experts' task vectors.",
         "task_arithmetic",
-        "{weight: 0.5}",
+        "{weight: 1.0}",
+        Some("{lambda: 0.4}"),
         true,
     ),
     (
         "ties",
-        "TIES: top half of each task vector, elected signs, disjoint mean.",
+        "TIES: top half of each task vector, elected signs, disjoint mean, scaled by 0.4.",
         "ties",
         "{weight: 1.0, density: 0.5}",
+        Some("{lambda: 0.4}"),
         true,
     ),
 ];
@@ -81,11 +87,15 @@ fn recipe_text(
     comment: &str,
     method: &str,
     params: &str,
+    globals: Option<&str>,
     base: bool,
 ) -> String {
     let mut text = format!("# {comment}\nmerge_method: {method}\n");
     if base {
         text.push_str("base_model: ../base\n");
+    }
+    if let Some(globals) = globals {
+        let _ = writeln!(text, "parameters: {globals}");
     }
     text.push_str("models:\n");
     for domain in domains {
@@ -102,6 +112,7 @@ fn main() -> anyhow::Result<()> {
         vocab_size: args.vocab_size,
         base_steps: args.base_steps,
         expert_steps: args.expert_steps,
+        base_share: args.base_share,
         batch: args.batch,
         base_lr: args.base_lr,
         expert_lr: args.expert_lr,
@@ -162,10 +173,10 @@ fn main() -> anyhow::Result<()> {
     let names: Vec<String> = texts.iter().map(|d| d.name.clone()).collect();
     let recipes = args.out.join("recipes");
     std::fs::create_dir_all(&recipes)?;
-    for (name, comment, method, params, base) in RECIPES {
+    for (name, comment, method, params, globals, base) in RECIPES {
         std::fs::write(
             recipes.join(format!("{name}.yml")),
-            recipe_text(&names, comment, method, params, base),
+            recipe_text(&names, comment, method, params, globals, base),
         )?;
     }
 

@@ -290,10 +290,44 @@ impl Decoder {
         let offset = cache.len();
         check_window(tokens, offset, o.max_positions, o.vocab)?;
         cache.check_layers(self.blocks.len())?;
-        let device = self.inv_freq.device();
-        let n = tokens.len();
-        let ids = Tensor::new(tokens, device)?.unsqueeze(0)?;
-        let mut x = self.embed.forward(&ids)?;
+        let ids = Tensor::new(tokens, self.inv_freq.device())?.unsqueeze(0)?;
+        let (logits, kept) = self.run(&ids, offset, &cache.layers)?;
+        cache.commit(kept, tokens.len());
+        logits.squeeze(0)
+    }
+
+    /// The logits at every position of a batch of windows read from the start, `ids`
+    /// (windows × tokens, u32): (windows × tokens × vocab), f32. Training reads this way; the
+    /// arithmetic is [`Self::forward`]'s, window by window.
+    pub fn forward_batch(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        let o = &self.options;
+        let (_, n) = ids.dims2()?;
+        if n == 0 || n > o.max_positions {
+            candle_core::bail!(
+                "windows of {n} tokens; the model takes 1 to {}",
+                o.max_positions
+            );
+        }
+        let ids = ids.to_dtype(DType::U32)?;
+        let largest = ids.max_all()?.to_scalar::<u32>()?;
+        if largest as usize >= o.vocab {
+            candle_core::bail!("token {largest} is outside the vocabulary of {}", o.vocab);
+        }
+        Ok(self.run(&ids, 0, &[])?.0)
+    }
+
+    /// The decoder over `ids` (batch × n) at positions `offset ..`, after the keys and values
+    /// `past` holds (one pair a layer, or none): logits (batch × n × vocab, f32) and each
+    /// layer's keys and values to keep.
+    fn run(
+        &self,
+        ids: &Tensor,
+        offset: usize,
+        past: &[(Tensor, Tensor)],
+    ) -> candle_core::Result<(Tensor, Vec<(Tensor, Tensor)>)> {
+        let o = &self.options;
+        let n = ids.dim(1)?;
+        let mut x = self.embed.forward(ids)?;
         if let Some(scale) = o.embed_scale {
             x = (x * scale)?;
         }
@@ -302,12 +336,11 @@ impl Decoder {
         for (i, block) in self.blocks.iter().enumerate() {
             let h = self.norm_of(&block.input_norm, &x)?;
             let (q, k, v) = self.project(block, &h, &cos, &sin)?;
-            let past = cache.layers.get(i);
             let (y, k, v) = attend(
                 &q,
                 k,
                 v,
-                past,
+                past.get(i),
                 offset,
                 &Attention {
                     window: block.window,
@@ -340,13 +373,12 @@ impl Decoder {
             x = (x + m)?;
         }
         let x = self.norm_of(&self.norm, &x)?;
-        let logits = self.head.forward(&x)?.squeeze(0)?.to_dtype(DType::F32)?;
+        let logits = self.head.forward(&x)?.to_dtype(DType::F32)?;
         let logits = match o.final_softcap {
             Some(cap) => softcap(&logits, cap)?,
             None => logits,
         };
-        cache.commit(kept, n);
-        Ok(logits)
+        Ok((logits, kept))
     }
 
     /// The logits at every position of `tokens` (tokens × vocab, f32).
@@ -395,7 +427,7 @@ impl Decoder {
         }
     }
 
-    /// q (1, heads, n, head_dim) and k, v (1, kv_heads, n, head_dim), q and k rotated.
+    /// q (batch, heads, n, head_dim) and k, v (batch, kv_heads, n, head_dim), q and k rotated.
     fn project(
         &self,
         block: &Block,
@@ -454,9 +486,9 @@ pub(super) struct Attention {
     pub differentiable: bool,
 }
 
-/// Causal attention of the new positions' `q` (1, heads, n, d) over the keys and values
-/// `past` holds followed by `k`, `v` (1, kv_heads, n, d); positions start at `offset`.
-/// Returns the heads' outputs side by side (1, n, heads · d) and the keys and values to keep.
+/// Causal attention of the new positions' `q` (batch, heads, n, d) over the keys and values
+/// `past` holds followed by `k`, `v` (batch, kv_heads, n, d); positions start at `offset`.
+/// Returns the heads' outputs side by side (batch, n, heads · d) and the keys and values to keep.
 pub(super) fn attend(
     q: &Tensor,
     k: Tensor,

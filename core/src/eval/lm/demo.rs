@@ -219,16 +219,26 @@ mod tests {
                 .unwrap()
         };
         let base = score(&family.base());
-        for domain in DOMAINS {
-            let expert = score(&family.expert(domain));
+        let experts: Vec<_> = DOMAINS.iter().map(|d| score(&family.expert(d))).collect();
+        for (i, domain) in DOMAINS.iter().enumerate() {
             let key = format!("{domain}/perplexity");
-            // Legal has the narrowest margin: 0.95 of the base on these tokens (PERPLEXITY.md).
+            let own = experts[i][&key];
+            // Code has the narrowest margin: 0.89 of the base on these tokens (0.77 on the
+            // whole text, PERPLEXITY.md); docs 0.49, legal 0.65.
             assert!(
-                expert[&key] < 0.97 * base[&key],
-                "{domain}: expert {} vs base {}",
-                expert[&key],
+                own < 0.92 * base[&key],
+                "{domain}: expert {own} vs base {}",
                 base[&key]
             );
+            for (j, other) in DOMAINS.iter().enumerate() {
+                if j != i {
+                    assert!(
+                        own < experts[j][&key],
+                        "{domain}: its expert {own} vs the {other} expert {}",
+                        experts[j][&key]
+                    );
+                }
+            }
         }
     }
 }

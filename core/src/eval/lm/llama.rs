@@ -25,6 +25,12 @@ impl LlamaLm {
     pub fn logits(&self, tokens: &[u32]) -> candle_core::Result<Tensor> {
         self.0.logits(tokens)
     }
+
+    /// The logits of a batch of windows, `ids` (windows × tokens, u32): (windows × tokens ×
+    /// vocab), f32; each window's are [`Self::logits`]'s. The demo family trains this way.
+    pub fn logits_batch(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        self.0.forward_batch(ids)
+    }
 }
 
 /// Llama's decoder options for `config`.
