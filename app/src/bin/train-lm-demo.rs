@@ -52,10 +52,19 @@ struct Args {
     expert_lr: f64,
 }
 
-/// The shipped merges of the experts, as (name, comment, method, per-model parameters,
-/// the recipe's own parameters, whether the base is named); written next to the models so
-/// users can run them.
-const RECIPES: [(&str, &str, &str, &str, Option<&str>, bool); 3] = [
+/// A shipped merge's name, comment, method, per-model parameters, the recipe's own
+/// parameters and whether it names the base.
+type Recipe = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    Option<&'static str>,
+    bool,
+);
+
+/// The shipped merges of the experts; written next to the models so users can run them.
+const RECIPES: [Recipe; 3] = [
     (
         "linear",
         "The plain average of the experts (Model Soups).",
