@@ -9,6 +9,8 @@
 //!   14 query and 2 key/value heads, 151,936 tokens, tied embeddings): forward tokens/s over
 //!   a 128-token window and generation tokens/s.
 //!
+//! Run it with:
+//!
 //!     cargo bench -p mergescope-core --bench lm
 //!     MERGESCOPE_BENCH_SKIP_QWEN=1 cargo bench -p mergescope-core --bench lm   # the demo only
 
@@ -101,7 +103,7 @@ fn demo_family() {
         &files.config,
         &files.config_path,
         &ModelTensors::all_floats(
-            &mergescope_core::Checkpoint::open(&family.base()).expect("the base"),
+            &mergescope_core::Checkpoint::open(family.base()).expect("the base"),
         ),
         "base",
     )
