@@ -1,7 +1,8 @@
 //! The workbench's comforts, driven as a user would: the preview beside the base and each
 //! expert, undo and redo, the history with pins and side-by-side comparison that survives a
 //! restart, the message area, asking before unsaved settings are replaced, the editable
-//! recipe, and a layout that holds at 1024×700.
+//! recipe, and a layout that holds at 1024×700 and on a 4K screen, on the digits demo and on
+//! the language-model demo.
 
 use egui::accesskit::Role;
 use egui::{Key, Modifiers};
@@ -284,78 +285,215 @@ fn the_recipe_text_can_be_edited_and_is_checked_as_it_is_typed() {
 }
 
 /// Widgets a user clicks, drags or types into.
-const INTERACTIVE: [Role; 6] = [
+const INTERACTIVE: [Role; 7] = [
     Role::Button,
     Role::CheckBox,
     Role::Slider,
     Role::ComboBox,
     Role::TextInput,
     Role::SpinButton,
+    Role::RadioButton,
 ];
+
+/// 1024 × 700 points: a small laptop screen.
+const SMALL: egui::Vec2 = egui::vec2(1024.0, 700.0);
+/// 3840 × 2160 pixels at a scale of 2: 1920 × 1080 points.
+const FOUR_K: egui::Vec2 = egui::vec2(1920.0, 1080.0);
+
+/// The workbench on the digits demo in a window of `size` points at `pixels_per_point`.
+fn harness_at(size: egui::Vec2, pixels_per_point: f32) -> Harness<'static, Workbench> {
+    Harness::builder()
+        .with_size(size)
+        .with_pixels_per_point(pixels_per_point)
+        .build_eframe(|cc| {
+            let mut app = Workbench::new(&cc.egui_ctx, &[]).expect("the worker starts");
+            app.data_dir = None;
+            app
+        })
+}
 
 #[test]
 fn at_1024_by_700_no_widgets_overlap_and_none_is_cut_off() {
-    let size = egui::vec2(1024.0, 700.0);
-    let mut harness = harness_sized(&[], size);
-    let problems = layout_problems(&mut harness, size);
+    let mut harness = harness_sized(&[], SMALL);
+    digits_demo_with_everything_shown(&mut harness);
+    let problems = layout_problems(&mut harness, SMALL);
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
 #[test]
 fn on_a_4k_screen_at_twice_the_pixels_no_widgets_overlap() {
-    // 3840 × 2160 pixels at a scale of 2: 1920 × 1080 points.
-    let size = egui::vec2(1920.0, 1080.0);
-    let mut harness = Harness::builder()
-        .with_size(size)
-        .with_pixels_per_point(2.0)
-        .build_eframe(|cc| {
-            let mut app = Workbench::new(&cc.egui_ctx, &[]).expect("the worker starts");
-            app.data_dir = None;
-            app
-        });
-    let problems = layout_problems(&mut harness, size);
+    let mut harness = harness_at(FOUR_K, 2.0);
+    digits_demo_with_everything_shown(&mut harness);
+    let problems = layout_problems(&mut harness, FOUR_K);
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
-/// Every panel of the demo family in a window of `size` points: the widgets a user clicks,
-/// drags or types into that overlap another or stick out of the window.
-fn layout_problems(harness: &mut Harness<'_, Workbench>, size: egui::Vec2) -> Vec<String> {
+#[test]
+fn the_language_model_demo_at_1024_by_700_no_widgets_overlap_and_none_is_cut_off() {
+    let mut harness = harness_sized(&[], SMALL);
+    let _texts = lm_demo_with_everything_shown(&mut harness);
+    let problems = layout_problems(&mut harness, SMALL);
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn the_language_model_demo_on_a_4k_screen_no_widgets_overlap() {
+    let mut harness = harness_at(FOUR_K, 2.0);
+    let _texts = lm_demo_with_everything_shown(&mut harness);
+    let problems = layout_problems(&mut harness, FOUR_K);
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// The digits demo open and analysed, its merge previewed beside its inputs.
+fn digits_demo_with_everything_shown(harness: &mut Harness<'_, Workbench>) {
     opened(harness);
+    harness.state_mut().panel = Panel::Merge;
+    harness.run_ok();
+    full_preview(harness);
+}
+
+/// The language-model demo open and analysed, its merge previewed by perplexity beside its
+/// inputs, and the generation section's columns written for a prompt: everything its panels
+/// can show. Returns the texts' folder, which must outlive the test.
+fn lm_demo_with_everything_shown(harness: &mut Harness<'_, Workbench>) -> tempfile::TempDir {
+    opened(harness);
+    let texts = common::open_lm_demo(harness);
+    opened(harness);
+    harness.state_mut().panel = Panel::Merge;
+    harness.run_ok();
+    common::lm_previewed(harness);
+    step_until(harness, "the family seen as a language model", |app| {
+        app.generation.is_language_model().filter(|&yes| yes)
+    });
+    {
+        let generation = &mut harness.state_mut().generation;
+        generation.prompt = "def ".to_owned();
+        generation.max_tokens = 6;
+    }
+    harness.get_by_label("Generate").scroll_to_me();
+    harness.run_ok();
+    harness.get_by_label("Generate").click();
+    step_until(harness, "every column written", |app| {
+        let columns = &app.generation.columns;
+        (!columns.is_empty()
+            && columns.iter().all(|c| {
+                matches!(
+                    c.state,
+                    mergescope::gui::generator::ColumnState::Finished { .. }
+                )
+            }))
+        .then_some(())
+    });
+    harness.run_ok();
+    texts
+}
+
+/// Every panel in a window of `size` points, scrolled from top to bottom a window at a
+/// time: the widgets a user clicks, drags or types into that overlap another or stick out of
+/// the window.
+fn layout_problems(harness: &mut Harness<'_, Workbench>, size: egui::Vec2) -> Vec<String> {
     let mut problems = Vec::new();
     for panel in Panel::ALL {
         harness.state_mut().panel = panel;
         harness.run_ok();
-        let mut rects: Vec<(String, egui::Rect)> = Vec::new();
-        for role in INTERACTIVE {
-            for node in harness.query_all(By::new().role(role)) {
-                let rect = node.rect();
-                // Scrolled out of view: not drawn, so not overlapping anything.
-                if rect.max.y < 0.0 || rect.min.y > size.y || rect.area() < 1.0 {
-                    continue;
-                }
-                let label = node.accesskit_node().label().unwrap_or_default();
-                if rect.min.x < -0.5 || rect.max.x > size.x + 0.5 {
-                    problems.push(format!(
-                        "{}: `{label}` ({role:?}) is cut off at {rect:?}",
-                        panel.title()
-                    ));
-                }
-                rects.push((format!("`{label}` ({role:?})"), rect));
-            }
+        // From the top: the panel's heading into view.
+        let heading = harness
+            .query_all(By::new().label(panel.title()))
+            .find(|n| n.accesskit_node().role() != Role::Button)
+            .map(|heading| heading.scroll_to_me());
+        if heading.is_some() {
+            harness.run_ok();
         }
-        for (i, (a, ra)) in rects.iter().enumerate() {
-            for (b, rb) in &rects[i + 1..] {
-                let overlap = ra.intersect(*rb);
-                if overlap.width() > 1.0 && overlap.height() > 1.0 {
-                    problems.push(format!(
-                        "{}: {a} at {ra:?} overlaps {b} at {rb:?}",
-                        panel.title()
-                    ));
+        let mut below_before = None;
+        for _ in 0..40 {
+            let (top, bottom) = central_band(harness, size);
+            window_problems(harness, panel, (top, bottom), size, &mut problems);
+            // The next widget not wholly in view below, scrolled into view (a nested scroll
+            // area's rows may stay below: then the panel is done).
+            let below = harness
+                .query_all(By::new())
+                .filter(|n| INTERACTIVE.contains(&n.accesskit_node().role()))
+                .filter(|n| {
+                    let rect = n.rect();
+                    let status_bar = rect.min.y >= bottom - 0.5 && rect.max.y <= size.y + 0.5;
+                    rect.max.y > bottom + 0.5 && rect.min.y > top && !status_bar
+                })
+                .filter(|n| n.rect().area() >= 1.0)
+                .min_by(|a, b| a.rect().min.y.total_cmp(&b.rect().min.y));
+            let Some(below) = below else {
+                break;
+            };
+            let key = (below.accesskit_node().label(), below.rect().min.y.to_bits());
+            if below_before.as_ref() == Some(&key) {
+                break;
+            }
+            below_before = Some(key);
+            below.scroll_to_me();
+            harness.run_ok();
+        }
+    }
+    problems
+}
+
+/// Where the panels' scrolled content shows: below the tabs, above the status bar.
+fn central_band(harness: &Harness<'_, Workbench>, size: egui::Vec2) -> (f32, f32) {
+    let top = harness
+        .query_all(By::new().role(Role::Button))
+        .filter(|n| {
+            let label = n.accesskit_node().label().unwrap_or_default();
+            Panel::ALL.iter().any(|p| p.title() == label) && n.rect().min.y < 40.0
+        })
+        .map(|n| n.rect().max.y)
+        .fold(0.0, f32::max);
+    let bottom = harness
+        .query_all(By::new().label_contains("Messages"))
+        .filter(|n| n.accesskit_node().role() != Role::Label)
+        .map(|n| n.rect().min.y)
+        .fold(size.y, f32::min);
+    (top, bottom)
+}
+
+/// What is wrong in the window as it is scrolled now (see [`layout_problems`]): widgets of
+/// the panel wholly in view between `band`, and those of the tabs and the status bar.
+fn window_problems(
+    harness: &Harness<'_, Workbench>,
+    panel: Panel,
+    (top, bottom): (f32, f32),
+    size: egui::Vec2,
+    problems: &mut Vec<String>,
+) {
+    let mut rects: Vec<(String, egui::Rect)> = Vec::new();
+    for role in INTERACTIVE {
+        for node in harness.query_all(By::new().role(role)) {
+            let rect = node.rect();
+            let fixed = rect.max.y <= top + 0.5 || rect.min.y >= bottom - 0.5;
+            let in_view = rect.min.y >= top - 0.5 && rect.max.y <= bottom + 0.5;
+            // Scrolled out of view (or partly, under a bar): not drawn there, so not
+            // overlapping anything; it is checked where it is scrolled into view.
+            if !(fixed || in_view) || rect.max.y < 0.0 || rect.min.y > size.y || rect.area() < 1.0 {
+                continue;
+            }
+            let label = node.accesskit_node().label().unwrap_or_default();
+            if rect.min.x < -0.5 || rect.max.x > size.x + 0.5 {
+                let problem = format!("{}: `{label}` ({role:?}) is cut off", panel.title());
+                if !problems.iter().any(|p| p.starts_with(&problem)) {
+                    problems.push(format!("{problem} at {rect:?}"));
+                }
+            }
+            rects.push((format!("`{label}` ({role:?})"), rect));
+        }
+    }
+    for (i, (a, ra)) in rects.iter().enumerate() {
+        for (b, rb) in &rects[i + 1..] {
+            let overlap = ra.intersect(*rb);
+            if overlap.width() > 1.0 && overlap.height() > 1.0 {
+                let problem = format!("{}: {a} overlaps {b}", panel.title());
+                if !problems.iter().any(|p| p.starts_with(&problem)) {
+                    problems.push(format!("{problem} (at {ra:?} and {rb:?})"));
                 }
             }
         }
     }
-    problems
 }
 
 #[test]

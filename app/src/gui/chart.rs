@@ -1098,8 +1098,9 @@ pub fn framed_ui<R>(
     }
     let stem = file_stem(name);
     let folder = folder(ui.ctx());
+    // The buttons go under a title too long for the width (a chart in half the window).
     let (png, save_csv) = ui
-        .horizontal(|ui| {
+        .horizontal_wrapped(|ui| {
             ui.strong(title);
             let png = ui.small_button("Save PNG").on_hover_text(format!(
                 "Save this chart as {}",
