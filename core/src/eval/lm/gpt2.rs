@@ -53,6 +53,11 @@ pub struct Gpt2 {
 }
 
 impl Gpt2 {
+    /// The configuration it was built with.
+    pub fn options(&self) -> &Options {
+        &self.options
+    }
+
     pub fn load(vb: &VarBuilder<'_>, options: &Options) -> candle_core::Result<Self> {
         let o = options;
         let root = if vb.contains_tensor("transformer.wte.weight") {

@@ -135,11 +135,50 @@ impl CausalLm {
     /// keeps every layer's keys and values, so a step costs the new positions only. On an
     /// error (too long a text, a token outside the vocabulary) `cache` is unchanged.
     pub fn extend(&self, cache: &mut KvCache, tokens: &[u32]) -> candle_core::Result<Tensor> {
-        match self {
+        let mut forward = move || match self {
             Self::Decoder(model) => model.forward(tokens, cache),
             Self::Gpt2(model) => model.forward(tokens, cache),
+        };
+        if self.parameters() < SMALL_MODEL {
+            single_thread().install(forward)
+        } else {
+            forward()
         }
     }
+
+    /// About how many parameters the model has (its matrices and embeddings).
+    pub fn parameters(&self) -> usize {
+        match self {
+            Self::Decoder(model) => {
+                let o = model.options();
+                let attention = o.hidden * o.head_dim * (2 * o.heads + 2 * o.kv_heads);
+                o.layers * (attention + 3 * o.hidden * o.intermediate) + o.vocab * o.hidden
+            }
+            Self::Gpt2(model) => {
+                let o = model.options();
+                o.layers * (4 * o.hidden * o.hidden + 2 * o.hidden * o.inner) + o.vocab * o.hidden
+            }
+        }
+    }
+}
+
+/// Models below this many parameters run their forward passes on one thread: their matrices
+/// are too small for threads to pay off, and candle's workers spin while they wait, which
+/// costs a small model 3–8× its time when other threads (the workbench's, another process's)
+/// want the cores. Larger models keep candle's threads.
+const SMALL_MODEL: usize = 20_000_000;
+
+/// The one-thread pool small models' forward passes run in (matrix products use the pool
+/// they are called from).
+fn single_thread() -> &'static rayon::ThreadPool {
+    static POOL: std::sync::OnceLock<rayon::ThreadPool> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .thread_name(|_| "mergescope-lm".to_owned())
+            .build()
+            .expect("a one-thread pool can always be built")
+    })
 }
 
 /// What a model has read so far, for [`CausalLm::extend`]: each layer's keys and values
