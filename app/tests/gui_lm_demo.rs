@@ -135,6 +135,20 @@ fn one_click_opens_the_language_model_demo_with_its_perplexity_preview_and_gener
             assert!(in_comparison(&shown) >= 1, "{metric} {shown} is not shown");
         }
     }
+    // Every merge in the history was scored on the texts (none data-free before they were
+    // read), its mean perplexity its headline.
+    let history = &harness.state().history.entries;
+    assert!(!history.is_empty());
+    for entry in history {
+        let mean = entry.scores.get("mean/perplexity").copied();
+        let mean = mean.unwrap_or_else(|| panic!("#{}: {:?}", entry.id, entry.scores));
+        let shown = format_value("mean/perplexity", mean);
+        assert!(
+            harness.query_all(By::new().label(&shown)).next().is_some(),
+            "#{}'s {shown} is not shown",
+            entry.id
+        );
+    }
     // The generation section, ready for a prompt.
     harness.get_by_label("Text generation");
     harness.get_by_role_and_label(Role::TextInput, "Prompt");

@@ -59,8 +59,13 @@ pub fn show(app: &mut Workbench, ui: &mut egui::Ui, yaml: &str) {
             .id_salt("generate")
             .default_open(true)
             .show(ui, |ui| {
-                // Within the window even when a wide figure above widens the panel.
-                ui.set_max_width(ui.clip_rect().right() - ui.max_rect().left());
+                // Within the panel's margin, and within the window even when a wide figure
+                // above widens the panel.
+                let right = ui
+                    .max_rect()
+                    .right()
+                    .min(ui.clip_rect().right() - ui.spacing().window_margin.rightf());
+                ui.set_max_width(right - ui.max_rect().left());
                 if controls_ui(ui, generation) {
                     generation.asked = Some(Asked {
                         prompt: generation.prompt.clone(),

@@ -61,10 +61,13 @@ pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
     }
 }
 
-/// The headline number of an entry: the mean accuracy, else the mean retention.
+/// The headline number of an entry: the mean accuracy or perplexity, else the mean
+/// retention.
 fn headline(entry: &HistoryEntry) -> Option<(String, f64)> {
-    if let Some(&v) = entry.scores.get("mean/accuracy") {
-        return Some(("mean/accuracy".to_owned(), v));
+    for metric in ["mean/accuracy", "mean/perplexity"] {
+        if let Some(&v) = entry.scores.get(metric) {
+            return Some((metric.to_owned(), v));
+        }
     }
     let kept: Vec<f64> = entry
         .scores

@@ -19,6 +19,11 @@ pub fn request(app: &mut Workbench, ui: &egui::Ui, yaml: &str) {
     let Some(family) = &app.family else {
         return;
     };
+    // Texts on their way (a language model's, as it opens): its merges are scored on them,
+    // not previewed data-free first (and kept in the history as such).
+    if app.texts.loading {
+        return;
+    }
     let wanted_full = !ui.input(|i| i.pointer.any_down());
     let up_to_date = app
         .sent_preview
