@@ -337,11 +337,7 @@ pub fn tiny_llama(folder: &Path, shift: f32) {
             ));
         }
     }
-    write_file(
-        &folder.join("model.safetensors"),
-        &tensors,
-        Dtype::F32,
-    );
+    write_file(&folder.join("model.safetensors"), &tensors, Dtype::F32);
     std::fs::write(
         folder.join("config.json"),
         r#"{"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 32,

@@ -109,10 +109,15 @@ fn merge(
         .into());
     }
     eprintln!("recipe: {}", recipe.display());
+    // The shipped recipes name their models relative to their own folder; resolving from the
+    // current folder first (mergekit's rule) could pick up an unrelated `../docs`.
+    let folder = recipe
+        .parent()
+        .map_or_else(std::env::current_dir, |f| Ok(f.to_path_buf()))?;
     let plan = MergePlan::from_file(
         recipe,
         &PlanOptions {
-            cwd: std::env::current_dir()?,
+            cwd: folder,
             random_seed: Some(0),
             truncate_vocab: false,
         },

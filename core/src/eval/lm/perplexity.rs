@@ -179,17 +179,7 @@ impl Perplexity {
     /// [`Self::for_family`] with the configuration of a merge's reference model and its
     /// tokenizer source (the recipe's `tokenizer_source`, else the reference model's).
     pub fn for_plan(dir: &Path, plan: &crate::merge::plan::MergePlan) -> Result<Self, LmError> {
-        let config_folder = plan
-            .config_source
-            .as_deref()
-            .ok_or_else(|| LmError::BadConfig {
-                config: PathBuf::from("config.json"),
-                reason: "the recipe's reference model is not in a folder, so there is no \
-                         config.json to build the model from; use model folders"
-                    .to_owned(),
-            })?;
-        let tokenizer_folder = plan.tokenizer_source.as_deref().unwrap_or(config_folder);
-        Self::for_family(dir, &LmFiles::in_folders(config_folder, tokenizer_folder)?)
+        Self::for_family(dir, &super::generate::files_for_plan(plan)?)
     }
 
     /// `DOMAIN/nll` (nats per token) and `DOMAIN/perplexity` for every domain, and their
