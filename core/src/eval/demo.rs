@@ -56,19 +56,7 @@ impl DemoFamily {
     /// `root/recipes/*.yml`), replacing what an earlier call wrote. Files already holding the
     /// same bytes are left alone, so a running app's memory maps stay valid.
     pub fn extract(root: &Path) -> std::io::Result<Self> {
-        let write = |path: PathBuf, bytes: &[u8]| -> std::io::Result<()> {
-            if std::fs::read(&path).is_ok_and(|old| old == bytes) {
-                return Ok(());
-            }
-            std::fs::create_dir_all(path.parent().expect("a file in a folder"))?;
-            // Write beside and rename, so a reader never sees half a file; the staging name is
-            // unique, so two processes or threads extracting at once do not collide.
-            static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let staging = path.with_extension(format!("partial-{}-{n}", std::process::id()));
-            std::fs::write(&staging, bytes)?;
-            std::fs::rename(&staging, &path)
-        };
+        let write = |path: PathBuf, bytes: &[u8]| write_unless_same(&path, bytes);
         for (name, config, model) in MEMBERS {
             write(root.join(name).join("config.json"), config)?;
             write(root.join(name).join("model.safetensors"), model)?;
@@ -109,4 +97,19 @@ impl DemoFamily {
         std::fs::metadata(&file).is_ok_and(|m| m.len() == bytes.len() as u64)
             && std::fs::read(&file).is_ok_and(|b| b == bytes)
     }
+}
+
+/// Writes `bytes` to `path` unless it already holds them (a running app's memory maps of it
+/// stay valid), beside and renamed into place, so a reader never sees half a file; the
+/// staging name is unique, so two processes or threads extracting at once do not collide.
+pub(crate) fn write_unless_same(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    if std::fs::read(path).is_ok_and(|old| old == bytes) {
+        return Ok(());
+    }
+    std::fs::create_dir_all(path.parent().expect("a file in a folder"))?;
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let staging = path.with_extension(format!("partial-{}-{n}", std::process::id()));
+    std::fs::write(&staging, bytes)?;
+    std::fs::rename(&staging, path)
 }
