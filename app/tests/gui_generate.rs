@@ -92,18 +92,7 @@ fn tiny_lm(folder: &Path, favour: Option<(usize, f32)>) {
             "tie_word_embeddings": false}"#,
     )
     .unwrap();
-    let vocab: Vec<String> = (0..50).map(|i| format!("\"w{i}\": {i}")).collect();
-    std::fs::write(
-        folder.join("tokenizer.json"),
-        format!(
-            r#"{{"version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
-                "normalizer": null, "pre_tokenizer": {{"type": "Whitespace"}},
-                "post_processor": null, "decoder": null,
-                "model": {{"type": "WordLevel", "vocab": {{{}}}, "unk_token": "w0"}}}}"#,
-            vocab.join(", ")
-        ),
-    )
-    .unwrap();
+    common::write_word_tokenizer(folder, 50);
 }
 
 /// `base/`, `a/` (favours `w7`) and `b/` (favours `w21`, more strongly).

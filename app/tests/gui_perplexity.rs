@@ -81,18 +81,7 @@ fn tiny_llama(folder: &Path, shift: f32, architecture: &str) {
         ),
     )
     .unwrap();
-    let vocab: Vec<String> = (0..50).map(|i| format!("\"w{i}\": {i}")).collect();
-    std::fs::write(
-        folder.join("tokenizer.json"),
-        format!(
-            r#"{{"version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
-                "normalizer": null, "pre_tokenizer": {{"type": "Whitespace"}},
-                "post_processor": null, "decoder": null,
-                "model": {{"type": "WordLevel", "vocab": {{{}}}, "unk_token": "w0"}}}}"#,
-            vocab.join(", ")
-        ),
-    )
-    .unwrap();
+    common::write_word_tokenizer(folder, 50);
 }
 
 /// A base and two fine-tunes, and a folder of two text domains (a `.txt` and a `.jsonl`)

@@ -227,3 +227,20 @@ pub fn lm_previewed(harness: &mut Harness<'_, Workbench>) {
             })
     });
 }
+
+/// A word-level `tokenizer.json` in `folder` whose `words` tokens are `w0`, `w1`, … (split on
+/// whitespace; `w0` stands for unknown words): the tiny language-model families' tokenizer.
+pub fn write_word_tokenizer(folder: &Path, words: usize) {
+    let vocab: Vec<String> = (0..words).map(|i| format!("\"w{i}\": {i}")).collect();
+    std::fs::write(
+        folder.join("tokenizer.json"),
+        format!(
+            r#"{{"version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+                "normalizer": null, "pre_tokenizer": {{"type": "Whitespace"}},
+                "post_processor": null, "decoder": null,
+                "model": {{"type": "WordLevel", "vocab": {{{}}}, "unk_token": "w0"}}}}"#,
+            vocab.join(", ")
+        ),
+    )
+    .unwrap();
+}
