@@ -5,11 +5,11 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::{RngCore as _, SeedableRng as _};
 
-use super::{CausalLm, LmError, LmFiles, var_builder};
+use super::{CausalLm, LmError, LmFiles};
 use crate::CancelToken;
 use crate::eval::ModelTensors;
 
@@ -274,12 +274,7 @@ pub fn load_model(
     tensors: &ModelTensors,
     model: &str,
 ) -> Result<CausalLm, LmError> {
-    CausalLm::load(
-        &files.config,
-        &files.config_path,
-        &var_builder(tensors, &Device::Cpu),
-        model,
-    )
+    CausalLm::from_tensors(&files.config, &files.config_path, tensors, model)
 }
 
 /// Prompt tokens decoded with the new ones: the text a token adds can depend on what comes
@@ -521,6 +516,7 @@ pub fn generate(
 
 #[cfg(test)]
 mod tests {
+    use candle_core::Device;
     use candle_nn::VarBuilder;
 
     use super::*;

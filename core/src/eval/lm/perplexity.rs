@@ -9,9 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::Device;
-
-use super::{CausalLm, LmError, LmFiles, var_builder, windowed_nll};
+use super::{CausalLm, LmError, LmFiles, windowed_nll};
 use crate::eval::{Candidate, EvalError, Fidelity, ModelTensors, Objective, Scores};
 use crate::job::CancelToken;
 
@@ -239,12 +237,7 @@ impl Perplexity {
     /// The model with the weights `tensors` holds (a merge in memory); `model` names it in
     /// errors. `tensors` may be dropped once this returns: the model keeps its own copy.
     pub fn model_of(&self, tensors: &ModelTensors, model: &str) -> Result<CausalLm, LmError> {
-        CausalLm::load(
-            &self.config,
-            &self.config_path,
-            &var_builder(tensors, &Device::Cpu),
-            model,
-        )
+        CausalLm::from_tensors(&self.config, &self.config_path, tensors, model)
     }
 
     /// The model in `folder` (a checkpoint the configuration describes), read into memory.
