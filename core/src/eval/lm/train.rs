@@ -475,29 +475,17 @@ pub fn write_model(
         pretty(&tokenizer_config(options.context))?,
     )?;
     std::fs::write(folder.join("tokenizer.json"), tokenizer_json)?;
-    let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = weights
+    let tensors = weights
         .iter()
         .map(|(name, t)| {
             let values = t
                 .flatten_all()
                 .and_then(|t| t.to_vec1::<f32>())
                 .map_err(std::io::Error::other)?;
-            let data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-            Ok((name.clone(), data, t.dims().to_vec()))
+            Ok((name.clone(), values, t.dims().to_vec()))
         })
-        .collect::<std::io::Result<_>>()?;
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
-        .iter()
-        .map(|(name, data, shape)| {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data)
-                .map(|v| (name.clone(), v))
-                .map_err(std::io::Error::other)
-        })
-        .collect::<std::io::Result<_>>()?;
-    // Hugging Face's loaders ask for the format in the metadata.
-    let metadata = std::collections::HashMap::from([("format".to_owned(), "pt".to_owned())]);
-    safetensors::serialize_to_file(views, Some(metadata), &folder.join("model.safetensors"))
-        .map_err(std::io::Error::other)
+        .collect::<std::io::Result<Vec<_>>>()?;
+    crate::eval::train::write_f32_safetensors(&folder.join("model.safetensors"), &tensors)
 }
 
 #[cfg(test)]
