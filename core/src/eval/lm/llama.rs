@@ -1,25 +1,28 @@
-//! The Llama forward as candle-transformers' `llama::Config` describes it (the demo family's
-//! trainer builds models from that configuration): the shared [`Decoder`] with Llama's
-//! options, in its differentiable form, since a model built here may be trained and candle's
-//! fused rms-norm, rope and softmax kernels carry no gradient. Evaluation loads models from
-//! `config.json` through [`super::CausalLm::load`], which runs the fused kernels.
+//! The Llama forward the demo family's trainer builds: the shared [`Decoder`] with the options
+//! a Llama `config.json` gives (read as evaluation reads it, [`super::configs`]), in its
+//! differentiable form, since a model built here may be trained and candle's fused rms-norm,
+//! rope and softmax kernels carry no gradient. Evaluation loads models from `config.json`
+//! through [`super::CausalLm::load`], which runs the fused kernels.
 
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
-use candle_transformers::models::llama::{Config, Llama3RopeType};
 
-use super::decoder::{Activation, Decoder, Options, RopeScaling};
+use super::decoder::Decoder;
 
 /// A Llama-family causal language model, in memory.
 #[derive(Debug)]
 pub struct LlamaLm(Decoder);
 
 impl LlamaLm {
-    /// The model whose weights `vb` holds under Hugging Face's names (`model.layers.N…`).
-    pub fn load(vb: &VarBuilder<'_>, config: &Config) -> candle_core::Result<Self> {
-        Decoder::load(vb, &options(config)).map(Self)
+    /// The model a Llama `config` (a `config.json`'s contents) describes, whose weights `vb`
+    /// holds under Hugging Face's names (`model.layers.N…`).
+    pub fn load(vb: &VarBuilder<'_>, config: &serde_json::Value) -> candle_core::Result<Self> {
+        let mut options = super::configs::decoder_options("LlamaForCausalLM", config)
+            .expect("a Llama is one of the decoders")
+            .map_err(|e| candle_core::Error::Msg(format!("a Llama config.json: {e}")))?;
+        options.differentiable = true;
+        Decoder::load(vb, &options).map(Self)
     }
-
     /// The logits at every position of `tokens` (one window, at most the model's
     /// `max_position_embeddings` long): (tokens × vocab), f32.
     pub fn logits(&self, tokens: &[u32]) -> candle_core::Result<Tensor> {
@@ -33,55 +36,12 @@ impl LlamaLm {
     }
 }
 
-/// Llama's decoder options for `config`.
-pub fn options(config: &Config) -> Options {
-    let head_dim = config.hidden_size / config.num_attention_heads;
-    let rope_scaling = match &config.rope_scaling {
-        Some(s) if matches!(s.rope_type, Llama3RopeType::Llama3) => RopeScaling::Llama3 {
-            factor: f64::from(s.factor),
-            low_freq_factor: f64::from(s.low_freq_factor),
-            high_freq_factor: f64::from(s.high_freq_factor),
-            original_max_position_embeddings: s.original_max_position_embeddings as f64,
-        },
-        _ => RopeScaling::None,
-    };
-    Options {
-        vocab: config.vocab_size,
-        hidden: config.hidden_size,
-        intermediate: config.intermediate_size,
-        layers: config.num_hidden_layers,
-        heads: config.num_attention_heads,
-        kv_heads: config.num_key_value_heads,
-        head_dim,
-        max_positions: config.max_position_embeddings,
-        rms_norm_eps: config.rms_norm_eps,
-        norm_plus_one: false,
-        qkv_bias: false,
-        o_bias: false,
-        mlp_bias: false,
-        fused_qkv: false,
-        fused_gate_up: false,
-        activation: Activation::Silu,
-        embed_scale: None,
-        sandwich_norms: false,
-        attention_scale: 1.0 / (head_dim as f64).sqrt(),
-        attention_softcap: None,
-        final_softcap: None,
-        windows: vec![None; config.num_hidden_layers],
-        rope_theta: f64::from(config.rope_theta),
-        rope_scaling,
-        rotary_dim: head_dim,
-        tie_embeddings: config.tie_word_embeddings,
-        differentiable: true,
-    }
-}
-
 #[cfg(test)]
 pub(super) mod tests {
     use std::collections::HashMap;
 
     use candle_core::{DType, Device};
-    use candle_transformers::models::llama::{Cache, Llama, LlamaConfig};
+    use candle_transformers::models::llama::{Cache, Config, Llama, LlamaConfig};
 
     use super::*;
 
@@ -167,7 +127,7 @@ pub(super) mod tests {
         for tie in [false, true] {
             let (config, weights) = tiny(tie);
             let vb = VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu);
-            let ours = LlamaLm::load(&vb, &config).unwrap();
+            let ours = LlamaLm::load(&vb, &config_json("LlamaForCausalLM", tie)).unwrap();
             let fused = super::super::CausalLm::load(
                 &config_json("LlamaForCausalLM", tie),
                 std::path::Path::new("config.json"),
@@ -202,7 +162,8 @@ pub(super) mod tests {
 
     #[test]
     fn a_merge_in_memory_loads_as_its_tensors_do_and_windows_score_every_token_once() {
-        let (config, weights) = tiny(false);
+        let (_, weights) = tiny(false);
+        let config = config_json("LlamaForCausalLM", false);
         let flat = flat(&weights);
         let from_map = LlamaLm::load(
             &VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu),
@@ -297,7 +258,8 @@ pub(super) mod tests {
 
     #[test]
     fn a_uniform_head_has_the_vocabulary_as_its_perplexity() {
-        let (config, mut weights) = tiny(false);
+        let (_, mut weights) = tiny(false);
+        let config = config_json("LlamaForCausalLM", false);
         weights.insert(
             "lm_head.weight".to_owned(),
             Tensor::zeros((50, 32), DType::F32, &Device::Cpu).unwrap(),
@@ -354,7 +316,8 @@ pub(super) mod tests {
 
     #[test]
     fn every_weight_of_a_model_built_here_gets_a_gradient() {
-        let (config, weights) = tiny(false);
+        let (_, weights) = tiny(false);
+        let config = config_json("LlamaForCausalLM", false);
         let varmap = candle_nn::VarMap::new();
         let model = LlamaLm::load(
             &VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),

@@ -14,7 +14,6 @@ use std::path::Path;
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::optim::{AdamW, Optimizer as _, ParamsAdamW};
 use candle_nn::{VarBuilder, VarMap};
-use candle_transformers::models::llama::{Config, LlamaConfig};
 use rand::{Rng as _, SeedableRng as _};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution as _, Normal};
@@ -102,13 +101,6 @@ impl LmTrainOptions {
             "eos_token_id": 0,
             "torch_dtype": "float32",
         })
-    }
-
-    /// candle's configuration, parsed from [`Self::config_json`] as evaluation parses it.
-    pub fn config(&self) -> Result<Config> {
-        let parsed: LlamaConfig = serde_json::from_value(self.config_json())
-            .map_err(|e| candle_core::Error::Msg(format!("the demo's config.json: {e}")))?;
-        Ok(parsed.into_config(false))
     }
 }
 
@@ -257,7 +249,7 @@ fn learning_rate(stage: &Stage, step: usize) -> f64 {
 
 /// Seeded initial weights of the model `config` describes, under its weights' names: small
 /// normal projections (the residual branches' outputs smaller still, as GPT-2 does), unit norms.
-fn initial_weights(config: &Config, seed: u64) -> Result<Weights> {
+fn initial_weights(config: &serde_json::Value, seed: u64) -> Result<Weights> {
     // The model's own loader names and shapes the weights; candle's initial values (from an
     // unseeded generator) are then replaced.
     let shapes = {
@@ -272,7 +264,8 @@ fn initial_weights(config: &Config, seed: u64) -> Result<Weights> {
             .collect::<BTreeMap<_, _>>()
     };
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let residual_scale = 1.0 / (2.0 * config.num_hidden_layers as f64).sqrt();
+    let layers = config["num_hidden_layers"].as_u64().unwrap_or(1);
+    let residual_scale = 1.0 / (2.0 * layers as f64).sqrt();
     shapes
         .into_iter()
         .map(|(name, shape)| {
@@ -301,7 +294,7 @@ fn initial_weights(config: &Config, seed: u64) -> Result<Weights> {
 /// turn, so a mix is balanced whatever each stream's length) with AdamW; `log` hears the loss
 /// now and then.
 fn fit(
-    config: &Config,
+    config: &serde_json::Value,
     init: &Weights,
     streams: &[&[u32]],
     stage: Stage,
@@ -388,7 +381,7 @@ pub fn train(
     options: &LmTrainOptions,
     log: &mut dyn FnMut(String),
 ) -> Result<LmFamily> {
-    let config = options.config()?;
+    let config = options.config_json();
     for (name, tokens) in domains {
         if tokens.len() <= options.context {
             candle_core::bail!(
@@ -520,7 +513,7 @@ mod tests {
             context: 32,
             ..LmTrainOptions::default()
         };
-        let config = options.config().unwrap();
+        let config = options.config_json();
         let init = initial_weights(&config, 5).unwrap();
         let vb = VarBuilder::from_tensors(init.into_iter().collect(), DType::F32, &Device::Cpu);
         let trained = LlamaLm::load(&vb, &config).unwrap();
@@ -582,7 +575,7 @@ mod tests {
             batch: 2,
             ..LmTrainOptions::default()
         };
-        let config = options.config().unwrap();
+        let config = options.config_json();
         let init = initial_weights(&config, 1).unwrap();
         let stream: Vec<u32> = (0..400).map(|i| (i * 7 % 13) as u32).collect();
         let nll = |weights: &Weights| {
