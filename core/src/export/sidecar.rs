@@ -51,6 +51,35 @@ pub fn config_with_dtype(original: &[u8], out: Option<FloatType>) -> Vec<u8> {
     bytes
 }
 
+/// The keys Hugging Face configs hold the layer count under (Llama-likes, GPT-2, others).
+const LAYER_COUNT_KEYS: &[&str] = &["num_hidden_layers", "n_layer", "num_layers", "n_layers"];
+
+/// `config.json` with its layer count set to `layers` (a `slices:` merge changes it, and
+/// mergekit rewrites it likewise), keeping key order. Every layer-count key present is set;
+/// `num_hidden_layers` is added when none is. Returns the original bytes when the file is not a
+/// JSON object.
+pub fn config_with_layers(original: &[u8], layers: usize) -> Vec<u8> {
+    let Ok(serde_json::Value::Object(mut map)) =
+        serde_json::from_slice::<serde_json::Value>(original)
+    else {
+        return original.to_vec();
+    };
+    let mut touched = false;
+    for key in LAYER_COUNT_KEYS {
+        if let Some(v) = map.get_mut(*key) {
+            *v = layers.into();
+            touched = true;
+        }
+    }
+    if !touched {
+        map.insert(LAYER_COUNT_KEYS[0].to_owned(), layers.into());
+    }
+    let mut bytes = serde_json::to_vec_pretty(&serde_json::Value::Object(map))
+        .unwrap_or_else(|_| original.to_vec());
+    bytes.push(b'\n');
+    bytes
+}
+
 /// The sidecar files present in `folder`, among `names`.
 pub fn present<'a>(folder: &Path, names: &'a [&'a str]) -> Vec<&'a str> {
     names
@@ -74,6 +103,19 @@ mod tests {
         assert_eq!(
             config_with_dtype(b"not json", Some(FloatType::F32)),
             b"not json".to_vec()
+        );
+    }
+
+    #[test]
+    fn sets_the_layer_count() {
+        let original = br#"{"num_hidden_layers": 8, "hidden_size": 16}"#;
+        let text = String::from_utf8(config_with_layers(original, 15)).unwrap();
+        assert!(text.contains("\"num_hidden_layers\": 15"), "{text}");
+        assert!(text.find("num_hidden_layers").unwrap() < text.find("hidden_size").unwrap());
+        let gpt2 = String::from_utf8(config_with_layers(br#"{"n_layer": 2}"#, 3)).unwrap();
+        assert!(
+            gpt2.contains("\"n_layer\": 3") && !gpt2.contains("num_hidden"),
+            "{gpt2}"
         );
     }
 }

@@ -338,7 +338,11 @@ fn copy_sidecars(plan: &MergePlan, export: &mut Export) -> Result<(), ExportErro
         for name in sidecar::present(folder, sidecar::CONFIG_FILES) {
             let bytes = read(folder.join(name))?;
             let bytes = if name == "config.json" {
-                sidecar::config_with_dtype(&bytes, plan.output_type)
+                let bytes = sidecar::config_with_dtype(&bytes, plan.output_type);
+                match plan.layer_count {
+                    Some(layers) => sidecar::config_with_layers(&bytes, layers),
+                    None => bytes,
+                }
             } else {
                 bytes
             };

@@ -14,6 +14,7 @@ pub mod plan;
 pub mod recipe;
 pub mod rng;
 pub mod select;
+pub mod slices;
 
 use crate::backend::{Backend, BackendError};
 use crate::checkpoint::TensorView;

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use super::recipe::{ModelEntry, Recipe, RecipeError, Scalar};
+use super::recipe::{ModelEntry, Parameters, Recipe, RecipeError, Scalar};
 
 /// Who a parameter belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -215,16 +215,51 @@ impl std::fmt::Display for Bounds {
     }
 }
 
-/// Where a method input's own `parameters:` come from: its `models:` entry, or nothing when it
-/// is a `base_model` appended as an extra input.
+/// Where a method input's own `parameters:` come from: its `models:` entry or slice source, or
+/// nothing when it is a `base_model` appended as an extra input.
 #[derive(Clone, Copy, Debug)]
 pub struct InputSource<'r> {
-    pub entry: Option<(usize, &'r ModelEntry)>,
+    pub own: Option<(ParamsAt, &'r Parameters)>,
+}
+
+/// Where in the recipe a set of parameters is written, to name the key in errors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParamsAt {
+    /// `models[i].parameters`
+    Model(usize),
+    /// `slices[slice].sources[source].parameters`
+    SliceSource { slice: usize, source: usize },
+    /// `slices[slice].parameters`
+    Slice(usize),
+}
+
+impl std::fmt::Display for ParamsAt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Model(i) => write!(f, "models[{i}].parameters"),
+            Self::SliceSource { slice, source } => {
+                write!(f, "slices[{slice}].sources[{source}].parameters")
+            }
+            Self::Slice(s) => write!(f, "slices[{s}].parameters"),
+        }
+    }
+}
+
+impl<'r> InputSource<'r> {
+    /// The input listed as `models[i]`.
+    pub fn entry(i: usize, entry: &'r ModelEntry) -> Self {
+        Self {
+            own: Some((ParamsAt::Model(i), &entry.parameters)),
+        }
+    }
 }
 
 /// Resolves parameters for tensors, reporting problems against the recipe file.
 pub struct Resolver<'r> {
     pub recipe: &'r Recipe,
+    /// The output slice's `parameters:` (`slices[i]`), consulted after an input's own and
+    /// before the recipe's (ALGORITHMS.md §1.4); `None` for a `models:` recipe.
+    pub slice: Option<(usize, &'r Parameters)>,
     pub file: &'r Path,
     pub method: &'static str,
     pub specs: &'static [ParamSpec],
@@ -239,6 +274,20 @@ impl Resolver<'_> {
         t: f64,
         inputs: &[InputSource<'_>],
     ) -> Result<TensorParams, RecipeError> {
+        let names = vec![tensor; inputs.len()];
+        self.resolve_renamed(tensor, &names, t, inputs)
+    }
+
+    /// [`resolve`](Self::resolve) for an output tensor read under other names: per-input
+    /// filters test each input's own tensor name (`input_names`, parallel to `inputs`), shared
+    /// ones the output name (mergekit; they differ when slices move layers).
+    pub fn resolve_renamed(
+        &self,
+        tensor: &str,
+        input_names: &[&str],
+        t: f64,
+        inputs: &[InputSource<'_>],
+    ) -> Result<TensorParams, RecipeError> {
         let mut params = TensorParams {
             shared: Vec::new(),
             models: vec![Vec::new(); inputs.len()],
@@ -250,8 +299,10 @@ impl Resolver<'_> {
                     params.shared.push((spec.name, v));
                 }
                 Scope::PerInput | Scope::PerNonBase => {
-                    for (slot, input) in params.models.iter_mut().zip(inputs) {
-                        let v = self.resolve_one(spec, tensor, t, input.entry)?;
+                    for ((slot, input), name) in
+                        params.models.iter_mut().zip(inputs).zip(input_names)
+                    {
+                        let v = self.resolve_one(spec, name, t, input.own)?;
                         slot.push((spec.name, v));
                     }
                 }
@@ -260,33 +311,41 @@ impl Resolver<'_> {
         Ok(params)
     }
 
+    /// The first scope that sets `spec` for `tensor`: the input's own parameters, the slice's,
+    /// the recipe's; then the default.
     fn resolve_one(
         &self,
         spec: &ParamSpec,
         tensor: &str,
         t: f64,
-        entry: Option<(usize, &ModelEntry)>,
+        own: Option<(ParamsAt, &Parameters)>,
     ) -> Result<Value, RecipeError> {
-        let own = entry.and_then(|(i, e)| {
-            let value = e.parameters.get(spec.name)?.evaluate(tensor, t)?;
-            Some((format!("models[{i}].parameters.{}", spec.name), value))
-        });
-        let global = || {
-            let value = self.recipe.parameters.get(spec.name)?.evaluate(tensor, t)?;
-            Some((format!("parameters.{}", spec.name), value))
-        };
-        match own.or_else(global) {
-            Some((key, scalar)) => self.check_kind(spec, &key, &scalar),
-            None => spec.default.ok_or_else(|| RecipeError::MissingParameter {
-                file: self.file.to_path_buf(),
-                key: match entry {
-                    Some((i, _)) => format!("models[{i}].parameters.{}", spec.name),
-                    None => format!("parameters.{}", spec.name),
-                },
-                method: self.method.to_owned(),
-                tensor: tensor.to_owned(),
-            }),
+        let slice = self.slice.map(|(i, p)| (ParamsAt::Slice(i), p));
+        let scopes = own
+            .into_iter()
+            .chain(slice)
+            .map(|(at, p)| (at.to_string(), p))
+            .chain(std::iter::once((
+                "parameters".to_owned(),
+                &self.recipe.parameters,
+            )));
+        for (at, parameters) in scopes {
+            if let Some(value) = parameters
+                .get(spec.name)
+                .and_then(|v| v.evaluate(tensor, t))
+            {
+                return self.check_kind(spec, &format!("{at}.{}", spec.name), &value);
+            }
         }
+        spec.default.ok_or_else(|| RecipeError::MissingParameter {
+            file: self.file.to_path_buf(),
+            key: match own {
+                Some((at, _)) => format!("{at}.{}", spec.name),
+                None => format!("parameters.{}", spec.name),
+            },
+            method: self.method.to_owned(),
+            tensor: tensor.to_owned(),
+        })
     }
 
     fn check_kind(
@@ -342,6 +401,28 @@ impl Resolver<'_> {
                 .filter(|k| !known(k))
                 .map(move |k| format!("models[{i}].parameters.{k}"))
         });
-        global.chain(per_model).collect()
+        let mut unused: Vec<String> = global.chain(per_model).collect();
+        for (s, slice) in self.recipe.slices.iter().enumerate() {
+            let own = slice.sources.iter().enumerate().map(|(j, src)| {
+                (
+                    ParamsAt::SliceSource {
+                        slice: s,
+                        source: j,
+                    },
+                    &src.parameters,
+                )
+            });
+            for (at, parameters) in
+                std::iter::once((ParamsAt::Slice(s), &slice.parameters)).chain(own)
+            {
+                unused.extend(
+                    parameters
+                        .keys()
+                        .filter(|k| !known(k))
+                        .map(|k| format!("{at}.{k}")),
+                );
+            }
+        }
+        unused
     }
 }

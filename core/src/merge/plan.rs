@@ -12,7 +12,7 @@ use super::recipe::{Recipe, RecipeError};
 use super::{BaseUse, MergeMethod, MissingPolicy, TensorParams};
 use crate::checkpoint::{Checkpoint, CheckpointError};
 use crate::dtype::{Dtype, FloatType};
-use crate::family::{AlignmentIssue, Family, Member, MemberId, dtype_name};
+use crate::family::{AlignmentIssue, Family, Member, dtype_name};
 use crate::layout::{Layout, ModuleKind};
 
 /// What to do for one output tensor.
@@ -66,6 +66,9 @@ pub struct MergePlan {
     pub layout: Layout,
     /// In the reference model's file order.
     pub tasks: Vec<TensorTask>,
+    /// The output's layer count when it differs from the config source's (a `slices:` recipe):
+    /// the `config.json` key that holds it and the value written there.
+    pub layer_count: Option<usize>,
     /// Folder whose `config.json` and `generation_config.json` are copied.
     pub config_source: Option<PathBuf>,
     /// Folder whose tokenizer files are copied.
@@ -173,298 +176,41 @@ impl MergePlan {
                 .into());
             }
         };
-        let spec = method.spec();
         let mut opener = Opener::new(&file, &options.cwd);
-
         let base_ref = recipe
             .base_model
             .as_deref()
             .map(|m| opener.open(m, "base_model"))
             .transpose()?;
-        let entries = recipe
-            .models
-            .iter()
-            .enumerate()
-            .map(|(i, e)| opener.open(&e.model, &format!("models[{i}].model")))
-            .collect::<Result<Vec<_>, _>>()?;
-
-        // Which checkpoints are the method's inputs, and where their parameters come from.
-        let mut base = None;
-        let mut inputs: Vec<(Member, InputSource<'_>)> = Vec::new();
-        if spec.base == BaseUse::Required && base_ref.is_none() {
-            return Err(RecipeError::Contract {
-                file,
-                message: format!(
-                    "{} takes task vectors against a base model; add `base_model: PATH`",
-                    spec.name
-                ),
-            }
-            .into());
-        }
-        let separate_base = match spec.base {
-            BaseUse::Required | BaseUse::Optional => base_ref.as_ref(),
-            BaseUse::Ignored => None,
+        let tensors = TensorPlanner {
+            file: &file,
+            method,
+            compute: recipe.compute_type(&file)?,
+            output: recipe.output_type(&file)?,
+            truncate_vocab: options.truncate_vocab,
         };
-        match separate_base {
-            Some(base_opened) => {
-                base = Some(base_opened.member.clone());
-                for (i, opened) in entries.iter().enumerate() {
-                    if opened.key != base_opened.key {
-                        inputs.push((
-                            opened.member.clone(),
-                            InputSource {
-                                entry: Some((i, &recipe.models[i])),
-                            },
-                        ));
-                    }
-                }
-            }
-            None => {
-                for (i, opened) in entries.iter().enumerate() {
-                    inputs.push((
-                        opened.member.clone(),
-                        InputSource {
-                            entry: Some((i, &recipe.models[i])),
-                        },
-                    ));
-                }
-                // mergekit appends a base_model missing from `models:` as an ordinary input.
-                if let Some(b) = &base_ref
-                    && !entries.iter().any(|e| e.key == b.key)
-                {
-                    inputs.push((b.member.clone(), InputSource { entry: None }));
-                }
-            }
-        }
-        let fewest = spec.min_models.max(usize::from(base.is_none()));
-        let most = spec.max_models.unwrap_or(usize::MAX);
-        if inputs.len() < fewest || inputs.len() > most {
-            let besides = if base.is_some() {
-                " besides the base"
-            } else {
-                ""
-            };
-            let wanted = match spec.max_models {
-                Some(m) if m == fewest => format!("exactly {m}"),
-                Some(m) => format!("{fewest} to {m}"),
-                None => format!("at least {fewest}"),
-            };
-            return Err(RecipeError::Contract {
-                file,
-                message: format!(
-                    "{} takes {wanted} model(s){besides}; the recipe gives {}",
-                    spec.name,
-                    inputs.len()
-                ),
-            }
-            .into());
-        }
-
-        let family = Family {
-            base,
-            models: inputs.iter().map(|(m, _)| m.clone()).collect(),
+        let Planned {
+            family,
+            layout,
+            tasks,
+            mut warnings,
+            layer_count,
+        } = if recipe.slices.is_empty() {
+            plan_models(&recipe, &tensors, &mut opener, base_ref.as_ref())?
+        } else {
+            super::slices::plan(&recipe, &tensors, &mut opener, base_ref.as_ref())?
         };
-        let sources: Vec<InputSource<'_>> = inputs.iter().map(|(_, s)| *s).collect();
         let reference = family
             .reference()
             .expect("a family with inputs has a reference")
             .clone();
-        let alignment = family.align();
-        let mut warnings = Vec::new();
-        note_alignment(&reference, &alignment.issues, &mut warnings);
-
-        let reference_ckpt = &reference.checkpoint;
-        let layout = Layout::of_checkpoint(reference_ckpt);
-        let compute = recipe.compute_type(&file)?;
-        let output = recipe.output_type(&file)?;
-        let resolver = Resolver {
-            recipe: &recipe,
-            file: &file,
-            method: spec.name,
-            specs: spec.params,
-        };
+        let resolver = tensors.resolver(&recipe, None);
         for key in resolver.unused_keys() {
             warnings.push(format!(
                 "{}: `{key}` is not a parameter of {}; ignored",
                 file.display(),
-                spec.name
+                method.spec().name
             ));
-        }
-
-        let mut tasks = Vec::with_capacity(alignment.groups.len());
-        for group in &alignment.groups {
-            let Some(reference_index) = reference_ckpt.index_of(&group.name) else {
-                continue; // only in other models: reported above as a warning
-            };
-            let reference_info = &reference_ckpt.tensors()[reference_index];
-            // The alignment found each member's tensor; a member without it may still supply a
-            // tied one (an untied head read from the embedding).
-            let tied = |found: Option<usize>, ckpt: &Checkpoint| {
-                found.or_else(|| tied_name(&group.name).and_then(|t| ckpt.index_of(t)))
-            };
-            let base_index = family
-                .base
-                .as_ref()
-                .and_then(|b| tied(group.base, &b.checkpoint));
-            let present: Vec<(usize, usize)> = family
-                .models
-                .iter()
-                .zip(&group.models)
-                .enumerate()
-                .filter_map(|(m, (member, &found))| tied(found, &member.checkpoint).map(|i| (m, i)))
-                .collect();
-            let mut infos: Vec<(&Member, &crate::checkpoint::TensorInfo)> = Vec::new();
-            if let (Some(b), Some(i)) = (&family.base, base_index) {
-                infos.push((b, &b.checkpoint.tensors()[i]));
-            }
-            for &(m, i) in &present {
-                let member = &family.models[m];
-                infos.push((member, &member.checkpoint.tensors()[i]));
-            }
-            let mut shape = reference_info.shape.clone();
-            let mut truncated = false;
-            let vocabulary = matches!(
-                ModuleKind::classify(&group.name),
-                ModuleKind::Embedding | ModuleKind::Head
-            );
-            for (member, info) in &infos {
-                if info.shape == reference_info.shape {
-                    continue;
-                }
-                let rows_differ_only = info.shape.len() == shape.len()
-                    && !shape.is_empty()
-                    && info.shape[1..] == shape[1..];
-                if vocabulary && rows_differ_only && options.truncate_vocab {
-                    shape[0] = shape[0].min(info.shape[0]);
-                    truncated = true;
-                    continue;
-                }
-                return Err(PlanError::ShapeMismatch {
-                    file,
-                    tensor: group.name.clone(),
-                    member: member.label.clone(),
-                    reference: reference.label.clone(),
-                    expected: reference_info.shape.clone(),
-                    got: info.shape.clone(),
-                    hint: if vocabulary && rows_differ_only {
-                        " (pass --truncate-vocab to keep the leading rows every model has)"
-                    } else {
-                        ""
-                    },
-                });
-            }
-            if truncated {
-                warnings.push(format!(
-                    "`{}` truncated to the {} leading rows every model has (vocabularies differ)",
-                    group.name, shape[0]
-                ));
-            }
-
-            // Inputs lacking the tensor: the method's policy decides (ALGORITHMS.md §1.6).
-            let missing: Vec<&str> = family
-                .members()
-                .filter(|(id, _)| match id {
-                    MemberId::Base => base_index.is_none(),
-                    MemberId::Model(i) => !present.iter().any(|(p, _)| p == i),
-                })
-                .map(|(_, m)| m.label.as_str())
-                .collect();
-            let mut convert_single = false;
-            if !missing.is_empty() {
-                let have = present.len() + usize::from(base_index.is_some());
-                let missing_error = || PlanError::MissingTensor {
-                    file: file.clone(),
-                    tensor: group.name.clone(),
-                    member: missing.join(", "),
-                    more: format!(" and {} needs it there", spec.name),
-                };
-                match method.when_missing() {
-                    MissingPolicy::CopySingle if have == 1 => convert_single = true,
-                    MissingPolicy::CopySingleBase if have == 1 && base_index.is_some() => {
-                        convert_single = true;
-                    }
-                    MissingPolicy::StockOrSkip if have < 3 => {
-                        if have == 1 && base_index.is_some() {
-                            convert_single = true;
-                        } else {
-                            warnings.push(format!(
-                                "`{}` is in fewer than 3 inputs; {} skips it, so it is not written",
-                                group.name, spec.name
-                            ));
-                            continue;
-                        }
-                    }
-                    _ => {
-                        if family.base.is_some() && base_index.is_none() {
-                            return Err(missing_error());
-                        }
-                        if present.len() < spec.min_models.max(usize::from(family.base.is_none())) {
-                            return Err(missing_error());
-                        }
-                    }
-                }
-                if !convert_single {
-                    warnings.push(format!(
-                        "`{}` is missing from {}; merged over the {} input(s) that have it",
-                        group.name,
-                        missing.join(", "),
-                        have
-                    ));
-                }
-            }
-
-            let mut computed: Option<FloatType> = None;
-            let mut all_float = true;
-            let mut any_float = false;
-            for (member, info) in &infos {
-                match info.float_type() {
-                    Some(ty) => {
-                        any_float = true;
-                        computed = Some(computed.map_or(ty, |c| FloatType::promote(c, ty)));
-                    }
-                    None => all_float = false,
-                }
-                if any_float && !all_float {
-                    return Err(PlanError::MixedKinds {
-                        file,
-                        tensor: group.name.clone(),
-                        member: member.label.clone(),
-                        reference: reference.label.clone(),
-                        expected: dtype_name(reference_info.dtype),
-                        got: dtype_name(info.dtype),
-                    });
-                }
-            }
-            let (action, dtype) = match computed {
-                Some(promoted) if all_float => {
-                    let compute_ty = compute.unwrap_or(promoted);
-                    let out = output.unwrap_or(compute_ty);
-                    if convert_single {
-                        (TaskAction::Convert { out }, out.dtype())
-                    } else {
-                        let t = layout.depth(&group.name);
-                        let present_sources: Vec<InputSource<'_>> =
-                            present.iter().map(|&(m, _)| sources[m]).collect();
-                        let params = resolver.resolve(&group.name, t, &present_sources)?;
-                        method.check(&params).map_err(|message| PlanError::Method {
-                            file: file.clone(),
-                            tensor: group.name.clone(),
-                            method: spec.name.to_owned(),
-                            message,
-                        })?;
-                        (TaskAction::Merge { out, params }, out.dtype())
-                    }
-                }
-                _ => (TaskAction::CopyIdentical, reference_info.dtype),
-            };
-            tasks.push(TensorTask {
-                name: group.name.clone(),
-                shape,
-                dtype,
-                base: base_index,
-                models: present,
-                action,
-            });
         }
 
         let mut out_types = tasks.iter().filter_map(|t| match t.action {
@@ -505,6 +251,7 @@ impl MergePlan {
             family,
             layout,
             tasks,
+            layer_count,
             config_source,
             tokenizer_source,
             output_type,
@@ -538,7 +285,408 @@ impl MergePlan {
     }
 }
 
-fn note_alignment(reference: &Member, issues: &[AlignmentIssue], warnings: &mut Vec<String>) {
+/// What planning the inputs produced, whichever syntax the recipe used.
+pub(super) struct Planned {
+    pub family: Family,
+    pub layout: Layout,
+    pub tasks: Vec<TensorTask>,
+    pub warnings: Vec<String>,
+    pub layer_count: Option<usize>,
+}
+
+/// Plans a `models:` recipe: every tensor of the reference model, merged from the same name in
+/// every model.
+fn plan_models(
+    recipe: &Recipe,
+    tensors: &TensorPlanner<'_>,
+    opener: &mut Opener<'_>,
+    base_ref: Option<&Opened>,
+) -> Result<Planned, PlanError> {
+    let file = tensors.file;
+    let spec = tensors.method.spec();
+    let entries = recipe
+        .models
+        .iter()
+        .enumerate()
+        .map(|(i, e)| opener.open(&e.model, &format!("models[{i}].model")))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    // Which checkpoints are the method's inputs, and where their parameters come from.
+    let mut base = None;
+    let mut inputs: Vec<(Member, InputSource<'_>)> = Vec::new();
+    if spec.base == BaseUse::Required && base_ref.is_none() {
+        return Err(RecipeError::Contract {
+            file: file.to_path_buf(),
+            message: format!(
+                "{} takes task vectors against a base model; add `base_model: PATH`",
+                spec.name
+            ),
+        }
+        .into());
+    }
+    let separate_base = match spec.base {
+        BaseUse::Required | BaseUse::Optional => base_ref,
+        BaseUse::Ignored => None,
+    };
+    match separate_base {
+        Some(base_opened) => {
+            base = Some(base_opened.member.clone());
+            for (i, opened) in entries.iter().enumerate() {
+                if opened.key != base_opened.key {
+                    inputs.push((
+                        opened.member.clone(),
+                        InputSource::entry(i, &recipe.models[i]),
+                    ));
+                }
+            }
+        }
+        None => {
+            for (i, opened) in entries.iter().enumerate() {
+                inputs.push((
+                    opened.member.clone(),
+                    InputSource::entry(i, &recipe.models[i]),
+                ));
+            }
+            // mergekit appends a base_model missing from `models:` as an ordinary input.
+            if let Some(b) = base_ref
+                && !entries.iter().any(|e| e.key == b.key)
+            {
+                inputs.push((b.member.clone(), InputSource { own: None }));
+            }
+        }
+    }
+    check_input_count(tensors, base.is_some(), inputs.len(), "the recipe")?;
+
+    let family = Family {
+        base,
+        models: inputs.iter().map(|(m, _)| m.clone()).collect(),
+    };
+    let sources: Vec<InputSource<'_>> = inputs.iter().map(|(_, s)| *s).collect();
+    let reference = family
+        .reference()
+        .expect("a family with inputs has a reference")
+        .clone();
+    let alignment = family.align();
+    let mut warnings = Vec::new();
+    note_alignment(&reference, &alignment.issues, &mut warnings);
+
+    let reference_ckpt = &reference.checkpoint;
+    let layout = Layout::of_checkpoint(reference_ckpt);
+    let resolver = tensors.resolver(recipe, None);
+    let mut tasks = Vec::with_capacity(alignment.groups.len());
+    for group in &alignment.groups {
+        if reference_ckpt.index_of(&group.name).is_none() {
+            continue; // only in other models: reported above as a warning
+        }
+        // The alignment found each member's tensor; a member without it may still supply a
+        // tied one (an untied head read from the embedding).
+        let tied = |found: Option<usize>, ckpt: &Checkpoint| {
+            found.or_else(|| tied_name(&group.name).and_then(|t| ckpt.index_of(t)))
+        };
+        let inputs = TensorInputs {
+            name: &group.name,
+            base: family
+                .base
+                .as_ref()
+                .map(|b| tied(group.base, &b.checkpoint)),
+            models: family
+                .models
+                .iter()
+                .zip(&group.models)
+                .zip(&sources)
+                .enumerate()
+                .map(|(m, ((member, &found), &source))| ModelInput {
+                    member: m,
+                    index: tied(found, &member.checkpoint),
+                    source,
+                    name: &group.name,
+                })
+                .collect(),
+            t: layout.depth(&group.name),
+        };
+        if let Some(task) = tensors.task(&family, &inputs, &resolver, &mut warnings)? {
+            tasks.push(task);
+        }
+    }
+    Ok(Planned {
+        family,
+        layout,
+        tasks,
+        warnings,
+        layer_count: None,
+    })
+}
+
+/// Checks the method's input-count contract for `inputs` non-base inputs (`scope` names where
+/// they are listed in errors).
+pub(super) fn check_input_count(
+    tensors: &TensorPlanner<'_>,
+    has_base: bool,
+    inputs: usize,
+    scope: &str,
+) -> Result<(), PlanError> {
+    let spec = tensors.method.spec();
+    let fewest = spec.min_models.max(usize::from(!has_base));
+    let most = spec.max_models.unwrap_or(usize::MAX);
+    if inputs >= fewest && inputs <= most {
+        return Ok(());
+    }
+    let besides = if has_base { " besides the base" } else { "" };
+    let wanted = match spec.max_models {
+        Some(m) if m == fewest => format!("exactly {m}"),
+        Some(m) => format!("{fewest} to {m}"),
+        None => format!("at least {fewest}"),
+    };
+    Err(RecipeError::Contract {
+        file: tensors.file.to_path_buf(),
+        message: format!(
+            "{} takes {wanted} model(s){besides}; {scope} gives {inputs}",
+            spec.name
+        ),
+    }
+    .into())
+}
+
+/// What every output tensor is checked against, however its inputs were found.
+pub(super) struct TensorPlanner<'p> {
+    pub file: &'p Path,
+    pub method: &'static dyn MergeMethod,
+    pub compute: Option<FloatType>,
+    pub output: Option<FloatType>,
+    pub truncate_vocab: bool,
+}
+
+/// One output tensor's inputs, as found in the family.
+pub(super) struct TensorInputs<'a> {
+    /// The output tensor's name.
+    pub name: &'a str,
+    /// `None`: the task has no base input; `Some(None)`: the base lacks the tensor.
+    pub base: Option<Option<usize>>,
+    /// The method's non-base inputs, in the order it receives them.
+    pub models: Vec<ModelInput<'a>>,
+    /// Relative depth for gradients (ALGORITHMS.md §1.3).
+    pub t: f64,
+}
+
+/// One non-base input of a tensor.
+pub(super) struct ModelInput<'a> {
+    /// Index in the family's models.
+    pub member: usize,
+    /// The tensor's index in that member, `None` when it lacks it.
+    pub index: Option<usize>,
+    pub source: InputSource<'a>,
+    /// The input's tensor name (per-input filters test it).
+    pub name: &'a str,
+}
+
+impl<'p> TensorPlanner<'p> {
+    pub(super) fn resolver<'r>(
+        &self,
+        recipe: &'r Recipe,
+        slice: Option<(usize, &'r super::recipe::Parameters)>,
+    ) -> Resolver<'r>
+    where
+        'p: 'r,
+    {
+        let spec = self.method.spec();
+        Resolver {
+            recipe,
+            slice,
+            file: self.file,
+            method: spec.name,
+            specs: spec.params,
+        }
+    }
+
+    /// Checks one output tensor's inputs (shapes, missing inputs, dtypes, parameters) and
+    /// decides what to do with it; `None` when the method's policy skips it.
+    pub(super) fn task(
+        &self,
+        family: &Family,
+        inputs: &TensorInputs<'_>,
+        resolver: &Resolver<'_>,
+        warnings: &mut Vec<String>,
+    ) -> Result<Option<TensorTask>, PlanError> {
+        let file = self.file.to_path_buf();
+        let spec = self.method.spec();
+        let name = inputs.name;
+        let base_index = inputs.base.flatten();
+        let present: Vec<(usize, usize)> = inputs
+            .models
+            .iter()
+            .filter_map(|m| m.index.map(|i| (m.member, i)))
+            .collect();
+        let mut infos: Vec<(&Member, &crate::checkpoint::TensorInfo)> = Vec::new();
+        if let (Some(b), Some(i)) = (&family.base, base_index) {
+            infos.push((b, &b.checkpoint.tensors()[i]));
+        }
+        for &(m, i) in &present {
+            let member = &family.models[m];
+            infos.push((member, &member.checkpoint.tensors()[i]));
+        }
+        // The first input that has the tensor sets its shape and names the reference in errors.
+        let Some(&(reference, reference_info)) = infos.first() else {
+            return Ok(None);
+        };
+        let mut shape = reference_info.shape.clone();
+        let mut truncated = false;
+        let vocabulary = matches!(
+            ModuleKind::classify(name),
+            ModuleKind::Embedding | ModuleKind::Head
+        );
+        for (member, info) in &infos {
+            if info.shape == reference_info.shape {
+                continue;
+            }
+            let rows_differ_only = info.shape.len() == shape.len()
+                && !shape.is_empty()
+                && info.shape[1..] == shape[1..];
+            if vocabulary && rows_differ_only && self.truncate_vocab {
+                shape[0] = shape[0].min(info.shape[0]);
+                truncated = true;
+                continue;
+            }
+            return Err(PlanError::ShapeMismatch {
+                file,
+                tensor: name.to_owned(),
+                member: member.label.clone(),
+                reference: reference.label.clone(),
+                expected: reference_info.shape.clone(),
+                got: info.shape.clone(),
+                hint: if vocabulary && rows_differ_only {
+                    " (pass --truncate-vocab to keep the leading rows every model has)"
+                } else {
+                    ""
+                },
+            });
+        }
+        if truncated {
+            warnings.push(format!(
+                "`{name}` truncated to the {} leading rows every model has (vocabularies differ)",
+                shape[0]
+            ));
+        }
+
+        // Inputs lacking the tensor: the method's policy decides (ALGORITHMS.md §1.6).
+        let base_missing = inputs.base == Some(None);
+        let missing: Vec<&str> = family
+            .base
+            .iter()
+            .filter(|_| base_missing)
+            .chain(
+                inputs
+                    .models
+                    .iter()
+                    .filter(|m| m.index.is_none())
+                    .map(|m| &family.models[m.member]),
+            )
+            .map(|m| m.label.as_str())
+            .collect();
+        let mut convert_single = false;
+        if !missing.is_empty() {
+            let have = present.len() + usize::from(base_index.is_some());
+            let missing_error = || PlanError::MissingTensor {
+                file: file.clone(),
+                tensor: name.to_owned(),
+                member: missing.join(", "),
+                more: format!(" and {} needs it there", spec.name),
+            };
+            match self.method.when_missing() {
+                MissingPolicy::CopySingle if have == 1 => convert_single = true,
+                MissingPolicy::CopySingleBase if have == 1 && base_index.is_some() => {
+                    convert_single = true;
+                }
+                MissingPolicy::StockOrSkip if have < 3 => {
+                    if have == 1 && base_index.is_some() {
+                        convert_single = true;
+                    } else {
+                        warnings.push(format!(
+                            "`{name}` is in fewer than 3 inputs; {} skips it, so it is not written",
+                            spec.name
+                        ));
+                        return Ok(None);
+                    }
+                }
+                _ => {
+                    if base_missing {
+                        return Err(missing_error());
+                    }
+                    if present.len() < spec.min_models.max(usize::from(inputs.base.is_none())) {
+                        return Err(missing_error());
+                    }
+                }
+            }
+            if !convert_single {
+                warnings.push(format!(
+                    "`{name}` is missing from {}; merged over the {have} input(s) that have it",
+                    missing.join(", "),
+                ));
+            }
+        }
+
+        let mut computed: Option<FloatType> = None;
+        let mut all_float = true;
+        let mut any_float = false;
+        for (member, info) in &infos {
+            match info.float_type() {
+                Some(ty) => {
+                    any_float = true;
+                    computed = Some(computed.map_or(ty, |c| FloatType::promote(c, ty)));
+                }
+                None => all_float = false,
+            }
+            if any_float && !all_float {
+                return Err(PlanError::MixedKinds {
+                    file,
+                    tensor: name.to_owned(),
+                    member: member.label.clone(),
+                    reference: reference.label.clone(),
+                    expected: dtype_name(reference_info.dtype),
+                    got: dtype_name(info.dtype),
+                });
+            }
+        }
+        let (action, dtype) = match computed {
+            Some(promoted) if all_float => {
+                let compute_ty = self.compute.unwrap_or(promoted);
+                let out = self.output.unwrap_or(compute_ty);
+                if convert_single {
+                    (TaskAction::Convert { out }, out.dtype())
+                } else {
+                    let here = inputs.models.iter().filter(|m| m.index.is_some());
+                    let sources: Vec<InputSource<'_>> = here.clone().map(|m| m.source).collect();
+                    let names: Vec<&str> = here.map(|m| m.name).collect();
+                    let params = resolver
+                        .resolve_renamed(name, &names, inputs.t, &sources)?;
+                    self.method
+                        .check(&params)
+                        .map_err(|message| PlanError::Method {
+                            file: file.clone(),
+                            tensor: name.to_owned(),
+                            method: spec.name.to_owned(),
+                            message,
+                        })?;
+                    (TaskAction::Merge { out, params }, out.dtype())
+                }
+            }
+            _ => (TaskAction::CopyIdentical, reference_info.dtype),
+        };
+        Ok(Some(TensorTask {
+            name: name.to_owned(),
+            shape,
+            dtype,
+            base: base_index,
+            models: present,
+            action,
+        }))
+    }
+}
+
+pub(super) fn note_alignment(
+    reference: &Member,
+    issues: &[AlignmentIssue],
+    warnings: &mut Vec<String>,
+) {
     let mut dtype_counts: HashMap<(&str, &str, &str), usize> = HashMap::new();
     for issue in issues {
         match issue {
@@ -573,12 +721,12 @@ fn note_alignment(reference: &Member, issues: &[AlignmentIssue], warnings: &mut 
 
 /// A checkpoint opened for the recipe, with a key that identifies the same folder reached by
 /// different spellings (`family/base` and `./family/base/`).
-struct Opened {
-    key: PathBuf,
-    member: Member,
+pub(super) struct Opened {
+    pub(super) key: PathBuf,
+    pub(super) member: Member,
 }
 
-struct Opener<'a> {
+pub(super) struct Opener<'a> {
     file: &'a Path,
     cwd: &'a Path,
     cache: HashMap<PathBuf, Arc<Checkpoint>>,
@@ -593,9 +741,9 @@ impl<'a> Opener<'a> {
         }
     }
 
-    fn open(&mut self, model: &str, key: &str) -> Result<Opened, PlanError> {
+    pub(super) fn open(&mut self, model: &str, key: &str) -> Result<Opened, PlanError> {
         let path = resolve_model_path(model, key, self.cwd, self.file)?;
-        let canonical = path.canonicalize().map_err(|e| CheckpointError::Io {
+        let canonical = crate::lora::canonicalize(&path).map_err(|e| CheckpointError::Io {
             path: path.clone(),
             source: e,
         })?;
@@ -633,11 +781,22 @@ pub fn recipe_model_paths(
         (Ok(a), Ok(b)) => a == b,
         _ => a == b,
     };
-    let mut models = Vec::with_capacity(recipe.models.len());
+    let mut models: Vec<PathBuf> = Vec::with_capacity(recipe.models.len());
     for (i, entry) in recipe.models.iter().enumerate() {
         let path = resolve_model_path(&entry.model, &format!("models[{i}].model"), cwd, file)?;
         if !base.as_deref().is_some_and(|b| same(b, &path)) {
             models.push(path);
+        }
+    }
+    // A `slices:` recipe names its models in the slices' sources: each is one model however
+    // many slices read it (as the plan's family has it).
+    for (s, slice) in recipe.slices.iter().enumerate() {
+        for (j, source) in slice.sources.iter().enumerate() {
+            let key = format!("slices[{s}].sources[{j}].model");
+            let path = resolve_model_path(&source.model, &key, cwd, file)?;
+            if !base.iter().chain(&models).any(|p| same(p, &path)) {
+                models.push(path);
+            }
         }
     }
     Ok((base, models))
@@ -662,6 +821,12 @@ pub fn resolve_model_path(
     if in_recipe_dir.exists() {
         return Ok(in_recipe_dir);
     }
+    // mergekit's `BASE+ADAPTER`: each half is found as a model is; opening splits them again.
+    if let Some(Ok((base, adapter))) = crate::lora::split_reference(model) {
+        let base = resolve_model_path(base, key, cwd, recipe_file)?;
+        let adapter = resolve_model_path(adapter, key, cwd, recipe_file)?;
+        return Ok(crate::lora::join_reference(&base, &adapter));
+    }
     Err(RecipeError::ModelNotFound {
         file: recipe_file.to_path_buf(),
         key: key.to_owned(),
@@ -673,7 +838,7 @@ pub fn resolve_model_path(
 
 /// The tensor a model without `name` supplies in its place, when the two are tied (mergekit's
 /// architecture definitions mark an untied head optional, read from the embedding).
-fn tied_name(name: &str) -> Option<&'static str> {
+pub(super) fn tied_name(name: &str) -> Option<&'static str> {
     match name {
         "lm_head.weight" => Some("model.embed_tokens.weight"),
         _ => None,

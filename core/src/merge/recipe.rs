@@ -1,7 +1,8 @@
 //! mergekit-style YAML recipes, read and written with serde.
 //!
 //! The schema is mergekit's (`merge_method`, `base_model`, `models[].model`,
-//! `models[].parameters`, `parameters`, `dtype`, `out_dtype`, `tokenizer_source`). Parameter
+//! `models[].parameters`, `slices[].sources[]` with `layer_range`, `parameters`, `dtype`,
+//! `out_dtype`, `tokenizer_source`). Parameter
 //! values are scalars, per-layer gradients (lists) or lists of `{filter, value}` entries, and
 //! evaluate per tensor exactly as ALGORITHMS.md §1.3–1.4 define.
 
@@ -22,6 +23,10 @@ pub struct Recipe {
     pub base_model: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub models: Vec<ModelEntry>,
+    /// mergekit's layer-range syntax, the alternative to `models:` (exactly one is given): the
+    /// output's layers are the slices' layers, stacked in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub slices: Vec<OutputSlice>,
     #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
     pub parameters: Parameters,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -33,8 +38,6 @@ pub struct Recipe {
 
     // mergekit keys mergescope recognises but does not support yet: accepted by the parser so
     // that `Recipe::check_supported` can say so by name instead of calling them typos.
-    #[serde(default, skip_serializing)]
-    slices: Option<IgnoredAny>,
     #[serde(default, skip_serializing)]
     modules: Option<IgnoredAny>,
     #[serde(default, skip_serializing)]
@@ -52,6 +55,38 @@ pub struct ModelEntry {
     pub model: String,
     #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
     pub parameters: Parameters,
+}
+
+/// One entry of `slices:`: a run of output layers, each merged from the same relative layer of
+/// every source.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSlice {
+    pub sources: Vec<SliceSource>,
+    /// Overrides the recipe's `base_model` for this slice (mergekit 0.1.5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_model: Option<String>,
+    /// Between a source's own parameters and the recipe's in precedence (ALGORITHMS.md §1.4).
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub parameters: Parameters,
+}
+
+/// One entry of a slice's `sources:`: layers `layer_range[0]..layer_range[1]` of a model.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SliceSource {
+    pub model: String,
+    /// Half-open, as in mergekit: `[0, 24]` is layers 0 to 23.
+    pub layer_range: [usize; 2],
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub parameters: Parameters,
+}
+
+impl SliceSource {
+    /// The number of layers the source contributes (0 for an empty or reversed range).
+    pub fn len(&self) -> usize {
+        self.layer_range[1].saturating_sub(self.layer_range[0])
+    }
 }
 
 /// Parameter name → value, in the order the recipe wrote them.
@@ -371,14 +406,9 @@ impl Recipe {
     fn check_supported(&self, file: &Path) -> Result<(), RecipeError> {
         let unsupported = [
             (
-                "slices",
-                self.slices.is_some(),
-                "list whole models under `models:` for now",
-            ),
-            (
                 "modules",
                 self.modules.is_some(),
-                "list whole models under `models:` for now",
+                "list whole models under `models:`, or layer ranges under `slices:`",
             ),
             (
                 "tokenizer",
@@ -403,13 +433,26 @@ impl Recipe {
                 hint: (*hint).to_owned(),
             });
         }
-        if self.models.is_empty() {
-            return Err(RecipeError::BadValue {
-                file: file.to_path_buf(),
-                key: "models".to_owned(),
-                message: "the recipe lists no models; add at least one `- model: PATH` entry"
-                    .to_owned(),
-            });
+        match (self.models.is_empty(), self.slices.is_empty()) {
+            (true, true) => {
+                return Err(RecipeError::BadValue {
+                    file: file.to_path_buf(),
+                    key: "models".to_owned(),
+                    message: "the recipe lists no models; add at least one `- model: PATH` entry \
+                              (or `slices:` with layer ranges)"
+                        .to_owned(),
+                });
+            }
+            (false, false) => {
+                return Err(RecipeError::BadValue {
+                    file: file.to_path_buf(),
+                    key: "slices".to_owned(),
+                    message: "the recipe has both `models:` and `slices:`; mergekit takes exactly \
+                              one of them"
+                        .to_owned(),
+                });
+            }
+            _ => super::slices::check_shape(&self.slices, file)?,
         }
         for (key, value) in [("dtype", &self.dtype), ("out_dtype", &self.out_dtype)] {
             if let Some(name) = value {
