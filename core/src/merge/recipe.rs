@@ -586,15 +586,33 @@ mod tests {
 
     #[test]
     fn unsupported_keys_are_named() {
-        let err =
-            parse("merge_method: passthrough\nslices:\n  - sources: []\nmodels:\n  - model: a\n")
-                .unwrap_err()
-                .to_string();
-        assert!(err.contains("`slices`"), "{err}");
+        let err = parse("merge_method: linear\nmodules:\n  text: {}\nmodels:\n  - model: a\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`modules`"), "{err}");
         let err = parse("merge_method: linear\ndtype: float64\nmodels:\n  - model: a\n")
             .unwrap_err()
             .to_string();
         assert!(err.contains("`dtype`") && err.contains("float64"), "{err}");
+    }
+
+    #[test]
+    fn slices_round_trip_and_exclude_models() {
+        let text = "merge_method: ties\nbase_model: base\nslices:\n  - sources:\n      - model: base\n        layer_range: [0, 4]\n      - model: a\n        layer_range: [2, 6]\n        parameters:\n          weight: [0.2, 0.8]\n    parameters:\n      density: 0.5\n  - sources:\n      - model: base\n        layer_range: [4, 8]\n      - model: a\n        layer_range: [4, 8]\n    base_model: base\nparameters:\n  density: 0.3\n";
+        let r = parse(text).unwrap();
+        assert_eq!(r.slices.len(), 2);
+        assert_eq!(r.slices[0].sources[1].layer_range, [2, 6]);
+        assert_eq!(r.slices[0].sources[1].len(), 4);
+        assert_eq!(r.slices[1].base_model.as_deref(), Some("base"));
+        let again = parse(&r.to_yaml()).unwrap();
+        assert_eq!(r, again);
+        let both = format!("{text}models:\n  - model: a\n");
+        let err = parse(&both).unwrap_err().to_string();
+        assert!(err.contains("`slices`") && err.contains("both"), "{err}");
+        let err = parse("merge_method: passthrough\nslices: []\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("lists no models"), "{err}");
     }
 
     #[test]

@@ -398,3 +398,220 @@ pub(super) fn plan(
         layer_count: Some(out_layer),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::dtype::FloatType;
+    use crate::job::Job;
+    use crate::merge::Value;
+    use crate::merge::plan::{MergePlan, PlanOptions, TaskAction};
+    use crate::synth::{LlamaShape, SynthFamily};
+
+    /// A base and two fine-tunes of 4 layers, written once per test into `dir`.
+    fn family(dir: &Path) {
+        let shape = LlamaShape {
+            hidden: 8,
+            intermediate: 16,
+            layers: 4,
+            vocab: 16,
+            heads: 2,
+            kv_heads: 1,
+        };
+        let mut family = SynthFamily::new(shape, 2);
+        family.dtype = FloatType::F32;
+        family.write(dir, false, &Job::default()).unwrap();
+    }
+
+    fn plan(dir: &Path, yaml: &str) -> Result<MergePlan, PlanError> {
+        let file = dir.join("recipe.yml");
+        std::fs::write(&file, yaml).unwrap();
+        let options = PlanOptions {
+            cwd: dir.to_path_buf(),
+            random_seed: Some(1),
+            truncate_vocab: false,
+        };
+        MergePlan::from_file(&file, &options)
+    }
+
+    fn task<'p>(plan: &'p MergePlan, name: &str) -> &'p TensorTask {
+        plan.tasks
+            .iter()
+            .find(|t| t.name == name)
+            .unwrap_or_else(|| panic!("no task {name}"))
+    }
+
+    /// The name of tensor `index` of family model `member`.
+    fn input_name(plan: &MergePlan, member: usize, index: usize) -> (String, PathBuf) {
+        let m = &plan.family.models[member];
+        (
+            m.checkpoint.tensors()[index].name.clone(),
+            PathBuf::from(&m.label),
+        )
+    }
+
+    const FRANKEN: &str = "merge_method: passthrough
+slices:
+  - sources:
+      - model: base
+        layer_range: [0, 3]
+  - sources:
+      - model: ft_1
+        layer_range: [1, 4]
+        parameters:
+          scale:
+            - filter: layers.2.
+              value: 0.5
+            - value: 1
+  - sources:
+      - model: base
+        layer_range: [3, 4]
+";
+
+    #[test]
+    fn a_frankenmerge_renames_layers_and_reads_each_from_its_source() {
+        let dir = tempfile::tempdir().unwrap();
+        family(dir.path());
+        let plan = plan(dir.path(), FRANKEN).unwrap();
+        // base is one member though two slices read it.
+        assert_eq!(plan.family.models.len(), 2);
+        assert!(plan.family.base.is_none());
+        assert_eq!(plan.layer_count, Some(7));
+        assert_eq!(plan.layout.num_layers(), 7);
+        let q = |layer: usize| format!("model.layers.{layer}.self_attn.q_proj.weight");
+        for (out, member, input) in [(0, 0, 0), (2, 0, 2), (3, 1, 1), (5, 1, 3), (6, 0, 3)] {
+            let t = task(&plan, &q(out));
+            assert_eq!(t.models.len(), 1);
+            let (name, label) = input_name(&plan, t.models[0].0, t.models[0].1);
+            assert_eq!((t.models[0].0, name.as_str()), (member, q(input).as_str()));
+            assert_eq!(label, PathBuf::from(["base", "ft_1"][member]));
+        }
+        // The filter tests ft_1's own name: its layer 2 is output layer 4.
+        let scale = |layer: usize| match &task(&plan, &q(layer)).action {
+            TaskAction::Merge { params, .. } => params.model_f64(0, "scale"),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!((scale(3), scale(4), scale(5)), (1.0, 0.5, 1.0));
+        // Embeddings from the first slice, final norm and head from the last: base either way.
+        for name in [
+            "model.embed_tokens.weight",
+            "model.norm.weight",
+            "lm_head.weight",
+        ] {
+            assert_eq!(task(&plan, name).models[0].0, 0, "{name}");
+        }
+        assert_eq!(plan.tasks.len(), 3 + 7 * 9);
+    }
+
+    #[test]
+    fn each_slice_restarts_the_gradient_and_reads_its_own_parameters() {
+        let dir = tempfile::tempdir().unwrap();
+        family(dir.path());
+        let yaml = "merge_method: slerp
+base_model: base
+slices:
+  - sources:
+      - model: base
+        layer_range: [0, 3]
+      - model: ft_1
+        layer_range: [0, 3]
+  - sources:
+      - model: base
+        layer_range: [3, 4]
+      - model: ft_2
+        layer_range: [1, 2]
+    parameters:
+      t: [0.25, 0.75]
+parameters:
+  t: [0, 1]
+";
+        let plan = plan(dir.path(), yaml).unwrap();
+        assert_eq!(plan.layer_count, Some(4));
+        let t = |name: &str| match &task(&plan, name).action {
+            TaskAction::Merge { params, .. } => params.shared("t"),
+            other => panic!("{other:?}"),
+        };
+        let mlp = |layer: usize| format!("model.layers.{layer}.mlp.up_proj.weight");
+        // Slice 0: 3 layers, t = 0, 0.5, 1. Slice 1: one layer, t = 1 (mergekit), of its own
+        // gradient.
+        assert_eq!(t(&mlp(0)), Value::Float(0.0));
+        assert_eq!(t(&mlp(1)), Value::Float(0.5));
+        assert_eq!(t(&mlp(2)), Value::Float(1.0));
+        assert_eq!(t(&mlp(3)), Value::Float(0.75));
+        // Pre-weights take the first slice's parameters, post-weights the last's, at t = 0.
+        assert_eq!(t("model.embed_tokens.weight"), Value::Float(0.0));
+        assert_eq!(t("lm_head.weight"), Value::Float(0.25));
+        let last = task(&plan, &mlp(3));
+        assert!(last.base.is_some());
+        let (name, label) = input_name(&plan, last.models[0].0, last.models[0].1);
+        assert_eq!((name, label), (mlp(1), PathBuf::from("ft_2")));
+    }
+
+    fn error(yaml: &str) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        family(dir.path());
+        plan(dir.path(), yaml).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn bad_slices_are_named() {
+        let source = |model: &str, a: usize, b: usize| {
+            format!("      - model: {model}\n        layer_range: [{a}, {b}]\n")
+        };
+        let err = error(&format!(
+            "merge_method: passthrough\nslices:\n  - sources:\n{}",
+            source("base", 2, 6)
+        ));
+        assert!(
+            err.contains("slices[0].sources[0].layer_range") && err.contains("4 layers"),
+            "{err}"
+        );
+        let err = error(&format!(
+            "merge_method: linear\nslices:\n  - sources:\n{}{}",
+            source("base", 0, 2),
+            source("ft_1", 0, 3)
+        ));
+        assert!(
+            err.contains("slices[0].sources[1].layer_range") && err.contains("same number"),
+            "{err}"
+        );
+        let err = error(&format!(
+            "merge_method: passthrough\nslices:\n  - sources:\n{}",
+            source("base", 2, 2)
+        ));
+        assert!(err.contains("holds no layers"), "{err}");
+        let err = error("merge_method: passthrough\nslices:\n  - sources: []\n");
+        assert!(
+            err.contains("slices[0].sources") && err.contains("no sources"),
+            "{err}"
+        );
+        let err = error(&format!(
+            "merge_method: linear\nslices:\n  - sources:\n{}{}",
+            source("base", 0, 2),
+            source("base", 2, 4)
+        ));
+        assert!(err.contains("slices[0].sources[1].model"), "{err}");
+        let err = error(&format!(
+            "merge_method: slerp\nbase_model: base\nslices:\n  - sources:\n{}{}  - sources:\n{}{}",
+            source("base", 0, 2),
+            source("ft_1", 0, 2),
+            source("ft_1", 2, 4),
+            source("ft_2", 2, 4)
+        ));
+        assert!(err.contains("slices[1]") && err.contains("base"), "{err}");
+        let err = error(&format!(
+            "merge_method: passthrough\nslices:\n  - sources:\n{}{}",
+            source("base", 0, 2),
+            source("ft_1", 0, 2)
+        ));
+        assert!(
+            err.contains("exactly 1") && err.contains("slices[0]"),
+            "{err}"
+        );
+        for err in [&err] {
+            assert!(!err.contains('\n'), "{err}");
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! `slices:` recipes (mergekit's layer-range syntax) against mergekit 0.1.5's own outputs on a
+//! tiny 8-layer Llama family (`fixtures/mergekit/slices`, built by its `make_fixtures.py`):
+//! a passthrough frankenmerge deeper than its inputs, slerp with a per-module gradient per
+//! slice, and ties with parameters per source, per slice and global.
+
+use std::path::{Path, PathBuf};
+
+use mergescope_tests::cli::run;
+use mergescope_tests::compare::{Class, Tolerance, compare_folders};
+use mergescope_tests::fixture::read_folder;
+
+const BIN: &str = env!("CARGO_BIN_EXE_mergescope-cli");
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/mergekit/slices")
+}
+
+fn manifest(dir: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(dir.join("expected/MANIFEST.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn layer_count(folder: &Path) -> u64 {
+    let text = std::fs::read_to_string(folder.join("config.json")).unwrap();
+    let config: serde_json::Value = serde_json::from_str(&text).unwrap();
+    config["num_hidden_layers"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{}: no num_hidden_layers", folder.display()))
+}
+
+/// Merges `configs/<recipe>.yml` (from the fixture folder, as mergekit ran it) on `backend`
+/// into `out` and returns the output folder.
+fn merge(dir: &Path, config: &str, out: &Path, backend: &str) -> PathBuf {
+    let merged = out.join(backend);
+    let args = [
+        "merge",
+        config,
+        "--out",
+        merged.to_str().unwrap(),
+        "--random-seed",
+        "42",
+        "--backend",
+        backend,
+    ];
+    run(BIN, dir, &args).assert_success();
+    merged
+}
+
+/// Merges a fixture recipe and compares it with mergekit's output: every tensor within the
+/// recipe's tolerance class, the same tensor names, and the same layer count in config.json.
+fn check(dir: &Path, recipe: &str, backend: &str) {
+    if backend == "gpu" && std::env::var_os("MERGESCOPE_SKIP_GPU_TESTS").is_some() {
+        eprintln!("skipping the GPU run of {recipe} (MERGESCOPE_SKIP_GPU_TESTS)");
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let merged = merge(dir, &format!("configs/{recipe}.yml"), out.path(), backend);
+    let expected = dir.join("expected").join(recipe);
+    let class = Class::for_recipe(&dir.join("expected/MANIFEST.json"), recipe);
+    let reports = compare_folders(&merged, &expected, &class, None)
+        .unwrap_or_else(|problems| panic!("{recipe} on {backend}: FAIL\n{problems}"));
+    assert_eq!(reports.len(), read_folder(&expected).len());
+    let layers = manifest(dir)["methods"][recipe]["num_hidden_layers"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(layer_count(&expected), layers);
+    assert_eq!(layer_count(&merged), layers, "{recipe}: config.json");
+}
+
+#[test]
+fn passthrough_frankenmerge() {
+    check(&fixtures(), "passthrough_frankenmerge", "cpu");
+}
+
+#[test]
+fn slerp_slices() {
+    check(&fixtures(), "slerp_slices", "cpu");
+}
+
+#[test]
+fn slerp_slices_gpu() {
+    check(&fixtures(), "slerp_slices", "gpu");
+}
+
+#[test]
+fn ties_slices() {
+    check(&fixtures(), "ties_slices", "cpu");
+}
+
+#[test]
+fn the_output_is_deeper_and_named_by_its_new_layers() {
+    let dir = fixtures();
+    let out = tempfile::tempdir().unwrap();
+    let merged = merge(
+        &dir,
+        "configs/passthrough_frankenmerge.yml",
+        out.path(),
+        "cpu",
+    );
+    let tensors = read_folder(&merged);
+    let base = read_folder(&dir.join("models/base"));
+    let ft_a = read_folder(&dir.join("models/ft_a"));
+    // 15 layers from 8-layer models; output layer 12 is ft_a's layer 5 (the third slice).
+    assert!(tensors.contains_key("model.layers.14.mlp.down_proj.weight"));
+    assert!(!tensors.contains_key("model.layers.15.mlp.down_proj.weight"));
+    let name = |layer: usize| format!("model.layers.{layer}.mlp.down_proj.weight");
+    assert_eq!(tensors[&name(12)].2, ft_a[&name(5)].2);
+    assert_eq!(tensors[&name(3)].2, base[&name(3)].2);
+    assert_eq!(tensors["model.norm.weight"].2, ft_a["model.norm.weight"].2);
+    assert_eq!(layer_count(&merged), 15);
+}
+
+/// The comparison can fail: the frankenmerge with its scale filter written for the output's
+/// layer names instead of the input's (`layers.8.` for ft_b's layer 4) is another merge, and
+/// must not pass as mergekit's.
+#[test]
+fn a_wrong_merge_fails_the_comparison() {
+    let dir = fixtures();
+    let recipe = std::fs::read_to_string(dir.join("configs/passthrough_frankenmerge.yml"))
+        .unwrap()
+        // ft_b's layers 2-7 hold no "layers.8.", so nothing is halved
+        .replace("layers.4.", "layers.8.");
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("wrong.yml");
+    std::fs::write(&config, recipe).unwrap();
+    let merged = merge(&dir, config.to_str().unwrap(), work.path(), "cpu");
+    let expected = dir.join("expected/passthrough_frankenmerge");
+    let problems = compare_folders(&merged, &expected, &Class::Close(Tolerance::EXACT), None)
+        .expect_err("a different merge must not pass");
+    assert!(problems.contains("model.layers.8."), "{problems}");
+    assert!(!problems.contains("model.layers.9."), "{problems}");
+}
+
+/// One line naming the recipe key, for each way a slice can be wrong.
+#[test]
+fn bad_slices_are_one_line_errors() {
+    let dir = fixtures();
+    let work = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "merge_method: passthrough\nslices:\n  - sources:\n      - model: models/base\n        layer_range: [4, 9]\n",
+            vec!["slices[0].sources[0].layer_range", "8 layers"],
+        ),
+        (
+            "merge_method: slerp\nbase_model: models/base\nslices:\n  - sources:\n      - model: models/base\n        layer_range: [0, 4]\n      - model: models/ft_a\n        layer_range: [0, 3]\nparameters:\n  t: 0.5\n",
+            vec!["slices[0].sources[1].layer_range", "same number of layers"],
+        ),
+        (
+            "merge_method: passthrough\nslices:\n  - sources: []\n",
+            vec!["slices[0].sources", "no sources"],
+        ),
+    ];
+    for (i, (yaml, needles)) in cases.iter().enumerate() {
+        let config = work.path().join(format!("bad{i}.yml"));
+        std::fs::write(&config, yaml).unwrap();
+        let out = work.path().join(format!("out{i}"));
+        let args = [
+            "merge",
+            config.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        run(BIN, &dir, &args).assert_user_error(needles);
+        assert!(!out.exists());
+    }
+}
