@@ -117,7 +117,7 @@ fn main() {
         });
         report("weighted_sum", 4, t, true);
         let combine = Combine {
-            base: views[0],
+            base: views[0].clone(),
             models: &views[1..],
             weights: &[0.5, 0.3, 0.2],
             factors: &[2.0, 2.0, 2.0],
@@ -130,12 +130,12 @@ fn main() {
         let t = best_of(3, || backend.combine(&combine, &mut out).unwrap());
         report("combine (ties)", 4, t, true);
         let t = best_of(3, || {
-            backend.gram(&views[1..], Some(views[0])).unwrap();
+            backend.gram(&views[1..], Some(views[0].clone())).unwrap();
         });
         report("gram", 4, t, false);
         let t = best_of(3, || {
             backend
-                .nearswap(views[0], views[1], 0.01, &mut out)
+                .nearswap(views[0].clone(), views[1].clone(), 0.01, &mut out)
                 .unwrap();
         });
         report("nearswap", 2, t, true);

@@ -44,7 +44,8 @@ pub fn count_view(view: TensorView<'_>) -> u64 {
     if view.info.float_type().is_none() {
         return 0;
     }
-    zip_chunks(&[view], view.numel(), |_, xs| {
+    let n = view.numel();
+    zip_chunks(&[view], n, |_, xs| {
         xs[0].iter().filter(|v| !v.is_finite()).count() as u64
     })
     .into_iter()

@@ -249,7 +249,7 @@ fn gram_matrices_equal_the_cpus_bit_for_bit() {
                 let views: Vec<_> = fine_tunes.iter().map(Tensor::view).collect();
                 if n == 200_000 {
                     let mut all = vec![base.view()];
-                    all.extend(views.iter().copied());
+                    all.extend(views.iter().cloned());
                     assert!(
                         split.chunk_elements(&all) < n,
                         "the test must split tensors"

@@ -73,10 +73,12 @@ fn layer_ticks(layers: usize) -> Vec<usize> {
 }
 
 /// Shows the editor for `points` over `layers` layers and returns whether a point moved.
-/// `name` labels the points for screen readers and tests ("upright point 3").
+/// `name` labels the points for screen readers and tests ("upright point 3"); `quantity` is
+/// what the curve gives each layer ("weight", "t"), its y axis' title.
 pub fn curve_editor(
     ui: &mut Ui,
     name: &str,
+    quantity: &str,
     points: &mut [f64],
     layers: usize,
     range: RangeInclusive<f64>,
@@ -107,7 +109,9 @@ pub fn curve_editor(
     let error = visuals.error_fg_color;
     let painter = ui.painter_at(rect);
     painter.rect_filled(frame, 2.0, visuals.extreme_bg_color);
-    axes(ui, &painter, rect, frame, plot, layers, &range, &y_of);
+    axes(
+        ui, &painter, rect, frame, plot, layers, quantity, &range, &y_of,
+    );
 
     // The curve, and the weight each layer ends up with.
     let accent = visuals.selection.bg_fill;
@@ -189,7 +193,7 @@ pub fn curve_editor(
             ring,
         );
         let mut text = format!(
-            "point {} of {k}: weight {:.2}; drag it, or focus it and press Up/Down",
+            "point {} of {k}: {quantity} {:.2}; drag it, or focus it and press Up/Down",
             j + 1,
             points[j]
         );
@@ -212,6 +216,7 @@ fn axes(
     frame: Rect,
     plot: Rect,
     layers: usize,
+    quantity: &str,
     range: &RangeInclusive<f64>,
     y_of: &dyn Fn(f64) -> f64,
 ) {
@@ -252,7 +257,7 @@ fn axes(
         );
     }
     // The y title, turned to read upwards along the axis.
-    let title = ui.fonts_mut(|f| f.layout_no_wrap("weight".to_owned(), font.clone(), faint));
+    let title = ui.fonts_mut(|f| f.layout_no_wrap(quantity.to_owned(), font.clone(), faint));
     let pos = pos2(rect.left() + 1.0, frame.center().y + title.size().x / 2.0);
     painter.add(
         egui::epaint::TextShape::new(pos, title, faint).with_angle(-std::f32::consts::FRAC_PI_2),

@@ -15,7 +15,7 @@ struct MethodText {
     when: &'static str,
 }
 
-const METHOD_TEXTS: [MethodText; 9] = [
+const METHOD_TEXTS: [MethodText; 20] = [
     MethodText {
         name: "task_arithmetic",
         what: "Adds each model's task vector (its weights minus the base's), times its weight, \
@@ -79,6 +79,90 @@ const METHOD_TEXTS: [MethodText; 9] = [
         when: "Fine-tunes of one base that stay in one basin: a model soup. Wortsman et al. \
                2022, \"Model soups\".",
     },
+    MethodText {
+        name: "slerp",
+        what: "Spherical interpolation between the base and one other model, tensor by tensor: \
+               t = 0 is the base, t = 1 the other model, along the arc between them (a straight \
+               line where they point the same way).",
+        when: "Blending exactly two models while keeping their weights' norms, often with t \
+               as a gradient over depth and per module (mergekit's gradient-slerp). Shoemake \
+               1985, \"Animating rotation with quaternion curves\"; as used by mergekit \
+               (Goddard et al. 2024).",
+    },
+    MethodText {
+        name: "nuslerp",
+        what: "Spherical interpolation of exactly two models (or of their task vectors, \
+               against the base) at t = w2 / (w1 + w2), over whole tensors, rows or columns.",
+        when: "Two fine-tunes blended on the sphere with weights instead of a t; with a base, \
+               their task vectors are interpolated. mergekit's nuslerp (Goddard et al. 2024).",
+    },
+    MethodText {
+        name: "multislerp",
+        what: "Spherical interpolation of any number of models (or task vectors, against the \
+               base): the weighted mean direction on the hypersphere, scaled by the weighted \
+               norms.",
+        when: "More than two models blended as slerp blends two. mergekit's multislerp \
+               (Goddard et al. 2024), after Buss & Fillmore 2001 on spherical averages.",
+    },
+    MethodText {
+        name: "karcher",
+        what: "The Karcher (Riemannian) mean of the models on the unit sphere, each model \
+               counting equally, iterated until it moves less than tol, then scaled by their \
+               mean norm.",
+        when: "An even blend of several models without choosing weights. Karcher 1977, \
+               \"Riemannian center of mass\"; mergekit (Goddard et al. 2024).",
+    },
+    MethodText {
+        name: "model_stock",
+        what: "Averages the fine-tunes and moves from the base towards that average by a ratio \
+               computed from the angle between their task vectors (closer when they agree).",
+        when: "Two or more fine-tunes of one base from similar recipes, with no weights to \
+               tune. Model Stock: Jang et al. 2024.",
+    },
+    MethodText {
+        name: "sce",
+        what: "Select (keep the entries whose task vectors vary most across models, \
+               select_topk of them), calculate (weights from each model's squared task vector) \
+               and erase (drop entries against the elected sign), then add to the base.",
+        when: "Fusing several fine-tunes without per-model weights. FuseChat (SCE): Wan et al. \
+               2024.",
+    },
+    MethodText {
+        name: "nearswap",
+        what: "Takes the other model's value where it lies within t of the base's, and keeps \
+               the base's where they are far apart (a smooth blend in between).",
+        when: "Borrowing a fine-tune's small adjustments while keeping the base where they \
+               disagree strongly. From alchemonaut's QuartetAnemoi-70B-t0.0001 (2024), in mergekit.",
+    },
+    MethodText {
+        name: "passthrough",
+        what: "Copies one model's tensors unchanged (or times scale).",
+        when: "With slices, to stack or duplicate layers (frankenmerges); alone, to rescale or \
+               re-save a model. mergekit (Goddard et al. 2024).",
+    },
+    MethodText {
+        name: "arcee_fusion",
+        what: "Keeps the base except where the other model's update matters most: entries \
+               whose change, weighted by the KL divergence of the two models' rows, is above \
+               an outlier threshold take the other model's value.",
+        when: "Fusing one fine-tune into its base selectively. Arcee Fusion: mergekit \
+               (Goddard et al. 2024).",
+    },
+    MethodText {
+        name: "ram",
+        what: "Reinforced Agent Merging: entries only one model changes (by more than epsilon) \
+               keep that model's change whole; entries several models change take their \
+               average.",
+        when: "Fine-tunes (agents) whose few unique updates would be diluted by averaging. \
+               RAM: Reinforced Agent Merging, 2026 (arXiv 2601.13572).",
+    },
+    MethodText {
+        name: "ramplus_tl",
+        what: "RAM whose unique entries are amplified per model by 1 + r × min(shared/unique, \
+               alpha), compensating models that share most of their updates.",
+        when: "As ram when some models' unique updates are few. RAM+ (Reinforced Agent \
+               Merging), 2026 (arXiv 2601.13572).",
+    },
 ];
 
 /// The tooltip of merge method `name`.
@@ -90,8 +174,100 @@ pub fn method(name: &str) -> String {
 }
 
 /// What a parameter does and when to change it.
-fn param_text(name: &str) -> Option<(&'static str, &'static str)> {
+fn param_text(method: &str, name: &str) -> Option<(&'static str, &'static str)> {
     Some(match name {
+        // RAM's epsilon is a threshold, not DELLA's spread.
+        "epsilon" if method.starts_with("ram") => (
+            "The smallest change of an entry that counts as the model contributing there; \
+             smaller changes are treated as the base's.",
+            "Raise it to ignore a fine-tune's noise-level updates. RAM (Reinforced Agent \
+             Merging), 2026 (arXiv 2601.13572).",
+        ),
+        "t" => (
+            "Where the merge lies between the base (0) and the other model (1): for slerp \
+             along the arc between them (beyond [0, 1] it extrapolates); for nearswap, the \
+             distance within which an entry takes the other model's value.",
+            "slerp: 0.5 for an even blend, a gradient to blend layers differently. nearswap: \
+             small (about 1e-4 to 1e-2), the size of the updates to borrow. mergekit \
+             (Goddard et al. 2024).",
+        ),
+        "per-layer t" => (
+            "t as a curve over depth instead of one number: a mergekit gradient whose control \
+             points spread evenly from the first layer to the last, linear in between.",
+            "Early layers near the base and late layers near the other model (a rising \
+             curve), or the reverse; see mergekit's gradient-slerp example (Goddard et al. \
+             2024).",
+        ),
+        "per-module t" => (
+            "Curves of t for module filters: tensors whose names contain a filter take its \
+             curve, filters are tried in order and the first match wins ({filter, value} \
+             lists); the last curve takes every other tensor.",
+            "Attention and MLP blended in opposite directions over depth, as in mergekit's \
+             gradient-slerp example (Goddard et al. 2024).",
+        ),
+        "include" => (
+            "Whether this open fine-tune takes part in the merge (it is listed under \
+             `models:`). The method's own counts apply: slerp, nearswap and passthrough take \
+             one model, nuslerp two, model_stock at least two.",
+            "Untick models to merge a subset of the family without reopening it.",
+        ),
+        "against the base" => (
+            "With it, the method combines task vectors (each model minus the base) and adds \
+             the result to the base; without it, the models' weights themselves (no \
+             `base_model` in the recipe).",
+            "On for fine-tunes of the open base; off for models that share no base.",
+        ),
+        "nuslerp_flatten" => (
+            "Interpolates each tensor as one flattened vector (on by default; it wins over \
+             row-wise).",
+            "Off to interpolate row by row (or column by column with nuslerp_row_wise).",
+        ),
+        "nuslerp_row_wise" => (
+            "With flatten off: interpolates along axis 0 (the columns of a 2-D weight) instead \
+             of the rows.",
+            "Rarely; it follows mergekit's naming, where row-wise means axis 0.",
+        ),
+        "normalize_weights" => (
+            "Divides the weights by their sum, so only their ratios matter.",
+            "Keep it on unless the weights already sum to 1 on purpose.",
+        ),
+        "eps" => (
+            "A small number added to norms so directions of near-zero vectors stay finite.",
+            "Leave at its default unless a tensor's task vectors are exactly zero.",
+        ),
+        "max_iter" => (
+            "The most iterations the Karcher mean runs on each tensor.",
+            "Raise it if tol is not reached (the mean still moves); each iteration is a pass \
+             over every input tensor. Karcher 1977.",
+        ),
+        "tol" => (
+            "The iteration stops once the mean moves less than this (also: inputs with a \
+             smaller norm are left out).",
+            "Smaller for a more exact mean at more iterations.",
+        ),
+        "filter_wise" => (
+            "Computes Model Stock's ratio per row of each weight instead of once per tensor.",
+            "On when rows (filters) of a layer moved very differently. Model Stock: Jang et al. \
+             2024.",
+        ),
+        "select_topk" => (
+            "The share of entries SCE keeps: those whose task vectors vary most across the \
+             models; 1 keeps every entry.",
+            "Lower it (e.g. 0.1 to 0.5) to keep only the entries the models disagree on most. \
+             FuseChat: Wan et al. 2024.",
+        ),
+        "scale" => (
+            "Multiplies the model's tensors (1 copies them unchanged).",
+            "To scale a model's output layers down or a duplicated slice's contribution.",
+        ),
+        "r" => (
+            "RAM+'s amplification of a model's unique entries: up to 1 + r × alpha.",
+            "Raise it to favour models whose updates are mostly shared. RAM+, 2026 (arXiv 2601.13572).",
+        ),
+        "alpha" => (
+            "The cap on the shared/unique ratio RAM+ amplifies by.",
+            "With r, bounds how much unique entries are amplified. RAM+, 2026 (arXiv 2601.13572).",
+        ),
         "weight" => (
             "How much of this model goes into the merge: its task vector's factor (the share \
              of the average for linear). Negative subtracts the model's task.",
@@ -194,7 +370,7 @@ pub fn param(
     range: Option<RangeInclusive<f64>>,
     panel_start: Option<f64>,
 ) -> String {
-    let Some((what, when)) = param_text(name) else {
+    let Some((what, when)) = param_text(method, name) else {
         return name.to_owned();
     };
     let mut text = format!("{name}: {what}");
@@ -223,20 +399,35 @@ pub fn param(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gui::state::{METHODS, method_flags, model_params};
+    use crate::gui::methods::{
+        has_lambda, has_weight, method_flags, methods, model_params, shared_curve_param,
+        shared_numbers,
+    };
 
     #[test]
     fn every_method_and_parameter_the_panel_shows_is_explained() {
-        for method in METHODS {
+        // Every mergekit method has its text before mergescope implements it.
+        for name in mergescope_core::merge::methods::MERGEKIT_METHODS {
+            assert!(
+                METHOD_TEXTS.iter().any(|m| m.name == *name),
+                "{name} has no text"
+            );
+        }
+        for method in methods() {
             let text = super::method(method);
             assert!(
                 text.contains("When to use") && text.contains("20"),
                 "{text}"
             );
-            let mut names = vec!["weight"];
+            let mut names = Vec::new();
+            if has_weight(method) {
+                names.push("weight");
+            }
             names.extend(model_params(method));
             names.extend(method_flags(method).into_iter().map(|(n, _)| n));
-            if method != "linear" {
+            names.extend(shared_numbers(method));
+            names.extend(shared_curve_param(method));
+            if has_lambda(method) {
                 names.push("lambda");
             }
             for name in names {
@@ -247,12 +438,24 @@ mod tests {
                 );
             }
         }
-        for name in ["per-layer weights", "module filters", "dtype", "out_dtype"] {
+        for name in [
+            "per-layer weights",
+            "per-layer t",
+            "per-module t",
+            "include",
+            "against the base",
+            "module filters",
+            "dtype",
+            "out_dtype",
+        ] {
             assert!(
                 param("ties", name, None, None).contains("When to use"),
                 "{name}"
             );
         }
+        // RAM's epsilon is its own, not DELLA's.
+        assert!(param("ram", "epsilon", None, None).contains("counts as the model"));
+        assert!(param("della", "epsilon", None, None).contains("spread"));
     }
 
     #[test]
@@ -270,5 +473,7 @@ mod tests {
         assert!(param("breadcrumbs", "gamma", None, None).contains("Default: 0.01"));
         assert!(param("ties", "weight", None, None).contains("the recipe must give it"));
         assert!(param("ties", "lambda", None, Some(1.0)).contains("Default: 1 (ties's own)."));
+        assert!(param("karcher", "max_iter", None, None).contains("Default: 10 (karcher's own)."));
+        assert!(param("slerp", "t", None, None).contains("the recipe must give it"));
     }
 }

@@ -7,6 +7,8 @@ pub mod generator;
 pub mod help;
 pub mod history;
 pub mod interrupt;
+pub mod method_controls;
+pub mod methods;
 pub mod panels;
 pub mod pareto;
 pub mod previewer;

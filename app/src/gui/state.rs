@@ -4,11 +4,15 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use mergescope_core::merge::MethodSpec;
-use mergescope_core::merge::params::{Kind, Scope, Value};
+use mergescope_core::merge::BaseUse;
 
 use mergescope_core::merge::plan::resolve_model_path;
 use mergescope_core::merge::recipe::Recipe;
+
+use super::methods::{base_use, has_weight, shared_curve_param, shared_numbers, shared_range};
+pub use super::methods::{
+    has_lambda, method_flags, methods, model_param_range, model_params, param_default,
+};
 
 /// One opened model, as the Models panel shows it.
 #[derive(Clone, Debug)]
@@ -103,77 +107,6 @@ impl OpenFamily {
     }
 }
 
-/// Merge methods the Merge panel offers: every method with per-model weights (the generalized
-/// task arithmetic family, and linear).
-pub const METHODS: [&str; 9] = [
-    "task_arithmetic",
-    "ties",
-    "dare_ties",
-    "dare_linear",
-    "della",
-    "della_linear",
-    "breadcrumbs",
-    "breadcrumbs_ties",
-    "linear",
-];
-
-/// A method's parameters as the core declares them (names, kinds, defaults).
-fn spec(method: &str) -> Option<&'static MethodSpec> {
-    match mergescope_core::merge::methods::lookup(method) {
-        mergescope_core::merge::methods::Lookup::Found(m) => Some(m.spec()),
-        _ => None,
-    }
-}
-
-/// Per-model numbers `method` reads besides the weight (density, epsilon, gamma), in the order
-/// it declares them.
-pub fn model_params(method: &str) -> Vec<&'static str> {
-    spec(method).map_or_else(Vec::new, |s| {
-        s.params
-            .iter()
-            .filter(|p| p.scope != Scope::Shared && p.kind == Kind::Float && p.name != "weight")
-            .map(|p| p.name)
-            .collect()
-    })
-}
-
-/// Shared switches `method` reads (normalize, rescale), with its defaults. `int8_mask` is left
-/// out: it only changes mergekit's memory use.
-pub fn method_flags(method: &str) -> Vec<(&'static str, bool)> {
-    spec(method).map_or_else(Vec::new, |s| {
-        s.params
-            .iter()
-            .filter(|p| p.scope == Scope::Shared && p.name != "int8_mask")
-            .filter_map(|p| match p.default {
-                Some(Value::Bool(b)) => Some((p.name, b)),
-                _ => None,
-            })
-            .collect()
-    })
-}
-
-/// The default the core gives `method`'s float parameter `name`, if any.
-fn param_default(method: &str, name: &str) -> Option<f64> {
-    spec(method)?
-        .params
-        .iter()
-        .find(|p| p.name == name)
-        .and_then(|p| match p.default {
-            Some(Value::Float(x)) => Some(x),
-            _ => None,
-        })
-}
-
-/// Where a per-model number starts, and the range its slider covers.
-pub fn model_param_range(name: &str) -> (f64, std::ops::RangeInclusive<f64>) {
-    match name {
-        "density" => (0.5, 0.01..=1.0),
-        "epsilon" => (0.1, 0.0..=0.5),
-        "gamma" => (0.01, 0.0..=0.5),
-        _ => (1.0, 0.0..=2.0),
-    }
-}
-
 /// A module filter: tensors whose names contain `filter` take `lambda` as the strength of the
 /// merged task vector instead of the global one. Filters are tried in order and the first match
 /// wins, as mergekit evaluates `{filter, value}` lists.
@@ -181,6 +114,24 @@ pub fn model_param_range(name: &str) -> (f64, std::ops::RangeInclusive<f64>) {
 pub struct ModuleFilter {
     pub filter: String,
     pub lambda: f64,
+}
+
+/// A per-layer curve of the method's shared number (slerp's `t`) for the tensors whose names
+/// contain `filter`: one `{filter, value: [...]}` entry, as in mergekit's gradient-slerp
+/// example.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModuleCurve {
+    pub filter: String,
+    pub points: Vec<f64>,
+}
+
+/// A recipe the panel cannot represent with its controls: it is kept as text (previewed,
+/// exported and saved as it is) with the reason in one line.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReadOnly {
+    pub text: String,
+    /// What the panel does not edit ("the panel does not edit per-slice layer ranges").
+    pub reason: String,
 }
 
 /// The Merge panel's settings.
@@ -197,9 +148,25 @@ pub struct MergeSettings {
     /// Per model, the control points of its per-layer weight curve (a mergekit gradient), when
     /// `per_layer` is on.
     pub curves: Vec<Vec<f64>>,
+    /// Per-layer curves instead of single numbers: the weights' (per model), or the method's
+    /// shared curve number's (slerp's `t`).
     pub per_layer: bool,
     pub lambda: f64,
     pub filters: Vec<ModuleFilter>,
+    /// The method's shared numbers by name (`t`, `eps`, `tol`, `max_iter`, `select_topk`, ...;
+    /// lambda has its own field); absent: where its slider starts. Kept across method
+    /// changes.
+    pub shared: BTreeMap<String, f64>,
+    /// The curve of the method's shared curve number (slerp's `t`) when `per_layer` is on: for
+    /// the tensors no module curve catches.
+    pub shared_curve: Vec<f64>,
+    /// Curves of that number for module filters, tried in order before `shared_curve`.
+    pub module_curves: Vec<ModuleCurve>,
+    /// Per open fine-tune: does it take part in the merge?
+    pub included: Vec<bool>,
+    /// For methods with an optional base (nuslerp, multislerp): merge task vectors against
+    /// the base (else the models themselves).
+    pub use_base: bool,
     /// `dtype` of the recipe (the dtype inputs are computed in; float32 unless a loaded recipe
     /// says otherwise).
     pub dtype: String,
@@ -207,11 +174,16 @@ pub struct MergeSettings {
     pub tokenizer_source: Option<String>,
     /// `out_dtype` of the recipe: float32, bfloat16 or float16.
     pub out_dtype: String,
+    /// A loaded recipe the controls cannot represent: it is what the settings make.
+    pub read_only: Option<ReadOnly>,
 }
 
-/// Does `method` scale the merged task vector by `lambda` (and so take module filters)?
-pub fn has_lambda(method: &str) -> bool {
-    method != "linear"
+/// Why a recipe does not become editable settings.
+enum Refusal {
+    /// It is a valid recipe the panel shows as text.
+    ReadOnly(String),
+    /// It cannot be applied at all (it names models that are not open, ...).
+    Error(String),
 }
 
 impl MergeSettings {
@@ -225,10 +197,54 @@ impl MergeSettings {
             per_layer: false,
             lambda: 1.0,
             filters: Vec::new(),
+            shared: BTreeMap::new(),
+            shared_curve: vec![0.5; 2],
+            module_curves: Vec::new(),
+            included: vec![true; n],
+            use_base: true,
             dtype: "float32".to_owned(),
             tokenizer_source: None,
             out_dtype: "float32".to_owned(),
+            read_only: None,
         }
+    }
+
+    /// Switches to `method`, ticking or unticking models (the first ones stay) so that as many
+    /// take part as it merges (slerp: exactly one).
+    pub fn set_method(&mut self, method: &str) {
+        self.method = method.to_owned();
+        let Some(spec) = super::methods::spec(method) else {
+            return;
+        };
+        let mut count = self.included_count();
+        if let Some(max) = spec.max_models {
+            for on in self.included.iter_mut().filter(|on| **on).skip(max) {
+                *on = false;
+                count -= 1;
+            }
+        }
+        for on in &mut self.included {
+            if count >= spec.min_models.max(1) {
+                break;
+            }
+            if !*on {
+                *on = true;
+                count += 1;
+            }
+        }
+    }
+
+    /// How many open fine-tunes take part.
+    pub fn included_count(&self) -> usize {
+        self.included.iter().filter(|on| **on).count()
+    }
+
+    /// Why these settings make no recipe the method accepts (a wrong number of models).
+    pub fn problem(&self) -> Option<String> {
+        if self.read_only.is_some() {
+            return None;
+        }
+        super::methods::model_count_problem(&self.method, self.included_count())
     }
 
     /// Model `i`'s `name` ([`model_params`]), or where its slider starts.
@@ -237,6 +253,15 @@ impl MergeSettings {
             .get(name)
             .copied()
             .unwrap_or_else(|| model_param_range(name).0)
+    }
+
+    /// The method's shared number `name` ([`shared_numbers`], `t`), or where its slider
+    /// starts.
+    pub fn shared_value(&self, name: &str) -> f64 {
+        self.shared
+            .get(name)
+            .copied()
+            .unwrap_or_else(|| shared_range(&self.method, name).start)
     }
 
     /// The `name` switch of the current method.
@@ -249,82 +274,134 @@ impl MergeSettings {
         })
     }
 
-    /// Turns per-layer curves on or off, carrying the weights over: a scalar weight becomes a
-    /// flat curve, and a curve becomes its mean over `layers` layers.
+    /// Turns per-layer curves on or off, carrying the numbers over: a scalar becomes a flat
+    /// curve, and a curve becomes its mean over `layers` layers.
     pub fn set_per_layer(&mut self, on: bool, layers: usize) {
         if on == self.per_layer {
             return;
         }
+        let t = shared_curve_param(&self.method);
         if on {
             for (curve, &w) in self.curves.iter_mut().zip(&self.weights) {
-                // Switching off rounded the curve's mean to the slider's grid: a weight still
-                // equal to that is the curve's own, and the curve stays.
-                if round(curve_mean(curve, layers)) != w {
-                    *curve = vec![w; curve.len().max(2)];
-                }
+                carry_to_curve(curve, w, layers);
+            }
+            if let Some(t) = t {
+                let value = self.shared_value(t);
+                carry_to_curve(&mut self.shared_curve, value, layers);
             }
         } else {
             for (w, curve) in self.weights.iter_mut().zip(&self.curves) {
                 *w = round(curve_mean(curve, layers));
             }
+            if let Some(t) = t {
+                self.shared
+                    .insert(t.to_owned(), round(curve_mean(&self.shared_curve, layers)));
+            }
         }
         self.per_layer = on;
     }
 
-    /// The mergekit YAML of these settings over `family`.
+    /// Does the base go into the recipe (as `base_model`)?
+    fn writes_base(&self) -> bool {
+        match base_use(&self.method) {
+            BaseUse::Required => true,
+            BaseUse::Optional => self.use_base,
+            // A base would be one more input to average (mergekit's rule for these methods).
+            BaseUse::Ignored => false,
+        }
+    }
+
+    /// The mergekit YAML of these settings over `family` (a read-only recipe's own text).
     pub fn to_yaml(&self, family: &OpenFamily) -> String {
-        let mut y = format!("merge_method: {}\n", self.method);
-        let with_base = has_lambda(&self.method);
-        if with_base {
+        if let Some(read_only) = &self.read_only {
+            return read_only.text.clone();
+        }
+        let method = self.method.as_str();
+        let mut y = format!("merge_method: {method}\n");
+        if self.writes_base() {
             let _ = writeln!(y, "base_model: {}", quote(&family.base));
         }
         y.push_str("models:\n");
-        for (i, path) in family.models.iter().enumerate() {
+        let included = family
+            .models
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.included.get(*i).copied().unwrap_or(true));
+        for (i, path) in included {
             let _ = writeln!(y, "  - model: {}", quote(path));
-            let weight = if self.per_layer {
-                let points: Vec<String> = self.curves[i].iter().map(f64::to_string).collect();
-                format!("[{}]", points.join(", "))
-            } else {
-                format!("{}", self.weights[i])
-            };
-            let _ = write!(y, "    parameters: {{weight: {weight}");
-            for name in model_params(&self.method) {
-                let _ = write!(y, ", {name}: {}", self.model_value(i, name));
+            let mut params = Vec::new();
+            if has_weight(method) {
+                let weight = if self.per_layer {
+                    gradient(&self.curves[i])
+                } else {
+                    format!("{}", self.weights[i])
+                };
+                params.push(format!("weight: {weight}"));
             }
-            y.push_str("}\n");
+            for name in model_params(method) {
+                params.push(format!("{name}: {}", self.model_value(i, name)));
+            }
+            if !params.is_empty() {
+                let _ = writeln!(y, "    parameters: {{{}}}", params.join(", "));
+            }
         }
-        // Shared parameters: switches that differ from the method's defaults, then lambda.
-        let mut shared: Vec<String> = method_flags(&self.method)
+        let lambda_filters = has_lambda(method) && !self.filters.is_empty();
+        let module_curves = self.per_layer && !self.module_curves.is_empty();
+        // Shared parameters: switches and numbers that differ from the method's defaults
+        // (required ones always), the curve number, then lambda.
+        let mut shared: Vec<String> = method_flags(method)
             .into_iter()
             .filter(|&(name, default)| self.flag(name) != default)
             .map(|(name, _)| format!("  {name}: {}", self.flag(name)))
             .collect();
-        if with_base && self.filters.is_empty() && (self.lambda - 1.0).abs() > f64::EPSILON {
-            shared.push(format!("  lambda: {}", self.lambda));
-        }
-        if !shared.is_empty() || (with_base && !self.filters.is_empty()) {
-            y.push_str("parameters:\n");
-            for line in shared {
-                y.push_str(&line);
-                y.push('\n');
+        for name in shared_numbers(method) {
+            let value = self.shared_value(name);
+            if param_default(method, name) != Some(value) {
+                shared.push(format!("  {name}: {value}"));
             }
         }
-        if with_base && !self.filters.is_empty() {
-            y.push_str("  lambda:\n");
+        if let Some(t) = shared_curve_param(method) {
+            if module_curves {
+                shared.push(format!("  {t}:"));
+                for c in &self.module_curves {
+                    shared.push(format!(
+                        "    - {{filter: {}, value: {}}}",
+                        serde_json::to_string(&c.filter).expect("strings serialize"),
+                        gradient(&c.points)
+                    ));
+                }
+                shared.push(format!("    - {{value: {}}}", gradient(&self.shared_curve)));
+            } else if self.per_layer {
+                shared.push(format!("  {t}: {}", gradient(&self.shared_curve)));
+            } else {
+                shared.push(format!("  {t}: {}", self.shared_value(t)));
+            }
+        }
+        if has_lambda(method) && !lambda_filters && (self.lambda - 1.0).abs() > f64::EPSILON {
+            shared.push(format!("  lambda: {}", self.lambda));
+        }
+        if lambda_filters {
+            shared.push("  lambda:".to_owned());
             // An empty or `*` filter would match everything and hide the entries after it.
             for f in self
                 .filters
                 .iter()
                 .filter(|f| !matches!(f.filter.trim(), "" | "*"))
             {
-                let _ = writeln!(
-                    y,
+                shared.push(format!(
                     "    - {{filter: {}, value: {}}}",
                     serde_json::to_string(&f.filter).expect("strings serialize"),
                     f.lambda
-                );
+                ));
             }
-            let _ = writeln!(y, "    - {{value: {}}}", self.lambda);
+            shared.push(format!("    - {{value: {}}}", self.lambda));
+        }
+        if !shared.is_empty() {
+            y.push_str("parameters:\n");
+            for line in shared {
+                y.push_str(&line);
+                y.push('\n');
+            }
         }
         let _ = writeln!(y, "dtype: {}", self.dtype);
         if let Some(source) = &self.tokenizer_source {
@@ -339,6 +416,21 @@ impl MergeSettings {
         }
         y
     }
+}
+
+/// A scalar `w` carried onto `curve` as per-layer curves are turned on: the curve stays if
+/// its mean is still `w` (switching off rounded the curve's mean to the slider's grid), else
+/// it becomes flat at `w`.
+fn carry_to_curve(curve: &mut Vec<f64>, w: f64, layers: usize) {
+    if round(curve_mean(curve, layers)) != w {
+        *curve = vec![w; curve.len().max(2)];
+    }
+}
+
+/// Control points as a mergekit gradient: `[0.1, 0.5, 0.9]`.
+fn gradient(points: &[f64]) -> String {
+    let points: Vec<String> = points.iter().map(|x| (x + 0.0).to_string()).collect();
+    format!("[{}]", points.join(", "))
 }
 
 /// A per-layer weight curve's value at relative depth `t` in [0, 1], as the engine evaluates a
@@ -376,7 +468,8 @@ pub fn curve_mean(points: &[f64], layers: usize) -> f64 {
 
 /// Rounds to the 0.01 grid the sliders and curve points move on, so saved recipes stay readable.
 pub fn round(x: f64) -> f64 {
-    (x * 100.0).round() / 100.0
+    // + 0.0 turns -0 into 0: a recipe says `0`, and YAML reads `-0` back as the integer 0.
+    (x * 100.0).round() / 100.0 + 0.0
 }
 
 /// Shapes a per-layer curve can be reset to: each keeps the model's mean weight over depth
@@ -465,155 +558,301 @@ pub fn resample(points: &[f64], k: usize) -> Vec<f64> {
         .collect()
 }
 
-/// A recipe the workbench can edit: it parses, and uses a method the Merge panel offers.
+/// A recipe as the workbench reads it: any recipe `mergescope merge` parses. One the panel's
+/// controls cannot represent opens read-only ([`ReadOnly`]).
 pub fn parse_recipe(text: &str, file: &Path) -> Result<Recipe, String> {
-    let recipe = Recipe::from_yaml(text, file).map_err(|e| e.to_string())?;
-    if !METHODS.contains(&recipe.merge_method.as_str()) {
-        return Err(format!(
-            "the workbench edits {}; `{}` recipes run with `mergescope merge`",
-            METHODS.join(", "),
-            recipe.merge_method
-        ));
+    Recipe::from_yaml(text, file).map_err(|e| e.to_string())
+}
+
+/// What in `recipe` the panel has no controls for, whatever its method: `slices:` or
+/// `modules:` (no `models:` list), a LoRA adapter applied to a model (`BASE+ADAPTER`).
+fn unrepresentable(recipe: &Recipe, text: &str) -> Option<String> {
+    let top_level = |key: &str| text.lines().any(|l| l.starts_with(&format!("{key}:")));
+    if top_level("slices") {
+        return Some("the panel does not edit per-slice layer ranges (`slices:`)".to_owned());
     }
-    Ok(recipe)
+    if top_level("modules") {
+        return Some("the panel does not edit per-module recipes (`modules:`)".to_owned());
+    }
+    if recipe.models.is_empty() {
+        return Some("the recipe lists no `models:` for the panel to weigh".to_owned());
+    }
+    let lora = recipe
+        .models
+        .iter()
+        .map(|m| m.model.as_str())
+        .chain(recipe.base_model.as_deref())
+        .find(|m| m.contains('+'));
+    lora.map(|m| format!("the panel does not edit LoRA adapters applied to a model (`{m}`)"))
 }
 
 impl MergeSettings {
-    /// The settings a mergekit recipe describes, for the open `family`: the recipe must use a
-    /// method the panel edits, name the family's models (paths relative to the recipe's
-    /// folder are resolved from there), and give scalar weights or gradients, scalar
-    /// densities, and a scalar `lambda` or a list of `{filter, value}` lambdas.
+    /// The settings a mergekit recipe describes, for the open `family`: the models it names
+    /// (paths relative to the recipe's folder are resolved from there) are the ones included.
+    /// What the panel cannot represent (slices, LoRA adapters, per-module model weights,
+    /// gradients of numbers it edits as one value, ...) opens read-only with the reason;
+    /// a recipe that does not parse, or names models that are not open, is an error.
     pub fn from_recipe(text: &str, file: &Path, family: &OpenFamily) -> Result<Self, String> {
-        use mergescope_core::merge::recipe::{ParamValue, Scalar};
-
         let recipe = parse_recipe(text, file)?;
-        let cwd = std::env::current_dir().map_err(|e| e.to_string())?;
-        let same = |a: &Path, b: &Path| {
-            let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
-            canon(a) == canon(b)
-        };
-        // Each entry's model where a merge would find it (`None` if it is not there).
-        let resolved: Vec<Option<PathBuf>> = recipe
-            .models
-            .iter()
-            .map(|m| resolve_model_path(&m.model, "model", &cwd, file).ok())
-            .collect();
         let mut settings = Self::for_models(family.models.len());
         settings.method.clone_from(&recipe.merge_method);
-        let number = |v: &ParamValue, name: &str, model: &str| match v {
-            ParamValue::Scalar(Scalar::Number(x)) => Ok(*x),
-            _ => Err(format!(
-                "`{name}` of {model} is not a single number; the workbench edits plain values"
-            )),
+        if let Some(dtype) = &recipe.out_dtype {
+            settings.out_dtype.clone_from(dtype);
+        }
+        if let Some(dtype) = &recipe.dtype {
+            settings.dtype.clone_from(dtype);
+        }
+        settings
+            .tokenizer_source
+            .clone_from(&recipe.tokenizer_source);
+        let refusal = match unrepresentable(&recipe, text) {
+            Some(reason) => Err(Refusal::ReadOnly(reason)),
+            None => settings.read(&recipe, file, family),
         };
-        for (i, path) in family.models.iter().enumerate() {
-            let entry = recipe
-                .models
-                .iter()
-                .zip(&resolved)
-                .find(|(_, r)| r.as_deref().is_some_and(|r| same(r, path)))
-                .map(|(m, _)| m)
-                .ok_or_else(|| {
-                    format!(
-                        "the recipe does not name {}, which is open; open the recipe's models first",
-                        path.display()
-                    )
-                })?;
-            let weight = entry
-                .parameters
-                .get("weight")
-                .or_else(|| recipe.parameters.get("weight"));
-            match weight {
-                Some(ParamValue::List(points)) => {
-                    let points = points
-                        .iter()
-                        .map(|p| match p {
-                            Scalar::Number(x) => Ok(*x),
-                            other => Err(format!(
-                                "the weight gradient of {} holds {}; it must hold numbers",
-                                entry.model,
-                                other.describe()
-                            )),
-                        })
-                        .collect::<Result<Vec<f64>, String>>()?;
-                    if points.is_empty() {
-                        return Err(format!("the weight gradient of {} is empty", entry.model));
-                    }
-                    settings.per_layer = true;
-                    settings.curves[i] = if points.len() == 1 {
-                        vec![points[0]; 2]
-                    } else {
-                        points
-                    };
-                    settings.weights[i] = round(curve_mean(&settings.curves[i], family.layers));
-                }
-                Some(ParamValue::Conditional(_)) => {
-                    return Err(format!(
-                        "the weight of {} depends on tensor filters; the workbench filters \
-                         modules through lambda",
-                        entry.model
-                    ));
-                }
-                Some(v) => {
-                    settings.weights[i] = number(v, "weight", &entry.model)?;
-                    settings.curves[i] = vec![settings.weights[i]; 2];
-                }
-                None => {}
+        match refusal {
+            Ok(()) => Ok(settings),
+            Err(Refusal::ReadOnly(reason)) => {
+                settings.read_only = Some(ReadOnly {
+                    text: text.to_owned(),
+                    reason,
+                });
+                Ok(settings)
             }
-            // As the engine resolves them: the model's own value, else the recipe's shared
-            // one, else the method's default.
-            for name in model_params(&settings.method) {
-                let value = match entry
+            Err(Refusal::Error(e)) => Err(e),
+        }
+    }
+
+    /// Fills the settings from `recipe`, with the values the engine would use: a model's own
+    /// value, else the recipe's shared one, else the method's default.
+    fn read(&mut self, recipe: &Recipe, file: &Path, family: &OpenFamily) -> Result<(), Refusal> {
+        use mergescope_core::merge::recipe::{ParamValue, Scalar};
+        let method = recipe.merge_method.as_str();
+        let read_only = |reason: String| Err(Refusal::ReadOnly(reason));
+        match (base_use(method), &recipe.base_model) {
+            (BaseUse::Ignored, Some(_)) => {
+                return read_only(format!(
+                    "the panel does not edit a base_model that {method} merges as one more model"
+                ));
+            }
+            (BaseUse::Optional, None) => self.use_base = false,
+            _ => {}
+        }
+        let entries = included_entries(recipe, file, family)?;
+        self.included = entries.iter().map(Option::is_some).collect();
+        let number = |v: &ParamValue, name: &str, whose: &str| match v {
+            ParamValue::Scalar(Scalar::Number(x)) => Ok(*x),
+            _ => Err(Refusal::ReadOnly(format!(
+                "the panel edits `{name}` {whose} as one number, and the recipe gives {v}"
+            ))),
+        };
+        for (i, entry) in entries.iter().enumerate() {
+            let Some(entry) = entry else { continue };
+            let whose = format!("of {}", entry.model);
+            let value = |name: &str| {
+                entry
                     .parameters
                     .get(name)
                     .or_else(|| recipe.parameters.get(name))
-                {
-                    Some(v) => number(v, name, &entry.model)?,
-                    None => match param_default(&settings.method, name) {
+            };
+            if has_weight(method) {
+                match value("weight") {
+                    Some(ParamValue::List(points)) => {
+                        let points =
+                            numbers(points).filter(|p| !p.is_empty()).ok_or_else(|| {
+                                Refusal::ReadOnly(format!(
+                                    "the weight gradient {whose} must hold numbers"
+                                ))
+                            })?;
+                        self.per_layer = true;
+                        self.curves[i] = flat_if_single(points);
+                        self.weights[i] = round(curve_mean(&self.curves[i], family.layers));
+                    }
+                    Some(ParamValue::Conditional(_)) => {
+                        return read_only(format!(
+                            "the panel does not edit per-module model weights \
+                             ({{filter, value}}) {whose}; lambda's module filters do that"
+                        ));
+                    }
+                    Some(v) => {
+                        self.weights[i] = number(v, "weight", &whose)?;
+                        self.curves[i] = vec![self.weights[i]; 2];
+                    }
+                    None => {}
+                }
+            }
+            for name in model_params(method) {
+                let value = match value(name) {
+                    Some(v) => number(v, name, &whose)?,
+                    None => match param_default(method, name) {
                         Some(default) => default,
                         None => continue,
                     },
                 };
-                settings.model_values[i].insert(name.to_owned(), value);
+                self.model_values[i].insert(name.to_owned(), value);
             }
         }
-        for (name, _) in method_flags(&settings.method) {
+        for (name, _) in method_flags(method) {
             match recipe.parameters.get(name) {
                 Some(ParamValue::Scalar(Scalar::Bool(b))) => {
-                    settings.flags.insert(name.to_owned(), *b);
+                    self.flags.insert(name.to_owned(), *b);
                 }
-                Some(_) => return Err(format!("`{name}` must be true or false")),
+                Some(_) => return Err(Refusal::Error(format!("`{name}` must be true or false"))),
                 None => {}
             }
+        }
+        for name in shared_numbers(method) {
+            match recipe.parameters.get(name) {
+                Some(v) => {
+                    self.shared
+                        .insert(name.to_owned(), number(v, name, "for every tensor")?);
+                }
+                None => {
+                    self.shared.remove(name);
+                }
+            }
+        }
+        if let Some(t) = shared_curve_param(method) {
+            self.read_shared_curve(t, recipe.parameters.get(t), family)?;
         }
         match recipe.parameters.get("lambda") {
             Some(ParamValue::Conditional(entries)) => {
                 for e in entries {
-                    let value = number(&e.value, "lambda", "the recipe")?;
+                    let value = number(&e.value, "lambda", "of a module filter")?;
                     match e.filter.as_deref() {
                         // The first catch-all ends the list: entries after it never match.
                         None | Some("*") => {
-                            settings.lambda = value;
+                            self.lambda = value;
                             break;
                         }
-                        Some(filter) => settings.filters.push(ModuleFilter {
+                        Some(filter) => self.filters.push(ModuleFilter {
                             filter: filter.to_owned(),
                             lambda: value,
                         }),
                     }
                 }
             }
-            Some(v) => settings.lambda = number(v, "lambda", "the recipe")?,
+            Some(v) => self.lambda = number(v, "lambda", "for every tensor")?,
             None => {}
         }
-        if let Some(dtype) = recipe.out_dtype {
-            settings.out_dtype = dtype;
+        Ok(())
+    }
+
+    /// The method's shared curve number `t`: one value, a gradient, or per-module gradients
+    /// ending with a catch-all entry (scalar entries become flat curves).
+    fn read_shared_curve(
+        &mut self,
+        t: &str,
+        value: Option<&mergescope_core::merge::recipe::ParamValue>,
+        family: &OpenFamily,
+    ) -> Result<(), Refusal> {
+        use mergescope_core::merge::recipe::{ParamValue, Scalar};
+        let curve = |v: &ParamValue| match v {
+            ParamValue::Scalar(Scalar::Number(x)) => Some(vec![*x; 2]),
+            ParamValue::List(points) => numbers(points)
+                .filter(|p| !p.is_empty())
+                .map(flat_if_single),
+            _ => None,
+        };
+        let not_numbers = || {
+            Refusal::ReadOnly(format!(
+                "the panel edits `{t}` as numbers or gradients of numbers"
+            ))
+        };
+        match value {
+            None => {}
+            Some(ParamValue::Scalar(Scalar::Number(x))) => {
+                self.shared.insert(t.to_owned(), *x);
+                self.shared_curve = vec![*x; 2];
+            }
+            Some(ParamValue::Conditional(entries)) => {
+                self.per_layer = true;
+                for e in entries {
+                    let points = curve(&e.value).ok_or_else(not_numbers)?;
+                    match e.filter.as_deref() {
+                        None | Some("*") => {
+                            self.shared_curve = points;
+                            self.shared.insert(
+                                t.to_owned(),
+                                round(curve_mean(&self.shared_curve, family.layers)),
+                            );
+                            return Ok(());
+                        }
+                        Some(filter) => self.module_curves.push(ModuleCurve {
+                            filter: filter.to_owned(),
+                            points,
+                        }),
+                    }
+                }
+                return Err(Refusal::ReadOnly(format!(
+                    "the panel edits per-module `{t}` curves that end with one for every other \
+                     tensor ({{value: ...}})"
+                )));
+            }
+            Some(v) => {
+                self.per_layer = true;
+                self.shared_curve = curve(v).ok_or_else(not_numbers)?;
+                self.shared.insert(
+                    t.to_owned(),
+                    round(curve_mean(&self.shared_curve, family.layers)),
+                );
+            }
         }
-        if let Some(dtype) = recipe.dtype {
-            settings.dtype = dtype;
+        Ok(())
+    }
+}
+
+/// Per open model, the recipe's entry for it (`None`: the recipe leaves it out). A recipe
+/// naming a model that is not open, or one model twice, is refused.
+fn included_entries<'r>(
+    recipe: &'r Recipe,
+    file: &Path,
+    family: &OpenFamily,
+) -> Result<Vec<Option<&'r mergescope_core::merge::recipe::ModelEntry>>, Refusal> {
+    let cwd = std::env::current_dir().map_err(|e| Refusal::Error(e.to_string()))?;
+    let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let open: Vec<PathBuf> = family.models.iter().map(|p| canon(p)).collect();
+    let mut entries = vec![None; family.models.len()];
+    for entry in &recipe.models {
+        // Where a merge would find it (`None` if it is not there).
+        let resolved = resolve_model_path(&entry.model, "model", &cwd, file)
+            .ok()
+            .map(|p| canon(&p));
+        let i = resolved
+            .and_then(|r| open.iter().position(|p| *p == r))
+            .ok_or_else(|| {
+                Refusal::Error(format!(
+                    "the recipe names {}, which is not open; open the recipe's models first",
+                    entry.model
+                ))
+            })?;
+        if entries[i].replace(entry).is_some() {
+            return Err(Refusal::ReadOnly(format!(
+                "the panel does not edit a model named twice ({})",
+                entry.model
+            )));
         }
-        settings.tokenizer_source = recipe.tokenizer_source;
-        Ok(settings)
+    }
+    Ok(entries)
+}
+
+/// A gradient's points, if they are all numbers.
+fn numbers(points: &[mergescope_core::merge::recipe::Scalar]) -> Option<Vec<f64>> {
+    use mergescope_core::merge::recipe::Scalar;
+    points
+        .iter()
+        .map(|p| match p {
+            Scalar::Number(x) => Some(*x),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A curve has at least two control points: a one-point gradient is flat.
+fn flat_if_single(points: Vec<f64>) -> Vec<f64> {
+    if points.len() == 1 {
+        vec![points[0]; 2]
+    } else {
+        points
     }
 }
 
@@ -635,6 +874,7 @@ fn quote(path: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gui::methods::{shared_numbers, shared_range};
 
     #[test]
     fn a_saved_recipe_loads_back() {
@@ -670,12 +910,159 @@ mod tests {
         assert_eq!(back.curves, s.curves);
         assert_eq!(back.filters, s.filters);
         assert_eq!(back.lambda, 0.8);
-        let karcher = "merge_method: karcher\nmodels:\n  - model: /m/a\n";
+        // A model that is not open is an error, not a read-only recipe.
+        let elsewhere = "merge_method: karcher\nmodels:\n  - model: /m/elsewhere\n";
         assert!(
-            MergeSettings::from_recipe(karcher, Path::new("/tmp/r.yml"), &family)
+            MergeSettings::from_recipe(elsewhere, Path::new("/tmp/r.yml"), &family)
                 .unwrap_err()
-                .contains("mergescope merge")
+                .contains("which is not open")
         );
+    }
+
+    /// Every parameter `method` declares set away from its default, every model included
+    /// that the method takes (slerp: the first).
+    fn everything_set(method: &str) -> MergeSettings {
+        let mut s = MergeSettings::for_models(2);
+        s.set_method(method);
+        s.weights = vec![0.7, 0.2];
+        for (i, values) in s.model_values.iter_mut().enumerate() {
+            for name in model_params(method) {
+                values.insert(name.to_owned(), 0.25 + 0.1 * i as f64);
+            }
+        }
+        for (name, default) in method_flags(method) {
+            s.flags.insert(name.to_owned(), !default);
+        }
+        for name in shared_numbers(method) {
+            let range = shared_range(method, name);
+            let value = if super::super::methods::is_integer(method, name) {
+                7.0
+            } else {
+                (range.start * 0.5).max(*range.range.start())
+            };
+            s.shared.insert(name.to_owned(), value);
+        }
+        if let Some(t) = shared_curve_param(method) {
+            s.shared.insert(t.to_owned(), 0.25);
+        }
+        if has_lambda(method) {
+            s.lambda = 0.8;
+        }
+        s
+    }
+
+    #[test]
+    fn every_method_round_trips_through_its_recipe() {
+        let (dir, family) = family_on_disk();
+        let file = dir.path().join("r.yml");
+        for method in methods() {
+            let mut s = everything_set(method);
+            for per_layer in [false, true] {
+                s.set_per_layer(per_layer, family.layers);
+                if per_layer && shared_curve_param(method).is_some() {
+                    s.shared_curve = vec![0.1, 0.9];
+                    s.module_curves = vec![ModuleCurve {
+                        filter: "self_attn".to_owned(),
+                        points: vec![0.0, 0.5, 0.3, 0.7, 1.0],
+                    }];
+                }
+                let yaml = s.to_yaml(&family);
+                let back = MergeSettings::from_recipe(&yaml, &file, &family)
+                    .unwrap_or_else(|e| panic!("{method}: {e}\n{yaml}"));
+                assert!(back.read_only.is_none(), "{method}: {back:?}");
+                assert_eq!(back.to_yaml(&family), yaml, "{method}");
+                assert_eq!(back.included, s.included, "{method}");
+                assert_eq!(back.method, method);
+                for name in shared_numbers(method) {
+                    assert_eq!(
+                        back.shared_value(name),
+                        s.shared_value(name),
+                        "{method} {name}"
+                    );
+                }
+                for (name, _) in method_flags(method) {
+                    assert_eq!(back.flag(name), s.flag(name), "{method} {name}");
+                }
+                if let Some(t) = shared_curve_param(method) {
+                    assert_eq!(back.per_layer, per_layer, "{method}");
+                    if per_layer {
+                        assert_eq!(back.module_curves, s.module_curves, "{method}");
+                        assert_eq!(back.shared_curve, s.shared_curve, "{method}");
+                    } else {
+                        assert_eq!(back.shared_value(t), 0.25, "{method}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn methods_with_input_counts_include_as_many_models_as_they_take() {
+        let (dir, family) = family_on_disk();
+        let mut s = MergeSettings::for_models(2);
+        s.set_method("slerp");
+        assert_eq!(s.included, [true, false]);
+        let yaml = s.to_yaml(&family);
+        assert!(
+            yaml.contains("base_model:") && yaml.contains("  t: 0.5\n"),
+            "{yaml}"
+        );
+        assert_eq!(yaml.matches("- model:").count(), 1, "{yaml}");
+        s.included[1] = true;
+        assert!(
+            s.problem()
+                .unwrap()
+                .contains("exactly one model besides the base")
+        );
+        s.set_method("nuslerp");
+        assert_eq!(s.included, [true, true]);
+        assert_eq!(s.problem(), None);
+        // Without the base, nuslerp interpolates the models themselves.
+        s.use_base = false;
+        let yaml = s.to_yaml(&family);
+        assert!(!yaml.contains("base_model"), "{yaml}");
+        let back = MergeSettings::from_recipe(&yaml, &dir.path().join("r.yml"), &family).unwrap();
+        assert!(!back.use_base);
+        // A method that merges a base as one more model writes none.
+        s.set_method("karcher");
+        assert!(!s.to_yaml(&family).contains("base_model"));
+        s.set_method("passthrough");
+        assert_eq!(s.included, [true, false]);
+        assert!(s.to_yaml(&family).contains("parameters: {scale: 1}"));
+    }
+
+    #[test]
+    fn recipes_the_panel_cannot_represent_open_read_only() {
+        let (dir, family) = family_on_disk();
+        let file = dir.path().join("r.yml");
+        let cases = [
+            (
+                "merge_method: linear\nmodels:\n  - model: a\n    parameters:\n      weight:\n        - {filter: mlp, value: 0.2}\n        - {value: 1}\n  - model: b\n    parameters: {weight: 1}\n",
+                "per-module model weights",
+            ),
+            (
+                "merge_method: ties\nbase_model: base\nmodels:\n  - model: a\n    parameters: {weight: 1, density: [0.2, 0.8]}\n",
+                "edits `density` of a as one number",
+            ),
+            (
+                "merge_method: linear\nbase_model: base\nmodels:\n  - model: a\n    parameters: {weight: 1}\n",
+                "base_model that linear merges as one more model",
+            ),
+            (
+                "merge_method: slerp\nbase_model: base\nmodels:\n  - model: a\nparameters:\n  t:\n    - {filter: mlp, value: [0, 1]}\n",
+                "end with one for every other tensor",
+            ),
+        ];
+        for (yaml, reason) in cases {
+            let s = MergeSettings::from_recipe(yaml, &file, &family).unwrap();
+            let read_only = s.read_only.as_ref().unwrap_or_else(|| panic!("{yaml}"));
+            assert!(read_only.reason.contains(reason), "{}", read_only.reason);
+            // The recipe is what previews, exports and saves run, as it was written.
+            assert_eq!(s.to_yaml(&family), yaml);
+            assert_eq!(s.problem(), None);
+        }
+        // A parse error still says why.
+        assert!(MergeSettings::from_recipe("merge_method: [", &file, &family).is_err());
     }
 
     /// [`family`] with its base and models as (empty) files: recipes name models that exist,

@@ -180,7 +180,7 @@ pub fn analyze_with_partials(
                 .zip(&p.models)
                 .map(|(m, &i)| m.checkpoint.view(i).leading_rows(&p.shape))
                 .collect();
-            let sums = tensor_sums(b, &views, &settings.interference);
+            let sums = tensor_sums(b.clone(), &views, &settings.interference);
             let found = non_finite_of(&p.name, family, &sums);
             let key = LayerKey::parse(&p.name);
             let mut report = TensorReport {
@@ -216,7 +216,7 @@ pub fn analyze_with_partials(
             if let Some(spectra) = &settings.spectra
                 && p.shape.len() >= 2
             {
-                acc.randomized |= add_spectra(&mut report, b, &views, spectra);
+                acc.randomized |= add_spectra(&mut report, b.clone(), &views, spectra);
             }
             // After the last read of this tensor: its numbers came from unchanged files.
             verify(p)?;

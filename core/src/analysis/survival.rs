@@ -214,7 +214,7 @@ pub fn survival_sampled(
             let inputs = MethodInputs {
                 tensor: &task.name,
                 seed: plan.random_seed,
-                base: Some(b),
+                base: Some(b.clone()),
                 models: models.clone(),
                 params,
             };
@@ -273,9 +273,10 @@ fn tensor_survival(
     merged: &[f32],
 ) -> SurvivalSums {
     let m = models.len();
+    let n = base.numel();
     let mut all = vec![base];
     all.extend_from_slice(models);
-    let parts = zip_chunks(&all, base.numel(), |start, xs| {
+    let parts = zip_chunks(&all, n, |start, xs| {
         let (b, xs) = xs.split_first().expect("base first");
         let merged = &merged[start..start + b.len()];
         let mut part = SurvivalSums::new(m);

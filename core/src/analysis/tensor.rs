@@ -102,12 +102,12 @@ pub fn tensor_sums(
     }
     let jaccard: Vec<BitMask> = models
         .iter()
-        .map(|&x| magnitude_mask(base, x, settings.density))
+        .map(|x| magnitude_mask(base.clone(), x.clone(), settings.density))
         .collect();
     let trimmed: Option<Vec<BitMask>> = (settings.ties_density < 1.0).then(|| {
         models
             .iter()
-            .map(|&x| magnitude_mask(base, x, settings.ties_density))
+            .map(|x| magnitude_mask(base.clone(), x.clone(), settings.ties_density))
             .collect()
     });
     let weights: Vec<f32> = (0..m)

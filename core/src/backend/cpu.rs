@@ -55,8 +55,8 @@ impl Backend for Cpu {
 
     fn combine(&self, c: &Combine<'_>, out: &mut [f32]) -> Result<(), BackendError> {
         let mut all = Vec::with_capacity(c.models.len() + 1);
-        all.push(c.base);
-        all.extend(c.models.iter().copied());
+        all.push(c.base.clone());
+        all.extend(c.models.iter().cloned());
         let n_models = c.models.len();
         zip_map(&all, out, |start, xs, o| {
             let (b, models) = xs.split_first().expect("the base is the first input");
@@ -238,14 +238,14 @@ const _: () = assert!(GRAM_BLOCK == CHUNK && GRAM_BLOCK.is_multiple_of(GRAM_LANE
 /// [`agreement::gram_tree`], and the blocks are added in order from 0.
 fn gram(inputs: &[TensorView<'_>], center: Option<TensorView<'_>>) -> Vec<f64> {
     let k = inputs.len();
-    let n = center.map_or_else(
+    let n = center.as_ref().map_or_else(
         || inputs.first().map_or(0, TensorView::numel),
         |c| c.numel(),
     );
     let mut all = Vec::with_capacity(k + 1);
-    all.extend(center);
-    all.extend(inputs.iter().copied());
     let first = usize::from(center.is_some());
+    all.extend(center.clone());
+    all.extend(inputs.iter().cloned());
     let pairs = k * (k + 1) / 2;
     let blocks = zip_chunks(&all, n, |_, xs| {
         let mut lanes = vec![[0f64; GRAM_LANES]; pairs];

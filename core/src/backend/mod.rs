@@ -45,7 +45,7 @@ pub enum BackendError {
 /// a vote counts if it [`agreement::agrees`], and the agreeing weights (flushed) are summed
 /// with `accumulate` too; a divisor of 0 becomes 1. Both backends take every one of these
 /// decisions bit for bit alike.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Combine<'a> {
     pub base: TensorView<'a>,
     pub models: &'a [TensorView<'a>],

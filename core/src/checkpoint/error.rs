@@ -89,6 +89,20 @@ pub enum CheckpointError {
 
     #[error("{path}: config.json is not valid JSON: {reason}; fix or remove it")]
     BadConfig { path: PathBuf, reason: String },
+
+    /// A LoRA adapter that does not open on its base ([`crate::lora`]).
+    #[error(transparent)]
+    Lora(Box<crate::lora::LoraError>),
+}
+
+impl From<crate::lora::LoraError> for CheckpointError {
+    fn from(e: crate::lora::LoraError) -> Self {
+        match e {
+            // The base's own error, as opening the base alone would give it.
+            crate::lora::LoraError::Checkpoint(inner) => inner,
+            other => Self::Lora(Box::new(other)),
+        }
+    }
 }
 
 impl CheckpointError {

@@ -11,6 +11,7 @@ mod readahead;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub use config::ModelConfig;
 pub use error::{CHANGED_ON_DISK, CheckpointError};
@@ -109,11 +110,54 @@ impl TensorInfo {
     }
 }
 
-/// A borrowed, zero-copy view of one tensor's bytes.
-#[derive(Clone, Copy, Debug)]
+/// A tensor's bytes as a view holds them: borrowed from a memory map (every stored tensor, zero
+/// copy), or a shared buffer computed when the tensor was read (a LoRA-adapted tensor,
+/// [`crate::lora`]). Either way it reads as `[u8]`, so readers do not care which.
+#[derive(Clone, Debug)]
+pub enum ViewBytes<'a> {
+    Mapped(&'a [u8]),
+    /// The first `len` bytes of `data` (fewer than all after [`TensorView::leading_rows`]).
+    Computed {
+        data: Arc<[u8]>,
+        len: usize,
+    },
+}
+
+impl std::ops::Deref for ViewBytes<'_> {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Self::Mapped(bytes) => bytes,
+            Self::Computed { data, len } => &data[..*len],
+        }
+    }
+}
+
+impl PartialEq for ViewBytes<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl ViewBytes<'_> {
+    fn prefix(self, len: usize) -> Self {
+        match self {
+            Self::Mapped(bytes) => Self::Mapped(&bytes[..len]),
+            Self::Computed { data, len: old } => {
+                assert!(len <= old, "a prefix of {len} bytes of {old}");
+                Self::Computed { data, len }
+            }
+        }
+    }
+}
+
+/// A view of one tensor's bytes: zero-copy for stored tensors, a cheap `Arc` clone for
+/// computed ones.
+#[derive(Clone, Debug)]
 pub struct TensorView<'a> {
     pub info: &'a TensorInfo,
-    pub bytes: &'a [u8],
+    pub bytes: ViewBytes<'a>,
     /// The shape seen through this view: the stored one, or fewer leading rows
     /// ([`leading_rows`](Self::leading_rows)).
     pub shape: &'a [usize],
@@ -124,7 +168,17 @@ impl<'a> TensorView<'a> {
     pub fn new(info: &'a TensorInfo, bytes: &'a [u8]) -> Self {
         Self {
             info,
-            bytes,
+            bytes: ViewBytes::Mapped(bytes),
+            shape: &info.shape,
+        }
+    }
+
+    /// A view of a tensor computed on reading (`data` holds exactly its bytes).
+    pub fn computed(info: &'a TensorInfo, data: Arc<[u8]>) -> Self {
+        let len = data.len();
+        Self {
+            info,
+            bytes: ViewBytes::Computed { data, len },
             shape: &info.shape,
         }
     }
@@ -136,7 +190,7 @@ impl<'a> TensorView<'a> {
         let len = shape.iter().product::<usize>() * self.info.dtype.bitsize() / 8;
         Self {
             info: self.info,
-            bytes: &self.bytes[..len],
+            bytes: self.bytes.prefix(len),
             shape,
         }
     }
@@ -187,12 +241,31 @@ pub struct Checkpoint {
     tensors: Vec<TensorInfo>,
     by_name: HashMap<String, usize>,
     config: Option<ModelConfig>,
+    /// A LoRA adapter applied to the stored tensors ([`crate::lora`]): its tensors are
+    /// computed when read.
+    adapter: Option<crate::lora::Adapted>,
 }
 
 impl Checkpoint {
-    /// Opens a `.safetensors` file, a `*.safetensors.index.json`, or a folder holding either.
-    /// Reads headers only; no tensor data is touched.
+    /// Opens a `.safetensors` file, a `*.safetensors.index.json`, or a folder holding either;
+    /// or a LoRA adapter ([`crate::lora`]): a PEFT adapter folder, or `BASE+ADAPTER` for a path
+    /// that does not exist as written. Reads headers only; no tensor data is touched.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, CheckpointError> {
+        let path = path.as_ref();
+        if path.is_dir() && crate::lora::is_adapter_folder(path) {
+            return Ok(crate::lora::open_bare(path)?);
+        }
+        if !path.exists()
+            && let Some(parts) = path.to_str().and_then(crate::lora::split_reference)
+        {
+            let (base, adapter) = parts?;
+            return Ok(crate::lora::open(Path::new(base), Path::new(adapter))?);
+        }
+        Self::open_stored(path)
+    }
+
+    /// [`open`](Self::open) for a stored checkpoint only (no adapter spellings).
+    pub fn open_stored(path: impl AsRef<Path>) -> Result<Self, CheckpointError> {
         let source = path.as_ref().to_path_buf();
         let meta = std::fs::metadata(&source).map_err(|e| CheckpointError::io(&source, e))?;
         if meta.is_dir() {
@@ -333,7 +406,39 @@ impl Checkpoint {
             tensors,
             by_name,
             config,
+            adapter: None,
         })
+    }
+
+    /// This checkpoint with `adapted` applied: `shard` (the adapter file) joins the shards, so
+    /// verifying, fingerprinting and the export's input guard cover it, and each targeted tensor
+    /// is served as F32 under its own name. `source` becomes the adapter folder.
+    pub(crate) fn with_adapter(
+        mut self,
+        source: PathBuf,
+        shard: Shard,
+        adapted: crate::lora::Adapted,
+    ) -> Self {
+        for &index in adapted.targets.keys() {
+            self.tensors[index] = crate::lora::computed_info(&self.tensors[index], adapted.shard);
+        }
+        self.shards.push(shard);
+        self.source = source;
+        self.adapter = Some(adapted);
+        self
+    }
+
+    /// The LoRA adapter applied to this checkpoint, if any.
+    pub fn adapter(&self) -> Option<&crate::lora::Adapted> {
+        self.adapter.as_ref()
+    }
+
+    /// Where the tensor at `index` is stored: itself, or the base tensor an adapter changes.
+    fn stored_info(&self, index: usize) -> &TensorInfo {
+        match self.adapter.as_ref().and_then(|a| a.target(index)) {
+            Some(target) => &target.stored,
+            None => &self.tensors[index],
+        }
     }
 
     /// The path the checkpoint was opened from, as given.
@@ -371,9 +476,15 @@ impl Checkpoint {
         self.by_name.get(name).copied()
     }
 
-    /// A zero-copy view of the tensor at `index` in [`tensors`](Self::tensors).
+    /// A view of the tensor at `index` in [`tensors`](Self::tensors): zero-copy for a stored
+    /// tensor, computed (and cached until [`release`](Self::release)) for an adapted one.
     pub fn view(&self, index: usize) -> TensorView<'_> {
         let info = &self.tensors[index];
+        if let Some(adapter) = &self.adapter
+            && let Some(data) = adapter.tensor(index, |shard| self.shards[shard].map.bytes())
+        {
+            return TensorView::computed(info, data);
+        }
         TensorView::new(
             info,
             &self.shards[info.shard].map.bytes()[info.start..info.end],
@@ -400,7 +511,12 @@ impl Checkpoint {
     /// [`verify_unchanged`](Self::verify_unchanged) for the shard holding the tensor at `index`
     /// only (two `stat` calls): cheap enough to call per tensor.
     pub fn verify_tensor(&self, index: usize) -> Result<(), CheckpointError> {
-        self.shards[self.tensors[index].shard].verify()
+        if let Some(adapter) = &self.adapter
+            && adapter.target(index).is_some()
+        {
+            self.shards[adapter.shard].verify()?;
+        }
+        self.shards[self.stored_info(index).shard].verify()
     }
 
     /// A fingerprint of the checkpoint's bytes: every shard's identity (size, modification
@@ -417,7 +533,7 @@ impl Checkpoint {
 
     /// Hints that the tensor at `index` will be read soon.
     pub fn prefetch(&self, index: usize) {
-        let info = &self.tensors[index];
+        let info = self.stored_info(index);
         self.shards[info.shard]
             .map
             .prefetch(info.start, info.byte_len());
@@ -426,7 +542,8 @@ impl Checkpoint {
     /// Reads the tensor at `index` into memory now (one byte per page), so a later pass over
     /// it does not wait on the disk. For a helper thread running ahead of the computation.
     pub fn load(&self, index: usize) {
-        let bytes = self.view(index).bytes;
+        let view = self.view(index);
+        let bytes: &[u8] = &view.bytes;
         let mut fold = 0u8;
         for &byte in bytes.iter().step_by(4096) {
             fold ^= byte;
@@ -436,7 +553,10 @@ impl Checkpoint {
 
     /// Hints that the tensor at `index` has been consumed and need not stay resident.
     pub fn release(&self, index: usize) {
-        let info = &self.tensors[index];
+        if let Some(adapter) = &self.adapter {
+            adapter.release(index);
+        }
+        let info = self.stored_info(index);
         self.shards[info.shard]
             .map
             .release(info.start, info.byte_len());
@@ -454,6 +574,15 @@ fn is_index_file(path: &Path) -> bool {
 /// pick up an unrelated `config.json` lying next to them.
 fn hf_folder_of_file(file: &Path) -> Option<PathBuf> {
     (file.file_name()? == SINGLE_FILE_NAME).then(|| file.parent().map(Path::to_path_buf))?
+}
+
+/// Opens a safetensors file that is not a checkpoint of its own (a LoRA adapter's weights) as
+/// shard `shard_index` of one.
+pub(crate) fn open_extra_shard(
+    path: &Path,
+    shard_index: usize,
+) -> Result<(Shard, Vec<TensorInfo>), CheckpointError> {
+    open_shard(path, shard_index)
 }
 
 fn open_shard(

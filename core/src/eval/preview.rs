@@ -60,7 +60,7 @@ pub fn merge_in_memory(plan: &MergePlan, backend: &dyn Backend) -> Result<ModelT
             }
             TaskAction::Convert { .. } | TaskAction::CopyIdentical => {
                 let first = base
-                    .or_else(|| models.first().copied())
+                    .or_else(|| models.first().cloned())
                     .ok_or_else(|| format!("tensor `{}` has no input", task.name))?;
                 if first.info.float_type().is_none() {
                     continue;

@@ -455,6 +455,19 @@ impl Export {
         })
     }
 
+    /// Names the weights file of a one-shard export `name` instead of `model.safetensors` (a
+    /// PEFT adapter's `adapter_model.safetensors`). Call it before the first tensor is written.
+    ///
+    /// # Panics
+    /// If the export has several shards or has begun writing: a caller bug.
+    pub fn name_weights_file(&mut self, name: &str) {
+        assert!(
+            self.shards.len() == 1 && self.next == 0 && self.open.is_none(),
+            "only a one-shard export that has not begun writing can rename its weights file"
+        );
+        self.shards[0].file_name = name.to_owned();
+    }
+
     /// Total bytes of tensor data to be written.
     pub fn data_bytes(&self) -> u64 {
         self.tensors.iter().map(OutputTensor::byte_len).sum()

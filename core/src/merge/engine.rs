@@ -220,7 +220,7 @@ fn compute<'a>(
         }
         TaskAction::Convert { out } => {
             let single = base
-                .or_else(|| models.first().copied())
+                .or_else(|| models.first().cloned())
                 .expect("a task has inputs");
             let values = &mut buffers.work;
             values.resize(task.numel(), 0.0);
@@ -235,7 +235,8 @@ fn compute<'a>(
                 .reference()
                 .expect("a planned family has a reference");
             let first = base
-                .or_else(|| models.first().copied())
+                .clone()
+                .or_else(|| models.first().cloned())
                 .expect("a task has inputs");
             let labelled = family.base.iter().zip(&base).chain(
                 task.models

@@ -119,7 +119,7 @@ impl Gta {
         inputs: &MethodInputs<'_>,
         out: &mut [f32],
     ) -> Result<(), MethodError> {
-        let base = inputs.base.ok_or_else(|| {
+        let base = inputs.base.clone().ok_or_else(|| {
             MethodError("this method takes task vectors against a base tensor".to_owned())
         })?;
         let params = inputs.params;
@@ -136,7 +136,7 @@ impl Gta {
                 // DARE needs no ranks: one pass over base and all models draws every mask and
                 // sums the L1 norms.
                 let densities: Vec<f64> = (0..m).map(|i| params.model_f64(i, "density")).collect();
-                random_masks(base, &inputs.models, inputs.seed, inputs.tensor, &densities)
+                random_masks(base.clone(), &inputs.models, inputs.seed, inputs.tensor, &densities)
                     .into_iter()
                     .map(|(mask, factor)| (mask, if rescale { factor } else { 1.0 }))
                     .unzip()
@@ -176,7 +176,7 @@ impl Gta {
         i: usize,
         rescale: bool,
     ) -> (Option<BitMask>, f32) {
-        let base = inputs.base.expect("checked by merge");
+        let base = inputs.base.clone().expect("checked by merge");
         let n = base.numel();
         let density = inputs.params.model_f64(i, "density");
         if density >= 1.0 || n == 0 {
@@ -184,7 +184,7 @@ impl Gta {
         }
         KEYS.with_borrow_mut(|(keys, ranks)| {
             keys.resize(n, 0);
-            let pair = [base, inputs.models[i]];
+            let pair = [base, inputs.models[i].clone()];
             let high = zip_fill_fold(
                 &pair,
                 keys,
@@ -242,7 +242,7 @@ impl Gta {
                     return BitMask::new(n);
                 }
                 let epsilon = params.model_f64(i, "epsilon");
-                let line = row_ranks(keys, inputs.base.expect("checked").shape, ranks);
+                let line = row_ranks(keys, inputs.base.as_ref().expect("checked").shape, ranks);
                 let rng = ElementRng::new(inputs.seed, inputs.tensor, i);
                 let ranks = &*ranks;
                 bernoulli_mask(n, &rng, |j| {
@@ -282,7 +282,7 @@ fn random_masks(
         .map(|&d| (d < 1.0 && n > 0).then(|| bernoulli_threshold(d.max(0.0))))
         .collect();
     let mut all = vec![base];
-    all.extend(models.iter().copied());
+    all.extend(models.iter().cloned());
     // Chunk-major: chunk c holds WORDS words for each model in turn.
     let mut words = vec![0u64; n.div_ceil(CHUNK) * m * WORDS];
     let sums: Vec<Vec<(f64, f64)>> = words

@@ -142,14 +142,14 @@ where
 /// differences from `base` when one is given, accumulated in f64 chunk by chunk.
 pub fn gram(inputs: &[TensorView<'_>], base: Option<TensorView<'_>>) -> Vec<f64> {
     let k = inputs.len();
-    let n = base.map_or_else(
+    let n = base.as_ref().map_or_else(
         || inputs.first().map_or(0, TensorView::numel),
         |b| b.numel(),
     );
     let mut all = Vec::with_capacity(k + 1);
-    all.extend(base);
-    all.extend(inputs.iter().copied());
     let offset = usize::from(base.is_some());
+    all.extend(base);
+    all.extend(inputs.iter().cloned());
     let partials = zip_chunks(&all, n, |_, xs| {
         let mut g = vec![0f64; k * k];
         let mut row = vec![0f32; k];

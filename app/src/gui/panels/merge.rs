@@ -5,17 +5,17 @@
 use crate::gui::app::{Notice, Workbench};
 use crate::gui::curve_editor::curve_editor;
 use crate::gui::help;
+use crate::gui::method_controls;
+use crate::gui::methods::{curve_param, has_weight, shared_curve_param};
 use crate::gui::state::{
-    METHODS, MergeSettings, ModuleFilter, OpenFamily, has_lambda, method_flags, model_param_range,
-    model_params, resample,
+    MergeSettings, ModuleFilter, OpenFamily, has_lambda, method_flags, methods, model_param_range,
+    model_params,
 };
 
 /// Weights run over this range on sliders and curves (negative weights subtract a task).
 const WEIGHTS: std::ops::RangeInclusive<f64> = -1.0..=2.0;
 /// Lambda runs over this range, globally and per module filter.
 const LAMBDAS: std::ops::RangeInclusive<f64> = 0.0..=2.0;
-/// Curves have between 2 and this many control points.
-const MAX_POINTS: usize = 9;
 
 pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
     ui.heading("Merge");
@@ -23,36 +23,104 @@ pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
         ui.label("Open a family first.");
         return;
     };
+    let read_only = settings.read_only.clone();
+    let problem = match &read_only {
+        Some(read_only) => {
+            if method_controls::read_only_ui(ui, read_only) {
+                let mut fresh = MergeSettings::for_models(family.models.len());
+                if methods().contains(&settings.method.as_str()) {
+                    fresh.set_method(&settings.method);
+                }
+                *settings = fresh;
+            }
+            None
+        }
+        None => controls(ui, family, settings),
+    };
+    let Some(settings) = &app.settings else {
+        return;
+    };
+    let yaml = settings.to_yaml(family);
+
+    crate::gui::texts::texts_ui(app, ui);
+    // A recipe the method would refuse is not sent: the problem is said above instead.
+    if problem.is_none() {
+        super::preview::request(app, ui, &yaml);
+    }
+
+    ui.separator();
+    super::preview::show(app, ui);
+    super::generation::show(app, ui, &yaml);
+    ui.separator();
+    super::history::show(app, ui);
+    ui.separator();
+    // A read-only recipe is its text: shown open, under its own id (so it opens even where the
+    // editable recipe was folded).
+    let (title, salt) = if read_only.is_some() {
+        (
+            "Recipe (mergekit YAML, edited as text)",
+            "recipe-yaml-read-only",
+        )
+    } else {
+        ("Recipe (mergekit YAML, editable)", "recipe-yaml")
+    };
+    egui::CollapsingHeader::new(title)
+        .id_salt(salt)
+        .default_open(read_only.is_some())
+        .show(ui, |ui| recipe_editor(app, ui, &yaml));
+    recipe_file(app, ui);
+}
+
+/// The method, the models that take part, and every parameter the method declares. Returns
+/// what keeps the settings from making a recipe the method accepts.
+fn controls(
+    ui: &mut egui::Ui,
+    family: &OpenFamily,
+    settings: &mut MergeSettings,
+) -> Option<String> {
     ui.horizontal(|ui| {
+        let mut method = settings.method.clone();
+        // Tall enough for every method without scrolling.
         egui::ComboBox::from_label("method")
             .selected_text(&settings.method)
+            .height(640.0)
             .show_ui(ui, |ui| {
-                for m in METHODS {
-                    ui.selectable_value(&mut settings.method, m.to_owned(), m)
+                for m in methods() {
+                    ui.selectable_value(&mut method, m.to_owned(), m)
                         .on_hover_text(help::method(m));
                 }
             })
             .response
             .on_hover_text(help::method(&settings.method));
-        ui.separator();
-        let mut per_layer = settings.per_layer;
-        let toggle = ui
-            .checkbox(&mut per_layer, "per-layer weights")
-            .on_hover_text(help::param(
-                &settings.method,
-                "per-layer weights",
-                None,
-                None,
-            ));
-        if toggle.changed() {
-            settings.set_per_layer(per_layer, family.layers);
+        if method != settings.method {
+            settings.set_method(&method);
+        }
+        if let Some(param) = curve_param(&settings.method) {
+            ui.separator();
+            let mut per_layer = settings.per_layer;
+            let text = if param == "weight" {
+                "per-layer weights".to_owned()
+            } else {
+                format!("per-layer {param}")
+            };
+            let toggle = ui
+                .checkbox(&mut per_layer, &text)
+                .on_hover_text(help::param(&settings.method, &text, None, None));
+            if toggle.changed() {
+                settings.set_per_layer(per_layer, family.layers);
+            }
         }
     });
-    if settings.per_layer {
+    let problem = method_controls::models_ui(ui, family, settings);
+    if has_weight(&settings.method) && settings.per_layer {
         curves(ui, family, settings);
-    } else {
+    } else if has_weight(&settings.method) || !model_params(&settings.method).is_empty() {
         sliders(ui, family, settings);
     }
+    if let Some(t) = shared_curve_param(&settings.method) {
+        method_controls::shared_curve_ui(ui, family, settings, t);
+    }
+    method_controls::shared_numbers_ui(ui, settings);
     if has_lambda(&settings.method) {
         ui.horizontal(|ui| {
             ui.add(egui::Slider::new(&mut settings.lambda, LAMBDAS).text("lambda"))
@@ -61,23 +129,9 @@ pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
         });
         filters(ui, family, settings);
     } else {
-        flags(ui, settings);
+        ui.horizontal_wrapped(|ui| flags(ui, settings));
     }
-    let yaml = settings.to_yaml(family);
-
-    crate::gui::texts::texts_ui(app, ui);
-    super::preview::request(app, ui, &yaml);
-
-    ui.separator();
-    super::preview::show(app, ui);
-    super::generation::show(app, ui, &yaml);
-    ui.separator();
-    super::history::show(app, ui);
-    ui.separator();
-    egui::CollapsingHeader::new("Recipe (mergekit YAML, editable)")
-        .id_salt("recipe-yaml")
-        .show(ui, |ui| recipe_editor(app, ui, &yaml));
-    recipe_file(app, ui);
+    problem
 }
 
 /// The recipe as text: what the settings make, or the user's edit of it. An edit that parses
@@ -130,17 +184,23 @@ fn model_name(family: &OpenFamily, i: usize) -> String {
 fn sliders(ui: &mut egui::Ui, family: &OpenFamily, settings: &mut MergeSettings) {
     egui::Grid::new("sliders").num_columns(3).show(ui, |ui| {
         for i in 0..family.models.len() {
+            if !settings.included[i] {
+                continue;
+            }
             let name = model_name(family, i);
             ui.label(&name);
-            ui.add(
-                egui::Slider::new(&mut settings.weights[i], WEIGHTS).text(format!("{name} weight")),
-            )
-            .on_hover_text(help::param(
-                &settings.method,
-                "weight",
-                Some(WEIGHTS),
-                None,
-            ));
+            if has_weight(&settings.method) {
+                ui.add(
+                    egui::Slider::new(&mut settings.weights[i], WEIGHTS)
+                        .text(format!("{name} weight")),
+                )
+                .on_hover_text(help::param(
+                    &settings.method,
+                    "weight",
+                    Some(WEIGHTS),
+                    None,
+                ));
+            }
             ui.horizontal(|ui| model_sliders(ui, settings, i, &name));
             ui.end_row();
         }
@@ -199,10 +259,11 @@ fn curves(ui: &mut egui::Ui, family: &OpenFamily, settings: &mut MergeSettings) 
     // each takes its controls (170 + gaps) and at least 280 points of curve.
     const CONTROLS: f32 = 170.0 + 32.0;
     let available = ui.available_width();
-    let per_row =
-        ((available / (CONTROLS + 280.0)).floor() as usize).clamp(1, family.models.len().max(1));
+    let models: Vec<usize> = (0..family.models.len())
+        .filter(|&i| settings.included[i])
+        .collect();
+    let per_row = ((available / (CONTROLS + 280.0)).floor() as usize).clamp(1, models.len().max(1));
     let editor_width = (available / per_row as f32 - CONTROLS).max(200.0);
-    let models: Vec<usize> = (0..family.models.len()).collect();
     for pair in models.chunks(per_row) {
         ui.horizontal_top(|ui| {
             for &i in pair {
@@ -214,6 +275,7 @@ fn curves(ui: &mut egui::Ui, family: &OpenFamily, settings: &mut MergeSettings) 
                 curve_editor(
                     ui,
                     &name,
+                    "weight",
                     &mut settings.curves[i],
                     family.layers,
                     WEIGHTS,
@@ -230,34 +292,7 @@ fn curves(ui: &mut egui::Ui, family: &OpenFamily, settings: &mut MergeSettings) 
 fn curve_controls(ui: &mut egui::Ui, family: &OpenFamily, settings: &mut MergeSettings, i: usize) {
     let name = model_name(family, i);
     ui.strong(&name);
-    let chosen = crate::gui::curve_editor::shape_menu(
-        ui,
-        egui::Id::unique(("preset", i)),
-        "shape",
-        90.0,
-        &format!("Reset {name}'s curve to a shape"),
-    );
-    if let Some(preset) = chosen {
-        settings.curves[i] =
-            crate::gui::curve_editor::shaped(preset, &settings.curves[i], family.layers);
-    }
-    ui.horizontal(|ui| {
-        let k = settings.curves[i].len();
-        if ui
-            .add_enabled(k < MAX_POINTS, egui::Button::new("+ point"))
-            .on_hover_text(format!("One more control point on {name}'s curve"))
-            .clicked()
-        {
-            settings.curves[i] = resample(&settings.curves[i], k + 1);
-        }
-        if ui
-            .add_enabled(k > 2, egui::Button::new("- point"))
-            .on_hover_text(format!("One control point fewer on {name}'s curve"))
-            .clicked()
-        {
-            settings.curves[i] = resample(&settings.curves[i], k - 1);
-        }
-    });
+    method_controls::points_ui(ui, &name, &mut settings.curves[i], family.layers);
     ui.spacing_mut().slider_width = 60.0;
     model_sliders(ui, settings, i, &name);
 }

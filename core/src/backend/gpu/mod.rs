@@ -245,7 +245,7 @@ fn preference(info: &wgpu::AdapterInfo) -> u8 {
 }
 
 fn stream_inputs<'a>(views: &[TensorView<'a>]) -> Vec<Input<'a>> {
-    views.iter().map(|&view| Input::plain(view)).collect()
+    views.iter().map(|view| Input::plain(view.clone())).collect()
 }
 
 impl Backend for Gpu {
@@ -273,9 +273,9 @@ impl Backend for Gpu {
         let inputs = inputs
             .iter()
             .zip(coefficients)
-            .map(|(&view, &c)| Input {
+            .map(|(view, &c)| Input {
                 coefficient: c,
-                ..Input::plain(view)
+                ..Input::plain(view.clone())
             })
             .collect::<Vec<_>>();
         let job = Job {
@@ -294,7 +294,7 @@ impl Backend for Gpu {
     ) -> Result<Vec<f64>, BackendError> {
         let k = inputs.len();
         let mut views = Vec::with_capacity(k + 1);
-        views.extend(center);
+        views.extend(center.clone());
         views.extend_from_slice(inputs);
         let inputs_of_job = stream_inputs(&views);
         let job = Job {
@@ -330,10 +330,10 @@ impl Backend for Gpu {
     }
 
     fn combine(&self, c: &Combine<'_>, out: &mut [f32]) -> Result<(), BackendError> {
-        let mut inputs = vec![Input::plain(c.base)];
-        for (i, &view) in c.models.iter().enumerate() {
+        let mut inputs = vec![Input::plain(c.base.clone())];
+        for (i, view) in c.models.iter().enumerate() {
             inputs.push(Input {
-                view,
+                view: view.clone(),
                 coefficient: c.weights[i],
                 factor: c.factors[i],
                 mask: c.masks[i].as_ref(),

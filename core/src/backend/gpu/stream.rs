@@ -24,7 +24,7 @@ const MAX_INPUTS: usize = (HEADER_BYTES as usize / 4 - HEADER_INPUTS) / INPUT_WO
 const MIN_CHUNK_BYTES: u64 = 64 * 1024;
 
 /// One input of a job: a tensor with its per-input scalars.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Input<'a> {
     pub view: TensorView<'a>,
     pub coefficient: f32,

@@ -74,13 +74,14 @@ impl MergeMethod for ModelStock {
     ) -> Result<(), MethodError> {
         let base = inputs
             .base
+            .clone()
             .ok_or_else(|| MethodError("model_stock needs a base".to_owned()))?;
         let n = inputs.models.len();
-        let mut all = vec![base];
-        all.extend(inputs.models.iter().copied());
         let shape = base.shape;
+        let mut all = vec![base];
+        all.extend(inputs.models.iter().cloned());
         if !inputs.params.shared_bool("filter_wise") || shape.len() <= 1 {
-            let t = ratio(&backend.gram(&inputs.models, Some(base))?, n);
+            let t = ratio(&backend.gram(&inputs.models, inputs.base.clone())?, n);
             // t·mean(models) + (1 − t)·base as one weighted sum.
             let mut coefficients = vec![1.0 - t];
             coefficients.extend(std::iter::repeat_n(t / n as f32, n));

@@ -61,8 +61,9 @@ impl MergeMethod for Multislerp {
         let has_base = inputs.base.is_some();
         let all: Vec<_> = inputs
             .base
+            .clone()
             .into_iter()
-            .chain(inputs.models.iter().copied())
+            .chain(inputs.models.iter().cloned())
             .collect();
         if n == 1 {
             // A single model is returned as it is, base or not (mergekit).
@@ -75,7 +76,7 @@ impl MergeMethod for Multislerp {
             let sum: f64 = w.iter().sum();
             w.iter_mut().for_each(|x| *x /= sum);
         }
-        let g = gram(&inputs.models, inputs.base);
+        let g = gram(&inputs.models, inputs.base.clone());
         let norms: Vec<f64> = (0..n).map(|i| g[i * n + i].sqrt()).collect();
         // Gram matrix of the unit vectors U_i = X_i / (|X_i| + eps).
         let gu: Vec<f64> = (0..n * n)

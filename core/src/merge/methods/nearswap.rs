@@ -36,13 +36,13 @@ impl MergeMethod for Nearswap {
         inputs: &MethodInputs<'_>,
         out: &mut [f32],
     ) -> Result<(), MethodError> {
-        let (Some(a), [b]) = (inputs.base, inputs.models.as_slice()) else {
+        let (Some(a), [b]) = (inputs.base.clone(), inputs.models.as_slice()) else {
             return Err(MethodError(
                 "nearswap needs the base and exactly one other model".to_owned(),
             ));
         };
         let t = inputs.params.shared_f64("t") as f32;
-        backend.nearswap(a, *b, t, out)?;
+        backend.nearswap(a, b.clone(), t, out)?;
         Ok(())
     }
 }

@@ -77,12 +77,12 @@ impl MergeMethod for Nuslerp {
             (w1 / (w0 + w1)) as f32
         };
         let has_base = inputs.base.is_some();
-        let all: Vec<TensorView<'_>> = inputs.base.into_iter().chain([*m0, *m1]).collect();
+        let all: Vec<TensorView<'_>> = inputs.base.clone().into_iter().chain([m0.clone(), m1.clone()]).collect();
         let shape = m0.shape;
         let flatten = params.shared_bool("nuslerp_flatten") || shape.len() <= 1;
 
         if flatten {
-            let g = gram(&[*m0, *m1], inputs.base);
+            let g = gram(&[m0.clone(), m1.clone()], inputs.base.clone());
             let (c0, c1) = weights(t, g[0], g[3], g[1]);
             zip_map(&all, out, |_, xs, o| {
                 for (e, o) in o.iter_mut().enumerate() {

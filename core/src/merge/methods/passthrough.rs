@@ -36,7 +36,7 @@ impl MergeMethod for Passthrough {
             ));
         };
         let scale = inputs.params.model_f64(0, "scale") as f32;
-        zip_map(&[*x], out, |_, xs, o| {
+        zip_map(std::slice::from_ref(x), out, |_, xs, o| {
             if scale == 1.0 {
                 o.copy_from_slice(xs[0]);
             } else {

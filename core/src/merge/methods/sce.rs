@@ -51,11 +51,12 @@ impl MergeMethod for Sce {
     fn merge(&self, inputs: &MethodInputs<'_>, out: &mut [f32]) -> Result<(), MethodError> {
         let base = inputs
             .base
+            .clone()
             .ok_or_else(|| MethodError("sce needs a base".to_owned()))?;
         let n_models = inputs.models.len();
         let n = base.numel();
         let mut all = vec![base];
-        all.extend(inputs.models.iter().copied());
+        all.extend(inputs.models.iter().cloned());
 
         // Select: keep the top `select_topk` fraction of non-zero variances.
         let topk = inputs.params.shared_f64("select_topk");

@@ -60,14 +60,14 @@ impl MergeMethod for Slerp {
         inputs: &MethodInputs<'_>,
         out: &mut [f32],
     ) -> Result<(), MethodError> {
-        let (Some(a), [b]) = (inputs.base, inputs.models.as_slice()) else {
+        let (Some(a), [b]) = (inputs.base.clone(), inputs.models.as_slice()) else {
             return Err(MethodError(
                 "slerp needs the base and exactly one other model".to_owned(),
             ));
         };
-        let g = backend.gram(&[a, *b], None)?;
+        let g = backend.gram(&[a.clone(), b.clone()], None)?;
         let (ca, cb) = slerp_weights(inputs.params.shared_f64("t"), g[0], g[3], g[1]);
-        backend.weighted_sum(&[a, *b], &[ca, cb], None, out)?;
+        backend.weighted_sum(&[a, b.clone()], &[ca, cb], None, out)?;
         Ok(())
     }
 }
