@@ -256,8 +256,8 @@ fn gram_matrices_equal_the_cpus_bit_for_bit() {
                     );
                 }
                 for center in [None, Some(base.view())] {
-                    let cpu = Cpu.gram(&views, center).unwrap();
-                    let on_gpu = backend.gram(&views, center).unwrap();
+                    let cpu = Cpu.gram(&views, center.clone()).unwrap();
+                    let on_gpu = backend.gram(&views, center.clone()).unwrap();
                     let bits = |g: &[f64]| g.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
                     assert_eq!(
                         bits(&cpu),
