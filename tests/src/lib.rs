@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod compare;
 pub mod fixture;
+pub mod mergekit;
 
 use std::path::PathBuf;
 

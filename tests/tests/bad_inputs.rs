@@ -190,22 +190,6 @@ fn a_model_path_that_does_not_exist_names_both_places_tried() {
 }
 
 #[test]
-fn mergekit_methods_without_an_implementation_say_so() {
-    let dir = tempfile::tempdir().unwrap();
-    family(dir.path());
-    merge_fails(
-        dir.path(),
-        &TA_RECIPE.replace("task_arithmetic", "arcee_fusion"),
-        &["`arcee_fusion` is not implemented yet"],
-    );
-    merge_fails(
-        dir.path(),
-        &TA_RECIPE.replace("task_arithmetic", "ramplus_tl"),
-        &["`ramplus_tl` is not implemented yet"],
-    );
-}
-
-#[test]
 fn an_output_inside_an_input_folder() {
     let dir = tempfile::tempdir().unwrap();
     family(dir.path());

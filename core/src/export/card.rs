@@ -330,6 +330,15 @@ pub fn method_reference(method: &str) -> (&str, Option<&'static str>) {
             Some("https://huggingface.co/alchemonaut/QuartetAnemoi-70B-t0.0001"),
         ),
         "passthrough" => ("Passthrough", None),
+        "arcee_fusion" => ("Arcee Fusion", Some("https://arcee.ai")),
+        "ram" => (
+            "Reinforced Agent Merging",
+            Some("https://arxiv.org/abs/2601.13572"),
+        ),
+        "ramplus_tl" => (
+            "Reinforced Agent Merging Plus (Tensor-Local)",
+            Some("https://arxiv.org/abs/2601.13572"),
+        ),
         other => (other, None),
     }
 }

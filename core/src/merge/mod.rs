@@ -18,6 +18,7 @@ pub mod slices;
 
 use crate::backend::{Backend, BackendError};
 use crate::checkpoint::TensorView;
+use crate::dtype::FloatType;
 pub use params::{Kind, ParamSpec, Scope, TensorParams, Value};
 
 /// How a method treats `base_model`.
@@ -81,6 +82,13 @@ pub trait MergeMethod: Sync + std::fmt::Debug {
     /// What to do with a tensor some inputs lack.
     fn when_missing(&self) -> MissingPolicy {
         MissingPolicy::Subset
+    }
+
+    /// The type mergekit's method returns for inputs computed in `compute`, written when the
+    /// recipe sets no `out_dtype`. Most return `compute`; a few mix in an f32 mask or factor,
+    /// which torch promotes to f32 (arcee_fusion, ramplus_tl).
+    fn result_type(&self, compute: FloatType) -> FloatType {
+        compute
     }
 
     /// Plan-time check of one tensor's parameters (before anything is written).

@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use super::recipe::{ModelEntry, Parameters, Recipe, RecipeError, Scalar};
+use crate::dtype::FloatType;
 
 /// Who a parameter belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,6 +75,9 @@ impl ParamSpec {
 pub struct TensorParams {
     shared: Vec<(&'static str, Value)>,
     models: Vec<Vec<(&'static str, Value)>>,
+    /// The type mergekit computes this tensor in (ALGORITHMS.md §1.2), for the methods whose
+    /// discrete choices follow its rounding (arcee_fusion); `None` outside a planned merge.
+    compute: Option<FloatType>,
 }
 
 impl TensorParams {
@@ -82,7 +86,24 @@ impl TensorParams {
         shared: Vec<(&'static str, Value)>,
         models: Vec<Vec<(&'static str, Value)>>,
     ) -> Self {
-        Self { shared, models }
+        Self {
+            shared,
+            models,
+            compute: None,
+        }
+    }
+
+    /// These parameters for a tensor computed in `ty`.
+    pub fn computed_in(self, ty: FloatType) -> Self {
+        Self {
+            compute: Some(ty),
+            ..self
+        }
+    }
+
+    /// The type the tensor is computed in; F32 when none was planned (previews, tests).
+    pub fn compute_type(&self) -> FloatType {
+        self.compute.unwrap_or(FloatType::F32)
     }
 
     fn lookup(list: &[(&'static str, Value)], name: &str) -> Value {
@@ -168,6 +189,21 @@ impl Bounds {
                 -SCALE,
                 SCALE,
                 "; weights and scales beyond a thousand only amplify rounding noise",
+            ),
+            ("ram" | "ramplus_tl", "epsilon") => Self::new(
+                0.0,
+                SCALE,
+                "; it is the magnitude below which a delta counts as unmoved, so it is not negative",
+            ),
+            ("ramplus_tl", "r") => Self::new(
+                -SCALE,
+                SCALE,
+                "; it scales the unique deltas' boost (mergekit's default is 0.1)",
+            ),
+            ("ramplus_tl", "alpha") => Self::new(
+                0.0,
+                SCALE,
+                "; it caps the shared-to-unique ratio, so it is not negative (mergekit's default is 0.2)",
             ),
             (_, "density" | "gamma" | "epsilon" | "select_topk") => {
                 Self::new(0.0, 1.0, "; it is a fraction of the task vector's entries")
@@ -291,6 +327,7 @@ impl Resolver<'_> {
         let mut params = TensorParams {
             shared: Vec::new(),
             models: vec![Vec::new(); inputs.len()],
+            compute: None,
         };
         for spec in self.specs {
             match spec.scope {

@@ -159,14 +159,6 @@ impl MergePlan {
         let file = recipe_file.to_path_buf();
         let method = match methods::lookup(&recipe.merge_method) {
             Lookup::Found(m) => m,
-            Lookup::NotImplemented => {
-                return Err(RecipeError::MethodNotImplemented {
-                    file,
-                    method: recipe.merge_method.clone(),
-                    implemented: methods::implemented_names().join(", "),
-                }
-                .into());
-            }
             Lookup::Unknown => {
                 return Err(RecipeError::UnknownMethod {
                     file,
@@ -657,7 +649,8 @@ impl<'p> TensorPlanner<'p> {
                     let sources: Vec<InputSource<'_>> = here.clone().map(|m| m.source).collect();
                     let names: Vec<&str> = here.map(|m| m.name).collect();
                     let params = resolver
-                        .resolve_renamed(name, &names, inputs.t, &sources)?;
+                        .resolve_renamed(name, &names, inputs.t, &sources)?
+                        .computed_in(compute_ty);
                     self.method
                         .check(&params)
                         .map_err(|message| PlanError::Method {
@@ -666,6 +659,8 @@ impl<'p> TensorPlanner<'p> {
                             method: spec.name.to_owned(),
                             message,
                         })?;
+                    // A method may return a wider type than it computes in (mergekit).
+                    let out = self.output.unwrap_or(self.method.result_type(compute_ty));
                     (TaskAction::Merge { out, params }, out.dtype())
                 }
             }

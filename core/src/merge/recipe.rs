@@ -330,15 +330,6 @@ pub enum RecipeError {
         method: String,
         known: String,
     },
-    #[error(
-        "{file}: merge_method `{method}` is not implemented yet in mergescope (implemented: {implemented}); \
-         it is planned, not silently approximated"
-    )]
-    MethodNotImplemented {
-        file: PathBuf,
-        method: String,
-        implemented: String,
-    },
     #[error("{file}: `{key}` is a mergekit key mergescope does not support yet; {hint}")]
     Unsupported {
         file: PathBuf,

@@ -211,12 +211,6 @@ impl Sweep {
     fn method_spec(&self) -> Result<&'static MethodSpec, SweepError> {
         match methods::lookup(&self.recipe.merge_method) {
             Lookup::Found(method) => Ok(method.spec()),
-            Lookup::NotImplemented => Err(RecipeError::MethodNotImplemented {
-                file: self.file.clone(),
-                method: self.recipe.merge_method.clone(),
-                implemented: methods::implemented_names().join(", "),
-            }
-            .into()),
             Lookup::Unknown => Err(RecipeError::UnknownMethod {
                 file: self.file.clone(),
                 method: self.recipe.merge_method.clone(),

@@ -1,5 +1,6 @@
 //! The merge methods, one file each, and the registry that finds them by recipe name.
 
+mod arcee_fusion;
 mod breadcrumbs;
 mod breadcrumbs_ties;
 mod dare_linear;
@@ -13,11 +14,14 @@ pub(crate) mod multislerp;
 mod nearswap;
 mod nuslerp;
 mod passthrough;
+mod ram;
+mod ramplus_tl;
 mod sce;
 mod slerp;
 mod task_arithmetic;
 mod ties;
 
+pub use arcee_fusion::ArceeFusion;
 pub use breadcrumbs::Breadcrumbs;
 pub use breadcrumbs_ties::BreadcrumbsTies;
 pub use dare_linear::DareLinear;
@@ -31,6 +35,8 @@ pub use multislerp::Multislerp;
 pub use nearswap::Nearswap;
 pub use nuslerp::Nuslerp;
 pub use passthrough::Passthrough;
+pub use ram::Ram;
+pub use ramplus_tl::RamplusTl;
 pub use sce::Sce;
 pub use slerp::Slerp;
 pub use task_arithmetic::TaskArithmetic;
@@ -57,6 +63,9 @@ pub static IMPLEMENTED: &[&dyn MergeMethod] = &[
     &Sce,
     &Nearswap,
     &Passthrough,
+    &ArceeFusion,
+    &Ram,
+    &RamplusTl,
 ];
 
 /// Every `merge_method` mergekit 0.1.5 registers (ALGORITHMS.md §2.15).
@@ -83,23 +92,19 @@ pub const MERGEKIT_METHODS: &[&str] = &[
     "della_linear",
 ];
 
-/// What a `merge_method` name refers to.
+/// What a `merge_method` name refers to. Every method mergekit 0.1.5 registers is
+/// implemented (a test keeps it so), so a name is either a method or not mergekit's at all.
 #[derive(Debug)]
 pub enum Lookup {
     Found(&'static dyn MergeMethod),
-    /// A mergekit method mergescope does not implement yet.
-    NotImplemented,
     Unknown,
 }
 
 pub fn lookup(name: &str) -> Lookup {
-    if let Some(method) = IMPLEMENTED.iter().find(|m| m.spec().name == name) {
-        Lookup::Found(*method)
-    } else if MERGEKIT_METHODS.contains(&name) {
-        Lookup::NotImplemented
-    } else {
-        Lookup::Unknown
-    }
+    IMPLEMENTED
+        .iter()
+        .find(|m| m.spec().name == name)
+        .map_or(Lookup::Unknown, |method| Lookup::Found(*method))
 }
 
 pub fn implemented_names() -> Vec<&'static str> {
@@ -107,9 +112,31 @@ pub fn implemented_names() -> Vec<&'static str> {
 }
 
 #[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_mergekit_method_is_implemented_once() {
+        for name in MERGEKIT_METHODS {
+            assert!(matches!(lookup(name), Lookup::Found(_)), "{name}");
+        }
+        let mut names = implemented_names();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(
+            names.len(),
+            IMPLEMENTED.len(),
+            "a method is registered twice"
+        );
+        assert!(matches!(lookup("no_such_method"), Lookup::Unknown));
+    }
+}
+
+#[cfg(test)]
 pub(crate) mod test_util {
     use crate::checkpoint::{TensorInfo, TensorView};
     use crate::dtype::Dtype;
+    use crate::merge::{MergeMethod, MethodInputs, TensorParams};
 
     /// An F32 tensor view over `bytes` (use [`f32_bytes`]) for method unit tests.
     pub fn info(name: &str, numel: usize) -> TensorInfo {
@@ -129,5 +156,33 @@ pub(crate) mod test_util {
 
     pub fn view<'a>(info: &'a TensorInfo, bytes: &'a [u8]) -> TensorView<'a> {
         TensorView::new(info, bytes)
+    }
+
+    /// Runs `method` on 1-D F32 tensors: a base and the other models.
+    pub fn merge_1d(
+        method: &dyn MergeMethod,
+        base: &[f32],
+        models: &[&[f32]],
+        params: &TensorParams,
+    ) -> Vec<f32> {
+        let infos: Vec<_> = (0..=models.len())
+            .map(|i| info(&format!("t{i}"), base.len()))
+            .collect();
+        let bytes: Vec<Vec<u8>> = std::iter::once(base)
+            .chain(models.iter().copied())
+            .map(f32_bytes)
+            .collect();
+        let inputs = MethodInputs {
+            tensor: "t",
+            seed: 0,
+            base: Some(view(&infos[0], &bytes[0])),
+            models: (1..=models.len())
+                .map(|i| view(&infos[i], &bytes[i]))
+                .collect(),
+            params,
+        };
+        let mut out = vec![f32::NAN; base.len()];
+        method.merge(&inputs, &mut out).expect("the method runs");
+        out
     }
 }

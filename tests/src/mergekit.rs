@@ -1,0 +1,124 @@
+//! Reference fixtures made by mergekit 0.1.5 under `fixtures/mergekit/<part>/`: recipes in
+//! `configs/`, mergekit's outputs in `expected/` and an `expected/MANIFEST.json` recording the
+//! command, the comparison class and the tensor names mergekit wrote.
+//!
+//! An output may be committed in part (`kept` in the manifest) to keep the fixtures small: the
+//! check then requires mergescope to write every tensor mergekit wrote (`tensors`) and compares
+//! the kept ones.
+
+use std::path::{Path, PathBuf};
+
+use crate::cli::run;
+use crate::compare::{Class, TensorReport, compare_folders};
+use crate::fixture::{Tensor, read_folder, write_file};
+
+/// `fixtures/mergekit/<part>`.
+pub fn part_dir(part: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join("mergekit")
+        .join(part)
+}
+
+/// What the manifest says about one recipe.
+pub struct Reference {
+    pub class: Class,
+    /// Every tensor mergekit wrote.
+    pub tensors: Vec<String>,
+    /// The ones committed under `expected/<recipe>/`.
+    pub kept: Vec<String>,
+}
+
+impl Reference {
+    pub fn read(folder: &Path, recipe: &str) -> Self {
+        let manifest = folder.join("expected/MANIFEST.json");
+        let mut class = Class::for_recipe(&manifest, recipe);
+        let text = std::fs::read_to_string(&manifest).expect("MANIFEST.json is readable");
+        let json: serde_json::Value = serde_json::from_str(&text).expect("MANIFEST.json is JSON");
+        let entry = &json["methods"][recipe];
+        // A recipe-specific relative-L2 bound, with its reason in the manifest (`why`).
+        if let (Class::Close(tol), Some(l2)) = (&mut class, entry["compare"]["l2"].as_f64()) {
+            tol.l2 = l2;
+        }
+        let names = |key: &str| -> Vec<String> {
+            entry[key]
+                .as_array()
+                .unwrap_or_else(|| panic!("{recipe}: MANIFEST.json lists no `{key}`"))
+                .iter()
+                .map(|n| n.as_str().expect("a tensor name").to_owned())
+                .collect()
+        };
+        Self {
+            class,
+            tensors: names("tensors"),
+            kept: names("kept"),
+        }
+    }
+}
+
+/// Runs `mergescope-cli merge configs/<recipe>.yml` from `folder` (the recipes name their
+/// models relative to it, as mergekit ran them) on `backend`, into `out/<recipe>`.
+pub fn merge(bin: &str, folder: &Path, recipe: &str, backend: &str, out: &Path) -> PathBuf {
+    let merged = out.join(recipe);
+    let config = format!("configs/{recipe}.yml");
+    let args = [
+        "merge",
+        &config,
+        "--out",
+        merged.to_str().expect("a UTF-8 temporary folder"),
+        "--random-seed",
+        "7",
+        "--backend",
+        backend,
+    ];
+    run(bin, folder, &args).assert_success();
+    merged
+}
+
+/// Checks mergescope's output folder `merged` against the reference for `recipe`: the same
+/// tensor names as mergekit wrote, and the kept ones within the recipe's class.
+pub fn check_against(
+    folder: &Path,
+    recipe: &str,
+    merged: &Path,
+) -> Result<Vec<TensorReport>, String> {
+    let reference = Reference::read(folder, recipe);
+    let produced = read_folder(merged);
+    let names: Vec<&String> = produced.keys().collect();
+    let mut expected_names: Vec<&String> = reference.tensors.iter().collect();
+    expected_names.sort();
+    if names != expected_names {
+        return Err(format!(
+            "{recipe}: mergescope wrote {names:?}, mergekit {expected_names:?}"
+        ));
+    }
+    // The kept subset, rewritten as one file, so the comparison is compare.rs's own.
+    let subset = merged.with_extension("kept");
+    let mut dtype = None;
+    let tensors: Vec<Tensor> = reference
+        .kept
+        .iter()
+        .map(|name| {
+            let (d, shape, values) = &produced[name];
+            assert!(
+                dtype.is_none_or(|t| t == *d),
+                "{recipe}: mixed output dtypes"
+            );
+            dtype = Some(*d);
+            Tensor {
+                name: name.clone(),
+                shape: shape.clone(),
+                // Exact: every value was decoded from an f32, f16 or bf16.
+                values: values.iter().map(|&v| v as f32).collect(),
+            }
+        })
+        .collect();
+    write_file(
+        &subset.join("model.safetensors"),
+        &tensors,
+        dtype.expect("something kept"),
+    );
+    let expected = folder.join("expected").join(recipe);
+    compare_folders(&subset, &expected, &reference.class, None)
+        .map_err(|problems| format!("{recipe}: FAIL\n{problems}"))
+}
