@@ -164,3 +164,50 @@ fn bad_slices_are_one_line_errors() {
         assert!(!out.exists());
     }
 }
+
+/// A frankenmerge made in memory (the workbench's live preview, `generate RECIPE`) runs as the
+/// deeper model it is: it writes what the exported merge writes, whose config.json has the
+/// output's layer count (built with the inputs' count, it would run their 2 layers of 5).
+#[test]
+fn an_in_memory_frankenmerge_runs_with_its_own_depth() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    mergescope_tests::fixture::tiny_llama(&root.join("base"), 0.0);
+    mergescope_tests::fixture::tiny_llama(&root.join("ft"), 0.05);
+    let recipe = "merge_method: passthrough
+slices:
+  - sources:
+      - model: ft
+        layer_range: [1, 2]
+  - sources:
+      - model: base
+        layer_range: [0, 2]
+  - sources:
+      - model: ft
+        layer_range: [0, 2]
+        parameters:
+          scale: 3
+";
+    std::fs::write(root.join("franken.yml"), recipe).unwrap();
+    run(BIN, root, &["merge", "franken.yml", "--out", "merged"]).assert_success();
+    assert_eq!(layer_count(&root.join("merged")), 5);
+    std::fs::copy(
+        root.join("base/tokenizer.json"),
+        root.join("merged/tokenizer.json"),
+    )
+    .unwrap();
+    let generate = |target: &str| {
+        let args = [
+            "generate",
+            target,
+            "--prompt",
+            "w3 w17 w42",
+            "--max-tokens",
+            "12",
+        ];
+        let ran = run(BIN, root, &args);
+        ran.assert_success();
+        ran.stdout()
+    };
+    assert_eq!(generate("franken.yml"), generate("merged"));
+}

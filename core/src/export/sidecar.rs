@@ -55,14 +55,25 @@ pub fn config_with_dtype(original: &[u8], out: Option<FloatType>) -> Vec<u8> {
 const LAYER_COUNT_KEYS: &[&str] = &["num_hidden_layers", "n_layer", "num_layers", "n_layers"];
 
 /// `config.json` with its layer count set to `layers` (a `slices:` merge changes it, and
-/// mergekit rewrites it likewise), keeping key order. Every layer-count key present is set;
-/// `num_hidden_layers` is added when none is. Returns the original bytes when the file is not a
-/// JSON object.
+/// mergekit rewrites it likewise), keeping key order. Returns the original bytes when the file
+/// is not a JSON object.
 pub fn config_with_layers(original: &[u8], layers: usize) -> Vec<u8> {
-    let Ok(serde_json::Value::Object(mut map)) =
+    let Ok(mut config @ serde_json::Value::Object(_)) =
         serde_json::from_slice::<serde_json::Value>(original)
     else {
         return original.to_vec();
+    };
+    set_layer_count(&mut config, layers);
+    let mut bytes = serde_json::to_vec_pretty(&config).unwrap_or_else(|_| original.to_vec());
+    bytes.push(b'\n');
+    bytes
+}
+
+/// Sets a parsed `config.json`'s layer count: every layer-count key present, or
+/// `num_hidden_layers` when none is. Anything but a JSON object is left alone.
+pub fn set_layer_count(config: &mut serde_json::Value, layers: usize) {
+    let Some(map) = config.as_object_mut() else {
+        return;
     };
     let mut touched = false;
     for key in LAYER_COUNT_KEYS {
@@ -74,10 +85,6 @@ pub fn config_with_layers(original: &[u8], layers: usize) -> Vec<u8> {
     if !touched {
         map.insert(LAYER_COUNT_KEYS[0].to_owned(), layers.into());
     }
-    let mut bytes = serde_json::to_vec_pretty(&serde_json::Value::Object(map))
-        .unwrap_or_else(|_| original.to_vec());
-    bytes.push(b'\n');
-    bytes
 }
 
 /// The sidecar files present in `folder`, among `names`.

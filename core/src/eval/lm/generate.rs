@@ -264,7 +264,12 @@ pub fn files_for_plan(plan: &crate::merge::plan::MergePlan) -> Result<LmFiles, L
                 .to_owned(),
         })?;
     let tokenizer_folder = plan.tokenizer_source.as_deref().unwrap_or(config_folder);
-    runnable(LmFiles::in_folders(config_folder, tokenizer_folder)?)
+    let mut files = LmFiles::in_folders(config_folder, tokenizer_folder)?;
+    // A `slices:` merge has its own depth: the model is built as the export's config.json says.
+    if let Some(layers) = plan.layer_count {
+        crate::export::sidecar::set_layer_count(&mut files.config, layers);
+    }
+    runnable(files)
 }
 
 /// Loads the model `files` describe with the weights `tensors` (on the CPU); `model` names it
