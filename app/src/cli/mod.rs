@@ -9,6 +9,7 @@ mod analyze;
 mod backend;
 mod demo;
 mod eval;
+mod extract_lora;
 mod generate;
 mod inspect;
 mod merge;
@@ -78,6 +79,8 @@ enum Command {
     Analyze(analyze::Args),
     /// Score a model, or a recipe's merge: the demo family's accuracy, retention, or your command.
     Eval(eval::Args),
+    /// A PEFT LoRA adapter from the truncated SVD of a fine-tune's difference from its base.
+    ExtractLora(extract_lora::Args),
     /// Continue a prompt with a language model, or a recipe's merge made in memory (--compare:
     /// its base and each model too), printed token by token.
     Generate(generate::Args),
@@ -193,6 +196,7 @@ pub fn main() -> ExitCode {
         Command::Merge(args) => merge::run(&args, &job),
         Command::Analyze(args) => analyze::run(&args, &job),
         Command::Eval(args) => eval::run(&args, &job),
+        Command::ExtractLora(args) => extract_lora::run(&args, &job),
         Command::Generate(args) => generate::run(&args, &job),
         Command::Pareto(args) => pareto::run(&args, &job),
         Command::Sweep(args) => sweep::run(&args, &job),
