@@ -181,18 +181,34 @@ fn compute<'a>(
     non_finite: &NonFiniteLog,
 ) -> Result<TensorBytes, MergeError> {
     let family = &plan.family;
+    // Vocabulary tensors of a recipe that aligns vocabularies: every input's rows permuted
+    // into the output vocabulary, in memory.
+    let aligned = match &plan.vocab {
+        Some(vocab) => vocab
+            .align(family, task)
+            .map_err(|message| MergeError::Method {
+                tensor: task.name.clone(),
+                method: plan.method.spec().name.to_owned(),
+                message,
+            })?,
+        None => None,
+    };
     // Views show the task's shape: fewer leading rows when vocabularies were truncated.
     let fit = |view: crate::checkpoint::TensorView<'a>| view.leading_rows(&task.shape);
-    let base = family
-        .base
-        .as_ref()
-        .zip(task.base)
-        .map(|(b, i)| fit(b.checkpoint.view(i)));
-    let models: Vec<_> = task
-        .models
-        .iter()
-        .map(|&(m, i)| fit(family.models[m].checkpoint.view(i)))
-        .collect();
+    let (base, models) = match &aligned {
+        Some(aligned) => aligned.views(),
+        None => (
+            family
+                .base
+                .as_ref()
+                .zip(task.base)
+                .map(|(b, i)| fit(b.checkpoint.view(i))),
+            task.models
+                .iter()
+                .map(|&(m, i)| fit(family.models[m].checkpoint.view(i)))
+                .collect(),
+        ),
+    };
     match &task.action {
         TaskAction::Merge { out, params } => {
             let values = &mut buffers.work;
@@ -340,6 +356,10 @@ fn copy_sidecars(plan: &MergePlan, export: &mut Export) -> Result<(), ExportErro
             let bytes = read(folder.join(name))?;
             let bytes = if name == "config.json" {
                 let bytes = sidecar::config_with_dtype(&bytes, plan.output_type);
+                let bytes = match &plan.vocab {
+                    Some(vocab) => crate::merge::vocab::config_with_vocab_size(&bytes, vocab.rows),
+                    None => bytes,
+                };
                 match plan.layer_count {
                     Some(layers) => sidecar::config_with_layers(&bytes, layers),
                     None => bytes,
@@ -350,7 +370,12 @@ fn copy_sidecars(plan: &MergePlan, export: &mut Export) -> Result<(), ExportErro
             export.add_file(name, &bytes)?;
         }
     }
-    if let Some(folder) = &plan.tokenizer_source {
+    if let Some(vocab) = &plan.vocab {
+        // The tokenizer files are rewritten for the aligned vocabulary.
+        for (name, bytes) in vocab.tokenizer_files()? {
+            export.add_file(name, &bytes)?;
+        }
+    } else if let Some(folder) = &plan.tokenizer_source {
         for name in sidecar::present(folder, sidecar::TOKENIZER_FILES) {
             export.add_file(name, &read(folder.join(name))?)?;
         }

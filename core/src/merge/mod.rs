@@ -15,6 +15,7 @@ pub mod recipe;
 pub mod rng;
 pub mod select;
 pub mod slices;
+pub mod vocab;
 
 use crate::backend::{Backend, BackendError};
 use crate::checkpoint::TensorView;

@@ -73,6 +73,9 @@ pub struct MergePlan {
     pub config_source: Option<PathBuf>,
     /// Folder whose tokenizer files are copied.
     pub tokenizer_source: Option<PathBuf>,
+    /// The output vocabulary when the recipe aligns differing vocabularies
+    /// (`tokenizer_source` / `tokenizer:`): vocabulary tensors are permuted into it.
+    pub vocab: Option<super::vocab::VocabAlignment>,
     /// The output dtype when every merged tensor has the same one (written into `config.json`).
     pub output_type: Option<FloatType>,
     /// The seed of the random methods: the one asked for, or one drawn and recorded in the
@@ -89,6 +92,8 @@ pub enum PlanError {
     Recipe(#[from] RecipeError),
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Vocab(#[from] super::vocab::VocabError),
     #[error(
         "{file}: tensor `{tensor}` is missing from {member}{more}; every model must have the tensors the reference model has"
     )]
@@ -180,11 +185,12 @@ impl MergePlan {
             compute: recipe.compute_type(&file)?,
             output: recipe.output_type(&file)?,
             truncate_vocab: options.truncate_vocab,
+            align_vocab: super::vocab::requested(&recipe),
         };
         let Planned {
             family,
             layout,
-            tasks,
+            mut tasks,
             mut warnings,
             layer_count,
         } = if recipe.slices.is_empty() {
@@ -215,7 +221,16 @@ impl MergePlan {
         // mergekit copies config and tokenizer from the base model, else from the first model.
         let sidecar_member = base_ref.as_ref().map_or(&reference, |b| &b.member);
         let config_source = sidecar_member.checkpoint.folder().map(Path::to_path_buf);
+        let vocab = super::vocab::VocabAlignment::plan(
+            &recipe,
+            &file,
+            &options.cwd,
+            &family,
+            &mut tasks,
+            &mut warnings,
+        )?;
         let tokenizer_source = match recipe.tokenizer_source.as_deref() {
+            _ if vocab.is_some() => vocab.as_ref().map(|v| v.source_folder.clone()),
             None => config_source.clone(),
             Some("base") => {
                 match &base_ref {
@@ -246,6 +261,7 @@ impl MergePlan {
             layer_count,
             config_source,
             tokenizer_source,
+            vocab,
             output_type,
             random_seed: options.random_seed.unwrap_or_else(super::rng::draw_seed),
             warnings,
@@ -446,6 +462,9 @@ pub(super) struct TensorPlanner<'p> {
     pub compute: Option<FloatType>,
     pub output: Option<FloatType>,
     pub truncate_vocab: bool,
+    /// Vocabulary tensors whose row counts differ are aligned after planning
+    /// ([`super::vocab`]) instead of being an error.
+    pub align_vocab: bool,
 }
 
 /// One output tensor's inputs, as found in the family.
@@ -533,6 +552,9 @@ impl<'p> TensorPlanner<'p> {
             let rows_differ_only = info.shape.len() == shape.len()
                 && !shape.is_empty()
                 && info.shape[1..] == shape[1..];
+            if vocabulary && rows_differ_only && self.align_vocab {
+                continue; // the alignment gives the task its rows
+            }
             if vocabulary && rows_differ_only && self.truncate_vocab {
                 shape[0] = shape[0].min(info.shape[0]);
                 truncated = true;
@@ -546,7 +568,8 @@ impl<'p> TensorPlanner<'p> {
                 expected: reference_info.shape.clone(),
                 got: info.shape.clone(),
                 hint: if vocabulary && rows_differ_only {
-                    " (pass --truncate-vocab to keep the leading rows every model has)"
+                    " (add `tokenizer_source: union` to the recipe to align the vocabularies by \
+                     token, or pass --truncate-vocab to keep the leading rows every model has)"
                 } else {
                     ""
                 },

@@ -35,13 +35,14 @@ pub struct Recipe {
     pub out_dtype: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokenizer_source: Option<String>,
+    /// mergekit's `tokenizer:` block (vocabulary source, per-token rows, padding).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<super::vocab::TokenizerConfig>,
 
     // mergekit keys mergescope recognises but does not support yet: accepted by the parser so
     // that `Recipe::check_supported` can say so by name instead of calling them typos.
     #[serde(default, skip_serializing)]
     modules: Option<IgnoredAny>,
-    #[serde(default, skip_serializing)]
-    tokenizer: Option<IgnoredAny>,
     #[serde(default, skip_serializing)]
     chat_template: Option<IgnoredAny>,
     #[serde(default, skip_serializing)]
@@ -402,11 +403,6 @@ impl Recipe {
                 "list whole models under `models:`, or layer ranges under `slices:`",
             ),
             (
-                "tokenizer",
-                self.tokenizer.is_some(),
-                "use `tokenizer_source: base` or a model path",
-            ),
-            (
                 "chat_template",
                 self.chat_template.is_some(),
                 "remove it; the tokenizer's own chat template is copied",
@@ -450,11 +446,13 @@ impl Recipe {
                 parse_float_type(name, key, file)?;
             }
         }
-        if self.tokenizer_source.as_deref() == Some("union") {
-            return Err(RecipeError::Unsupported {
+        if self.tokenizer_source.is_some() && self.tokenizer.is_some() {
+            return Err(RecipeError::BadValue {
                 file: file.to_path_buf(),
-                key: "tokenizer_source: union".to_owned(),
-                hint: "use `base` or a model path".to_owned(),
+                key: "tokenizer".to_owned(),
+                message: "the recipe has both `tokenizer_source` and `tokenizer:`; mergekit \
+                          takes one: move the source into `tokenizer: {source: ...}`"
+                    .to_owned(),
             });
         }
         Ok(())

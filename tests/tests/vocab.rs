@@ -1,0 +1,189 @@
+//! Merging models whose vocabularies differ (`tokenizer_source`, `tokenizer:`) against
+//! mergekit 0.1.5's own outputs: `tests/fixtures/mergekit/vocab` (made by its
+//! `make_fixtures.py`). Each recipe's tensors must match under the exact class, and the output
+//! tokenizer must give every token the id mergekit's gives it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use mergescope_tests::cli::run;
+use mergescope_tests::compare::{Class, compare_folders};
+
+const BIN: &str = env!("CARGO_BIN_EXE_mergescope-cli");
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/mergekit/vocab")
+}
+
+/// Token → id of a `tokenizer.json`, read with serde_json (independently of the `tokenizers`
+/// crate mergescope writes it with): the model's vocabulary and the added tokens.
+fn vocabulary(folder: &Path) -> BTreeMap<String, u64> {
+    let text = std::fs::read_to_string(folder.join("tokenizer.json")).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut vocab: BTreeMap<String, u64> = json["model"]["vocab"]
+        .as_object()
+        .expect("a word-level vocabulary")
+        .iter()
+        .map(|(t, id)| (t.clone(), id.as_u64().unwrap()))
+        .collect();
+    for added in json["added_tokens"].as_array().unwrap() {
+        vocab.insert(
+            added["content"].as_str().unwrap().to_owned(),
+            added["id"].as_u64().unwrap(),
+        );
+    }
+    vocab
+}
+
+fn config(folder: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(folder.join("config.json")).unwrap()).unwrap()
+}
+
+/// Merges `configs/<recipe>.yml` from the fixture folder (its model paths are relative to it)
+/// into a temporary folder.
+fn merge(recipe: &str, backend: &str, cwd: &Path) -> (tempfile::TempDir, PathBuf) {
+    let out = tempfile::tempdir().unwrap();
+    let merged = out.path().join(recipe);
+    let config = fixtures().join(format!("configs/{recipe}.yml"));
+    let args = [
+        "merge",
+        config.to_str().unwrap(),
+        "--out",
+        merged.to_str().unwrap(),
+        "--backend",
+        backend,
+    ];
+    run(BIN, cwd, &args).assert_success();
+    (out, merged)
+}
+
+fn check(recipe: &str, backend: &str) {
+    if backend == "gpu" && std::env::var_os("MERGESCOPE_SKIP_GPU_TESTS").is_some() {
+        eprintln!("skipping the GPU run of {recipe} (MERGESCOPE_SKIP_GPU_TESTS)");
+        return;
+    }
+    let (_out, merged) = merge(recipe, backend, &fixtures());
+    let expected = fixtures().join("expected").join(recipe);
+    let class = Class::for_recipe(&fixtures().join("expected/MANIFEST.json"), recipe);
+    let reports = compare_folders(&merged, &expected, &class, None)
+        .unwrap_or_else(|problems| panic!("{recipe} ({backend}): FAIL\n{problems}"));
+    assert_eq!(reports.len(), 21, "{recipe}: every tensor compared");
+    assert_eq!(
+        vocabulary(&merged),
+        vocabulary(&expected),
+        "{recipe}: token ids differ from mergekit's"
+    );
+    assert_eq!(
+        config(&merged)["vocab_size"],
+        config(&expected)["vocab_size"],
+        "{recipe}: config.json's vocab_size"
+    );
+}
+
+#[test]
+fn union_linear() {
+    check("union_linear", "cpu");
+}
+
+#[test]
+fn union_task_arithmetic() {
+    check("union_task_arithmetic", "cpu");
+}
+
+#[test]
+fn union_task_arithmetic_on_the_gpu() {
+    check("union_task_arithmetic", "gpu");
+}
+
+#[test]
+fn base_task_arithmetic() {
+    check("base_task_arithmetic", "cpu");
+}
+
+#[test]
+fn model_linear() {
+    check("model_linear", "cpu");
+}
+
+#[test]
+fn tokens_task_arithmetic() {
+    check("tokens_task_arithmetic", "cpu");
+}
+
+/// The expected outputs differ from each other where the alignments differ, so a merge that
+/// ignored the tokenizer settings could not pass: the union and `base` vocabularies give
+/// different embedding rows, and forcing tokens changes rows every model has.
+#[test]
+fn the_references_tell_the_alignments_apart() {
+    let expected = fixtures().join("expected");
+    let exact = Class::for_recipe(&expected.join("MANIFEST.json"), "union_task_arithmetic");
+    for (a, b) in [
+        ("union_task_arithmetic", "base_task_arithmetic"),
+        ("union_task_arithmetic", "tokens_task_arithmetic"),
+    ] {
+        let problems = compare_folders(&expected.join(a), &expected.join(b), &exact, None)
+            .expect_err("different alignments give different outputs");
+        assert!(problems.contains("model.embed_tokens.weight"), "{problems}");
+    }
+}
+
+/// A copy of the fixture models in a temporary folder, to break.
+fn family_copy() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for model in ["base", "ft_a", "ft_b"] {
+        let from = fixtures().join("models").join(model);
+        let to = dir.path().join("models").join(model);
+        std::fs::create_dir_all(&to).unwrap();
+        for entry in std::fs::read_dir(&from).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+    dir
+}
+
+fn merge_text(dir: &Path, recipe: &str) -> mergescope_tests::cli::Run {
+    std::fs::write(dir.join("r.yml"), recipe).unwrap();
+    let out = dir.join("out");
+    run(
+        BIN,
+        dir,
+        &["merge", "r.yml", "--out", out.to_str().unwrap()],
+    )
+}
+
+const UNION: &str = "merge_method: linear\nmodels:\n  - model: models/base\n    parameters: {weight: 1}\n  - model: models/ft_a\n    parameters: {weight: 1}\n";
+
+#[test]
+fn different_vocabulary_sizes_without_a_tokenizer_source_suggest_union() {
+    let dir = family_copy();
+    merge_text(dir.path(), UNION).assert_user_error(&[
+        "lm_head.weight",
+        "[36, 16]",
+        "tokenizer_source: union",
+    ]);
+}
+
+#[test]
+fn a_model_without_a_tokenizer_is_named() {
+    let dir = family_copy();
+    std::fs::remove_file(dir.path().join("models/ft_a/tokenizer.json")).unwrap();
+    let recipe = format!("{UNION}tokenizer_source: union\n");
+    merge_text(dir.path(), &recipe).assert_user_error(&["models/ft_a", "no tokenizer.json"]);
+}
+
+#[test]
+fn an_unknown_tokenizer_source_model_is_named() {
+    let dir = family_copy();
+    let recipe = format!("{UNION}tokenizer_source: models/nowhere\n");
+    merge_text(dir.path(), &recipe).assert_user_error(&["tokenizer_source", "models/nowhere"]);
+}
+
+#[test]
+fn a_token_source_outside_the_recipe_is_refused() {
+    let dir = family_copy();
+    let recipe = format!(
+        "{UNION}tokenizer:\n  source: union\n  tokens:\n    x0:\n      source: models/ft_b\n"
+    );
+    merge_text(dir.path(), &recipe).assert_user_error(&["x0", "models/ft_b", "not one of"]);
+}
