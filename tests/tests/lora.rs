@@ -660,3 +660,52 @@ fn sv_threshold_lowers_ranks_into_rank_pattern() {
     );
     Checkpoint::open(&spec).unwrap();
 }
+
+/// `fixtures/mergekit/lora`: PEFT-made adapters and mergekit 0.1.5's merges of `BASE+ADAPTER`
+/// recipes (make_fixtures.py).
+fn lora_fixtures() -> PathBuf {
+    mergescope_tests::mergekit::part_dir("lora")
+}
+
+#[test]
+fn peft_adapters_read_as_peft_merge_and_unload_writes_them() {
+    let dir = lora_fixtures();
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("expected/MANIFEST.json")).unwrap())
+            .unwrap();
+    let adapters = manifest["peft_merged"].as_object().unwrap();
+    assert_eq!(adapters.len(), 3);
+    for (name, entry) in adapters {
+        let base = dir.join(entry["base"].as_str().unwrap());
+        let spec = format!(
+            "{}+{}",
+            base.display(),
+            dir.join("adapters").join(name).display()
+        );
+        let lora = Checkpoint::open(&spec).unwrap();
+        let merged = Checkpoint::open(dir.join("expected/peft_merged").join(name)).unwrap();
+        let worst = max_difference(&lora, &merged);
+        assert!(worst < 1e-6, "{name}: differs from PEFT's merge by {worst}");
+        // The adapter changes what it targets (so the comparison could fail).
+        let plain = Checkpoint::open(&base).unwrap();
+        assert!(max_difference(&plain, &merged) > 1e-2, "{name}");
+        // Alone, the adapter finds its base from its config's relative name.
+        let bare = Checkpoint::open(dir.join("adapters").join(name)).unwrap();
+        assert_eq!(bare.folder(), plain.folder().map(Path::new));
+    }
+}
+
+#[test]
+fn base_plus_adapter_recipes_match_mergekit() {
+    let dir = lora_fixtures();
+    let out = tempfile::tempdir().unwrap();
+    for recipe in [
+        "task_arithmetic_lora",
+        "ties_lora_rslora",
+        "linear_lora_base",
+    ] {
+        let merged = mergescope_tests::mergekit::merge(BIN, &dir, recipe, "cpu", out.path());
+        mergescope_tests::mergekit::check_against(&dir, recipe, &merged)
+            .unwrap_or_else(|problems| panic!("{problems}"));
+    }
+}

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use super::LoraError;
+use super::{LoraError, is_adapter_folder};
 use crate::checkpoint::read_small_file;
 
 /// The adapter config file name PEFT writes.
@@ -173,16 +173,15 @@ impl AdapterConfig {
         }
     }
 
-    /// The base model the adapter names, when it is a folder on this machine (relative names
-    /// are tried from the working directory, then beside the adapter folder).
+    /// The base model the adapter names, when it is a folder on this machine. A relative name
+    /// is what the adapter's maker was given in its own working directory, so it is tried from
+    /// this working directory, then from each folder above the adapter.
     pub fn local_base(&self, adapter_folder: &Path) -> Result<PathBuf, LoraError> {
         let named = self.base_model_name_or_path.clone().unwrap_or_default();
         let given = Path::new(&named);
-        let beside = adapter_folder.parent().map(|p| p.join(given));
-        [Some(given.to_path_buf()), beside]
-            .into_iter()
-            .flatten()
-            .find(|p| !named.is_empty() && p.is_dir())
+        std::iter::once(given.to_path_buf())
+            .chain(adapter_folder.ancestors().skip(1).map(|a| a.join(given)))
+            .find(|p| !named.is_empty() && p.is_dir() && !is_adapter_folder(p))
             .ok_or_else(|| LoraError::NoLocalBase {
                 adapter: adapter_folder.to_path_buf(),
                 named,
