@@ -197,13 +197,13 @@ fn per_layer_curves_filters_and_saving_the_recipe() {
         "{:?}",
         harness.state().notice
     );
-    // A recipe the panel cannot edit is refused with a reason, and nothing changes.
+    // A recipe naming a model that is nowhere is refused with a reason, and nothing changes.
     std::fs::write(&recipe, "merge_method: karcher\nmodels:\n  - model: x\n").unwrap();
     harness.get_by_label("Load recipe").click();
     harness.run_ok();
     let notice = harness.state().notice.clone().unwrap();
     assert!(
-        notice.error && notice.text.contains("mergescope merge"),
+        notice.error && notice.text.contains("model `x` not found"),
         "{}",
         notice.text
     );
