@@ -36,9 +36,12 @@ impl Reference {
         let text = std::fs::read_to_string(&manifest).expect("MANIFEST.json is readable");
         let json: serde_json::Value = serde_json::from_str(&text).expect("MANIFEST.json is JSON");
         let entry = &json["methods"][recipe];
-        // A recipe-specific relative-L2 bound, with its reason in the manifest (`why`).
-        if let (Class::Close(tol), Some(l2)) = (&mut class, entry["compare"]["l2"].as_f64()) {
-            tol.l2 = l2;
+        // Recipe-specific bounds on the relative L2 error and on the fraction of elements out
+        // of tolerance, with their reason in the manifest (`why`).
+        if let Class::Close(tol) = &mut class {
+            let compare = &entry["compare"];
+            tol.l2 = compare["l2"].as_f64().unwrap_or(tol.l2);
+            tol.bad_frac = compare["bad_frac"].as_f64().unwrap_or(tol.bad_frac);
         }
         let names = |key: &str| -> Vec<String> {
             entry[key]
