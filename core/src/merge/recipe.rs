@@ -85,7 +85,7 @@ pub struct SliceSource {
 
 impl SliceSource {
     /// The number of layers the source contributes (0 for an empty or reversed range).
-    pub fn len(&self) -> usize {
+    pub fn layer_count(&self) -> usize {
         self.layer_range[1].saturating_sub(self.layer_range[0])
     }
 }
@@ -591,7 +591,7 @@ mod tests {
         let r = parse(text).unwrap();
         assert_eq!(r.slices.len(), 2);
         assert_eq!(r.slices[0].sources[1].layer_range, [2, 6]);
-        assert_eq!(r.slices[0].sources[1].len(), 4);
+        assert_eq!(r.slices[0].sources[1].layer_count(), 4);
         assert_eq!(r.slices[1].base_model.as_deref(), Some("base"));
         let again = parse(&r.to_yaml()).unwrap();
         assert_eq!(r, again);

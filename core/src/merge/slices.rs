@@ -50,14 +50,14 @@ pub fn check_shape(slices: &[OutputSlice], file: &Path) -> Result<(), RecipeErro
                     ),
                 ));
             }
-            if source.len() != first.len() {
+            if source.layer_count() != first.layer_count() {
                 return Err(bad(
                     format!("slices[{s}].sources[{j}].layer_range"),
                     format!(
                         "[{start}, {end}] holds {} layers but slices[{s}].sources[0] holds {}; \
                          all sources of a slice must hold the same number of layers",
-                        source.len(),
-                        first.len()
+                        source.layer_count(),
+                        first.layer_count()
                     ),
                 ));
             }
@@ -359,7 +359,7 @@ pub(super) fn plan(
     }
     let mut out_layer = 0;
     for (s, sources) in slices.iter().enumerate() {
-        let layers = recipe.slices[s].sources[0].len();
+        let layers = recipe.slices[s].sources[0].layer_count();
         for k in 0..layers {
             // mergekit: each slice restarts the gradient with its own length (ALGORITHMS.md §1.3).
             let t = if layers > 1 {
@@ -610,8 +610,6 @@ parameters:
             err.contains("exactly 1") && err.contains("slices[0]"),
             "{err}"
         );
-        for err in [&err] {
-            assert!(!err.contains('\n'), "{err}");
-        }
+        assert!(!err.contains('\n'), "{err}");
     }
 }
