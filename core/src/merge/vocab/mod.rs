@@ -83,7 +83,7 @@ pub enum VocabError {
 
 /// Where a token's default row comes from once resolved against the family.
 #[derive(Clone, Debug, PartialEq)]
-enum Source {
+pub(super) enum Source {
     /// The model's own row for the same token.
     Model(MemberId),
     /// A given row of the model's original tensor.
@@ -95,7 +95,7 @@ enum Source {
 
 /// A `tokens:` entry resolved against the family.
 #[derive(Clone, Debug, PartialEq)]
-struct TokenRule {
+pub(super) struct TokenRule {
     source: Source,
     force: bool,
 }
@@ -171,19 +171,8 @@ impl VocabAlignment {
             .map(|(_, m)| ModelVocab::load(m).unwrap_or(None))
             .collect();
         let rows_differ = tasks.iter().filter(|t| is_vocabulary(&t.name)).any(|t| {
-            let rows = |c: &crate::checkpoint::Checkpoint, i: usize| c.tensors()[i].shape[0];
-            let mut all = family
-                .base
-                .iter()
-                .zip(t.base)
-                .map(|(b, i)| rows(&b.checkpoint, i))
-                .chain(
-                    t.models
-                        .iter()
-                        .map(|&(m, i)| rows(&family.models[m].checkpoint, i)),
-                );
-            let first = all.next();
-            all.any(|r| Some(r) != first)
+            let rows = input_rows(family, t);
+            rows.iter().any(|(_, r)| *r != rows[0].1)
         });
         let vocabs_differ = vocabs.iter().all(Option::is_some)
             && vocabs.windows(2).any(|w| match (&w[0], &w[1]) {
@@ -357,7 +346,7 @@ impl VocabAlignment {
         };
         let mut alignment = alignment;
         for task in tasks.iter_mut().filter(|t| is_vocabulary(&t.name)) {
-            let present = alignment.present(family, task);
+            let present = input_rows(family, task);
             // Every input's tokenizer must fit its tensor, and every rule must be satisfiable.
             for (id, rows) in &present {
                 let (_, ids) = alignment
@@ -424,20 +413,20 @@ impl VocabAlignment {
     pub fn tokenizer(&self) -> &tokenizers::Tokenizer {
         &self.tokenizer
     }
+}
 
-    /// The inputs of `task` and their row counts, base first.
-    fn present(&self, family: &Family, task: &TensorTask) -> Vec<(MemberId, usize)> {
-        let rows = |c: &crate::checkpoint::Checkpoint, i: usize| c.tensors()[i].shape[0];
-        family
-            .base
-            .iter()
-            .zip(task.base)
-            .map(|(b, i)| (MemberId::Base, rows(&b.checkpoint, i)))
-            .chain(
-                task.models
-                    .iter()
-                    .map(|&(m, i)| (MemberId::Model(m), rows(&family.models[m].checkpoint, i))),
-            )
-            .collect()
-    }
+/// The inputs of `task` and the rows each one's tensor has, base first.
+fn input_rows(family: &Family, task: &TensorTask) -> Vec<(MemberId, usize)> {
+    let rows = |c: &crate::checkpoint::Checkpoint, i: usize| c.tensors()[i].shape[0];
+    family
+        .base
+        .iter()
+        .zip(task.base)
+        .map(|(b, i)| (MemberId::Base, rows(&b.checkpoint, i)))
+        .chain(
+            task.models
+                .iter()
+                .map(|&(m, i)| (MemberId::Model(m), rows(&family.models[m].checkpoint, i))),
+        )
+        .collect()
 }
