@@ -108,6 +108,12 @@ fn the_output_is_deeper_and_named_by_its_new_layers() {
     assert_eq!(tensors[&name(3)].2, base[&name(3)].2);
     assert_eq!(tensors["model.norm.weight"].2, ft_a["model.norm.weight"].2);
     assert_eq!(layer_count(&merged), 15);
+    // The model card names the models the slices read, each once.
+    let card = std::fs::read_to_string(merged.join("README.md")).unwrap();
+    assert!(card.contains("merge of 3 models"), "{card}");
+    for model in ["models/base", "models/ft_a", "models/ft_b"] {
+        assert_eq!(card.matches(&format!("* `{model}`")).count(), 1, "{card}");
+    }
 }
 
 /// The comparison can fail: the frankenmerge with its scale filter written for the output's

@@ -81,9 +81,8 @@ pub fn model_card(input: &CardInput<'_>) -> String {
     let base = recipe.base_model.as_deref();
     // The base can also be listed among the models (mergekit allows it); it is named once.
     let models: Vec<&str> = recipe
-        .models
-        .iter()
-        .map(|m| m.model.as_str())
+        .model_names()
+        .into_iter()
         .filter(|m| Some(*m) != base)
         .collect();
 
@@ -244,7 +243,12 @@ fn parameters(card: &mut String, recipe: &Recipe, base: Option<&str>) {
     if let Some(source) = &recipe.tokenizer_source {
         all.push(format!("* `tokenizer_source`: {}", code(source)));
     }
-    if columns.is_empty() && recipe.parameters.is_empty() {
+    if !recipe.slices.is_empty() {
+        card.push_str(
+            "The layer ranges, and the parameters set per slice and per source, are in the \
+             configuration below.\n\n",
+        );
+    } else if columns.is_empty() && recipe.parameters.is_empty() {
         card.push_str("Every parameter at the method's default.\n\n");
     }
     if !all.is_empty() {

@@ -458,6 +458,23 @@ impl Recipe {
         Ok(())
     }
 
+    /// The models the recipe names, each once, in the order it first names them: its `models:`
+    /// entries, or its slices' sources (the base too when it is listed there).
+    pub fn model_names(&self) -> Vec<&str> {
+        let listed = self.models.iter().map(|m| m.model.as_str());
+        let sliced = self
+            .slices
+            .iter()
+            .flat_map(|s| s.sources.iter().map(|src| src.model.as_str()));
+        let mut names: Vec<&str> = Vec::new();
+        for name in listed.chain(sliced) {
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        names
+    }
+
     /// The compute type the recipe asks for (`dtype:`), if any.
     pub fn compute_type(&self, file: &Path) -> Result<Option<FloatType>, RecipeError> {
         self.dtype
@@ -593,6 +610,7 @@ mod tests {
         assert_eq!(r.slices[0].sources[1].layer_range, [2, 6]);
         assert_eq!(r.slices[0].sources[1].layer_count(), 4);
         assert_eq!(r.slices[1].base_model.as_deref(), Some("base"));
+        assert_eq!(r.model_names(), ["base", "a"]);
         let again = parse(&r.to_yaml()).unwrap();
         assert_eq!(r, again);
         let both = format!("{text}models:\n  - model: a\n");
