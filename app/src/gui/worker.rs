@@ -448,6 +448,12 @@ impl Engine {
         is_demo: bool,
         builtin: Option<BuiltinDemo>,
     ) -> Result<Event, String> {
+        // A LoRA adapter folder among the fine-tunes applies to this family's base: it is
+        // `BASE+ADAPTER` from here on, in the family and in the recipes made from it.
+        let models: &[PathBuf] = &models
+            .iter()
+            .map(|m| mergescope_core::lora::on_base(base, m))
+            .collect::<Vec<_>>();
         let member = |path: &Path| -> Result<Member, String> {
             Ok(Member {
                 label: path.file_name().map_or_else(
@@ -476,7 +482,10 @@ impl Engine {
                 role,
                 label: m.label.clone(),
                 path: path.to_path_buf(),
-                architecture: layout.architecture.label().to_owned(),
+                architecture: match c.adapter() {
+                    Some(a) => format!("{} + LoRA r={}", layout.architecture.label(), a.rank()),
+                    None => layout.architecture.label().to_owned(),
+                },
                 layers: layout.num_layers(),
                 parameters: c.parameter_count(),
                 dtypes: dtypes.join(", "),

@@ -253,3 +253,13 @@ pub fn canonicalize(path: &Path) -> std::io::Result<std::path::PathBuf> {
     }
     path.canonicalize()
 }
+
+/// `model` as a model of a family on `base`: an adapter folder becomes `BASE+ADAPTER` (the
+/// family's base, whatever its config names), any other path stays as it is.
+pub fn on_base(base: &Path, model: &Path) -> std::path::PathBuf {
+    if is_adapter_folder(model) {
+        join_reference(base, model)
+    } else {
+        model.to_path_buf()
+    }
+}
