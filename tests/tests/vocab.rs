@@ -53,7 +53,13 @@ fn merge(recipe: &str, backend: &str, cwd: &Path) -> (tempfile::TempDir, PathBuf
         "--backend",
         backend,
     ];
-    run(BIN, cwd, &args).assert_success();
+    let ran = run(BIN, cwd, &args);
+    ran.assert_success();
+    assert!(
+        ran.stderr().contains(&format!("backend: {backend}")),
+        "{recipe}: ran on the wrong backend:\n{}",
+        ran.stderr()
+    );
     (out, merged)
 }
 
