@@ -574,6 +574,12 @@ fn unrepresentable(recipe: &Recipe, text: &str) -> Option<String> {
     if top_level("modules") {
         return Some("the panel does not edit per-module recipes (`modules:`)".to_owned());
     }
+    if recipe.tokenizer.is_some() {
+        // Rewriting the recipe from the panel would drop the block.
+        return Some(
+            "the panel does not edit per-token vocabulary settings (`tokenizer:`)".to_owned(),
+        );
+    }
     if recipe.models.is_empty() {
         return Some("the recipe lists no `models:` for the panel to weigh".to_owned());
     }
