@@ -643,7 +643,9 @@ impl MergeSettings {
             (BaseUse::Optional, None) => self.use_base = false,
             _ => {}
         }
-        let entries = included_entries(recipe, file, family)?;
+        // mergekit also lets a recipe list its base among the models: it stays the base.
+        let base_listed = recipe.base_model.is_some() && base_use(method) != BaseUse::Ignored;
+        let entries = included_entries(recipe, file, family, base_listed)?;
         self.included = entries.iter().map(Option::is_some).collect();
         let number = |v: &ParamValue, name: &str, whose: &str| match v {
             ParamValue::Scalar(Scalar::Number(x)) => Ok(*x),
@@ -807,22 +809,34 @@ impl MergeSettings {
     }
 }
 
-/// Per open model, the recipe's entry for it (`None`: the recipe leaves it out). A recipe
-/// naming a model that is not open, or one model twice, is refused.
+/// Per open model, the recipe's entry for it (`None`: the recipe leaves it out). An entry
+/// for the base is passed over when `base_listed` (it is the base, as in mergekit's slerp
+/// examples). A recipe naming a model that is not open, or one model twice, is refused.
 fn included_entries<'r>(
     recipe: &'r Recipe,
     file: &Path,
     family: &OpenFamily,
+    base_listed: bool,
 ) -> Result<Vec<Option<&'r mergescope_core::merge::recipe::ModelEntry>>, Refusal> {
     let cwd = std::env::current_dir().map_err(|e| Refusal::Error(e.to_string()))?;
     let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
     let open: Vec<PathBuf> = family.models.iter().map(|p| canon(p)).collect();
+    let base = canon(&family.base);
     let mut entries = vec![None; family.models.len()];
     for entry in &recipe.models {
         // Where a merge would find it (`None` if it is not there).
         let resolved = resolve_model_path(&entry.model, "model", &cwd, file)
             .ok()
             .map(|p| canon(&p));
+        if base_listed && resolved.as_ref() == Some(&base) {
+            if entry.parameters.is_empty() {
+                continue;
+            }
+            return Err(Refusal::ReadOnly(format!(
+                "the panel does not edit parameters given to the base ({})",
+                entry.model
+            )));
+        }
         let i = resolved
             .and_then(|r| open.iter().position(|p| *p == r))
             .ok_or_else(|| {
@@ -1059,6 +1073,13 @@ mod tests {
                 "end with one for every other tensor",
             ),
         ];
+        let cases = cases.into_iter().chain([(
+            "merge_method: task_arithmetic\nbase_model: base\nmodels:\n  - model: a+adapter\n    parameters: {weight: 1}\n",
+            "LoRA adapters applied to a model (`a+adapter`)",
+        ), (
+            "slices:\n  - sources:\n      - {model: a, layer_range: [0, 2]}\nmerge_method: passthrough\n",
+            "per-slice layer ranges",
+        )]);
         for (yaml, reason) in cases {
             let s = MergeSettings::from_recipe(yaml, &file, &family).unwrap();
             let read_only = s.read_only.as_ref().unwrap_or_else(|| panic!("{yaml}"));
@@ -1067,6 +1088,10 @@ mod tests {
             assert_eq!(s.to_yaml(&family), yaml);
             assert_eq!(s.problem(), None);
         }
+        // The base listed among the models (mergekit's slerp examples) stays the base.
+        let listed = "merge_method: slerp\nbase_model: base\nmodels:\n  - model: base\n  - model: b\nparameters:\n  t: 0.3\n";
+        let s = MergeSettings::from_recipe(listed, &file, &family).unwrap();
+        assert_eq!((s.read_only, s.included), (None, vec![false, true]));
         // A parse error still says why.
         assert!(MergeSettings::from_recipe("merge_method: [", &file, &family).is_err());
     }
