@@ -243,4 +243,57 @@ mod tests {
         let other = threshold(&values, 20_000, &ElementRng::new(4, "t", 0), |x| x);
         assert_ne!(t, other);
     }
+
+    #[test]
+    fn a_tensor_over_the_sample_size_merges_from_its_seeded_sample() {
+        // 1100 rows of 1000: more than QUANTILE_SAMPLE elements, so the threshold comes from a
+        // sample; the kept fraction stays within a percent of the exact threshold's. Cubed
+        // uniform deltas have a tail beyond median + 1.5 IQR (about a tenth of them).
+        let (rows, cols) = (1100, 1000);
+        let hash = |i: usize| ((i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40) as f32;
+        let base: Vec<f32> = (0..rows * cols).map(|i| hash(i) / 16_777_216.0).collect();
+        let other: Vec<f32> = (0..rows * cols)
+            .map(|i| base[i] + (hash(i + 7) / 16_777_216.0 - 0.5).powi(3))
+            .collect();
+        let merged = |seed: u64| {
+            let info = |name: &str| TensorInfo {
+                name: name.to_owned(),
+                dtype: Dtype::F32,
+                shape: vec![rows, cols],
+                shard: 0,
+                start: 0,
+                end: rows * cols * 4,
+            };
+            let (ia, ib) = (info("a"), info("b"));
+            let (ba, bb) = (f32_bytes(&base), f32_bytes(&other));
+            let params = TensorParams::default();
+            let inputs = MethodInputs {
+                tensor: "t",
+                seed,
+                base: Some(view(&ia, &ba)),
+                models: vec![view(&ib, &bb)],
+                params: &params,
+            };
+            let mut out = vec![0.0; rows * cols];
+            ArceeFusion.merge(&inputs, &mut out).unwrap();
+            out.iter().zip(&base).filter(|(o, b)| o != b).count() as f64 / (rows * cols) as f64
+        };
+        let mut importance = vec![0.0; rows * cols];
+        for ((a, b), o) in base
+            .chunks(cols)
+            .zip(other.chunks(cols))
+            .zip(importance.chunks_mut(cols))
+        {
+            row_importance(a, b, |x| x, o);
+        }
+        let exact = threshold(&importance, usize::MAX, &ElementRng::new(0, "t", 0), |x| x);
+        let exact =
+            importance.iter().filter(|&&v| v >= exact).count() as f64 / importance.len() as f64;
+        let (first, again) = (merged(1), merged(1));
+        assert_eq!(first, again, "the same seed keeps the same deltas");
+        assert!(
+            exact > 0.001 && (first - exact).abs() < 0.01 * exact.max(0.01),
+            "{first} vs {exact}"
+        );
+    }
 }
