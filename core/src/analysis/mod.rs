@@ -216,7 +216,7 @@ pub fn analyze_with_partials(
             if let Some(spectra) = &settings.spectra
                 && p.shape.len() >= 2
             {
-                acc.randomized |= add_spectra(&mut report, b.clone(), &views, spectra);
+                acc.randomized |= add_spectra(&mut report, &b, &views, spectra);
             }
             // After the last read of this tensor: its numbers came from unchanged files.
             verify(p)?;
@@ -352,7 +352,7 @@ impl Accumulated {
 /// any SVD was randomized.
 fn add_spectra(
     report: &mut TensorReport,
-    base: TensorView<'_>,
+    base: &TensorView<'_>,
     models: &[TensorView<'_>],
     settings: &SpectraSettings,
 ) -> bool {

@@ -240,11 +240,11 @@ fn gram(inputs: &[TensorView<'_>], center: Option<TensorView<'_>>) -> Vec<f64> {
     let k = inputs.len();
     let n = center.as_ref().map_or_else(
         || inputs.first().map_or(0, TensorView::numel),
-        |c| c.numel(),
+        TensorView::numel,
     );
     let mut all = Vec::with_capacity(k + 1);
     let first = usize::from(center.is_some());
-    all.extend(center.clone());
+    all.extend(center);
     all.extend(inputs.iter().cloned());
     let pairs = k * (k + 1) / 2;
     let blocks = zip_chunks(&all, n, |_, xs| {
@@ -255,17 +255,14 @@ fn gram(inputs: &[TensorView<'_>], center: Option<TensorView<'_>>) -> Vec<f64> {
             let width = GRAM_LANES.min(len - start);
             for (v, x) in values.iter_mut().zip(&xs[first..]) {
                 let x = &x[start..start + width];
-                match center {
-                    None => {
-                        for (v, &x) in v.iter_mut().zip(x) {
-                            *v = agreement::gram_value(x, None);
-                        }
+                if first == 0 {
+                    for (v, &x) in v.iter_mut().zip(x) {
+                        *v = agreement::gram_value(x, None);
                     }
-                    Some(_) => {
-                        let c = &xs[0][start..start + width];
-                        for ((v, &x), &c) in v.iter_mut().zip(x).zip(c) {
-                            *v = agreement::gram_value(x, Some(c));
-                        }
+                } else {
+                    let c = &xs[0][start..start + width];
+                    for ((v, &x), &c) in v.iter_mut().zip(x).zip(c) {
+                        *v = agreement::gram_value(x, Some(c));
                     }
                 }
             }

@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use faer::MatRef;
 
@@ -84,7 +84,7 @@ impl Adapted {
         shard_bytes: impl Fn(usize) -> &'s [u8],
     ) -> Option<Arc<[u8]>> {
         let target = self.targets.get(&index)?;
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some((_, data)) = cache.iter().find(|(i, _)| *i == index) {
             return Some(Arc::clone(data));
         }
@@ -98,7 +98,7 @@ impl Adapted {
 
     /// Drops the computed tensor at `index` (views still holding it keep it alive).
     pub(crate) fn release(&self, index: usize) {
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
         cache.retain(|(i, _)| *i != index);
     }
 }

@@ -52,7 +52,7 @@ pub fn is_adapter_folder(path: &Path) -> bool {
 pub fn open_bare(adapter: &Path) -> Result<Checkpoint, LoraError> {
     let config = AdapterConfig::read(adapter)?;
     let base = config.local_base(adapter)?;
-    open_with(&base, adapter, config)
+    open_with(&base, adapter, &config)
 }
 
 /// Opens the adapter folder `adapter` (or its `adapter_model.safetensors`) on the checkpoint
@@ -64,10 +64,10 @@ pub fn open(base: &Path, adapter: &Path) -> Result<Checkpoint, LoraError> {
         adapter.to_path_buf()
     };
     let config = AdapterConfig::read(&folder)?;
-    open_with(base, &folder, config)
+    open_with(base, &folder, &config)
 }
 
-fn open_with(base: &Path, folder: &Path, config: AdapterConfig) -> Result<Checkpoint, LoraError> {
+fn open_with(base: &Path, folder: &Path, config: &AdapterConfig) -> Result<Checkpoint, LoraError> {
     let file = folder.join(WEIGHTS_FILE_NAME);
     if !file.is_file() {
         return Err(LoraError::MissingWeights {
@@ -77,7 +77,7 @@ fn open_with(base: &Path, folder: &Path, config: AdapterConfig) -> Result<Checkp
     let base_ckpt = Checkpoint::open_stored(base)?;
     let shard_index = base_ckpt.shards().len();
     let (shard, factors) = crate::checkpoint::open_extra_shard(&file, shard_index)?;
-    let targets = match_factors(&base_ckpt, &file, &config, factors)?;
+    let targets = match_factors(&base_ckpt, &file, config, factors)?;
     let adapted = Adapted::new(file, shard_index, config.r, targets);
     Ok(base_ckpt.with_adapter(folder.to_path_buf(), shard, adapted))
 }

@@ -144,7 +144,7 @@ pub fn gram(inputs: &[TensorView<'_>], base: Option<TensorView<'_>>) -> Vec<f64>
     let k = inputs.len();
     let n = base.as_ref().map_or_else(
         || inputs.first().map_or(0, TensorView::numel),
-        |b| b.numel(),
+        TensorView::numel,
     );
     let mut all = Vec::with_capacity(k + 1);
     let offset = usize::from(base.is_some());
