@@ -112,6 +112,11 @@ fn model_linear() {
 }
 
 #[test]
+fn union_bf16() {
+    check("union_bf16", "cpu");
+}
+
+#[test]
 fn tokens_task_arithmetic() {
     check("tokens_task_arithmetic", "cpu");
 }
@@ -192,4 +197,23 @@ fn a_token_source_outside_the_recipe_is_refused() {
         "{UNION}tokenizer:\n  source: union\n  tokens:\n    x0:\n      source: models/ft_b\n"
     );
     merge_text(dir.path(), &recipe).assert_user_error(&["x0", "models/ft_b", "not one of"]);
+}
+
+/// `--truncate-vocab` still keeps the leading rows every model has when the recipe does not
+/// align vocabularies; with `tokenizer_source` the alignment wins, as mergekit's tokenizer
+/// task takes precedence over its unsafe truncation.
+#[test]
+fn truncation_stays_available_and_alignment_takes_precedence() {
+    let dir = family_copy();
+    let rows = |recipe: &str| {
+        std::fs::write(dir.path().join("r.yml"), recipe).unwrap();
+        let out = dir.path().join("out");
+        let _ = std::fs::remove_dir_all(&out);
+        let args = ["merge", "r.yml", "--out", "out", "--truncate-vocab"];
+        run(BIN, dir.path(), &args).assert_success();
+        let merged = mergescope_tests::fixture::read_folder(&out);
+        merged["model.embed_tokens.weight"].1[0]
+    };
+    assert_eq!(rows(UNION), 33, "the base's 33 rows, ft_a's first 33");
+    assert_eq!(rows(&format!("{UNION}tokenizer_source: union\n")), 36);
 }
