@@ -709,3 +709,62 @@ fn base_plus_adapter_recipes_match_mergekit() {
             .unwrap_or_else(|problems| panic!("{problems}"));
     }
 }
+
+#[test]
+fn extraction_stops_at_the_next_tensor_once_cancelled() {
+    use mergescope_core::lora::extract::{ExtractSettings, extract};
+    let setup = Setup::new(&Adapter::new(2, 2.0));
+    write_fine_tune(&setup);
+    let base = Checkpoint::open(setup.path("base")).unwrap();
+    let ft = Checkpoint::open(setup.path("ft")).unwrap();
+    let settings = ExtractSettings {
+        rank: 2,
+        sv_threshold: 0.0,
+        include_embeddings: false,
+        spectra: SpectraSettings::default(),
+    };
+    let job = mergescope_core::Job::default();
+    let (cancel, progress) = (job.cancel.clone(), job.progress.clone());
+    job.progress.set_observer(move || {
+        if progress.snapshot().done > 0 {
+            cancel.cancel();
+        }
+    });
+    assert!(extract(&base, &ft, &settings, &job).is_err());
+    let done = job.progress.snapshot();
+    assert!(done.done > 0 && done.done < done.total, "{done:?}");
+    // A fresh job runs to the end.
+    let (factors, _) = extract(&base, &ft, &settings, &mergescope_core::Job::default()).unwrap();
+    assert_eq!(factors.len(), 14);
+}
+
+#[test]
+fn the_cli_opens_base_plus_adapter_and_names_what_is_missing() {
+    let setup = Setup::new(&Adapter::new(4, 8.0));
+    let cwd = setup.dir.path();
+    let ran = run(BIN, cwd, &["inspect", "base+adapter"]);
+    ran.assert_success();
+    assert!(
+        ran.stdout()
+            .contains("model.layers.0.self_attn.q_proj.weight")
+    );
+    run(BIN, cwd, &["inspect", "base+no-such-adapter"])
+        .assert_user_error(&["no-such-adapter", "no such file or folder"]);
+    run(BIN, cwd, &["inspect", "base+adapter+again"]).assert_user_error(&["BASE+ADAPTER"]);
+    // analyze takes an adapter where it takes a model.
+    let json = setup.path("analysis.json");
+    run(
+        BIN,
+        cwd,
+        &[
+            "analyze",
+            "--base",
+            "base",
+            "adapter",
+            "--no-cache",
+            "--json",
+            json.to_str().unwrap(),
+        ],
+    )
+    .assert_success();
+}

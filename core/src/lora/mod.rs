@@ -27,7 +27,7 @@ pub use adapted::Adapted;
 pub use config::{AdapterConfig, CONFIG_FILE_NAME, WEIGHTS_FILE_NAME};
 pub use error::LoraError;
 
-use crate::checkpoint::{Checkpoint, TensorInfo};
+use crate::checkpoint::{Checkpoint, CheckpointError, TensorInfo};
 use crate::dtype::{Dtype, FloatType};
 use adapted::Target;
 use names::Factor;
@@ -58,6 +58,12 @@ pub fn open_bare(adapter: &Path) -> Result<Checkpoint, LoraError> {
 /// Opens the adapter folder `adapter` (or its `adapter_model.safetensors`) on the checkpoint
 /// at `base`.
 pub fn open(base: &Path, adapter: &Path) -> Result<Checkpoint, LoraError> {
+    if !adapter.exists() {
+        return Err(CheckpointError::NotFound {
+            path: adapter.to_path_buf(),
+        }
+        .into());
+    }
     let folder = if adapter.is_file() {
         adapter.parent().unwrap_or(Path::new(".")).to_path_buf()
     } else {
