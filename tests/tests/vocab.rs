@@ -35,6 +35,21 @@ fn vocabulary(folder: &Path) -> BTreeMap<String, u64> {
     vocab
 }
 
+/// The ids of the added tokens marked special.
+fn special_tokens(folder: &Path) -> Vec<u64> {
+    let text = std::fs::read_to_string(folder.join("tokenizer.json")).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut ids: Vec<u64> = json["added_tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["special"].as_bool() == Some(true))
+        .map(|t| t["id"].as_u64().unwrap())
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
 fn config(folder: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(folder.join("config.json")).unwrap()).unwrap()
 }
@@ -78,6 +93,11 @@ fn check(recipe: &str, backend: &str) {
         vocabulary(&merged),
         vocabulary(&expected),
         "{recipe}: token ids differ from mergekit's"
+    );
+    assert_eq!(
+        special_tokens(&merged),
+        special_tokens(&expected),
+        "{recipe}: special added tokens differ from mergekit's"
     );
     assert_eq!(
         config(&merged)["vocab_size"],
@@ -216,4 +236,33 @@ fn truncation_stays_available_and_alignment_takes_precedence() {
     };
     assert_eq!(rows(UNION), 33, "the base's 33 rows, ft_a's first 33");
     assert_eq!(rows(&format!("{UNION}tokenizer_source: union\n")), 36);
+}
+
+/// The workbench's in-memory preview permutes the rows as the merge does: its result matches
+/// mergekit's too.
+#[test]
+fn the_preview_aligns_as_the_merge_does() {
+    use mergescope_core::backend::Cpu;
+    use mergescope_core::eval::preview::merge_in_memory;
+    use mergescope_core::merge::plan::{MergePlan, PlanOptions};
+    use mergescope_tests::compare::{Tolerance, compare_tensor};
+
+    let recipe = "tokens_task_arithmetic";
+    let options = PlanOptions {
+        cwd: fixtures(),
+        random_seed: Some(42),
+        truncate_vocab: false,
+    };
+    let plan =
+        MergePlan::from_file(&fixtures().join(format!("configs/{recipe}.yml")), &options).unwrap();
+    let merged = merge_in_memory(&plan, &Cpu).unwrap();
+    let expected =
+        mergescope_tests::fixture::read_folder(&fixtures().join("expected").join(recipe));
+    assert_eq!(merged.values.len(), expected.len());
+    for (name, (_, shape, values)) in &expected {
+        let preview: Vec<f64> = merged.values[name].iter().map(|&v| f64::from(v)).collect();
+        assert_eq!(preview.len(), shape.iter().product::<usize>(), "{name}");
+        let report = compare_tensor(name, &preview, values, Tolerance::EXACT);
+        assert!(report.ok, "{name}: {report:?}");
+    }
 }
