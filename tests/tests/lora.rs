@@ -240,6 +240,23 @@ fn an_adapter_reads_as_base_plus_scaled_b_a() {
         .unwrap();
     assert_eq!(lora.tensors()[q].dtype, Dtype::F32);
     assert_ne!(lora.view(q).to_f32_vec(), base.view(q).to_f32_vec());
+    // A different alpha (the same factors file) is a different model to the caches too.
+    let config = setup.path("adapter/adapter_config.json");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("\"lora_alpha\": 8.0", "\"lora_alpha\": 16.0"),
+    )
+    .unwrap();
+    let louder = Checkpoint::open(setup.path("adapter")).unwrap();
+    assert_ne!(louder.fingerprint(), lora.fingerprint());
+    assert_eq!(
+        louder.fingerprint(),
+        Checkpoint::open(setup.path("adapter"))
+            .unwrap()
+            .fingerprint()
+    );
+    assert_ne!(base.fingerprint(), lora.fingerprint());
     // The adapter file counts as an input: a changed adapter is noticed.
     assert!(
         lora.shards()

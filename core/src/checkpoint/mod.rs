@@ -528,6 +528,10 @@ impl Checkpoint {
         for shard in &self.shards {
             shard.map.fingerprint().hash(&mut hasher);
         }
+        // An adapter's scales live in its config, not in a shard.
+        if let Some(adapter) = &self.adapter {
+            adapter.scales_fingerprint().hash(&mut hasher);
+        }
         hasher.finish()
     }
 

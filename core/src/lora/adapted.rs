@@ -73,6 +73,19 @@ impl Adapted {
         self.targets.len()
     }
 
+    /// A hash of what the adapter's config decides (each target's scale and orientation), so
+    /// a checkpoint's fingerprint changes with `lora_alpha` as with the factors.
+    pub(crate) fn scales_fingerprint(&self) -> u64 {
+        use std::hash::{Hash as _, Hasher as _};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        let mut targets: Vec<_> = self.targets.iter().collect();
+        targets.sort_by_key(|(i, _)| **i);
+        for (index, target) in targets {
+            (index, target.scale.to_bits(), target.transpose).hash(&mut hasher);
+        }
+        hasher.finish()
+    }
+
     pub(crate) fn target(&self, index: usize) -> Option<&Target> {
         self.targets.get(&index)
     }
