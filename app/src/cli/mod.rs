@@ -1,5 +1,6 @@
-//! `mergescope` on the command line: `inspect`, `merge`, `analyze`, `eval`, `generate`,
-//! `pareto`, `sweep`, `demo`, `synth`.
+//! `mergescope` on the command line: `inspect`, `merge`, `analyze`, `eval`, `extract-lora`,
+//! `generate`, `pareto`, `sweep`, `demo`, `synth`. Wherever a model path is taken, a PEFT LoRA
+//! adapter folder or mergekit's `BASE+ADAPTER` is one too (`mergescope_core::lora`).
 //!
 //! User errors print one line (`error: ...`) naming the file, tensor or key and what to do,
 //! and exit with status 1. Ctrl-C cancels a running job; cancelled jobs leave no output and
