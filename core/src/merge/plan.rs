@@ -13,7 +13,7 @@ use super::{BaseUse, MergeMethod, MissingPolicy, TensorParams};
 use crate::checkpoint::{Checkpoint, CheckpointError};
 use crate::dtype::{Dtype, FloatType};
 use crate::family::{AlignmentIssue, Family, Member, dtype_name};
-use crate::layout::{Layout, ModuleKind};
+use crate::layout::Layout;
 
 /// What to do for one output tensor.
 #[derive(Clone, Debug, PartialEq)]
@@ -541,10 +541,7 @@ impl<'p> TensorPlanner<'p> {
         };
         let mut shape = reference_info.shape.clone();
         let mut truncated = false;
-        let vocabulary = matches!(
-            ModuleKind::classify(name),
-            ModuleKind::Embedding | ModuleKind::Head
-        );
+        let vocabulary = super::vocab::is_vocabulary(name);
         for (member, info) in &infos {
             if info.shape == reference_info.shape {
                 continue;

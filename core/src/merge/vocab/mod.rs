@@ -12,6 +12,7 @@ mod build;
 pub mod config;
 mod files;
 mod permute;
+mod rules;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -26,6 +27,7 @@ use crate::layout::ModuleKind;
 use crate::merge::plan::{TensorTask, resolve_model_path};
 use crate::merge::recipe::Recipe;
 use build::ModelVocab;
+use rules::{Inputs, TokenRule};
 
 /// Why vocabularies cannot be aligned as the recipe asks.
 #[derive(Debug, thiserror::Error)]
@@ -79,25 +81,6 @@ pub enum VocabError {
         rows: usize,
         id: usize,
     },
-}
-
-/// Where a token's default row comes from once resolved against the family.
-#[derive(Clone, Debug, PartialEq)]
-pub(super) enum Source {
-    /// The model's own row for the same token.
-    Model(MemberId),
-    /// A given row of the model's original tensor.
-    Row(MemberId, usize),
-    Zero,
-    /// A `tokens:` entry without a source: only valid while every model has the token.
-    Unset,
-}
-
-/// A `tokens:` entry resolved against the family.
-#[derive(Clone, Debug, PartialEq)]
-pub(super) struct TokenRule {
-    source: Source,
-    force: bool,
 }
 
 /// The plan's vocabulary alignment: the output vocabulary and each input's rows in it.
@@ -184,45 +167,11 @@ impl VocabAlignment {
             return Ok(None);
         }
 
-        // Now every input needs a readable tokenizer; say which one does not have one.
-        let mut loaded = Vec::with_capacity(members.len());
-        for ((id, member), vocab) in members.iter().zip(vocabs) {
-            let vocab = match vocab {
-                Some(v) => v,
-                None => match ModelVocab::load(member)? {
-                    Some(v) => v,
-                    None => {
-                        return Err(VocabError::NoTokenizer {
-                            member: member.label.clone(),
-                            folder: member
-                                .checkpoint
-                                .folder()
-                                .map(|f| format!(" in {}", f.display()))
-                                .unwrap_or_default(),
-                        });
-                    }
-                },
-            };
-            loaded.push((*id, *member, vocab));
-        }
-
-        let key_of = |model: &str, key: &str| -> Option<PathBuf> {
-            resolve_model_path(model, key, cwd, file)
-                .ok()
-                .and_then(|p| p.canonicalize().ok())
-        };
-        let member_keys: Vec<Option<PathBuf>> = loaded
-            .iter()
-            .map(|(_, m, _)| m.checkpoint.folder().and_then(|f| f.canonicalize().ok()))
-            .collect();
-        let member_named = |model: &str, key: &str| -> Option<usize> {
-            let wanted = key_of(model, key)?;
-            member_keys.iter().position(|k| k.as_ref() == Some(&wanted))
-        };
+        let inputs = Inputs::load(&members, vocabs, file, cwd)?;
         let base_position = recipe
             .base_model
             .as_deref()
-            .and_then(|b| member_named(b, "base_model"));
+            .and_then(|b| inputs.position(b, "base_model"));
         // mergekit's tokenizer base: the base model, else the first model.
         let tokenizer_base = base_position.unwrap_or(0);
 
@@ -252,7 +201,7 @@ impl VocabAlignment {
         let extra: Vec<&str> = block
             .map(|b| b.tokens.keys().map(String::as_str).collect())
             .unwrap_or_default();
-        let all: Vec<&ModelVocab> = loaded.iter().map(|(_, _, v)| v).collect();
+        let all: Vec<&ModelVocab> = inputs.loaded.iter().map(|(_, _, v)| v).collect();
         let output = build::output(&source, all[tokenizer_base], &all, named.as_ref(), &extra)?;
 
         let source_folder = named
@@ -262,7 +211,8 @@ impl VocabAlignment {
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_default();
-        let rows_of: Vec<(MemberId, Vec<Option<usize>>)> = loaded
+        let rows_of: Vec<(MemberId, Vec<Option<usize>>)> = inputs
+            .loaded
             .iter()
             .map(|(id, _, v)| (*id, output.tokens.iter().map(|t| v.row_of(t)).collect()))
             .collect();
@@ -273,60 +223,10 @@ impl VocabAlignment {
             .map(|(i, t)| (t.as_str(), i))
             .collect();
 
-        let mut rules = HashMap::new();
-        for (token, cfg) in block.map(|b| &b.tokens).into_iter().flatten() {
-            let bad = |message: String| VocabError::Token {
-                file: file.to_path_buf(),
-                token: token.clone(),
-                message,
-            };
-            let model_of = |model: &str| {
-                member_named(model, "tokenizer.tokens").ok_or_else(|| {
-                    bad(format!(
-                        "model `{model}` is not one of the recipe's models; name one of them"
-                    ))
-                })
-            };
-            let source = match &cfg.source {
-                None => Source::Unset,
-                Some(EmbeddingSource::Kind(EmbeddingKind::Zero)) => Source::Zero,
-                Some(EmbeddingSource::Model(model)) => Source::Model(loaded[model_of(model)?].0),
-                Some(EmbeddingSource::Kind(EmbeddingKind::ModelToken {
-                    model,
-                    token_id,
-                    token: text,
-                })) => {
-                    let m = model_of(model)?;
-                    let vocab = &loaded[m].2;
-                    let row = match (token_id, text) {
-                        (Some(id), None) => *id,
-                        (None, Some(text)) => *vocab.vocab.get(text).ok_or_else(|| {
-                            bad(format!("token `{text}` is not in {}", vocab.file.display()))
-                        })? as usize,
-                        _ => {
-                            return Err(bad(
-                                "a model_token source takes exactly one of `token_id` and `token`"
-                                    .to_owned(),
-                            ));
-                        }
-                    };
-                    if row >= vocab.vocab_size {
-                        return Err(bad(format!(
-                            "token id {row} is past {model}'s {} rows",
-                            vocab.vocab_size
-                        )));
-                    }
-                    Source::Row(loaded[m].0, row)
-                }
-            };
-            rules.insert(
-                index[token.as_str()],
-                TokenRule {
-                    source,
-                    force: cfg.force,
-                },
-            );
-        }
+        let rules = match block {
+            Some(block) => rules::resolve(block, &inputs, &index, file)?,
+            None => HashMap::new(),
+        };
 
         let len = output.tokens.len();
         let rows = match block.and_then(|b| b.pad_to_multiple_of) {
@@ -339,7 +239,7 @@ impl VocabAlignment {
             tokens: output.tokens,
             rows,
             rows_of,
-            base: base_position.map(|p| loaded[p].0),
+            base: base_position.map(|p| inputs.loaded[p].0),
             rules,
             tensors: Vec::new(),
             compute: recipe.compute_type(file).ok().flatten(),
@@ -355,8 +255,11 @@ impl VocabAlignment {
                     .find(|(m, _)| m == id)
                     .expect("every member");
                 if let Some(max) = ids.iter().flatten().max().filter(|&&m| m >= *rows) {
-                    let (_, member, vocab) =
-                        loaded.iter().find(|(m, _, _)| m == id).expect("loaded");
+                    let (_, member, vocab) = inputs
+                        .loaded
+                        .iter()
+                        .find(|(m, _, _)| m == id)
+                        .expect("loaded");
                     return Err(VocabError::RowsShort {
                         tensor: task.name.clone(),
                         member: member.label.clone(),

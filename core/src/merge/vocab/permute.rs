@@ -12,7 +12,8 @@ use crate::dtype::{FloatType, TensorBytes};
 use crate::family::{Family, MemberId};
 use crate::merge::plan::TensorTask;
 
-use super::{Source, VocabAlignment};
+use super::VocabAlignment;
+use super::rules::Source;
 
 /// The default row of one token, by position among the tensor's inputs.
 #[derive(Clone, Debug, PartialEq)]
@@ -306,7 +307,7 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
-    use crate::merge::vocab::TokenRule;
+    use crate::merge::vocab::rules::TokenRule;
 
     const BASE: MemberId = MemberId::Base;
     const A: MemberId = MemberId::Model(0);
