@@ -8,6 +8,7 @@ use std::sync::Arc;
 use mergescope_core::sweep::metric::{metric_names, metric_value};
 use mergescope_core::sweep::{Axis, Cell, ParamPath};
 
+use super::methods::{has_weight, shared_curve_param, shared_numbers, shared_range};
 use super::state::{MergeSettings, OpenFamily, has_lambda, model_name, model_params};
 
 /// Steps per axis a new axis starts with.
@@ -24,42 +25,94 @@ pub struct ParamChoice {
     pub range: (f64, f64),
 }
 
-/// Every number of `settings` a sweep can vary, as its recipe writes them: each model's
-/// weight (each control point of its curve when per-layer weights are on), each model's
-/// density, epsilon or gamma as the method reads them, and `lambda` when it is one number.
+/// Every number of `settings` a sweep can vary, as its recipe writes them: each included
+/// model's weight (each control point of its curve when per-layer weights are on) and its
+/// density, epsilon, gamma or scale as the method reads them (`models.N` counts the models
+/// the recipe lists), the method's shared numbers (`t`, or each point of its curve; `eps`,
+/// `tol`, ...), and `lambda` when it is one number.
 pub fn param_choices(settings: &MergeSettings, family: &OpenFamily) -> Vec<ParamChoice> {
     let mut choices = Vec::new();
-    for (i, path) in family.models.iter().enumerate() {
-        let model = model_name(path);
+    // (index in the recipe's models, name), for the models that take part.
+    let included: Vec<(usize, String)> = family
+        .models
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| settings.included.get(*i).copied().unwrap_or(true))
+        .map(|(i, path)| (i, model_name(path)))
+        .collect();
+    for (n, (i, model)) in included.iter().enumerate() {
+        if !has_weight(&settings.method) {
+            break;
+        }
         if settings.per_layer {
-            let points = settings.curves.get(i).map_or(0, Vec::len);
+            let points = settings.curves.get(*i).map_or(0, Vec::len);
             for k in 0..points {
                 choices.push(ParamChoice {
-                    path: format!("models.{i}.weight[{k}]"),
+                    path: format!("models.{n}.weight[{k}]"),
                     label: format!("weight of {model}, curve point {} of {points}", k + 1),
                     range: (0.0, 1.0),
                 });
             }
         } else {
             choices.push(ParamChoice {
-                path: format!("models.{i}.weight"),
+                path: format!("models.{n}.weight"),
                 label: format!("weight of {model}"),
                 range: (0.0, 1.0),
             });
         }
     }
     for name in model_params(&settings.method) {
-        for (i, path) in family.models.iter().enumerate() {
+        for (n, (_, model)) in included.iter().enumerate() {
             let range = match name {
                 "density" => (0.1, 1.0),
+                "scale" => (0.5, 1.5),
                 _ => (0.0, 0.3),
             };
             choices.push(ParamChoice {
-                path: format!("models.{i}.{name}"),
-                label: format!("{name} of {}", model_name(path)),
+                path: format!("models.{n}.{name}"),
+                label: format!("{name} of {model}"),
                 range,
             });
         }
+    }
+    // The curve number (slerp's t) as one value or a gradient's points; per-module curves
+    // are {filter, value} lists, not numbers to vary.
+    if let Some(t) = shared_curve_param(&settings.method) {
+        if !settings.per_layer {
+            choices.push(ParamChoice {
+                path: t.to_owned(),
+                label: t.to_owned(),
+                range: (0.0, 1.0),
+            });
+        } else if settings.module_curves.is_empty() {
+            let points = settings.shared_curve.len();
+            for k in 0..points {
+                choices.push(ParamChoice {
+                    path: format!("{t}[{k}]"),
+                    label: format!("{t}, curve point {} of {points}", k + 1),
+                    range: (0.0, 1.0),
+                });
+            }
+        }
+    }
+    for name in shared_numbers(&settings.method) {
+        let slider = shared_range(&settings.method, name);
+        let value = settings.shared_value(name);
+        // Around the current value, inside what the core accepts; whole numbers (max_iter)
+        // on every step a new axis starts with.
+        let range = if crate::gui::methods::is_integer(&settings.method, name) {
+            let step = (value / (DEFAULT_STEPS - 1) as f64).ceil().max(1.0);
+            (1.0, 1.0 + (DEFAULT_STEPS - 1) as f64 * step)
+        } else if slider.logarithmic {
+            (value / 10.0, value * 10.0)
+        } else {
+            (*slider.range.start(), *slider.range.end())
+        };
+        choices.push(ParamChoice {
+            path: name.to_owned(),
+            label: name.to_owned(),
+            range,
+        });
     }
     // A lambda per module filter is a {filter, value} list, not one number to vary.
     if has_lambda(&settings.method) && settings.filters.is_empty() {
@@ -318,14 +371,28 @@ mod tests {
         );
         settings.method = "linear".to_owned();
         assert!(!paths(&settings).contains(&"lambda".to_owned()));
-        // Every choice is a path the core sweeps in the recipe the settings make.
-        settings.method = "della".to_owned();
+        // Methods without weights: their own numbers, counted over the included models.
+        settings.set_method("slerp");
+        assert_eq!(paths(&settings), ["t[0]", "t[1]"]);
         settings.per_layer = false;
-        let yaml = settings.to_yaml(&family());
-        for choice in param_choices(&settings, &family()) {
-            let axis = AxisChoice::new(&choice).to_axis().unwrap();
-            mergescope_core::sweep::Sweep::new(&yaml, Path::new("/m/r.yml"), vec![axis])
-                .unwrap_or_else(|e| panic!("{}: {e}", choice.path));
+        assert_eq!(paths(&settings), ["t"]);
+        settings.set_method("karcher");
+        assert_eq!(paths(&settings), ["max_iter", "tol"]);
+        settings.set_method("ties");
+        settings.included = vec![false, true];
+        assert_eq!(
+            paths(&settings),
+            ["models.0.weight", "models.0.density", "lambda"]
+        );
+        // Every choice is a path the core sweeps in the recipe the settings make.
+        for method in crate::gui::methods::methods() {
+            settings.set_method(method);
+            let yaml = settings.to_yaml(&family());
+            for choice in param_choices(&settings, &family()) {
+                let axis = AxisChoice::new(&choice).to_axis().unwrap();
+                mergescope_core::sweep::Sweep::new(&yaml, Path::new("/m/r.yml"), vec![axis])
+                    .unwrap_or_else(|e| panic!("{method} {}: {e}", choice.path));
+            }
         }
     }
 
