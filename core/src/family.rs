@@ -150,7 +150,7 @@ impl Family {
         let mut issues = Vec::new();
         let mut extra_groups: HashMap<String, usize> = HashMap::new();
 
-        for info in reference_ckpt.tensors() {
+        for (r, info) in reference_ckpt.tensors().iter().enumerate() {
             let mut group = TensorGroup {
                 name: info.name.clone(),
                 base: None,
@@ -172,13 +172,18 @@ impl Family {
                                 expected: info.shape.clone(),
                                 got: other.shape.clone(),
                             });
-                        } else if other.dtype != info.dtype {
-                            issues.push(AlignmentIssue::DtypeMismatch {
-                                tensor: info.name.clone(),
-                                member: member.label.clone(),
-                                expected: dtype_name(info.dtype),
-                                got: dtype_name(other.dtype),
-                            });
+                        } else {
+                            // A LoRA-adapted tensor counts as its base's dtype (`nominal_dtype`).
+                            let expected = reference_ckpt.nominal_dtype(r);
+                            let got = member.checkpoint.nominal_dtype(i);
+                            if got != expected {
+                                issues.push(AlignmentIssue::DtypeMismatch {
+                                    tensor: info.name.clone(),
+                                    member: member.label.clone(),
+                                    expected: dtype_name(expected),
+                                    got: dtype_name(got),
+                                });
+                            }
                         }
                     }
                 }

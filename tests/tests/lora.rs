@@ -720,11 +720,16 @@ fn base_plus_adapter_recipes_match_mergekit() {
         "task_arithmetic_lora",
         "ties_lora_rslora",
         "linear_lora_base",
+        "task_arithmetic_lora_bf16",
     ] {
         let merged = mergescope_tests::mergekit::merge(BIN, &dir, recipe, "cpu", out.path());
         mergescope_tests::mergekit::check_against(&dir, recipe, &merged)
             .unwrap_or_else(|problems| panic!("{problems}"));
     }
+    // A bfloat16 family merges to bfloat16 throughout, as mergekit's: the adapted tensors
+    // (computed in f32) count as their base's dtype.
+    let merged = read_folder(&out.path().join("task_arithmetic_lora_bf16"));
+    assert!(merged.values().all(|(dtype, ..)| *dtype == Dtype::BF16));
 }
 
 #[test]

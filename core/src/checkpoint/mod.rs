@@ -433,6 +433,13 @@ impl Checkpoint {
         self.adapter.as_ref()
     }
 
+    /// The dtype the tensor at `index` counts as where dtypes are compared or an output type is
+    /// chosen: as stored, or for a tensor a LoRA adapter computes (served as F32, so its task
+    /// vector is exact) its base's, as mergekit saves θ_b + Δ in the base's dtype.
+    pub fn nominal_dtype(&self, index: usize) -> Dtype {
+        self.stored_info(index).dtype
+    }
+
     /// Where the tensor at `index` is stored: itself, or the base tensor an adapter changes.
     fn stored_info(&self, index: usize) -> &TensorInfo {
         match self.adapter.as_ref().and_then(|a| a.target(index)) {

@@ -640,7 +640,12 @@ impl<'p> TensorPlanner<'p> {
         let mut all_float = true;
         let mut any_float = false;
         for (member, info) in &infos {
-            match info.float_type() {
+            // A LoRA-adapted tensor counts as its base's dtype, as mergekit saves it.
+            let nominal = member
+                .checkpoint
+                .index_of(&info.name)
+                .map(|i| member.checkpoint.nominal_dtype(i));
+            match nominal.and_then(FloatType::from_dtype) {
                 Some(ty) => {
                     any_float = true;
                     computed = Some(computed.map_or(ty, |c| FloatType::promote(c, ty)));
