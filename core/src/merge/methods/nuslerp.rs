@@ -77,7 +77,12 @@ impl MergeMethod for Nuslerp {
             (w1 / (w0 + w1)) as f32
         };
         let has_base = inputs.base.is_some();
-        let all: Vec<TensorView<'_>> = inputs.base.clone().into_iter().chain([m0.clone(), m1.clone()]).collect();
+        let all: Vec<TensorView<'_>> = inputs
+            .base
+            .clone()
+            .into_iter()
+            .chain([m0.clone(), m1.clone()])
+            .collect();
         let shape = m0.shape;
         let flatten = params.shared_bool("nuslerp_flatten") || shape.len() <= 1;
 
