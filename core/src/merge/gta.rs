@@ -136,10 +136,16 @@ impl Gta {
                 // DARE needs no ranks: one pass over base and all models draws every mask and
                 // sums the L1 norms.
                 let densities: Vec<f64> = (0..m).map(|i| params.model_f64(i, "density")).collect();
-                random_masks(base.clone(), &inputs.models, inputs.seed, inputs.tensor, &densities)
-                    .into_iter()
-                    .map(|(mask, factor)| (mask, if rescale { factor } else { 1.0 }))
-                    .unzip()
+                random_masks(
+                    base.clone(),
+                    &inputs.models,
+                    inputs.seed,
+                    inputs.tensor,
+                    &densities,
+                )
+                .into_iter()
+                .map(|(mask, factor)| (mask, if rescale { factor } else { 1.0 }))
+                .unzip()
             }
             Sparsifier::Magnitude | Sparsifier::MagnitudeOutliers | Sparsifier::DellaMagprune => {
                 (0..m).map(|i| self.ranked_mask(inputs, i, rescale)).unzip()

@@ -245,7 +245,10 @@ fn preference(info: &wgpu::AdapterInfo) -> u8 {
 }
 
 fn stream_inputs<'a>(views: &[TensorView<'a>]) -> Vec<Input<'a>> {
-    views.iter().map(|view| Input::plain(view.clone())).collect()
+    views
+        .iter()
+        .map(|view| Input::plain(view.clone()))
+        .collect()
 }
 
 impl Backend for Gpu {
