@@ -41,17 +41,19 @@ pub fn with_decoded<R>(
     len: usize,
     f: impl FnOnce(&[&[f32]]) -> R,
 ) -> R {
+    // A block is a chunk, or one row when a row is longer than a chunk (zip_rows).
+    let stride = CHUNK.max(len);
     SCRATCH.with_borrow_mut(|scratch| {
         // Grows once per thread and is reused by every later chunk and tensor: allocating it
         // per chunk made the kernel fault in and zero fresh pages all the time.
-        if scratch.len() < inputs.len() * CHUNK {
-            scratch.resize(inputs.len() * CHUNK, 0.0);
+        if scratch.len() < inputs.len() * stride {
+            scratch.resize(inputs.len() * stride, 0.0);
         }
-        for (input, buffer) in inputs.iter().zip(scratch.chunks_mut(CHUNK)) {
+        for (input, buffer) in inputs.iter().zip(scratch.chunks_mut(stride)) {
             input.decode_range(start, &mut buffer[..len]);
         }
         let views: Vec<&[f32]> = scratch
-            .chunks(CHUNK)
+            .chunks(stride)
             .take(inputs.len())
             .map(|b| &b[..len])
             .collect();
@@ -121,7 +123,8 @@ where
 }
 
 /// Like [`zip_map`], but every block holds whole rows of `row_len` elements, so `f` can treat
-/// each row as a vector (methods with per-row variants: nuslerp, model_stock).
+/// each row as a vector (methods with per-row variants: nuslerp, model_stock, arcee_fusion). A
+/// row longer than [`CHUNK`] is a block of its own.
 pub fn zip_rows<F>(inputs: &[TensorView<'_>], out: &mut [f32], row_len: usize, f: F)
 where
     F: Fn(&[&[f32]], &mut [f32]) + Sync + Send,
@@ -210,4 +213,33 @@ pub fn decode_all(input: &TensorView<'_>, out: &mut Vec<f32>) {
 /// `sum` of f64 values in order (used after [`zip_chunks`]).
 pub fn sum_in_order(values: impl IntoIterator<Item = f64>) -> f64 {
     values.into_iter().fold(0.0, |a, b| a + b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::merge::methods::test_util::{f32_bytes, info, view};
+
+    #[test]
+    fn rows_longer_than_a_chunk_are_whole_blocks() {
+        let row = CHUNK + 3;
+        let values: Vec<f32> = (0..2 * row).map(|i| i as f32).collect();
+        let (info, bytes) = (info("w", values.len()), f32_bytes(&values));
+        let input = [view(&info, &bytes)];
+        let mut out = vec![0.0; values.len()];
+        zip_rows(&input, &mut out, row, |xs, o| {
+            assert_eq!(o.len() % row, 0, "a block holds whole rows");
+            for (r, o_row) in o.chunks_mut(row).enumerate() {
+                // The row reversed: each element depends on the whole row being there.
+                for (e, o) in o_row.iter_mut().enumerate() {
+                    *o = xs[0][r * row + row - 1 - e];
+                }
+            }
+        });
+        let expected: Vec<f32> = values
+            .chunks(row)
+            .flat_map(|r| r.iter().rev().copied())
+            .collect();
+        assert_eq!(out, expected);
+    }
 }
