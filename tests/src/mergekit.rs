@@ -78,6 +78,15 @@ pub fn merge(bin: &str, folder: &Path, recipe: &str, backend: &str, out: &Path) 
     merged
 }
 
+/// [`merge`] of fixture part `part`'s `recipe` on the CPU, then [`check_against`] its
+/// reference; panics with the comparison's report when it fails.
+pub fn merge_and_check(bin: &str, part: &str, recipe: &str) -> Vec<TensorReport> {
+    let folder = part_dir(part);
+    let out = tempfile::tempdir().expect("a temporary folder");
+    let merged = merge(bin, &folder, recipe, "cpu", out.path());
+    check_against(&folder, recipe, &merged).unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// Checks mergescope's output folder `merged` against the reference for `recipe`: the same
 /// tensor names as mergekit wrote, and the kept ones within the recipe's class.
 pub fn check_against(

@@ -3,15 +3,12 @@
 //! mergekit 0.1.5's outputs (`fixtures/mergekit/examples`, made by its `make_fixtures.py`).
 //! Keys mergescope does not compute with (`int8_mask`) must be accepted as they are.
 
-use mergescope_tests::mergekit::{check_against, merge, part_dir};
+use mergescope_tests::mergekit::{check_against, merge, merge_and_check, part_dir};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mergescope-cli");
 
 fn check(recipe: &str) {
-    let folder = part_dir("examples");
-    let out = tempfile::tempdir().unwrap();
-    let merged = merge(BIN, &folder, recipe, "cpu", out.path());
-    let reports = check_against(&folder, recipe, &merged).unwrap_or_else(|e| panic!("{e}"));
+    let reports = merge_and_check(BIN, "examples", recipe);
     assert_eq!(
         reports.len(),
         11,

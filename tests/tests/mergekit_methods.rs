@@ -2,15 +2,12 @@
 //! (`fixtures/mergekit/methods`, made by its `make_fixtures.py`).
 
 use mergescope_tests::compare::{Class, Tolerance, compare_folders};
-use mergescope_tests::mergekit::{Reference, check_against, merge, part_dir};
+use mergescope_tests::mergekit::{Reference, check_against, merge, merge_and_check, part_dir};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mergescope-cli");
 
 fn check(recipe: &str) {
-    let folder = part_dir("methods");
-    let out = tempfile::tempdir().unwrap();
-    let merged = merge(BIN, &folder, recipe, "cpu", out.path());
-    let reports = check_against(&folder, recipe, &merged).unwrap_or_else(|e| panic!("{e}"));
+    let reports = merge_and_check(BIN, "methods", recipe);
     assert_eq!(
         reports.len(),
         11,
