@@ -201,37 +201,14 @@ pub fn survival_sampled(
                 Ok(())
             };
             verify()?;
-            // Vocabulary tensors of an aligned recipe: permuted as the merge permutes them.
-            let aligned = match &plan.vocab {
-                Some(vocab) => {
-                    vocab
-                        .align(family, task)
-                        .map_err(|message| AnalysisError::Merge {
-                            tensor: task.name.clone(),
-                            message,
-                        })?
-                }
-                None => None,
-            };
-            let (b, models): (TensorView<'_>, Vec<TensorView<'_>>) = match &aligned {
-                Some(aligned) => {
-                    let (b, models) = aligned.views();
-                    (
-                        b.expect("filtered to tasks with a base")
-                            .leading_rows(shape),
-                        models.into_iter().map(|v| v.leading_rows(shape)).collect(),
-                    )
-                }
-                None => (
-                    base.checkpoint
-                        .view(task.base.expect("filtered"))
-                        .leading_rows(shape),
-                    task.models
-                        .iter()
-                        .map(|&(m, i)| family.models[m].checkpoint.view(i).leading_rows(shape))
-                        .collect(),
-                ),
-            };
+            let inputs = plan
+                .inputs_of(task)
+                .map_err(|message| AnalysisError::Merge {
+                    tensor: task.name.clone(),
+                    message,
+                })?;
+            let (b, models) = inputs.views(shape);
+            let b = b.expect("filtered to tasks with a base");
             buffer.resize(numel, 0.0);
             let inputs = MethodInputs {
                 tensor: &task.name,

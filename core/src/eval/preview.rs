@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 
 use super::ModelTensors;
 use crate::backend::Backend;
-use crate::checkpoint::TensorView;
 use crate::merge::MethodInputs;
 use crate::merge::plan::{MergePlan, TaskAction};
 
@@ -28,32 +27,10 @@ pub fn merge_in_memory(plan: &MergePlan, backend: &dyn Backend) -> Result<ModelT
     };
     for task in &plan.tasks {
         verify(task)?;
-        // Vocabulary tensors of an aligned recipe: permuted as the engine permutes them.
-        let aligned = match &plan.vocab {
-            Some(vocab) => vocab
-                .align(family, task)
-                .map_err(|e| format!("tensor `{}`: {e}", task.name))?,
-            None => None,
-        };
-        let (base, models) = match &aligned {
-            Some(aligned) => aligned.views(),
-            None => (
-                family
-                    .base
-                    .as_ref()
-                    .zip(task.base)
-                    .map(|(b, i)| b.checkpoint.view(i).leading_rows(&task.shape)),
-                task.models
-                    .iter()
-                    .map(|&(m, i)| {
-                        family.models[m]
-                            .checkpoint
-                            .view(i)
-                            .leading_rows(&task.shape)
-                    })
-                    .collect::<Vec<TensorView<'_>>>(),
-            ),
-        };
+        let inputs = plan
+            .inputs_of(task)
+            .map_err(|e| format!("tensor `{}`: {e}", task.name))?;
+        let (base, models) = inputs.views(&task.shape);
         let merged = match &task.action {
             TaskAction::Merge { params, .. } => {
                 let mut out = vec![0f32; task.numel()];

@@ -181,34 +181,14 @@ fn compute<'a>(
     non_finite: &NonFiniteLog,
 ) -> Result<TensorBytes, MergeError> {
     let family = &plan.family;
-    // Vocabulary tensors of a recipe that aligns vocabularies: every input's rows permuted
-    // into the output vocabulary, in memory.
-    let aligned = match &plan.vocab {
-        Some(vocab) => vocab
-            .align(family, task)
-            .map_err(|message| MergeError::Method {
-                tensor: task.name.clone(),
-                method: plan.method.spec().name.to_owned(),
-                message,
-            })?,
-        None => None,
-    };
-    // Views show the task's shape: fewer leading rows when vocabularies were truncated.
-    let fit = |view: crate::checkpoint::TensorView<'a>| view.leading_rows(&task.shape);
-    let (base, models) = match &aligned {
-        Some(aligned) => aligned.views(),
-        None => (
-            family
-                .base
-                .as_ref()
-                .zip(task.base)
-                .map(|(b, i)| fit(b.checkpoint.view(i))),
-            task.models
-                .iter()
-                .map(|&(m, i)| fit(family.models[m].checkpoint.view(i)))
-                .collect(),
-        ),
-    };
+    // Views show the task's shape: fewer leading rows when vocabularies were truncated, every
+    // input's rows permuted into the output vocabulary when the recipe aligns them.
+    let inputs = plan.inputs_of(task).map_err(|message| MergeError::Method {
+        tensor: task.name.clone(),
+        method: plan.method.spec().name.to_owned(),
+        message,
+    })?;
+    let (base, models) = inputs.views(&task.shape);
     match &task.action {
         TaskAction::Merge { out, params } => {
             let values = &mut buffers.work;

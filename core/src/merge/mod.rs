@@ -7,6 +7,7 @@
 
 pub mod engine;
 pub mod gta;
+pub mod inputs;
 pub mod kernel;
 pub mod methods;
 pub mod params;
