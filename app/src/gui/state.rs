@@ -619,7 +619,7 @@ impl MergeSettings {
             Ok(()) => Ok(settings),
             Err(Refusal::ReadOnly(reason)) => {
                 settings.read_only = Some(ReadOnly {
-                    text: text.to_owned(),
+                    text: anchored(text, recipe, file, family),
                     reason,
                 });
                 Ok(settings)
@@ -891,6 +891,38 @@ fn quote(path: &Path) -> String {
     serde_json::to_string(&path.display().to_string()).expect("strings serialize")
 }
 
+/// `text` as the workbench's previews and exports can run it. They plan every recipe as if it
+/// lived beside the base ([`OpenFamily::recipe_file`]), so a recipe loaded from another folder
+/// has its relative model paths made absolute (re-serialised, so its comments are dropped);
+/// one beside the base, or with absolute paths only, stays exactly as written.
+fn anchored(text: &str, mut recipe: Recipe, file: &Path, family: &OpenFamily) -> String {
+    let home = family.recipe_file();
+    if file.parent() == home.parent() {
+        return text.to_owned();
+    }
+    let Ok(cwd) = std::env::current_dir() else {
+        return text.to_owned();
+    };
+    let mut moved = false;
+    for path in recipe.model_paths_mut() {
+        if Path::new(path.as_str()).is_absolute() {
+            continue;
+        }
+        if let Ok(found) = resolve_model_path(path, "model", &cwd, file) {
+            *path = std::path::absolute(&found)
+                .unwrap_or(found)
+                .display()
+                .to_string();
+            moved = true;
+        }
+    }
+    if moved {
+        recipe.to_yaml()
+    } else {
+        text.to_owned()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1098,6 +1130,32 @@ mod tests {
 
     /// [`family`] with its base and models as (empty) files: recipes name models that exist,
     /// as a merge would look for them.
+    #[test]
+    fn a_read_only_recipe_from_another_folder_names_its_models_absolutely() {
+        let (dir, family) = family_on_disk();
+        std::fs::create_dir(dir.path().join("recipes")).unwrap();
+        let file = dir.path().join("recipes/r.yml");
+        let yaml = "slices:\n  - sources:\n      - {model: ../a, layer_range: [0, 2]}\n  - sources:\n      - {model: ../b, layer_range: [1, 2]}\nmerge_method: passthrough\n";
+        let s = MergeSettings::from_recipe(yaml, &file, &family).unwrap();
+        let text = s.to_yaml(&family);
+        let recipe = Recipe::from_yaml(&text, &family.recipe_file()).unwrap();
+        let sources: Vec<PathBuf> = recipe
+            .slices
+            .iter()
+            .map(|slice| PathBuf::from(&slice.sources[0].model))
+            .collect();
+        // Where the previews and exports plan it (beside the base), the same models.
+        let canon = |p: &Path| std::fs::canonicalize(p).unwrap();
+        assert_eq!(
+            sources.iter().map(|p| canon(p)).collect::<Vec<_>>(),
+            vec![canon(&family.models[0]), canon(&family.models[1])]
+        );
+        assert_eq!(recipe.slices[1].sources[0].layer_range, [1, 2]);
+        // Beside the base, the text is kept as written.
+        let beside = MergeSettings::from_recipe(yaml, &family.recipe_file(), &family).unwrap();
+        assert_eq!(beside.to_yaml(&family), yaml);
+    }
+
     fn family_on_disk() -> (tempfile::TempDir, OpenFamily) {
         let dir = tempfile::tempdir().unwrap();
         for name in ["base", "a", "b"] {

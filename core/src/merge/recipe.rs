@@ -475,6 +475,26 @@ impl Recipe {
         names
     }
 
+    /// Every place the recipe names a model by path: `base_model`, each `models:` entry, each
+    /// slice's `base_model` and sources, and a `tokenizer_source` that is a model (not `base`
+    /// or `union`). For callers that move a recipe to another folder and must re-anchor its
+    /// relative paths.
+    pub fn model_paths_mut(&mut self) -> Vec<&mut String> {
+        let mut paths: Vec<&mut String> = Vec::new();
+        paths.extend(self.base_model.as_mut());
+        paths.extend(self.models.iter_mut().map(|m| &mut m.model));
+        for slice in &mut self.slices {
+            paths.extend(slice.base_model.as_mut());
+            paths.extend(slice.sources.iter_mut().map(|s| &mut s.model));
+        }
+        paths.extend(
+            self.tokenizer_source
+                .as_mut()
+                .filter(|s| !matches!(s.as_str(), "base" | "union")),
+        );
+        paths
+    }
+
     /// The compute type the recipe asks for (`dtype:`), if any.
     pub fn compute_type(&self, file: &Path) -> Result<Option<FloatType>, RecipeError> {
         self.dtype
