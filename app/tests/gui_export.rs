@@ -15,7 +15,7 @@ use mergescope_core::eval::compare::format_value;
 use safetensors::{Dtype, tensor::TensorView};
 
 mod common;
-use common::{harness_on, save_screenshot, step_until, wait_for, write_safetensors};
+use common::{harness_on, notice_starting, save_screenshot, step_until, wait_for, write_llama};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mergescope");
 
@@ -31,7 +31,6 @@ const MODULES: [&str; 4] = [
 /// saying so) under `folder`; `shift` makes it a different model. The block tensors carry a
 /// long multimodal-style prefix, so their names are elided in the Models panel.
 fn write_bf16_model(folder: &Path, shift: f32) -> PathBuf {
-    std::fs::create_dir_all(folder).unwrap();
     let mut tensors: Vec<(String, Vec<usize>)> =
         vec![("model.embed_tokens.weight".into(), vec![32, 16])];
     for l in 0..2 {
@@ -43,29 +42,9 @@ fn write_bf16_model(folder: &Path, shift: f32) -> PathBuf {
         }
     }
     tensors.push(("lm_head.weight".into(), vec![32, 16]));
-    let data: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
-        .into_iter()
-        .enumerate()
-        .map(|(t, (name, shape))| {
-            let n: usize = shape.iter().product();
-            let bytes = (0..n)
-                .flat_map(|i| {
-                    let v =
-                        ((i * 7 + t * 13) % 23) as f32 * 0.05 - 0.5 + shift * (1 + i % 3) as f32;
-                    // bf16 is the top half of an f32 (truncated: still a valid bf16).
-                    ((v.to_bits() >> 16) as u16).to_le_bytes()
-                })
-                .collect();
-            (name, shape, bytes)
-        })
-        .collect();
-    write_safetensors(&folder.join("model.safetensors"), Dtype::BF16, &data);
-    std::fs::write(
-        folder.join("config.json"),
-        r#"{"architectures": ["LlamaForCausalLM"], "num_hidden_layers": 2, "torch_dtype": "bfloat16"}"#,
-    )
-    .unwrap();
-    folder.to_path_buf()
+    write_llama(folder, tensors, Dtype::BF16, 2, |t, _, i| {
+        ((i * 7 + t * 13) % 23) as f32 * 0.05 - 0.5 + shift * (1 + i % 3) as f32
+    })
 }
 
 /// Rewrites the model in `folder` as two shards and their index, as Hugging Face stores
@@ -119,16 +98,6 @@ fn current_yaml(app: &Workbench) -> String {
         .as_ref()
         .unwrap()
         .to_yaml(app.family.as_ref().unwrap())
-}
-
-/// Steps until the notice starts with `prefix`; returns its text.
-fn notice_starting(harness: &mut Harness<'_, Workbench>, prefix: &str) -> String {
-    step_until(harness, prefix, |app| {
-        app.notice
-            .as_ref()
-            .filter(|n| n.text.starts_with(prefix))
-            .map(|n| n.text.clone())
-    })
 }
 
 /// The sorted names in `dir`.

@@ -4,14 +4,12 @@
 
 use std::path::{Path, PathBuf};
 
-use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable as _;
-use mergescope::gui::Workbench;
 use mergescope::gui::app::Panel;
 use safetensors::Dtype;
 
 mod common;
-use common::{harness_on, opened, step_until, write_safetensors};
+use common::{harness_on, notice_starting, opened, step_until, write_llama, write_safetensors};
 
 /// The adapter's rank.
 const RANK: usize = 8;
@@ -24,7 +22,6 @@ fn f32_bytes(n: usize, f: impl Fn(usize) -> f32) -> Vec<u8> {
 /// A one-layer Llama-named f32 model; `shift` makes it a different model, except in q_proj
 /// (which only the adapter changes).
 fn write_model(folder: &Path, shift: f32) -> PathBuf {
-    std::fs::create_dir_all(folder).unwrap();
     let mut tensors = vec![("model.embed_tokens.weight".to_owned(), vec![32, HIDDEN])];
     for module in ["self_attn.q_proj", "self_attn.o_proj", "mlp.up_proj"] {
         tensors.push((
@@ -33,25 +30,10 @@ fn write_model(folder: &Path, shift: f32) -> PathBuf {
         ));
     }
     tensors.push(("lm_head.weight".to_owned(), vec![32, HIDDEN]));
-    let data: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
-        .into_iter()
-        .enumerate()
-        .map(|(t, (name, shape))| {
-            let n = shape.iter().product();
-            let shift = if name.contains("q_proj") { 0.0 } else { shift };
-            let bytes = f32_bytes(n, |i| {
-                ((i * 7 + t * 13) % 23) as f32 * 0.05 - 0.5 + shift * (1 + i % 3) as f32
-            });
-            (name, shape, bytes)
-        })
-        .collect();
-    write_safetensors(&folder.join("model.safetensors"), Dtype::F32, &data);
-    std::fs::write(
-        folder.join("config.json"),
-        r#"{"architectures": ["LlamaForCausalLM"], "num_hidden_layers": 1, "torch_dtype": "float32"}"#,
-    )
-    .unwrap();
-    folder.to_path_buf()
+    write_llama(folder, tensors, Dtype::F32, 1, |t, name, i| {
+        let shift = if name.contains("q_proj") { 0.0 } else { shift };
+        ((i * 7 + t * 13) % 23) as f32 * 0.05 - 0.5 + shift * (1 + i % 3) as f32
+    })
 }
 
 /// A rank-8 PEFT adapter on q_proj whose config names no local base: the workbench must apply
@@ -93,15 +75,6 @@ fn family(dir: &Path) -> Vec<PathBuf> {
         write_adapter(&dir.join("my-lora")),
         write_model(&dir.join("full-ft"), 0.02),
     ]
-}
-
-fn notice_starting(harness: &mut Harness<'_, Workbench>, prefix: &str) -> String {
-    step_until(harness, prefix, |app| {
-        app.notice
-            .as_ref()
-            .filter(|n| n.text.starts_with(prefix))
-            .map(|n| n.text.clone())
-    })
 }
 
 #[test]

@@ -17,14 +17,15 @@ use mergescope_core::merge::recipe::Recipe;
 use safetensors::Dtype;
 
 mod common;
-use common::{click_through, drag_slider_to_the_end, harness_on, step_until, wait_for};
+use common::{
+    click_through, drag_slider_to_the_end, harness_on, step_until, wait_for, write_llama,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mergescope");
 
 /// A Llama-named model with 4 blocks of attention and MLP tensors (hidden 8) in `folder`;
 /// `shift` makes it a different model (and different per layer, so per-layer curves matter).
 fn write_model(folder: &Path, shift: f32) -> PathBuf {
-    std::fs::create_dir_all(folder).unwrap();
     let mut tensors: Vec<(String, Vec<usize>)> =
         vec![("model.embed_tokens.weight".into(), vec![16, 8])];
     for l in 0..4 {
@@ -38,31 +39,12 @@ fn write_model(folder: &Path, shift: f32) -> PathBuf {
         }
     }
     tensors.push(("model.norm.weight".into(), vec![8]));
-    let data: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
-        .into_iter()
-        .enumerate()
-        .map(|(t, (name, shape))| {
-            let n: usize = shape.iter().product();
-            let bytes = (0..n)
-                .flat_map(|i| {
-                    let base = ((i * 7 + t * 13) % 23) as f32 * 0.05 - 0.5;
-                    let delta = shift * (((i * 5 + t) % 7) as f32 - 3.0) * (1.0 + t as f32 * 0.1);
-                    (base + delta).to_le_bytes()
-                })
-                .collect();
-            (name, shape, bytes)
-        })
-        .collect();
-    common::write_safetensors(&folder.join("model.safetensors"), Dtype::F32, &data);
-    std::fs::write(
-        folder.join("config.json"),
-        r#"{"architectures": ["LlamaForCausalLM"], "num_hidden_layers": 4, "torch_dtype": "float32"}"#,
-    )
-    .unwrap();
-    folder.to_path_buf()
+    write_llama(folder, tensors, Dtype::F32, 4, |t, _, i| {
+        let base = ((i * 7 + t * 13) % 23) as f32 * 0.05 - 0.5;
+        base + shift * (((i * 5 + t) % 7) as f32 - 3.0) * (1.0 + t as f32 * 0.1)
+    })
 }
 
-/// A base and two fine-tunes (`math`, `code`) under `dir`.
 fn family(dir: &Path) -> Vec<PathBuf> {
     vec![
         write_model(&dir.join("base"), 0.0),

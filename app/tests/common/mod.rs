@@ -168,6 +168,61 @@ pub fn write_safetensors(
     safetensors::serialize_to_file(views, None, path).unwrap();
 }
 
+/// Writes a Llama-named model into `folder`: `model.safetensors` with `tensors` (name, shape)
+/// in `dtype` (F32, or BF16 as each f32's top half), element `i` of tensor `t` being
+/// `value(t, &name, i)`, and a `config.json` with `layers` layers. Returns the folder.
+pub fn write_llama(
+    folder: &Path,
+    tensors: Vec<(String, Vec<usize>)>,
+    dtype: safetensors::Dtype,
+    layers: usize,
+    value: impl Fn(usize, &str, usize) -> f32,
+) -> PathBuf {
+    use safetensors::Dtype;
+    std::fs::create_dir_all(folder).unwrap();
+    let data: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .into_iter()
+        .enumerate()
+        .map(|(t, (name, shape))| {
+            let n: usize = shape.iter().product();
+            let values = (0..n).map(|i| value(t, &name, i));
+            let bytes = match dtype {
+                Dtype::F32 => values.flat_map(f32::to_le_bytes).collect(),
+                // Truncated, still a valid bf16.
+                Dtype::BF16 => values
+                    .flat_map(|v| ((v.to_bits() >> 16) as u16).to_le_bytes())
+                    .collect(),
+                other => panic!("write_llama writes F32 or BF16, not {other:?}"),
+            };
+            (name, shape, bytes)
+        })
+        .collect();
+    write_safetensors(&folder.join("model.safetensors"), dtype, &data);
+    let torch_dtype = if dtype == Dtype::BF16 {
+        "bfloat16"
+    } else {
+        "float32"
+    };
+    std::fs::write(
+        folder.join("config.json"),
+        format!(
+            r#"{{"architectures": ["LlamaForCausalLM"], "num_hidden_layers": {layers}, "torch_dtype": "{torch_dtype}"}}"#
+        ),
+    )
+    .unwrap();
+    folder.to_path_buf()
+}
+
+/// Steps until the notice starts with `prefix`; returns its text.
+pub fn notice_starting(harness: &mut Harness<'_, Workbench>, prefix: &str) -> String {
+    step_until(harness, prefix, |app| {
+        app.notice
+            .as_ref()
+            .filter(|n| n.text.starts_with(prefix))
+            .map(|n| n.text.clone())
+    })
+}
+
 /// Bytes of each domain's held-out text the language-model demo is scored on in tests: the
 /// whole texts take minutes per model in an unoptimised build.
 pub const LM_DEMO_TEXT_BYTES: usize = 800;
