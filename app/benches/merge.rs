@@ -18,7 +18,11 @@
 //! Arguments (after `--`): `--backend gpu` also runs each merge with `--backend gpu` and reports
 //! its wall time next to the CPU backend's (the other columns are the CPU backend's).
 //!
-//! Wall time and peak RSS come from `/usr/bin/time` around each command.
+//! Each merge also runs warm (right after its cold run, inputs in the page cache): its wall and
+//! CPU time, and the bytes it moves (inputs read + output written) per second against this
+//! machine's memory bandwidth, measured in the same run with a copy kernel.
+//!
+//! Wall time, CPU time and peak RSS come from `/usr/bin/time` around each command.
 
 #![allow(clippy::print_stdout)] // a benchmark reports its figures on stdout
 
@@ -66,13 +70,15 @@ fn drop_caches() -> bool {
 
 struct Measured {
     seconds: f64,
+    /// User + system time of the command.
+    cpu_seconds: f64,
     peak_rss_mib: f64,
 }
 
 /// Runs `program args` under `/usr/bin/time -f "%e %M"` in `cwd`.
 fn timed(cwd: &Path, program: &str, args: &[&str]) -> Measured {
     let output = Command::new("/usr/bin/time")
-        .args(["-f", "TIMED %e %M", program])
+        .args(["-f", "TIMED %e %M %U %S", program])
         .args(args)
         .current_dir(cwd)
         .output()
@@ -89,10 +95,35 @@ fn timed(cwd: &Path, program: &str, args: &[&str]) -> Measured {
     let mut fields = line.split_whitespace().skip(1);
     let seconds = fields.next().and_then(|s| s.parse().ok()).expect("seconds");
     let kib: f64 = fields.next().and_then(|s| s.parse().ok()).expect("KiB");
+    let mut cpu = || -> f64 { fields.next().and_then(|s| s.parse().ok()).expect("CPU s") };
+    let cpu_seconds = cpu() + cpu();
     Measured {
         seconds,
+        cpu_seconds,
         peak_rss_mib: kib / 1024.0,
     }
+}
+
+/// This machine's memory bandwidth in bytes per second: the best of five copies of a 512 MiB
+/// buffer on one thread per core, counting the bytes read and the bytes written.
+fn memory_bandwidth() -> f64 {
+    const BYTES: usize = 512 << 20;
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let source = vec![1u8; BYTES];
+    let mut target = vec![0u8; BYTES];
+    let part = BYTES.div_ceil(threads);
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let start = Instant::now();
+        std::thread::scope(|scope| {
+            for (from, to) in source.chunks(part).zip(target.chunks_mut(part)) {
+                scope.spawn(move || to.copy_from_slice(from));
+            }
+        });
+        best = best.min(start.elapsed().as_secs_f64());
+        std::hint::black_box(&target);
+    }
+    2.0 * BYTES as f64 / best
 }
 
 /// Reads every input once (sequentially, 8 MiB at a time) and writes `out_bytes` with fsync.
@@ -199,10 +230,19 @@ fn main() {
             },
         ));
     }
+    let bandwidth = memory_bandwidth();
+    println!(
+        "memory bandwidth (copy, read + write): {:.1} GB/s",
+        bandwidth / 1e9
+    );
     for (label, shape) in sizes {
         let dir = root.join(format!("llama-{}l", shape.layers));
         let model_bytes = ensure_family(&dir, shape);
         let inputs = safetensors_files(&dir.join("family"));
+        let input_bytes: u64 = inputs
+            .iter()
+            .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
+            .sum();
         let (read, write) = io_floor(&inputs, model_bytes, &dir.join("floor.bin"));
         let floor = read + write;
         println!(
@@ -225,10 +265,13 @@ fn main() {
                 ""
             }
         );
+        let mut warm_rows = Vec::new();
         for method in &methods {
             std::fs::write(dir.join(format!("{method}.yml")), recipe(method)).expect("recipe");
-            let run_mergescope = |backend: &str| {
-                drop_caches();
+            let run_mergescope = |backend: &str, cold: bool| {
+                if cold {
+                    drop_caches();
+                }
                 timed(
                     &dir,
                     MERGESCOPE,
@@ -245,8 +288,20 @@ fn main() {
                     ],
                 )
             };
-            let ms = run_mergescope("cpu");
-            let gpu = with_gpu.then(|| run_mergescope("gpu"));
+            let ms = run_mergescope("cpu", true);
+            // Right after the cold run the inputs are in the page cache.
+            let warm = run_mergescope("cpu", false);
+            let moved = (input_bytes + model_bytes) as f64 / warm.seconds;
+            warm_rows.push(format!(
+                "{method:<10} {:>9.1} {:>9.1} {:>9.1} {:>10.1} {:>13.1} {:>9.0}%",
+                ms.cpu_seconds,
+                warm.seconds,
+                warm.cpu_seconds,
+                moved / 1e9,
+                bandwidth / 1e9,
+                100.0 * moved / bandwidth
+            ));
+            let gpu = with_gpu.then(|| run_mergescope("gpu", true));
             let mk = mergekit.as_deref().filter(|_| label == "1.6 GB").map(|mk| {
                 let _ = std::fs::remove_dir_all(dir.join("out-mergekit"));
                 drop_caches();
@@ -286,6 +341,13 @@ fn main() {
                 ms.peak_rss_mib,
                 ms.seconds / floor
             );
+        }
+        println!(
+            "\n{:<10} {:>9} {:>9} {:>9} {:>10} {:>13} {:>10}",
+            "method", "cold CPU", "warm s", "warm CPU", "warm GB/s", "memory GB/s", "of memory"
+        );
+        for row in &warm_rows {
+            println!("{row}");
         }
         if std::env::var("MERGESCOPE_BENCH_ANALYZE").as_deref() != Ok("0") {
             let analyze = |extra: &[&str]| {
