@@ -20,6 +20,15 @@ pub fn part_dir(part: &str) -> PathBuf {
         .join(part)
 }
 
+/// `num_hidden_layers` of the `config.json` in `folder`.
+pub fn layer_count(folder: &Path) -> u64 {
+    let text = std::fs::read_to_string(folder.join("config.json")).expect("config.json");
+    let config: serde_json::Value = serde_json::from_str(&text).expect("config.json is JSON");
+    config["num_hidden_layers"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{}: no num_hidden_layers", folder.display()))
+}
+
 /// What the manifest says about one recipe.
 pub struct Reference {
     pub class: Class,

@@ -8,18 +8,9 @@ use std::path::{Path, PathBuf};
 
 use mergescope_tests::cli::run;
 use mergescope_tests::compare::{Class, Tolerance, compare_folders};
+use mergescope_tests::mergekit::{layer_count, part_dir};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mergescope-cli");
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/mergekit/slice-examples")
-}
-
-fn layer_count(folder: &Path) -> u64 {
-    let text = std::fs::read_to_string(folder.join("config.json")).unwrap();
-    let config: serde_json::Value = serde_json::from_str(&text).unwrap();
-    config["num_hidden_layers"].as_u64().unwrap()
-}
 
 fn merge(dir: &Path, config: &str, out: &Path) {
     let args = [
@@ -36,7 +27,7 @@ fn merge(dir: &Path, config: &str, out: &Path) {
 /// Merges the example and compares it with mergekit's output under the MANIFEST's class;
 /// returns the merged folder (inside `out`).
 fn check(example: &str, layers: u64, out: &Path) -> PathBuf {
-    let dir = fixtures();
+    let dir = part_dir("slice-examples");
     let merged = out.join(example);
     merge(&dir, &format!("configs/{example}.yml"), &merged);
     let expected = dir.join("expected").join(example);
@@ -54,7 +45,7 @@ fn gradient_slerp() {
     let merged = check("gradient-slerp", 40, out.path());
     // The example says its one slice over all 40 layers is the `models:` syntax's merge:
     // mergescope must give exactly the same tensors both ways.
-    let dir = fixtures();
+    let dir = part_dir("slice-examples");
     let text = std::fs::read_to_string(dir.join("configs/gradient-slerp.yml")).unwrap();
     let (_, rest) = text.split_once("merge_method:").unwrap();
     let as_models = format!(

@@ -8,24 +8,13 @@ use std::path::{Path, PathBuf};
 use mergescope_tests::cli::run;
 use mergescope_tests::compare::{Class, Tolerance, compare_folders};
 use mergescope_tests::fixture::read_folder;
+use mergescope_tests::mergekit::{layer_count, part_dir};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mergescope-cli");
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/mergekit/slices")
-}
 
 fn manifest(dir: &Path) -> serde_json::Value {
     let text = std::fs::read_to_string(dir.join("expected/MANIFEST.json")).unwrap();
     serde_json::from_str(&text).unwrap()
-}
-
-fn layer_count(folder: &Path) -> u64 {
-    let text = std::fs::read_to_string(folder.join("config.json")).unwrap();
-    let config: serde_json::Value = serde_json::from_str(&text).unwrap();
-    config["num_hidden_layers"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("{}: no num_hidden_layers", folder.display()))
 }
 
 /// Merges `configs/<recipe>.yml` (from the fixture folder, as mergekit ran it) on `backend`
@@ -69,27 +58,27 @@ fn check(dir: &Path, recipe: &str, backend: &str) {
 
 #[test]
 fn passthrough_frankenmerge() {
-    check(&fixtures(), "passthrough_frankenmerge", "cpu");
+    check(&part_dir("slices"), "passthrough_frankenmerge", "cpu");
 }
 
 #[test]
 fn slerp_slices() {
-    check(&fixtures(), "slerp_slices", "cpu");
+    check(&part_dir("slices"), "slerp_slices", "cpu");
 }
 
 #[test]
 fn slerp_slices_gpu() {
-    check(&fixtures(), "slerp_slices", "gpu");
+    check(&part_dir("slices"), "slerp_slices", "gpu");
 }
 
 #[test]
 fn ties_slices() {
-    check(&fixtures(), "ties_slices", "cpu");
+    check(&part_dir("slices"), "ties_slices", "cpu");
 }
 
 #[test]
 fn the_output_is_deeper_and_named_by_its_new_layers() {
-    let dir = fixtures();
+    let dir = part_dir("slices");
     let out = tempfile::tempdir().unwrap();
     let merged = merge(
         &dir,
@@ -121,7 +110,7 @@ fn the_output_is_deeper_and_named_by_its_new_layers() {
 /// must not pass as mergekit's.
 #[test]
 fn a_wrong_merge_fails_the_comparison() {
-    let dir = fixtures();
+    let dir = part_dir("slices");
     let recipe = std::fs::read_to_string(dir.join("configs/passthrough_frankenmerge.yml"))
         .unwrap()
         // ft_b's layers 2-7 hold no "layers.8.", so nothing is halved
@@ -140,7 +129,7 @@ fn a_wrong_merge_fails_the_comparison() {
 /// One line naming the recipe key, for each way a slice can be wrong.
 #[test]
 fn bad_slices_are_one_line_errors() {
-    let dir = fixtures();
+    let dir = part_dir("slices");
     let work = tempfile::tempdir().unwrap();
     let cases = [
         (

@@ -8,12 +8,9 @@ use std::path::{Path, PathBuf};
 
 use mergescope_tests::cli::run;
 use mergescope_tests::compare::{Class, compare_folders};
+use mergescope_tests::mergekit::part_dir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_mergescope-cli");
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/mergekit/vocab")
-}
 
 /// Token → id of a `tokenizer.json`, read with serde_json (independently of the `tokenizers`
 /// crate mergescope writes it with): the model's vocabulary and the added tokens.
@@ -59,7 +56,7 @@ fn config(folder: &Path) -> serde_json::Value {
 fn merge(recipe: &str, backend: &str, cwd: &Path) -> (tempfile::TempDir, PathBuf) {
     let out = tempfile::tempdir().unwrap();
     let merged = out.path().join(recipe);
-    let config = fixtures().join(format!("configs/{recipe}.yml"));
+    let config = part_dir("vocab").join(format!("configs/{recipe}.yml"));
     let args = [
         "merge",
         config.to_str().unwrap(),
@@ -83,9 +80,9 @@ fn check(recipe: &str, backend: &str) {
         eprintln!("skipping the GPU run of {recipe} (MERGESCOPE_SKIP_GPU_TESTS)");
         return;
     }
-    let (_out, merged) = merge(recipe, backend, &fixtures());
-    let expected = fixtures().join("expected").join(recipe);
-    let class = Class::for_recipe(&fixtures().join("expected/MANIFEST.json"), recipe);
+    let (_out, merged) = merge(recipe, backend, &part_dir("vocab"));
+    let expected = part_dir("vocab").join("expected").join(recipe);
+    let class = Class::for_recipe(&part_dir("vocab").join("expected/MANIFEST.json"), recipe);
     let reports = compare_folders(&merged, &expected, &class, None)
         .unwrap_or_else(|problems| panic!("{recipe} ({backend}): FAIL\n{problems}"));
     assert_eq!(reports.len(), 21, "{recipe}: every tensor compared");
@@ -146,7 +143,7 @@ fn tokens_task_arithmetic() {
 /// different embedding rows, and forcing tokens changes rows every model has.
 #[test]
 fn the_references_tell_the_alignments_apart() {
-    let expected = fixtures().join("expected");
+    let expected = part_dir("vocab").join("expected");
     let exact = Class::for_recipe(&expected.join("MANIFEST.json"), "union_task_arithmetic");
     for (a, b) in [
         ("union_task_arithmetic", "base_task_arithmetic"),
@@ -162,7 +159,7 @@ fn the_references_tell_the_alignments_apart() {
 fn family_copy() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     for model in ["base", "ft_a", "ft_b"] {
-        let from = fixtures().join("models").join(model);
+        let from = part_dir("vocab").join("models").join(model);
         let to = dir.path().join("models").join(model);
         std::fs::create_dir_all(&to).unwrap();
         for entry in std::fs::read_dir(&from).unwrap() {
@@ -249,15 +246,18 @@ fn the_preview_aligns_as_the_merge_does() {
 
     let recipe = "tokens_task_arithmetic";
     let options = PlanOptions {
-        cwd: fixtures(),
+        cwd: part_dir("vocab"),
         random_seed: Some(42),
         truncate_vocab: false,
     };
-    let plan =
-        MergePlan::from_file(&fixtures().join(format!("configs/{recipe}.yml")), &options).unwrap();
+    let plan = MergePlan::from_file(
+        &part_dir("vocab").join(format!("configs/{recipe}.yml")),
+        &options,
+    )
+    .unwrap();
     let merged = merge_in_memory(&plan, &Cpu).unwrap();
     let expected =
-        mergescope_tests::fixture::read_folder(&fixtures().join("expected").join(recipe));
+        mergescope_tests::fixture::read_folder(&part_dir("vocab").join("expected").join(recipe));
     assert_eq!(merged.values.len(), expected.len());
     for (name, (_, shape, values)) in &expected {
         let preview: Vec<f64> = merged.values[name].iter().map(|&v| f64::from(v)).collect();
