@@ -234,6 +234,11 @@ impl MergeSettings {
         }
     }
 
+    /// Does open fine-tune `i` take part? (Settings made for fewer models include the rest.)
+    pub fn includes(&self, i: usize) -> bool {
+        self.included.get(i).copied().unwrap_or(true)
+    }
+
     /// How many open fine-tunes take part.
     pub fn included_count(&self) -> usize {
         self.included.iter().filter(|on| **on).count()
@@ -326,7 +331,7 @@ impl MergeSettings {
             .models
             .iter()
             .enumerate()
-            .filter(|(i, _)| self.included.get(*i).copied().unwrap_or(true));
+            .filter(|(i, _)| self.includes(*i));
         for (i, path) in included {
             let _ = writeln!(y, "  - model: {}", quote(path));
             let mut params = Vec::new();
@@ -745,6 +750,14 @@ impl MergeSettings {
         Ok(())
     }
 
+    /// `points` as the curve of `t` for the tensors no module curve catches, with `t`'s
+    /// single value its mean over `layers` layers.
+    fn set_shared_curve(&mut self, t: &str, points: Vec<f64>, layers: usize) {
+        self.shared
+            .insert(t.to_owned(), round(curve_mean(&points, layers)));
+        self.shared_curve = points;
+    }
+
     /// The method's shared curve number `t`: one value, a gradient, or per-module gradients
     /// ending with a catch-all entry (scalar entries become flat curves).
     fn read_shared_curve(
@@ -778,11 +791,7 @@ impl MergeSettings {
                     let points = curve(&e.value).ok_or_else(not_numbers)?;
                     match e.filter.as_deref() {
                         None | Some("*") => {
-                            self.shared_curve = points;
-                            self.shared.insert(
-                                t.to_owned(),
-                                round(curve_mean(&self.shared_curve, family.layers)),
-                            );
+                            self.set_shared_curve(t, points, family.layers);
                             return Ok(());
                         }
                         Some(filter) => self.module_curves.push(ModuleCurve {
@@ -798,11 +807,8 @@ impl MergeSettings {
             }
             Some(v) => {
                 self.per_layer = true;
-                self.shared_curve = curve(v).ok_or_else(not_numbers)?;
-                self.shared.insert(
-                    t.to_owned(),
-                    round(curve_mean(&self.shared_curve, family.layers)),
-                );
+                let points = curve(v).ok_or_else(not_numbers)?;
+                self.set_shared_curve(t, points, family.layers);
             }
         }
         Ok(())
@@ -926,7 +932,7 @@ fn anchored(text: &str, mut recipe: Recipe, file: &Path, family: &OpenFamily) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gui::methods::{shared_numbers, shared_range};
+    use crate::gui::methods::{is_integer, shared_numbers, shared_range};
 
     #[test]
     fn a_saved_recipe_loads_back() {
@@ -987,7 +993,7 @@ mod tests {
         }
         for name in shared_numbers(method) {
             let range = shared_range(method, name);
-            let value = if super::super::methods::is_integer(method, name) {
+            let value = if is_integer(method, name) {
                 7.0
             } else {
                 (range.start * 0.5).max(*range.range.start())
@@ -1128,8 +1134,6 @@ mod tests {
         assert!(MergeSettings::from_recipe("merge_method: [", &file, &family).is_err());
     }
 
-    /// [`family`] with its base and models as (empty) files: recipes name models that exist,
-    /// as a merge would look for them.
     #[test]
     fn a_read_only_recipe_from_another_folder_names_its_models_absolutely() {
         let (dir, family) = family_on_disk();
@@ -1156,6 +1160,8 @@ mod tests {
         assert_eq!(beside.to_yaml(&family), yaml);
     }
 
+    /// [`family`] with its base and models as (empty) files: recipes name models that exist,
+    /// as a merge would look for them.
     fn family_on_disk() -> (tempfile::TempDir, OpenFamily) {
         let dir = tempfile::tempdir().unwrap();
         for name in ["base", "a", "b"] {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use mergescope_core::sweep::metric::{metric_names, metric_value};
 use mergescope_core::sweep::{Axis, Cell, ParamPath};
 
-use super::methods::{has_weight, shared_curve_param, shared_numbers, shared_range};
+use super::methods::{has_weight, is_integer, shared_curve_param, shared_numbers, shared_range};
 use super::state::{MergeSettings, OpenFamily, has_lambda, model_name, model_params};
 
 /// Steps per axis a new axis starts with.
@@ -37,13 +37,15 @@ pub fn param_choices(settings: &MergeSettings, family: &OpenFamily) -> Vec<Param
         .models
         .iter()
         .enumerate()
-        .filter(|(i, _)| settings.included.get(*i).copied().unwrap_or(true))
+        .filter(|(i, _)| settings.includes(*i))
         .map(|(i, path)| (i, model_name(path)))
         .collect();
-    for (n, (i, model)) in included.iter().enumerate() {
-        if !has_weight(&settings.method) {
-            break;
-        }
+    let weights = if has_weight(&settings.method) {
+        included.as_slice()
+    } else {
+        &[]
+    };
+    for (n, (i, model)) in weights.iter().enumerate() {
         if settings.per_layer {
             let points = settings.curves.get(*i).map_or(0, Vec::len);
             for k in 0..points {
@@ -100,7 +102,7 @@ pub fn param_choices(settings: &MergeSettings, family: &OpenFamily) -> Vec<Param
         let value = settings.shared_value(name);
         // Around the current value, inside what the core accepts; whole numbers (max_iter)
         // on every step a new axis starts with.
-        let range = if crate::gui::methods::is_integer(&settings.method, name) {
+        let range = if is_integer(&settings.method, name) {
             let step = (value / (DEFAULT_STEPS - 1) as f64).ceil().max(1.0);
             (1.0, 1.0 + (DEFAULT_STEPS - 1) as f64 * step)
         } else if slider.logarithmic {
