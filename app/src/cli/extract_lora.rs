@@ -64,15 +64,7 @@ pub fn run(args: &Args, job: &Job) -> Result<(), Failure> {
     for repair in recover_interrupted(&args.out) {
         eprintln!("warning: {repair}");
     }
-    let inputs: Vec<PathBuf> = [&base, &model]
-        .iter()
-        .flat_map(|c| {
-            c.folder()
-                .map(PathBuf::from)
-                .into_iter()
-                .chain(c.shards().iter().map(|s| s.path().to_path_buf()))
-        })
-        .collect();
+    let inputs: Vec<PathBuf> = base.input_paths().chain(model.input_paths()).collect();
     let options = ExportOptions {
         force: args.force,
         ..ExportOptions::new(&args.out)

@@ -466,6 +466,15 @@ impl Checkpoint {
         &self.shards
     }
 
+    /// Every path this checkpoint reads: its folder, if any, and each shard (an adapter's file
+    /// included), so an export can refuse to write over any of them.
+    pub fn input_paths(&self) -> impl Iterator<Item = PathBuf> + '_ {
+        self.folder
+            .iter()
+            .cloned()
+            .chain(self.shards.iter().map(|s| s.path().to_path_buf()))
+    }
+
     /// All tensors in file order.
     pub fn tensors(&self) -> &[TensorInfo] {
         &self.tensors
@@ -587,16 +596,9 @@ fn hf_folder_of_file(file: &Path) -> Option<PathBuf> {
     (file.file_name()? == SINGLE_FILE_NAME).then(|| file.parent().map(Path::to_path_buf))?
 }
 
-/// Opens a safetensors file that is not a checkpoint of its own (a LoRA adapter's weights) as
-/// shard `shard_index` of one.
-pub(crate) fn open_extra_shard(
-    path: &Path,
-    shard_index: usize,
-) -> Result<(Shard, Vec<TensorInfo>), CheckpointError> {
-    open_shard(path, shard_index)
-}
-
-fn open_shard(
+/// Opens one safetensors file as shard `shard_index`: a checkpoint's own, or one that is not a
+/// checkpoint of its own (a LoRA adapter's weights, [`crate::lora`]).
+pub(crate) fn open_shard(
     path: &Path,
     shard_index: usize,
 ) -> Result<(Shard, Vec<TensorInfo>), CheckpointError> {

@@ -132,15 +132,16 @@ fn compute<'s>(target: &Target, shard_bytes: impl Fn(usize) -> &'s [u8]) -> Vec<
     let delta = b * a;
     let scale = target.scale;
     // The base tensor is (rows, cols), or (cols, rows) when Δ is transposed; row-major.
-    if target.transpose {
-        for (k, v) in values.iter_mut().enumerate() {
-            let (i, j) = (k / rows, k % rows);
-            *v += delta[(j, i)] * scale;
-        }
-    } else {
-        for (k, v) in values.iter_mut().enumerate() {
-            let (i, j) = (k / cols, k % cols);
-            *v += delta[(i, j)] * scale;
+    // (`max(1)`: an empty tensor has no rows to walk.)
+    let row_len = if target.transpose { rows } else { cols };
+    for (i, row) in values.chunks_exact_mut(row_len.max(1)).enumerate() {
+        for (j, v) in row.iter_mut().enumerate() {
+            let d = if target.transpose {
+                delta[(j, i)]
+            } else {
+                delta[(i, j)]
+            };
+            *v += d * scale;
         }
     }
     values

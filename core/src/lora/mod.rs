@@ -82,7 +82,7 @@ fn open_with(base: &Path, folder: &Path, config: &AdapterConfig) -> Result<Check
     }
     let base_ckpt = Checkpoint::open_stored(base)?;
     let shard_index = base_ckpt.shards().len();
-    let (shard, factors) = crate::checkpoint::open_extra_shard(&file, shard_index)?;
+    let (shard, factors) = crate::checkpoint::open_shard(&file, shard_index)?;
     let targets = match_factors(&base_ckpt, &file, config, factors)?;
     let adapted = Adapted::new(file, shard_index, config.r, targets);
     Ok(base_ckpt.with_adapter(folder.to_path_buf(), shard, adapted))
