@@ -29,24 +29,35 @@ pub fn config_with_dtype(original: &[u8], out: Option<FloatType>) -> Vec<u8> {
     let Some(out) = out else {
         return original.to_vec();
     };
+    edit_object(original, |map| {
+        let name = serde_json::Value::String(out.recipe_name().to_owned());
+        let mut touched = false;
+        for key in ["torch_dtype", "dtype"] {
+            if let Some(v) = map.get_mut(key) {
+                *v = name.clone();
+                touched = true;
+            }
+        }
+        if !touched {
+            map.insert("torch_dtype".to_owned(), name);
+        }
+    })
+}
+
+/// The JSON object `original` with `edit` applied, pretty-printed with a trailing newline
+/// (keeping key order); the original bytes when it is not a JSON object.
+pub fn edit_object(
+    original: &[u8],
+    edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>),
+) -> Vec<u8> {
     let Ok(serde_json::Value::Object(mut map)) =
         serde_json::from_slice::<serde_json::Value>(original)
     else {
         return original.to_vec();
     };
-    let name = serde_json::Value::String(out.recipe_name().to_owned());
-    let mut touched = false;
-    for key in ["torch_dtype", "dtype"] {
-        if let Some(v) = map.get_mut(key) {
-            *v = name.clone();
-            touched = true;
-        }
-    }
-    if !touched {
-        map.insert("torch_dtype".to_owned(), name);
-    }
-    let mut bytes = serde_json::to_vec_pretty(&serde_json::Value::Object(map))
-        .unwrap_or_else(|_| original.to_vec());
+    edit(&mut map);
+    let mut bytes =
+        serde_json::to_vec_pretty(&serde_json::Value::Object(map)).expect("JSON values serialize");
     bytes.push(b'\n');
     bytes
 }
@@ -58,23 +69,18 @@ const LAYER_COUNT_KEYS: &[&str] = &["num_hidden_layers", "n_layer", "num_layers"
 /// mergekit rewrites it likewise), keeping key order. Returns the original bytes when the file
 /// is not a JSON object.
 pub fn config_with_layers(original: &[u8], layers: usize) -> Vec<u8> {
-    let Ok(mut config @ serde_json::Value::Object(_)) =
-        serde_json::from_slice::<serde_json::Value>(original)
-    else {
-        return original.to_vec();
-    };
-    set_layer_count(&mut config, layers);
-    let mut bytes = serde_json::to_vec_pretty(&config).unwrap_or_else(|_| original.to_vec());
-    bytes.push(b'\n');
-    bytes
+    edit_object(original, |map| set_layers(map, layers))
 }
 
 /// Sets a parsed `config.json`'s layer count: every layer-count key present, or
 /// `num_hidden_layers` when none is. Anything but a JSON object is left alone.
 pub fn set_layer_count(config: &mut serde_json::Value, layers: usize) {
-    let Some(map) = config.as_object_mut() else {
-        return;
-    };
+    if let Some(map) = config.as_object_mut() {
+        set_layers(map, layers);
+    }
+}
+
+fn set_layers(map: &mut serde_json::Map<String, serde_json::Value>, layers: usize) {
     let mut touched = false;
     for key in LAYER_COUNT_KEYS {
         if let Some(v) = map.get_mut(*key) {

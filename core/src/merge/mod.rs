@@ -23,6 +23,16 @@ use crate::checkpoint::TensorView;
 use crate::dtype::FloatType;
 pub use params::{Kind, ParamSpec, Scope, TensorParams, Value};
 
+/// Rounding of an f32 to `ty` (to nearest even), applied where torch stores an intermediate
+/// result in that type; the identity for F32.
+pub(crate) fn rounding(ty: FloatType) -> fn(f32) -> f32 {
+    match ty {
+        FloatType::F32 => |x| x,
+        FloatType::BF16 => |x| half::bf16::from_f32(x).to_f32(),
+        FloatType::F16 => |x| half::f16::from_f32(x).to_f32(),
+    }
+}
+
 /// How a method treats `base_model`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BaseUse {

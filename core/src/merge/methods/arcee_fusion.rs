@@ -12,12 +12,12 @@
 //! On a GPU merge this runs on the CPU: per-row softmaxes and a quantile selection over the
 //! whole tensor, which no GPU kernel here does.
 
-use half::{bf16, f16};
-
 use crate::dtype::FloatType;
 use crate::merge::kernel::{zip_map, zip_rows};
 use crate::merge::rng::ElementRng;
-use crate::merge::{BaseUse, MergeMethod, MethodError, MethodInputs, MethodSpec, MissingPolicy};
+use crate::merge::{
+    BaseUse, MergeMethod, MethodError, MethodInputs, MethodSpec, MissingPolicy, rounding,
+};
 
 #[derive(Debug)]
 pub struct ArceeFusion;
@@ -36,15 +36,6 @@ const QUANTILE_SAMPLE: usize = 1_000_000;
 
 /// Added to both softmaxes before the KL divergence, as in mergekit.
 const SOFTMAX_EPS: f32 = 1e-8;
-
-/// Rounding to the compute type, applied where torch stores an intermediate in it.
-fn rounding(ty: FloatType) -> fn(f32) -> f32 {
-    match ty {
-        FloatType::F32 => |x| x,
-        FloatType::BF16 => |x| bf16::from_f32(x).to_f32(),
-        FloatType::F16 => |x| f16::from_f32(x).to_f32(),
-    }
-}
 
 /// The maximum of one row and the reciprocal of its `Σ exp(x - max)`: torch's softmax
 /// multiplies by the reciprocal. The KL divergence of two close softmaxes is a small

@@ -5,7 +5,7 @@
 use serde_json::{Map, Value};
 
 use super::VocabAlignment;
-use crate::export::ExportError;
+use crate::export::{ExportError, sidecar};
 
 /// Files describing the source vocabulary itself, which would contradict the merged one.
 const STALE: &[&str] = &[
@@ -48,7 +48,7 @@ impl VocabAlignment {
         if folder.join("added_tokens.json").is_file() {
             files.push(("added_tokens.json", self.added_tokens_json()));
         }
-        for name in COPIED.iter().copied().filter(|n| folder.join(n).is_file()) {
+        for name in sidecar::present(folder, COPIED) {
             files.push((name, read(name)?));
         }
         Ok(files)
@@ -57,11 +57,7 @@ impl VocabAlignment {
     /// Files of the source tokenizer's folder that are not written, because they describe the
     /// source's own vocabulary (the merged one is in tokenizer.json).
     pub(super) fn stale_files(&self) -> Vec<&'static str> {
-        STALE
-            .iter()
-            .copied()
-            .filter(|n| self.source_folder.join(n).is_file())
-            .collect()
+        sidecar::present(&self.source_folder, STALE)
     }
 
     /// The added tokens of the output, by id.
@@ -78,28 +74,26 @@ impl VocabAlignment {
     /// `tokenizer_config.json` with its `added_tokens_decoder` (when it has one) listing the
     /// output's added tokens; everything else kept in order.
     fn config_with_added_tokens(&self, original: &[u8]) -> Vec<u8> {
-        let Ok(Value::Object(mut map)) = serde_json::from_slice::<Value>(original) else {
-            return original.to_vec();
-        };
-        if let Some(decoder) = map.get_mut("added_tokens_decoder") {
-            let entries: Map<String, Value> = self
-                .added_sorted()
-                .into_iter()
-                .map(|(id, t)| {
-                    let entry = serde_json::json!({
-                        "content": t.content,
-                        "lstrip": t.lstrip,
-                        "normalized": t.normalized,
-                        "rstrip": t.rstrip,
-                        "single_word": t.single_word,
-                        "special": t.special,
-                    });
-                    (id.to_string(), entry)
-                })
-                .collect();
-            *decoder = Value::Object(entries);
-        }
-        pretty(&Value::Object(map))
+        sidecar::edit_object(original, |map| {
+            if let Some(decoder) = map.get_mut("added_tokens_decoder") {
+                let entries: Map<String, Value> = self
+                    .added_sorted()
+                    .into_iter()
+                    .map(|(id, t)| {
+                        let entry = serde_json::json!({
+                            "content": t.content,
+                            "lstrip": t.lstrip,
+                            "normalized": t.normalized,
+                            "rstrip": t.rstrip,
+                            "single_word": t.single_word,
+                            "special": t.special,
+                        });
+                        (id.to_string(), entry)
+                    })
+                    .collect();
+                *decoder = Value::Object(entries);
+            }
+        })
     }
 
     /// transformers' legacy `added_tokens.json`: the added tokens past the model's own vocabulary.
@@ -124,9 +118,7 @@ fn pretty(value: &Value) -> Vec<u8> {
 /// `config.json` with `vocab_size` set to the aligned row count (mergekit's
 /// `_update_config_vocab`), keeping key order. The original bytes when it is not a JSON object.
 pub fn config_with_vocab_size(original: &[u8], rows: usize) -> Vec<u8> {
-    let Ok(Value::Object(mut map)) = serde_json::from_slice::<Value>(original) else {
-        return original.to_vec();
-    };
-    map.insert("vocab_size".to_owned(), Value::from(rows));
-    pretty(&Value::Object(map))
+    sidecar::edit_object(original, |map| {
+        map.insert("vocab_size".to_owned(), Value::from(rows));
+    })
 }

@@ -274,11 +274,7 @@ impl VocabAlignment {
 
 /// `x` rounded to `ty` (to nearest even), as torch stores each intermediate result.
 fn round(ty: FloatType, x: f32) -> f32 {
-    match ty {
-        FloatType::F32 => x,
-        FloatType::F16 => half::f16::from_f32(x).to_f32(),
-        FloatType::BF16 => half::bf16::from_f32(x).to_f32(),
-    }
+    crate::merge::rounding(ty)(x)
 }
 
 fn round_all(ty: FloatType, values: &mut [f32]) {
