@@ -72,14 +72,6 @@ pub fn config_with_layers(original: &[u8], layers: usize) -> Vec<u8> {
     edit_object(original, |map| set_layers(map, layers))
 }
 
-/// Sets a parsed `config.json`'s layer count: every layer-count key present, or
-/// `num_hidden_layers` when none is. Anything but a JSON object is left alone.
-pub fn set_layer_count(config: &mut serde_json::Value, layers: usize) {
-    if let Some(map) = config.as_object_mut() {
-        set_layers(map, layers);
-    }
-}
-
 fn set_layers(map: &mut serde_json::Map<String, serde_json::Value>, layers: usize) {
     let mut touched = false;
     for key in LAYER_COUNT_KEYS {

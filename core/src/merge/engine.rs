@@ -335,15 +335,7 @@ fn copy_sidecars(plan: &MergePlan, export: &mut Export) -> Result<(), ExportErro
         for name in sidecar::present(folder, sidecar::CONFIG_FILES) {
             let bytes = read(folder.join(name))?;
             let bytes = if name == "config.json" {
-                let bytes = sidecar::config_with_dtype(&bytes, plan.output_type);
-                let bytes = match &plan.vocab {
-                    Some(vocab) => crate::merge::vocab::config_with_vocab_size(&bytes, vocab.rows),
-                    None => bytes,
-                };
-                match plan.layer_count {
-                    Some(layers) => sidecar::config_with_layers(&bytes, layers),
-                    None => bytes,
-                }
+                plan.output_config(&bytes)
             } else {
                 bytes
             };

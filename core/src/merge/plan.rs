@@ -268,18 +268,28 @@ impl MergePlan {
         })
     }
 
+    /// The `config.json` the merge's output has, from the reference model's `original`: the
+    /// output dtype, an aligned vocabulary's row count and a `slices:` merge's layer count.
+    /// The export writes it, and a merge made in memory is built as it says.
+    pub fn output_config(&self, original: &[u8]) -> Vec<u8> {
+        use crate::export::sidecar;
+        let bytes = sidecar::config_with_dtype(original, self.output_type);
+        let bytes = match &self.vocab {
+            Some(vocab) => super::vocab::config_with_vocab_size(&bytes, vocab.rows),
+            None => bytes,
+        };
+        match self.layer_count {
+            Some(layers) => sidecar::config_with_layers(&bytes, layers),
+            None => bytes,
+        }
+    }
+
     /// Every path the merge reads, so the export can refuse to write over any of them.
     pub fn input_paths(&self) -> Vec<PathBuf> {
         let mut paths: Vec<PathBuf> = self
             .family
             .members()
-            .flat_map(|(_, m)| {
-                let ckpt = &m.checkpoint;
-                ckpt.folder()
-                    .map(Path::to_path_buf)
-                    .into_iter()
-                    .chain(ckpt.shards().iter().map(|s| s.path().to_path_buf()))
-            })
+            .flat_map(|(_, m)| m.checkpoint.input_paths())
             .collect();
         paths.extend(self.tokenizer_source.iter().cloned());
         paths.sort();

@@ -265,10 +265,14 @@ pub fn files_for_plan(plan: &crate::merge::plan::MergePlan) -> Result<LmFiles, L
         })?;
     let tokenizer_folder = plan.tokenizer_source.as_deref().unwrap_or(config_folder);
     let mut files = LmFiles::in_folders(config_folder, tokenizer_folder)?;
-    // A `slices:` merge has its own depth: the model is built as the export's config.json says.
-    if let Some(layers) = plan.layer_count {
-        crate::export::sidecar::set_layer_count(&mut files.config, layers);
-    }
+    // The model is built as the export's config.json says: a `slices:` merge's own depth, an
+    // aligned vocabulary's rows.
+    let original = serde_json::to_vec(&files.config).expect("JSON values serialize");
+    files.config =
+        serde_json::from_slice(&plan.output_config(&original)).map_err(|e| LmError::BadConfig {
+            config: files.config_path.clone(),
+            reason: format!("is not JSON after the merge's changes: {e}"),
+        })?;
     runnable(files)
 }
 
