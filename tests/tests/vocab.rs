@@ -266,3 +266,31 @@ fn the_preview_aligns_as_the_merge_does() {
         assert!(report.ok, "{name}: {report:?}");
     }
 }
+
+/// A language model merged in memory (the workbench's perplexity and generation) is built with
+/// the config.json the export writes: the aligned vocabulary's rows, not the base's.
+#[test]
+fn an_in_memory_merge_has_the_aligned_vocabulary_size() {
+    use mergescope_core::eval::lm::generate::files_for_plan;
+    use mergescope_core::merge::plan::{MergePlan, PlanOptions};
+
+    let recipe = "union_task_arithmetic";
+    let options = PlanOptions {
+        cwd: part_dir("vocab"),
+        random_seed: Some(42),
+        truncate_vocab: false,
+    };
+    let plan = MergePlan::from_file(
+        &part_dir("vocab").join(format!("configs/{recipe}.yml")),
+        &options,
+    )
+    .unwrap();
+    let files = files_for_plan(&plan).unwrap();
+    let expected = config(&part_dir("vocab").join("expected").join(recipe));
+    assert_eq!(files.config["vocab_size"], expected["vocab_size"]);
+    assert_ne!(
+        expected["vocab_size"],
+        config(&part_dir("vocab").join("models/base"))["vocab_size"],
+        "the union is larger than the base's vocabulary"
+    );
+}
