@@ -171,6 +171,47 @@ impl TensorBytes {
         }
     }
 
+    /// A buffer of `len` values of type `ty` for [`encode_at`](Self::encode_at) to fill,
+    /// made from `reuse`'s allocation when it has that type. Values not yet encoded are
+    /// whatever the buffer held: every element must be encoded before the buffer is used.
+    pub fn for_encoding(ty: FloatType, len: usize, reuse: Option<Self>) -> Self {
+        fn sized<T: Copy>(mut v: Vec<T>, len: usize, zero: T) -> Vec<T> {
+            // Only growth is filled; shrinking or keeping the length writes nothing.
+            v.resize(len, zero);
+            v
+        }
+        match (ty, reuse) {
+            (FloatType::F32, Some(Self::F32(v))) => Self::F32(sized(v, len, 0.0)),
+            (FloatType::F16, Some(Self::F16(v))) => Self::F16(sized(v, len, f16::ZERO)),
+            (FloatType::BF16, Some(Self::BF16(v))) => Self::BF16(sized(v, len, bf16::ZERO)),
+            (FloatType::F32, _) => Self::F32(vec![0.0; len]),
+            (FloatType::F16, _) => Self::F16(vec![f16::ZERO; len]),
+            (FloatType::BF16, _) => Self::BF16(vec![bf16::ZERO; len]),
+        }
+    }
+
+    /// Encodes `values` into elements `start..start + values.len()`, as
+    /// [`encode_reusing`](Self::encode_reusing) encodes a whole tensor, and returns how many
+    /// of them are NaN or ±Inf.
+    ///
+    /// # Panics
+    /// On a raw buffer, or a range past its end.
+    pub fn encode_at(&mut self, start: usize, values: &[f32]) -> u64 {
+        let end = start + values.len();
+        match self {
+            Self::F32(out) => encode_slice(values, &mut out[start..end], |dst, src| {
+                dst.copy_from_slice(src);
+            }),
+            Self::F16(out) => encode_slice(values, &mut out[start..end], |dst, src| {
+                dst.convert_from_f32_slice(src);
+            }),
+            Self::BF16(out) => encode_slice(values, &mut out[start..end], |dst, src| {
+                dst.convert_from_f32_slice(src);
+            }),
+            Self::Raw(_) => panic!("raw bytes are copied, not encoded"),
+        }
+    }
+
     /// The float type of the buffer, `None` for raw bytes.
     pub fn float_type(&self) -> Option<FloatType> {
         match self {
@@ -198,10 +239,20 @@ fn convert_into<T: Copy + Send + Sync>(
     zero: T,
     convert: impl Fn(&mut [T], &[f32]) + Sync,
 ) -> u64 {
-    use rayon::prelude::*;
-    const CHUNK: usize = 1 << 16;
     out.clear();
     out.resize(values.len(), zero);
+    encode_slice(values, out, convert)
+}
+
+/// `convert` over `values` into `out` (of the same length) in parallel chunks, counting the
+/// non-finite values while each chunk is in cache.
+fn encode_slice<T: Send>(
+    values: &[f32],
+    out: &mut [T],
+    convert: impl Fn(&mut [T], &[f32]) + Sync,
+) -> u64 {
+    use rayon::prelude::*;
+    const CHUNK: usize = 1 << 16;
     out.par_chunks_mut(CHUNK)
         .zip(values.par_chunks(CHUNK))
         .map(|(dst, src)| {

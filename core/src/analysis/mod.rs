@@ -172,6 +172,7 @@ pub fn analyze_with_partials(
         };
         for (k, p) in planned.iter().enumerate() {
             job.check_cancelled()?;
+            ahead.wait_loaded(k);
             verify(p)?;
             let b = base.checkpoint.view(p.base).leading_rows(&p.shape);
             let views: Vec<TensorView<'_>> = family

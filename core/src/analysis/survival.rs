@@ -187,6 +187,7 @@ pub fn survival_sampled(
     ahead.with_helper(|| -> Result<(), AnalysisError> {
         for (k, task) in merged_tasks.iter().enumerate() {
             job.check_cancelled()?;
+            ahead.wait_loaded(k);
             let TaskAction::Merge { params, .. } = &task.action else {
                 unreachable!("filtered to merges")
             };

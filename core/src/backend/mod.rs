@@ -67,6 +67,12 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// What runs the arithmetic, for people: `cpu (2 threads)`, `gpu: NVIDIA H100 (Vulkan)`.
     fn describe(&self) -> String;
 
+    /// Whether a tensor should reach this backend whole rather than in cache-sized slabs
+    /// (a GPU pays a transfer and a dispatch per call).
+    fn prefers_whole_tensors(&self) -> bool {
+        false
+    }
+
     /// `out = Σ cᵢ·xᵢ`, summed in input order from 0, each product rounded before it is added
     /// (never fused), then divided by `divisor` if given.
     fn weighted_sum(

@@ -169,6 +169,37 @@ impl MappedFile {
         }
     }
 
+    /// Reads `range` into the page cache and maps it into this process now, blocking until
+    /// it is there: the thread that calls it waits on the disk (sleeping, not spinning), and
+    /// later reads of the range neither fault nor wait. `false` where the kernel cannot
+    /// (`MADV_POPULATE_READ` needs Linux 5.14); the caller then touches the pages instead.
+    pub(crate) fn populate(&self, start: usize, len: usize) -> bool {
+        #[cfg(target_os = "linux")]
+        {
+            // Page-aligned outwards: the neighbours' bytes on the edge pages are read anyway.
+            let page = 4096;
+            let aligned_start = start / page * page;
+            let end = (start + len).min(self.map.len());
+            if end <= aligned_start {
+                return true;
+            }
+            // A truncated file makes this fail with EFAULT rather than SIGBUS; the reader's
+            // next access then faults into the guard, which reports the change.
+            match self
+                .map
+                .advise_range(Advice::PopulateRead, aligned_start, end - aligned_start)
+            {
+                Ok(()) => true,
+                Err(e) => e.raw_os_error() != Some(libc::EINVAL),
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = (start, len);
+            false
+        }
+    }
+
     /// Drops `range` from this process's resident set once it has been consumed: the pages stay
     /// in the page cache, but merging a 70 GB family does not show up as 70 GB of RSS.
     pub(crate) fn release(&self, start: usize, len: usize) {

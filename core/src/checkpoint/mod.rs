@@ -116,10 +116,11 @@ impl TensorInfo {
 #[derive(Clone, Debug)]
 pub enum ViewBytes<'a> {
     Mapped(&'a [u8]),
-    /// The first `len` bytes of `data` (fewer than all after [`TensorView::leading_rows`]).
+    /// The bytes of `data` in `range` (fewer than all after [`TensorView::leading_rows`] or
+    /// [`TensorView::elements`]).
     Computed {
         data: Arc<[u8]>,
-        len: usize,
+        range: std::ops::Range<usize>,
     },
 }
 
@@ -129,7 +130,7 @@ impl std::ops::Deref for ViewBytes<'_> {
     fn deref(&self) -> &[u8] {
         match self {
             Self::Mapped(bytes) => bytes,
-            Self::Computed { data, len } => &data[..*len],
+            Self::Computed { data, range } => &data[range.clone()],
         }
     }
 }
@@ -141,12 +142,22 @@ impl PartialEq for ViewBytes<'_> {
 }
 
 impl ViewBytes<'_> {
-    fn prefix(self, len: usize) -> Self {
+    /// Bytes `start..start + len` of these bytes.
+    fn range(self, start: usize, len: usize) -> Self {
         match self {
-            Self::Mapped(bytes) => Self::Mapped(&bytes[..len]),
-            Self::Computed { data, len: old } => {
-                assert!(len <= old, "a prefix of {len} bytes of {old}");
-                Self::Computed { data, len }
+            Self::Mapped(bytes) => Self::Mapped(&bytes[start..start + len]),
+            Self::Computed { data, range } => {
+                assert!(
+                    start + len <= range.len(),
+                    "bytes {start}..{} of {}",
+                    start + len,
+                    range.len()
+                );
+                let first = range.start + start;
+                Self::Computed {
+                    data,
+                    range: first..first + len,
+                }
             }
         }
     }
@@ -178,7 +189,10 @@ impl<'a> TensorView<'a> {
         let len = data.len();
         Self {
             info,
-            bytes: ViewBytes::Computed { data, len },
+            bytes: ViewBytes::Computed {
+                data,
+                range: 0..len,
+            },
             shape: &info.shape,
         }
     }
@@ -190,7 +204,22 @@ impl<'a> TensorView<'a> {
         let len = shape.iter().product::<usize>() * self.info.dtype.bitsize() / 8;
         Self {
             info: self.info,
-            bytes: self.bytes.prefix(len),
+            bytes: self.bytes.range(0, len),
+            shape,
+        }
+    }
+
+    /// Elements `start..start + shape.iter().product()` of the tensor in storage order, seen
+    /// as a tensor of `shape`: one slab of a large tensor, for element-wise work.
+    pub fn elements<'s>(self, start: usize, shape: &'s [usize]) -> TensorView<'s>
+    where
+        'a: 's,
+    {
+        let size = self.info.dtype.bitsize() / 8;
+        let len = shape.iter().product::<usize>();
+        TensorView {
+            info: self.info,
+            bytes: self.bytes.range(start * size, len * size),
             shape,
         }
     }
@@ -559,9 +588,22 @@ impl Checkpoint {
             .prefetch(info.start, info.byte_len());
     }
 
-    /// Reads the tensor at `index` into memory now (one byte per page), so a later pass over
-    /// it does not wait on the disk. For a helper thread running ahead of the computation.
+    /// Reads the tensor at `index` into memory now and blocks until it is there, so a later
+    /// pass over it neither waits on the disk nor faults. For a helper thread running ahead
+    /// of the computation.
     pub fn load(&self, index: usize) {
+        // An adapter's tensor is computed when viewed (and cached): computing it here is the
+        // read-ahead. A stored tensor is mapped in one call (measured on a 6.7 GB family: 2.2 s
+        // and 0.07 CPU-s cold, against 3.2 s and 1.3 CPU-s touching a byte per page).
+        if self.adapter.is_none() {
+            let info = self.stored_info(index);
+            if self.shards[info.shard]
+                .map
+                .populate(info.start, info.byte_len())
+            {
+                return;
+            }
+        }
         let view = self.view(index);
         let bytes: &[u8] = &view.bytes;
         let mut fold = 0u8;

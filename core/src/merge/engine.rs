@@ -13,8 +13,8 @@
 use std::collections::BTreeMap;
 use std::sync::mpsc::{Receiver, channel, sync_channel};
 
-use super::MethodInputs;
 use super::plan::{MergePlan, PlanError, TaskAction, TensorTask};
+use super::{MethodError, MethodInputs};
 use crate::backend::Backend;
 use crate::checkpoint::{Checkpoint, ReadAhead};
 use crate::dtype::{FloatType, TensorBytes};
@@ -25,6 +25,11 @@ use crate::nonfinite::{NonFinite, NonFiniteLog};
 /// How far ahead of the computation the helper thread reads inputs: a few tensors, so cold
 /// reads overlap the arithmetic without holding much more than the tensor in flight.
 const READ_AHEAD_BYTES: u64 = 768 << 20;
+
+/// Elements per slab when an element-wise method merges a large tensor in pieces: 1 MiB of
+/// f32 results, which stay in cache until they are encoded into the output (merging the whole
+/// tensor first wrote every result to memory and read it back to encode it).
+const SLAB: usize = 256 * 1024;
 
 /// The mergescope version recorded in every output.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -83,22 +88,38 @@ pub fn execute(
         format!("merging ({})", plan.method.spec().name),
         export.data_bytes(),
     );
+    stream(plan, backend, job, |bytes| Ok(export.write_next(bytes)?))?;
+    job.check_cancelled()?;
+    job.progress.set_stage("finishing");
+    Ok(export.finish()?)
+}
 
+/// Computes every tensor of `plan` in the plan's order and hands each one's bytes, in its
+/// output type, to `sink`, which runs on a thread of its own so that its I/O overlaps the next
+/// tensor's reads and arithmetic. [`execute`] sinks into the export; the merge benchmark sinks
+/// into nothing, to measure the engine apart from the disk it writes to. Each tensor counts
+/// its bytes as done on `job`'s progress once sunk.
+pub fn stream(
+    plan: &MergePlan,
+    backend: &dyn Backend,
+    job: &Job,
+    mut sink: impl FnMut(&[u8]) -> Result<(), MergeError> + Send,
+) -> Result<(), MergeError> {
     let (sender, receiver) = sync_channel::<TensorBytes>(1);
     let (recycle, returned) = channel::<TensorBytes>();
     let progress = job.progress.clone();
     std::thread::scope(|scope| {
         let writer = std::thread::Builder::new()
             .name("mergescope-writer".to_owned())
-            .spawn_scoped(scope, move || -> Result<Export, ExportError> {
+            .spawn_scoped(scope, move || -> Result<(), MergeError> {
                 for data in receiver {
                     let bytes = data.as_bytes();
-                    export.write_next(bytes)?;
+                    sink(bytes)?;
                     progress.add_done(bytes.len() as u64);
                     // The compute side may already be gone (cancelled); then the buffer is freed.
                     let _ = recycle.send(data);
                 }
-                Ok(export)
+                Ok(())
             })
             .map_err(MergeError::Thread)?;
 
@@ -116,6 +137,7 @@ pub fn execute(
             let mut buffers = Buffers::new(returned);
             for (i, task) in plan.tasks.iter().enumerate() {
                 job.check_cancelled()?;
+                ahead.wait_loaded(i);
                 // Before: a file changed since planning is not read at all. After: one that
                 // changed (or shrank, faulting the map) while this tensor was computed does not
                 // get its tensor written.
@@ -135,10 +157,7 @@ pub fn execute(
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         computed?;
-        let export = written?;
-        job.check_cancelled()?;
-        job.progress.set_stage("finishing");
-        Ok(export.finish()?)
+        written
     })
 }
 
@@ -183,13 +202,40 @@ fn compute<'a>(
     let family = &plan.family;
     // Views show the task's shape: fewer leading rows when vocabularies were truncated, every
     // input's rows permuted into the output vocabulary when the recipe aligns them.
-    let inputs = plan.inputs_of(task).map_err(|message| MergeError::Method {
-        tensor: task.name.clone(),
-        method: plan.method.spec().name.to_owned(),
-        message,
-    })?;
+    let inputs = plan
+        .inputs_of(task)
+        .map_err(|message| method_error(plan, task, MethodError(message)))?;
     let (base, models) = inputs.views(&task.shape);
     match &task.action {
+        TaskAction::Merge { out, params }
+            if task.numel() > SLAB
+                && plan.method.is_elementwise()
+                && !backend.prefers_whole_tensors() =>
+        {
+            let mut bytes = TensorBytes::for_encoding(*out, task.numel(), buffers.take(*out));
+            let mut non_finite_count = 0;
+            for start in (0..task.numel()).step_by(SLAB) {
+                let shape = [SLAB.min(task.numel() - start)];
+                let inputs = MethodInputs {
+                    tensor: &task.name,
+                    seed: plan.random_seed,
+                    base: base.clone().map(|b| b.elements(start, &shape)),
+                    models: models
+                        .iter()
+                        .map(|m| m.clone().elements(start, &shape))
+                        .collect(),
+                    params,
+                };
+                let values = &mut buffers.work;
+                values.resize(shape[0], 0.0);
+                plan.method
+                    .merge_on(backend, &inputs, values)
+                    .map_err(|e| method_error(plan, task, e))?;
+                non_finite_count += bytes.encode_at(start, values);
+            }
+            note_non_finite(plan, task, non_finite_count, non_finite);
+            Ok(bytes)
+        }
         TaskAction::Merge { out, params } => {
             let values = &mut buffers.work;
             // Not cleared: methods write every element (the `MergeMethod::merge` contract), so
@@ -204,11 +250,7 @@ fn compute<'a>(
             };
             plan.method
                 .merge_on(backend, &inputs, values)
-                .map_err(|e| MergeError::Method {
-                    tensor: task.name.clone(),
-                    method: plan.method.spec().name.to_owned(),
-                    message: e.0,
-                })?;
+                .map_err(|e| method_error(plan, task, e))?;
             let reuse = buffers.take(*out);
             let (bytes, count) = TensorBytes::encode_reusing(&buffers.work, *out, reuse);
             note_non_finite(plan, task, count, non_finite);
@@ -252,6 +294,14 @@ fn compute<'a>(
             }
             Ok(TensorBytes::Raw(first.bytes.to_vec()))
         }
+    }
+}
+
+fn method_error(plan: &MergePlan, task: &TensorTask, error: MethodError) -> MergeError {
+    MergeError::Method {
+        tensor: task.name.clone(),
+        method: plan.method.spec().name.to_owned(),
+        message: error.0,
     }
 }
 

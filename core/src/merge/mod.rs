@@ -103,6 +103,14 @@ pub trait MergeMethod: Sync + std::fmt::Debug {
         compute
     }
 
+    /// Whether every output element depends only on the same element of each input (and the
+    /// tensor's parameters): then the engine may merge a large tensor slab by slab, each slab
+    /// computed in cache and encoded straight into the output. Not for methods that rank
+    /// elements, draw random numbers by position, or read rows or norms.
+    fn is_elementwise(&self) -> bool {
+        false
+    }
+
     /// Plan-time check of one tensor's parameters (before anything is written).
     fn check(&self, _params: &TensorParams) -> Result<(), String> {
         Ok(())

@@ -252,6 +252,10 @@ fn stream_inputs<'a>(views: &[TensorView<'a>]) -> Vec<Input<'a>> {
 }
 
 impl Backend for Gpu {
+    fn prefers_whole_tensors(&self) -> bool {
+        true
+    }
+
     fn describe(&self) -> String {
         format!(
             "gpu: {} ({:?}{}), {} of device buffers",

@@ -35,6 +35,10 @@ impl MergeMethod for Linear {
         &SPEC
     }
 
+    fn is_elementwise(&self) -> bool {
+        true
+    }
+
     fn check(&self, params: &TensorParams) -> Result<(), String> {
         let sum: f32 = Self::weights(params).iter().sum();
         if params.shared_bool("normalize") && sum == 0.0 {
