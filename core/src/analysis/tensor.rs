@@ -28,8 +28,9 @@ thread_local! {
     static KEYS: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// The top-k magnitude mask of `|model − base|` with `k = max(1, int(density · n))`.
-fn magnitude_mask(base: TensorView<'_>, model: TensorView<'_>, density: f64) -> BitMask {
+/// The top-k magnitude masks of `|model − base|` with `k = max(1, int(density · n))`, one
+/// per density: the keys are computed once for all of them.
+fn magnitude_masks(base: TensorView<'_>, model: TensorView<'_>, densities: &[f64]) -> Vec<BitMask> {
     let n = base.numel();
     KEYS.with_borrow_mut(|keys| {
         keys.resize(n, 0);
@@ -46,8 +47,13 @@ fn magnitude_mask(base: TensorView<'_>, model: TensorView<'_>, density: f64) -> 
             HighBits::add,
             HighBits::merge,
         );
-        let k = ((density * n as f64) as usize).clamp(1, n.max(1));
-        top_k_mask_with(keys, k, &high)
+        densities
+            .iter()
+            .map(|density| {
+                let k = ((density * n as f64) as usize).clamp(1, n.max(1));
+                top_k_mask_with(keys, k, &high)
+            })
+            .collect()
     })
 }
 
@@ -100,16 +106,21 @@ pub fn tensor_sums(
     if n == 0 {
         return sums;
     }
-    let jaccard: Vec<BitMask> = models
+    let trim = settings.ties_density < 1.0;
+    let densities = [settings.density, settings.ties_density];
+    let densities = if trim {
+        &densities[..]
+    } else {
+        &densities[..1]
+    };
+    let (jaccard, trimmed): (Vec<BitMask>, Vec<Option<BitMask>>) = models
         .iter()
-        .map(|x| magnitude_mask(base.clone(), x.clone(), settings.density))
-        .collect();
-    let trimmed: Option<Vec<BitMask>> = (settings.ties_density < 1.0).then(|| {
-        models
-            .iter()
-            .map(|x| magnitude_mask(base.clone(), x.clone(), settings.ties_density))
-            .collect()
-    });
+        .map(|x| {
+            let mut masks = magnitude_masks(base.clone(), x.clone(), densities).into_iter();
+            (masks.next().expect("one per density"), masks.next())
+        })
+        .unzip();
+    let trimmed: Option<Vec<BitMask>> = trim.then(|| trimmed.into_iter().flatten().collect());
     let weights: Vec<f32> = (0..m)
         .map(|i| settings.weights.get(i).copied().unwrap_or(1.0) as f32)
         .collect();
