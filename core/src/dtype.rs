@@ -91,11 +91,7 @@ pub fn decode_into(ty: FloatType, bytes: &[u8], out: &mut [f32]) {
             // bf16 is the top half of an f32: widening is a shift, which vectorises (half's
             // conversion also quiets NaNs, a branch that keeps it scalar; a NaN stays a NaN
             // here too, only its signalling bit is kept as stored).
-            Ok(values) => {
-                for (o, &v) in out.iter_mut().zip(values) {
-                    *o = f32::from_bits(u32::from(v) << 16);
-                }
-            }
+            Ok(values) => widen_bf16(values, out),
             Err(_) => {
                 for (o, chunk) in out.iter_mut().zip(bytes.chunks_exact(2)) {
                     *o = bf16::from_bits(bytemuck::pod_read_unaligned(chunk)).to_f32();
@@ -163,9 +159,7 @@ impl TensorBytes {
                     Some(Self::BF16(v)) => v,
                     _ => Vec::new(),
                 };
-                let non_finite = convert_into(values, &mut out, bf16::ZERO, |dst, src| {
-                    dst.convert_from_f32_slice(src);
-                });
+                let non_finite = convert_into(values, &mut out, bf16::ZERO, narrow_bf16);
                 (Self::BF16(out), non_finite)
             }
         }
@@ -200,15 +194,51 @@ fn convert_into<T: Copy + Send + Sync>(
 ) -> u64 {
     use rayon::prelude::*;
     const CHUNK: usize = 1 << 16;
-    out.clear();
+    // Every element is overwritten, so a reused buffer is only truncated or grown: clearing it
+    // first would zero the whole of it again for every tensor.
     out.resize(values.len(), zero);
     out.par_chunks_mut(CHUNK)
         .zip(values.par_chunks(CHUNK))
         .map(|(dst, src)| {
             convert(dst, src);
-            src.iter().filter(|v| !v.is_finite()).count() as u64
+            count_non_finite(src)
         })
         .sum()
+}
+
+/// Widens bf16 bit patterns to f32 (the bits shifted into the top half).
+#[multiversion::multiversion(targets = "simd")]
+fn widen_bf16(src: &[u16], out: &mut [f32]) {
+    for (o, &v) in out.iter_mut().zip(src) {
+        *o = f32::from_bits(u32::from(v) << 16);
+    }
+}
+
+/// Rounds `src` into `dst` as `bf16::from_f32` does, but in lanes: half's slice conversion
+/// has no SIMD path for bf16 and its per-element branches keep it scalar.
+#[multiversion::multiversion(targets = "simd")]
+fn narrow_bf16(dst: &mut [bf16], src: &[f32]) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = bf16::from_bits(bf16_bits(s));
+    }
+}
+
+/// `bf16::from_f32(x).to_bits()` without branches: round to nearest, ties to even, by adding
+/// 0x7fff plus the lowest kept bit below the cut; a NaN keeps its top mantissa bits and is
+/// quieted. Only a NaN's sum can wrap, and that one is discarded.
+#[inline]
+fn bf16_bits(x: f32) -> u16 {
+    let bits = x.to_bits();
+    let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16;
+    let quiet_nan = (bits >> 16) | 0x0040;
+    let is_nan = (bits & 0x7fff_ffff) > 0x7f80_0000;
+    (if is_nan { quiet_nan } else { rounded }) as u16
+}
+
+/// How many of `values` are NaN or ±Inf.
+#[multiversion::multiversion(targets = "simd")]
+fn count_non_finite(values: &[f32]) -> u64 {
+    values.iter().map(|v| u64::from(!v.is_finite())).sum()
 }
 
 #[cfg(test)]
@@ -247,5 +277,93 @@ mod tests {
             panic!("wrong variant")
         };
         assert_eq!(v[0].to_f32(), 1.0);
+    }
+
+    /// Bit patterns on every edge of the rounding: ties either way, the carry into the
+    /// exponent and into infinity, zeros, denormals, infinities and NaNs of both signs.
+    fn bf16_edges() -> Vec<u32> {
+        let mut bits = Vec::new();
+        for sign in [0, 0x8000_0000] {
+            for base in [
+                0,
+                0x0001_0000,
+                0x007f_0000,
+                0x3f80_0000,
+                0x3f81_0000,
+                0x7f7f_0000,
+            ] {
+                for low in [0, 1, 0x7fff, 0x8000, 0x8001, 0xffff] {
+                    bits.push(sign | base | low);
+                }
+            }
+            for special in [
+                0x7f80_0000,
+                0x7f80_0001,
+                0x7f80_8000,
+                0x7fc0_0000,
+                0x7fff_ffff,
+            ] {
+                bits.push(sign | special);
+            }
+        }
+        bits
+    }
+
+    #[test]
+    fn bf16_encoding_matches_half_bit_for_bit() {
+        // A xorshift stream: reproducible bit patterns over the whole u32 range.
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let random = std::iter::repeat_with(|| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u32
+        });
+        // An odd length, so the kernels' tails run too.
+        let bits: Vec<u32> = bf16_edges()
+            .into_iter()
+            .chain(random.take(100_003))
+            .collect();
+        let values: Vec<f32> = bits.iter().map(|&b| f32::from_bits(b)).collect();
+        let mut ours = vec![bf16::ZERO; values.len()];
+        narrow_bf16(&mut ours, &values);
+        for (&v, o) in values.iter().zip(&ours) {
+            assert_eq!(
+                o.to_bits(),
+                bf16::from_f32(v).to_bits(),
+                "{:#010x}",
+                v.to_bits()
+            );
+        }
+    }
+
+    #[test]
+    fn encoding_a_reused_buffer_overwrites_it() {
+        let values: Vec<f32> = (0..70_001).map(|i| i as f32 * 0.25 - 9.0).collect();
+        let (first, _) = TensorBytes::encode_reusing(&values, FloatType::BF16, None);
+        let shorter = &values[..65_537];
+        let (reused, _) = TensorBytes::encode_reusing(shorter, FloatType::BF16, Some(first));
+        let fresh = TensorBytes::encode(shorter.to_vec(), FloatType::BF16);
+        assert_eq!(reused, fresh);
+    }
+
+    #[test]
+    fn non_finite_values_are_counted() {
+        let mut values = vec![1.0f32; 1001];
+        values[3] = f32::NAN;
+        values[500] = f32::INFINITY;
+        values[1000] = f32::NEG_INFINITY;
+        let (_, count) = TensorBytes::encode_reusing(&values, FloatType::F16, None);
+        assert_eq!(count, 3);
+    }
+
+    #[test]
+    fn bf16_decoding_is_a_shift() {
+        let bits: Vec<u16> = (0..=u16::MAX).collect();
+        let mut out = vec![0f32; bits.len()];
+        decode_into(FloatType::BF16, bytemuck::cast_slice(&bits), &mut out);
+        for (&b, &o) in bits.iter().zip(&out) {
+            assert_eq!(o.to_bits(), u32::from(b) << 16);
+        }
     }
 }
