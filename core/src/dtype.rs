@@ -91,11 +91,7 @@ pub fn decode_into(ty: FloatType, bytes: &[u8], out: &mut [f32]) {
             // bf16 is the top half of an f32: widening is a shift, which vectorises (half's
             // conversion also quiets NaNs, a branch that keeps it scalar; a NaN stays a NaN
             // here too, only its signalling bit is kept as stored).
-            Ok(values) => {
-                for (o, &v) in out.iter_mut().zip(values) {
-                    *o = f32::from_bits(u32::from(v) << 16);
-                }
-            }
+            Ok(values) => widen_bf16(values, out),
             Err(_) => {
                 for (o, chunk) in out.iter_mut().zip(bytes.chunks_exact(2)) {
                     *o = bf16::from_bits(bytemuck::pod_read_unaligned(chunk)).to_f32();
@@ -137,38 +133,9 @@ impl TensorBytes {
     /// returns how many values are NaN or ±Inf, counted while each chunk is in cache (a
     /// separate pass over a merged tensor would cost a read of it from memory).
     pub fn encode_reusing(values: &[f32], ty: FloatType, reuse: Option<Self>) -> (Self, u64) {
-        match (ty, reuse) {
-            (FloatType::F32, reuse) => {
-                let mut out = match reuse {
-                    Some(Self::F32(v)) => v,
-                    _ => Vec::new(),
-                };
-                let non_finite = convert_into(values, &mut out, 0.0, |dst, src| {
-                    dst.copy_from_slice(src);
-                });
-                (Self::F32(out), non_finite)
-            }
-            (FloatType::F16, reuse) => {
-                let mut out = match reuse {
-                    Some(Self::F16(v)) => v,
-                    _ => Vec::new(),
-                };
-                let non_finite = convert_into(values, &mut out, f16::ZERO, |dst, src| {
-                    dst.convert_from_f32_slice(src);
-                });
-                (Self::F16(out), non_finite)
-            }
-            (FloatType::BF16, reuse) => {
-                let mut out = match reuse {
-                    Some(Self::BF16(v)) => v,
-                    _ => Vec::new(),
-                };
-                let non_finite = convert_into(values, &mut out, bf16::ZERO, |dst, src| {
-                    dst.convert_from_f32_slice(src);
-                });
-                (Self::BF16(out), non_finite)
-            }
-        }
+        let mut out = Self::for_encoding(ty, values.len(), reuse);
+        let non_finite = out.encode_at(0, values);
+        (out, non_finite)
     }
 
     /// A buffer of `len` values of type `ty` for [`encode_at`](Self::encode_at) to fill,
@@ -176,7 +143,8 @@ impl TensorBytes {
     /// whatever the buffer held: every element must be encoded before the buffer is used.
     pub fn for_encoding(ty: FloatType, len: usize, reuse: Option<Self>) -> Self {
         fn sized<T: Copy>(mut v: Vec<T>, len: usize, zero: T) -> Vec<T> {
-            // Only growth is filled; shrinking or keeping the length writes nothing.
+            // Only growth is filled: clearing first would zero the whole buffer again for
+            // every tensor, and every element is overwritten anyway.
             v.resize(len, zero);
             v
         }
@@ -205,9 +173,7 @@ impl TensorBytes {
             Self::F16(out) => encode_slice(values, &mut out[start..end], |dst, src| {
                 dst.convert_from_f32_slice(src);
             }),
-            Self::BF16(out) => encode_slice(values, &mut out[start..end], |dst, src| {
-                dst.convert_from_f32_slice(src);
-            }),
+            Self::BF16(out) => encode_slice(values, &mut out[start..end], narrow_bf16),
             Self::Raw(_) => panic!("raw bytes are copied, not encoded"),
         }
     }
@@ -232,20 +198,9 @@ impl TensorBytes {
     }
 }
 
-/// Converts in parallel chunks: for large tensors the rounding is a measurable share of a merge.
-fn convert_into<T: Copy + Send + Sync>(
-    values: &[f32],
-    out: &mut Vec<T>,
-    zero: T,
-    convert: impl Fn(&mut [T], &[f32]) + Sync,
-) -> u64 {
-    out.clear();
-    out.resize(values.len(), zero);
-    encode_slice(values, out, convert)
-}
-
 /// `convert` over `values` into `out` (of the same length) in parallel chunks, counting the
-/// non-finite values while each chunk is in cache.
+/// non-finite values while each chunk is in cache: for large tensors the rounding is a
+/// measurable share of a merge.
 fn encode_slice<T: Send>(
     values: &[f32],
     out: &mut [T],
@@ -257,9 +212,44 @@ fn encode_slice<T: Send>(
         .zip(values.par_chunks(CHUNK))
         .map(|(dst, src)| {
             convert(dst, src);
-            src.iter().filter(|v| !v.is_finite()).count() as u64
+            count_non_finite(src)
         })
         .sum()
+}
+
+/// Widens bf16 bit patterns to f32 (the bits shifted into the top half).
+#[multiversion::multiversion(targets = "simd")]
+fn widen_bf16(src: &[u16], out: &mut [f32]) {
+    for (o, &v) in out.iter_mut().zip(src) {
+        *o = f32::from_bits(u32::from(v) << 16);
+    }
+}
+
+/// Rounds `src` into `dst` as `bf16::from_f32` does, but in lanes: half's slice conversion
+/// has no SIMD path for bf16 and its per-element branches keep it scalar.
+#[multiversion::multiversion(targets = "simd")]
+fn narrow_bf16(dst: &mut [bf16], src: &[f32]) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = bf16::from_bits(bf16_bits(s));
+    }
+}
+
+/// `bf16::from_f32(x).to_bits()` without branches: round to nearest, ties to even, by adding
+/// 0x7fff plus the lowest kept bit below the cut; a NaN keeps its top mantissa bits and is
+/// quieted. Only a NaN's sum can wrap, and that one is discarded.
+#[inline]
+fn bf16_bits(x: f32) -> u16 {
+    let bits = x.to_bits();
+    let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16;
+    let quiet_nan = (bits >> 16) | 0x0040;
+    let is_nan = (bits & 0x7fff_ffff) > 0x7f80_0000;
+    (if is_nan { quiet_nan } else { rounded }) as u16
+}
+
+/// How many of `values` are NaN or ±Inf.
+#[multiversion::multiversion(targets = "simd")]
+fn count_non_finite(values: &[f32]) -> u64 {
+    values.iter().map(|v| u64::from(!v.is_finite())).sum()
 }
 
 #[cfg(test)]
@@ -298,5 +288,93 @@ mod tests {
             panic!("wrong variant")
         };
         assert_eq!(v[0].to_f32(), 1.0);
+    }
+
+    /// Bit patterns on every edge of the rounding: ties either way, the carry into the
+    /// exponent and into infinity, zeros, denormals, infinities and NaNs of both signs.
+    fn bf16_edges() -> Vec<u32> {
+        let mut bits = Vec::new();
+        for sign in [0, 0x8000_0000] {
+            for base in [
+                0,
+                0x0001_0000,
+                0x007f_0000,
+                0x3f80_0000,
+                0x3f81_0000,
+                0x7f7f_0000,
+            ] {
+                for low in [0, 1, 0x7fff, 0x8000, 0x8001, 0xffff] {
+                    bits.push(sign | base | low);
+                }
+            }
+            for special in [
+                0x7f80_0000,
+                0x7f80_0001,
+                0x7f80_8000,
+                0x7fc0_0000,
+                0x7fff_ffff,
+            ] {
+                bits.push(sign | special);
+            }
+        }
+        bits
+    }
+
+    #[test]
+    fn bf16_encoding_matches_half_bit_for_bit() {
+        // A xorshift stream: reproducible bit patterns over the whole u32 range.
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let random = std::iter::repeat_with(|| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u32
+        });
+        // An odd length, so the kernels' tails run too.
+        let bits: Vec<u32> = bf16_edges()
+            .into_iter()
+            .chain(random.take(100_003))
+            .collect();
+        let values: Vec<f32> = bits.iter().map(|&b| f32::from_bits(b)).collect();
+        let mut ours = vec![bf16::ZERO; values.len()];
+        narrow_bf16(&mut ours, &values);
+        for (&v, o) in values.iter().zip(&ours) {
+            assert_eq!(
+                o.to_bits(),
+                bf16::from_f32(v).to_bits(),
+                "{:#010x}",
+                v.to_bits()
+            );
+        }
+    }
+
+    #[test]
+    fn encoding_a_reused_buffer_overwrites_it() {
+        let values: Vec<f32> = (0..70_001).map(|i| i as f32 * 0.25 - 9.0).collect();
+        let (first, _) = TensorBytes::encode_reusing(&values, FloatType::BF16, None);
+        let shorter = &values[..65_537];
+        let (reused, _) = TensorBytes::encode_reusing(shorter, FloatType::BF16, Some(first));
+        let fresh = TensorBytes::encode(shorter.to_vec(), FloatType::BF16);
+        assert_eq!(reused, fresh);
+    }
+
+    #[test]
+    fn non_finite_values_are_counted() {
+        let mut values = vec![1.0f32; 1001];
+        values[3] = f32::NAN;
+        values[500] = f32::INFINITY;
+        values[1000] = f32::NEG_INFINITY;
+        let (_, count) = TensorBytes::encode_reusing(&values, FloatType::F16, None);
+        assert_eq!(count, 3);
+    }
+
+    #[test]
+    fn bf16_decoding_is_a_shift() {
+        let bits: Vec<u16> = (0..=u16::MAX).collect();
+        let mut out = vec![0f32; bits.len()];
+        decode_into(FloatType::BF16, bytemuck::cast_slice(&bits), &mut out);
+        for (&b, &o) in bits.iter().zip(&out) {
+            assert_eq!(o.to_bits(), u32::from(b) << 16);
+        }
     }
 }

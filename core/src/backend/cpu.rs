@@ -30,17 +30,7 @@ impl Backend for Cpu {
         out: &mut [f32],
     ) -> Result<(), BackendError> {
         zip_map(inputs, out, |_, xs, o| {
-            o.fill(0.0);
-            for (x, &c) in xs.iter().zip(coefficients) {
-                for (o, &x) in o.iter_mut().zip(x.iter()) {
-                    *o += x * c;
-                }
-            }
-            if let Some(d) = divisor {
-                for o in o.iter_mut() {
-                    *o /= d;
-                }
-            }
+            weighted_sum_chunk(xs, coefficients, divisor, o);
         });
         Ok(())
     }
@@ -57,130 +47,9 @@ impl Backend for Cpu {
         let mut all = Vec::with_capacity(c.models.len() + 1);
         all.push(c.base.clone());
         all.extend(c.models.iter().cloned());
-        let n_models = c.models.len();
         zip_map(&all, out, |start, xs, o| {
             let (b, models) = xs.split_first().expect("the base is the first input");
-            let len = o.len();
-            COMBINE.with_borrow_mut(|scratch| {
-                // Laid out as N rows of votes, then the per-element total, the agreeing sum
-                // and the agreeing weight (or the plain sum and the divisor): every loop below
-                // runs over contiguous f32 rows and vectorises.
-                scratch.resize((n_models + 3) * CHUNK, 0.0);
-                let (deltas, rest) = scratch.split_at_mut(n_models * CHUNK);
-                let (total, rest) = rest.split_at_mut(CHUNK);
-                let (mixed, divisor) = rest.split_at_mut(CHUNK);
-                let (total, mixed, divisor) =
-                    (&mut total[..len], &mut mixed[..len], &mut divisor[..len]);
-                if c.consensus {
-                    // Every value the election decides on goes through `agreement` (flushed,
-                    // rounded at the same points as the GPU kernel), see its module docs. The
-                    // flushed base waits in `mixed` until the agreement pass.
-                    for (fb, &b) in mixed.iter_mut().zip(b.iter()) {
-                        *fb = agreement::flush(b);
-                    }
-                    total.fill(0.0);
-                    for (i, x) in models.iter().enumerate() {
-                        let d = &mut deltas[i * CHUNK..i * CHUNK + len];
-                        let w = agreement::flush(c.weights[i]);
-                        let f = agreement::flush(c.factors[i]);
-                        match &c.masks[i] {
-                            None => {
-                                for (((d, t), &x), &b) in d
-                                    .iter_mut()
-                                    .zip(total.iter_mut())
-                                    .zip(x.iter())
-                                    .zip(&*mixed)
-                                {
-                                    *d = agreement::vote_of_flushed(x, b, 1.0, f, w);
-                                    *t = agreement::accumulate(*t, *d);
-                                }
-                            }
-                            Some(mask) => {
-                                let words = mask.words_of_chunk(start);
-                                let groups = d
-                                    .chunks_mut(64)
-                                    .zip(total.chunks_mut(64))
-                                    .zip(x.chunks(64))
-                                    .zip(mixed.chunks(64))
-                                    .zip(words);
-                                for ((((dg, tg), xg), bg), &word) in groups {
-                                    let keep = keep_factors(word);
-                                    let lanes = dg.iter_mut().zip(tg).zip(xg).zip(bg).zip(&keep);
-                                    for ((((d, t), &x), &b), &keep) in lanes {
-                                        *d = agreement::vote_of_flushed(x, b, keep, f, w);
-                                        *t = agreement::accumulate(*t, *d);
-                                    }
-                                }
-                            }
-                        }
-                    }
-                    // A total of 0 (or a denormal) elects +1; zero votes never agree.
-                    mixed.fill(0.0);
-                    divisor.fill(0.0);
-                    for i in 0..n_models {
-                        let d = &deltas[i * CHUNK..i * CHUNK + len];
-                        let w = agreement::flush(c.weights[i]);
-                        for (((m, q), &t), &d) in mixed
-                            .iter_mut()
-                            .zip(divisor.iter_mut())
-                            .zip(total.iter())
-                            .zip(d)
-                        {
-                            let agree = agreement::agrees(d, agreement::elects_negative(t));
-                            *m += if agree { d } else { 0.0 };
-                            *q = agreement::accumulate(*q, if agree { w } else { 0.0 });
-                        }
-                    }
-                    for q in divisor.iter_mut() {
-                        if *q == 0.0 {
-                            *q = 1.0;
-                        }
-                    }
-                } else {
-                    mixed.fill(0.0);
-                    for (i, x) in models.iter().enumerate() {
-                        let (w, f) = (c.weights[i], c.factors[i]);
-                        match &c.masks[i] {
-                            None => {
-                                for ((m, &x), &b) in mixed.iter_mut().zip(x.iter()).zip(b.iter()) {
-                                    *m += w * ((x - b) * f);
-                                }
-                            }
-                            Some(mask) => {
-                                // Multiplying by the mask bit as 0.0/1.0 keeps the loop
-                                // branch-free.
-                                let words = mask.words_of_chunk(start);
-                                let groups = mixed
-                                    .chunks_mut(64)
-                                    .zip(x.chunks(64))
-                                    .zip(b.chunks(64))
-                                    .zip(words);
-                                for (((mg, xg), bg), &word) in groups {
-                                    let keep = keep_factors(word);
-                                    for (((m, &x), &b), &keep) in
-                                        mg.iter_mut().zip(xg).zip(bg).zip(&keep)
-                                    {
-                                        *m += w * ((x - b) * keep * f);
-                                    }
-                                }
-                            }
-                        }
-                    }
-                    divisor.fill(c.plain_divisor);
-                }
-                for (((o, &b), &m), &q) in o
-                    .iter_mut()
-                    .zip(b.iter())
-                    .zip(mixed.iter())
-                    .zip(divisor.iter())
-                {
-                    let mut m = if c.normalize { m / q } else { m };
-                    if c.lambda != 1.0 {
-                        m *= c.lambda;
-                    }
-                    *o = b + m;
-                }
-            });
+            COMBINE.with_borrow_mut(|scratch| combine_chunk(c, start, b, models, o, scratch));
         });
         Ok(())
     }
@@ -199,6 +68,197 @@ impl Backend for Cpu {
             }
         });
         Ok(())
+    }
+}
+
+/// One chunk of [`Cpu::weighted_sum`]: `o = Σ cᵢ·xᵢ` from 0, then divided by `divisor`.
+#[multiversion::multiversion(targets = "simd")]
+fn weighted_sum_chunk(xs: &[&[f32]], coefficients: &[f32], divisor: Option<f32>, o: &mut [f32]) {
+    let mut terms = xs.iter().zip(coefficients);
+    // The first term is added to 0.0 in the same pass that writes `o`, rather than after a
+    // pass that zeroes it (`0.0 + x·c` is kept: it turns a −0.0 product into +0.0).
+    match terms.next() {
+        Some((x, &c)) => {
+            for (o, &x) in o.iter_mut().zip(x.iter()) {
+                *o = 0.0 + x * c;
+            }
+        }
+        None => o.fill(0.0),
+    }
+    for (x, &c) in terms {
+        for (o, &x) in o.iter_mut().zip(x.iter()) {
+            *o += x * c;
+        }
+    }
+    if let Some(d) = divisor {
+        for o in o.iter_mut() {
+            *o /= d;
+        }
+    }
+}
+
+/// The per-element rows of one chunk of the combine pass (each `len` long): every loop runs
+/// over contiguous f32 rows and vectorises.
+struct Rows<'s> {
+    /// One row of votes (or task vectors) per model, `CHUNK` apart.
+    deltas: &'s mut [f32],
+    /// The sum of votes the sign is elected on.
+    total: &'s mut [f32],
+    /// The agreeing sum, or the plain weighted sum.
+    mixed: &'s mut [f32],
+    /// The agreeing weight, or the plain divisor.
+    divisor: &'s mut [f32],
+}
+
+impl<'s> Rows<'s> {
+    /// Carves the rows out of `scratch` (grown once per thread, reused by every chunk).
+    fn new(scratch: &'s mut Vec<f32>, n_models: usize, len: usize) -> Self {
+        scratch.resize((n_models + 3) * CHUNK, 0.0);
+        let (deltas, rest) = scratch.split_at_mut(n_models * CHUNK);
+        let (total, rest) = rest.split_at_mut(CHUNK);
+        let (mixed, divisor) = rest.split_at_mut(CHUNK);
+        Self {
+            deltas,
+            total: &mut total[..len],
+            mixed: &mut mixed[..len],
+            divisor: &mut divisor[..len],
+        }
+    }
+}
+
+/// One chunk of [`Cpu::combine`], elements `start..start + o.len()`.
+fn combine_chunk(
+    c: &Combine<'_>,
+    start: usize,
+    b: &[f32],
+    models: &[&[f32]],
+    o: &mut [f32],
+    scratch: &mut Vec<f32>,
+) {
+    let len = o.len();
+    let rows = Rows::new(scratch, models.len(), len);
+    if c.consensus {
+        // Every value the election decides on goes through `agreement` (flushed, rounded at
+        // the same points as the GPU kernel), see its module docs. The flushed base waits in
+        // `mixed` until the agreement pass.
+        flush_into(rows.mixed, b);
+        rows.total.fill(0.0);
+        for (i, &x) in models.iter().enumerate() {
+            let w = agreement::flush(c.weights[i]);
+            let f = agreement::flush(c.factors[i]);
+            let words = c.masks[i].as_ref().map(|mask| mask.words_of_chunk(start));
+            let d = &mut rows.deltas[i * CHUNK..i * CHUNK + len];
+            vote_rows(d, rows.total, x, rows.mixed, words, f, w);
+        }
+        // A total of 0 (or a denormal) elects +1; zero votes never agree.
+        rows.mixed.fill(0.0);
+        rows.divisor.fill(0.0);
+        for i in 0..models.len() {
+            let w = agreement::flush(c.weights[i]);
+            let d = &rows.deltas[i * CHUNK..i * CHUNK + len];
+            add_agreeing(rows.mixed, rows.divisor, rows.total, d, w);
+        }
+        for q in rows.divisor.iter_mut() {
+            if *q == 0.0 {
+                *q = 1.0;
+            }
+        }
+    } else {
+        rows.mixed.fill(0.0);
+        for (i, &x) in models.iter().enumerate() {
+            let words = c.masks[i].as_ref().map(|mask| mask.words_of_chunk(start));
+            add_task_vector(rows.mixed, x, b, words, c.factors[i], c.weights[i]);
+        }
+        rows.divisor.fill(c.plain_divisor);
+    }
+    finish(o, b, rows.mixed, rows.divisor, c.normalize, c.lambda);
+}
+
+/// `out = flush(b)` element by element.
+#[multiversion::multiversion(targets = "simd")]
+fn flush_into(out: &mut [f32], b: &[f32]) {
+    for (o, &b) in out.iter_mut().zip(b) {
+        *o = agreement::flush(b);
+    }
+}
+
+/// One model's votes `d` (against the flushed base `fb`), added to the running `total`.
+/// `words` is the chunk's keep-mask, if the model has one; `f` and `w` are flushed.
+#[multiversion::multiversion(targets = "simd")]
+fn vote_rows(
+    d: &mut [f32],
+    total: &mut [f32],
+    x: &[f32],
+    fb: &[f32],
+    words: Option<&[u64]>,
+    f: f32,
+    w: f32,
+) {
+    let Some(words) = words else {
+        for (((d, t), &x), &b) in d.iter_mut().zip(total.iter_mut()).zip(x).zip(fb) {
+            *d = agreement::vote_of_flushed(x, b, 1.0, f, w);
+            *t = agreement::accumulate(*t, *d);
+        }
+        return;
+    };
+    let groups = d
+        .chunks_mut(64)
+        .zip(total.chunks_mut(64))
+        .zip(x.chunks(64))
+        .zip(fb.chunks(64))
+        .zip(words);
+    for ((((dg, tg), xg), bg), &word) in groups {
+        let keep = keep_factors(word);
+        for ((((d, t), &x), &b), &keep) in dg.iter_mut().zip(tg).zip(xg).zip(bg).zip(&keep) {
+            *d = agreement::vote_of_flushed(x, b, keep, f, w);
+            *t = agreement::accumulate(*t, *d);
+        }
+    }
+}
+
+/// Adds the votes `d` that agree with the sign `total` elects to `mixed`, and their (flushed)
+/// weight `w` to `divisor`.
+#[multiversion::multiversion(targets = "simd")]
+fn add_agreeing(mixed: &mut [f32], divisor: &mut [f32], total: &[f32], d: &[f32], w: f32) {
+    for (((m, q), &t), &d) in mixed.iter_mut().zip(divisor.iter_mut()).zip(total).zip(d) {
+        let agree = agreement::agrees(d, agreement::elects_negative(t));
+        *m += if agree { d } else { 0.0 };
+        *q = agreement::accumulate(*q, if agree { w } else { 0.0 });
+    }
+}
+
+/// Adds one model's weighted task vector `w·((x − b)·keep·f)` to `mixed` (no election).
+#[multiversion::multiversion(targets = "simd")]
+fn add_task_vector(mixed: &mut [f32], x: &[f32], b: &[f32], words: Option<&[u64]>, f: f32, w: f32) {
+    let Some(words) = words else {
+        for ((m, &x), &b) in mixed.iter_mut().zip(x).zip(b) {
+            *m += w * ((x - b) * f);
+        }
+        return;
+    };
+    // Multiplying by the mask bit as 0.0/1.0 keeps the loop branch-free.
+    let groups = mixed
+        .chunks_mut(64)
+        .zip(x.chunks(64))
+        .zip(b.chunks(64))
+        .zip(words);
+    for (((mg, xg), bg), &word) in groups {
+        let keep = keep_factors(word);
+        for (((m, &x), &b), &keep) in mg.iter_mut().zip(xg).zip(bg).zip(&keep) {
+            *m += w * ((x - b) * keep * f);
+        }
+    }
+}
+
+/// `o = b + λ·(mixed / divisor)` (without the division unless normalizing).
+#[multiversion::multiversion(targets = "simd")]
+fn finish(o: &mut [f32], b: &[f32], mixed: &[f32], divisor: &[f32], normalize: bool, lambda: f32) {
+    for (((o, &b), &m), &q) in o.iter_mut().zip(b).zip(mixed).zip(divisor) {
+        let mut m = if normalize { m / q } else { m };
+        if lambda != 1.0 {
+            m *= lambda;
+        }
+        *o = b + m;
     }
 }
 
@@ -297,7 +357,136 @@ fn gram(inputs: &[TensorView<'_>], center: Option<TensorView<'_>>) -> Vec<f64> {
 
 #[cfg(test)]
 mod tests {
-    use super::keep_factors;
+    use super::*;
+    use crate::merge::methods::test_util::{f32_bytes, info, view};
+    use crate::merge::select::BitMask;
+
+    /// A reproducible xorshift stream.
+    fn stream(seed: u64) -> impl Iterator<Item = u64> {
+        let mut state = seed;
+        std::iter::repeat_with(move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        })
+    }
+
+    /// Values in [−1, 1) with some zeros, denormals and exact ties against the base sprinkled in.
+    fn values(seed: u64, n: usize) -> Vec<f32> {
+        stream(seed)
+            .take(n)
+            .map(|r| match r % 16 {
+                0 => 0.0,
+                1 => f32::from_bits((r >> 40) as u32 & 0x007f_ffff),
+                2 => 0.5,
+                _ => (r >> 40) as f32 / (1u64 << 23) as f32 - 1.0,
+            })
+            .collect()
+    }
+
+    /// Element `e` of [`Cpu::combine`] computed on its own, as the `Backend` docs define it.
+    fn combine_reference(c: &Combine<'_>, x: &[Vec<f32>], b: f32, e: usize) -> f32 {
+        let keep = |i: usize| {
+            c.masks[i]
+                .as_ref()
+                .map_or(1.0, |mask| if mask.get(e) { 1.0 } else { 0.0 })
+        };
+        let (m, q) = if c.consensus {
+            let votes: Vec<f32> = (0..x.len())
+                .map(|i| agreement::vote(x[i][e], b, keep(i), c.factors[i], c.weights[i]))
+                .collect();
+            let total = votes.iter().fold(0.0, |t, &d| agreement::accumulate(t, d));
+            let negative = agreement::elects_negative(total);
+            let (mut m, mut q) = (0.0, 0.0);
+            for (&d, &w) in votes.iter().zip(c.weights) {
+                let agree = agreement::agrees(d, negative);
+                m += if agree { d } else { 0.0 };
+                q = agreement::accumulate(q, if agree { agreement::flush(w) } else { 0.0 });
+            }
+            (m, if q == 0.0 { 1.0 } else { q })
+        } else {
+            let m = (0..x.len()).fold(0.0, |m, i| {
+                m + c.weights[i] * ((x[i][e] - b) * keep(i) * c.factors[i])
+            });
+            (m, c.plain_divisor)
+        };
+        let mut m = if c.normalize { m / q } else { m };
+        if c.lambda != 1.0 {
+            m *= c.lambda;
+        }
+        b + m
+    }
+
+    #[test]
+    fn combine_matches_the_per_element_definition() {
+        // Two whole chunks and an odd tail, three models, one without a mask.
+        let n = 2 * CHUNK + 77;
+        let base = values(1, n);
+        let x: Vec<Vec<f32>> = (2..5).map(|seed| values(seed, n)).collect();
+        let masks: Vec<Option<BitMask>> = [None, Some(6), Some(7)]
+            .into_iter()
+            .map(|seed| {
+                seed.map(|s| BitMask::from_words(stream(s).take(n.div_ceil(64)).collect(), n))
+            })
+            .collect();
+        let infos: Vec<_> = (0..4).map(|i| info(&format!("t{i}"), n)).collect();
+        let bytes: Vec<Vec<u8>> = std::iter::once(&base)
+            .chain(&x)
+            .map(|v| f32_bytes(v))
+            .collect();
+        let views: Vec<_> = infos.iter().zip(&bytes).map(|(i, b)| view(i, b)).collect();
+        for (consensus, normalize, lambda) in
+            [(true, true, 1.0), (true, false, 0.7), (false, true, 1.3)]
+        {
+            let c = Combine {
+                base: views[0].clone(),
+                models: &views[1..],
+                weights: &[0.5, 0.3, 1e-39],
+                factors: &[1.0, 2.5, 0.4],
+                masks: &masks,
+                consensus,
+                normalize,
+                lambda,
+                plain_divisor: 0.8,
+            };
+            let mut out = vec![0f32; n];
+            Cpu.combine(&c, &mut out)
+                .expect("the CPU backend does not fail");
+            for (e, &o) in out.iter().enumerate() {
+                let expected = combine_reference(&c, &x, base[e], e);
+                assert_eq!(
+                    o.to_bits(),
+                    expected.to_bits(),
+                    "element {e}, consensus {consensus}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn weighted_sum_adds_in_order_from_zero() {
+        let n = CHUNK + 5;
+        let x: Vec<Vec<f32>> = (1..4).map(|seed| values(seed, n)).collect();
+        let infos: Vec<_> = (0..3).map(|i| info(&format!("t{i}"), n)).collect();
+        let bytes: Vec<Vec<u8>> = x.iter().map(|v| f32_bytes(v)).collect();
+        let views: Vec<_> = infos.iter().zip(&bytes).map(|(i, b)| view(i, b)).collect();
+        // A −0.0 product must come out as +0.0, as it does added to a zeroed output.
+        let coefficients = [-0.0, 0.3, 0.2];
+        for divisor in [None, Some(0.7)] {
+            let mut out = vec![f32::NAN; n];
+            Cpu.weighted_sum(&views, &coefficients, divisor, &mut out)
+                .expect("the CPU backend does not fail");
+            for (e, &o) in out.iter().enumerate() {
+                let sum = x
+                    .iter()
+                    .zip(coefficients)
+                    .fold(0.0, |s, (x, c)| s + x[e] * c);
+                let expected = divisor.map_or(sum, |d| sum / d);
+                assert_eq!(o.to_bits(), expected.to_bits(), "element {e}");
+            }
+        }
+    }
 
     #[test]
     fn keep_factors_are_the_mask_bits() {
