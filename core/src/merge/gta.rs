@@ -1,12 +1,15 @@
 //! Generalized task arithmetic (ALGORITHMS.md §2.1–2.3): the shared core of task_arithmetic,
 //! ties, dare_linear, dare_ties, breadcrumbs, breadcrumbs_ties, della and della_linear.
 //!
-//! A tensor is merged in two phases. First, for each model in turn, its task vector's keep-mask
-//! (one bit per element) and L1 rescale factor are computed from the magnitudes `|θᵢ − θ_b|`
-//! held as order keys in one reused buffer. Then one streaming pass decodes base and models
-//! chunk by chunk and combines the masked, weighted deltas (with sign election where the
-//! method has it). Memory per tensor: one `u32` per element for keys, one bit per element per
-//! model, and the output; never a decoded copy of any input.
+//! A tensor is merged in two phases. First, every model's task vector gets its keep-mask (one
+//! bit per element) and L1 rescale factor from the magnitudes `|θᵢ − θ_b|`: DARE draws all masks
+//! in one pass; TIES and Breadcrumbs select from all models at once in a few streaming passes
+//! that never store the magnitudes ([`ranked`]); DELLA, which sorts each row, and tensors too
+//! small for histograms hold one model's magnitudes at a time as order keys in a reused buffer.
+//! Then one streaming pass decodes base and models chunk by chunk and combines the masked,
+//! weighted deltas (with sign election where the method has it). Memory per tensor: one bit per
+//! element per model (and a few while selecting), `u32`s for DELLA's keys and ranks, and the
+//! output; never a decoded copy of any input.
 
 use std::cell::RefCell;
 
@@ -15,12 +18,17 @@ use rayon::prelude::*;
 use crate::backend::{Backend, Combine};
 use crate::checkpoint::TensorView;
 
-use super::kernel::{CHUNK, sum_in_order, with_decoded, zip_fill_fold};
+use super::kernel::{CHUNK, sum_in_order, with_decoded, zip_chunks, zip_fill, zip_fill_fold};
+use super::ranked::{self, Keep};
 use super::rng::{ElementRng, bernoulli_threshold};
 use super::select::{
     BYTE_FACTORS, BitMask, HighBits, magnitude_key, rank_band_mask_with, set_bit, top_k_mask_with,
 };
 use super::{Kind, MethodError, MethodInputs, ParamSpec, TensorParams, Value};
+
+/// Tensors up to this many elements (norms, biases) select per model from stored keys, where
+/// sorting beats histograms; larger ones use the fused passes of [`ranked`].
+const SMALL: usize = 1 << 16;
 
 /// How a task vector is sparsified before it is combined.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -147,6 +155,9 @@ impl Gta {
                 .map(|(mask, factor)| (mask, if rescale { factor } else { 1.0 }))
                 .unzip()
             }
+            Sparsifier::Magnitude | Sparsifier::MagnitudeOutliers if base.numel() > SMALL => {
+                self.fused_masks(inputs, rescale)
+            }
             Sparsifier::Magnitude | Sparsifier::MagnitudeOutliers | Sparsifier::DellaMagprune => {
                 (0..m).map(|i| self.ranked_mask(inputs, i, rescale)).unzip()
             }
@@ -173,9 +184,10 @@ impl Gta {
         Ok(())
     }
 
-    /// The keep-mask and rescale factor of model `i` for the sparsifiers that rank magnitudes:
-    /// `|θᵢ − θ_b|` becomes order keys (with their high-bit histogram, in the same pass), then
-    /// the mask is selected from them. `None` when the density keeps everything.
+    /// The keep-mask and rescale factor of model `i` from its stored magnitude keys (DELLA, and
+    /// small tensors under the other rank sparsifiers): `|θᵢ − θ_b|` becomes order keys (with
+    /// their high-bit histogram in the same pass where a radix select follows), then the mask
+    /// is selected from them. `None` when the density keeps everything.
     fn ranked_mask(
         self,
         inputs: &MethodInputs<'_>,
@@ -191,19 +203,28 @@ impl Gta {
         KEYS.with_borrow_mut(|(keys, ranks)| {
             keys.resize(n, 0);
             let pair = [base, inputs.models[i].clone()];
+            let fill = |_: usize, xs: &[&[f32]], k: &mut [u32]| {
+                for ((k, &b), &x) in k.iter_mut().zip(xs[0]).zip(xs[1]) {
+                    *k = magnitude_key(x - b);
+                }
+            };
+            if self.sparsifier == Sparsifier::DellaMagprune {
+                zip_fill(&pair, keys, fill);
+                return self.della_mask(inputs, i, density, keys, ranks, rescale);
+            }
             let high = zip_fill_fold(
                 &pair,
                 keys,
                 HighBits::new,
-                |_, xs, k| {
-                    for ((k, &b), &x) in k.iter_mut().zip(xs[0]).zip(xs[1]) {
-                        *k = magnitude_key(x - b);
-                    }
-                },
+                fill,
                 HighBits::add,
                 HighBits::merge,
             );
-            let mask = self.mask(inputs, i, density, keys, &high, ranks);
+            let keep = self.keep(inputs.params, i, n).expect("density below 1");
+            let mask = match keep {
+                Keep::Top(k) => top_k_mask_with(keys, k, &high),
+                Keep::Band(lo, hi) => rank_band_mask_with(keys, lo, hi, &high),
+            };
             let factor = if rescale {
                 l1_rescale_factor(keys, &mask)
             } else {
@@ -213,54 +234,87 @@ impl Gta {
         })
     }
 
-    /// The keep-mask of model `i` (0 < density < 1), given its magnitude keys.
-    fn mask(
-        self,
-        inputs: &MethodInputs<'_>,
-        i: usize,
-        density: f64,
-        keys: &[u32],
-        high: &HighBits,
-        ranks: &mut Vec<u32>,
-    ) -> BitMask {
-        let n = keys.len();
-        let params = inputs.params;
+    /// What model `i` keeps of its `n` magnitudes under a rank sparsifier; `None` when its
+    /// density keeps everything.
+    fn keep(self, params: &TensorParams, i: usize, n: usize) -> Option<Keep> {
+        let density = params.model_f64(i, "density");
+        if density >= 1.0 || n == 0 {
+            return None;
+        }
         match self.sparsifier {
-            Sparsifier::None | Sparsifier::Random => {
-                unreachable!("only ranking sparsifiers select from magnitude keys")
-            }
-            Sparsifier::Magnitude => {
-                if density <= 0.0 {
-                    return BitMask::new(n);
-                }
-                let k = ((density * n as f64) as usize).max(1);
-                top_k_mask_with(keys, k, high)
-            }
+            Sparsifier::Magnitude if density <= 0.0 => Some(Keep::Top(0)),
+            Sparsifier::Magnitude => Some(Keep::Top(((density * n as f64) as usize).max(1))),
             Sparsifier::MagnitudeOutliers => {
                 let gamma = params.model_f64(i, "gamma");
                 let target = (density.max(0.0) * n as f64) as usize;
                 let top = (gamma * n as f64) as usize;
                 let bottom = n.saturating_sub(target + top);
-                rank_band_mask_with(keys, bottom, bottom + target, high)
+                Some(Keep::Band(bottom, bottom + target))
             }
-            Sparsifier::DellaMagprune => {
-                if density <= 0.0 {
-                    return BitMask::new(n);
-                }
-                let epsilon = params.model_f64(i, "epsilon");
-                let line = row_ranks(keys, inputs.base.as_ref().expect("checked").shape, ranks);
-                let rng = ElementRng::new(inputs.seed, inputs.tensor, i);
-                let ranks = &*ranks;
-                bernoulli_mask(n, &rng, |j| {
-                    let rank_norm = if line <= 1 {
-                        0.5
-                    } else {
-                        f64::from(ranks[j]) / (line - 1) as f64
-                    };
-                    (density - epsilon) + 2.0 * epsilon * rank_norm.clamp(0.0, 1.0)
-                })
+            Sparsifier::None | Sparsifier::Random | Sparsifier::DellaMagprune => {
+                unreachable!("only magnitude and outlier sparsifiers keep by rank")
             }
         }
+    }
+
+    /// Every model's keep-mask and rescale factor for the magnitude and outlier sparsifiers,
+    /// selected for all models at once without storing their keys (see [`ranked`]).
+    fn fused_masks(
+        self,
+        inputs: &MethodInputs<'_>,
+        rescale: bool,
+    ) -> (Vec<Option<BitMask>>, Vec<f32>) {
+        let base = inputs.base.clone().expect("checked by merge");
+        let n = base.numel();
+        let m = inputs.models.len();
+        let keeps: Vec<Option<Keep>> = (0..m).map(|i| self.keep(inputs.params, i, n)).collect();
+        let chosen: Vec<usize> = (0..m).filter(|&i| keeps[i].is_some()).collect();
+        let models: Vec<TensorView<'_>> =
+            chosen.iter().map(|&i| inputs.models[i].clone()).collect();
+        let chosen_keeps: Vec<Keep> = keeps.iter().flatten().copied().collect();
+        let masks = ranked::masks(&base, &models, &chosen_keeps);
+        let factors = if rescale {
+            l1_rescale_factors(base, &models, &masks)
+        } else {
+            vec![1.0; masks.len()]
+        };
+        let (mut kept, mut all_factors) = (vec![None; m], vec![1.0; m]);
+        for ((i, mask), factor) in chosen.into_iter().zip(masks).zip(factors) {
+            kept[i] = Some(mask);
+            all_factors[i] = factor;
+        }
+        (kept, all_factors)
+    }
+
+    /// DELLA's keep-mask of model `i` (density < 1) from its magnitude keys, and its rescale
+    /// factor, summed while the mask is drawn.
+    fn della_mask(
+        self,
+        inputs: &MethodInputs<'_>,
+        i: usize,
+        density: f64,
+        keys: &[u32],
+        ranks: &mut Vec<u32>,
+        rescale: bool,
+    ) -> (Option<BitMask>, f32) {
+        let n = keys.len();
+        if density <= 0.0 {
+            return (Some(BitMask::new(n)), 1.0);
+        }
+        let epsilon = inputs.params.model_f64(i, "epsilon");
+        let line = row_ranks(keys, inputs.base.as_ref().expect("checked").shape, ranks);
+        let rng = ElementRng::new(inputs.seed, inputs.tensor, i);
+        let ranks = &*ranks;
+        let (mask, sums) = bernoulli_mask(n, &rng, keys, |j| {
+            let rank_norm = if line <= 1 {
+                0.5
+            } else {
+                f64::from(ranks[j]) / (line - 1) as f64
+            };
+            (density - epsilon) + 2.0 * epsilon * rank_norm.clamp(0.0, 1.0)
+        });
+        let factor = if rescale { l1_factor(&sums) } else { 1.0 };
+        (Some(mask), factor)
     }
 }
 
@@ -275,7 +329,6 @@ fn random_masks(
     tensor: &str,
     densities: &[f64],
 ) -> Vec<(Option<BitMask>, f32)> {
-    const LANES: usize = 8;
     const WORDS: usize = CHUNK / 64;
     if models.is_empty() {
         return Vec::new();
@@ -306,39 +359,8 @@ fn random_masks(
                             return (0.0, 0.0);
                         };
                         rngs[i].fill_words(start, &mut draws);
-                        let x = xs[i + 1];
                         let model_words = &mut chunk_words[i * WORDS..(i + 1) * WORDS];
-                        // f32 lanes within a chunk (DARE is compared statistically; mergekit
-                        // sums in the compute dtype too), f64 across chunks.
-                        let (mut before, mut after) = ([0f32; LANES], [0f32; LANES]);
-                        let groups = model_words
-                            .iter_mut()
-                            .zip(draws.chunks(64))
-                            .zip(b.chunks(64))
-                            .zip(x.chunks(64));
-                        for (((word, draw), b), x) in groups {
-                            let mut bits = 0u64;
-                            for (k, &u) in draw.iter().enumerate() {
-                                bits |= u64::from((u >> 8) < threshold) << k;
-                            }
-                            *word = bits;
-                            for ((b, x), &byte) in b
-                                .chunks(LANES)
-                                .zip(x.chunks(LANES))
-                                .zip(&bits.to_le_bytes())
-                            {
-                                let keep = &BYTE_FACTORS[usize::from(byte)];
-                                for l in 0..b.len() {
-                                    let magnitude = (x[l] - b[l]).abs();
-                                    before[l] += magnitude;
-                                    after[l] += magnitude * keep[l];
-                                }
-                            }
-                        }
-                        (
-                            sum_in_order(before.iter().map(|&v| f64::from(v))),
-                            sum_in_order(after.iter().map(|&v| f64::from(v))),
-                        )
+                        dare_chunk(&draws, threshold, b, xs[i + 1], model_words)
                     })
                     .collect()
             })
@@ -354,29 +376,79 @@ fn random_masks(
                 mask_words.extend_from_slice(&chunk_words[i * WORDS..(i + 1) * WORDS]);
             }
             mask_words.truncate(n.div_ceil(64));
-            let before = sum_in_order(sums.iter().map(|s| s[i].0));
-            let after = sum_in_order(sums.iter().map(|s| s[i].1));
-            let factor = if before < 1e-7 || after < 1e-7 {
-                1.0
-            } else {
-                (before / after) as f32
-            };
+            let factor = l1_factor(&sums.iter().map(|s| s[i]).collect::<Vec<_>>());
             (Some(BitMask::from_words(mask_words, n)), factor)
         })
         .collect()
 }
 
-/// Each element kept with probability `p(j)`, drawn from `rng` at the element's index.
-fn bernoulli_mask(n: usize, rng: &ElementRng, p: impl Fn(usize) -> f64 + Sync) -> BitMask {
+/// One model's DARE mask words for one chunk (`u < p` on the raw `draws`), with the chunk's L1
+/// sums of `x - b` before and after masking.
+#[multiversion::multiversion(targets(
+    "x86_64+avx2+fma",
+    "x86_64+avx512f+avx512bw",
+    "aarch64+neon"
+))]
+fn dare_chunk(
+    draws: &[u32],
+    threshold: u32,
+    b: &[f32],
+    x: &[f32],
+    words: &mut [u64],
+) -> (f64, f64) {
+    const LANES: usize = 8;
+    // f32 lanes within a chunk (DARE is compared statistically; mergekit sums in the compute
+    // dtype too), f64 across chunks.
+    let (mut before, mut after) = ([0f32; LANES], [0f32; LANES]);
+    let groups = words
+        .iter_mut()
+        .zip(draws.chunks(64))
+        .zip(b.chunks(64))
+        .zip(x.chunks(64));
+    for (((word, draw), b), x) in groups {
+        let mut bits = 0u64;
+        for (k, &u) in draw.iter().enumerate() {
+            bits |= u64::from((u >> 8) < threshold) << k;
+        }
+        *word = bits;
+        for ((b, x), &byte) in b
+            .chunks(LANES)
+            .zip(x.chunks(LANES))
+            .zip(&bits.to_le_bytes())
+        {
+            let keep = &BYTE_FACTORS[usize::from(byte)];
+            for l in 0..b.len() {
+                let magnitude = (x[l] - b[l]).abs();
+                before[l] += magnitude;
+                after[l] += magnitude * keep[l];
+            }
+        }
+    }
+    (
+        sum_in_order(before.iter().map(|&v| f64::from(v))),
+        sum_in_order(after.iter().map(|&v| f64::from(v))),
+    )
+}
+
+/// Each element kept with probability `p(j)`, drawn from `rng` at the element's index; with
+/// every chunk's L1 sums of the magnitudes `keys` before and after masking.
+fn bernoulli_mask(
+    n: usize,
+    rng: &ElementRng,
+    keys: &[u32],
+    p: impl Fn(usize) -> f64 + Sync,
+) -> (BitMask, Vec<(f64, f64)>) {
     let mut mask = BitMask::new(n);
-    mask.fill_chunks(|start, words| {
-        rng.for_range(start, CHUNK.min(n - start), |j, u| {
+    let sums = mask.fill_chunks_collect(|start, words| {
+        let len = CHUNK.min(n - start);
+        rng.for_range(start, len, |j, u| {
             if u < p(j) {
                 set_bit(words, j - start);
             }
         });
+        l1_chunk_sums(&keys[start..start + len], words)
     });
-    mask
+    (mask, sums)
 }
 
 /// DELLA ranks magnitudes within lines along axis 1 (a 1-D tensor is one line; a k-D tensor
@@ -397,46 +469,111 @@ fn row_ranks(keys: &[u32], shape: &[usize], ranks: &mut Vec<u32>) -> usize {
         .par_chunks_mut(line * inner)
         .zip(keys.par_chunks(line * inner))
         .for_each(|(rank_block, key_block)| {
-            let mut order: Vec<u32> = Vec::with_capacity(line);
+            let (mut order, mut spare) = (Vec::with_capacity(line), Vec::with_capacity(line));
             for r in 0..inner {
                 order.clear();
-                order.extend(0..line as u32);
-                order.sort_unstable_by_key(|&p| (key_block[p as usize * inner + r], p));
-                for (rank, &p) in order.iter().enumerate() {
-                    rank_block[p as usize * inner + r] = rank as u32;
+                order.extend(
+                    (0..line).map(|p| (u64::from(key_block[p * inner + r]) << 32) | p as u64),
+                );
+                radix_sort(&mut order, &mut spare);
+                for (rank, &packed) in order.iter().enumerate() {
+                    rank_block[(packed & 0xffff_ffff) as usize * inner + r] = rank as u32;
                 }
             }
         });
     line
 }
 
+/// Sorts (key, position) pairs, packed as `key << 32 | position` and given in position order,
+/// by key: a stable radix sort over the key's bytes, so equal keys keep their position order.
+/// (Several times faster than a comparison sort on lines of a few thousand elements; a byte on
+/// which all keys agree costs no pass.)
+fn radix_sort(order: &mut Vec<u64>, spare: &mut Vec<u64>) {
+    if order.len() < 256 {
+        // Short lines: the byte counts would cost more than the sort.
+        order.sort_unstable();
+        return;
+    }
+    let mut counts = [[0usize; 256]; 4];
+    for &packed in order.iter() {
+        for (byte, count) in counts.iter_mut().enumerate() {
+            count[(packed >> (32 + 8 * byte)) as usize & 0xff] += 1;
+        }
+    }
+    spare.resize(order.len(), 0);
+    for (byte, count) in counts.iter().enumerate() {
+        if count.contains(&order.len()) {
+            continue;
+        }
+        let mut next = [0usize; 256];
+        let mut total = 0;
+        for (n, &c) in next.iter_mut().zip(count) {
+            *n = total;
+            total += c;
+        }
+        for &packed in order.iter() {
+            let digit = (packed >> (32 + 8 * byte)) as usize & 0xff;
+            spare[next[digit]] = packed;
+            next[digit] += 1;
+        }
+        std::mem::swap(order, spare);
+    }
+}
+
 /// `sum |d| / sum |kept d|` (ALGORITHMS.md `l1_rescale`): one factor for the whole tensor, or
 /// 1 when either sum is below 1e-7 (so zero deltas stay zero).
 fn l1_rescale_factor(keys: &[u32], mask: &BitMask) -> f32 {
-    const LANES: usize = 8;
-    let partials: Vec<(f64, f64)> = keys
+    let sums: Vec<(f64, f64)> = keys
         .par_chunks(CHUNK)
         .enumerate()
-        .map(|(chunk, part)| {
-            // Eight independent f64 accumulators: no long dependency chain, and the lanes are
-            // combined in a fixed order, so the result does not depend on threads.
-            let (mut before, mut after) = ([0f64; LANES], [0f64; LANES]);
-            let words = mask.words_of_chunk(chunk * CHUNK);
-            for (group, &word) in part.chunks(64).zip(words) {
-                for (lane, eight) in group.chunks(LANES).enumerate() {
-                    for (l, &k) in eight.iter().enumerate() {
-                        let magnitude = f64::from(f32::from_bits(k));
-                        let kept = ((word >> (lane * LANES + l)) & 1) as f64;
-                        before[l] += magnitude;
-                        after[l] += magnitude * kept;
-                    }
-                }
-            }
-            (sum_in_order(before), sum_in_order(after))
-        })
+        .map(|(chunk, part)| l1_chunk_sums(part, mask.words_of_chunk(chunk * CHUNK)))
         .collect();
-    let before = sum_in_order(partials.iter().map(|p| p.0));
-    let after = sum_in_order(partials.iter().map(|p| p.1));
+    l1_factor(&sums)
+}
+
+/// [`l1_rescale_factor`] of every model against `base`, in one pass that decodes the base once.
+fn l1_rescale_factors(
+    base: TensorView<'_>,
+    models: &[TensorView<'_>],
+    masks: &[BitMask],
+) -> Vec<f32> {
+    let mut all = vec![base];
+    all.extend(models.iter().cloned());
+    let sums: Vec<Vec<(f64, f64)>> = zip_chunks(&all, all[0].numel(), |start, xs| {
+        let mut sums = Vec::with_capacity(masks.len());
+        ranked::for_each_keys(xs, |i, keys| {
+            sums.push(l1_chunk_sums(keys, masks[i].words_of_chunk(start)));
+        });
+        sums
+    });
+    (0..masks.len())
+        .map(|i| l1_factor(&sums.iter().map(|s| s[i]).collect::<Vec<_>>()))
+        .collect()
+}
+
+/// One chunk's `(sum |d|, sum |kept d|)` from its magnitude keys and mask words.
+fn l1_chunk_sums(keys: &[u32], words: &[u64]) -> (f64, f64) {
+    const LANES: usize = 8;
+    // Eight independent f64 accumulators: no long dependency chain, and the lanes are combined
+    // in a fixed order, so the result does not depend on threads.
+    let (mut before, mut after) = ([0f64; LANES], [0f64; LANES]);
+    for (group, &word) in keys.chunks(64).zip(words) {
+        for (lane, eight) in group.chunks(LANES).enumerate() {
+            for (l, &k) in eight.iter().enumerate() {
+                let magnitude = f64::from(f32::from_bits(k));
+                let kept = ((word >> (lane * LANES + l)) & 1) as f64;
+                before[l] += magnitude;
+                after[l] += magnitude * kept;
+            }
+        }
+    }
+    (sum_in_order(before), sum_in_order(after))
+}
+
+/// The rescale factor from every chunk's L1 sums, added in chunk order.
+fn l1_factor(sums: &[(f64, f64)]) -> f32 {
+    let before = sum_in_order(sums.iter().map(|s| s.0));
+    let after = sum_in_order(sums.iter().map(|s| s.1));
     if before < 1e-7 || after < 1e-7 {
         1.0
     } else {
@@ -523,6 +660,20 @@ mod tests {
         // 1-D: one line.
         assert_eq!(row_ranks(&[4, 4, 1], &[3], &mut ranks), 3);
         assert_eq!(ranks, vec![1, 2, 0]);
+    }
+
+    #[test]
+    fn radix_sort_orders_by_key_then_position() {
+        let keys: Vec<u32> = (0..3000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) % 97 * 0x0101_0301)
+            .collect();
+        let mut order: Vec<u64> = (0..keys.len())
+            .map(|p| (u64::from(keys[p]) << 32) | p as u64)
+            .collect();
+        let mut expected = order.clone();
+        expected.sort_unstable();
+        radix_sort(&mut order, &mut Vec::new());
+        assert_eq!(order, expected);
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod methods;
 pub mod params;
 pub mod plan;
 pub mod recipe;
+pub mod ranked;
 pub mod rng;
 pub mod select;
 pub mod slices;

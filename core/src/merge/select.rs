@@ -146,7 +146,7 @@ impl HighBits {
     }
 
     /// Total count per bin.
-    fn totals(&self) -> Vec<usize> {
+    pub(super) fn totals(&self) -> Vec<usize> {
         self.0
             .iter()
             .map(|l| l.iter().map(|&c| c as usize).sum())
@@ -268,7 +268,7 @@ fn low_histogram(keys: &[u32], bucket: u32) -> Vec<usize> {
 }
 
 /// The bin holding `position` and the count of everything in lower bins.
-fn locate(counts: &[usize], position: usize) -> (usize, usize) {
+pub(super) fn locate(counts: &[usize], position: usize) -> (usize, usize) {
     let mut below = 0;
     for (bin, &count) in counts.iter().enumerate() {
         if position < below + count {
@@ -283,14 +283,14 @@ fn locate(counts: &[usize], position: usize) -> (usize, usize) {
 /// an upper bound) are kept; keys equal to it are kept when their ordinal among the equal keys,
 /// in index order, lies in `ties`.
 #[derive(Clone, Copy, Debug)]
-struct Bound {
-    key: u32,
-    ties: (usize, usize),
+pub(super) struct Bound {
+    pub(super) key: u32,
+    pub(super) ties: (usize, usize),
 }
 
 /// What a chunk does with the keys equal to one bound.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Ties {
+pub(super) enum Ties {
     All,
     None,
     /// The cut falls inside this chunk: ordinals must be tracked element by element.
@@ -300,7 +300,7 @@ enum Ties {
 impl Bound {
     /// Whether a chunk holding ordinals `before..before + count` of this bound's key keeps all,
     /// none or some of them.
-    fn ties_in(self, before: usize, count: usize) -> Ties {
+    pub(super) fn ties_in(self, before: usize, count: usize) -> Ties {
         let (a, b) = self.ties;
         if count == 0 || (before >= a && before + count <= b) {
             Ties::All
