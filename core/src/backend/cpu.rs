@@ -158,11 +158,7 @@ fn combine_chunk(
             let d = &rows.deltas[i * CHUNK..i * CHUNK + len];
             add_agreeing(rows.mixed, rows.divisor, rows.total, d, w);
         }
-        for q in rows.divisor.iter_mut() {
-            if *q == 0.0 {
-                *q = 1.0;
-            }
-        }
+        zeros_to_one(rows.divisor);
     } else {
         rows.mixed.fill(0.0);
         for (i, &x) in models.iter().enumerate() {
@@ -224,6 +220,14 @@ fn add_agreeing(mixed: &mut [f32], divisor: &mut [f32], total: &[f32], d: &[f32]
         let agree = agreement::agrees(d, agreement::elects_negative(t));
         *m += if agree { d } else { 0.0 };
         *q = agreement::accumulate(*q, if agree { w } else { 0.0 });
+    }
+}
+
+/// Replaces every zero (no agreeing weight) by 1, as a select: the branch kept it scalar.
+#[multiversion::multiversion(targets = "simd")]
+fn zeros_to_one(divisor: &mut [f32]) {
+    for q in divisor.iter_mut() {
+        *q = if *q == 0.0 { 1.0 } else { *q };
     }
 }
 
