@@ -58,6 +58,7 @@ fn magnitude_masks(base: TensorView<'_>, model: TensorView<'_>, densities: &[f64
 }
 
 /// Σ f(x) in f64 over eight independent lanes, which the compiler keeps in vector registers.
+#[inline]
 fn sum_f64(values: &[f32], f: impl Fn(f64) -> f64) -> f64 {
     let mut lanes = [0f64; 8];
     let mut chunks = values.chunks_exact(8);
@@ -74,6 +75,7 @@ fn sum_f64(values: &[f32], f: impl Fn(f64) -> f64) -> f64 {
 }
 
 /// Σ a·b in f64, as [`sum_f64`].
+#[inline]
 fn dot_f64(a: &[f32], b: &[f32]) -> f64 {
     let mut lanes = [0f64; 8];
     let (mut ca, mut cb) = (a.chunks_exact(8), b.chunks_exact(8));
@@ -89,6 +91,7 @@ fn dot_f64(a: &[f32], b: &[f32]) -> f64 {
         + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]))
 }
 
+#[inline]
 fn count(values: impl Iterator<Item = bool>) -> u64 {
     values.map(u64::from).sum()
 }
@@ -129,95 +132,7 @@ pub fn tensor_sums(
     all.push(base);
     all.extend_from_slice(models);
     let chunks = zip_chunks(&all, n, |start, xs| {
-        let (&b, xs) = xs.split_first().expect("the base is first");
-        let len = b.len();
-        let mut part = Sums::new(m);
-        part.base_sq = sum_f64(b, |v| if v.is_finite() { v * v } else { 0.0 });
-        part.base_non_finite = count(b.iter().map(|v| !v.is_finite()));
-        ROWS.with_borrow_mut(|rows| {
-            rows.resize((m + 1) * CHUNK, 0.0);
-            let (taus, elected) = rows.split_at_mut(m * CHUNK);
-            let elected = &mut elected[..len];
-            for (i, x) in xs.iter().enumerate() {
-                let t = &mut taus[i * CHUNK..i * CHUNK + len];
-                for ((t, &x), &b) in t.iter_mut().zip(x.iter()).zip(b) {
-                    // A non-finite weight (in the model or the base) is no measurable change.
-                    let d = x - b;
-                    *t = if d.is_finite() { d } else { 0.0 };
-                }
-                part.models[i] = ModelSums {
-                    non_finite: count(x.iter().map(|v| !v.is_finite())),
-                    sq: sum_f64(t, |v| v * v),
-                    abs: sum_f64(t, f64::abs),
-                    max_abs: f64::from(t.iter().fold(0f32, |a, &v| a.max(v.abs()))),
-                    changed: count(t.iter().map(|&v| v != 0.0)),
-                    ..ModelSums::default()
-                };
-            }
-            let row = |i: usize| &taus[i * CHUNK..i * CHUNK + len];
-            for i in 0..m {
-                for j in i + 1..m {
-                    let (a, c) = (row(i), row(j));
-                    part.pairs[pair_index(i, j, m)] = PairSums {
-                        dot: dot_f64(a, c),
-                        both: count(a.iter().zip(c).map(|(&x, &y)| (x != 0.0) & (y != 0.0))),
-                        clash: count(a.iter().zip(c).map(|(&x, &y)| x * y < 0.0)),
-                        ..PairSums::default()
-                    };
-                }
-            }
-            // TIES: trim (zero what the mask drops), elect the sign of the weighted sum, count.
-            if let Some(masks) = &trimmed {
-                for (i, mask) in masks.iter().enumerate() {
-                    let t = &mut taus[i * CHUNK..i * CHUNK + len];
-                    let words = mask.words_of_chunk(start);
-                    for (group, &word) in t.chunks_mut(64).zip(words) {
-                        for (k, t) in group.iter_mut().enumerate() {
-                            *t *= ((word >> k) & 1) as f32;
-                        }
-                    }
-                }
-            }
-            elected.fill(0.0);
-            for (i, &w) in weights.iter().enumerate() {
-                for (s, &t) in elected.iter_mut().zip(&taus[i * CHUNK..i * CHUNK + len]) {
-                    *s += w * t;
-                }
-            }
-            SIGNS.with_borrow_mut(|(positive, negative)| {
-                positive.clear();
-                positive.resize(len, 0);
-                negative.clear();
-                negative.resize(len, 0);
-                for i in 0..m {
-                    let t = &taus[i * CHUNK..i * CHUNK + len];
-                    let model = &mut part.models[i];
-                    model.ties_nonzero = count(t.iter().map(|&v| v != 0.0));
-                    model.ties_conflict = count(
-                        t.iter()
-                            .zip(elected.iter())
-                            .map(|(&v, &s)| (v != 0.0) & ((v > 0.0) != (s >= 0.0))),
-                    );
-                    for ((p, q), &v) in positive.iter_mut().zip(negative.iter_mut()).zip(t) {
-                        *p = p.saturating_add(u8::from(v > 0.0));
-                        *q = q.saturating_add(u8::from(v < 0.0));
-                    }
-                }
-                part.disagree = count(
-                    positive
-                        .iter()
-                        .zip(negative.iter())
-                        .map(|(&p, &q)| (p > 0) & (q > 0)),
-                );
-                part.multi_nonzero = count(
-                    positive
-                        .iter()
-                        .zip(negative.iter())
-                        .map(|(&p, &q)| u16::from(p) + u16::from(q) >= 2),
-                );
-            });
-        });
-        part
+        chunk_sums(start, xs, trimmed.as_deref(), &weights)
     });
     for part in &chunks {
         sums.add(part);
@@ -240,6 +155,102 @@ pub fn tensor_sums(
         }
     }
     sums
+}
+
+/// One chunk's sums: `xs` holds the base's decoded chunk, then each model's; `trimmed` the
+/// TIES trim masks (whole-tensor masks; this chunk starts at element `start`).
+#[multiversion::multiversion(targets = "simd")]
+fn chunk_sums(start: usize, xs: &[&[f32]], trimmed: Option<&[BitMask]>, weights: &[f32]) -> Sums {
+    let m = xs.len() - 1;
+    let (&b, xs) = xs.split_first().expect("the base is first");
+    let len = b.len();
+    let mut part = Sums::new(m);
+    part.base_sq = sum_f64(b, |v| if v.is_finite() { v * v } else { 0.0 });
+    part.base_non_finite = count(b.iter().map(|v| !v.is_finite()));
+    ROWS.with_borrow_mut(|rows| {
+        rows.resize((m + 1) * CHUNK, 0.0);
+        let (taus, elected) = rows.split_at_mut(m * CHUNK);
+        let elected = &mut elected[..len];
+        for (i, x) in xs.iter().enumerate() {
+            let t = &mut taus[i * CHUNK..i * CHUNK + len];
+            for ((t, &x), &b) in t.iter_mut().zip(x.iter()).zip(b) {
+                // A non-finite weight (in the model or the base) is no measurable change.
+                let d = x - b;
+                *t = if d.is_finite() { d } else { 0.0 };
+            }
+            part.models[i] = ModelSums {
+                non_finite: count(x.iter().map(|v| !v.is_finite())),
+                sq: sum_f64(t, |v| v * v),
+                abs: sum_f64(t, f64::abs),
+                max_abs: f64::from(t.iter().fold(0f32, |a, &v| a.max(v.abs()))),
+                changed: count(t.iter().map(|&v| v != 0.0)),
+                ..ModelSums::default()
+            };
+        }
+        let row = |i: usize| &taus[i * CHUNK..i * CHUNK + len];
+        for i in 0..m {
+            for j in i + 1..m {
+                let (a, c) = (row(i), row(j));
+                part.pairs[pair_index(i, j, m)] = PairSums {
+                    dot: dot_f64(a, c),
+                    both: count(a.iter().zip(c).map(|(&x, &y)| (x != 0.0) & (y != 0.0))),
+                    clash: count(a.iter().zip(c).map(|(&x, &y)| x * y < 0.0)),
+                    ..PairSums::default()
+                };
+            }
+        }
+        // TIES: trim (zero what the mask drops), elect the sign of the weighted sum, count.
+        if let Some(masks) = trimmed {
+            for (i, mask) in masks.iter().enumerate() {
+                let t = &mut taus[i * CHUNK..i * CHUNK + len];
+                let words = mask.words_of_chunk(start);
+                for (group, &word) in t.chunks_mut(64).zip(words) {
+                    for (k, t) in group.iter_mut().enumerate() {
+                        *t *= ((word >> k) & 1) as f32;
+                    }
+                }
+            }
+        }
+        elected.fill(0.0);
+        for (i, &w) in weights.iter().enumerate() {
+            for (s, &t) in elected.iter_mut().zip(&taus[i * CHUNK..i * CHUNK + len]) {
+                *s += w * t;
+            }
+        }
+        SIGNS.with_borrow_mut(|(positive, negative)| {
+            positive.clear();
+            positive.resize(len, 0);
+            negative.clear();
+            negative.resize(len, 0);
+            for i in 0..m {
+                let t = &taus[i * CHUNK..i * CHUNK + len];
+                let model = &mut part.models[i];
+                model.ties_nonzero = count(t.iter().map(|&v| v != 0.0));
+                model.ties_conflict = count(
+                    t.iter()
+                        .zip(elected.iter())
+                        .map(|(&v, &s)| (v != 0.0) & ((v > 0.0) != (s >= 0.0))),
+                );
+                for ((p, q), &v) in positive.iter_mut().zip(negative.iter_mut()).zip(t) {
+                    *p = p.saturating_add(u8::from(v > 0.0));
+                    *q = q.saturating_add(u8::from(v < 0.0));
+                }
+            }
+            part.disagree = count(
+                positive
+                    .iter()
+                    .zip(negative.iter())
+                    .map(|(&p, &q)| (p > 0) & (q > 0)),
+            );
+            part.multi_nonzero = count(
+                positive
+                    .iter()
+                    .zip(negative.iter())
+                    .map(|(&p, &q)| u16::from(p) + u16::from(q) >= 2),
+            );
+        });
+    });
+    part
 }
 
 #[cfg(test)]
