@@ -210,7 +210,7 @@ impl Gta {
             };
             if self.sparsifier == Sparsifier::DellaMagprune {
                 zip_fill(&pair, keys, fill);
-                return self.della_mask(inputs, i, density, keys, ranks, rescale);
+                return della_mask(inputs, i, density, keys, ranks, rescale);
             }
             let high = zip_fill_fold(
                 &pair,
@@ -285,37 +285,36 @@ impl Gta {
         }
         (kept, all_factors)
     }
+}
 
-    /// DELLA's keep-mask of model `i` (density < 1) from its magnitude keys, and its rescale
-    /// factor, summed while the mask is drawn.
-    fn della_mask(
-        self,
-        inputs: &MethodInputs<'_>,
-        i: usize,
-        density: f64,
-        keys: &[u32],
-        ranks: &mut Vec<u32>,
-        rescale: bool,
-    ) -> (Option<BitMask>, f32) {
-        let n = keys.len();
-        if density <= 0.0 {
-            return (Some(BitMask::new(n)), 1.0);
-        }
-        let epsilon = inputs.params.model_f64(i, "epsilon");
-        let line = row_ranks(keys, inputs.base.as_ref().expect("checked").shape, ranks);
-        let rng = ElementRng::new(inputs.seed, inputs.tensor, i);
-        let ranks = &*ranks;
-        let (mask, sums) = bernoulli_mask(n, &rng, keys, |j| {
-            let rank_norm = if line <= 1 {
-                0.5
-            } else {
-                f64::from(ranks[j]) / (line - 1) as f64
-            };
-            (density - epsilon) + 2.0 * epsilon * rank_norm.clamp(0.0, 1.0)
-        });
-        let factor = if rescale { l1_factor(&sums) } else { 1.0 };
-        (Some(mask), factor)
+/// DELLA's keep-mask of model `i` (density < 1) from its magnitude keys, and its rescale
+/// factor, summed while the mask is drawn.
+fn della_mask(
+    inputs: &MethodInputs<'_>,
+    i: usize,
+    density: f64,
+    keys: &[u32],
+    ranks: &mut Vec<u32>,
+    rescale: bool,
+) -> (Option<BitMask>, f32) {
+    let n = keys.len();
+    if density <= 0.0 {
+        return (Some(BitMask::new(n)), 1.0);
     }
+    let epsilon = inputs.params.model_f64(i, "epsilon");
+    let line = row_ranks(keys, inputs.base.as_ref().expect("checked").shape, ranks);
+    let rng = ElementRng::new(inputs.seed, inputs.tensor, i);
+    let ranks = &*ranks;
+    let (mask, sums) = bernoulli_mask(n, &rng, keys, |j| {
+        let rank_norm = if line <= 1 {
+            0.5
+        } else {
+            f64::from(ranks[j]) / (line - 1) as f64
+        };
+        (density - epsilon) + 2.0 * epsilon * rank_norm.clamp(0.0, 1.0)
+    });
+    let factor = if rescale { l1_factor(&sums) } else { 1.0 };
+    (Some(mask), factor)
 }
 
 /// DARE's masks for every model against `base` (`None` where the density keeps everything):

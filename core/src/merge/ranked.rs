@@ -259,11 +259,16 @@ fn cuts(inputs: &[TensorView<'_>], n: usize, keeps: &[Keep]) -> Vec<Selection> {
 }
 
 /// Counts the low 16 bits of the keys whose top 16 bits are `bucket`. A bucket holds a small
-/// share of the keys, so the branch is predictable and the counters rarely collide.
+/// share of the keys: a vectorised compare finds them, 64 at a time, and only they are counted.
 fn add_low_counts(low: &mut [u32], keys: &[u32], bucket: u32) {
-    for &k in keys {
-        if k >> 16 == bucket {
-            low[(k & 0xffff) as usize] += 1;
+    let mut hits = [0u64; CHUNK / 64];
+    let hits = &mut hits[..keys.len().div_ceil(64)];
+    inside_bits(keys, bucket << 16, 1 << 16, hits);
+    for (group, &word) in keys.chunks(64).zip(hits.iter()) {
+        let mut rest = word;
+        while rest != 0 {
+            low[(group[rest.trailing_zeros() as usize] & 0xffff) as usize] += 1;
+            rest &= rest - 1;
         }
     }
 }
