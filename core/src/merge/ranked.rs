@@ -1,12 +1,18 @@
 //! Rank selection for all of a tensor's task vectors at once (TIES, Model Breadcrumbs).
 //!
 //! Selecting from stored keys costs 4 bytes per element per model to write and several passes
-//! to read them again. Here the magnitude keys `|θᵢ − θ_b|` are never stored: three streaming
+//! to read them again. Here the magnitude keys `|θᵢ − θ_b|` are never stored: two streaming
 //! passes decode the base and every model chunk by chunk (the base once for all models) and
 //! recompute them:
 //! 1. every model's top-16-bit histogram, which locates the bucket holding each cut;
-//! 2. the low-16-bit histogram of the keys in those buckets, which gives each cut's exact key;
-//! 3. per model, one bit per key strictly inside the kept band and one per key equal to a cut.
+//! 2. the low-16-bit histogram of the keys in those buckets, which gives each cut's exact key.
+//!    Not knowing the cuts yet, it also records one bit per key strictly between the cut
+//!    buckets (inside the band wherever the cuts fall) and the offset and low bits of every key
+//!    in a cut bucket, from which the settled cuts finish each model's bits.
+//!
+//! Decoding is the dearest part of a pass, so this saves a third of the work. Where a cut
+//! bucket holds too many keys to record cheaply (bf16 task vectors often tie by the million), a
+//! third pass decodes that model again and classifies its keys against the cuts.
 //!
 //! Keys equal to a cut are then kept by their ordinal in index order (ALGORITHMS.md §2.1), from
 //! per-chunk counts of those bits, without touching the inputs again.
@@ -16,7 +22,7 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 use super::kernel::{CHUNK, with_decoded, zip_chunks};
-use super::select::{BitMask, Bound, HighBits, Ties, locate, magnitude_key};
+use super::select::{BitMask, Bound, HighBits, Ties, locate, magnitude_key, set_bit};
 use crate::checkpoint::TensorView;
 
 /// What one task vector keeps, by the ascending order of (magnitude, flat index).
@@ -107,6 +113,14 @@ impl Selection {
     fn slots(&self) -> usize {
         1 + self.ties.len()
     }
+
+    /// The strictly kept keys as `first..first + span`. Magnitude keys have the sign bit clear,
+    /// so `lower + 1` cannot overflow and `u32::MAX` is above every key.
+    fn strict_range(&self) -> (u32, u32) {
+        let first = self.lower.map_or(0, |k| k + 1);
+        let end = self.upper.unwrap_or(u32::MAX);
+        (first, end.saturating_sub(first))
+    }
 }
 
 thread_local! {
@@ -137,13 +151,13 @@ fn fill_keys(base: &[f32], model: &[f32], keys: &mut [u32]) {
     }
 }
 
-/// Folds every decoded chunk of `inputs` into per-job accumulators (64 chunks at least, as
-/// histograms are large), merged at the end.
+/// Folds every decoded chunk of `inputs` (`f(acc, chunk index, chunk)`) into per-job
+/// accumulators (64 chunks at least, as histograms are large), merged at the end.
 fn fold_chunks<A: Send>(
     inputs: &[TensorView<'_>],
     n: usize,
     init: impl Fn() -> A + Sync + Send,
-    f: impl Fn(&mut A, &[&[f32]]) + Sync + Send,
+    f: impl Fn(&mut A, usize, &[&[f32]]) + Sync + Send,
     merge: impl Fn(A, A) -> A + Sync + Send,
 ) -> A {
     (0..n.div_ceil(CHUNK))
@@ -151,7 +165,9 @@ fn fold_chunks<A: Send>(
         .with_min_len(64)
         .fold(&init, |mut acc, chunk| {
             let start = chunk * CHUNK;
-            with_decoded(inputs, start, CHUNK.min(n - start), |xs| f(&mut acc, xs));
+            with_decoded(inputs, start, CHUNK.min(n - start), |xs| {
+                f(&mut acc, chunk, xs);
+            });
             acc
         })
         .reduce(&init, merge)
@@ -167,8 +183,8 @@ pub fn masks(base: &TensorView<'_>, models: &[TensorView<'_>], keeps: &[Keep]) -
     let mut inputs = vec![base.clone()];
     inputs.extend(ranked.iter().map(|&i| models[i].clone()));
     let keeps: Vec<Keep> = ranked.iter().map(|&i| keeps[i]).collect();
-    let selections = cuts(&inputs, n, &keeps);
-    for (&i, mask) in ranked.iter().zip(select_all(&inputs, n, &selections)) {
+    let cuts = cuts(&inputs, n, &keeps);
+    for (&i, mask) in ranked.iter().zip(select_all(&inputs, n, cuts)) {
         masks[i] = Some(mask);
     }
     masks
@@ -188,62 +204,140 @@ struct Probe {
     below_bucket: usize,
 }
 
-/// Passes 1 and 2: every model's cut keys.
-fn cuts(inputs: &[TensorView<'_>], n: usize, keeps: &[Keep]) -> Vec<Selection> {
+/// Pass 2's work for one model, fixed by pass 1's histograms.
+#[derive(Clone, Debug)]
+struct Plan {
+    /// The distinct buckets holding the model's cuts, ascending.
+    buckets: Vec<u32>,
+    /// Keys in `first..first + span` lie strictly between the cut buckets, and so strictly
+    /// inside the kept band wherever in their buckets the cuts turn out to be.
+    first: u32,
+    span: u32,
+    /// Whether pass 2 records the keys in the cut buckets, or they are too many and a third
+    /// pass classifies this model's keys instead.
+    record: bool,
+}
+
+impl Plan {
+    /// `probes` are the model's, lower cut first; `totals` its top-16-bit histogram.
+    fn new(probes: &[Probe], totals: &[usize], n: usize) -> Self {
+        let bucket_of = |slot| probes.iter().find(|p| p.slot == slot).map(|p| p.bucket);
+        let (lower, upper) = (bucket_of(0), bucket_of(1));
+        let mut buckets: Vec<u32> = probes.iter().map(|p| p.bucket).collect();
+        buckets.dedup();
+        let in_buckets: usize = buckets.iter().map(|&b| totals[b as usize]).sum();
+        // Buckets are at most 0x7fff (the sign bit is clear), so `b + 1` cannot overflow.
+        let first = lower.map_or(0, |b| (b + 1) << 16);
+        let end = upper.map_or(u32::MAX, |b| b << 16);
+        Self {
+            buckets,
+            first,
+            span: end.saturating_sub(first),
+            // Four bytes a recorded key: at most half a byte an element, an eighth of what
+            // decoding the model again would touch.
+            record: in_buckets <= n / 8,
+        }
+    }
+}
+
+/// What pass 2 keeps of one model's chunk, so that the settled cuts can finish its bits.
+#[derive(Clone, Debug)]
+struct Record {
+    /// The bits of [`Plan`]'s `first..first + span`.
+    strict: Vec<u64>,
+    /// Per cut bucket (as in [`Plan`]'s `buckets`), its keys in index order as (offset in the
+    /// chunk, low 16 bits). A chunk has at most 2¹⁶ elements.
+    in_bucket: Vec<Vec<(u16, u16)>>,
+}
+
+// Offsets within a chunk are recorded as `u16`.
+const _: () = assert!(CHUNK <= 1 << 16);
+
+/// Pass 2's results: each model's plan and cut keys, and per chunk, per model, its record
+/// (`None` for models left to a third pass).
+struct Cuts {
+    plans: Vec<Plan>,
+    selections: Vec<Selection>,
+    records: Vec<Vec<Option<Record>>>,
+}
+
+/// Pass 2's accumulator: per model, per cut bucket, the low-16-bit counts; and per chunk (in
+/// any order), each model's record.
+struct Scan {
+    lows: Vec<Vec<Vec<u32>>>,
+    records: Vec<(usize, Vec<Option<Record>>)>,
+}
+
+impl Scan {
+    fn new(plans: &[Plan]) -> Self {
+        Self {
+            lows: plans
+                .iter()
+                .map(|p| vec![vec![0; 1 << 16]; p.buckets.len()])
+                .collect(),
+            records: Vec::new(),
+        }
+    }
+
+    #[allow(clippy::needless_pass_by_value)] // the shape rayon's `reduce` wants
+    fn merge(mut self, other: Self) -> Self {
+        let counts = self
+            .lows
+            .iter_mut()
+            .flatten()
+            .zip(other.lows.iter().flatten());
+        for (a, b) in counts {
+            a.iter_mut().zip(b).for_each(|(p, q)| *p += q);
+        }
+        self.records.extend(other.records);
+        self
+    }
+}
+
+/// Passes 1 and 2: every model's cut keys, and what finishes its bits.
+fn cuts(inputs: &[TensorView<'_>], n: usize, keeps: &[Keep]) -> Cuts {
     let m = keeps.len();
     let highs = fold_chunks(
         inputs,
         n,
         || vec![HighBits::new(); m],
-        |highs, xs| for_each_keys(xs, |i, keys| highs[i].add(keys)),
+        |highs, _, xs| for_each_keys(xs, |i, keys| highs[i].add(keys)),
         |a, b| a.into_iter().zip(b).map(|(a, b)| a.merge(b)).collect(),
     );
-    let probes: Vec<Probe> = keeps
+    let totals: Vec<Vec<usize>> = highs.iter().map(HighBits::totals).collect();
+    let probes: Vec<Vec<Probe>> = keeps
         .iter()
-        .zip(&highs)
+        .zip(&totals)
         .enumerate()
-        .flat_map(|(model, (keep, high))| {
-            let totals = high.totals();
-            keep.positions(n)
-                .into_iter()
-                .enumerate()
-                .filter_map(move |(slot, position)| {
-                    let position = position?;
-                    let (bucket, below_bucket) = locate(&totals, position);
-                    Some(Probe {
-                        model,
-                        slot,
-                        position,
-                        bucket: bucket as u32,
-                        below_bucket,
-                    })
-                })
-                .collect::<Vec<_>>()
-        })
+        .map(|(model, (keep, totals))| probes(model, *keep, totals, n))
         .collect();
-    let lows = fold_chunks(
+    let plans: Vec<Plan> = probes
+        .iter()
+        .zip(&totals)
+        .map(|(probes, totals)| Plan::new(probes, totals, n))
+        .collect();
+    let mut scan = fold_chunks(
         inputs,
         n,
-        || vec![vec![0u32; 1 << 16]; probes.len()],
-        |lows, xs| {
+        || Scan::new(&plans),
+        |scan, chunk, xs| {
+            let mut records = Vec::with_capacity(m);
             for_each_keys(xs, |i, keys| {
-                for (low, probe) in lows.iter_mut().zip(&probes) {
-                    if probe.model == i {
-                        add_low_counts(low, keys, probe.bucket);
-                    }
-                }
+                records.push(scan_buckets(keys, &plans[i], &mut scan.lows[i]));
             });
+            scan.records.push((chunk, records));
         },
-        |mut a, b| {
-            for (x, y) in a.iter_mut().zip(b) {
-                x.iter_mut().zip(y).for_each(|(p, q)| *p += q);
-            }
-            a
-        },
+        Scan::merge,
     );
+    scan.records.sort_unstable_by_key(|&(chunk, _)| chunk);
     let mut at = vec![[None; 2]; m];
-    for (probe, low) in probes.iter().zip(lows) {
-        let low: Vec<usize> = low.into_iter().map(|c| c as usize).collect();
+    for probe in probes.iter().flatten() {
+        let plan = &plans[probe.model];
+        let j = plan.buckets.iter().position(|&b| b == probe.bucket);
+        let low: Vec<usize> = scan.lows[probe.model][j.expect("a planned bucket")]
+            .iter()
+            .map(|&c| c as usize)
+            .collect();
         let (value, below_in_bucket) = locate(&low, probe.position - probe.below_bucket);
         at[probe.model][probe.slot] = Some((
             (probe.bucket << 16) | value as u32,
@@ -251,36 +345,87 @@ fn cuts(inputs: &[TensorView<'_>], n: usize, keeps: &[Keep]) -> Vec<Selection> {
             low[value],
         ));
     }
-    keeps
-        .iter()
-        .zip(at)
-        .map(|(keep, at)| Selection::new(keep.bounds(n, at)))
+    Cuts {
+        plans,
+        selections: keeps
+            .iter()
+            .zip(at)
+            .map(|(keep, at)| Selection::new(keep.bounds(n, at)))
+            .collect(),
+        records: scan.records.into_iter().map(|(_, r)| r).collect(),
+    }
+}
+
+/// One model's cuts to locate, lower first, from its top-16-bit histogram `totals`.
+fn probes(model: usize, keep: Keep, totals: &[usize], n: usize) -> Vec<Probe> {
+    keep.positions(n)
+        .into_iter()
+        .enumerate()
+        .filter_map(|(slot, position)| {
+            let position = position?;
+            let (bucket, below_bucket) = locate(totals, position);
+            Some(Probe {
+                model,
+                slot,
+                position,
+                bucket: bucket as u32,
+                below_bucket,
+            })
+        })
         .collect()
 }
 
-/// Counts the low 16 bits of the keys whose top 16 bits are `bucket`. A bucket holds a small
-/// share of the keys: a vectorised compare finds them, 64 at a time, and only they are counted.
-fn add_low_counts(low: &mut [u32], keys: &[u32], bucket: u32) {
+/// Pass 2 on one model's chunk: counts the low 16 bits of the keys in each cut bucket
+/// (`lows[j]` for `plan.buckets[j]`) and, if planned, records what finishes its bits.
+fn scan_buckets(keys: &[u32], plan: &Plan, lows: &mut [Vec<u32>]) -> Option<Record> {
+    let buckets = plan.buckets.iter().zip(lows);
+    if !plan.record {
+        for (&bucket, low) in buckets {
+            for_each_in_bucket(keys, bucket, |_, l| low[usize::from(l)] += 1);
+        }
+        return None;
+    }
+    let mut strict = vec![0; keys.len().div_ceil(64)];
+    inside_bits(keys, plan.first, plan.span, &mut strict);
+    let in_bucket = buckets
+        .map(|(&bucket, low)| {
+            let mut found = Vec::new();
+            for_each_in_bucket(keys, bucket, |offset, l| {
+                low[usize::from(l)] += 1;
+                found.push((offset, l));
+            });
+            found
+        })
+        .collect();
+    Some(Record { strict, in_bucket })
+}
+
+/// Calls `f(offset, low 16 bits)` for the keys whose top 16 bits are `bucket`, in index order.
+/// A bucket holds a small share of the keys: a vectorised compare finds them, 64 at a time.
+fn for_each_in_bucket(keys: &[u32], bucket: u32, mut f: impl FnMut(u16, u16)) {
     let mut hits = [0u64; CHUNK / 64];
     let hits = &mut hits[..keys.len().div_ceil(64)];
     inside_bits(keys, bucket << 16, 1 << 16, hits);
-    for (group, &word) in keys.chunks(64).zip(hits.iter()) {
+    for (w, &word) in hits.iter().enumerate() {
         let mut rest = word;
         while rest != 0 {
-            low[(group[rest.trailing_zeros() as usize] & 0xffff) as usize] += 1;
+            let offset = w * 64 + rest.trailing_zeros() as usize;
+            // Offsets fit (see `Record`), and the low half of a key is 16 bits.
+            f(offset as u16, keys[offset] as u16);
             rest &= rest - 1;
         }
     }
 }
 
-/// Pass 3, then each model's keys equal to a cut kept by their ordinal.
-fn select_all(inputs: &[TensorView<'_>], n: usize, selections: &[Selection]) -> Vec<BitMask> {
-    // Per chunk, per model: its words of strictly kept bits, then of each tie's equal keys.
-    let bits: Vec<Vec<Vec<u64>>> = zip_chunks(inputs, n, |_, xs| {
-        let mut chunk = Vec::with_capacity(selections.len());
-        for_each_keys(xs, |i, keys| chunk.push(classify(keys, &selections[i])));
-        chunk
-    });
+/// Each model's mask: its bits per chunk (from pass 2's records, or a third pass for the
+/// models without), then its keys equal to a cut kept by their ordinal.
+fn select_all(inputs: &[TensorView<'_>], n: usize, cuts: Cuts) -> Vec<BitMask> {
+    let Cuts {
+        plans,
+        selections,
+        records,
+    } = cuts;
+    let bits = chunk_bits(inputs, n, &plans, &selections, records);
     selections
         .iter()
         .enumerate()
@@ -313,6 +458,74 @@ fn select_all(inputs: &[TensorView<'_>], n: usize, selections: &[Selection]) -> 
         .collect()
 }
 
+/// Per chunk, per model: its words of strictly kept bits, then of each tie's equal keys.
+fn chunk_bits(
+    inputs: &[TensorView<'_>],
+    n: usize,
+    plans: &[Plan],
+    selections: &[Selection],
+    records: Vec<Vec<Option<Record>>>,
+) -> Vec<Vec<Vec<u64>>> {
+    let unrecorded: Vec<usize> = (0..plans.len()).filter(|&i| !plans[i].record).collect();
+    // Pass 3, for the unrecorded models only, in their order.
+    let classified: Vec<Vec<Vec<u64>>> = if unrecorded.is_empty() {
+        vec![Vec::new(); records.len()]
+    } else {
+        let mut again = vec![inputs[0].clone()];
+        again.extend(unrecorded.iter().map(|&i| inputs[1 + i].clone()));
+        zip_chunks(&again, n, |_, xs| {
+            let mut chunk = Vec::with_capacity(unrecorded.len());
+            for_each_keys(xs, |j, keys| {
+                chunk.push(classify(keys, &selections[unrecorded[j]]));
+            });
+            chunk
+        })
+    };
+    records
+        .into_par_iter()
+        .zip(classified)
+        .map(|(records, classified)| {
+            let mut classified = classified.into_iter();
+            records
+                .into_iter()
+                .enumerate()
+                .map(|(i, record)| match record {
+                    Some(record) => finish(record, &plans[i].buckets, &selections[i]),
+                    None => classified.next().expect("a classified model"),
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// One chunk's bits of one model, as [`classify`] would set them, from its pass 2 record: the
+/// keys strictly between the cut buckets are already set; those in a cut bucket are rebuilt
+/// from their low bits and compared with the exact cuts.
+fn finish(record: Record, buckets: &[u32], selection: &Selection) -> Vec<u64> {
+    let Record {
+        mut strict,
+        in_bucket,
+    } = record;
+    let words = strict.len();
+    strict.resize(words * selection.slots(), 0);
+    let (first, span) = selection.strict_range();
+    for (&bucket, found) in buckets.iter().zip(&in_bucket) {
+        for &(offset, low) in found {
+            let key = (bucket << 16) | u32::from(low);
+            let offset = usize::from(offset);
+            if key.wrapping_sub(first) < span {
+                set_bit(&mut strict[..words], offset);
+            }
+            for (s, tie) in selection.ties.iter().enumerate() {
+                if key == tie.key {
+                    set_bit(&mut strict[(s + 1) * words..], offset);
+                }
+            }
+        }
+    }
+    strict
+}
+
 /// Run `s` of one model's bits of a chunk, laid out as `slots` runs of equal length.
 fn run(bits: &[u64], slots: usize, s: usize) -> &[u64] {
     let words = bits.len() / slots;
@@ -328,11 +541,8 @@ fn classify(keys: &[u32], selection: &Selection) -> Vec<u64> {
     let words = keys.len().div_ceil(64);
     let mut bits = vec![0u64; words * selection.slots()];
     let (strict, equal) = bits.split_at_mut(words);
-    // Magnitude keys have the sign bit clear, so `lower + 1` cannot overflow and `u32::MAX` is
-    // above every key.
-    let first = selection.lower.map_or(0, |k| k + 1);
-    let end = selection.upper.unwrap_or(u32::MAX);
-    inside_bits(keys, first, end.saturating_sub(first), strict);
+    let (first, span) = selection.strict_range();
+    inside_bits(keys, first, span, strict);
     for (tie, words) in selection.ties.iter().zip(equal.chunks_mut(words)) {
         equal_bits(keys, tie.key, words);
     }
@@ -409,16 +619,43 @@ mod tests {
             .collect()
     }
 
+    /// Keys spread over many buckets but for a tenth of them, in one bucket (that of 1.0) with
+    /// eight distinct low halves: the cuts of a middle band fall in it, among heavy ties, and
+    /// few enough keys share it that pass 2 records them.
+    fn one_crowded_bucket(n: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                let h = (i * 2_654_435_761) % 1_000_003;
+                match h % 20 {
+                    0 | 1 => 1.0 + (h % 8) as f32 * (1.0 / (1 << 20) as f32),
+                    r if r < 11 => (h % 5_000) as f32 * 1e-4,
+                    _ => 2.0 + (h % 5_000) as f32 * 1e-3,
+                }
+            })
+            .collect()
+    }
+
     #[test]
     fn masks_match_selection_from_stored_keys() {
-        // Several chunks and an odd tail; one model with a wide spread of magnitudes.
+        // Several chunks and an odd tail. Models: few distinct magnitudes (cuts inside runs of
+        // ties), a wide spread, one crowded bucket, and every key equal.
         let n = 5 * CHUNK + 37;
         let base = values(n, 0, 11);
-        let models: Vec<Vec<f32>> = [(1, 7), (2, 3), (3, 50_000)]
+        let mut models: Vec<Vec<f32>> = [(1, 7), (2, 3), (3, 50_000)]
             .iter()
             .map(|&(seed, distinct)| values(n, seed, distinct))
             .collect();
-        let infos: Vec<_> = (0..4).map(|i| info(&format!("t{i}"), n)).collect();
+        models.push(
+            one_crowded_bucket(n)
+                .iter()
+                .zip(&base)
+                .map(|(x, b)| x + b)
+                .collect(),
+        );
+        models.push(base.iter().map(|b| b + 0.5).collect());
+        let infos: Vec<_> = (0..=models.len())
+            .map(|i| info(&format!("t{i}"), n))
+            .collect();
         let bytes: Vec<Vec<u8>> = std::iter::once(&base)
             .chain(&models)
             .map(|v| f32_bytes(v))
@@ -433,18 +670,35 @@ mod tests {
                     .collect()
             })
             .collect();
+        let middle = |share: f64| (n as f64 * share) as usize;
         let cases = [
-            [Keep::Top(n / 2), Keep::Top(1), Keep::Top(n - 1)],
-            [Keep::Top(0), Keep::Top(n), Keep::Top(n / 3 + 5)],
+            [
+                Keep::Top(n / 2),
+                Keep::Top(1),
+                Keep::Top(n - 1),
+                Keep::Top(n / 2),
+                Keep::Top(n / 2),
+            ],
+            [
+                Keep::Top(0),
+                Keep::Top(n),
+                Keep::Top(n / 3 + 5),
+                Keep::Top(middle(0.47)),
+                Keep::Top(7),
+            ],
             [
                 Keep::Band(n / 4, n / 2),
                 Keep::Band(0, n - 9),
                 Keep::Band(17, n),
+                Keep::Band(middle(0.46), middle(0.53)),
+                Keep::Band(n / 4, n / 2),
             ],
             [
                 Keep::Band(5, 5),
                 Keep::Band(0, n),
                 Keep::Band(n / 2, n / 2 + 3),
+                Keep::Band(middle(0.5), middle(0.5) + 3),
+                Keep::Band(0, 9),
             ],
         ];
         for keeps in cases {
@@ -457,5 +711,34 @@ mod tests {
                 assert!(*mask == expected, "{keep:?}");
             }
         }
+    }
+
+    #[test]
+    fn crowded_buckets_are_recorded_unless_too_crowded() {
+        let n = 3 * CHUNK + 5;
+        let base = values(n, 0, 11);
+        let crowded: Vec<f32> = one_crowded_bucket(n)
+            .iter()
+            .zip(&base)
+            .map(|(x, b)| x + b)
+            .collect();
+        let tied: Vec<f32> = base.iter().map(|b| b + 0.5).collect();
+        let infos: Vec<_> = (0..3).map(|i| info(&format!("t{i}"), n)).collect();
+        let bytes: Vec<Vec<u8>> = [&base, &crowded, &tied]
+            .iter()
+            .map(|v| f32_bytes(v))
+            .collect();
+        let views: Vec<_> = infos.iter().zip(&bytes).map(|(i, b)| view(i, b)).collect();
+        let keeps = [Keep::Band(n * 46 / 100, n * 53 / 100), Keep::Top(n / 2)];
+        let cuts = cuts(&views, n, &keeps);
+        // Both cuts of the band in the crowded bucket, which is recorded once.
+        assert_eq!(cuts.plans[0].buckets, vec![1.0f32.to_bits() >> 16]);
+        assert_eq!(cuts.selections[0].ties.len(), 2, "distinct cut keys");
+        // Every key of the second model ties: its bucket is left to a third pass.
+        assert!(
+            cuts.records
+                .iter()
+                .all(|r| r[0].is_some() && r[1].is_none())
+        );
     }
 }
