@@ -304,8 +304,8 @@ fn vocabularies_of_different_sizes_merge_on_their_common_rows_when_asked() {
     assert_close("model.embed_tokens.weight", values, &expected, Dtype::F32);
 }
 
-/// Element-wise methods merge large tensors slab by slab (engine.rs); the bytes must be those
-/// of merging the whole tensor at once, tail slab, NaN and all.
+/// Element-wise methods (linear, task arithmetic) merge large tensors slab by slab (engine.rs);
+/// the bytes must be those of merging the whole tensor at once, tail slab, NaN and all.
 #[test]
 fn a_tensor_merged_in_slabs_matches_the_tensor_merged_whole() {
     use mergescope_core::backend::Cpu;
@@ -331,27 +331,36 @@ fn a_tensor_merged_in_slabs_matches_the_tensor_merged_whole() {
     };
     write_model_folder(&dir.path().join("a"), &big(0.0), Dtype::BF16, 1);
     write_model_folder(&dir.path().join("b"), &big(1.0), Dtype::BF16, 1);
-    let recipe = "merge_method: linear\nmodels:\n  - model: a\n    parameters: {weight: 0.7}\n  - model: b\n    parameters: {weight: 0.45}\n";
-    std::fs::write(dir.path().join("r.yml"), recipe).unwrap();
-    run(BIN, dir.path(), &["merge", "r.yml", "--out", "out"]).assert_success();
+    let recipes = [
+        "merge_method: linear\nmodels:\n  - model: a\n    parameters: {weight: 0.7}\n  - model: b\n    parameters: {weight: 0.45}\n",
+        "merge_method: task_arithmetic\nbase_model: a\nmodels:\n  - model: b\n    parameters: {weight: 0.6}\n",
+    ];
+    for (r, recipe) in recipes.iter().enumerate() {
+        let file = dir.path().join(format!("r{r}.yml"));
+        let out = format!("out{r}");
+        std::fs::write(&file, recipe).unwrap();
+        run(
+            BIN,
+            dir.path(),
+            &["merge", &format!("r{r}.yml"), "--out", &out],
+        )
+        .assert_success();
 
-    let plan = MergePlan::from_file(
-        &dir.path().join("r.yml"),
-        &PlanOptions {
+        let options = PlanOptions {
             cwd: dir.path().to_path_buf(),
             random_seed: None,
             truncate_vocab: false,
-        },
-    )
-    .unwrap();
-    let whole = merge_in_memory(&plan, &Cpu).unwrap();
-    let values = whole.values["model.embed_tokens.weight"].clone();
-    assert!(values[300_000].is_nan());
-    let expected = TensorBytes::encode(values, FloatType::BF16);
-    let written = std::fs::read(dir.path().join("out/model.safetensors")).unwrap();
-    let file = safetensors::SafeTensors::deserialize(&written).unwrap();
-    assert!(
-        file.tensor("model.embed_tokens.weight").unwrap().data() == expected.as_bytes(),
-        "the slabbed merge differs from the whole-tensor merge"
-    );
+        };
+        let plan = MergePlan::from_file(&file, &options).unwrap();
+        let whole = merge_in_memory(&plan, &Cpu).unwrap();
+        let values = whole.values["model.embed_tokens.weight"].clone();
+        assert!(values[300_000].is_nan(), "{recipe}");
+        let expected = TensorBytes::encode(values, FloatType::BF16);
+        let written = std::fs::read(dir.path().join(out).join("model.safetensors")).unwrap();
+        let file = safetensors::SafeTensors::deserialize(&written).unwrap();
+        assert!(
+            file.tensor("model.embed_tokens.weight").unwrap().data() == expected.as_bytes(),
+            "{recipe}: the slabbed merge differs from the whole-tensor merge"
+        );
+    }
 }

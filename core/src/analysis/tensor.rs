@@ -1,12 +1,13 @@
 //! One tensor's sums (ALGORITHMS.md §4.1–4.4) in one streamed pass over its inputs, after the
-//! top-k masks are selected per model.
+//! top-k masks are selected for all models at once (`merge::ranked`).
 
 use std::cell::RefCell;
 
 use super::sums::{ModelSums, PairSums, Sums, pair_index};
 use crate::checkpoint::TensorView;
-use crate::merge::kernel::{CHUNK, zip_chunks, zip_fill_fold};
-use crate::merge::select::{BitMask, HighBits, magnitude_key, top_k_mask_with};
+use crate::merge::kernel::{CHUNK, zip_chunks};
+use crate::merge::ranked::{self, Keep, Magnitude};
+use crate::merge::select::BitMask;
 
 /// Settings of the interference metrics.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -24,37 +25,19 @@ thread_local! {
     static ROWS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// Per element of a chunk: how many task vectors are positive and how many negative.
     static SIGNS: RefCell<(Vec<u8>, Vec<u8>)> = const { RefCell::new((Vec::new(), Vec::new())) };
-    /// Magnitude keys of the tensor being masked, reused across tensors.
-    static KEYS: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// The top-k magnitude masks of `|model − base|` with `k = max(1, int(density · n))`, one
-/// per density: the keys are computed once for all of them.
-fn magnitude_masks(base: TensorView<'_>, model: TensorView<'_>, densities: &[f64]) -> Vec<BitMask> {
+/// Every model's top-k magnitude mask of `|model − base|` (a NaN or ±Inf difference counts
+/// as 0) with `k = max(1, int(density · n))`.
+fn magnitude_masks(base: &TensorView<'_>, models: &[TensorView<'_>], density: f64) -> Vec<BitMask> {
     let n = base.numel();
-    KEYS.with_borrow_mut(|keys| {
-        keys.resize(n, 0);
-        let high = zip_fill_fold(
-            &[base, model],
-            keys,
-            HighBits::new,
-            |_, xs, k| {
-                for ((k, &b), &x) in k.iter_mut().zip(xs[0]).zip(xs[1]) {
-                    let d = x - b;
-                    *k = magnitude_key(if d.is_finite() { d } else { 0.0 });
-                }
-            },
-            HighBits::add,
-            HighBits::merge,
-        );
-        densities
-            .iter()
-            .map(|density| {
-                let k = ((density * n as f64) as usize).clamp(1, n.max(1));
-                top_k_mask_with(keys, k, &high)
-            })
-            .collect()
-    })
+    let k = ((density * n as f64) as usize).clamp(1, n.max(1));
+    ranked::masks_by(
+        base,
+        models,
+        &vec![Keep::Top(k); models.len()],
+        Magnitude::Finite,
+    )
 }
 
 /// Σ f(x) in f64 over eight independent lanes, which the compiler keeps in vector registers.
@@ -109,21 +92,9 @@ pub fn tensor_sums(
     if n == 0 {
         return sums;
     }
-    let trim = settings.ties_density < 1.0;
-    let densities = [settings.density, settings.ties_density];
-    let densities = if trim {
-        &densities[..]
-    } else {
-        &densities[..1]
-    };
-    let (jaccard, trimmed): (Vec<BitMask>, Vec<Option<BitMask>>) = models
-        .iter()
-        .map(|x| {
-            let mut masks = magnitude_masks(base.clone(), x.clone(), densities).into_iter();
-            (masks.next().expect("one per density"), masks.next())
-        })
-        .unzip();
-    let trimmed: Option<Vec<BitMask>> = trim.then(|| trimmed.into_iter().flatten().collect());
+    let jaccard = magnitude_masks(&base, models, settings.density);
+    let trimmed = (settings.ties_density < 1.0)
+        .then(|| magnitude_masks(&base, models, settings.ties_density));
     let weights: Vec<f32> = (0..m)
         .map(|i| settings.weights.get(i).copied().unwrap_or(1.0) as f32)
         .collect();

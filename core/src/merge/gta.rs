@@ -121,6 +121,12 @@ impl Gta {
         Ok(())
     }
 
+    /// Without a sparsifier nothing is ranked or drawn: each element's sign election and sum
+    /// read only that element (task arithmetic).
+    pub fn is_elementwise(self) -> bool {
+        self.sparsifier == Sparsifier::None
+    }
+
     pub fn merge(
         self,
         backend: &dyn Backend,
@@ -540,7 +546,7 @@ fn l1_rescale_factors(
     all.extend(models.iter().cloned());
     let sums: Vec<Vec<(f64, f64)>> = zip_chunks(&all, all[0].numel(), |start, xs| {
         let mut sums = Vec::with_capacity(masks.len());
-        ranked::for_each_keys(xs, |i, keys| {
+        ranked::for_each_keys(xs, ranked::Magnitude::Raw, |i, keys| {
             sums.push(l1_chunk_sums(keys, masks[i].words_of_chunk(start)));
         });
         sums
@@ -614,6 +620,10 @@ macro_rules! gta_method {
         impl $crate::merge::MergeMethod for $ty {
             fn spec(&self) -> &'static $crate::merge::MethodSpec {
                 &SPEC
+            }
+
+            fn is_elementwise(&self) -> bool {
+                GTA.is_elementwise()
             }
 
             fn check(&self, params: &$crate::merge::TensorParams) -> Result<(), String> {

@@ -128,13 +128,27 @@ thread_local! {
     static KEYS: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
 }
 
+/// Which magnitude of `θᵢ − θ_b` an element is ranked by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Magnitude {
+    /// `|θᵢ − θ_b|` as computed: a NaN or ±Inf difference ranks above every number, as in
+    /// mergekit's `topk` of the absolute values (the merge methods).
+    Raw,
+    /// A NaN or ±Inf difference counts as 0 (the analysis, where such a weight is no
+    /// measurable change).
+    Finite,
+}
+
 /// Calls `f(i, keys)` with the magnitude keys of `models[i] - base` for one decoded chunk.
-pub(super) fn for_each_keys(xs: &[&[f32]], mut f: impl FnMut(usize, &[u32])) {
+pub(super) fn for_each_keys(xs: &[&[f32]], magnitude: Magnitude, mut f: impl FnMut(usize, &[u32])) {
     let (base, models) = xs.split_first().expect("the base is the first input");
     KEYS.with_borrow_mut(|keys| {
         keys.resize(base.len(), 0);
         for (i, model) in models.iter().enumerate() {
-            fill_keys(base, model, keys);
+            match magnitude {
+                Magnitude::Raw => fill_keys(base, model, keys),
+                Magnitude::Finite => fill_finite_keys(base, model, keys),
+            }
             f(i, keys);
         }
     });
@@ -148,6 +162,18 @@ pub(super) fn for_each_keys(xs: &[&[f32]], mut f: impl FnMut(usize, &[u32])) {
 fn fill_keys(base: &[f32], model: &[f32], keys: &mut [u32]) {
     for ((k, &b), &x) in keys.iter_mut().zip(base).zip(model) {
         *k = magnitude_key(x - b);
+    }
+}
+
+#[multiversion::multiversion(targets(
+    "x86_64+avx2+fma",
+    "x86_64+avx512f+avx512bw",
+    "aarch64+neon"
+))]
+fn fill_finite_keys(base: &[f32], model: &[f32], keys: &mut [u32]) {
+    for ((k, &b), &x) in keys.iter_mut().zip(base).zip(model) {
+        let d = x - b;
+        *k = magnitude_key(if d.is_finite() { d } else { 0.0 });
     }
 }
 
@@ -177,14 +203,24 @@ fn fold_chunks<A: Send>(
 /// [`select::top_k_mask`](super::select::top_k_mask) and
 /// [`select::rank_band_mask`](super::select::rank_band_mask) would choose them from the keys.
 pub fn masks(base: &TensorView<'_>, models: &[TensorView<'_>], keeps: &[Keep]) -> Vec<BitMask> {
+    masks_by(base, models, keeps, Magnitude::Raw)
+}
+
+/// [`masks`] ranking by `magnitude`.
+pub fn masks_by(
+    base: &TensorView<'_>,
+    models: &[TensorView<'_>],
+    keeps: &[Keep],
+    magnitude: Magnitude,
+) -> Vec<BitMask> {
     let n = base.numel();
     let mut masks: Vec<Option<BitMask>> = keeps.iter().map(|k| k.fixed(n)).collect();
     let ranked: Vec<usize> = (0..models.len()).filter(|&i| masks[i].is_none()).collect();
     let mut inputs = vec![base.clone()];
     inputs.extend(ranked.iter().map(|&i| models[i].clone()));
     let keeps: Vec<Keep> = ranked.iter().map(|&i| keeps[i]).collect();
-    let cuts = cuts(&inputs, n, &keeps);
-    for (&i, mask) in ranked.iter().zip(select_all(&inputs, n, cuts)) {
+    let cuts = cuts(&inputs, n, &keeps, magnitude);
+    for (&i, mask) in ranked.iter().zip(select_all(&inputs, n, cuts, magnitude)) {
         masks[i] = Some(mask);
     }
     masks
@@ -295,13 +331,13 @@ impl Scan {
 }
 
 /// Passes 1 and 2: every model's cut keys, and what finishes its bits.
-fn cuts(inputs: &[TensorView<'_>], n: usize, keeps: &[Keep]) -> Cuts {
+fn cuts(inputs: &[TensorView<'_>], n: usize, keeps: &[Keep], magnitude: Magnitude) -> Cuts {
     let m = keeps.len();
     let highs = fold_chunks(
         inputs,
         n,
         || vec![HighBits::new(); m],
-        |highs, _, xs| for_each_keys(xs, |i, keys| highs[i].add(keys)),
+        |highs, _, xs| for_each_keys(xs, magnitude, |i, keys| highs[i].add(keys)),
         |a, b| a.into_iter().zip(b).map(|(a, b)| a.merge(b)).collect(),
     );
     let totals: Vec<Vec<usize>> = highs.iter().map(HighBits::totals).collect();
@@ -322,7 +358,7 @@ fn cuts(inputs: &[TensorView<'_>], n: usize, keeps: &[Keep]) -> Cuts {
         || Scan::new(&plans),
         |scan, chunk, xs| {
             let mut records = Vec::with_capacity(m);
-            for_each_keys(xs, |i, keys| {
+            for_each_keys(xs, magnitude, |i, keys| {
                 records.push(scan_buckets(keys, &plans[i], &mut scan.lows[i]));
             });
             scan.records.push((chunk, records));
@@ -419,13 +455,18 @@ fn for_each_in_bucket(keys: &[u32], bucket: u32, mut f: impl FnMut(u16, u16)) {
 
 /// Each model's mask: its bits per chunk (from pass 2's records, or a third pass for the
 /// models without), then its keys equal to a cut kept by their ordinal.
-fn select_all(inputs: &[TensorView<'_>], n: usize, cuts: Cuts) -> Vec<BitMask> {
+fn select_all(
+    inputs: &[TensorView<'_>],
+    n: usize,
+    cuts: Cuts,
+    magnitude: Magnitude,
+) -> Vec<BitMask> {
     let Cuts {
         plans,
         selections,
         records,
     } = cuts;
-    let bits = chunk_bits(inputs, n, &plans, &selections, records);
+    let bits = chunk_bits(inputs, n, &plans, &selections, records, magnitude);
     selections
         .iter()
         .enumerate()
@@ -465,6 +506,7 @@ fn chunk_bits(
     plans: &[Plan],
     selections: &[Selection],
     records: Vec<Vec<Option<Record>>>,
+    magnitude: Magnitude,
 ) -> Vec<Vec<Vec<u64>>> {
     let unrecorded: Vec<usize> = (0..plans.len()).filter(|&i| !plans[i].record).collect();
     // Pass 3, for the unrecorded models only, in their order.
@@ -475,7 +517,7 @@ fn chunk_bits(
         again.extend(unrecorded.iter().map(|&i| inputs[1 + i].clone()));
         zip_chunks(&again, n, |_, xs| {
             let mut chunk = Vec::with_capacity(unrecorded.len());
-            for_each_keys(xs, |j, keys| {
+            for_each_keys(xs, magnitude, |j, keys| {
                 chunk.push(classify(keys, &selections[unrecorded[j]]));
             });
             chunk
@@ -714,6 +756,44 @@ mod tests {
     }
 
     #[test]
+    fn non_finite_differences_rank_first_raw_and_as_zero_finite() {
+        let n = 2 * CHUNK + 3;
+        let base = values(n, 0, 11);
+        let mut model = values(n, 1, 50_000);
+        for (j, bad) in [
+            (5, f32::NAN),
+            (CHUNK + 1, f32::INFINITY),
+            (n - 1, f32::NEG_INFINITY),
+        ] {
+            model[j] = bad;
+        }
+        let infos = [info("b", n), info("m", n)];
+        let bytes = [f32_bytes(&base), f32_bytes(&model)];
+        let views = [view(&infos[0], &bytes[0]), view(&infos[1], &bytes[1])];
+        for magnitude in [Magnitude::Raw, Magnitude::Finite] {
+            let keys: Vec<u32> = model
+                .iter()
+                .zip(&base)
+                .map(|(x, b)| {
+                    let d = x - b;
+                    match magnitude {
+                        Magnitude::Raw => magnitude_key(d),
+                        Magnitude::Finite => magnitude_key(if d.is_finite() { d } else { 0.0 }),
+                    }
+                })
+                .collect();
+            for keep in [Keep::Top(2), Keep::Top(n / 3), Keep::Band(0, 4)] {
+                let got = masks_by(&views[0], &views[1..], &[keep], magnitude);
+                let expected = match keep {
+                    Keep::Top(k) => top_k_mask(&keys, k),
+                    Keep::Band(lo, hi) => rank_band_mask(&keys, lo, hi),
+                };
+                assert!(got[0] == expected, "{magnitude:?} {keep:?}");
+            }
+        }
+    }
+
+    #[test]
     fn crowded_buckets_are_recorded_unless_too_crowded() {
         let n = 3 * CHUNK + 5;
         let base = values(n, 0, 11);
@@ -730,7 +810,7 @@ mod tests {
             .collect();
         let views: Vec<_> = infos.iter().zip(&bytes).map(|(i, b)| view(i, b)).collect();
         let keeps = [Keep::Band(n * 46 / 100, n * 53 / 100), Keep::Top(n / 2)];
-        let cuts = cuts(&views, n, &keeps);
+        let cuts = cuts(&views, n, &keeps, Magnitude::Raw);
         // Both cuts of the band in the crowded bucket, which is recorded once.
         assert_eq!(cuts.plans[0].buckets, vec![1.0f32.to_bits() >> 16]);
         assert_eq!(cuts.selections[0].ties.len(), 2, "distinct cut keys");
