@@ -248,7 +248,7 @@ fn bf16_bits(x: f32) -> u16 {
 
 /// How many of `values` are NaN or ±Inf.
 #[multiversion::multiversion(targets = "simd")]
-fn count_non_finite(values: &[f32]) -> u64 {
+pub(crate) fn count_non_finite(values: &[f32]) -> u64 {
     values.iter().map(|v| u64::from(!v.is_finite())).sum()
 }
 

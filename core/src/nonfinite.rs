@@ -35,7 +35,7 @@ impl std::fmt::Display for NonFinite {
 pub fn count(values: &[f32]) -> u64 {
     values
         .par_chunks(1 << 16)
-        .map(|c| c.iter().filter(|v| !v.is_finite()).count() as u64)
+        .map(crate::dtype::count_non_finite)
         .sum()
 }
 
