@@ -322,14 +322,9 @@ mod tests {
 
     #[test]
     fn bf16_encoding_matches_half_bit_for_bit() {
-        // A xorshift stream: reproducible bit patterns over the whole u32 range.
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let random = std::iter::repeat_with(|| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u32
-        });
+        // Reproducible bit patterns over the whole u32 range.
+        let random =
+            crate::merge::methods::test_util::xorshift(0x9e37_79b9_7f4a_7c15).map(|r| r as u32);
         // An odd length, so the kernels' tails run too.
         let bits: Vec<u32> = bf16_edges()
             .into_iter()

@@ -235,26 +235,31 @@ fn truncation_stays_available_and_alignment_takes_precedence() {
     assert_eq!(rows(&format!("{UNION}tokenizer_source: union\n")), 36);
 }
 
+/// The plan of the vocab fixture's `recipe`, as mergekit's run made it (seed 42).
+fn fixture_plan(recipe: &str) -> mergescope_core::merge::plan::MergePlan {
+    use mergescope_core::merge::plan::{MergePlan, PlanOptions};
+    let options = PlanOptions {
+        cwd: part_dir("vocab"),
+        random_seed: Some(42),
+        truncate_vocab: false,
+    };
+    MergePlan::from_file(
+        &part_dir("vocab").join(format!("configs/{recipe}.yml")),
+        &options,
+    )
+    .unwrap()
+}
+
 /// The workbench's in-memory preview permutes the rows as the merge does: its result matches
 /// mergekit's too.
 #[test]
 fn the_preview_aligns_as_the_merge_does() {
     use mergescope_core::backend::Cpu;
     use mergescope_core::eval::preview::merge_in_memory;
-    use mergescope_core::merge::plan::{MergePlan, PlanOptions};
     use mergescope_tests::compare::{Tolerance, compare_tensor};
 
     let recipe = "tokens_task_arithmetic";
-    let options = PlanOptions {
-        cwd: part_dir("vocab"),
-        random_seed: Some(42),
-        truncate_vocab: false,
-    };
-    let plan = MergePlan::from_file(
-        &part_dir("vocab").join(format!("configs/{recipe}.yml")),
-        &options,
-    )
-    .unwrap();
+    let plan = fixture_plan(recipe);
     let merged = merge_in_memory(&plan, &Cpu).unwrap();
     let expected =
         mergescope_tests::fixture::read_folder(&part_dir("vocab").join("expected").join(recipe));
@@ -272,19 +277,9 @@ fn the_preview_aligns_as_the_merge_does() {
 #[test]
 fn an_in_memory_merge_has_the_aligned_vocabulary_size() {
     use mergescope_core::eval::lm::generate::files_for_plan;
-    use mergescope_core::merge::plan::{MergePlan, PlanOptions};
 
     let recipe = "union_task_arithmetic";
-    let options = PlanOptions {
-        cwd: part_dir("vocab"),
-        random_seed: Some(42),
-        truncate_vocab: false,
-    };
-    let plan = MergePlan::from_file(
-        &part_dir("vocab").join(format!("configs/{recipe}.yml")),
-        &options,
-    )
-    .unwrap();
+    let plan = fixture_plan(recipe);
     let files = files_for_plan(&plan).unwrap();
     let expected = config(&part_dir("vocab").join("expected").join(recipe));
     assert_eq!(files.config["vocab_size"], expected["vocab_size"]);

@@ -362,23 +362,12 @@ fn gram(inputs: &[TensorView<'_>], center: Option<TensorView<'_>>) -> Vec<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::merge::methods::test_util::{f32_bytes, info, view};
+    use crate::merge::methods::test_util::{f32_bytes, info, view, xorshift};
     use crate::merge::select::BitMask;
-
-    /// A reproducible xorshift stream.
-    fn stream(seed: u64) -> impl Iterator<Item = u64> {
-        let mut state = seed;
-        std::iter::repeat_with(move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        })
-    }
 
     /// Values in [−1, 1) with some zeros, denormals and exact ties against the base sprinkled in.
     fn values(seed: u64, n: usize) -> Vec<f32> {
-        stream(seed)
+        xorshift(seed)
             .take(n)
             .map(|r| match r % 16 {
                 0 => 0.0,
@@ -431,7 +420,7 @@ mod tests {
         let masks: Vec<Option<BitMask>> = [None, Some(6), Some(7)]
             .into_iter()
             .map(|seed| {
-                seed.map(|s| BitMask::from_words(stream(s).take(n.div_ceil(64)).collect(), n))
+                seed.map(|s| BitMask::from_words(xorshift(s).take(n.div_ceil(64)).collect(), n))
             })
             .collect();
         let infos: Vec<_> = (0..4).map(|i| info(&format!("t{i}"), n)).collect();

@@ -18,17 +18,13 @@ use rayon::prelude::*;
 use crate::backend::{Backend, Combine};
 use crate::checkpoint::TensorView;
 
-use super::kernel::{CHUNK, sum_in_order, with_decoded, zip_chunks, zip_fill, zip_fill_fold};
+use super::kernel::{CHUNK, sum_in_order, with_decoded, zip_chunks, zip_fill};
 use super::ranked::{self, Keep};
 use super::rng::{ElementRng, bernoulli_threshold};
 use super::select::{
-    BYTE_FACTORS, BitMask, HighBits, magnitude_key, rank_band_mask_with, set_bit, top_k_mask_with,
+    BYTE_FACTORS, BitMask, SORTED_AT_MOST, magnitude_key, rank_band_mask, set_bit, top_k_mask,
 };
 use super::{Kind, MethodError, MethodInputs, ParamSpec, TensorParams, Value};
-
-/// Tensors up to this many elements (norms, biases) select per model from stored keys, where
-/// sorting beats histograms; larger ones use the fused passes of [`ranked`].
-const SMALL: usize = 1 << 16;
 
 /// How a task vector is sparsified before it is combined.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -161,7 +157,10 @@ impl Gta {
                 .map(|(mask, factor)| (mask, if rescale { factor } else { 1.0 }))
                 .unzip()
             }
-            Sparsifier::Magnitude | Sparsifier::MagnitudeOutliers if base.numel() > SMALL => {
+            // Tensors small enough to sort (norms, biases) select per model from stored keys.
+            Sparsifier::Magnitude | Sparsifier::MagnitudeOutliers
+                if base.numel() > SORTED_AT_MOST =>
+            {
                 self.fused_masks(inputs, rescale)
             }
             Sparsifier::Magnitude | Sparsifier::MagnitudeOutliers | Sparsifier::DellaMagprune => {
@@ -191,9 +190,8 @@ impl Gta {
     }
 
     /// The keep-mask and rescale factor of model `i` from its stored magnitude keys (DELLA, and
-    /// small tensors under the other rank sparsifiers): `|θᵢ − θ_b|` becomes order keys (with
-    /// their high-bit histogram in the same pass where a radix select follows), then the mask
-    /// is selected from them. `None` when the density keeps everything.
+    /// small tensors under the other rank sparsifiers): `|θᵢ − θ_b|` becomes order keys, then
+    /// the mask is selected from them. `None` when the density keeps everything.
     fn ranked_mask(
         self,
         inputs: &MethodInputs<'_>,
@@ -208,28 +206,17 @@ impl Gta {
         }
         KEYS.with_borrow_mut(|(keys, ranks)| {
             keys.resize(n, 0);
-            let pair = [base, inputs.models[i].clone()];
-            let fill = |_: usize, xs: &[&[f32]], k: &mut [u32]| {
+            zip_fill(&[base, inputs.models[i].clone()], keys, |_, xs, k| {
                 for ((k, &b), &x) in k.iter_mut().zip(xs[0]).zip(xs[1]) {
                     *k = magnitude_key(x - b);
                 }
-            };
+            });
             if self.sparsifier == Sparsifier::DellaMagprune {
-                zip_fill(&pair, keys, fill);
                 return della_mask(inputs, i, density, keys, ranks, rescale);
             }
-            let high = zip_fill_fold(
-                &pair,
-                keys,
-                HighBits::new,
-                fill,
-                HighBits::add,
-                HighBits::merge,
-            );
-            let keep = self.keep(inputs.params, i, n).expect("density below 1");
-            let mask = match keep {
-                Keep::Top(k) => top_k_mask_with(keys, k, &high),
-                Keep::Band(lo, hi) => rank_band_mask_with(keys, lo, hi, &high),
+            let mask = match self.keep(inputs.params, i, n).expect("density below 1") {
+                Keep::Top(k) => top_k_mask(keys, k),
+                Keep::Band(lo, hi) => rank_band_mask(keys, lo, hi),
             };
             let factor = if rescale {
                 l1_rescale_factor(keys, &mask)
@@ -319,7 +306,11 @@ fn della_mask(
         };
         (density - epsilon) + 2.0 * epsilon * rank_norm.clamp(0.0, 1.0)
     });
-    let factor = if rescale { l1_factor(&sums) } else { 1.0 };
+    let factor = if rescale {
+        l1_factor(sums.iter().copied())
+    } else {
+        1.0
+    };
     (Some(mask), factor)
 }
 
@@ -381,7 +372,7 @@ fn random_masks(
                 mask_words.extend_from_slice(&chunk_words[i * WORDS..(i + 1) * WORDS]);
             }
             mask_words.truncate(n.div_ceil(64));
-            let factor = l1_factor(&sums.iter().map(|s| s[i]).collect::<Vec<_>>());
+            let factor = l1_factor(sums.iter().map(|s| s[i]));
             (Some(BitMask::from_words(mask_words, n)), factor)
         })
         .collect()
@@ -389,11 +380,7 @@ fn random_masks(
 
 /// One model's DARE mask words for one chunk (`u < p` on the raw `draws`), with the chunk's L1
 /// sums of `x - b` before and after masking.
-#[multiversion::multiversion(targets(
-    "x86_64+avx2+fma",
-    "x86_64+avx512f+avx512bw",
-    "aarch64+neon"
-))]
+#[multiversion::multiversion(targets = "simd")]
 fn dare_chunk(
     draws: &[u32],
     threshold: u32,
@@ -533,7 +520,7 @@ fn l1_rescale_factor(keys: &[u32], mask: &BitMask) -> f32 {
         .enumerate()
         .map(|(chunk, part)| l1_chunk_sums(part, mask.words_of_chunk(chunk * CHUNK)))
         .collect();
-    l1_factor(&sums)
+    l1_factor(sums.iter().copied())
 }
 
 /// [`l1_rescale_factor`] of every model against `base`, in one pass that decodes the base once.
@@ -552,7 +539,7 @@ fn l1_rescale_factors(
         sums
     });
     (0..masks.len())
-        .map(|i| l1_factor(&sums.iter().map(|s| s[i]).collect::<Vec<_>>()))
+        .map(|i| l1_factor(sums.iter().map(|s| s[i])))
         .collect()
 }
 
@@ -576,9 +563,9 @@ fn l1_chunk_sums(keys: &[u32], words: &[u64]) -> (f64, f64) {
 }
 
 /// The rescale factor from every chunk's L1 sums, added in chunk order.
-fn l1_factor(sums: &[(f64, f64)]) -> f32 {
-    let before = sum_in_order(sums.iter().map(|s| s.0));
-    let after = sum_in_order(sums.iter().map(|s| s.1));
+fn l1_factor(sums: impl Iterator<Item = (f64, f64)> + Clone) -> f32 {
+    let before = sum_in_order(sums.clone().map(|s| s.0));
+    let after = sum_in_order(sums.map(|s| s.1));
     if before < 1e-7 || after < 1e-7 {
         1.0
     } else {

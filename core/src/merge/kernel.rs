@@ -88,40 +88,6 @@ where
         });
 }
 
-/// [`zip_fill`] that also folds a value over the chunks (`fold` sees each chunk's output after
-/// `f` filled it); per-split accumulators are combined with `reduce`.
-pub fn zip_fill_fold<T, A, F, G, R>(
-    inputs: &[TensorView<'_>],
-    out: &mut [T],
-    init: fn() -> A,
-    f: F,
-    fold: G,
-    reduce: R,
-) -> A
-where
-    T: Send,
-    A: Send,
-    F: Fn(usize, &[&[f32]], &mut [T]) + Sync + Send,
-    G: Fn(&mut A, &[T]) + Sync + Send,
-    R: Fn(A, A) -> A + Sync + Send,
-{
-    check_sizes(inputs, out.len());
-    // Accumulators can be large (a histogram): at least 64 chunks (1 Mi elements) per fold job
-    // keeps their creation and merging negligible.
-    out.par_chunks_mut(CHUNK)
-        .enumerate()
-        .with_min_len(64)
-        .fold(init, |mut acc, (chunk, out_chunk)| {
-            let start = chunk * CHUNK;
-            with_decoded(inputs, start, out_chunk.len(), |views| {
-                f(start, views, out_chunk);
-            });
-            fold(&mut acc, out_chunk);
-            acc
-        })
-        .reduce(init, reduce)
-}
-
 /// Like [`zip_map`], but every block holds whole rows of `row_len` elements, so `f` can treat
 /// each row as a vector (methods with per-row variants: nuslerp, model_stock, arcee_fusion). A
 /// row longer than [`CHUNK`] is a block of its own.

@@ -154,22 +154,14 @@ pub(super) fn for_each_keys(xs: &[&[f32]], magnitude: Magnitude, mut f: impl FnM
     });
 }
 
-#[multiversion::multiversion(targets(
-    "x86_64+avx2+fma",
-    "x86_64+avx512f+avx512bw",
-    "aarch64+neon"
-))]
+#[multiversion::multiversion(targets = "simd")]
 fn fill_keys(base: &[f32], model: &[f32], keys: &mut [u32]) {
     for ((k, &b), &x) in keys.iter_mut().zip(base).zip(model) {
         *k = magnitude_key(x - b);
     }
 }
 
-#[multiversion::multiversion(targets(
-    "x86_64+avx2+fma",
-    "x86_64+avx512f+avx512bw",
-    "aarch64+neon"
-))]
+#[multiversion::multiversion(targets = "simd")]
 fn fill_finite_keys(base: &[f32], model: &[f32], keys: &mut [u32]) {
     for ((k, &b), &x) in keys.iter_mut().zip(base).zip(model) {
         let d = x - b;
@@ -592,11 +584,7 @@ fn classify(keys: &[u32], selection: &Selection) -> Vec<u64> {
 }
 
 /// Sets the bit of every key in `first..first + span` (one wrapping subtraction and compare).
-#[multiversion::multiversion(targets(
-    "x86_64+avx2+fma",
-    "x86_64+avx512f+avx512bw",
-    "aarch64+neon"
-))]
+#[multiversion::multiversion(targets = "simd")]
 fn inside_bits(keys: &[u32], first: u32, span: u32, words: &mut [u64]) {
     for (word, group) in words.iter_mut().zip(keys.chunks(64)) {
         let mut bits = 0u64;
@@ -607,11 +595,7 @@ fn inside_bits(keys: &[u32], first: u32, span: u32, words: &mut [u64]) {
     }
 }
 
-#[multiversion::multiversion(targets(
-    "x86_64+avx2+fma",
-    "x86_64+avx512f+avx512bw",
-    "aarch64+neon"
-))]
+#[multiversion::multiversion(targets = "simd")]
 fn equal_bits(keys: &[u32], key: u32, words: &mut [u64]) {
     for (word, group) in words.iter_mut().zip(keys.chunks(64)) {
         let mut bits = 0u64;

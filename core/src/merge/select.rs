@@ -132,7 +132,16 @@ pub fn set_bit(words: &mut [u64], offset: usize) {
 /// (A sampled bracket was tried first and was slower: bf16 task vectors have few distinct
 /// magnitudes, so millions of keys tie at the cut and land in any bracket.)
 pub fn key_at(keys: &[u32], position: usize) -> (u32, usize, usize) {
-    key_at_with(keys, position, &HighBits::of(keys))
+    key_at_with(keys, position, radix_counts(keys).as_ref())
+}
+
+/// Keys up to this many are sorted (norms, biases): sorting a copy beats two 64 Ki-bin
+/// histograms.
+pub(super) const SORTED_AT_MOST: usize = 1 << 16;
+
+/// The top-16-bit counts a radix select of `keys` starts from; `None` where they are sorted.
+fn radix_counts(keys: &[u32]) -> Option<HighBits> {
+    (keys.len() > SORTED_AT_MOST).then(|| HighBits::of(keys))
 }
 
 /// Counts of the keys' top 16 bits: the first half of a radix select, which callers that
@@ -184,10 +193,9 @@ impl Default for HighBits {
     }
 }
 
-/// [`key_at`] with the top-16-bit counts already known.
-pub fn key_at_with(keys: &[u32], position: usize, high: &HighBits) -> (u32, usize, usize) {
-    if keys.len() <= 1 << 16 {
-        // Small tensors (norms, biases): sorting a copy beats two 64 Ki-bin histograms.
+/// [`key_at`] with the keys' [`radix_counts`].
+fn key_at_with(keys: &[u32], position: usize, high: Option<&HighBits>) -> (u32, usize, usize) {
+    let Some(high) = high else {
         assert!(
             position < keys.len(),
             "rank {position} of {} keys",
@@ -199,7 +207,7 @@ pub fn key_at_with(keys: &[u32], position: usize, high: &HighBits) -> (u32, usiz
         let below = sorted.partition_point(|&k| k < key);
         let equal = sorted.partition_point(|&k| k <= key) - below;
         return (key, below, equal);
-    }
+    };
     assert!(
         position < keys.len(),
         "rank {position} of {} keys",
@@ -391,11 +399,6 @@ fn bounded_mask(keys: &[u32], lower: Option<Bound>, upper: Option<Bound>) -> Bit
 
 /// Keeps the elements at positions `lo..hi` of `keys` ordered ascending by (key, flat index).
 pub fn rank_band_mask(keys: &[u32], lo: usize, hi: usize) -> BitMask {
-    rank_band_mask_with(keys, lo, hi, &HighBits::of(keys))
-}
-
-/// [`rank_band_mask`] with the keys' top-16-bit counts already known.
-pub fn rank_band_mask_with(keys: &[u32], lo: usize, hi: usize, high: &HighBits) -> BitMask {
     let n = keys.len();
     let hi = hi.min(n);
     if lo >= hi {
@@ -404,6 +407,8 @@ pub fn rank_band_mask_with(keys: &[u32], lo: usize, hi: usize, high: &HighBits) 
     if lo == 0 && hi == n {
         return BitMask::full(n);
     }
+    let high = radix_counts(keys);
+    let high = high.as_ref();
     // Among keys equal to the key at `lo`, the first `lo - below` (in index order) sit below
     // `lo`; among keys equal to the key at `hi - 1`, only the first `hi - below` sit below `hi`.
     let lower = (lo > 0).then(|| {
@@ -425,11 +430,6 @@ pub fn rank_band_mask_with(keys: &[u32], lo: usize, hi: usize, high: &HighBits) 
 
 /// Keeps the `k` largest keys; among equal keys at the cut, lower flat indices first.
 pub fn top_k_mask(keys: &[u32], k: usize) -> BitMask {
-    top_k_mask_with(keys, k, &HighBits::of(keys))
-}
-
-/// [`top_k_mask`] with the keys' top-16-bit counts already known.
-pub fn top_k_mask_with(keys: &[u32], k: usize, high: &HighBits) -> BitMask {
     let n = keys.len();
     if k >= n {
         return BitMask::full(n);
@@ -439,7 +439,7 @@ pub fn top_k_mask_with(keys: &[u32], k: usize, high: &HighBits) -> BitMask {
     }
     // The k-th largest is at ascending position n - k; everything above it is kept, and of the
     // keys equal to it the first `k - greater` in index order.
-    let (key, below, equal) = key_at_with(keys, n - k, high);
+    let (key, below, equal) = key_at(keys, n - k);
     let greater = n - below - equal;
     bounded_mask(
         keys,

@@ -138,6 +138,17 @@ pub(crate) mod test_util {
     use crate::dtype::Dtype;
     use crate::merge::{MergeMethod, MethodInputs, TensorParams};
 
+    /// A reproducible xorshift stream of `u64`s, for test inputs over whole bit ranges.
+    pub fn xorshift(seed: u64) -> impl Iterator<Item = u64> {
+        let mut state = seed;
+        std::iter::repeat_with(move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        })
+    }
+
     /// An F32 tensor view over `bytes` (use [`f32_bytes`]) for method unit tests.
     pub fn info(name: &str, numel: usize) -> TensorInfo {
         TensorInfo {
