@@ -21,6 +21,8 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
+mod bracket;
+
 use super::kernel::{CHUNK, with_decoded, zip_chunks};
 use super::select::{BitMask, Bound, HighBits, Ties, locate, magnitude_key, set_bit};
 use crate::checkpoint::TensorView;
@@ -208,17 +210,41 @@ pub fn masks_by(
     let n = base.numel();
     let mut masks: Vec<Option<BitMask>> = keeps.iter().map(|k| k.fixed(n)).collect();
     let ranked: Vec<usize> = (0..models.len()).filter(|&i| masks[i].is_none()).collect();
-    let mut inputs = vec![base.clone()];
-    inputs.extend(ranked.iter().map(|&i| models[i].clone()));
-    let keeps: Vec<Keep> = ranked.iter().map(|&i| keeps[i]).collect();
-    let cuts = cuts(&inputs, n, &keeps, magnitude);
-    for (&i, mask) in ranked.iter().zip(select_all(&inputs, n, cuts, magnitude)) {
-        masks[i] = Some(mask);
+    let inputs = |chosen: &[usize]| -> Vec<TensorView<'_>> {
+        std::iter::once(base.clone())
+            .chain(chosen.iter().map(|&i| models[i].clone()))
+            .collect()
+    };
+    // Cuts guessed from a sample and checked in one pass; the models whose guess fails (or
+    // that sampling cannot bracket tightly) take the radix passes.
+    let guessed = bracket::select(
+        &inputs(&ranked),
+        n,
+        &ranked_keeps(&ranked, keeps),
+        magnitude,
+    );
+    let mut radix = Vec::new();
+    for (&i, found) in ranked.iter().zip(guessed) {
+        match found {
+            Some((selection, bits)) => masks[i] = Some(mask_of(n, &selection, &bits)),
+            None => radix.push(i),
+        }
+    }
+    if !radix.is_empty() {
+        let keeps = ranked_keeps(&radix, keeps);
+        let (selections, bits) = radix_bits(&inputs(&radix), n, &keeps, magnitude);
+        for ((&i, selection), bits) in radix.iter().zip(&selections).zip(&bits) {
+            masks[i] = Some(mask_of(n, selection, bits));
+        }
     }
     masks
         .into_iter()
         .map(|m| m.expect("every model selected"))
         .collect()
+}
+
+fn ranked_keeps(chosen: &[usize], keeps: &[Keep]) -> Vec<Keep> {
+    chosen.iter().map(|&i| keeps[i]).collect()
 }
 
 /// A cut to locate: ascending `position` of model `model`'s keys, which is its `slot`th bound.
@@ -445,50 +471,56 @@ fn for_each_in_bucket(keys: &[u32], bucket: u32, mut f: impl FnMut(u16, u16)) {
     }
 }
 
-/// Each model's mask: its bits per chunk (from pass 2's records, or a third pass for the
-/// models without), then its keys equal to a cut kept by their ordinal.
-fn select_all(
+/// The radix passes: each model's cut keys, and per chunk its words of strictly kept bits,
+/// then of each tie's equal keys (model-major).
+fn radix_bits(
     inputs: &[TensorView<'_>],
     n: usize,
-    cuts: Cuts,
+    keeps: &[Keep],
     magnitude: Magnitude,
-) -> Vec<BitMask> {
+) -> (Vec<Selection>, Vec<Vec<Vec<u64>>>) {
     let Cuts {
         plans,
         selections,
         records,
-    } = cuts;
-    let bits = chunk_bits(inputs, n, &plans, &selections, records, magnitude);
-    selections
-        .iter()
-        .enumerate()
-        .map(|(i, selection)| {
-            let slots = selection.slots();
-            // Per tie, per chunk: (equal keys in earlier chunks, equal keys in this chunk).
-            let ordinals: Vec<Vec<(usize, usize)>> = (0..selection.ties.len())
-                .map(|s| {
-                    let mut seen = 0;
-                    bits.iter()
-                        .map(|chunk| {
-                            let count = count_ones(run(&chunk[i], slots, s + 1));
-                            seen += count;
-                            (seen - count, count)
-                        })
-                        .collect()
+    } = cuts(inputs, n, keeps, magnitude);
+    let chunks = chunk_bits(inputs, n, &plans, &selections, records, magnitude);
+    let mut bits: Vec<Vec<Vec<u64>>> = vec![Vec::with_capacity(chunks.len()); selections.len()];
+    for chunk in chunks {
+        for (model, words) in bits.iter_mut().zip(chunk) {
+            model.push(words);
+        }
+    }
+    (selections, bits)
+}
+
+/// One model's mask from its bits per chunk (as [`classify`] lays them out): the strictly kept
+/// bits, then its keys equal to a cut kept by their ordinal.
+fn mask_of(n: usize, selection: &Selection, bits: &[Vec<u64>]) -> BitMask {
+    let slots = selection.slots();
+    // Per tie, per chunk: (equal keys in earlier chunks, equal keys in this chunk).
+    let ordinals: Vec<Vec<(usize, usize)>> = (0..selection.ties.len())
+        .map(|s| {
+            let mut seen = 0;
+            bits.iter()
+                .map(|chunk| {
+                    let count = count_ones(run(chunk, slots, s + 1));
+                    seen += count;
+                    (seen - count, count)
                 })
-                .collect();
-            let mut mask = BitMask::new(n);
-            mask.fill_chunks(|start, words| {
-                let chunk = &bits[start / CHUNK];
-                words.copy_from_slice(&chunk[i][..words.len()]);
-                for (s, &tie) in selection.ties.iter().enumerate() {
-                    let (before, count) = ordinals[s][start / CHUNK];
-                    keep_ties(words, run(&chunk[i], slots, s + 1), tie, before, count);
-                }
-            });
-            mask
+                .collect()
         })
-        .collect()
+        .collect();
+    let mut mask = BitMask::new(n);
+    mask.fill_chunks(|start, words| {
+        let chunk = &bits[start / CHUNK];
+        words.copy_from_slice(&chunk[..words.len()]);
+        for (s, &tie) in selection.ties.iter().enumerate() {
+            let (before, count) = ordinals[s][start / CHUNK];
+            keep_ties(words, run(chunk, slots, s + 1), tie, before, count);
+        }
+    });
+    mask
 }
 
 /// Per chunk, per model: its words of strictly kept bits, then of each tie's equal keys.

@@ -1,0 +1,543 @@
+//! Cut keys guessed from a sample and checked in one pass: the fast path of [`super`].
+//!
+//! A few thousand short runs of every task vector's magnitudes, sorted, say roughly where each
+//! cut falls. One streaming pass then sets the bits of the keys strictly between those guesses,
+//! records the keys inside them, and counts the keys below; the counts prove (or refute) that
+//! each cut lies inside its bracket, and the recorded keys give its exact key. A model whose
+//! guess is refuted takes the radix passes instead, so a bad sample costs time, never a wrong
+//! mask.
+//!
+//! bf16 task vectors have few distinct magnitudes: a cut often falls in a run of equal keys
+//! holding several percent of the tensor. Such a run (the sample's mode inside a bracket) gets
+//! one bit per element instead of a record, so a heavy tie costs no more than a light one.
+
+use rayon::prelude::*;
+
+use super::{Keep, Magnitude, Selection, count_ones, for_each_keys, inside_bits, run};
+use crate::checkpoint::TensorView;
+use crate::merge::kernel::{CHUNK, with_decoded, zip_chunks};
+use crate::merge::select::set_bit;
+
+/// Contiguous elements per sample run: one 64-byte line of bf16.
+const RUN: usize = 32;
+/// Sample runs per tensor at most: 128 Ki keys per model.
+const RUNS: usize = 4096;
+/// Tensors smaller than this take the radix passes: a sample would be too small to bracket
+/// the cuts tightly, and their passes are cheap anyway.
+const SAMPLED_FROM: usize = 1 << 16;
+/// The largest magnitude key: keys have the sign bit clear.
+const MAX_KEY: u32 = u32::MAX >> 1;
+/// A heavy key that matches nothing.
+const NO_KEY: u32 = u32::MAX;
+
+/// An inclusive key range guessed to hold a cut, and its heaviest key if one run of equal keys
+/// fills much of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Bracket {
+    lo: u32,
+    hi: u32,
+    heavy: u32,
+}
+
+impl Bracket {
+    fn span(self) -> u32 {
+        // `hi` ≤ MAX_KEY, so this cannot overflow.
+        self.hi - self.lo + 1
+    }
+}
+
+/// One model's guess: one or two disjoint brackets, ascending, and which holds each cut slot
+/// (0 the lower cut, 1 the upper, as [`Keep::positions`]).
+#[derive(Clone, Debug)]
+struct Guess {
+    brackets: Vec<Bracket>,
+    slots: [Option<usize>; 2],
+}
+
+impl Guess {
+    /// Keys strictly between the brackets (above the lower one, below the upper one) as
+    /// `first..first + span`: kept wherever in its bracket each cut turns out to be.
+    fn strict_range(&self) -> (u32, u32) {
+        let bracket = |slot: usize| self.slots[slot].map(|b| self.brackets[b]);
+        let first = bracket(0).map_or(0, |b| b.hi + 1);
+        let end = bracket(1).map_or(u32::MAX, |b| b.lo);
+        (first, end.saturating_sub(first))
+    }
+}
+
+/// What the pass keeps of one model's chunk.
+#[derive(Clone, Debug)]
+struct ChunkScan {
+    /// Bits of the keys in the guess's strict range.
+    strict: Vec<u64>,
+    /// Per bracket, bits of the keys equal to its heavy key.
+    heavy: Vec<Vec<u64>>,
+    /// The other keys inside a bracket, in index order, as (offset in the chunk, key).
+    records: Vec<(u16, u32)>,
+    /// Keys below the lowest bracket.
+    below: usize,
+}
+
+/// Each model's cut keys and bits per chunk (as the radix passes lay them out), or `None` for
+/// the models left to the radix passes. `inputs` are the base, then one model per keep.
+pub(super) fn select(
+    inputs: &[TensorView<'_>],
+    n: usize,
+    keeps: &[Keep],
+    magnitude: Magnitude,
+) -> Vec<Option<(Selection, Vec<Vec<u64>>)>> {
+    if n < SAMPLED_FROM || keeps.is_empty() {
+        return vec![None; keeps.len()];
+    }
+    let samples = sample(inputs, n, magnitude);
+    let guesses: Vec<Option<Guess>> = keeps
+        .iter()
+        .zip(&samples)
+        .map(|(&keep, sample)| guess(sample, keep, n))
+        .collect();
+    let chosen: Vec<usize> = (0..keeps.len()).filter(|&i| guesses[i].is_some()).collect();
+    let mut found = vec![None; keeps.len()];
+    if chosen.is_empty() {
+        return found;
+    }
+    let guessed: Vec<&Guess> = chosen
+        .iter()
+        .map(|&i| guesses[i].as_ref().expect("chosen"))
+        .collect();
+    let scan_inputs: Vec<TensorView<'_>> = std::iter::once(inputs[0].clone())
+        .chain(chosen.iter().map(|&i| inputs[1 + i].clone()))
+        .collect();
+    let scans = scan_all(&scan_inputs, n, &guessed, magnitude);
+    for ((&i, guess), scans) in chosen.iter().zip(guessed).zip(scans) {
+        found[i] = settle(keeps[i], n, guess, scans);
+    }
+    found
+}
+
+/// The pass: per model (`inputs` are the base, then one model per guess), its scan of every
+/// chunk.
+fn scan_all(
+    inputs: &[TensorView<'_>],
+    n: usize,
+    guesses: &[&Guess],
+    magnitude: Magnitude,
+) -> Vec<Vec<ChunkScan>> {
+    let chunks = zip_chunks(inputs, n, |_, xs| {
+        let mut scans = Vec::with_capacity(guesses.len());
+        for_each_keys(xs, magnitude, |j, keys| scans.push(scan(keys, guesses[j])));
+        scans
+    });
+    let mut per_model: Vec<Vec<ChunkScan>> = vec![Vec::with_capacity(chunks.len()); guesses.len()];
+    for chunk in chunks {
+        for (model, scan) in per_model.iter_mut().zip(chunk) {
+            model.push(scan);
+        }
+    }
+    per_model
+}
+
+/// Every model's sorted magnitude keys at [`RUNS`] runs spread over the tensor, each at a
+/// pseudo-random offset in its stretch (evenly spaced runs could alias with the rows).
+fn sample(inputs: &[TensorView<'_>], n: usize, magnitude: Magnitude) -> Vec<Vec<u32>> {
+    let runs = (n / (16 * RUN)).clamp(1, RUNS);
+    let stretch = n / runs;
+    let per_run: Vec<Vec<Vec<u32>>> = (0..runs)
+        .into_par_iter()
+        .with_min_len(64)
+        .map(|r| {
+            let len = RUN.min(stretch);
+            let jitter = splitmix(r as u64) as usize % (stretch - len + 1);
+            with_decoded(inputs, r * stretch + jitter, len, |xs| {
+                let mut keys = Vec::with_capacity(inputs.len() - 1);
+                for_each_keys(xs, magnitude, |_, k| keys.push(k.to_vec()));
+                keys
+            })
+        })
+        .collect();
+    let mut samples = vec![Vec::with_capacity(runs * RUN); inputs.len() - 1];
+    for run in per_run {
+        for (sample, keys) in samples.iter_mut().zip(run) {
+            sample.extend(keys);
+        }
+    }
+    samples.par_iter_mut().for_each(|s| s.sort_unstable());
+    samples
+}
+
+fn splitmix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The brackets of `keep`'s cuts from the sorted `sample`, or `None` if they would hold too
+/// many keys to record (then the radix passes are cheaper).
+fn guess(sample: &[u32], keep: Keep, n: usize) -> Option<Guess> {
+    let len = sample.len() as f64;
+    let mut ranges: Vec<(usize, u32, u32)> = Vec::with_capacity(2);
+    for (slot, position) in keep.positions(n).into_iter().enumerate() {
+        let Some(position) = position else { continue };
+        let q = position as f64 / n as f64;
+        let at = q * len;
+        // Six standard deviations of the sample quantile, widened for runs of neighbours
+        // that are not independent draws.
+        let margin = 6.0 * (len * q * (1.0 - q)).sqrt() + (2 * RUN) as f64;
+        let lo = (at - margin).floor();
+        let hi = (at + margin).ceil();
+        let lo = if lo < 0.0 { 0 } else { sample[lo as usize] };
+        let hi = if hi >= len {
+            MAX_KEY
+        } else {
+            sample[hi as usize]
+        };
+        ranges.push((slot, lo, hi));
+    }
+    let mut brackets: Vec<(u32, u32)> = Vec::with_capacity(2);
+    let mut slots = [None; 2];
+    for (slot, lo, hi) in ranges {
+        match brackets.last_mut() {
+            // Overlapping or touching brackets become one, holding both cuts.
+            Some(last) if lo <= last.1.saturating_add(1) => last.1 = last.1.max(hi),
+            _ => brackets.push((lo, hi)),
+        }
+        slots[slot] = Some(brackets.len() - 1);
+    }
+    let mut recorded = 0;
+    let brackets = brackets
+        .into_iter()
+        .map(|(lo, hi)| {
+            let inside =
+                &sample[sample.partition_point(|&k| k < lo)..sample.partition_point(|&k| k <= hi)];
+            let (mode, count) = mode(inside);
+            // A run worth a bit per element rather than a record per key.
+            let heavy = count * 4 >= inside.len() || count * 256 >= sample.len();
+            recorded += inside.len() - if heavy { count } else { 0 };
+            Bracket {
+                lo,
+                hi,
+                heavy: if heavy { mode } else { NO_KEY },
+            }
+        })
+        .collect();
+    (recorded * 8 <= sample.len()).then_some(Guess { brackets, slots })
+}
+
+/// The most frequent key of sorted `keys` and its count (`(NO_KEY, 0)` when empty).
+fn mode(keys: &[u32]) -> (u32, usize) {
+    let mut best = (NO_KEY, 0);
+    for run in keys.chunk_by(|a, b| a == b) {
+        if run.len() > best.1 {
+            best = (run[0], run.len());
+        }
+    }
+    best
+}
+
+/// The pass on one model's chunk of keys.
+fn scan(keys: &[u32], guess: &Guess) -> ChunkScan {
+    let words = keys.len().div_ceil(64);
+    let mut strict = vec![0; words];
+    let (first, span) = guess.strict_range();
+    inside_bits(keys, first, span, &mut strict);
+    let mut inside = [0u64; CHUNK / 64];
+    let inside = &mut inside[..words];
+    let mut records = Vec::new();
+    let mut below = 0;
+    let heavy = guess
+        .brackets
+        .iter()
+        .enumerate()
+        .map(|(b, bracket)| {
+            let mut heavy = vec![0; if bracket.heavy == NO_KEY { 0 } else { words }];
+            let under = bracket_bits(keys, *bracket, inside, &mut heavy);
+            if b == 0 {
+                below = under;
+            }
+            for (w, &word) in inside.iter().enumerate() {
+                let mut rest = word & !heavy.get(w).copied().unwrap_or(0);
+                while rest != 0 {
+                    let offset = w * 64 + rest.trailing_zeros() as usize;
+                    // A chunk's offsets fit in u16 (see the radix records).
+                    records.push((offset as u16, keys[offset]));
+                    rest &= rest - 1;
+                }
+            }
+            heavy
+        })
+        .collect();
+    ChunkScan {
+        strict,
+        heavy,
+        records,
+        below,
+    }
+}
+
+/// Bits of the keys inside `bracket` and (when `heavy` has room) of those equal to its heavy
+/// key; returns how many keys lie below it.
+#[multiversion::multiversion(targets = "simd")]
+fn bracket_bits(keys: &[u32], bracket: Bracket, inside: &mut [u64], heavy: &mut [u64]) -> usize {
+    let (lo, span, key) = (bracket.lo, bracket.span(), bracket.heavy);
+    let mut below = 0;
+    for (w, group) in keys.chunks(64).enumerate() {
+        let (mut bits, mut equal, mut under) = (0u64, 0u64, 0u32);
+        for (b, &k) in group.iter().enumerate() {
+            bits |= u64::from(k.wrapping_sub(lo) < span) << b;
+            equal |= u64::from(k == key) << b;
+            under += u32::from(k < lo);
+        }
+        inside[w] = bits;
+        if let Some(h) = heavy.get_mut(w) {
+            *h = equal;
+        }
+        below += under as usize;
+    }
+    below
+}
+
+/// Checks that each cut lies in its bracket and finds its exact key; then every chunk's bits.
+/// `None` if a cut fell outside its bracket.
+fn settle(
+    keep: Keep,
+    n: usize,
+    guess: &Guess,
+    scans: Vec<ChunkScan>,
+) -> Option<(Selection, Vec<Vec<u64>>)> {
+    let below: usize = scans.iter().map(|s| s.below).sum();
+    let strict: usize = scans.iter().map(|s| count_ones(&s.strict)).sum();
+    // Per bracket: its recorded keys and its heavy count.
+    let mut keys: Vec<Vec<u32>> = vec![Vec::new(); guess.brackets.len()];
+    let mut heavy = vec![0; guess.brackets.len()];
+    for scan in &scans {
+        for &(_, key) in &scan.records {
+            let b = guess
+                .brackets
+                .iter()
+                .position(|b| key.wrapping_sub(b.lo) < b.span());
+            keys[b.expect("a recorded key lies in a bracket")].push(key);
+        }
+        for (count, words) in heavy.iter_mut().zip(&scan.heavy) {
+            *count += count_ones(words);
+        }
+    }
+    let sizes: Vec<usize> = keys.iter().zip(&heavy).map(|(k, h)| k.len() + h).collect();
+    // Ascending position of each bracket's first key: the strict keys lie between them.
+    let starts = [below, below + sizes[0] + strict];
+    let mut at = [None; 2];
+    for (slot, position) in keep.positions(n).into_iter().enumerate() {
+        let Some(position) = position else { continue };
+        let b = guess.slots[slot].expect("a bracket per cut");
+        let rank = position.checked_sub(starts[b]).filter(|&r| r < sizes[b])?;
+        let (key, below_in, equal) = key_at(&mut keys[b], guess.brackets[b].heavy, heavy[b], rank);
+        at[slot] = Some((key, starts[b] + below_in, equal));
+    }
+    let selection = Selection::new(keep.bounds(n, at));
+    let bits = scans
+        .into_par_iter()
+        .map(|scan| finish(scan, guess, &selection))
+        .collect();
+    Some((selection, bits))
+}
+
+/// The key at `rank` of the multiset `keys` ∪ `heavy_count` × `heavy`, how many are smaller
+/// and how many equal.
+fn key_at(keys: &mut [u32], heavy: u32, heavy_count: usize, rank: usize) -> (u32, usize, usize) {
+    let lighter = keys.iter().filter(|&&k| k < heavy).count();
+    let key = if heavy_count > 0 && (lighter..lighter + heavy_count).contains(&rank) {
+        heavy
+    } else {
+        let nth = if rank < lighter {
+            rank
+        } else {
+            rank - heavy_count
+        };
+        *keys.select_nth_unstable(nth).1
+    };
+    let (mut below, mut equal) = (0, 0);
+    for &k in keys.iter() {
+        below += usize::from(k < key);
+        equal += usize::from(k == key);
+    }
+    if heavy_count > 0 {
+        if heavy < key {
+            below += heavy_count;
+        } else if heavy == key {
+            equal += heavy_count;
+        }
+    }
+    (key, below, equal)
+}
+
+/// One chunk's bits as [`super::classify`] lays them out, from the pass's scan.
+fn finish(scan: ChunkScan, guess: &Guess, selection: &Selection) -> Vec<u64> {
+    let ChunkScan {
+        mut strict,
+        heavy,
+        records,
+        ..
+    } = scan;
+    let words = strict.len();
+    strict.resize(words * selection.slots(), 0);
+    let (first, span) = selection.strict_range();
+    let slot_of = |key: u32| {
+        if key.wrapping_sub(first) < span {
+            Some(0)
+        } else {
+            selection
+                .ties
+                .iter()
+                .position(|t| t.key == key)
+                .map(|s| s + 1)
+        }
+    };
+    for (bracket, equal) in guess.brackets.iter().zip(&heavy) {
+        if let Some(slot) = slot_of(bracket.heavy) {
+            let run = &mut strict[slot * words..(slot + 1) * words];
+            run.iter_mut().zip(equal).for_each(|(w, e)| *w |= e);
+        }
+    }
+    for (offset, key) in records {
+        if let Some(slot) = slot_of(key) {
+            set_bit(&mut strict[slot * words..], usize::from(offset));
+        }
+    }
+    debug_assert!(run(&strict, selection.slots(), 0).len() == words);
+    strict
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::merge::methods::test_util::{f32_bytes, info, view, xorshift};
+    use crate::merge::select::{magnitude_key, rank_band_mask, top_k_mask};
+
+    /// Base and models as views, and each model's stored magnitude keys.
+    struct Family {
+        infos: Vec<crate::checkpoint::TensorInfo>,
+        bytes: Vec<Vec<u8>>,
+        keys: Vec<Vec<u32>>,
+    }
+
+    impl Family {
+        fn new(base: &[f32], deltas: &[Vec<f32>]) -> Self {
+            let n = base.len();
+            let models: Vec<Vec<f32>> = deltas
+                .iter()
+                .map(|d| base.iter().zip(d).map(|(b, d)| b + d).collect())
+                .collect();
+            let keys = models
+                .iter()
+                .map(|x| {
+                    x.iter()
+                        .zip(base)
+                        .map(|(x, b)| magnitude_key(x - b))
+                        .collect()
+                })
+                .collect();
+            Self {
+                infos: (0..=deltas.len())
+                    .map(|i| info(&format!("t{i}"), n))
+                    .collect(),
+                bytes: std::iter::once(base)
+                    .chain(models.iter().map(Vec::as_slice))
+                    .map(f32_bytes)
+                    .collect(),
+                keys,
+            }
+        }
+
+        fn views(&self) -> Vec<TensorView<'_>> {
+            self.infos
+                .iter()
+                .zip(&self.bytes)
+                .map(|(i, b)| view(i, b))
+                .collect()
+        }
+    }
+
+    fn expected(keys: &[u32], keep: Keep) -> crate::merge::select::BitMask {
+        match keep {
+            Keep::Top(k) => top_k_mask(keys, k),
+            Keep::Band(lo, hi) => rank_band_mask(keys, lo, hi),
+        }
+    }
+
+    /// Deltas of distinct magnitudes; deltas where a tenth of the tensor is below 1, 30 % is
+    /// exactly 1 (the bf16 case: a cut inside a heavy run of equal keys) and the rest above.
+    fn deltas(n: usize) -> (Vec<f32>, Vec<Vec<f32>>) {
+        let mut bits = xorshift(7);
+        let mut uniform =
+            move || (bits.next().expect("endless") >> 40) as f32 / (1u64 << 24) as f32;
+        let base: Vec<f32> = (0..n).map(|_| uniform() - 0.5).collect();
+        let spread: Vec<f32> = (0..n).map(|_| (uniform() - 0.5) * 0.01).collect();
+        let heavy: Vec<f32> = (0..n)
+            .map(|_| match uniform() {
+                u if u < 0.35 => u,
+                u if u < 0.65 => 1.0,
+                u => 1.0 + u,
+            })
+            .collect();
+        (base, vec![spread, heavy])
+    }
+
+    #[test]
+    fn sampled_cuts_give_the_masks_of_a_full_sort() {
+        let n = 20 * CHUNK + 77;
+        let (base, deltas) = deltas(n);
+        // The heavy model's keys are exact only against an exactly representable base.
+        let base: Vec<f32> = base.iter().map(|b| (b * 1024.0).round() / 1024.0).collect();
+        let family = Family::new(&base, &deltas);
+        let views = family.views();
+        // The heavy model's cut falls in its run of 1.0s, which gets bits, not records.
+        let samples = sample(&views, n, Magnitude::Raw);
+        let heavy = guess(&samples[1], Keep::Top(n / 2), n).expect("bracketed");
+        assert_eq!(heavy.brackets[0].heavy, 1.0f32.to_bits());
+        let cases = [
+            [Keep::Top(n / 2), Keep::Top(n / 2)],
+            [Keep::Band(n / 4, 3 * n / 4), Keep::Band(n / 3, n / 2)],
+            [Keep::Band(n / 2 - 50, n / 2 + 50), Keep::Top(n / 10)],
+            [Keep::Top(n - 5), Keep::Band(0, 2 * n / 5)],
+        ];
+        for keeps in cases {
+            let found = select(&views, n, &keeps, Magnitude::Raw);
+            for (i, (found, keep)) in found.into_iter().zip(keeps).enumerate() {
+                // Only the extreme cut may be left to the radix passes.
+                let Some((selection, bits)) = found else {
+                    assert_eq!(keep, Keep::Top(n - 5), "model {i} {keep:?} not bracketed");
+                    continue;
+                };
+                let got = super::super::mask_of(n, &selection, &bits);
+                assert!(got == expected(&family.keys[i], keep), "model {i} {keep:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_cut_outside_its_bracket_is_refuted() {
+        let n = 8 * CHUNK;
+        let (base, deltas) = deltas(n);
+        let family = Family::new(&base, &deltas[..1]);
+        let views = family.views();
+        let mut sorted = family.keys[0].clone();
+        sorted.sort_unstable();
+        let keep = Keep::Top(n / 2);
+        // A bracket just above the true cut, and one just below it.
+        for (lo, hi) in [(n / 2 + 10, n / 2 + 100), (n / 2 - 100, n / 2 - 10)] {
+            let guess = Guess {
+                brackets: vec![Bracket {
+                    lo: sorted[lo],
+                    hi: sorted[hi],
+                    heavy: NO_KEY,
+                }],
+                slots: [Some(0), None],
+            };
+            let scans = scan_all(&views, n, &[&guess], Magnitude::Raw);
+            let scans = scans.into_iter().next().expect("one model");
+            assert!(settle(keep, n, &guess, scans).is_none(), "{lo}..{hi}");
+        }
+        // The masks still come out right through the radix passes.
+        let masks = super::super::masks(&views[0], &views[1..], &[keep]);
+        assert!(masks[0] == top_k_mask(&family.keys[0], n / 2));
+    }
+}
