@@ -3,6 +3,8 @@
 
 use std::cell::RefCell;
 
+use rayon::prelude::*;
+
 use super::agreement::{self, GRAM_BLOCK, GRAM_LANES};
 use super::{Backend, BackendError, Combine};
 use crate::checkpoint::TensorView;
@@ -47,10 +49,30 @@ impl Backend for Cpu {
         let mut all = Vec::with_capacity(c.models.len() + 1);
         all.push(c.base.clone());
         all.extend(c.models.iter().cloned());
-        zip_map(&all, out, |start, xs, o| {
-            let (b, models) = xs.split_first().expect("the base is the first input");
-            COMBINE.with_borrow_mut(|scratch| combine_chunk(c, start, b, models, o, scratch));
-        });
+        for input in &all {
+            assert_eq!(
+                input.numel(),
+                out.len(),
+                "`{}` does not match the output",
+                input.info.name
+            );
+        }
+        // Each block is decoded right before it is combined, so its inputs, votes and sums
+        // never leave L1 (a whole chunk's rows spilled to L2 between the row kernels).
+        out.par_chunks_mut(CHUNK)
+            .enumerate()
+            .for_each(|(chunk, o)| {
+                COMBINE.with_borrow_mut(|scratch| {
+                    for (block, o) in o.chunks_mut(COMBINE_BLOCK).enumerate() {
+                        let start = chunk * CHUNK + block * COMBINE_BLOCK;
+                        let mut rows = Rows::new(scratch, all.len(), o.len());
+                        for (input, row) in all.iter().zip(rows.inputs.chunks_mut(COMBINE_BLOCK)) {
+                            input.decode_range(start, &mut row[..o.len()]);
+                        }
+                        combine_block(c, start, &mut rows, o);
+                    }
+                });
+            });
         Ok(())
     }
 
@@ -97,10 +119,16 @@ fn weighted_sum_chunk(xs: &[&[f32]], coefficients: &[f32], divisor: Option<f32>,
     }
 }
 
-/// The per-element rows of one chunk of the combine pass (each `len` long): every loop runs
+/// Elements per block of the combine: a multiple of 64 (whole mask words) small enough that
+/// every row of a block fits in L1 with a few models.
+const COMBINE_BLOCK: usize = 512;
+
+/// The per-element rows of one block of the combine pass (each `len` long): every loop runs
 /// over contiguous f32 rows and vectorises.
 struct Rows<'s> {
-    /// One row of votes (or task vectors) per model, `CHUNK` apart.
+    /// The decoded base, then each model, `COMBINE_BLOCK` apart.
+    inputs: &'s mut [f32],
+    /// One row of votes (or task vectors) per model, `COMBINE_BLOCK` apart.
     deltas: &'s mut [f32],
     /// The sum of votes the sign is elected on.
     total: &'s mut [f32],
@@ -111,13 +139,15 @@ struct Rows<'s> {
 }
 
 impl<'s> Rows<'s> {
-    /// Carves the rows out of `scratch` (grown once per thread, reused by every chunk).
-    fn new(scratch: &'s mut Vec<f32>, n_models: usize, len: usize) -> Self {
-        scratch.resize((n_models + 3) * CHUNK, 0.0);
-        let (deltas, rest) = scratch.split_at_mut(n_models * CHUNK);
-        let (total, rest) = rest.split_at_mut(CHUNK);
-        let (mixed, divisor) = rest.split_at_mut(CHUNK);
+    /// Carves the rows out of `scratch` (grown once per thread, reused by every block).
+    fn new(scratch: &'s mut Vec<f32>, n_inputs: usize, len: usize) -> Self {
+        scratch.resize((2 * n_inputs + 2) * COMBINE_BLOCK, 0.0);
+        let (inputs, rest) = scratch.split_at_mut(n_inputs * COMBINE_BLOCK);
+        let (deltas, rest) = rest.split_at_mut((n_inputs - 1) * COMBINE_BLOCK);
+        let (total, rest) = rest.split_at_mut(COMBINE_BLOCK);
+        let (mixed, divisor) = rest.split_at_mut(COMBINE_BLOCK);
         Self {
+            inputs,
             deltas,
             total: &mut total[..len],
             mixed: &mut mixed[..len],
@@ -126,48 +156,53 @@ impl<'s> Rows<'s> {
     }
 }
 
-/// One chunk of [`Cpu::combine`], elements `start..start + o.len()`.
-fn combine_chunk(
-    c: &Combine<'_>,
-    start: usize,
-    b: &[f32],
-    models: &[&[f32]],
-    o: &mut [f32],
-    scratch: &mut Vec<f32>,
-) {
+/// One block of [`Cpu::combine`], elements `start..start + o.len()`, from its decoded rows.
+fn combine_block(c: &Combine<'_>, start: usize, rows: &mut Rows<'_>, o: &mut [f32]) {
     let len = o.len();
-    let rows = Rows::new(scratch, models.len(), len);
+    let words_of = |i: usize| {
+        c.masks[i]
+            .as_ref()
+            .map(|mask| &mask.words()[start / 64..(start + len).div_ceil(64)])
+    };
+    let Rows {
+        inputs,
+        deltas,
+        total,
+        mixed,
+        divisor,
+    } = rows;
+    let (b, models) = inputs.split_at(COMBINE_BLOCK);
+    let b = &b[..len];
+    let models: Vec<&[f32]> = models.chunks(COMBINE_BLOCK).map(|x| &x[..len]).collect();
     if c.consensus {
         // Every value the election decides on goes through `agreement` (flushed, rounded at
         // the same points as the GPU kernel), see its module docs. The flushed base waits in
         // `mixed` until the agreement pass.
-        flush_into(rows.mixed, b);
-        rows.total.fill(0.0);
+        flush_into(mixed, b);
+        total.fill(0.0);
         for (i, &x) in models.iter().enumerate() {
             let w = agreement::flush(c.weights[i]);
             let f = agreement::flush(c.factors[i]);
-            let words = c.masks[i].as_ref().map(|mask| mask.words_of_chunk(start));
-            let d = &mut rows.deltas[i * CHUNK..i * CHUNK + len];
-            vote_rows(d, rows.total, x, rows.mixed, words, f, w);
+            let d = &mut deltas[i * COMBINE_BLOCK..i * COMBINE_BLOCK + len];
+            vote_rows(d, total, x, mixed, words_of(i), f, w);
         }
         // A total of 0 (or a denormal) elects +1; zero votes never agree.
-        rows.mixed.fill(0.0);
-        rows.divisor.fill(0.0);
+        mixed.fill(0.0);
+        divisor.fill(0.0);
         for i in 0..models.len() {
             let w = agreement::flush(c.weights[i]);
-            let d = &rows.deltas[i * CHUNK..i * CHUNK + len];
-            add_agreeing(rows.mixed, rows.divisor, rows.total, d, w);
+            let d = &deltas[i * COMBINE_BLOCK..i * COMBINE_BLOCK + len];
+            add_agreeing(mixed, divisor, total, d, w);
         }
-        zeros_to_one(rows.divisor);
+        zeros_to_one(divisor);
     } else {
-        rows.mixed.fill(0.0);
+        mixed.fill(0.0);
         for (i, &x) in models.iter().enumerate() {
-            let words = c.masks[i].as_ref().map(|mask| mask.words_of_chunk(start));
-            add_task_vector(rows.mixed, x, b, words, c.factors[i], c.weights[i]);
+            add_task_vector(mixed, x, b, words_of(i), c.factors[i], c.weights[i]);
         }
-        rows.divisor.fill(c.plain_divisor);
+        divisor.fill(c.plain_divisor);
     }
-    finish(o, b, rows.mixed, rows.divisor, c.normalize, c.lambda);
+    finish(o, b, mixed, divisor, c.normalize, c.lambda);
 }
 
 /// `out = flush(b)` element by element.
@@ -198,15 +233,15 @@ fn vote_rows(
         return;
     };
     let groups = d
-        .chunks_mut(64)
-        .zip(total.chunks_mut(64))
-        .zip(x.chunks(64))
-        .zip(fb.chunks(64))
-        .zip(words);
-    for ((((dg, tg), xg), bg), &word) in groups {
-        let keep = keep_factors(word);
-        for ((((d, t), &x), &b), &keep) in dg.iter_mut().zip(tg).zip(xg).zip(bg).zip(&keep) {
-            *d = agreement::vote_of_flushed(x, b, keep, f, w);
+        .chunks_mut(32)
+        .zip(total.chunks_mut(32))
+        .zip(x.chunks(32))
+        .zip(fb.chunks(32))
+        .zip(halves(words));
+    for ((((dg, tg), xg), bg), bits) in groups {
+        let lanes = dg.iter_mut().zip(tg).zip(xg).zip(bg).zip(&LANE_BITS);
+        for ((((d, t), &x), &b), &lane) in lanes {
+            *d = agreement::vote_of_flushed(x, b, keep_factor(bits, lane), f, w);
             *t = agreement::accumulate(*t, *d);
         }
     }
@@ -242,14 +277,13 @@ fn add_task_vector(mixed: &mut [f32], x: &[f32], b: &[f32], words: Option<&[u64]
     };
     // Multiplying by the mask bit as 0.0/1.0 keeps the loop branch-free.
     let groups = mixed
-        .chunks_mut(64)
-        .zip(x.chunks(64))
-        .zip(b.chunks(64))
-        .zip(words);
-    for (((mg, xg), bg), &word) in groups {
-        let keep = keep_factors(word);
-        for (((m, &x), &b), &keep) in mg.iter_mut().zip(xg).zip(bg).zip(&keep) {
-            *m += w * ((x - b) * keep * f);
+        .chunks_mut(32)
+        .zip(x.chunks(32))
+        .zip(b.chunks(32))
+        .zip(halves(words));
+    for (((mg, xg), bg), bits) in groups {
+        for (((m, &x), &b), &lane) in mg.iter_mut().zip(xg).zip(bg).zip(&LANE_BITS) {
+            *m += w * ((x - b) * keep_factor(bits, lane) * f);
         }
     }
 }
@@ -266,31 +300,30 @@ fn finish(o: &mut [f32], b: &[f32], mixed: &[f32], divisor: &[f32], normalize: b
     }
 }
 
-/// The 0.0/1.0 keep factors of each 4-bit pattern, lowest bit first.
-const NIBBLES: [[f32; 4]; 16] = {
-    let mut table = [[0f32; 4]; 16];
-    let mut nibble = 0;
-    while nibble < 16 {
-        let mut k = 0;
-        while k < 4 {
-            table[nibble][k] = ((nibble >> k) & 1) as f32;
-            k += 1;
-        }
-        nibble += 1;
+/// Each lane's bit in a half-word of a keep-mask.
+const LANE_BITS: [u32; 32] = {
+    let mut bits = [0; 32];
+    let mut lane = 0;
+    while lane < 32 {
+        bits[lane] = 1 << lane;
+        lane += 1;
     }
-    table
+    bits
 };
 
-/// The keep factor (0.0 or 1.0) of each of a mask word's 64 elements. Expanding a word four
-/// lanes at a time keeps the loops that multiply by them vectorised (a per-lane variable shift
-/// is not, on baseline x86-64).
-#[inline]
-fn keep_factors(word: u64) -> [f32; 64] {
-    let mut keep = [0f32; 64];
-    for (j, lanes) in keep.chunks_exact_mut(4).enumerate() {
-        lanes.copy_from_slice(&NIBBLES[((word >> (4 * j)) & 15) as usize]);
-    }
-    keep
+/// A mask's words as 32-bit halves, low half first: 32 elements each.
+fn halves(words: &[u64]) -> impl Iterator<Item = u32> + '_ {
+    // Truncation takes the low half.
+    words.iter().flat_map(|&w| [w as u32, (w >> 32) as u32])
+}
+
+/// The keep factor (0.0 or 1.0) of the lane whose bit is `lane` in `bits`. A test against a
+/// constant per lane vectorises on every target (a per-lane variable shift does not on baseline
+/// x86-64), and unlike a table of factors stored per word it leaves nothing for the loads to
+/// wait on.
+#[inline(always)]
+fn keep_factor(bits: u32, lane: u32) -> f32 {
+    if bits & lane == 0 { 0.0 } else { 1.0 }
 }
 
 // The Gram blocks are the CPU backend's chunks, so one work item is one block.
@@ -491,7 +524,10 @@ mod tests {
             0x9e37_79b9_7f4a_7c15,
             0x0123_4567_89ab_cdef,
         ] {
-            let keep = keep_factors(word);
+            let keep = halves(&[word])
+                .flat_map(|bits| LANE_BITS.map(|lane| keep_factor(bits, lane)))
+                .collect::<Vec<f32>>();
+            assert_eq!(keep.len(), 64);
             for (k, &f) in keep.iter().enumerate() {
                 assert_eq!(f, ((word >> k) & 1) as f32, "{word:#x} bit {k}");
             }
