@@ -28,20 +28,32 @@ thread_local! {
 }
 
 /// Every model's top-k magnitude mask of `|model − base|` (a NaN or ±Inf difference counts
-/// as 0) with `k = max(1, int(density · n))`.
-fn magnitude_masks(base: &TensorView<'_>, models: &[TensorView<'_>], density: f64) -> Vec<BitMask> {
+/// as 0) with `k = max(1, int(density · n))`; and `also` of every chunk, from the same pass
+/// when given.
+fn magnitude_masks<T: Send>(
+    base: &TensorView<'_>,
+    models: &[TensorView<'_>],
+    density: f64,
+    also: Option<&ranked::Also<'_, T>>,
+) -> (Vec<BitMask>, Option<Vec<T>>) {
     let n = base.numel();
     let k = ((density * n as f64) as usize).clamp(1, n.max(1));
-    ranked::masks_by(
-        base,
-        models,
-        &vec![Keep::Top(k); models.len()],
-        Magnitude::Finite,
-    )
+    let keeps = vec![Keep::Top(k); models.len()];
+    match also {
+        Some(also) => {
+            let (masks, chunks) = ranked::masks_and(base, models, &keeps, Magnitude::Finite, also);
+            (masks, Some(chunks))
+        }
+        None => (
+            ranked::masks_by(base, models, &keeps, Magnitude::Finite),
+            None,
+        ),
+    }
 }
 
 /// Σ f(x) in f64 over eight independent lanes, which the compiler keeps in vector registers.
-#[inline]
+/// Always inlined, so it takes the SIMD target of its caller.
+#[inline(always)]
 fn sum_f64(values: &[f32], f: impl Fn(f64) -> f64) -> f64 {
     let mut lanes = [0f64; 8];
     let mut chunks = values.chunks_exact(8);
@@ -58,7 +70,7 @@ fn sum_f64(values: &[f32], f: impl Fn(f64) -> f64) -> f64 {
 }
 
 /// Σ a·b in f64, as [`sum_f64`].
-#[inline]
+#[inline(always)]
 fn dot_f64(a: &[f32], b: &[f32]) -> f64 {
     let mut lanes = [0f64; 8];
     let (mut ca, mut cb) = (a.chunks_exact(8), b.chunks_exact(8));
@@ -74,7 +86,7 @@ fn dot_f64(a: &[f32], b: &[f32]) -> f64 {
         + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]))
 }
 
-#[inline]
+#[inline(always)]
 fn count(values: impl Iterator<Item = bool>) -> u64 {
     values.map(u64::from).sum()
 }
@@ -92,19 +104,26 @@ pub fn tensor_sums(
     if n == 0 {
         return sums;
     }
-    let jaccard = magnitude_masks(&base, models, settings.density);
-    let trimmed = (settings.ties_density < 1.0)
-        .then(|| magnitude_masks(&base, models, settings.ties_density));
     let weights: Vec<f32> = (0..m)
         .map(|i| settings.weights.get(i).copied().unwrap_or(1.0) as f32)
         .collect();
-
-    let mut all = Vec::with_capacity(m + 1);
-    all.push(base);
-    all.extend_from_slice(models);
-    let chunks = zip_chunks(&all, n, |start, xs| {
-        chunk_sums(start, xs, trimmed.as_deref(), &weights)
-    });
+    let (jaccard, chunks) = if settings.ties_density < 1.0 {
+        // The sums need the trim masks first.
+        let trimmed = magnitude_masks::<()>(&base, models, settings.ties_density, None).0;
+        let (jaccard, _) = magnitude_masks::<()>(&base, models, settings.density, None);
+        let mut all = Vec::with_capacity(m + 1);
+        all.push(base);
+        all.extend_from_slice(models);
+        let chunks = zip_chunks(&all, n, |start, xs| {
+            chunk_sums(start, xs, Some(&trimmed), &weights)
+        });
+        (jaccard, chunks)
+    } else {
+        // The sums ride along with the selection's pass.
+        let sums = |start: usize, xs: &[&[f32]]| chunk_sums(start, xs, None, &weights);
+        let (jaccard, chunks) = magnitude_masks(&base, models, settings.density, Some(&sums));
+        (jaccard, chunks.expect("asked for"))
+    };
     for part in &chunks {
         sums.add(part);
     }
@@ -130,15 +149,33 @@ pub fn tensor_sums(
 
 /// One chunk's sums: `xs` holds the base's decoded chunk, then each model's; `trimmed` the
 /// TIES trim masks (whole-tensor masks; this chunk starts at element `start`).
-#[multiversion::multiversion(targets = "simd")]
 fn chunk_sums(start: usize, xs: &[&[f32]], trimmed: Option<&[BitMask]>, weights: &[f32]) -> Sums {
+    ROWS.with_borrow_mut(|rows| {
+        SIGNS.with_borrow_mut(|(positive, negative)| {
+            rows_sums(start, xs, trimmed, weights, rows, positive, negative)
+        })
+    })
+}
+
+/// [`chunk_sums`] with the thread's rows. One function with no closures that outlive it: a
+/// closure would be compiled apart, without the SIMD target of the version that calls it.
+#[multiversion::multiversion(targets = "simd")]
+fn rows_sums(
+    start: usize,
+    xs: &[&[f32]],
+    trimmed: Option<&[BitMask]>,
+    weights: &[f32],
+    rows: &mut Vec<f32>,
+    positive: &mut Vec<u8>,
+    negative: &mut Vec<u8>,
+) -> Sums {
     let m = xs.len() - 1;
     let (&b, xs) = xs.split_first().expect("the base is first");
     let len = b.len();
     let mut part = Sums::new(m);
     part.base_sq = sum_f64(b, |v| if v.is_finite() { v * v } else { 0.0 });
     part.base_non_finite = count(b.iter().map(|v| !v.is_finite()));
-    ROWS.with_borrow_mut(|rows| {
+    {
         rows.resize((m + 1) * CHUNK, 0.0);
         let (taus, elected) = rows.split_at_mut(m * CHUNK);
         let elected = &mut elected[..len];
@@ -188,7 +225,7 @@ fn chunk_sums(start: usize, xs: &[&[f32]], trimmed: Option<&[BitMask]>, weights:
                 *s += w * t;
             }
         }
-        SIGNS.with_borrow_mut(|(positive, negative)| {
+        {
             positive.clear();
             positive.resize(len, 0);
             negative.clear();
@@ -219,8 +256,8 @@ fn chunk_sums(start: usize, xs: &[&[f32]], trimmed: Option<&[BitMask]>, weights:
                     .zip(negative.iter())
                     .map(|(&p, &q)| u16::from(p) + u16::from(q) >= 2),
             );
-        });
-    });
+        }
+    }
     part
 }
 

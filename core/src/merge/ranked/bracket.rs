@@ -13,7 +13,9 @@
 
 use rayon::prelude::*;
 
-use super::{Keep, Magnitude, Selection, count_ones, for_each_keys, inside_bits, run};
+use super::{
+    Also, Keep, Magnitude, Selection, count_ones, for_each_keys, inside_bits, run, with_keys,
+};
 use crate::checkpoint::TensorView;
 use crate::merge::kernel::{CHUNK, with_decoded, zip_chunks};
 use crate::merge::select::set_bit;
@@ -78,62 +80,97 @@ struct ChunkScan {
     below: usize,
 }
 
-/// Each model's cut keys and bits per chunk (as the radix passes lay them out), or `None` for
-/// the models left to the radix passes. `inputs` are the base, then one model per keep.
-pub(super) fn select(
-    inputs: &[TensorView<'_>],
-    n: usize,
-    keeps: &[Keep],
-    magnitude: Magnitude,
-) -> Vec<Option<(Selection, Vec<Vec<u64>>)>> {
-    if n < SAMPLED_FROM || keeps.is_empty() {
-        return vec![None; keeps.len()];
-    }
-    let samples = sample(inputs, n, magnitude);
-    let guesses: Vec<Option<Guess>> = keeps
-        .iter()
-        .zip(&samples)
-        .map(|(&keep, sample)| guess(sample, keep, n))
-        .collect();
-    let chosen: Vec<usize> = (0..keeps.len()).filter(|&i| guesses[i].is_some()).collect();
-    let mut found = vec![None; keeps.len()];
-    if chosen.is_empty() {
-        return found;
-    }
-    let guessed: Vec<&Guess> = chosen
-        .iter()
-        .map(|&i| guesses[i].as_ref().expect("chosen"))
-        .collect();
-    let scan_inputs: Vec<TensorView<'_>> = std::iter::once(inputs[0].clone())
-        .chain(chosen.iter().map(|&i| inputs[1 + i].clone()))
-        .collect();
-    let scans = scan_all(&scan_inputs, n, &guessed, magnitude);
-    for ((&i, guess), scans) in chosen.iter().zip(guessed).zip(scans) {
-        found[i] = settle(keeps[i], n, guess, scans);
-    }
-    found
-}
+/// A model's cut keys and bits per chunk (as the radix passes lay them out).
+pub(super) type Found = Option<(Selection, Vec<Vec<u64>>)>;
 
-/// The pass: per model (`inputs` are the base, then one model per guess), its scan of every
-/// chunk.
-fn scan_all(
-    inputs: &[TensorView<'_>],
-    n: usize,
-    guesses: &[&Guess],
+/// Each ranked model's (`keeps[i]` is `Some`) cut keys and bits per chunk, or `None` for the
+/// models left to the radix passes; and `also` of every chunk of base and models, from the
+/// same pass.
+pub(super) fn select<T: Send>(
+    base: &TensorView<'_>,
+    models: &[TensorView<'_>],
+    keeps: &[Option<Keep>],
     magnitude: Magnitude,
-) -> Vec<Vec<ChunkScan>> {
-    let chunks = zip_chunks(inputs, n, |_, xs| {
-        let mut scans = Vec::with_capacity(guesses.len());
-        for_each_keys(xs, magnitude, |j, keys| scans.push(scan(keys, guesses[j])));
-        scans
-    });
-    let mut per_model: Vec<Vec<ChunkScan>> = vec![Vec::with_capacity(chunks.len()); guesses.len()];
-    for chunk in chunks {
-        for (model, scan) in per_model.iter_mut().zip(chunk) {
-            model.push(scan);
+    also: Option<&Also<'_, T>>,
+) -> (Vec<Found>, Option<Vec<T>>) {
+    let n = base.numel();
+    let mut guesses: Vec<Option<Guess>> = vec![None; keeps.len()];
+    if n >= SAMPLED_FROM && keeps.iter().any(Option::is_some) {
+        let sampled: Vec<usize> = (0..keeps.len()).filter(|&i| keeps[i].is_some()).collect();
+        let samples = sample(&inputs(base, models, &sampled), n, magnitude);
+        for (&i, sample) in sampled.iter().zip(&samples) {
+            guesses[i] = keeps[i].and_then(|keep| guess(sample, keep, n));
         }
     }
-    per_model
+    let guessed: Vec<usize> = (0..keeps.len()).filter(|&i| guesses[i].is_some()).collect();
+    let mut found = vec![None; keeps.len()];
+    if guessed.is_empty() && also.is_none() {
+        return (found, None);
+    }
+    // Only what is scanned is decoded, unless `also` wants every model.
+    let decoded: Vec<usize> = if also.is_some() {
+        (0..models.len()).collect()
+    } else {
+        guessed.clone()
+    };
+    let scanned: Vec<(usize, &Guess)> = guessed
+        .iter()
+        .map(|&i| {
+            let at = decoded.iter().position(|&d| d == i).expect("decoded");
+            (1 + at, guesses[i].as_ref().expect("guessed"))
+        })
+        .collect();
+    let (scans, chunks) = scan_all(
+        &inputs(base, models, &decoded),
+        n,
+        &scanned,
+        magnitude,
+        also,
+    );
+    for ((&i, (_, guess)), scans) in guessed.iter().zip(&scanned).zip(scans) {
+        found[i] = settle(keeps[i].expect("ranked"), n, guess, scans);
+    }
+    (found, chunks)
+}
+
+/// The base, then `models[i]` for each `i` in `chosen`.
+fn inputs<'a>(
+    base: &TensorView<'a>,
+    models: &[TensorView<'a>],
+    chosen: &[usize],
+) -> Vec<TensorView<'a>> {
+    std::iter::once(base.clone())
+        .chain(chosen.iter().map(|&i| models[i].clone()))
+        .collect()
+}
+
+/// The pass: per scanned model (its position in `inputs`, and its guess), its scan of every
+/// chunk; and `also` of every chunk.
+fn scan_all<T: Send>(
+    inputs: &[TensorView<'_>],
+    n: usize,
+    scanned: &[(usize, &Guess)],
+    magnitude: Magnitude,
+    also: Option<&Also<'_, T>>,
+) -> (Vec<Vec<ChunkScan>>, Option<Vec<T>>) {
+    let chunks = zip_chunks(inputs, n, |start, xs| {
+        let scans: Vec<ChunkScan> = scanned
+            .iter()
+            .map(|&(at, guess)| with_keys(xs[0], xs[at], magnitude, |keys| scan(keys, guess)))
+            .collect();
+        (scans, also.map(|f| f(start, xs)))
+    });
+    let mut per_model: Vec<Vec<ChunkScan>> = vec![Vec::with_capacity(chunks.len()); scanned.len()];
+    let mut results = also.map(|_| Vec::with_capacity(chunks.len()));
+    for (scans, result) in chunks {
+        for (model, scan) in per_model.iter_mut().zip(scans) {
+            model.push(scan);
+        }
+        if let (Some(results), Some(result)) = (results.as_mut(), result) {
+            results.push(result);
+        }
+    }
+    (per_model, results)
 }
 
 /// Every model's sorted magnitude keys at [`RUNS`] runs spread over the tensor, each at a
@@ -500,7 +537,14 @@ mod tests {
             [Keep::Top(n - 5), Keep::Band(0, 2 * n / 5)],
         ];
         for keeps in cases {
-            let found = select(&views, n, &keeps, Magnitude::Raw);
+            let ranked = keeps.map(Some);
+            let (found, _) = select(
+                &views[0],
+                &views[1..],
+                &ranked,
+                Magnitude::Raw,
+                None::<&Also<'_, ()>>,
+            );
             for (i, (found, keep)) in found.into_iter().zip(keeps).enumerate() {
                 // Only the extreme cut may be left to the radix passes.
                 let Some((selection, bits)) = found else {
@@ -532,7 +576,13 @@ mod tests {
                 }],
                 slots: [Some(0), None],
             };
-            let scans = scan_all(&views, n, &[&guess], Magnitude::Raw);
+            let (scans, _) = scan_all(
+                &views,
+                n,
+                &[(1, &guess)],
+                Magnitude::Raw,
+                None::<&Also<'_, ()>>,
+            );
             let scans = scans.into_iter().next().expect("one model");
             assert!(settle(keep, n, &guess, scans).is_none(), "{lo}..{hi}");
         }

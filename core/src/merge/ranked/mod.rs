@@ -144,16 +144,26 @@ pub enum Magnitude {
 /// Calls `f(i, keys)` with the magnitude keys of `models[i] - base` for one decoded chunk.
 pub(super) fn for_each_keys(xs: &[&[f32]], magnitude: Magnitude, mut f: impl FnMut(usize, &[u32])) {
     let (base, models) = xs.split_first().expect("the base is the first input");
+    for (i, model) in models.iter().enumerate() {
+        with_keys(base, model, magnitude, |keys| f(i, keys));
+    }
+}
+
+/// Calls `f` with the magnitude keys of `model - base` (one decoded chunk of each).
+fn with_keys<R>(
+    base: &[f32],
+    model: &[f32],
+    magnitude: Magnitude,
+    f: impl FnOnce(&[u32]) -> R,
+) -> R {
     KEYS.with_borrow_mut(|keys| {
         keys.resize(base.len(), 0);
-        for (i, model) in models.iter().enumerate() {
-            match magnitude {
-                Magnitude::Raw => fill_keys(base, model, keys),
-                Magnitude::Finite => fill_finite_keys(base, model, keys),
-            }
-            f(i, keys);
+        match magnitude {
+            Magnitude::Raw => fill_keys(base, model, keys),
+            Magnitude::Finite => fill_finite_keys(base, model, keys),
         }
-    });
+        f(keys)
+    })
 }
 
 #[multiversion::multiversion(targets = "simd")]
@@ -207,40 +217,67 @@ pub fn masks_by(
     keeps: &[Keep],
     magnitude: Magnitude,
 ) -> Vec<BitMask> {
+    select(base, models, keeps, magnitude, None::<&Also<'_, ()>>).0
+}
+
+/// Work on every decoded chunk of base and models (`f(start, [base, models…])`) that rides
+/// along with the selection's pass.
+pub type Also<'a, T> = dyn Fn(usize, &[&[f32]]) -> T + Sync + 'a;
+
+/// [`masks_by`], also mapping every chunk of base and models through `also` in the same pass
+/// (the analysis's sums): one decode of the inputs instead of two. Its results come back in
+/// chunk order.
+pub fn masks_and<T: Send>(
+    base: &TensorView<'_>,
+    models: &[TensorView<'_>],
+    keeps: &[Keep],
+    magnitude: Magnitude,
+    also: &Also<'_, T>,
+) -> (Vec<BitMask>, Vec<T>) {
+    let (masks, chunks) = select(base, models, keeps, magnitude, Some(also));
+    (masks, chunks.expect("asked for"))
+}
+
+fn select<T: Send>(
+    base: &TensorView<'_>,
+    models: &[TensorView<'_>],
+    keeps: &[Keep],
+    magnitude: Magnitude,
+    also: Option<&Also<'_, T>>,
+) -> (Vec<BitMask>, Option<Vec<T>>) {
     let n = base.numel();
     let mut masks: Vec<Option<BitMask>> = keeps.iter().map(|k| k.fixed(n)).collect();
-    let ranked: Vec<usize> = (0..models.len()).filter(|&i| masks[i].is_none()).collect();
-    let inputs = |chosen: &[usize]| -> Vec<TensorView<'_>> {
-        std::iter::once(base.clone())
-            .chain(chosen.iter().map(|&i| models[i].clone()))
-            .collect()
-    };
+    let ranked: Vec<Option<Keep>> = keeps
+        .iter()
+        .zip(&masks)
+        .map(|(&keep, fixed)| fixed.is_none().then_some(keep))
+        .collect();
     // Cuts guessed from a sample and checked in one pass; the models whose guess fails (or
     // that sampling cannot bracket tightly) take the radix passes.
-    let guessed = bracket::select(
-        &inputs(&ranked),
-        n,
-        &ranked_keeps(&ranked, keeps),
-        magnitude,
-    );
+    let (guessed, chunks) = bracket::select(base, models, &ranked, magnitude, also);
     let mut radix = Vec::new();
-    for (&i, found) in ranked.iter().zip(guessed) {
+    for (i, found) in guessed.into_iter().enumerate() {
         match found {
             Some((selection, bits)) => masks[i] = Some(mask_of(n, &selection, &bits)),
-            None => radix.push(i),
+            None if masks[i].is_none() => radix.push(i),
+            None => {}
         }
     }
     if !radix.is_empty() {
+        let inputs: Vec<TensorView<'_>> = std::iter::once(base.clone())
+            .chain(radix.iter().map(|&i| models[i].clone()))
+            .collect();
         let keeps = ranked_keeps(&radix, keeps);
-        let (selections, bits) = radix_bits(&inputs(&radix), n, &keeps, magnitude);
+        let (selections, bits) = radix_bits(&inputs, n, &keeps, magnitude);
         for ((&i, selection), bits) in radix.iter().zip(&selections).zip(&bits) {
             masks[i] = Some(mask_of(n, selection, bits));
         }
     }
-    masks
+    let masks = masks
         .into_iter()
         .map(|m| m.expect("every model selected"))
-        .collect()
+        .collect();
+    (masks, chunks)
 }
 
 fn ranked_keeps(chosen: &[usize], keeps: &[Keep]) -> Vec<Keep> {
