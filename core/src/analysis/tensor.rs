@@ -3,9 +3,9 @@
 
 use std::cell::RefCell;
 
-use super::sums::{ModelSums, PairSums, Sums, pair_index};
+use super::sums::{Sums, pair_index};
 use crate::checkpoint::TensorView;
-use crate::merge::kernel::{CHUNK, zip_chunks};
+use crate::merge::kernel::zip_chunks;
 use crate::merge::ranked::{self, Keep, Magnitude};
 use crate::merge::select::BitMask;
 
@@ -51,39 +51,50 @@ fn magnitude_masks<T: Send>(
     }
 }
 
-/// Σ f(x) in f64 over eight independent lanes, which the compiler keeps in vector registers.
-/// Always inlined, so it takes the SIMD target of its caller.
-#[inline(always)]
-fn sum_f64(values: &[f32], f: impl Fn(f64) -> f64) -> f64 {
-    let mut lanes = [0f64; 8];
-    let mut chunks = values.chunks_exact(8);
-    for c in &mut chunks {
-        for (lane, &v) in lanes.iter_mut().zip(c) {
-            *lane += f(f64::from(v));
-        }
-    }
-    for (lane, &v) in lanes.iter_mut().zip(chunks.remainder()) {
-        *lane += f(f64::from(v));
-    }
+/// Eight f64 partial sums: element `j` of a row goes to lane `j mod 8`, and the lanes are added
+/// in a fixed tree at the end, so a row summed in blocks (of multiples of 8) gives the same bits
+/// as summed whole. The compiler keeps the lanes in vector registers.
+type Lanes = [f64; 8];
+
+fn total(lanes: &Lanes) -> f64 {
     ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3]))
         + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]))
 }
 
-/// Σ a·b in f64, as [`sum_f64`].
+/// Adds f(x) of every value to `lanes`. Always inlined, so it takes the SIMD target of its
+/// caller.
 #[inline(always)]
-fn dot_f64(a: &[f32], b: &[f32]) -> f64 {
-    let mut lanes = [0f64; 8];
+fn add_f64(lanes: &mut Lanes, values: &[f32], f: impl Fn(f64) -> f64) {
+    // A local copy with fixed-size rows: the loop becomes one vector add per 8 values.
+    let mut acc = *lanes;
+    let mut chunks = values.chunks_exact(8);
+    for c in &mut chunks {
+        let c: &[f32; 8] = c.try_into().expect("chunks of 8");
+        for k in 0..8 {
+            acc[k] += f(f64::from(c[k]));
+        }
+    }
+    for (lane, &v) in acc.iter_mut().zip(chunks.remainder()) {
+        *lane += f(f64::from(v));
+    }
+    *lanes = acc;
+}
+
+/// Adds a·b in f64, as [`add_f64`].
+#[inline(always)]
+fn add_dot_f64(lanes: &mut Lanes, a: &[f32], b: &[f32]) {
+    let mut acc = *lanes;
     let (mut ca, mut cb) = (a.chunks_exact(8), b.chunks_exact(8));
     for (x, y) in (&mut ca).zip(&mut cb) {
+        let (x, y): (&[f32; 8], &[f32; 8]) = (x.try_into().expect("8"), y.try_into().expect("8"));
         for k in 0..8 {
-            lanes[k] += f64::from(x[k]) * f64::from(y[k]);
+            acc[k] += f64::from(x[k]) * f64::from(y[k]);
         }
     }
     for (k, (&x, &y)) in ca.remainder().iter().zip(cb.remainder()).enumerate() {
-        lanes[k] += f64::from(x) * f64::from(y);
+        acc[k] += f64::from(x) * f64::from(y);
     }
-    ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3]))
-        + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]))
+    *lanes = acc;
 }
 
 #[inline(always)]
@@ -157,8 +168,13 @@ fn chunk_sums(start: usize, xs: &[&[f32]], trimmed: Option<&[BitMask]>, weights:
     })
 }
 
-/// [`chunk_sums`] with the thread's rows. One function with no closures that outlive it: a
-/// closure would be compiled apart, without the SIMD target of the version that calls it.
+/// Elements per block of [`rows_sums`]: a multiple of 64 (whole mask words, and of the 8 f64
+/// lanes) small enough that a block's rows stay in L1 through the twenty-odd loops over them.
+const SUMS_BLOCK: usize = 512;
+
+/// [`chunk_sums`] with the thread's rows, block by block. One function with no closures that
+/// outlive it: a closure would be compiled apart, without the SIMD target of the version that
+/// calls it.
 #[multiversion::multiversion(targets = "simd")]
 fn rows_sums(
     start: usize,
@@ -173,45 +189,53 @@ fn rows_sums(
     let (&b, xs) = xs.split_first().expect("the base is first");
     let len = b.len();
     let mut part = Sums::new(m);
-    part.base_sq = sum_f64(b, |v| if v.is_finite() { v * v } else { 0.0 });
-    part.base_non_finite = count(b.iter().map(|v| !v.is_finite()));
-    {
-        rows.resize((m + 1) * CHUNK, 0.0);
-        let (taus, elected) = rows.split_at_mut(m * CHUNK);
-        let elected = &mut elected[..len];
+    let mut base_sq = Lanes::default();
+    let mut sq = vec![Lanes::default(); m];
+    let mut abs = vec![Lanes::default(); m];
+    let mut max_abs = vec![0f32; m];
+    let mut dots = vec![Lanes::default(); part.pairs.len()];
+    rows.resize((m + 1) * SUMS_BLOCK, 0.0);
+    positive.resize(SUMS_BLOCK, 0);
+    negative.resize(SUMS_BLOCK, 0);
+    for first in (0..len).step_by(SUMS_BLOCK) {
+        let end = (first + SUMS_BLOCK).min(len);
+        let width = end - first;
+        let b = &b[first..end];
+        add_f64(&mut base_sq, b, |v| if v.is_finite() { v * v } else { 0.0 });
+        part.base_non_finite += count(b.iter().map(|v| !v.is_finite()));
+        let (taus, elected) = rows.split_at_mut(m * SUMS_BLOCK);
+        let elected = &mut elected[..width];
         for (i, x) in xs.iter().enumerate() {
-            let t = &mut taus[i * CHUNK..i * CHUNK + len];
-            for ((t, &x), &b) in t.iter_mut().zip(x.iter()).zip(b) {
+            let x = &x[first..end];
+            let t = &mut taus[i * SUMS_BLOCK..i * SUMS_BLOCK + width];
+            for ((t, &x), &b) in t.iter_mut().zip(x).zip(b) {
                 // A non-finite weight (in the model or the base) is no measurable change.
                 let d = x - b;
                 *t = if d.is_finite() { d } else { 0.0 };
             }
-            part.models[i] = ModelSums {
-                non_finite: count(x.iter().map(|v| !v.is_finite())),
-                sq: sum_f64(t, |v| v * v),
-                abs: sum_f64(t, f64::abs),
-                max_abs: f64::from(t.iter().fold(0f32, |a, &v| a.max(v.abs()))),
-                changed: count(t.iter().map(|&v| v != 0.0)),
-                ..ModelSums::default()
-            };
+            let model = &mut part.models[i];
+            model.non_finite += count(x.iter().map(|v| !v.is_finite()));
+            add_f64(&mut sq[i], t, |v| v * v);
+            add_f64(&mut abs[i], t, f64::abs);
+            max_abs[i] = t.iter().fold(max_abs[i], |a, &v| a.max(v.abs()));
+            model.changed += count(t.iter().map(|&v| v != 0.0));
         }
-        let row = |i: usize| &taus[i * CHUNK..i * CHUNK + len];
+        let row = |i: usize| &taus[i * SUMS_BLOCK..i * SUMS_BLOCK + width];
         for i in 0..m {
             for j in i + 1..m {
                 let (a, c) = (row(i), row(j));
-                part.pairs[pair_index(i, j, m)] = PairSums {
-                    dot: dot_f64(a, c),
-                    both: count(a.iter().zip(c).map(|(&x, &y)| (x != 0.0) & (y != 0.0))),
-                    clash: count(a.iter().zip(c).map(|(&x, &y)| x * y < 0.0)),
-                    ..PairSums::default()
-                };
+                let p = pair_index(i, j, m);
+                add_dot_f64(&mut dots[p], a, c);
+                let pair = &mut part.pairs[p];
+                pair.both += count(a.iter().zip(c).map(|(&x, &y)| (x != 0.0) & (y != 0.0)));
+                pair.clash += count(a.iter().zip(c).map(|(&x, &y)| x * y < 0.0));
             }
         }
         // TIES: trim (zero what the mask drops), elect the sign of the weighted sum, count.
         if let Some(masks) = trimmed {
             for (i, mask) in masks.iter().enumerate() {
-                let t = &mut taus[i * CHUNK..i * CHUNK + len];
-                let words = mask.words_of_chunk(start);
+                let t = &mut taus[i * SUMS_BLOCK..i * SUMS_BLOCK + width];
+                let words = &mask.words()[(start + first) / 64..];
                 for (group, &word) in t.chunks_mut(64).zip(words) {
                     for (k, t) in group.iter_mut().enumerate() {
                         *t *= ((word >> k) & 1) as f32;
@@ -221,42 +245,51 @@ fn rows_sums(
         }
         elected.fill(0.0);
         for (i, &w) in weights.iter().enumerate() {
-            for (s, &t) in elected.iter_mut().zip(&taus[i * CHUNK..i * CHUNK + len]) {
+            for (s, &t) in elected
+                .iter_mut()
+                .zip(&taus[i * SUMS_BLOCK..i * SUMS_BLOCK + width])
+            {
                 *s += w * t;
             }
         }
-        {
-            positive.clear();
-            positive.resize(len, 0);
-            negative.clear();
-            negative.resize(len, 0);
-            for i in 0..m {
-                let t = &taus[i * CHUNK..i * CHUNK + len];
-                let model = &mut part.models[i];
-                model.ties_nonzero = count(t.iter().map(|&v| v != 0.0));
-                model.ties_conflict = count(
-                    t.iter()
-                        .zip(elected.iter())
-                        .map(|(&v, &s)| (v != 0.0) & ((v > 0.0) != (s >= 0.0))),
-                );
-                for ((p, q), &v) in positive.iter_mut().zip(negative.iter_mut()).zip(t) {
-                    *p = p.saturating_add(u8::from(v > 0.0));
-                    *q = q.saturating_add(u8::from(v < 0.0));
-                }
+        let (positive, negative) = (&mut positive[..width], &mut negative[..width]);
+        positive.fill(0);
+        negative.fill(0);
+        for i in 0..m {
+            let t = &taus[i * SUMS_BLOCK..i * SUMS_BLOCK + width];
+            let model = &mut part.models[i];
+            model.ties_nonzero += count(t.iter().map(|&v| v != 0.0));
+            model.ties_conflict += count(
+                t.iter()
+                    .zip(elected.iter())
+                    .map(|(&v, &s)| (v != 0.0) & ((v > 0.0) != (s >= 0.0))),
+            );
+            for ((p, q), &v) in positive.iter_mut().zip(negative.iter_mut()).zip(t) {
+                *p = p.saturating_add(u8::from(v > 0.0));
+                *q = q.saturating_add(u8::from(v < 0.0));
             }
-            part.disagree = count(
-                positive
-                    .iter()
-                    .zip(negative.iter())
-                    .map(|(&p, &q)| (p > 0) & (q > 0)),
-            );
-            part.multi_nonzero = count(
-                positive
-                    .iter()
-                    .zip(negative.iter())
-                    .map(|(&p, &q)| u16::from(p) + u16::from(q) >= 2),
-            );
         }
+        part.disagree += count(
+            positive
+                .iter()
+                .zip(negative.iter())
+                .map(|(&p, &q)| (p > 0) & (q > 0)),
+        );
+        part.multi_nonzero += count(
+            positive
+                .iter()
+                .zip(negative.iter())
+                .map(|(&p, &q)| u16::from(p) + u16::from(q) >= 2),
+        );
+    }
+    part.base_sq = total(&base_sq);
+    for (i, model) in part.models.iter_mut().enumerate() {
+        model.sq = total(&sq[i]);
+        model.abs = total(&abs[i]);
+        model.max_abs = f64::from(max_abs[i]);
+    }
+    for (pair, dot) in part.pairs.iter_mut().zip(&dots) {
+        pair.dot = total(dot);
     }
     part
 }
