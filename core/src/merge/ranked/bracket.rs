@@ -13,12 +13,10 @@
 
 use rayon::prelude::*;
 
-use super::{
-    Also, Keep, Magnitude, Selection, count_ones, for_each_keys, inside_bits, run, with_keys,
-};
+use super::{Also, Keep, Magnitude, Selection, count_ones, for_each_keys, run};
 use crate::checkpoint::TensorView;
 use crate::merge::kernel::{CHUNK, with_decoded, zip_chunks};
-use crate::merge::select::set_bit;
+use crate::merge::select::{magnitude_key, set_bit};
 
 /// Contiguous elements per sample run: one 64-byte line of bf16.
 const RUN: usize = 32;
@@ -156,7 +154,7 @@ fn scan_all<T: Send>(
     let chunks = zip_chunks(inputs, n, |start, xs| {
         let scans: Vec<ChunkScan> = scanned
             .iter()
-            .map(|&(at, guess)| with_keys(xs[0], xs[at], magnitude, |keys| scan(keys, guess)))
+            .map(|&(at, guess)| scan(xs[0], xs[at], magnitude, guess))
             .collect();
         (scans, also.map(|f| f(start, xs)))
     });
@@ -271,36 +269,53 @@ fn mode(keys: &[u32]) -> (u32, usize) {
     best
 }
 
-/// The pass on one model's chunk of keys.
-fn scan(keys: &[u32], guess: &Guess) -> ChunkScan {
-    let words = keys.len().div_ceil(64);
+/// The pass on one model's chunk (`base` and `model` decoded).
+fn scan(base: &[f32], model: &[f32], magnitude: Magnitude, guess: &Guess) -> ChunkScan {
+    let words = base.len().div_ceil(64);
+    let finite = magnitude == Magnitude::Finite;
+    let ranges = [0, 1].map(|b| {
+        guess
+            .brackets
+            .get(b)
+            .map_or((0, 0, NO_KEY), |k| (k.lo, k.span(), k.heavy))
+    });
     let mut strict = vec![0; words];
-    let (first, span) = guess.strict_range();
-    inside_bits(keys, first, span, &mut strict);
-    let mut inside = [0u64; CHUNK / 64];
-    let inside = &mut inside[..words];
+    let mut bits = [[0u64; CHUNK / 64]; 4];
+    let [inside_0, heavy_0, inside_1, heavy_1] = &mut bits;
+    let below = scan_words(
+        base,
+        model,
+        finite,
+        guess.strict_range(),
+        ranges,
+        &mut strict,
+        [&mut inside_0[..words], &mut inside_1[..words]],
+        [&mut heavy_0[..words], &mut heavy_1[..words]],
+    );
     let mut records = Vec::new();
-    let mut below = 0;
+    for (b, bracket) in guess.brackets.iter().enumerate() {
+        let (inside, heavy) = (&bits[2 * b][..words], &bits[2 * b + 1][..words]);
+        for (w, (&inside, &heavy)) in inside.iter().zip(heavy).enumerate() {
+            let mut rest = inside & !heavy;
+            while rest != 0 {
+                let offset = w * 64 + rest.trailing_zeros() as usize;
+                // A chunk's offsets fit in u16 (see the radix records).
+                records.push((offset as u16, key(base[offset], model[offset], finite)));
+                rest &= rest - 1;
+            }
+        }
+        debug_assert!(bracket.heavy != NO_KEY || heavy.iter().all(|&h| h == 0));
+    }
     let heavy = guess
         .brackets
         .iter()
         .enumerate()
         .map(|(b, bracket)| {
-            let mut heavy = vec![0; if bracket.heavy == NO_KEY { 0 } else { words }];
-            let under = bracket_bits(keys, *bracket, inside, &mut heavy);
-            if b == 0 {
-                below = under;
+            if bracket.heavy == NO_KEY {
+                Vec::new()
+            } else {
+                bits[2 * b + 1][..words].to_vec()
             }
-            for (w, &word) in inside.iter().enumerate() {
-                let mut rest = word & !heavy.get(w).copied().unwrap_or(0);
-                while rest != 0 {
-                    let offset = w * 64 + rest.trailing_zeros() as usize;
-                    // A chunk's offsets fit in u16 (see the radix records).
-                    records.push((offset as u16, keys[offset]));
-                    rest &= rest - 1;
-                }
-            }
-            heavy
         })
         .collect();
     ChunkScan {
@@ -311,26 +326,185 @@ fn scan(keys: &[u32], guess: &Guess) -> ChunkScan {
     }
 }
 
-/// Bits of the keys inside `bracket` and (when `heavy` has room) of those equal to its heavy
-/// key; returns how many keys lie below it.
+/// The magnitude key of `x - b` (a non-finite difference as 0 when `finite`).
+#[inline(always)]
+fn key(b: f32, x: f32, finite: bool) -> u32 {
+    let d = x - b;
+    magnitude_key(if finite && !d.is_finite() { 0.0 } else { d })
+}
+
+/// One model's chunk in one sweep, keys computed 64 at a time and never stored: the bits of
+/// the keys in `strict` (`first..first + span`), and per bracket `(lo, span, heavy key)` the
+/// bits of the keys inside it and of those equal to its heavy key. Returns how many keys lie
+/// below the first bracket.
+#[allow(clippy::too_many_arguments)]
+fn scan_words(
+    base: &[f32],
+    model: &[f32],
+    finite: bool,
+    strict_range: (u32, u32),
+    ranges: [(u32, u32, u32); 2],
+    strict: &mut [u64],
+    inside: [&mut [u64]; 2],
+    heavy: [&mut [u64]; 2],
+) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    #[allow(unsafe_code)]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F, checked just above.
+        return unsafe {
+            scan_words_avx512(
+                base,
+                model,
+                finite,
+                strict_range,
+                ranges,
+                strict,
+                inside,
+                heavy,
+            )
+        };
+    }
+    scan_words_portable(
+        base,
+        model,
+        finite,
+        strict_range,
+        ranges,
+        strict,
+        inside,
+        heavy,
+    )
+}
+
+/// [`scan_words`] for any CPU (vectorised where the compiler can).
+#[allow(clippy::too_many_arguments)]
 #[multiversion::multiversion(targets = "simd")]
-fn bracket_bits(keys: &[u32], bracket: Bracket, inside: &mut [u64], heavy: &mut [u64]) -> usize {
-    let (lo, span, key) = (bracket.lo, bracket.span(), bracket.heavy);
+fn scan_words_portable(
+    base: &[f32],
+    model: &[f32],
+    finite: bool,
+    (first, span): (u32, u32),
+    ranges: [(u32, u32, u32); 2],
+    strict: &mut [u64],
+    inside: [&mut [u64]; 2],
+    heavy: [&mut [u64]; 2],
+) -> usize {
+    let [(lo_0, span_0, heavy_0), (lo_1, span_1, heavy_1)] = ranges;
+    let [inside_0, inside_1] = inside;
+    let [equal_0, equal_1] = heavy;
     let mut below = 0;
-    for (w, group) in keys.chunks(64).enumerate() {
-        let (mut bits, mut equal, mut under) = (0u64, 0u64, 0u32);
-        for (b, &k) in group.iter().enumerate() {
-            bits |= u64::from(k.wrapping_sub(lo) < span) << b;
-            equal |= u64::from(k == key) << b;
-            under += u32::from(k < lo);
+    for (w, (b, x)) in base.chunks(64).zip(model.chunks(64)).enumerate() {
+        let mut keys = [0u32; 64];
+        for ((k, &b), &x) in keys.iter_mut().zip(b).zip(x) {
+            *k = key(b, x, finite);
         }
-        inside[w] = bits;
-        if let Some(h) = heavy.get_mut(w) {
-            *h = equal;
+        let mut bits = [0u64; 5];
+        let mut under = 0u32;
+        for (j, &k) in keys[..b.len()].iter().enumerate() {
+            bits[0] |= u64::from(k.wrapping_sub(first) < span) << j;
+            bits[1] |= u64::from(k.wrapping_sub(lo_0) < span_0) << j;
+            bits[2] |= u64::from(k == heavy_0) << j;
+            bits[3] |= u64::from(k.wrapping_sub(lo_1) < span_1) << j;
+            bits[4] |= u64::from(k == heavy_1) << j;
+            under += u32::from(k < lo_0);
         }
+        strict[w] = bits[0];
+        inside_0[w] = bits[1];
+        equal_0[w] = bits[2];
+        inside_1[w] = bits[3];
+        equal_1[w] = bits[4];
         below += under as usize;
     }
     below
+}
+
+/// [`scan_words`] with AVX-512, whose compares give bit masks directly: compilers turn the
+/// portable loop's `bit << j` into 64-bit lanes and shifts, several times slower. The keys and
+/// tests are the same integer operations, so the bits are too.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments, unsafe_code)]
+#[target_feature(enable = "avx512f")]
+unsafe fn scan_words_avx512(
+    base: &[f32],
+    model: &[f32],
+    finite: bool,
+    strict_range: (u32, u32),
+    ranges: [(u32, u32, u32); 2],
+    strict: &mut [u64],
+    inside: [&mut [u64]; 2],
+    heavy: [&mut [u64]; 2],
+) -> usize {
+    use std::arch::x86_64::{
+        __m512i, _mm512_and_si512, _mm512_castps_si512, _mm512_cmpeq_epi32_mask,
+        _mm512_cmplt_epu32_mask, _mm512_loadu_ps, _mm512_maskz_mov_epi32, _mm512_set1_epi32,
+        _mm512_sub_epi32, _mm512_sub_ps,
+    };
+    let [(lo_0, span_0, heavy_0), (lo_1, span_1, heavy_1)] = ranges;
+    let [inside_0, inside_1] = inside;
+    let [equal_0, equal_1] = heavy;
+    // Integer lanes hold the u32 patterns; the unsigned compares read them back as u32.
+    let splat = |v: u32| _mm512_set1_epi32(v as i32);
+    let (first, span) = (splat(strict_range.0), splat(strict_range.1));
+    let (lo_0, span_0, heavy_0) = (splat(lo_0), splat(span_0), splat(heavy_0));
+    let (lo_1, span_1, heavy_1) = (splat(lo_1), splat(span_1), splat(heavy_1));
+    let (magnitude, exponent) = (splat(u32::MAX >> 1), splat(0x7f80_0000));
+    let inside = |k: __m512i, lo: __m512i, span: __m512i| {
+        u64::from(_mm512_cmplt_epu32_mask(_mm512_sub_epi32(k, lo), span))
+    };
+    let full = base.len() / 64;
+    let mut below = 0;
+    for w in 0..full {
+        let mut bits = [0u64; 5];
+        let mut under = 0;
+        for q in 0..4 {
+            let at = 64 * w + 16 * q;
+            // SAFETY: `at + 16 <= 64 * full <= base.len() == model.len()`.
+            let (b, x) = unsafe {
+                (
+                    _mm512_loadu_ps(base.as_ptr().add(at)),
+                    _mm512_loadu_ps(model.as_ptr().add(at)),
+                )
+            };
+            // |x − b| as bits: the difference with its sign bit cleared.
+            let mut k = _mm512_and_si512(_mm512_castps_si512(_mm512_sub_ps(x, b)), magnitude);
+            if finite {
+                // NaN and ±Inf (every exponent bit set) count as 0.
+                let bad = _mm512_cmpeq_epi32_mask(_mm512_and_si512(k, exponent), exponent);
+                k = _mm512_maskz_mov_epi32(!bad, k);
+            }
+            let shift = 16 * q;
+            bits[0] |= inside(k, first, span) << shift;
+            bits[1] |= inside(k, lo_0, span_0) << shift;
+            bits[2] |= u64::from(_mm512_cmpeq_epi32_mask(k, heavy_0)) << shift;
+            bits[3] |= inside(k, lo_1, span_1) << shift;
+            bits[4] |= u64::from(_mm512_cmpeq_epi32_mask(k, heavy_1)) << shift;
+            under += _mm512_cmplt_epu32_mask(k, lo_0).count_ones() as usize;
+        }
+        strict[w] = bits[0];
+        inside_0[w] = bits[1];
+        equal_0[w] = bits[2];
+        inside_1[w] = bits[3];
+        equal_1[w] = bits[4];
+        below += under;
+    }
+    // The last, partial group.
+    let tail = 64 * full;
+    if tail == base.len() {
+        return below;
+    }
+    let w = full;
+    below
+        + scan_words_portable(
+            &base[tail..],
+            &model[tail..],
+            finite,
+            strict_range,
+            ranges,
+            &mut strict[w..],
+            [&mut inside_0[w..], &mut inside_1[w..]],
+            [&mut equal_0[w..], &mut equal_1[w..]],
+        )
 }
 
 /// Checks that each cut lies in its bracket and finds its exact key; then every chunk's bits.
@@ -447,7 +621,68 @@ fn finish(scan: ChunkScan, guess: &Guess, selection: &Selection) -> Vec<u64> {
 mod tests {
     use super::*;
     use crate::merge::methods::test_util::{f32_bytes, info, view, xorshift};
-    use crate::merge::select::{magnitude_key, rank_band_mask, top_k_mask};
+    use crate::merge::select::{rank_band_mask, top_k_mask};
+
+    #[test]
+    fn every_scan_kernel_sets_the_same_bits() {
+        let n: usize = 3 * 64 + 29;
+        let mut bits = xorshift(11);
+        let mut value =
+            move || (bits.next().expect("endless") >> 40) as f32 / (1 << 22) as f32 - 2.0;
+        let base: Vec<f32> = (0..n).map(|_| value()).collect();
+        let mut model: Vec<f32> = (0..n).map(|_| value()).collect();
+        model[3] = f32::NAN;
+        model[70] = f32::INFINITY;
+        model[5] = base[5] + 0.5;
+        model[6] = base[6] + 0.5;
+        let mid = key(base[5], model[5], false);
+        // The second bracket holds +Inf, the heavy key of the raw magnitudes only.
+        let ranges = [
+            (mid - (1 << 22), 1 << 23, mid),
+            (0x7f00_0000, 1 << 24, 0x7f80_0000),
+        ];
+        let run = |kernel: &dyn Fn(bool, &mut [Vec<u64>; 5]) -> usize, finite| {
+            let mut words: [Vec<u64>; 5] = std::array::from_fn(|_| vec![0; n.div_ceil(64)]);
+            let below = kernel(finite, &mut words);
+            (below, words)
+        };
+        for finite in [false, true] {
+            let portable = run(
+                &|finite, [s, i0, h0, i1, h1]| {
+                    scan_words_portable(
+                        &base,
+                        &model,
+                        finite,
+                        (mid, 1 << 30),
+                        ranges,
+                        s,
+                        [i0, i1],
+                        [h0, h1],
+                    )
+                },
+                finite,
+            );
+            let dispatched = run(
+                &|finite, [s, i0, h0, i1, h1]| {
+                    scan_words(
+                        &base,
+                        &model,
+                        finite,
+                        (mid, 1 << 30),
+                        ranges,
+                        s,
+                        [i0, i1],
+                        [h0, h1],
+                    )
+                },
+                finite,
+            );
+            assert_eq!(portable, dispatched, "finite: {finite}");
+            let set = |k: usize| portable.1[k].iter().any(|&b| b != 0);
+            assert!(set(0) && set(1) && set(2), "finite: {finite}");
+            assert_eq!((set(3), set(4)), (!finite, !finite), "finite: {finite}");
+        }
+    }
 
     /// Base and models as views, and each model's stored magnitude keys.
     struct Family {
