@@ -398,10 +398,7 @@ fn dare_chunk(
         .zip(b.chunks(64))
         .zip(x.chunks(64));
     for (((word, draw), b), x) in groups {
-        let mut bits = 0u64;
-        for (k, &u) in draw.iter().enumerate() {
-            bits |= u64::from((u >> 8) < threshold) << k;
-        }
+        let bits = draw_bits(draw, threshold);
         *word = bits;
         for ((b, x), &byte) in b
             .chunks(LANES)
@@ -420,6 +417,44 @@ fn dare_chunk(
         sum_in_order(before.iter().map(|&v| f64::from(v))),
         sum_in_order(after.iter().map(|&v| f64::from(v))),
     )
+}
+
+/// The bits `u < p` of up to 64 raw draws (the top 24 bits of each against `threshold`).
+#[inline(always)]
+fn draw_bits(draws: &[u32], threshold: u32) -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    if draws.len() == 64 && std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F, and the draws are 64 long; both checked just above.
+        #[allow(unsafe_code)]
+        return unsafe { draw_bits_avx512(draws, threshold) };
+    }
+    let mut bits = 0u64;
+    for (k, &u) in draws.iter().enumerate() {
+        bits |= u64::from((u >> 8) < threshold) << k;
+    }
+    bits
+}
+
+/// [`draw_bits`] of 64 draws with AVX-512, whose compares give the bits directly (compilers
+/// turn the portable `bit << k` into 64-bit lanes and shifts, several times slower).
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+#[target_feature(enable = "avx512f")]
+unsafe fn draw_bits_avx512(draws: &[u32], threshold: u32) -> u64 {
+    use std::arch::x86_64::{
+        _mm512_cmplt_epu32_mask, _mm512_loadu_si512, _mm512_set1_epi32, _mm512_srli_epi32,
+    };
+    debug_assert_eq!(draws.len(), 64);
+    // The threshold's bits, read back as u32 by the unsigned compare.
+    let threshold = _mm512_set1_epi32(threshold as i32);
+    let mut bits = 0u64;
+    for q in 0..4 {
+        // SAFETY: `16 * q + 16 <= 64 == draws.len()`.
+        let u = unsafe { _mm512_loadu_si512(draws.as_ptr().add(16 * q).cast()) };
+        let below = _mm512_cmplt_epu32_mask(_mm512_srli_epi32::<8>(u), threshold);
+        bits |= u64::from(below) << (16 * q);
+    }
+    bits
 }
 
 /// Each element kept with probability `p(j)`, drawn from `rng` at the element's index; with
@@ -641,6 +676,25 @@ pub(crate) use gta_method;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn draw_bits_compare_the_top_24_bits() {
+        let mut bits = crate::merge::methods::test_util::xorshift(3);
+        for threshold in [0, 1, 1 << 23, (1 << 24) - 1, 1 << 24] {
+            let draws: Vec<u32> = (0..64)
+                .map(|_| (bits.next().expect("endless") >> 32) as u32)
+                .collect();
+            let expected =
+                (0..64).fold(0u64, |w, k| w | u64::from((draws[k] >> 8) < threshold) << k);
+            assert_eq!(draw_bits(&draws, threshold), expected, "{threshold}");
+            // A short group (a tensor's tail) takes the portable path.
+            assert_eq!(
+                draw_bits(&draws[..9], threshold),
+                expected & 0x1ff,
+                "{threshold}"
+            );
+        }
+    }
 
     #[test]
     fn ranks_follow_lines_along_axis_one() {
