@@ -1,16 +1,19 @@
 //! Rank selection for all of a tensor's task vectors at once (TIES, Model Breadcrumbs).
 //!
 //! Selecting from stored keys costs 4 bytes per element per model to write and several passes
-//! to read them again. Here the magnitude keys `|θᵢ − θ_b|` are never stored: two streaming
-//! passes decode the base and every model chunk by chunk (the base once for all models) and
-//! recompute them:
+//! to read them again. Here the magnitude keys `|θᵢ − θ_b|` are never stored but recomputed
+//! from the base and every model, decoded chunk by chunk (the base once for all models).
+//!
+//! Most models take one pass ([`bracket`]): cuts guessed from a sample, proved by the pass's
+//! counts. The rest (small tensors, guesses refuted, brackets too crowded to record) take the
+//! radix passes below, two of them:
 //! 1. every model's top-16-bit histogram, which locates the bucket holding each cut;
 //! 2. the low-16-bit histogram of the keys in those buckets, which gives each cut's exact key.
 //!    Not knowing the cuts yet, it also records one bit per key strictly between the cut
 //!    buckets (inside the band wherever the cuts fall) and the offset and low bits of every key
 //!    in a cut bucket, from which the settled cuts finish each model's bits.
 //!
-//! Decoding is the dearest part of a pass, so this saves a third of the work. Where a cut
+//! Decoding is the dearest part of a pass, so this saves a third of the work over three. Where a cut
 //! bucket holds too many keys to record cheaply (bf16 task vectors often tie by the million), a
 //! third pass decodes that model again and classifies its keys against the cuts.
 //!
