@@ -66,7 +66,7 @@ impl Backend for Cpu {
                     for (block, o) in o.chunks_mut(COMBINE_BLOCK).enumerate() {
                         let start = chunk * CHUNK + block * COMBINE_BLOCK;
                         let mut rows = Rows::new(scratch, all.len(), o.len());
-                        for (input, row) in all.iter().zip(rows.inputs.chunks_mut(COMBINE_BLOCK)) {
+                        for (input, row) in all.iter().zip(rows.inputs.chunks_mut(ROW)) {
                             input.decode_range(start, &mut row[..o.len()]);
                         }
                         combine_block(c, start, &mut rows, o);
@@ -123,12 +123,17 @@ fn weighted_sum_chunk(xs: &[&[f32]], coefficients: &[f32], divisor: Option<f32>,
 /// every row of a block fits in L1 with a few models.
 const COMBINE_BLOCK: usize = 512;
 
+/// The stride of the rows in the scratch: a block plus one cache line, so that rows do not sit
+/// a multiple of 4 KiB apart (a load from one row then waited on every store to another: 4K
+/// aliasing).
+const ROW: usize = COMBINE_BLOCK + 16;
+
 /// The per-element rows of one block of the combine pass (each `len` long): every loop runs
 /// over contiguous f32 rows and vectorises.
 struct Rows<'s> {
-    /// The decoded base, then each model, `COMBINE_BLOCK` apart.
+    /// The decoded base, then each model, `ROW` apart.
     inputs: &'s mut [f32],
-    /// One row of votes (or task vectors) per model, `COMBINE_BLOCK` apart.
+    /// One row of votes (or task vectors) per model, `ROW` apart.
     deltas: &'s mut [f32],
     /// The sum of votes the sign is elected on.
     total: &'s mut [f32],
@@ -141,11 +146,11 @@ struct Rows<'s> {
 impl<'s> Rows<'s> {
     /// Carves the rows out of `scratch` (grown once per thread, reused by every block).
     fn new(scratch: &'s mut Vec<f32>, n_inputs: usize, len: usize) -> Self {
-        scratch.resize((2 * n_inputs + 2) * COMBINE_BLOCK, 0.0);
-        let (inputs, rest) = scratch.split_at_mut(n_inputs * COMBINE_BLOCK);
-        let (deltas, rest) = rest.split_at_mut((n_inputs - 1) * COMBINE_BLOCK);
-        let (total, rest) = rest.split_at_mut(COMBINE_BLOCK);
-        let (mixed, divisor) = rest.split_at_mut(COMBINE_BLOCK);
+        scratch.resize((2 * n_inputs + 2) * ROW, 0.0);
+        let (inputs, rest) = scratch.split_at_mut(n_inputs * ROW);
+        let (deltas, rest) = rest.split_at_mut((n_inputs - 1) * ROW);
+        let (total, rest) = rest.split_at_mut(ROW);
+        let (mixed, divisor) = rest.split_at_mut(ROW);
         Self {
             inputs,
             deltas,
@@ -171,9 +176,9 @@ fn combine_block(c: &Combine<'_>, start: usize, rows: &mut Rows<'_>, o: &mut [f3
         mixed,
         divisor,
     } = rows;
-    let (b, models) = inputs.split_at(COMBINE_BLOCK);
+    let (b, models) = inputs.split_at(ROW);
     let b = &b[..len];
-    let models: Vec<&[f32]> = models.chunks(COMBINE_BLOCK).map(|x| &x[..len]).collect();
+    let models: Vec<&[f32]> = models.chunks(ROW).map(|x| &x[..len]).collect();
     if c.consensus {
         // Every value the election decides on goes through `agreement` (flushed, rounded at
         // the same points as the GPU kernel), see its module docs. The flushed base waits in
@@ -183,7 +188,7 @@ fn combine_block(c: &Combine<'_>, start: usize, rows: &mut Rows<'_>, o: &mut [f3
         for (i, &x) in models.iter().enumerate() {
             let w = agreement::flush(c.weights[i]);
             let f = agreement::flush(c.factors[i]);
-            let d = &mut deltas[i * COMBINE_BLOCK..i * COMBINE_BLOCK + len];
+            let d = &mut deltas[i * ROW..i * ROW + len];
             vote_rows(d, total, x, mixed, words_of(i), f, w);
         }
         // A total of 0 (or a denormal) elects +1; zero votes never agree.
@@ -191,7 +196,7 @@ fn combine_block(c: &Combine<'_>, start: usize, rows: &mut Rows<'_>, o: &mut [f3
         divisor.fill(0.0);
         for i in 0..models.len() {
             let w = agreement::flush(c.weights[i]);
-            let d = &deltas[i * COMBINE_BLOCK..i * COMBINE_BLOCK + len];
+            let d = &deltas[i * ROW..i * ROW + len];
             add_agreeing(mixed, divisor, total, d, w);
         }
         zeros_to_one(divisor);

@@ -125,8 +125,16 @@ pub(super) fn select<T: Send>(
         magnitude,
         also,
     );
-    for ((&i, (_, guess)), scans) in guessed.iter().zip(&scanned).zip(scans) {
-        found[i] = settle(keeps[i].expect("ranked"), n, guess, scans);
+    // Each model's cuts are settled apart (on the pool: the serial part of this was an idle
+    // core).
+    let settled: Vec<Found> = guessed
+        .par_iter()
+        .zip(&scanned)
+        .zip(scans)
+        .map(|((&i, (_, guess)), scans)| settle(keeps[i].expect("ranked"), n, guess, scans))
+        .collect();
+    for (&i, settled) in guessed.iter().zip(settled) {
+        found[i] = settled;
     }
     (found, chunks)
 }
