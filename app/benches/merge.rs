@@ -124,6 +124,25 @@ struct Measured {
     peak_rss_mib: f64,
 }
 
+/// `mergescope merge METHOD.yml` into `out-mergescope` in `dir`, timed.
+fn merge(dir: &Path, method: &str, backend: &str) -> Measured {
+    timed(
+        dir,
+        MERGESCOPE,
+        &[
+            "merge",
+            &format!("{method}.yml"),
+            "--out",
+            "out-mergescope",
+            "--force",
+            "--random-seed",
+            "0",
+            "--backend",
+            backend,
+        ],
+    )
+}
+
 /// Runs `program args` under `/usr/bin/time -f "%e %M"` in `cwd`.
 fn timed(cwd: &Path, program: &str, args: &[&str]) -> Measured {
     let output = Command::new("/usr/bin/time")
@@ -354,21 +373,7 @@ fn main() {
         if let Some(first) = methods.first() {
             std::fs::write(dir.join(format!("{first}.yml")), recipe(first)).expect("recipe");
             drop_caches();
-            timed(
-                &dir,
-                MERGESCOPE,
-                &[
-                    "merge",
-                    &format!("{first}.yml"),
-                    "--out",
-                    "out-mergescope",
-                    "--force",
-                    "--random-seed",
-                    "0",
-                    "--backend",
-                    "cpu",
-                ],
-            );
+            merge(&dir, first, "cpu");
         }
         for method in &methods {
             std::fs::write(dir.join(format!("{method}.yml")), recipe(method)).expect("recipe");
@@ -376,21 +381,7 @@ fn main() {
                 if cold {
                     drop_caches();
                 }
-                timed(
-                    &dir,
-                    MERGESCOPE,
-                    &[
-                        "merge",
-                        &format!("{method}.yml"),
-                        "--out",
-                        "out-mergescope",
-                        "--force",
-                        "--random-seed",
-                        "0",
-                        "--backend",
-                        backend,
-                    ],
-                )
+                merge(&dir, method, backend)
             };
             let ms = run_mergescope("cpu", true);
             // Right after the cold run the inputs are in the page cache.

@@ -290,15 +290,20 @@ fn scan(base: &[f32], model: &[f32], magnitude: Magnitude, guess: &Guess) -> Chu
     let mut strict = vec![0; words];
     let mut bits = [[0u64; CHUNK / 64]; 4];
     let [inside_0, heavy_0, inside_1, heavy_1] = &mut bits;
+    let tests = Tests {
+        finite,
+        strict: guess.strict_range(),
+        ranges,
+    };
     let below = scan_words(
         base,
         model,
-        finite,
-        guess.strict_range(),
-        ranges,
-        &mut strict,
-        [&mut inside_0[..words], &mut inside_1[..words]],
-        [&mut heavy_0[..words], &mut heavy_1[..words]],
+        tests,
+        Words {
+            strict: &mut strict,
+            inside: [&mut inside_0[..words], &mut inside_1[..words]],
+            heavy: [&mut heavy_0[..words], &mut heavy_1[..words]],
+        },
     );
     let mut records = Vec::new();
     for (b, bracket) in guess.brackets.iter().enumerate() {
@@ -341,66 +346,61 @@ fn key(b: f32, x: f32, finite: bool) -> u32 {
     magnitude_key(if finite && !d.is_finite() { 0.0 } else { d })
 }
 
-/// One model's chunk in one sweep, keys computed 64 at a time and never stored: the bits of
-/// the keys in `strict` (`first..first + span`), and per bracket `(lo, span, heavy key)` the
-/// bits of the keys inside it and of those equal to its heavy key. Returns how many keys lie
-/// below the first bracket.
-#[allow(clippy::too_many_arguments)]
-fn scan_words(
-    base: &[f32],
-    model: &[f32],
+/// What one sweep tests each key against: the strict range `(first, span)` and per bracket
+/// `(lo, span, heavy key)`; and whether a non-finite difference counts as 0.
+#[derive(Clone, Copy, Debug)]
+struct Tests {
     finite: bool,
-    strict_range: (u32, u32),
+    strict: (u32, u32),
     ranges: [(u32, u32, u32); 2],
-    strict: &mut [u64],
-    inside: [&mut [u64]; 2],
-    heavy: [&mut [u64]; 2],
-) -> usize {
+}
+
+/// The words one sweep fills, one bit per key: in the strict range, then per bracket inside
+/// it and equal to its heavy key.
+struct Words<'w> {
+    strict: &'w mut [u64],
+    inside: [&'w mut [u64]; 2],
+    heavy: [&'w mut [u64]; 2],
+}
+
+impl Words<'_> {
+    /// The words from word `w` on.
+    fn from(self, w: usize) -> Self {
+        let [inside_0, inside_1] = self.inside;
+        let [heavy_0, heavy_1] = self.heavy;
+        Words {
+            strict: &mut self.strict[w..],
+            inside: [&mut inside_0[w..], &mut inside_1[w..]],
+            heavy: [&mut heavy_0[w..], &mut heavy_1[w..]],
+        }
+    }
+}
+
+/// One model's chunk in one sweep, keys computed 64 at a time and never stored, into `words`.
+/// Returns how many keys lie below the first bracket.
+fn scan_words(base: &[f32], model: &[f32], tests: Tests, words: Words<'_>) -> usize {
     #[cfg(target_arch = "x86_64")]
     #[allow(unsafe_code)]
     if std::arch::is_x86_feature_detected!("avx512f") {
         // SAFETY: the CPU has AVX-512F, checked just above.
-        return unsafe {
-            scan_words_avx512(
-                base,
-                model,
-                finite,
-                strict_range,
-                ranges,
-                strict,
-                inside,
-                heavy,
-            )
-        };
+        return unsafe { scan_words_avx512(base, model, tests, words) };
     }
-    scan_words_portable(
-        base,
-        model,
-        finite,
-        strict_range,
-        ranges,
-        strict,
-        inside,
-        heavy,
-    )
+    scan_words_portable(base, model, tests, words)
 }
 
 /// [`scan_words`] for any CPU (vectorised where the compiler can).
-#[allow(clippy::too_many_arguments)]
 #[multiversion::multiversion(targets = "simd")]
-fn scan_words_portable(
-    base: &[f32],
-    model: &[f32],
-    finite: bool,
-    (first, span): (u32, u32),
-    ranges: [(u32, u32, u32); 2],
-    strict: &mut [u64],
-    inside: [&mut [u64]; 2],
-    heavy: [&mut [u64]; 2],
-) -> usize {
-    let [(lo_0, span_0, heavy_0), (lo_1, span_1, heavy_1)] = ranges;
-    let [inside_0, inside_1] = inside;
-    let [equal_0, equal_1] = heavy;
+fn scan_words_portable(base: &[f32], model: &[f32], tests: Tests, words: Words<'_>) -> usize {
+    let Tests {
+        finite,
+        strict: (first, span),
+        ranges: [(lo_0, span_0, heavy_0), (lo_1, span_1, heavy_1)],
+    } = tests;
+    let Words {
+        strict,
+        inside: [inside_0, inside_1],
+        heavy: [equal_0, equal_1],
+    } = words;
     let mut below = 0;
     for (w, (b, x)) in base.chunks(64).zip(model.chunks(64)).enumerate() {
         let mut keys = [0u32; 64];
@@ -431,29 +431,18 @@ fn scan_words_portable(
 /// portable loop's `bit << j` into 64-bit lanes and shifts, several times slower. The keys and
 /// tests are the same integer operations, so the bits are too.
 #[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments, unsafe_code)]
+#[allow(unsafe_code)]
 #[target_feature(enable = "avx512f")]
-unsafe fn scan_words_avx512(
-    base: &[f32],
-    model: &[f32],
-    finite: bool,
-    strict_range: (u32, u32),
-    ranges: [(u32, u32, u32); 2],
-    strict: &mut [u64],
-    inside: [&mut [u64]; 2],
-    heavy: [&mut [u64]; 2],
-) -> usize {
+unsafe fn scan_words_avx512(base: &[f32], model: &[f32], tests: Tests, words: Words<'_>) -> usize {
     use std::arch::x86_64::{
         __m512i, _mm512_and_si512, _mm512_castps_si512, _mm512_cmpeq_epi32_mask,
         _mm512_cmplt_epu32_mask, _mm512_loadu_ps, _mm512_maskz_mov_epi32, _mm512_set1_epi32,
         _mm512_sub_epi32, _mm512_sub_ps,
     };
-    let [(lo_0, span_0, heavy_0), (lo_1, span_1, heavy_1)] = ranges;
-    let [inside_0, inside_1] = inside;
-    let [equal_0, equal_1] = heavy;
+    let [(lo_0, span_0, heavy_0), (lo_1, span_1, heavy_1)] = tests.ranges;
     // Integer lanes hold the u32 patterns; the unsigned compares read them back as u32.
     let splat = |v: u32| _mm512_set1_epi32(v as i32);
-    let (first, span) = (splat(strict_range.0), splat(strict_range.1));
+    let (first, span) = (splat(tests.strict.0), splat(tests.strict.1));
     let (lo_0, span_0, heavy_0) = (splat(lo_0), splat(span_0), splat(heavy_0));
     let (lo_1, span_1, heavy_1) = (splat(lo_1), splat(span_1), splat(heavy_1));
     let (magnitude, exponent) = (splat(u32::MAX >> 1), splat(0x7f80_0000));
@@ -476,7 +465,7 @@ unsafe fn scan_words_avx512(
             };
             // |x − b| as bits: the difference with its sign bit cleared.
             let mut k = _mm512_and_si512(_mm512_castps_si512(_mm512_sub_ps(x, b)), magnitude);
-            if finite {
+            if tests.finite {
                 // NaN and ±Inf (every exponent bit set) count as 0.
                 let bad = _mm512_cmpeq_epi32_mask(_mm512_and_si512(k, exponent), exponent);
                 k = _mm512_maskz_mov_epi32(!bad, k);
@@ -489,11 +478,11 @@ unsafe fn scan_words_avx512(
             bits[4] |= u64::from(_mm512_cmpeq_epi32_mask(k, heavy_1)) << shift;
             under += _mm512_cmplt_epu32_mask(k, lo_0).count_ones() as usize;
         }
-        strict[w] = bits[0];
-        inside_0[w] = bits[1];
-        equal_0[w] = bits[2];
-        inside_1[w] = bits[3];
-        equal_1[w] = bits[4];
+        words.strict[w] = bits[0];
+        words.inside[0][w] = bits[1];
+        words.heavy[0][w] = bits[2];
+        words.inside[1][w] = bits[3];
+        words.heavy[1][w] = bits[4];
         below += under;
     }
     // The last, partial group.
@@ -501,18 +490,7 @@ unsafe fn scan_words_avx512(
     if tail == base.len() {
         return below;
     }
-    let w = full;
-    below
-        + scan_words_portable(
-            &base[tail..],
-            &model[tail..],
-            finite,
-            strict_range,
-            ranges,
-            &mut strict[w..],
-            [&mut inside_0[w..], &mut inside_1[w..]],
-            [&mut equal_0[w..], &mut equal_1[w..]],
-        )
+    below + scan_words_portable(&base[tail..], &model[tail..], tests, words.from(full))
 }
 
 /// Checks that each cut lies in its bracket and finds its exact key; then every chunk's bits.
@@ -649,42 +627,25 @@ mod tests {
             (mid - (1 << 22), 1 << 23, mid),
             (0x7f00_0000, 1 << 24, 0x7f80_0000),
         ];
-        let run = |kernel: &dyn Fn(bool, &mut [Vec<u64>; 5]) -> usize, finite| {
+        type Kernel = fn(&[f32], &[f32], Tests, Words<'_>) -> usize;
+        let run = |kernel: Kernel, finite| {
             let mut words: [Vec<u64>; 5] = std::array::from_fn(|_| vec![0; n.div_ceil(64)]);
-            let below = kernel(finite, &mut words);
-            (below, words)
+            let [strict, i0, h0, i1, h1] = &mut words;
+            let tests = Tests {
+                finite,
+                strict: (mid, 1 << 30),
+                ranges,
+            };
+            let words_of = Words {
+                strict,
+                inside: [i0, i1],
+                heavy: [h0, h1],
+            };
+            (kernel(&base, &model, tests, words_of), words)
         };
         for finite in [false, true] {
-            let portable = run(
-                &|finite, [s, i0, h0, i1, h1]| {
-                    scan_words_portable(
-                        &base,
-                        &model,
-                        finite,
-                        (mid, 1 << 30),
-                        ranges,
-                        s,
-                        [i0, i1],
-                        [h0, h1],
-                    )
-                },
-                finite,
-            );
-            let dispatched = run(
-                &|finite, [s, i0, h0, i1, h1]| {
-                    scan_words(
-                        &base,
-                        &model,
-                        finite,
-                        (mid, 1 << 30),
-                        ranges,
-                        s,
-                        [i0, i1],
-                        [h0, h1],
-                    )
-                },
-                finite,
-            );
+            let portable = run(scan_words_portable, finite);
+            let dispatched = run(scan_words, finite);
             assert_eq!(portable, dispatched, "finite: {finite}");
             let set = |k: usize| portable.1[k].iter().any(|&b| b != 0);
             assert!(set(0) && set(1) && set(2), "finite: {finite}");
