@@ -95,9 +95,14 @@ pub(super) fn select<T: Send>(
     let mut guesses: Vec<Option<Guess>> = vec![None; keeps.len()];
     if n >= SAMPLED_FROM && keeps.iter().any(Option::is_some) {
         let sampled: Vec<usize> = (0..keeps.len()).filter(|&i| keeps[i].is_some()).collect();
-        let samples = sample(&inputs(base, models, &sampled), n, magnitude);
-        for (&i, sample) in sampled.iter().zip(&samples) {
-            guesses[i] = keeps[i].and_then(|keep| guess(sample, keep, n));
+        let mut samples = sample(&inputs(base, models, &sampled), n, magnitude);
+        let made: Vec<Option<Guess>> = sampled
+            .par_iter()
+            .zip(samples.par_iter_mut())
+            .map(|(&i, sample)| keeps[i].and_then(|keep| guess(sample, keep, n)))
+            .collect();
+        for (&i, made) in sampled.iter().zip(made) {
+            guesses[i] = made;
         }
     }
     let guessed: Vec<usize> = (0..keeps.len()).filter(|&i| guesses[i].is_some()).collect();
@@ -179,7 +184,7 @@ fn scan_all<T: Send>(
     (per_model, results)
 }
 
-/// Every model's sorted magnitude keys at [`RUNS`] runs spread over the tensor, each at a
+/// Every model's magnitude keys (unsorted) at [`RUNS`] runs spread over the tensor, each at a
 /// pseudo-random offset in its stretch (evenly spaced runs could alias with the rows).
 fn sample(inputs: &[TensorView<'_>], n: usize, magnitude: Magnitude) -> Vec<Vec<u32>> {
     let runs = (n / (16 * RUN)).clamp(1, RUNS);
@@ -203,7 +208,6 @@ fn sample(inputs: &[TensorView<'_>], n: usize, magnitude: Magnitude) -> Vec<Vec<
             sample.extend(keys);
         }
     }
-    samples.par_iter_mut().for_each(|s| s.sort_unstable());
     samples
 }
 
@@ -214,9 +218,10 @@ fn splitmix(x: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// The brackets of `keep`'s cuts from the sorted `sample`, or `None` if they would hold too
-/// many keys to record (then the radix passes are cheaper).
-fn guess(sample: &[u32], keep: Keep, n: usize) -> Option<Guess> {
+/// The brackets of `keep`'s cuts from `sample` (reordered: only a few of its order statistics
+/// are needed, and selecting them beats sorting it), or `None` if they would hold too many keys
+/// to record (then the radix passes are cheaper).
+fn guess(sample: &mut [u32], keep: Keep, n: usize) -> Option<Guess> {
     let len = sample.len() as f64;
     let mut ranges: Vec<(usize, u32, u32)> = Vec::with_capacity(2);
     for (slot, position) in keep.positions(n).into_iter().enumerate() {
@@ -228,11 +233,15 @@ fn guess(sample: &[u32], keep: Keep, n: usize) -> Option<Guess> {
         let margin = 6.0 * (len * q * (1.0 - q)).sqrt() + (2 * RUN) as f64;
         let lo = (at - margin).floor();
         let hi = (at + margin).ceil();
-        let lo = if lo < 0.0 { 0 } else { sample[lo as usize] };
+        let lo = if lo < 0.0 {
+            0
+        } else {
+            *sample.select_nth_unstable(lo as usize).1
+        };
         let hi = if hi >= len {
             MAX_KEY
         } else {
-            sample[hi as usize]
+            *sample.select_nth_unstable(hi as usize).1
         };
         ranges.push((slot, lo, hi));
     }
@@ -250,9 +259,13 @@ fn guess(sample: &[u32], keep: Keep, n: usize) -> Option<Guess> {
     let brackets = brackets
         .into_iter()
         .map(|(lo, hi)| {
-            let inside =
-                &sample[sample.partition_point(|&k| k < lo)..sample.partition_point(|&k| k <= hi)];
-            let (mode, count) = mode(inside);
+            let mut inside: Vec<u32> = sample
+                .iter()
+                .copied()
+                .filter(|&k| (lo..=hi).contains(&k))
+                .collect();
+            inside.sort_unstable();
+            let (mode, count) = mode(&inside);
             // A run worth a bit per element rather than a record per key.
             let heavy = count * 4 >= inside.len() || count * 256 >= sample.len();
             recorded += inside.len() - if heavy { count } else { 0 };
@@ -731,8 +744,8 @@ mod tests {
         let family = Family::new(&base, &deltas);
         let views = family.views();
         // The heavy model's cut falls in its run of 1.0s, which gets bits, not records.
-        let samples = sample(&views, n, Magnitude::Raw);
-        let heavy = guess(&samples[1], Keep::Top(n / 2), n).expect("bracketed");
+        let mut samples = sample(&views, n, Magnitude::Raw);
+        let heavy = guess(&mut samples[1], Keep::Top(n / 2), n).expect("bracketed");
         assert_eq!(heavy.brackets[0].heavy, 1.0f32.to_bits());
         let cases = [
             [Keep::Top(n / 2), Keep::Top(n / 2)],
