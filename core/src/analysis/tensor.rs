@@ -28,17 +28,22 @@ thread_local! {
 }
 
 /// Every model's top-k magnitude mask of `|model − base|` (a NaN or ±Inf difference counts
-/// as 0) with `k = max(1, int(density · n))`; and `also` of every chunk, from the same pass
-/// when given.
+/// as 0) with `k = max(1, int(density · n))`: `densities[j]` for the `j`th equal block of
+/// `models`; and `also` of every chunk, from the same pass when given.
 fn magnitude_masks<T: Send>(
     base: &TensorView<'_>,
     models: &[TensorView<'_>],
-    density: f64,
+    densities: &[f64],
     also: Option<&ranked::Also<'_, T>>,
 ) -> (Vec<BitMask>, Option<Vec<T>>) {
     let n = base.numel();
-    let k = ((density * n as f64) as usize).clamp(1, n.max(1));
-    let keeps = vec![Keep::Top(k); models.len()];
+    let per_density = models.len() / densities.len();
+    let keeps: Vec<Keep> = (0..models.len())
+        .map(|i| {
+            let density = densities[i / per_density];
+            Keep::Top(((density * n as f64) as usize).clamp(1, n.max(1)))
+        })
+        .collect();
     match also {
         Some(also) => {
             let (masks, chunks) = ranked::masks_and(base, models, &keeps, Magnitude::Finite, also);
@@ -119,9 +124,17 @@ pub fn tensor_sums(
         .map(|i| settings.weights.get(i).copied().unwrap_or(1.0) as f32)
         .collect();
     let (jaccard, chunks) = if settings.ties_density < 1.0 {
-        // The sums need the trim masks first.
-        let trimmed = magnitude_masks::<()>(&base, models, settings.ties_density, None).0;
-        let (jaccard, _) = magnitude_masks::<()>(&base, models, settings.density, None);
+        // The sums need the trim masks first: both densities' masks from one selection (each
+        // model listed once per density), then the sums' pass.
+        let twice = [models, models].concat();
+        let (mut masks, _) = magnitude_masks::<()>(
+            &base,
+            &twice,
+            &[settings.density, settings.ties_density],
+            None,
+        );
+        let trimmed = masks.split_off(m);
+        let jaccard = masks;
         let mut all = Vec::with_capacity(m + 1);
         all.push(base);
         all.extend_from_slice(models);
@@ -132,7 +145,7 @@ pub fn tensor_sums(
     } else {
         // The sums ride along with the selection's pass.
         let sums = |start: usize, xs: &[&[f32]]| chunk_sums(start, xs, None, &weights);
-        let (jaccard, chunks) = magnitude_masks(&base, models, settings.density, Some(&sums));
+        let (jaccard, chunks) = magnitude_masks(&base, models, &[settings.density], Some(&sums));
         (jaccard, chunks.expect("asked for"))
     };
     for part in &chunks {

@@ -8,7 +8,7 @@ use rayon::prelude::*;
 use super::agreement::{self, GRAM_BLOCK, GRAM_LANES};
 use super::{Backend, BackendError, Combine};
 use crate::checkpoint::TensorView;
-use crate::merge::kernel::{CHUNK, sum_in_order, zip_chunks, zip_map};
+use crate::merge::kernel::{CHUNK, check_sizes, sum_in_order, zip_chunks, zip_map};
 
 /// Runs on the CPU's cores (rayon's global pool).
 #[derive(Clone, Copy, Debug, Default)]
@@ -49,14 +49,7 @@ impl Backend for Cpu {
         let mut all = Vec::with_capacity(c.models.len() + 1);
         all.push(c.base.clone());
         all.extend(c.models.iter().cloned());
-        for input in &all {
-            assert_eq!(
-                input.numel(),
-                out.len(),
-                "`{}` does not match the output",
-                input.info.name
-            );
-        }
+        check_sizes(&all, out.len());
         // Each block is decoded right before it is combined, so its inputs, votes and sums
         // never leave L1 (a whole chunk's rows spilled to L2 between the row kernels).
         out.par_chunks_mut(CHUNK)
@@ -176,25 +169,26 @@ fn combine_block(c: &Combine<'_>, start: usize, rows: &mut Rows<'_>, o: &mut [f3
         mixed,
         divisor,
     } = rows;
-    let (b, models) = inputs.split_at(ROW);
-    let b = &b[..len];
-    let models: Vec<&[f32]> = models.chunks(ROW).map(|x| &x[..len]).collect();
+    let b = &inputs[..len];
+    // Model `i`'s decoded row (input 0 is the base).
+    let model = |i: usize| &inputs[(i + 1) * ROW..(i + 1) * ROW + len];
+    let n_models = c.models.len();
     if c.consensus {
         // Every value the election decides on goes through `agreement` (flushed, rounded at
         // the same points as the GPU kernel), see its module docs. The flushed base waits in
         // `mixed` until the agreement pass.
         flush_into(mixed, b);
         total.fill(0.0);
-        for (i, &x) in models.iter().enumerate() {
+        for i in 0..n_models {
             let w = agreement::flush(c.weights[i]);
             let f = agreement::flush(c.factors[i]);
             let d = &mut deltas[i * ROW..i * ROW + len];
-            vote_rows(d, total, x, mixed, words_of(i), f, w);
+            vote_rows(d, total, model(i), mixed, words_of(i), f, w);
         }
         // A total of 0 (or a denormal) elects +1; zero votes never agree.
         mixed.fill(0.0);
         divisor.fill(0.0);
-        for i in 0..models.len() {
+        for i in 0..n_models {
             let w = agreement::flush(c.weights[i]);
             let d = &deltas[i * ROW..i * ROW + len];
             add_agreeing(mixed, divisor, total, d, w);
@@ -202,8 +196,8 @@ fn combine_block(c: &Combine<'_>, start: usize, rows: &mut Rows<'_>, o: &mut [f3
         zeros_to_one(divisor);
     } else {
         mixed.fill(0.0);
-        for (i, &x) in models.iter().enumerate() {
-            add_task_vector(mixed, x, b, words_of(i), c.factors[i], c.weights[i]);
+        for i in 0..n_models {
+            add_task_vector(mixed, model(i), b, words_of(i), c.factors[i], c.weights[i]);
         }
         divisor.fill(c.plain_divisor);
     }

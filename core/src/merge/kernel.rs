@@ -21,7 +21,7 @@ thread_local! {
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-fn check_sizes(inputs: &[TensorView<'_>], n: usize) {
+pub(crate) fn check_sizes(inputs: &[TensorView<'_>], n: usize) {
     for input in inputs {
         assert_eq!(
             input.numel(),
