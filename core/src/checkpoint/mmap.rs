@@ -200,6 +200,45 @@ impl MappedFile {
         }
     }
 
+    /// The file this map was made from (kept open, so it is the mapped inode).
+    pub(crate) fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// The fraction of `range`'s pages that are in the page cache now (`mincore`), so a reader
+    /// can tell a warm tensor from one that must come from disk. 1 where it cannot be asked.
+    pub(crate) fn resident_fraction(&self, start: usize, len: usize) -> f64 {
+        #[cfg(unix)]
+        {
+            let page = 4096;
+            let aligned_start = start / page * page;
+            let end = (start + len).min(self.map.len());
+            if end <= aligned_start {
+                return 1.0;
+            }
+            let pages = (end - aligned_start).div_ceil(page);
+            let mut resident = vec![0u8; pages];
+            // SAFETY: the range lies inside this live mapping (clamped to its length above) and
+            // `resident` has one byte per page of it, as `mincore` writes.
+            let status = unsafe {
+                libc::mincore(
+                    self.map.as_ptr().add(aligned_start) as *mut libc::c_void,
+                    end - aligned_start,
+                    resident.as_mut_ptr().cast(),
+                )
+            };
+            if status != 0 {
+                return 1.0;
+            }
+            resident.iter().filter(|&&r| r & 1 != 0).count() as f64 / pages as f64
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = (start, len);
+            1.0
+        }
+    }
+
     /// Drops `range` from this process's resident set once it has been consumed: the pages stay
     /// in the page cache, but merging a 70 GB family does not show up as 70 GB of RSS.
     pub(crate) fn release(&self, start: usize, len: usize) {

@@ -5,15 +5,18 @@
 //! 100 MB model and a 70 B one. Tensor data is read when a [`TensorView`] is decoded.
 
 mod config;
+mod direct;
 mod error;
 mod mmap;
 mod readahead;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 pub use config::ModelConfig;
+use direct::{DirectFile, MIN_DIRECT_BYTES};
+pub use direct::{ReadMode, StagePool, StagedBytes};
 pub use error::{CHANGED_ON_DISK, CheckpointError};
 use mmap::MappedFile;
 pub use readahead::ReadAhead;
@@ -51,6 +54,9 @@ pub struct Shard {
     path: PathBuf,
     map: MappedFile,
     metadata: BTreeMap<String, String>,
+    /// Opened for direct reads on first use ([`Checkpoint::stage`]); `None` where the file
+    /// system refuses them.
+    direct: OnceLock<Option<DirectFile>>,
 }
 
 impl Shard {
@@ -65,6 +71,12 @@ impl Shard {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    fn direct(&self) -> Option<&DirectFile> {
+        self.direct
+            .get_or_init(|| DirectFile::open(&self.path, self.map.file()))
+            .as_ref()
     }
 
     fn verify(&self) -> Result<(), CheckpointError> {
@@ -122,6 +134,11 @@ pub enum ViewBytes<'a> {
         data: Arc<[u8]>,
         range: std::ops::Range<usize>,
     },
+    /// The bytes of a staging buffer in `range` (a tensor read directly, [`direct`]).
+    Staged {
+        data: Arc<StagedBytes>,
+        range: std::ops::Range<usize>,
+    },
 }
 
 impl std::ops::Deref for ViewBytes<'_> {
@@ -131,6 +148,7 @@ impl std::ops::Deref for ViewBytes<'_> {
         match self {
             Self::Mapped(bytes) => bytes,
             Self::Computed { data, range } => &data[range.clone()],
+            Self::Staged { data, range } => &data.bytes()[range.clone()],
         }
     }
 }
@@ -144,27 +162,31 @@ impl PartialEq for ViewBytes<'_> {
 impl ViewBytes<'_> {
     /// Bytes `start..start + len` of these bytes.
     fn range(self, start: usize, len: usize) -> Self {
+        let narrow = |range: std::ops::Range<usize>| {
+            assert!(
+                start + len <= range.len(),
+                "bytes {start}..{} of {}",
+                start + len,
+                range.len()
+            );
+            range.start + start..range.start + start + len
+        };
         match self {
             Self::Mapped(bytes) => Self::Mapped(&bytes[start..start + len]),
-            Self::Computed { data, range } => {
-                assert!(
-                    start + len <= range.len(),
-                    "bytes {start}..{} of {}",
-                    start + len,
-                    range.len()
-                );
-                let first = range.start + start;
-                Self::Computed {
-                    data,
-                    range: first..first + len,
-                }
-            }
+            Self::Computed { data, range } => Self::Computed {
+                data,
+                range: narrow(range),
+            },
+            Self::Staged { data, range } => Self::Staged {
+                data,
+                range: narrow(range),
+            },
         }
     }
 }
 
 /// A view of one tensor's bytes: zero-copy for stored tensors, a cheap `Arc` clone for
-/// computed ones.
+/// computed and staged ones.
 #[derive(Clone, Debug)]
 pub struct TensorView<'a> {
     pub info: &'a TensorInfo,
@@ -190,6 +212,19 @@ impl<'a> TensorView<'a> {
         Self {
             info,
             bytes: ViewBytes::Computed {
+                data,
+                range: 0..len,
+            },
+            shape: &info.shape,
+        }
+    }
+
+    /// A view of a tensor read into a staging buffer (`data` holds exactly its bytes).
+    pub fn staged(info: &'a TensorInfo, data: Arc<StagedBytes>) -> Self {
+        let len = data.bytes().len();
+        Self {
+            info,
+            bytes: ViewBytes::Staged {
                 data,
                 range: 0..len,
             },
@@ -273,6 +308,9 @@ pub struct Checkpoint {
     /// A LoRA adapter applied to the stored tensors ([`crate::lora`]): its tensors are
     /// computed when read.
     adapter: Option<crate::lora::Adapted>,
+    /// Tensors read ahead into staging buffers ([`stage`](Self::stage)), served by
+    /// [`view`](Self::view) until [`release`](Self::release)d.
+    staged: Mutex<HashMap<usize, Arc<StagedBytes>>>,
 }
 
 impl Checkpoint {
@@ -436,6 +474,7 @@ impl Checkpoint {
             by_name,
             config,
             adapter: None,
+            staged: Mutex::default(),
         })
     }
 
@@ -530,6 +569,9 @@ impl Checkpoint {
         {
             return TensorView::computed(info, data);
         }
+        if let Some(staged) = self.staged_lock().get(&index) {
+            return TensorView::staged(info, staged.clone());
+        }
         TensorView::new(
             info,
             &self.shards[info.shard].map.bytes()[info.start..info.end],
@@ -613,8 +655,57 @@ impl Checkpoint {
         std::hint::black_box(fold);
     }
 
+    /// Reads the tensor at `index` from disk into a staging buffer from `pool`, bypassing the
+    /// page cache ([`direct`]), and serves it from there until it is released. `false`, with
+    /// nothing read, where that does not pay or cannot be done: a tensor under 1 MiB, one
+    /// mostly in the page cache already, one an adapter computes, a file system without direct
+    /// I/O, or a read that failed (the tensor is then read through the map, whose checks
+    /// report a file that changed). For a helper thread running ahead of the computation.
+    pub fn stage(&self, index: usize, pool: &StagePool) -> bool {
+        if self
+            .adapter
+            .as_ref()
+            .is_some_and(|a| a.target(index).is_some())
+        {
+            return false;
+        }
+        let info = &self.tensors[index];
+        let shard = &self.shards[info.shard];
+        if info.byte_len() < MIN_DIRECT_BYTES
+            || shard.map.resident_fraction(info.start, info.byte_len()) >= 0.5
+        {
+            return false;
+        }
+        let Some(direct) = shard.direct() else {
+            return false;
+        };
+        match direct.read(info.start, info.byte_len(), pool) {
+            Ok(staged) => {
+                self.staged_lock().insert(index, Arc::new(staged));
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Whether the tensor at `index` is served from a staging buffer now.
+    pub fn is_staged(&self, index: usize) -> bool {
+        self.staged_lock().contains_key(&index)
+    }
+
+    /// Drops the staging buffer of the tensor at `index`, if it has one (views still holding it
+    /// keep it until they are dropped).
+    pub fn unstage(&self, index: usize) {
+        self.staged_lock().remove(&index);
+    }
+
+    fn staged_lock(&self) -> std::sync::MutexGuard<'_, HashMap<usize, Arc<StagedBytes>>> {
+        self.staged.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Hints that the tensor at `index` has been consumed and need not stay resident.
     pub fn release(&self, index: usize) {
+        self.unstage(index);
         if let Some(adapter) = &self.adapter {
             adapter.release(index);
         }
@@ -677,6 +768,7 @@ pub(crate) fn open_shard(
             .into_iter()
             .collect(),
         map,
+        direct: OnceLock::new(),
     };
     Ok((shard, tensors))
 }

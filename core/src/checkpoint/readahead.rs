@@ -11,10 +11,15 @@
 //! starts: its worker threads then never fault on the disk mid-tensor, where one blocked
 //! worker left the others idle or spinning (a cold linear merge spent 9.4 CPU-s where a warm
 //! one spends 2.8). Only the helper ever waits on the disk, asleep in the kernel.
+//!
+//! Where the stream reads directly ([`ReadMode`], chosen once per stream), the helper reads each
+//! uncached tensor into a staging buffer ([`Checkpoint::stage`]) instead of the page cache; the
+//! buffers cycle through one [`StagePool`], and whatever is still staged when the stream ends
+//! (cancelled, or failed) is dropped then.
 
 use std::sync::{Condvar, Mutex, PoisonError};
 
-use super::Checkpoint;
+use super::{Checkpoint, ReadMode, StagePool};
 
 /// One step of a stream: the tensors (checkpoint, index) it reads.
 pub type Step<'a> = Vec<(&'a Checkpoint, usize)>;
@@ -35,6 +40,8 @@ pub struct ReadAhead<'a> {
     steps: Vec<Step<'a>>,
     bytes: Vec<u64>,
     window: u64,
+    /// The staging buffers, when this stream reads directly.
+    pool: Option<StagePool>,
     state: Mutex<State>,
     wake: Condvar,
 }
@@ -44,14 +51,21 @@ impl std::fmt::Debug for ReadAhead<'_> {
         f.debug_struct("ReadAhead")
             .field("steps", &self.steps.len())
             .field("window", &self.window)
+            .field("direct", &self.pool.is_some())
             .finish_non_exhaustive()
     }
 }
 
 impl<'a> ReadAhead<'a> {
-    /// Reads up to `window` bytes beyond the step being consumed (and always the next step).
+    /// Reads up to `window` bytes beyond the step being consumed (and always the next step),
+    /// in the [`ReadMode`] that `MERGESCOPE_READS` selects.
     pub fn new(steps: Vec<Step<'a>>, window: u64) -> Self {
-        let bytes = steps
+        Self::with_mode(steps, window, ReadMode::from_env())
+    }
+
+    /// [`new`](Self::new) in the given mode.
+    pub fn with_mode(steps: Vec<Step<'a>>, window: u64, mode: ReadMode) -> Self {
+        let bytes: Vec<u64> = steps
             .iter()
             .map(|step| {
                 step.iter()
@@ -59,10 +73,16 @@ impl<'a> ReadAhead<'a> {
                     .sum()
             })
             .collect();
+        let total = bytes.iter().sum();
+        // What the stream holds at once: the window and the step being consumed.
+        let largest = bytes.iter().copied().max().unwrap_or(0);
+        let direct = mode.direct_for(total);
+        let pool = direct.then(|| StagePool::new(window + largest));
         Self {
             steps,
             bytes,
             window,
+            pool,
             state: Mutex::new(State::default()),
             wake: Condvar::new(),
         }
@@ -105,8 +125,29 @@ impl<'a> ReadAhead<'a> {
                     continue;
                 }
             }
-            for &(checkpoint, index) in step {
-                checkpoint.load(index);
+            match &self.pool {
+                // The step's tensors are read at once, one thread each: a single stream of
+                // direct reads left the disk's queue too shallow to reach its speed.
+                Some(pool) if step.len() > 1 => std::thread::scope(|scope| {
+                    for &(checkpoint, index) in step {
+                        scope.spawn(move || {
+                            if !checkpoint.stage(index, pool) {
+                                checkpoint.load(index);
+                            }
+                        });
+                    }
+                }),
+                _ => {
+                    for &(checkpoint, index) in step {
+                        let staged = self
+                            .pool
+                            .as_ref()
+                            .is_some_and(|pool| checkpoint.stage(index, pool));
+                        if !staged {
+                            checkpoint.load(index);
+                        }
+                    }
+                }
             }
             self.lock().loaded = s + 1;
             self.wake.notify_all();
@@ -137,8 +178,14 @@ impl<'a> ReadAhead<'a> {
         self.wake.notify_all();
     }
 
+    /// Whether uncached tensors are read directly into staging buffers.
+    pub fn is_direct(&self) -> bool {
+        self.pool.is_some()
+    }
+
     /// Runs `consume` with a helper thread reading ahead; the helper stops when `consume`
-    /// returns, however it returns.
+    /// returns, however it returns, and the tensors it staged for steps never consumed are
+    /// dropped.
     pub fn with_helper<T>(&self, consume: impl FnOnce() -> T) -> T {
         struct StopOnDrop<'r, 'a>(&'r ReadAhead<'a>);
         impl Drop for StopOnDrop<'_, '_> {
@@ -146,6 +193,22 @@ impl<'a> ReadAhead<'a> {
                 self.0.stop();
             }
         }
+        struct UnstageOnDrop<'r, 'a>(&'r ReadAhead<'a>);
+        impl Drop for UnstageOnDrop<'_, '_> {
+            fn drop(&mut self) {
+                if self.0.pool.is_none() {
+                    return;
+                }
+                let consumed = self.0.lock().consumed;
+                for step in self.0.steps.iter().skip(consumed) {
+                    for &(checkpoint, index) in step {
+                        checkpoint.unstage(index);
+                    }
+                }
+            }
+        }
+        // Dropped after the scope has joined the helper, so nothing is staged behind it.
+        let _unstage = UnstageOnDrop(self);
         std::thread::scope(|scope| {
             // Without the helper the stream still works, only slower.
             let helper = std::thread::Builder::new()
