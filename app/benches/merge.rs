@@ -11,12 +11,18 @@
 //! - `MERGEKIT_YAML`: path of mergekit's `mergekit-yaml` (e.g. from
 //!   `python3 -m venv v && v/bin/pip install mergekit==0.1.5`); mergekit is skipped without it.
 //! - `MERGESCOPE_BENCH_METHODS`: comma-separated subset of `linear,ties,dare_ties`.
-//! - `MERGESCOPE_BENCH_ANALYZE=0`: skip the analysis timings.
+//! - `MERGESCOPE_BENCH_ANALYZE=0`: skip the analysis timings; `MERGESCOPE_BENCH_SPECTRA=0`:
+//!   skip only the (minute-long) spectra timing.
 //! - `MERGESCOPE_BENCH_LARGE=1`: also run mergescope on a family with twice the layers, to show
 //!   that peak memory does not grow with model size.
 //!
 //! Arguments (after `--`): `--backend gpu` also runs each merge with `--backend gpu` and reports
 //! its wall time next to the CPU backend's (the other columns are the CPU backend's).
+//!
+//! Each merge runs cold twice: reading through the memory maps and the page cache (what
+//! `MERGESCOPE_READS=auto` does for a family that fits in half the free memory, as the bench's
+//! does), and reading directly into reused buffers (`MERGESCOPE_READS=direct`, what `auto` does
+//! for a larger family). The analysis is timed both ways too.
 //!
 //! Each merge also runs warm (right after its cold run, inputs in the page cache): its wall and
 //! CPU time, and the bytes it moves (inputs read + output written) per second against this
@@ -126,8 +132,14 @@ struct Measured {
 
 /// `mergescope merge METHOD.yml` into `out-mergescope` in `dir`, timed.
 fn merge(dir: &Path, method: &str, backend: &str) -> Measured {
-    timed(
+    merge_reading(dir, method, backend, "mapped")
+}
+
+/// [`merge`] with `MERGESCOPE_READS=reads` (`mapped` or `direct`).
+fn merge_reading(dir: &Path, method: &str, backend: &str, reads: &str) -> Measured {
+    timed_with(
         dir,
+        &[("MERGESCOPE_READS", reads)],
         MERGESCOPE,
         &[
             "merge",
@@ -145,9 +157,15 @@ fn merge(dir: &Path, method: &str, backend: &str) -> Measured {
 
 /// Runs `program args` under `/usr/bin/time -f "%e %M"` in `cwd`.
 fn timed(cwd: &Path, program: &str, args: &[&str]) -> Measured {
+    timed_with(cwd, &[], program, args)
+}
+
+/// [`timed`] with extra environment variables.
+fn timed_with(cwd: &Path, env: &[(&str, &str)], program: &str, args: &[&str]) -> Measured {
     let output = Command::new("/usr/bin/time")
         .args(["-f", "TIMED %e %M %U %S", program])
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(cwd)
         .output()
         .expect("/usr/bin/time runs");
@@ -350,9 +368,17 @@ fn main() {
             shape.layers
         );
         println!(
-            "{:<10} {:>14} {:>10} {:>9} {:>14} {:>10} {:>9} {:>10}{}",
+            "cold: mergescope reading through the memory maps (what it does for a family that \
+             fits in half the free memory), and reading directly (MERGESCOPE_READS=direct, what \
+             it does for a larger one)"
+        );
+        println!(
+            "{:<10} {:>14} {:>10} {:>9} {:>10} {:>10} {:>9} {:>14} {:>10} {:>9} {:>10}{}",
             "method",
             "mergescope s",
+            "RSS MiB",
+            "x floor",
+            "direct s",
             "RSS MiB",
             "x floor",
             "mergekit s",
@@ -383,8 +409,10 @@ fn main() {
                 }
                 merge(&dir, method, backend)
             };
+            drop_caches();
+            let direct = merge_reading(&dir, method, "cpu", "direct");
             let ms = run_mergescope("cpu", true);
-            // Right after the cold run the inputs are in the page cache.
+            // Right after the cold mapped run the inputs are in the page cache.
             let warm = run_mergescope("cpu", false);
             let moved = (input_bytes + model_bytes) as f64 / warm.seconds;
             let (engine_s, engine_cpu) = engine_warm(&dir, method);
@@ -436,10 +464,13 @@ fn main() {
                 )
             });
             println!(
-                "{method:<10} {:>14.1} {:>10.0} {:>9.2} {mk_s:>14} {mk_rss:>10} {mk_x:>9} {speedup:>10}{gpu_columns}",
+                "{method:<10} {:>14.1} {:>10.0} {:>9.2} {:>10.1} {:>10.0} {:>9.2} {mk_s:>14} {mk_rss:>10} {mk_x:>9} {speedup:>10}{gpu_columns}",
                 ms.seconds,
                 ms.peak_rss_mib,
-                ms.seconds / floor
+                ms.seconds / floor,
+                direct.seconds,
+                direct.peak_rss_mib,
+                direct.seconds / floor
             );
         }
         println!(
@@ -465,7 +496,7 @@ fn main() {
             println!("{row}");
         }
         if std::env::var("MERGESCOPE_BENCH_ANALYZE").as_deref() != Ok("0") {
-            let analyze = |extra: &[&str]| {
+            let analyze = |extra: &[&str], reads: &str| {
                 drop_caches();
                 let mut args = vec![
                     "analyze",
@@ -477,20 +508,25 @@ fn main() {
                     "--no-cache",
                 ];
                 args.extend_from_slice(extra);
-                timed(&dir, MERGESCOPE, &args)
+                timed_with(&dir, &[("MERGESCOPE_READS", reads)], MERGESCOPE, &args)
             };
-            let plain = analyze(&[]);
-            println!(
-                "analyze (sensitivity + interference): {:.1} s, {:.0} MiB RSS, {:.2} x the read floor ({read:.1} s)",
-                plain.seconds,
-                plain.peak_rss_mib,
-                plain.seconds / read
-            );
-            let spectra = analyze(&["--rank", "32"]);
-            println!(
-                "analyze + spectra at rank 32 (every 2-D tensor, base + 3 task vectors): {:.1} s, {:.0} MiB RSS",
-                spectra.seconds, spectra.peak_rss_mib
-            );
+            for reads in ["mapped", "direct"] {
+                let plain = analyze(&[], reads);
+                println!(
+                    "analyze (sensitivity + interference), reading {reads}: {:.1} s, {:.1} CPU-s, {:.0} MiB RSS, {:.2} x the read floor ({read:.1} s)",
+                    plain.seconds,
+                    plain.cpu_seconds,
+                    plain.peak_rss_mib,
+                    plain.seconds / read
+                );
+            }
+            if std::env::var("MERGESCOPE_BENCH_SPECTRA").as_deref() != Ok("0") {
+                let spectra = analyze(&["--rank", "32"], "mapped");
+                println!(
+                    "analyze + spectra at rank 32 (every 2-D tensor, base + 3 task vectors): {:.1} s, {:.0} MiB RSS",
+                    spectra.seconds, spectra.peak_rss_mib
+                );
+            }
         }
     }
 }

@@ -24,10 +24,6 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 /// page covers the devices this runs on.
 const PAGE: usize = 4096;
 
-/// Tensors smaller than this are mapped: one direct read is a round trip to the disk, and the
-/// page cache serves small tensors (norms, biases) well.
-pub(crate) const MIN_DIRECT_BYTES: usize = 1 << 20;
-
 /// How a stream reads the tensors it has not got in memory yet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReadMode {

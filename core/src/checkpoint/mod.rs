@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 pub use config::ModelConfig;
-use direct::{DirectFile, MIN_DIRECT_BYTES};
+use direct::DirectFile;
 pub use direct::{ReadMode, StagePool, StagedBytes};
 pub use error::{CHANGED_ON_DISK, CheckpointError};
 use mmap::MappedFile;
@@ -657,10 +657,15 @@ impl Checkpoint {
 
     /// Reads the tensor at `index` from disk into a staging buffer from `pool`, bypassing the
     /// page cache ([`direct`]), and serves it from there until it is released. `false`, with
-    /// nothing read, where that does not pay or cannot be done: a tensor under 1 MiB, one
-    /// mostly in the page cache already, one an adapter computes, a file system without direct
-    /// I/O, or a read that failed (the tensor is then read through the map, whose checks
-    /// report a file that changed). For a helper thread running ahead of the computation.
+    /// nothing read, where that does not pay or cannot be done: an empty tensor, one wholly in
+    /// the page cache already, one an adapter computes, a file system without direct I/O, or a
+    /// read that failed (the tensor is then read through the map, whose checks report a file
+    /// that changed). For a helper thread running ahead of the computation.
+    ///
+    /// Small tensors (norms, biases) are read directly too, and so is a tensor only partly
+    /// cached: populating it through the map would make the kernel read ahead the megabytes
+    /// after it, the next tensors, into the page cache, and those would then be read through
+    /// the map in turn.
     pub fn stage(&self, index: usize, pool: &StagePool) -> bool {
         if self
             .adapter
@@ -671,9 +676,7 @@ impl Checkpoint {
         }
         let info = &self.tensors[index];
         let shard = &self.shards[info.shard];
-        if info.byte_len() < MIN_DIRECT_BYTES
-            || shard.map.resident_fraction(info.start, info.byte_len()) >= 0.5
-        {
+        if info.byte_len() == 0 || shard.map.resident_fraction(info.start, info.byte_len()) == 1.0 {
             return false;
         }
         let Some(direct) = shard.direct() else {
