@@ -20,6 +20,8 @@ use std::io;
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
+use memmap2::{MmapMut, MmapOptions};
+
 /// Direct I/O wants file offsets, lengths and memory aligned to the logical block size; a
 /// page covers the devices this runs on.
 const PAGE: usize = 4096;
@@ -68,39 +70,25 @@ fn available_memory() -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// One page of a staging buffer; a `Vec` of them is page-aligned without `unsafe` allocation.
-#[derive(Clone, Copy)]
-#[repr(C, align(4096))]
-struct Page([u8; PAGE]);
-
-// SAFETY: a `u8` array, aligned by `repr`, with no padding (size = alignment = 4096): every bit
-// pattern is valid and zero is a valid value.
-#[allow(unsafe_code)]
-unsafe impl bytemuck::Zeroable for Page {}
-#[allow(unsafe_code)]
-unsafe impl bytemuck::Pod for Page {}
-
 /// Staging buffers given back by finished tensors, for the next ones to reuse.
 #[derive(Debug)]
 struct Free {
-    buffers: Vec<Vec<Page>>,
-    /// Pages held in `buffers`.
-    pages: usize,
-    /// Pages allocated by the pool and not freed: idle or in use.
+    buffers: Vec<MmapMut>,
+    /// Bytes held in `buffers`.
+    idle: usize,
+    /// Bytes allocated by the pool and not freed: idle or in use.
     allocated: usize,
     /// Idle buffers are freed, largest first, when a new one would take `allocated` past this.
     budget: usize,
 }
 
-impl std::fmt::Debug for Page {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Page")
-    }
-}
-
 /// The staging buffers of one stream. Reusing them is the point: a buffer this process has
 /// already touched costs nothing to fill again, where fresh memory costs a page fault (and on
 /// some virtual machines a trap to the host) per page.
+///
+/// Buffers are anonymous maps, page-aligned as direct I/O wants, and asked for transparent
+/// huge pages: a fresh one then faults once per 2 MiB rather than per 4 KiB, and the
+/// arithmetic reading it misses the TLB less.
 #[derive(Clone, Debug)]
 pub struct StagePool(Arc<Mutex<Free>>);
 
@@ -111,69 +99,71 @@ impl StagePool {
     pub fn new(budget_bytes: u64) -> Self {
         Self(Arc::new(Mutex::new(Free {
             buffers: Vec::new(),
-            pages: 0,
+            idle: 0,
             allocated: 0,
-            budget: usize::try_from(budget_bytes / PAGE as u64).unwrap_or(usize::MAX),
+            budget: usize::try_from(budget_bytes).unwrap_or(usize::MAX),
         })))
     }
 
-    /// A buffer of exactly `pages` pages: the smallest idle one that fits and wastes at most
-    /// a quarter of itself (layers repeat shapes, so most fit exactly), else a new one.
-    fn take(&self, pages: usize) -> Vec<Page> {
+    /// A buffer of at least `len` bytes (a whole number of pages): the smallest idle one that
+    /// fits and wastes at most a quarter of itself (layers repeat shapes, so most fit exactly),
+    /// else a new one.
+    fn take(&self, len: usize) -> io::Result<MmapMut> {
         let mut free = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let fits =
-            |b: &Vec<Page>| b.capacity() >= pages && b.capacity() - pages <= b.capacity() / 4;
+        let fits = |b: &MmapMut| b.len() >= len && b.len() - len <= b.len() / 4;
         let best = free
             .buffers
             .iter()
             .enumerate()
             .filter(|(_, b)| fits(b))
-            .min_by_key(|(_, b)| b.capacity())
+            .min_by_key(|(_, b)| b.len())
             .map(|(i, _)| i);
         if let Some(i) = best {
-            let mut buffer = free.buffers.swap_remove(i);
-            free.pages -= buffer.capacity();
-            drop(free);
-            // Within capacity: no reallocation, and the pages keep their (stale) contents
-            // until the read overwrites them.
-            buffer.resize(pages, Page([0; PAGE]));
-            buffer.truncate(pages);
-            return buffer;
+            let buffer = free.buffers.swap_remove(i);
+            free.idle -= buffer.len();
+            return Ok(buffer);
         }
         // Idle buffers that do not fit (the embeddings' after the first layer) make room.
-        while free.allocated + pages > free.budget && !free.buffers.is_empty() {
+        while free.allocated + len > free.budget && !free.buffers.is_empty() {
             let largest = (0..free.buffers.len())
-                .max_by_key(|&i| free.buffers[i].capacity())
+                .max_by_key(|&i| free.buffers[i].len())
                 .expect("not empty");
-            let evicted = free.buffers.swap_remove(largest).capacity();
-            free.pages -= evicted;
+            let evicted = free.buffers.swap_remove(largest).len();
+            free.idle -= evicted;
             free.allocated -= evicted;
         }
-        free.allocated += pages;
+        free.allocated += len;
         drop(free);
-        vec![Page([0; PAGE]); pages]
+        let buffer = MmapOptions::new().len(len).map_anon()?;
+        #[cfg(target_os = "linux")]
+        {
+            // Only a hint: without huge pages the buffer works the same.
+            let _ = buffer.advise(memmap2::Advice::HugePage);
+        }
+        Ok(buffer)
     }
 
-    fn give_back(pool: &Weak<Mutex<Free>>, buffer: Vec<Page>) {
+    fn give_back(pool: &Weak<Mutex<Free>>, buffer: MmapMut) {
         let Some(pool) = pool.upgrade() else {
             return;
         };
         let mut free = pool.lock().unwrap_or_else(PoisonError::into_inner);
-        free.pages += buffer.capacity();
+        free.idle += buffer.len();
         free.buffers.push(buffer);
     }
 
     /// Bytes held by idle buffers.
     pub fn idle_bytes(&self) -> u64 {
         let free = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        (free.pages * PAGE) as u64
+        free.idle as u64
     }
 }
 
 /// A tensor's bytes read into a staging buffer; the buffer goes back to its pool when the last
 /// view of it is dropped.
 pub struct StagedBytes {
-    pages: Vec<Page>,
+    /// `None` only once dropped.
+    buffer: Option<MmapMut>,
     /// Where the tensor starts in the buffer (reads start at a page boundary of the file).
     offset: usize,
     len: usize,
@@ -182,7 +172,8 @@ pub struct StagedBytes {
 
 impl StagedBytes {
     pub fn bytes(&self) -> &[u8] {
-        &bytemuck::cast_slice::<Page, u8>(&self.pages)[self.offset..self.offset + self.len]
+        let buffer = self.buffer.as_ref().expect("present until dropped");
+        &buffer[self.offset..self.offset + self.len]
     }
 }
 
@@ -196,7 +187,9 @@ impl std::fmt::Debug for StagedBytes {
 
 impl Drop for StagedBytes {
     fn drop(&mut self) {
-        StagePool::give_back(&self.pool, std::mem::take(&mut self.pages));
+        if let Some(buffer) = self.buffer.take() {
+            StagePool::give_back(&self.pool, buffer);
+        }
     }
 }
 
@@ -241,11 +234,12 @@ impl DirectFile {
     ) -> io::Result<StagedBytes> {
         let first = start / PAGE * PAGE;
         let end = start + len;
-        let pages = (end - first).div_ceil(PAGE);
-        let mut buffer = pool.take(pages);
-        let filled = self.read_into(bytemuck::cast_slice_mut(&mut buffer), first, end);
+        let needed = (end - first).next_multiple_of(PAGE);
+        let mut buffer = pool.take(needed)?;
+        // A reused buffer may be larger: only what the tensor needs is read.
+        let filled = self.read_into(&mut buffer[..needed], first, end);
         let staged = StagedBytes {
-            pages: buffer,
+            buffer: Some(buffer),
             offset: start - first,
             len,
             pool: Arc::downgrade(&pool.0),
@@ -296,34 +290,35 @@ mod tests {
 
     #[test]
     fn buffers_are_reused_and_idle_ones_make_room() {
-        let pool = StagePool::new(3 * PAGE as u64);
-        let back = |b: Vec<Page>| StagePool::give_back(&Arc::downgrade(&pool.0), b);
-        let a = pool.take(2);
+        const P: usize = PAGE;
+        let pool = StagePool::new(3 * P as u64);
+        let back = |b: MmapMut| StagePool::give_back(&Arc::downgrade(&pool.0), b);
+        let a = pool.take(2 * P).unwrap();
         let ptr = a.as_ptr();
         back(a);
-        assert_eq!(pool.idle_bytes(), 2 * PAGE as u64);
+        assert_eq!(pool.idle_bytes(), 2 * P as u64);
         // A fitting request reuses the same memory.
-        let b = pool.take(2);
+        let b = pool.take(2 * P).unwrap();
         assert_eq!(b.as_ptr(), ptr);
         assert_eq!(pool.idle_bytes(), 0);
         back(b);
         // 4 pages do not fit in it, and would pass the budget: the idle buffer is freed.
-        let c = pool.take(4);
+        let c = pool.take(4 * P).unwrap();
         assert_eq!(pool.idle_bytes(), 0);
         // Buffers in use are never taken back: past the budget, a request still gets memory.
-        let d = pool.take(1);
-        assert_eq!((c.len(), d.len()), (4, 1));
+        let d = pool.take(P).unwrap();
+        assert_eq!((c.len(), d.len()), (4 * P, P));
         back(c);
         // A 1-page request would waste 3/4 of the idle 4-page buffer, and a new page would
         // pass the budget: the idle buffer is freed for it.
-        let e = pool.take(1);
+        let e = pool.take(P).unwrap();
         assert_eq!(pool.idle_bytes(), 0);
         back(d);
         back(e);
         // With a fitting buffer idle, it is reused, not allocated.
-        let f = pool.take(1);
-        assert_eq!(pool.idle_bytes(), PAGE as u64);
-        assert_eq!(f.len(), 1);
+        let f = pool.take(P).unwrap();
+        assert_eq!(pool.idle_bytes(), P as u64);
+        assert_eq!(f.len(), P);
     }
 
     #[test]
