@@ -74,10 +74,11 @@ impl<'a> ReadAhead<'a> {
             })
             .collect();
         let total = bytes.iter().sum();
-        // What the stream holds at once: the window and the step being consumed.
-        let largest = bytes.iter().copied().max().unwrap_or(0);
-        let direct = mode.direct_for(total);
-        let pool = direct.then(|| StagePool::new(window + largest));
+        // Staging buffers beyond the window are freed as soon as a new one is needed (a step
+        // larger than the window, the embeddings', still gets its buffers): budgeting the
+        // window plus the largest step kept the embeddings' buffers idle for the whole merge,
+        // 0.4-0.5 GB more resident for a few tenths of a CPU-second less page faulting.
+        let pool = mode.direct_for(total).then(|| StagePool::new(window));
         Self {
             steps,
             bytes,
