@@ -285,8 +285,8 @@ fn write_synced(path: &Path, bytes: u64) {
 
 /// Seconds to read every input once while the output's bytes are written (with fsync) at the
 /// same time, as a streaming merge must: on some disks this is slower than the read and the
-/// write one after the other (on this project's VM, in the same run: 4.0-4.4 s against 3.4-4.2 s), and then no
-/// merge that overlaps its reads and writes can reach the floor.
+/// write one after the other (on this project's VM, in the same run: 4.0-4.4 s against
+/// 3.4-4.2 s), and then no merge that overlaps its reads and writes can reach the floor.
 fn concurrent_io(inputs: &[PathBuf], out_bytes: u64, scratch: &Path) -> f64 {
     drop_caches();
     let start = Instant::now();
