@@ -63,7 +63,7 @@ impl ReadMode {
 
 /// `MemAvailable` from `/proc/meminfo`, in bytes: what the kernel could give to the page cache
 /// without swapping.
-fn available_memory() -> Option<u64> {
+pub(crate) fn available_memory() -> Option<u64> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;

@@ -19,6 +19,7 @@
 
 use std::sync::{Condvar, Mutex, PoisonError};
 
+use super::direct::available_memory;
 use super::{Checkpoint, ReadMode, StagePool};
 
 /// One step of a stream: the tensors (checkpoint, index) it reads.
@@ -42,6 +43,9 @@ pub struct ReadAhead<'a> {
     window: u64,
     /// The staging buffers, when this stream reads directly.
     pool: Option<StagePool>,
+    /// Steps larger than this are read through the maps even in a direct stream: their
+    /// buffers could not be paged out under memory pressure, where mapped pages can.
+    largest_staged_step: u64,
     state: Mutex<State>,
     wake: Condvar,
 }
@@ -79,11 +83,13 @@ impl<'a> ReadAhead<'a> {
         // window plus the largest step kept the embeddings' buffers idle for the whole merge,
         // 0.4-0.5 GB more resident for a few tenths of a CPU-second less page faulting.
         let pool = mode.direct_for(total).then(|| StagePool::new(window));
+        let largest_staged_step = available_memory().map_or(u64::MAX, |available| available / 4);
         Self {
             steps,
             bytes,
             window,
             pool,
+            largest_staged_step,
             state: Mutex::new(State::default()),
             wake: Condvar::new(),
         }
@@ -126,7 +132,11 @@ impl<'a> ReadAhead<'a> {
                     continue;
                 }
             }
-            match &self.pool {
+            let pool = self
+                .pool
+                .as_ref()
+                .filter(|_| self.bytes[s] <= self.largest_staged_step);
+            match pool {
                 // The step's tensors are read at once, one thread each: a single stream of
                 // direct reads left the disk's queue too shallow to reach its speed.
                 Some(pool) if step.len() > 1 => std::thread::scope(|scope| {
@@ -140,10 +150,7 @@ impl<'a> ReadAhead<'a> {
                 }),
                 _ => {
                     for &(checkpoint, index) in step {
-                        let staged = self
-                            .pool
-                            .as_ref()
-                            .is_some_and(|pool| checkpoint.stage(index, pool));
+                        let staged = pool.is_some_and(|pool| checkpoint.stage(index, pool));
                         if !staged {
                             checkpoint.load(index);
                         }
