@@ -237,10 +237,6 @@ fn compute<'a>(
             Ok(bytes)
         }
         TaskAction::Merge { out, params } => {
-            let values = &mut buffers.work;
-            // Not cleared: methods write every element (the `MergeMethod::merge` contract), so
-            // zeroing would only cost a pass over memory.
-            values.resize(task.numel(), 0.0);
             let inputs = MethodInputs {
                 tensor: &task.name,
                 seed: plan.random_seed,
@@ -248,11 +244,24 @@ fn compute<'a>(
                 models,
                 params,
             };
+            let mut bytes = TensorBytes::for_encoding(*out, task.numel(), buffers.take(*out));
+            let mut count = 0;
+            // Methods whose last pass is element-wise hand their results over slab by slab,
+            // encoded here while in cache; the others in one piece.
+            let slab = if backend.prefers_whole_tensors() {
+                usize::MAX / 64 * 64
+            } else {
+                SLAB
+            };
             plan.method
-                .merge_on(backend, &inputs, values)
+                .merge_slabs(
+                    backend,
+                    &inputs,
+                    slab,
+                    &mut buffers.work,
+                    &mut |start, values| count += bytes.encode_at(start, values),
+                )
                 .map_err(|e| method_error(plan, task, e))?;
-            let reuse = buffers.take(*out);
-            let (bytes, count) = TensorBytes::encode_reusing(&buffers.work, *out, reuse);
             note_non_finite(plan, task, count, non_finite);
             Ok(bytes)
         }

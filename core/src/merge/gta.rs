@@ -26,6 +26,18 @@ use super::select::{
 };
 use super::{Kind, MethodError, MethodInputs, ParamSpec, TensorParams, Value};
 
+/// Where phase 2 puts the merged values.
+enum Results<'a> {
+    /// The whole tensor, into this slice.
+    Whole(&'a mut [f32]),
+    /// `slab` elements at a time into `work`, each handed to `emit` with its first element.
+    Slabs {
+        slab: usize,
+        work: &'a mut Vec<f32>,
+        emit: &'a mut dyn FnMut(usize, &[f32]),
+    },
+}
+
 /// How a task vector is sparsified before it is combined.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Sparsifier {
@@ -129,6 +141,29 @@ impl Gta {
         inputs: &MethodInputs<'_>,
         out: &mut [f32],
     ) -> Result<(), MethodError> {
+        self.run(backend, inputs, Results::Whole(out))
+    }
+
+    /// [`merge`](Self::merge) with phase 2 run `slab` elements at a time (a multiple of 64)
+    /// in `work`, each slab's result handed to `emit` while it is in cache: the engine encodes
+    /// it into the output there, where a whole tensor's f32 result went out to memory and back.
+    pub fn merge_slabs(
+        self,
+        backend: &dyn Backend,
+        inputs: &MethodInputs<'_>,
+        slab: usize,
+        work: &mut Vec<f32>,
+        emit: &mut dyn FnMut(usize, &[f32]),
+    ) -> Result<(), MethodError> {
+        self.run(backend, inputs, Results::Slabs { slab, work, emit })
+    }
+
+    fn run<'a>(
+        self,
+        backend: &dyn Backend,
+        inputs: &MethodInputs<'a>,
+        results: Results<'_>,
+    ) -> Result<(), MethodError> {
         let base = inputs.base.clone().ok_or_else(|| {
             MethodError("this method takes task vectors against a base tensor".to_owned())
         })?;
@@ -170,22 +205,50 @@ impl Gta {
 
         // Phase 2: stream base and models once and combine, on the backend.
         let weight_sum: f32 = weights.iter().sum();
-        let combine = Combine {
-            base,
-            models: &inputs.models,
-            weights: &weights,
-            factors: &factors,
-            masks: &kept,
-            consensus: self.consensus,
-            normalize: params.shared_bool("normalize"),
-            lambda: params.shared_f64("lambda") as f32,
-            plain_divisor: if weight_sum.abs() < 1e-8 {
-                1.0
-            } else {
-                weight_sum
-            },
+        let plain_divisor = if weight_sum.abs() < 1e-8 {
+            1.0
+        } else {
+            weight_sum
         };
-        backend.combine(&combine, out)?;
+        let combine = |base: TensorView<'_>,
+                       models: &[TensorView<'_>],
+                       masks: &[Option<BitMask>],
+                       out: &mut [f32]| {
+            let c = Combine {
+                base,
+                models,
+                weights: &weights,
+                factors: &factors,
+                masks,
+                consensus: self.consensus,
+                normalize: params.shared_bool("normalize"),
+                lambda: params.shared_f64("lambda") as f32,
+                plain_divisor,
+            };
+            backend.combine(&c, out)
+        };
+        match results {
+            Results::Whole(out) => combine(base, &inputs.models, &kept, out)?,
+            Results::Slabs { slab, work, emit } => {
+                let n = base.numel();
+                assert!(slab.is_multiple_of(64), "slabs of whole mask words");
+                work.resize(slab.min(n), 0.0);
+                for start in (0..n).step_by(slab) {
+                    let shape = [slab.min(n - start)];
+                    let len = shape[0];
+                    let slice = |v: &TensorView<'a>| v.clone().elements(start, &shape);
+                    let models: Vec<TensorView<'_>> = inputs.models.iter().map(slice).collect();
+                    // Each slab's masks are copies of its words: a 64th of its elements in
+                    // bytes.
+                    let masks: Vec<Option<BitMask>> = kept
+                        .iter()
+                        .map(|m| m.as_ref().map(|m| m.range(start, len)))
+                        .collect();
+                    combine(slice(&base), &models, &masks, &mut work[..len])?;
+                    emit(start, &work[..len]);
+                }
+            }
+        }
         Ok(())
     }
 
@@ -668,6 +731,17 @@ macro_rules! gta_method {
             ) -> Result<(), $crate::merge::MethodError> {
                 GTA.merge(backend, inputs, out)
             }
+
+            fn merge_slabs(
+                &self,
+                backend: &dyn $crate::backend::Backend,
+                inputs: &$crate::merge::MethodInputs<'_>,
+                slab: usize,
+                work: &mut Vec<f32>,
+                emit: &mut dyn FnMut(usize, &[f32]),
+            ) -> Result<(), $crate::merge::MethodError> {
+                GTA.merge_slabs(backend, inputs, slab, work, emit)
+            }
         }
     };
 }
@@ -676,10 +750,95 @@ pub(crate) use gta_method;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::Cpu;
+    use crate::merge::methods::test_util::{f32_bytes, info, view, xorshift};
+    use crate::merge::methods::{Lookup, lookup};
+    use crate::merge::{TensorParams, Value};
+
+    #[test]
+    fn merged_in_slabs_equals_merged_whole() {
+        // Past SORTED_AT_MOST (the streaming selection), many slabs and a partial last one.
+        let n = SORTED_AT_MOST + 3 * 4096 + 77;
+        let values = |seed: u64| -> Vec<f32> {
+            xorshift(seed)
+                .take(n)
+                .map(|r| (r >> 40) as f32 / (1u64 << 24) as f32 - 0.5)
+                .collect()
+        };
+        let data: Vec<Vec<u8>> = (1..=4).map(|seed| f32_bytes(&values(seed))).collect();
+        let infos: Vec<_> = (0..4).map(|i| info(&format!("t{i}"), n)).collect();
+        let views: Vec<_> = infos.iter().zip(&data).map(|(i, b)| view(i, b)).collect();
+        let model = |w: f64, d: f64| {
+            vec![
+                ("weight", Value::Float(w)),
+                ("density", Value::Float(d)),
+                ("gamma", Value::Float(0.01)),
+                ("epsilon", Value::Float(0.1)),
+            ]
+        };
+        let params = TensorParams::from_values(
+            vec![
+                ("normalize", Value::Bool(true)),
+                ("lambda", Value::Float(1.0)),
+                ("rescale", Value::Bool(true)),
+            ],
+            vec![model(0.5, 0.5), model(0.3, 0.4), model(0.2, 0.6)],
+        );
+        let inputs = MethodInputs {
+            tensor: "t",
+            seed: 7,
+            base: Some(views[0].clone()),
+            models: views[1..].to_vec(),
+            params: &params,
+        };
+        for name in [
+            "task_arithmetic",
+            "ties",
+            "dare_ties",
+            "breadcrumbs_ties",
+            "della",
+        ] {
+            let Lookup::Found(method) = lookup(name) else {
+                panic!("{name} is implemented");
+            };
+            let mut whole = vec![f32::NAN; n];
+            method.merge(&inputs, &mut whole).expect("merges");
+            let mut slabs = vec![f32::NAN; n];
+            let mut next = 0;
+            method
+                .merge_slabs(
+                    &Cpu,
+                    &inputs,
+                    4096,
+                    &mut Vec::new(),
+                    &mut |start, values| {
+                        assert_eq!(start, next, "{name}: slabs in order");
+                        slabs[start..start + values.len()].copy_from_slice(values);
+                        next = start + values.len();
+                    },
+                )
+                .expect("merges");
+            assert_eq!(next, n, "{name}: every element");
+            let differ = (0..n).find(|&e| whole[e].to_bits() != slabs[e].to_bits());
+            assert_eq!(differ, None, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_mask_range_is_its_bits_with_nothing_after() {
+        let words: Vec<u64> = xorshift(5).take(4).collect();
+        let mask = BitMask::from_words(words, 250);
+        let part = mask.range(64, 100);
+        assert_eq!(part.len(), 100);
+        for i in 0..100 {
+            assert_eq!(part.get(i), mask.get(64 + i), "bit {i}");
+        }
+        assert_eq!(part.words()[1] >> 36, 0, "bits past the range are clear");
+    }
 
     #[test]
     fn draw_bits_compare_the_top_24_bits() {
-        let mut bits = crate::merge::methods::test_util::xorshift(3);
+        let mut bits = xorshift(3);
         for threshold in [0, 1, 1 << 23, (1 << 24) - 1, 1 << 24] {
             let draws: Vec<u32> = (0..64)
                 .map(|_| (bits.next().expect("endless") >> 32) as u32)

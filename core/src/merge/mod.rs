@@ -83,6 +83,16 @@ pub struct MethodInputs<'a> {
     pub params: &'a TensorParams,
 }
 
+impl MethodInputs<'_> {
+    /// The tensor's element count (every input has it).
+    pub fn numel(&self) -> usize {
+        self.base
+            .as_ref()
+            .or(self.models.first())
+            .map_or(0, TensorView::numel)
+    }
+}
+
 /// A merge method failed on a tensor for a reason the plan could not foresee.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -132,6 +142,28 @@ pub trait MergeMethod: Sync + std::fmt::Debug {
     ) -> Result<(), MethodError> {
         let _ = backend;
         self.merge(inputs, out)
+    }
+
+    /// [`merge_on`](Self::merge_on) with the result handed to `emit` in consecutive pieces
+    /// (`emit(start, values)` for elements `start..start + values.len()`), so a caller can
+    /// encode each while it is in cache. Methods that compute the whole tensor at once give
+    /// it in one piece, computed in `work`; those whose last pass is element-wise may give it
+    /// in slabs of `slab` elements (a multiple of 64), computing each in `work`.
+    fn merge_slabs(
+        &self,
+        backend: &dyn Backend,
+        inputs: &MethodInputs<'_>,
+        slab: usize,
+        work: &mut Vec<f32>,
+        emit: &mut dyn FnMut(usize, &[f32]),
+    ) -> Result<(), MethodError> {
+        let _ = slab;
+        // Not cleared: methods write every element (the `merge` contract), so zeroing would
+        // only cost a pass over memory.
+        work.resize(inputs.numel(), 0.0);
+        self.merge_on(backend, inputs, work)?;
+        emit(0, work);
+        Ok(())
     }
 }
 

@@ -41,6 +41,19 @@ impl BitMask {
         mask
     }
 
+    /// Bits `start..start + len` as a mask of their own (`start` a multiple of 64).
+    pub fn range(&self, start: usize, len: usize) -> Self {
+        assert!(start.is_multiple_of(64) && start + len <= self.len);
+        let mut words = self.words[start / 64..(start + len).div_ceil(64)].to_vec();
+        // Bits past `len` belong to the elements after the range: cleared, as in any mask.
+        if let Some(last) = words.last_mut()
+            && !len.is_multiple_of(64)
+        {
+            *last &= (1u64 << (len % 64)) - 1;
+        }
+        Self::from_words(words, len)
+    }
+
     /// Every word: bit k of word w is element 64w + k.
     pub fn words(&self) -> &[u64] {
         &self.words
