@@ -136,26 +136,21 @@ impl<'a> ReadAhead<'a> {
                 .pool
                 .as_ref()
                 .filter(|_| self.bytes[s] <= self.largest_staged_step);
-            match pool {
+            let read = |&(checkpoint, index): &(&Checkpoint, usize)| {
+                if !pool.is_some_and(|pool| checkpoint.stage(index, pool)) {
+                    checkpoint.load(index);
+                }
+            };
+            if pool.is_some() && step.len() > 1 {
                 // The step's tensors are read at once, one thread each: a single stream of
                 // direct reads left the disk's queue too shallow to reach its speed.
-                Some(pool) if step.len() > 1 => std::thread::scope(|scope| {
-                    for &(checkpoint, index) in step {
-                        scope.spawn(move || {
-                            if !checkpoint.stage(index, pool) {
-                                checkpoint.load(index);
-                            }
-                        });
+                std::thread::scope(|scope| {
+                    for tensor in step {
+                        scope.spawn(|| read(tensor));
                     }
-                }),
-                _ => {
-                    for &(checkpoint, index) in step {
-                        let staged = pool.is_some_and(|pool| checkpoint.stage(index, pool));
-                        if !staged {
-                            checkpoint.load(index);
-                        }
-                    }
-                }
+                });
+            } else {
+                step.iter().for_each(read);
             }
             self.lock().loaded = s + 1;
             self.wake.notify_all();

@@ -207,35 +207,6 @@ fn compute<'a>(
         .map_err(|message| method_error(plan, task, MethodError(message)))?;
     let (base, models) = inputs.views(&task.shape);
     match &task.action {
-        TaskAction::Merge { out, params }
-            if task.numel() > SLAB
-                && plan.method.is_elementwise()
-                && !backend.prefers_whole_tensors() =>
-        {
-            let mut bytes = TensorBytes::for_encoding(*out, task.numel(), buffers.take(*out));
-            let mut non_finite_count = 0;
-            for start in (0..task.numel()).step_by(SLAB) {
-                let shape = [SLAB.min(task.numel() - start)];
-                let inputs = MethodInputs {
-                    tensor: &task.name,
-                    seed: plan.random_seed,
-                    base: base.clone().map(|b| b.elements(start, &shape)),
-                    models: models
-                        .iter()
-                        .map(|m| m.clone().elements(start, &shape))
-                        .collect(),
-                    params,
-                };
-                let values = &mut buffers.work;
-                values.resize(shape[0], 0.0);
-                plan.method
-                    .merge_on(backend, &inputs, values)
-                    .map_err(|e| method_error(plan, task, e))?;
-                non_finite_count += bytes.encode_at(start, values);
-            }
-            note_non_finite(plan, task, non_finite_count, non_finite);
-            Ok(bytes)
-        }
         TaskAction::Merge { out, params } => {
             let inputs = MethodInputs {
                 tensor: &task.name,
@@ -246,8 +217,8 @@ fn compute<'a>(
             };
             let mut bytes = TensorBytes::for_encoding(*out, task.numel(), buffers.take(*out));
             let mut count = 0;
-            // Methods whose last pass is element-wise hand their results over slab by slab,
-            // encoded here while in cache; the others in one piece.
+            // Element-wise methods, and those whose last pass is element-wise, hand their
+            // results over slab by slab, encoded here while in cache; the others in one piece.
             let slab = if backend.prefers_whole_tensors() {
                 usize::MAX / 64 * 64
             } else {

@@ -146,9 +146,10 @@ pub trait MergeMethod: Sync + std::fmt::Debug {
 
     /// [`merge_on`](Self::merge_on) with the result handed to `emit` in consecutive pieces
     /// (`emit(start, values)` for elements `start..start + values.len()`), so a caller can
-    /// encode each while it is in cache. Methods that compute the whole tensor at once give
-    /// it in one piece, computed in `work`; those whose last pass is element-wise may give it
-    /// in slabs of `slab` elements (a multiple of 64), computing each in `work`.
+    /// encode each while it is in cache, each computed in `work`. Element-wise methods
+    /// ([`is_elementwise`](Self::is_elementwise)) merge slabs of `slab` elements (a multiple
+    /// of 64) one at a time, as do methods whose last pass is element-wise (they override
+    /// this); the others give the whole tensor in one piece.
     fn merge_slabs(
         &self,
         backend: &dyn Backend,
@@ -157,12 +158,32 @@ pub trait MergeMethod: Sync + std::fmt::Debug {
         work: &mut Vec<f32>,
         emit: &mut dyn FnMut(usize, &[f32]),
     ) -> Result<(), MethodError> {
-        let _ = slab;
-        // Not cleared: methods write every element (the `merge` contract), so zeroing would
-        // only cost a pass over memory.
-        work.resize(inputs.numel(), 0.0);
-        self.merge_on(backend, inputs, work)?;
-        emit(0, work);
+        let n = inputs.numel();
+        if !self.is_elementwise() || n <= slab {
+            // Not cleared: methods write every element (the `merge` contract), so zeroing
+            // would only cost a pass over memory.
+            work.resize(n, 0.0);
+            self.merge_on(backend, inputs, work)?;
+            emit(0, work);
+            return Ok(());
+        }
+        for start in (0..n).step_by(slab) {
+            let shape = [slab.min(n - start)];
+            let part = MethodInputs {
+                tensor: inputs.tensor,
+                seed: inputs.seed,
+                base: inputs.base.clone().map(|b| b.elements(start, &shape)),
+                models: inputs
+                    .models
+                    .iter()
+                    .map(|m| m.clone().elements(start, &shape))
+                    .collect(),
+                params: inputs.params,
+            };
+            work.resize(shape[0], 0.0);
+            self.merge_on(backend, &part, work)?;
+            emit(start, work);
+        }
         Ok(())
     }
 }
