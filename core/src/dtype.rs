@@ -142,19 +142,26 @@ impl TensorBytes {
     /// made from `reuse`'s allocation when it has that type. Values not yet encoded are
     /// whatever the buffer held: every element must be encoded before the buffer is used.
     pub fn for_encoding(ty: FloatType, len: usize, reuse: Option<Self>) -> Self {
-        fn sized<T: Copy>(mut v: Vec<T>, len: usize, zero: T) -> Vec<T> {
-            // Only growth is filled: clearing first would zero the whole buffer again for
-            // every tensor, and every element is overwritten anyway.
-            v.resize(len, zero);
-            v
+        fn sized<T: bytemuck::Zeroable + Clone>(v: Option<Vec<T>>, len: usize) -> Vec<T> {
+            match v {
+                // Only growth is filled: clearing first would zero the whole buffer again for
+                // every tensor, and every element is overwritten anyway.
+                Some(mut v) if v.capacity() >= len => {
+                    v.resize(len, T::zeroed());
+                    v
+                }
+                // Fresh pages come zeroed from the kernel; filling them as well made every
+                // new buffer cost two passes over memory.
+                _ => bytemuck::allocation::zeroed_vec(len),
+            }
         }
         match (ty, reuse) {
-            (FloatType::F32, Some(Self::F32(v))) => Self::F32(sized(v, len, 0.0)),
-            (FloatType::F16, Some(Self::F16(v))) => Self::F16(sized(v, len, f16::ZERO)),
-            (FloatType::BF16, Some(Self::BF16(v))) => Self::BF16(sized(v, len, bf16::ZERO)),
-            (FloatType::F32, _) => Self::F32(vec![0.0; len]),
-            (FloatType::F16, _) => Self::F16(vec![f16::ZERO; len]),
-            (FloatType::BF16, _) => Self::BF16(vec![bf16::ZERO; len]),
+            (FloatType::F32, Some(Self::F32(v))) => Self::F32(sized(Some(v), len)),
+            (FloatType::F16, Some(Self::F16(v))) => Self::F16(sized(Some(v), len)),
+            (FloatType::BF16, Some(Self::BF16(v))) => Self::BF16(sized(Some(v), len)),
+            (FloatType::F32, _) => Self::F32(sized(None, len)),
+            (FloatType::F16, _) => Self::F16(sized(None, len)),
+            (FloatType::BF16, _) => Self::BF16(sized(None, len)),
         }
     }
 
@@ -175,6 +182,54 @@ impl TensorBytes {
             }),
             Self::BF16(out) => encode_slice(values, &mut out[start..end], narrow_bf16),
             Self::Raw(_) => panic!("raw bytes are copied, not encoded"),
+        }
+    }
+
+    /// Fills the whole buffer with values `compute(start, block, scratch)` writes for
+    /// elements `start..start + block.len()`, in parallel, [`FILL_BLOCK`] elements at a time:
+    /// each block is computed into a buffer on the stack and encoded while it is in L1, so
+    /// the result never exists in `f32` in memory. `scratch` is a second buffer of the
+    /// block's length for the computation's own use. Returns how many values are NaN or ±Inf.
+    /// `compute` must write every element of its block and must not use rayon itself.
+    ///
+    /// # Panics
+    /// On a raw buffer.
+    pub fn fill_blocks(&mut self, compute: impl Fn(usize, &mut [f32], &mut [f32]) + Sync) -> u64 {
+        match self {
+            Self::F32(out) => fill_blocks(out, compute, |dst, src| {
+                dst.copy_from_slice(src);
+                count_non_finite(src)
+            }),
+            Self::F16(out) => fill_blocks(out, compute, |dst, src| {
+                dst.convert_from_f32_slice(src);
+                count_non_finite(src)
+            }),
+            Self::BF16(out) => fill_blocks(out, compute, narrow_bf16_counting),
+            Self::Raw(_) => panic!("raw bytes are copied, not encoded"),
+        }
+    }
+
+    /// Elements in the buffer (bytes for a raw one).
+    pub fn len(&self) -> usize {
+        match self {
+            Self::F32(v) => v.len(),
+            Self::F16(v) => v.len(),
+            Self::BF16(v) => v.len(),
+            Self::Raw(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Elements the buffer holds without growing.
+    pub fn capacity(&self) -> usize {
+        match self {
+            Self::F32(v) => v.capacity(),
+            Self::F16(v) => v.capacity(),
+            Self::BF16(v) => v.capacity(),
+            Self::Raw(v) => v.capacity(),
         }
     }
 
@@ -215,6 +270,46 @@ fn encode_slice<T: Send>(
             count_non_finite(src)
         })
         .sum()
+}
+
+/// Elements [`TensorBytes::fill_blocks`] computes and encodes at a time: 4 KiB of `f32`, so
+/// the block, its encoded copy and a few inputs' decoded blocks fit in L1 together.
+pub const FILL_BLOCK: usize = 1024;
+
+/// [`TensorBytes::fill_blocks`] over a typed buffer; `encode` rounds a block and counts its
+/// non-finite values. Each rayon task takes 64 Ki elements (as [`encode_slice`] does), walked
+/// in [`FILL_BLOCK`]s.
+fn fill_blocks<T: Send>(
+    out: &mut [T],
+    compute: impl Fn(usize, &mut [f32], &mut [f32]) + Sync,
+    encode: impl Fn(&mut [T], &[f32]) -> u64 + Sync,
+) -> u64 {
+    use rayon::prelude::*;
+    const TASK: usize = 1 << 16;
+    out.par_chunks_mut(TASK)
+        .enumerate()
+        .map(|(task, dst)| {
+            let (mut values, mut scratch) = ([0f32; FILL_BLOCK], [0f32; FILL_BLOCK]);
+            let mut non_finite = 0;
+            for (block, dst) in dst.chunks_mut(FILL_BLOCK).enumerate() {
+                let (values, scratch) = (&mut values[..dst.len()], &mut scratch[..dst.len()]);
+                compute(task * TASK + block * FILL_BLOCK, values, scratch);
+                non_finite += encode(dst, values);
+            }
+            non_finite
+        })
+        .sum()
+}
+
+/// [`narrow_bf16`] that also counts the NaN and ±Inf values, in the same pass.
+#[multiversion::multiversion(targets = "simd")]
+fn narrow_bf16_counting(dst: &mut [bf16], src: &[f32]) -> u64 {
+    let mut non_finite = 0u32;
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = bf16::from_bits(bf16_bits(s));
+        non_finite += u32::from(!s.is_finite());
+    }
+    u64::from(non_finite)
 }
 
 /// Widens bf16 bit patterns to f32 (the bits shifted into the top half).

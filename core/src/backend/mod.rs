@@ -20,6 +20,7 @@ pub use cpu::Cpu;
 pub use gpu::{AdapterPolicy, Gpu, GpuOptions};
 
 use crate::checkpoint::TensorView;
+use crate::dtype::TensorBytes;
 use crate::merge::select::BitMask;
 
 /// A backend failed; the merge stops and nothing is written.
@@ -82,6 +83,22 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         divisor: Option<f32>,
         out: &mut [f32],
     ) -> Result<(), BackendError>;
+
+    /// [`weighted_sum`](Self::weighted_sum) rounded into `out` (whose length is the element
+    /// count), returning how many results are NaN or ±Inf. The default computes the sum in
+    /// `work` and encodes it afterwards; the CPU encodes each block as it is computed.
+    fn weighted_sum_encoded(
+        &self,
+        inputs: &[TensorView<'_>],
+        coefficients: &[f32],
+        divisor: Option<f32>,
+        work: &mut Vec<f32>,
+        out: &mut TensorBytes,
+    ) -> Result<u64, BackendError> {
+        work.resize(out.len(), 0.0);
+        self.weighted_sum(inputs, coefficients, divisor, work)?;
+        Ok(out.encode_at(0, work))
+    }
 
     /// The Gram matrix (k×k, row-major) of the inputs, each taken as one flat vector, minus
     /// `center` when given; accumulated to f64 in blocks of

@@ -285,6 +285,16 @@ impl TensorView<'_> {
         );
     }
 
+    /// Elements `start..start + len` as bf16 bit patterns, when the tensor is bf16 and they
+    /// lie 2-byte aligned (always, in a file safetensors wrote), for kernels that widen
+    /// them as they compute.
+    pub fn bf16_bits(&self, start: usize, len: usize) -> Option<&[u16]> {
+        if self.info.float_type() != Some(FloatType::BF16) {
+            return None;
+        }
+        bytemuck::try_cast_slice(&self.bytes[start * 2..(start + len) * 2]).ok()
+    }
+
     /// The whole tensor as `f32` (allocates; prefer [`decode_range`](Self::decode_range) in
     /// streaming code).
     pub fn to_f32_vec(&self) -> Vec<f32> {

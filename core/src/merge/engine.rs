@@ -180,14 +180,25 @@ impl Buffers {
         }
     }
 
-    /// A written buffer of type `ty` to encode into, if one has come back.
-    fn take(&mut self, ty: FloatType) -> Option<TensorBytes> {
+    /// A written buffer of type `ty` to encode `len` values into, if one has come back.
+    fn take(&mut self, ty: FloatType, len: usize) -> Option<TensorBytes> {
         self.spare.extend(
             self.returned
                 .try_iter()
                 .filter(|b| b.float_type().is_some()),
         );
-        let index = self.spare.iter().position(|b| b.float_type() == Some(ty))?;
+        // The best fit: the smallest that holds `len` values, else the largest, so that a
+        // buffer grows (faulting in fresh pages) as rarely as possible.
+        let typed = || {
+            self.spare
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| b.float_type() == Some(ty))
+        };
+        let (index, _) = typed()
+            .filter(|(_, b)| b.capacity() >= len)
+            .min_by_key(|(_, b)| b.capacity())
+            .or_else(|| typed().max_by_key(|(_, b)| b.capacity()))?;
         Some(self.spare.swap_remove(index))
     }
 }
@@ -215,7 +226,16 @@ fn compute<'a>(
                 models,
                 params,
             };
-            let mut bytes = TensorBytes::for_encoding(*out, task.numel(), buffers.take(*out));
+            let mut bytes =
+                TensorBytes::for_encoding(*out, task.numel(), buffers.take(*out, task.numel()));
+            if let Some(count) =
+                plan.method
+                    .merge_encoded(backend, &inputs, &mut buffers.work, &mut bytes)
+            {
+                let count = count.map_err(|e| method_error(plan, task, e))?;
+                note_non_finite(plan, task, count, non_finite);
+                return Ok(bytes);
+            }
             let mut count = 0;
             // Element-wise methods, and those whose last pass is element-wise, hand their
             // results over slab by slab, encoded here while in cache; the others in one piece.
@@ -243,7 +263,7 @@ fn compute<'a>(
             let values = &mut buffers.work;
             values.resize(task.numel(), 0.0);
             crate::merge::kernel::zip_map(&[single], values, |_, xs, o| o.copy_from_slice(xs[0]));
-            let reuse = buffers.take(*out);
+            let reuse = buffers.take(*out, task.numel());
             let (bytes, count) = TensorBytes::encode_reusing(&buffers.work, *out, reuse);
             note_non_finite(plan, task, count, non_finite);
             Ok(bytes)

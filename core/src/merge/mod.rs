@@ -21,7 +21,7 @@ pub mod vocab;
 
 use crate::backend::{Backend, BackendError};
 use crate::checkpoint::TensorView;
-use crate::dtype::FloatType;
+use crate::dtype::{FloatType, TensorBytes};
 pub use params::{Kind, ParamSpec, Scope, TensorParams, Value};
 
 /// Rounding of an f32 to `ty` (to nearest even), applied where torch stores an intermediate
@@ -142,6 +142,21 @@ pub trait MergeMethod: Sync + std::fmt::Debug {
     ) -> Result<(), MethodError> {
         let _ = backend;
         self.merge(inputs, out)
+    }
+
+    /// Merges straight into `out` (of the tensor's output type and length) when the method
+    /// computes its result in one pass that can be encoded block by block, returning how
+    /// many results are NaN or ±Inf; `None` (the default) when it cannot, and the caller uses
+    /// [`merge_slabs`](Self::merge_slabs). `work` is scratch the backend may use.
+    fn merge_encoded(
+        &self,
+        backend: &dyn Backend,
+        inputs: &MethodInputs<'_>,
+        work: &mut Vec<f32>,
+        out: &mut TensorBytes,
+    ) -> Option<Result<u64, MethodError>> {
+        let _ = (backend, inputs, work, out);
+        None
     }
 
     /// [`merge_on`](Self::merge_on) with the result handed to `emit` in consecutive pieces

@@ -2,6 +2,7 @@
 //! ALGORITHMS.md §2.4.
 
 use crate::backend::{Backend, Cpu};
+use crate::dtype::TensorBytes;
 use crate::merge::{
     BaseUse, Kind, MergeMethod, MethodError, MethodInputs, MethodSpec, ParamSpec, TensorParams,
     Value,
@@ -27,6 +28,15 @@ impl Linear {
         (0..params.model_count())
             .map(|i| params.model_f64(i, "weight") as f32)
             .collect()
+    }
+
+    /// The weights, and their sum when they are normalised.
+    fn weights_and_divisor(params: &TensorParams) -> (Vec<f32>, Option<f32>) {
+        let weights = Self::weights(params);
+        let divisor = params
+            .shared_bool("normalize")
+            .then(|| weights.iter().sum::<f32>());
+        (weights, divisor)
     }
 }
 
@@ -58,14 +68,24 @@ impl MergeMethod for Linear {
         inputs: &MethodInputs<'_>,
         out: &mut [f32],
     ) -> Result<(), MethodError> {
-        let weights = Self::weights(inputs.params);
-        let divisor = if inputs.params.shared_bool("normalize") {
-            Some(weights.iter().sum::<f32>())
-        } else {
-            None
-        };
+        let (weights, divisor) = Self::weights_and_divisor(inputs.params);
         backend.weighted_sum(&inputs.models, &weights, divisor, out)?;
         Ok(())
+    }
+
+    fn merge_encoded(
+        &self,
+        backend: &dyn Backend,
+        inputs: &MethodInputs<'_>,
+        work: &mut Vec<f32>,
+        out: &mut TensorBytes,
+    ) -> Option<Result<u64, MethodError>> {
+        let (weights, divisor) = Self::weights_and_divisor(inputs.params);
+        Some(
+            backend
+                .weighted_sum_encoded(&inputs.models, &weights, divisor, work, out)
+                .map_err(MethodError::from),
+        )
     }
 }
 
