@@ -333,7 +333,7 @@ fn narrow_bf16(dst: &mut [bf16], src: &[f32]) {
 /// 0x7fff plus the lowest kept bit below the cut; a NaN keeps its top mantissa bits and is
 /// quieted. Only a NaN's sum can wrap, and that one is discarded.
 #[inline]
-fn bf16_bits(x: f32) -> u16 {
+pub(crate) fn bf16_bits(x: f32) -> u16 {
     let bits = x.to_bits();
     let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16;
     let quiet_nan = (bits >> 16) | 0x0040;
