@@ -219,7 +219,8 @@ fn weighted_sum_bf16_group<const N: usize>(
 }
 
 /// `o += c·x` for elements `start..start + o.len()` of `input` (`o = 0 + c·x` for the
-/// `first` term). bf16 is widened in the same pass; other types are decoded into `scratch`.
+/// `first` term), decoded into `scratch` first. bf16 into bf16, the common case, takes
+/// [`weighted_sum_bf16`] instead.
 fn add_scaled(
     o: &mut [f32],
     input: &TensorView<'_>,
@@ -228,33 +229,11 @@ fn add_scaled(
     first: bool,
     scratch: &mut [f32],
 ) {
-    match (input.bf16_bits(start, o.len()), first) {
-        (Some(x), true) => first_term_bf16(o, x, c),
-        (Some(x), false) => add_term_bf16(o, x, c),
-        (None, first) => {
-            input.decode_range(start, scratch);
-            if first {
-                first_term(o, scratch, c);
-            } else {
-                add_term(o, scratch, c);
-            }
-        }
-    }
-}
-
-/// [`first_term`] of bf16 bit patterns, widened as `decode_into` widens them.
-#[multiversion::multiversion(targets = "simd")]
-fn first_term_bf16(o: &mut [f32], x: &[u16], c: f32) {
-    for (o, &x) in o.iter_mut().zip(x) {
-        *o = 0.0 + f32::from_bits(u32::from(x) << 16) * c;
-    }
-}
-
-/// [`add_term`] of bf16 bit patterns.
-#[multiversion::multiversion(targets = "simd")]
-fn add_term_bf16(o: &mut [f32], x: &[u16], c: f32) {
-    for (o, &x) in o.iter_mut().zip(x) {
-        *o += f32::from_bits(u32::from(x) << 16) * c;
+    input.decode_range(start, scratch);
+    if first {
+        first_term(o, scratch, c);
+    } else {
+        add_term(o, scratch, c);
     }
 }
 

@@ -377,6 +377,15 @@ struct Words<'w> {
 }
 
 impl Words<'_> {
+    /// Stores one group's bits (strict, inside 0, heavy 0, inside 1, heavy 1) as word `w`.
+    fn set(&mut self, w: usize, bits: [u64; 5]) {
+        self.strict[w] = bits[0];
+        self.inside[0][w] = bits[1];
+        self.heavy[0][w] = bits[2];
+        self.inside[1][w] = bits[3];
+        self.heavy[1][w] = bits[4];
+    }
+
     /// The words from word `w` on.
     fn from(self, w: usize) -> Self {
         let [inside_0, inside_1] = self.inside;
@@ -409,17 +418,12 @@ fn scan_words(base: &[f32], model: &[f32], tests: Tests, words: Words<'_>) -> us
 
 /// [`scan_words`] for any CPU (vectorised where the compiler can).
 #[multiversion::multiversion(targets = "simd")]
-fn scan_words_portable(base: &[f32], model: &[f32], tests: Tests, words: Words<'_>) -> usize {
+fn scan_words_portable(base: &[f32], model: &[f32], tests: Tests, mut words: Words<'_>) -> usize {
     let Tests {
         finite,
         strict: (first, span),
         ranges: [(lo_0, span_0, heavy_0), (lo_1, span_1, heavy_1)],
     } = tests;
-    let Words {
-        strict,
-        inside: [inside_0, inside_1],
-        heavy: [equal_0, equal_1],
-    } = words;
     let mut below = 0;
     for (w, (b, x)) in base.chunks(64).zip(model.chunks(64)).enumerate() {
         let mut keys = [0u32; 64];
@@ -436,11 +440,7 @@ fn scan_words_portable(base: &[f32], model: &[f32], tests: Tests, words: Words<'
             bits[4] |= u64::from(k == heavy_1) << j;
             under += u32::from(k < lo_0);
         }
-        strict[w] = bits[0];
-        inside_0[w] = bits[1];
-        equal_0[w] = bits[2];
-        inside_1[w] = bits[3];
-        equal_1[w] = bits[4];
+        words.set(w, bits);
         below += under as usize;
     }
     below
@@ -452,7 +452,12 @@ fn scan_words_portable(base: &[f32], model: &[f32], tests: Tests, words: Words<'
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
 #[target_feature(enable = "avx512f")]
-unsafe fn scan_words_avx512(base: &[f32], model: &[f32], tests: Tests, words: Words<'_>) -> usize {
+unsafe fn scan_words_avx512(
+    base: &[f32],
+    model: &[f32],
+    tests: Tests,
+    mut words: Words<'_>,
+) -> usize {
     use std::arch::x86_64::{
         __m512i, _mm512_and_si512, _mm512_castps_si512, _mm512_cmpeq_epi32_mask,
         _mm512_cmplt_epu32_mask, _mm512_loadu_ps, _mm512_maskz_mov_epi32, _mm512_set1_epi32,
@@ -497,11 +502,7 @@ unsafe fn scan_words_avx512(base: &[f32], model: &[f32], tests: Tests, words: Wo
             bits[4] |= u64::from(_mm512_cmpeq_epi32_mask(k, heavy_1)) << shift;
             under += _mm512_cmplt_epu32_mask(k, lo_0).count_ones() as usize;
         }
-        words.strict[w] = bits[0];
-        words.inside[0][w] = bits[1];
-        words.heavy[0][w] = bits[2];
-        words.inside[1][w] = bits[3];
-        words.heavy[1][w] = bits[4];
+        words.set(w, bits);
         below += under;
     }
     // The last, partial group.
@@ -519,7 +520,12 @@ unsafe fn scan_words_avx512(base: &[f32], model: &[f32], tests: Tests, words: Wo
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
 #[target_feature(enable = "avx2")]
-unsafe fn scan_words_avx2(base: &[f32], model: &[f32], tests: Tests, words: Words<'_>) -> usize {
+unsafe fn scan_words_avx2(
+    base: &[f32],
+    model: &[f32],
+    tests: Tests,
+    mut words: Words<'_>,
+) -> usize {
     use std::arch::x86_64::{
         __m256i, _mm256_and_si256, _mm256_andnot_si256, _mm256_castps_si256, _mm256_castsi256_ps,
         _mm256_cmpeq_epi32, _mm256_cmpgt_epi32, _mm256_loadu_ps, _mm256_movemask_ps,
@@ -575,11 +581,7 @@ unsafe fn scan_words_avx2(base: &[f32], model: &[f32], tests: Tests, words: Word
             bits[4] |= equal(k, heavy_1) << shift;
             under += below(k, flipped_lo_0).count_ones() as usize;
         }
-        words.strict[w] = bits[0];
-        words.inside[0][w] = bits[1];
-        words.heavy[0][w] = bits[2];
-        words.inside[1][w] = bits[3];
-        words.heavy[1][w] = bits[4];
+        words.set(w, bits);
         under_all += under;
     }
     let tail = 64 * full;
