@@ -12,6 +12,9 @@ use crate::dtype::TensorBytes;
 use crate::merge::kernel::{CHUNK, check_sizes, sum_in_order, zip_chunks, zip_map};
 use half::bf16;
 
+#[cfg(target_arch = "x86_64")]
+mod combine_bf16;
+
 /// Runs on the CPU's cores (rayon's global pool).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Cpu;
@@ -89,6 +92,17 @@ impl Backend for Cpu {
         all.push(c.base.clone());
         all.extend(c.models.iter().cloned());
         check_sizes(&all, out.len());
+        #[cfg(target_arch = "x86_64")]
+        if c.models.len() <= combine_bf16::MAX_MODELS
+            && combine_bf16::available()
+            && let Some(bits) = all
+                .iter()
+                .map(|input| input.bf16_bits(0, out.len()))
+                .collect::<Option<Vec<_>>>()
+        {
+            combine_bf16::combine_bf16(c, bits[0], &bits[1..], out);
+            return Ok(());
+        }
         // Each block is decoded right before it is combined, so its inputs, votes and sums
         // never leave L1 (a whole chunk's rows spilled to L2 between the row kernels).
         out.par_chunks_mut(CHUNK)
@@ -544,6 +558,7 @@ fn gram(inputs: &[TensorView<'_>], center: Option<TensorView<'_>>) -> Vec<f64> {
 mod tests {
     use super::*;
     use crate::checkpoint::TensorInfo;
+    use crate::dtype::Dtype;
     use crate::merge::methods::test_util::{f32_bytes, info, view, xorshift};
     use crate::merge::select::BitMask;
 
@@ -564,24 +579,25 @@ mod tests {
     /// inputs (widened in the sum's own pass, an odd byte offset making one decode instead),
     /// f16 and f32 inputs, into each output type, normalised or not, over several rayon tasks
     /// and a partial last block, and it counts the non-finite results.
+    /// `values` as `dtype` stores them, little-endian.
+    fn stored(dtype: Dtype, values: &[f32]) -> Vec<u8> {
+        match dtype {
+            Dtype::BF16 => values
+                .iter()
+                .flat_map(|&v| bf16::from_f32(v).to_le_bytes())
+                .collect(),
+            Dtype::F16 => values
+                .iter()
+                .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+                .collect(),
+            _ => f32_bytes(values),
+        }
+    }
+
     #[test]
     fn weighted_sum_encoded_is_the_weighted_sum_rounded() {
-        use crate::dtype::{Dtype, FloatType};
-        use half::{bf16, f16};
+        use crate::dtype::FloatType;
         let n = (1 << 17) + 1000; // two whole tasks of 64 Ki and a partial block
-        let stored = |dtype: Dtype, values: &[f32]| -> Vec<u8> {
-            match dtype {
-                Dtype::BF16 => values
-                    .iter()
-                    .flat_map(|&v| bf16::from_f32(v).to_le_bytes())
-                    .collect(),
-                Dtype::F16 => values
-                    .iter()
-                    .flat_map(|&v| f16::from_f32(v).to_le_bytes())
-                    .collect(),
-                _ => f32_bytes(values),
-            }
-        };
         let mut first = values(1, n);
         first[7] = f32::INFINITY;
         first[n - 1] = f32::NAN;
@@ -690,10 +706,40 @@ mod tests {
                 seed.map(|s| BitMask::from_words(xorshift(s).take(n.div_ceil(64)).collect(), n))
             })
             .collect();
-        let infos: Vec<_> = (0..4).map(|i| info(&format!("t{i}"), n)).collect();
-        let bytes: Vec<Vec<u8>> = std::iter::once(&base)
-            .chain(&x)
-            .map(|v| f32_bytes(v))
+        // Non-finite inputs, which bf16 holds too.
+        let mut base = base;
+        let mut x = x;
+        base[13] = f32::NEG_INFINITY;
+        x[1][5] = f32::INFINITY;
+        x[2][9] = f32::NAN;
+        x[0][CHUNK + 3] = f32::NEG_INFINITY;
+        combine_matches_the_definition_on(Dtype::F32, &base, &x, &masks);
+        // bf16 inputs take the kernel that widens them in registers.
+        let round =
+            |v: &Vec<f32>| -> Vec<f32> { v.iter().map(|&v| bf16::from_f32(v).to_f32()).collect() };
+        let x: Vec<Vec<f32>> = x.iter().map(round).collect();
+        combine_matches_the_definition_on(Dtype::BF16, &round(&base), &x, &masks);
+    }
+
+    /// [`Cpu::combine`] of `base` and the models `x`, stored as `dtype` (which holds them
+    /// exactly), against [`combine_reference`] element by element.
+    fn combine_matches_the_definition_on(
+        dtype: Dtype,
+        base: &[f32],
+        x: &[Vec<f32>],
+        masks: &[Option<BitMask>],
+    ) {
+        let n = base.len();
+        let infos: Vec<_> = (0..4)
+            .map(|i| TensorInfo {
+                dtype,
+                end: n * dtype.bitsize() / 8,
+                ..info(&format!("t{i}"), n)
+            })
+            .collect();
+        let bytes: Vec<Vec<u8>> = std::iter::once(base)
+            .chain(x.iter().map(Vec::as_slice))
+            .map(|v| stored(dtype, v))
             .collect();
         let views: Vec<_> = infos.iter().zip(&bytes).map(|(i, b)| view(i, b)).collect();
         for (consensus, normalize, lambda) in
@@ -704,7 +750,7 @@ mod tests {
                 models: &views[1..],
                 weights: &[0.5, 0.3, 1e-39],
                 factors: &[1.0, 2.5, 0.4],
-                masks: &masks,
+                masks,
                 consensus,
                 normalize,
                 lambda,
@@ -714,11 +760,11 @@ mod tests {
             Cpu.combine(&c, &mut out)
                 .expect("the CPU backend does not fail");
             for (e, &o) in out.iter().enumerate() {
-                let expected = combine_reference(&c, &x, base[e], e);
+                let expected = combine_reference(&c, x, base[e], e);
                 assert_eq!(
                     o.to_bits(),
                     expected.to_bits(),
-                    "element {e}, consensus {consensus}"
+                    "{dtype:?} element {e}, consensus {consensus}"
                 );
             }
         }
