@@ -102,9 +102,12 @@ fn add_dot_f64(lanes: &mut Lanes, a: &[f32], b: &[f32]) {
     *lanes = acc;
 }
 
+/// How many are true, of at most one block's values. Counted in u32 lanes: eight to a
+/// register, where u64 lanes took four and a widening per lane (the counts were a good part
+/// of the pass).
 #[inline(always)]
 fn count(values: impl Iterator<Item = bool>) -> u64 {
-    values.map(u64::from).sum()
+    u64::from(values.map(u32::from).sum::<u32>())
 }
 
 /// The sums of one tensor over `models` against `base` (equal shapes, float dtypes).
