@@ -558,7 +558,7 @@ fn gram(inputs: &[TensorView<'_>], center: Option<TensorView<'_>>) -> Vec<f64> {
 mod tests {
     use super::*;
     use crate::checkpoint::TensorInfo;
-    use crate::dtype::Dtype;
+    use crate::dtype::{Dtype, FloatType};
     use crate::merge::methods::test_util::{f32_bytes, info, view, xorshift};
     use crate::merge::select::BitMask;
 
@@ -575,28 +575,19 @@ mod tests {
             .collect()
     }
 
-    /// The encoded weighted sum is the weighted sum rounded afterwards, bit for bit: for bf16
-    /// inputs (widened in the sum's own pass, an odd byte offset making one decode instead),
-    /// f16 and f32 inputs, into each output type, normalised or not, over several rayon tasks
-    /// and a partial last block, and it counts the non-finite results.
-    /// `values` as `dtype` stores them, little-endian.
+    /// `values` as a file stores them in `dtype`, rounded as the engine's output is.
     fn stored(dtype: Dtype, values: &[f32]) -> Vec<u8> {
-        match dtype {
-            Dtype::BF16 => values
-                .iter()
-                .flat_map(|&v| bf16::from_f32(v).to_le_bytes())
-                .collect(),
-            Dtype::F16 => values
-                .iter()
-                .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
-                .collect(),
-            _ => f32_bytes(values),
-        }
+        let ty = FloatType::from_dtype(dtype).expect("a float dtype");
+        TensorBytes::encode(values.to_vec(), ty).as_bytes().to_vec()
     }
 
+    /// The encoded weighted sum is the weighted sum rounded afterwards, bit for bit: for mixed
+    /// bf16 (one stored at an odd byte offset, so decoded), f16 and f32 inputs summed block by
+    /// block, and for aligned bf16 inputs only (summed in registers from the stored bits when
+    /// the output is bf16 too); into each output type, normalised or not, over several rayon
+    /// tasks and a partial last block; and it counts the non-finite results.
     #[test]
     fn weighted_sum_encoded_is_the_weighted_sum_rounded() {
-        use crate::dtype::FloatType;
         let n = (1 << 17) + 1000; // two whole tasks of 64 Ki and a partial block
         let mut first = values(1, n);
         first[7] = f32::INFINITY;

@@ -386,15 +386,25 @@ impl Words<'_> {
         self.heavy[1][w] = bits[4];
     }
 
-    /// The words from word `w` on.
-    fn from(self, w: usize) -> Self {
-        let [inside_0, inside_1] = self.inside;
-        let [heavy_0, heavy_1] = self.heavy;
-        Words {
-            strict: &mut self.strict[w..],
-            inside: [&mut inside_0[w..], &mut inside_1[w..]],
-            heavy: [&mut heavy_0[w..], &mut heavy_1[w..]],
-        }
+    /// The words before word `w`, and those from it on.
+    fn split_at(self, w: usize) -> (Self, Self) {
+        let (strict, strict_rest) = self.strict.split_at_mut(w);
+        let [(inside_0, inside_0_rest), (inside_1, inside_1_rest)] =
+            self.inside.map(|words| words.split_at_mut(w));
+        let [(heavy_0, heavy_0_rest), (heavy_1, heavy_1_rest)] =
+            self.heavy.map(|words| words.split_at_mut(w));
+        (
+            Words {
+                strict,
+                inside: [inside_0, inside_1],
+                heavy: [heavy_0, heavy_1],
+            },
+            Words {
+                strict: strict_rest,
+                inside: [inside_0_rest, inside_1_rest],
+                heavy: [heavy_0_rest, heavy_1_rest],
+            },
+        )
     }
 }
 
@@ -405,15 +415,42 @@ fn scan_words(base: &[f32], model: &[f32], tests: Tests, words: Words<'_>) -> us
     #[allow(unsafe_code)]
     if std::arch::is_x86_feature_detected!("avx512f") {
         // SAFETY: the CPU has AVX-512F, checked just above.
-        return unsafe { scan_words_avx512(base, model, tests, words) };
+        return unsafe { with_portable_tail(scan_words_avx512, base, model, tests, words) };
     }
     #[cfg(target_arch = "x86_64")]
     #[allow(unsafe_code)]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU has AVX2, checked just above.
-        return unsafe { scan_words_avx2(base, model, tests, words) };
+        return unsafe { with_portable_tail(scan_words_avx2, base, model, tests, words) };
     }
     scan_words_portable(base, model, tests, words)
+}
+
+/// A SIMD kernel of [`scan_words`], for whole groups of 64 keys only.
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+type GroupKernel = unsafe fn(&[f32], &[f32], Tests, Words<'_>) -> usize;
+
+/// [`scan_words`] with `kernel` over the chunk's whole groups of 64 keys and the portable loop
+/// over the partial last one.
+///
+/// # Safety
+/// The CPU must have the target features `kernel` is compiled for.
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+unsafe fn with_portable_tail(
+    kernel: GroupKernel,
+    base: &[f32],
+    model: &[f32],
+    tests: Tests,
+    words: Words<'_>,
+) -> usize {
+    let full = base.len() / 64;
+    let whole = 64 * full;
+    let (groups, tail) = words.split_at(full);
+    // SAFETY: the caller's promise.
+    let below = unsafe { kernel(&base[..whole], &model[..whole], tests, groups) };
+    below + scan_words_portable(&base[whole..], &model[whole..], tests, tail)
 }
 
 /// [`scan_words`] for any CPU (vectorised where the compiler can).
@@ -448,7 +485,8 @@ fn scan_words_portable(base: &[f32], model: &[f32], tests: Tests, mut words: Wor
 
 /// [`scan_words`] with AVX-512, whose compares give bit masks directly: compilers turn the
 /// portable loop's `bit << j` into 64-bit lanes and shifts, several times slower. The keys and
-/// tests are the same integer operations, so the bits are too.
+/// tests are the same integer operations, so the bits are too. Whole groups of 64 keys only
+/// (see [`with_portable_tail`]).
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
 #[target_feature(enable = "avx512f")]
@@ -505,18 +543,14 @@ unsafe fn scan_words_avx512(
         words.set(w, bits);
         below += under;
     }
-    // The last, partial group.
-    let tail = 64 * full;
-    if tail == base.len() {
-        return below;
-    }
-    below + scan_words_portable(&base[tail..], &model[tail..], tests, words.from(full))
+    below
 }
 
 /// [`scan_words`] with AVX2, for the many x86 CPUs without AVX-512 (the portable loop's bits
 /// took a third of a TIES merge on one). AVX2 compares are signed and give lanes, not bits:
 /// flipping both sides' sign bits makes them unsigned, and `movemask` gathers the lanes' top
 /// bits, 8 at a time. The keys and tests are the same integer operations, so the bits are too.
+/// Whole groups of 64 keys only (see [`with_portable_tail`]).
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
 #[target_feature(enable = "avx2")]
@@ -584,11 +618,7 @@ unsafe fn scan_words_avx2(
         words.set(w, bits);
         under_all += under;
     }
-    let tail = 64 * full;
-    if tail == base.len() {
-        return under_all;
-    }
-    under_all + scan_words_portable(&base[tail..], &model[tail..], tests, words.from(full))
+    under_all
 }
 
 /// Checks that each cut lies in its bracket and finds its exact key; then every chunk's bits.
@@ -750,7 +780,10 @@ mod tests {
             if std::arch::is_x86_feature_detected!("avx2") {
                 #[allow(unsafe_code)]
                 // SAFETY: the CPU has AVX2, checked just above.
-                let avx2 = run(|b, m, t, w| unsafe { scan_words_avx2(b, m, t, w) }, finite);
+                let avx2 = run(
+                    |b, m, t, w| unsafe { with_portable_tail(scan_words_avx2, b, m, t, w) },
+                    finite,
+                );
                 assert_eq!(portable, avx2, "finite: {finite}");
             }
             let set = |k: usize| portable.1[k].iter().any(|&b| b != 0);
