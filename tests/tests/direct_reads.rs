@@ -180,3 +180,35 @@ fn a_merge_read_directly_equals_the_merge_read_through_the_maps() {
     }
     assert_eq!(outputs[0], outputs[1]);
 }
+
+#[test]
+fn a_checkpoint_tells_how_much_of_it_is_cached() {
+    // What `ReadMode::Auto` asks to tell a cold family, which it reads directly, from a warm
+    // one, which it reads through the maps.
+    let dir = family();
+    let path = model(dir.path(), "base");
+    let base = Checkpoint::open(&path).unwrap();
+    let tensors = 0..base.tensors().len();
+    let total: u64 = base.tensors().iter().map(|t| t.byte_len() as u64).sum();
+    let cached = || tensors.clone().map(|i| base.cached_bytes(i)).sum::<u64>();
+    tensors.clone().for_each(|i| base.load(i));
+    assert_eq!(cached(), total, "every tensor was just read");
+    // Pages this process maps cannot be evicted: give them back first.
+    tensors.clone().for_each(|i| base.release(i));
+    evict(&path);
+    // The kernel may read ahead around whatever opening the file touched (up to 8 MiB of 32).
+    let cold = cached();
+    assert!(
+        cold < total / 2,
+        "{cold} of {total} bytes cached after eviction"
+    );
+    // Reading one tensor caches that tensor: the count is per tensor, not per file.
+    let q_proj = base
+        .tensors()
+        .iter()
+        .position(|t| t.name == "model.layers.0.self_attn.q_proj.weight")
+        .unwrap();
+    assert_eq!(base.tensors()[q_proj].byte_len(), 2 << 20);
+    base.load(q_proj);
+    assert_eq!(base.cached_bytes(q_proj), 2 << 20);
+}

@@ -11,9 +11,9 @@
 //! 0.2 CPU-s of system time direct, against 5.7-11.6 s and 4-11 CPU-s through `read`).
 //!
 //! The price: nothing read this way stays in the page cache, so running the same family again
-//! reads the disk again. [`ReadMode::Auto`] therefore reads directly only when the family
-//! could not stay cached anyway (see [`ReadMode::direct_for`]), and never a tensor that is
-//! already cached.
+//! reads the disk again. [`ReadMode::Auto`] therefore reads directly only when the page cache
+//! would not serve this stream anyway: the family could not stay cached, or it is not cached
+//! now (see [`ReadMode::direct_for`]); and it never reads a tensor directly that is cached.
 
 use std::fs::File;
 use std::io;
@@ -26,11 +26,17 @@ use memmap2::{MmapMut, MmapOptions};
 /// page covers the devices this runs on.
 const PAGE: usize = 4096;
 
+/// Below this, [`ReadMode::Auto`] reads a cold family through the page cache: filling a
+/// gigabyte of fresh cache pages costs a fraction of a second even where it traps to a
+/// hypervisor, and it makes the next run over the family free.
+const COLD_DIRECT_MIN_BYTES: u64 = 1 << 30;
+
 /// How a stream reads the tensors it has not got in memory yet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReadMode {
     /// Directly when the stream's inputs exceed half of the memory available for caching
-    /// (they would be evicted before a second run could reuse them), mapped otherwise.
+    /// (they would be evicted before a second run could reuse them), or when less than half
+    /// of them are cached now (at least [`COLD_DIRECT_MIN_BYTES`] of them); mapped otherwise.
     Auto,
     /// Always through the memory maps and the page cache.
     Mapped,
@@ -48,14 +54,25 @@ impl ReadMode {
         }
     }
 
-    /// Whether a stream reading `total_bytes` of inputs reads its uncached tensors directly.
-    pub fn direct_for(self, total_bytes: u64) -> bool {
+    /// Whether a stream reading `total_bytes` of inputs, `cached_bytes()` of which are in the
+    /// page cache now, reads its uncached tensors directly. `cached_bytes` is only asked
+    /// where it decides.
+    ///
+    /// A cold family read through the page cache costs every page a fresh allocation (on this
+    /// project's VM a cold mapped merge took 1.7-3.0 times the I/O floor, directly 1.0-1.7),
+    /// and what it leaves cached only pays off if the same family is read again before it is
+    /// evicted. Reading a cold family directly makes every run take the disk's time; a warm
+    /// one stays mapped and takes none. `MERGESCOPE_READS=mapped` keeps the cache for a user
+    /// who reruns one family on a slow disk.
+    pub fn direct_for(self, total_bytes: u64, cached_bytes: impl FnOnce() -> u64) -> bool {
         match self {
             Self::Mapped => false,
             Self::Direct => cfg!(target_os = "linux"),
             Self::Auto => {
                 cfg!(target_os = "linux")
-                    && available_memory().is_some_and(|available| total_bytes > available / 2)
+                    && (available_memory().is_some_and(|available| total_bytes > available / 2)
+                        || (total_bytes >= COLD_DIRECT_MIN_BYTES
+                            && cached_bytes() < total_bytes / 2))
             }
         }
     }
@@ -356,14 +373,25 @@ mod tests {
     }
 
     #[test]
-    fn modes_from_the_family_size() {
-        assert!(!ReadMode::Mapped.direct_for(u64::MAX));
-        assert_eq!(ReadMode::Direct.direct_for(0), cfg!(target_os = "linux"));
+    fn modes_from_the_family_size_and_what_is_cached() {
+        let linux = cfg!(target_os = "linux");
+        assert!(!ReadMode::Mapped.direct_for(u64::MAX, || 0));
+        assert_eq!(ReadMode::Direct.direct_for(0, || 0), linux);
         // No machine has four times u64::MAX / 8 of memory; none lacks 1 byte.
         assert_eq!(
-            ReadMode::Auto.direct_for(u64::MAX / 2),
-            cfg!(target_os = "linux") && available_memory().is_some()
+            ReadMode::Auto.direct_for(u64::MAX / 2, || u64::MAX / 2),
+            linux && available_memory().is_some()
         );
-        assert!(!ReadMode::Auto.direct_for(1));
+        assert!(!ReadMode::Auto.direct_for(1, || 0));
+        // A family that may fit: direct while mostly cold, mapped once mostly cached.
+        let fits = available_memory().map_or(COLD_DIRECT_MIN_BYTES, |a| a / 2);
+        if fits >= COLD_DIRECT_MIN_BYTES {
+            let total = COLD_DIRECT_MIN_BYTES;
+            assert_eq!(ReadMode::Auto.direct_for(total, || total / 2 - 1), linux);
+            assert!(!ReadMode::Auto.direct_for(total, || total / 2));
+            // Small cold families stay mapped, and nobody asks what is cached.
+            let small = COLD_DIRECT_MIN_BYTES - 1;
+            assert!(!ReadMode::Auto.direct_for(small, || unreachable!()));
+        }
     }
 }

@@ -640,6 +640,16 @@ impl Checkpoint {
             .prefetch(info.start, info.byte_len());
     }
 
+    /// How many of the tensor's bytes are in the page cache now (`mincore`); all of them where
+    /// the system cannot say.
+    pub fn cached_bytes(&self, index: usize) -> u64 {
+        let info = &self.tensors[index];
+        let fraction = self.shards[info.shard]
+            .map
+            .resident_fraction(info.start, info.byte_len());
+        (fraction * info.byte_len() as f64) as u64
+    }
+
     /// Reads the tensor at `index` into memory now and blocks until it is there, so a later
     /// pass over it neither waits on the disk nor faults. For a helper thread running ahead
     /// of the computation.

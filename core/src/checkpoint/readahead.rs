@@ -82,7 +82,16 @@ impl<'a> ReadAhead<'a> {
         // larger than the window, the embeddings', still gets its buffers): budgeting the
         // window plus the largest step kept the embeddings' buffers idle for the whole merge,
         // 0.4-0.5 GB more resident for a few tenths of a CPU-second less page faulting.
-        let pool = mode.direct_for(total).then(|| StagePool::new(window));
+        let cached = || {
+            steps
+                .iter()
+                .flatten()
+                .map(|&(c, i)| c.cached_bytes(i))
+                .sum()
+        };
+        let pool = mode
+            .direct_for(total, cached)
+            .then(|| StagePool::new(window));
         let largest_staged_step = available_memory().map_or(u64::MAX, |available| available / 4);
         Self {
             steps,
