@@ -15,7 +15,7 @@ struct MethodText {
     when: &'static str,
 }
 
-const METHOD_TEXTS: [MethodText; 20] = [
+const METHOD_TEXTS: [MethodText; 23] = [
     MethodText {
         name: "task_arithmetic",
         what: "Adds each model's task vector (its weights minus the base's), times its weight, \
@@ -163,6 +163,34 @@ const METHOD_TEXTS: [MethodText; 20] = [
         when: "As ram when some models' unique updates are few. RAM+ (Reinforced Agent \
                Merging), 2026 (arXiv 2601.13572).",
     },
+    MethodText {
+        name: "tsv_m",
+        what: "Per 2-D tensor, keeps each task vector's top singular directions (an equal \
+               share of the rank per model), makes the stacked directions orthonormal so the \
+               tasks stop interfering, and adds the result times alpha to the base; other \
+               tensors get the mean task vector.",
+        when: "Many fine-tunes (e.g. 8 vision task experts) whose task vectors overlap, where \
+               task arithmetic loses accuracy to interference. Task Singular Vectors: \
+               Gargiulo et al., CVPR 2025.",
+    },
+    MethodText {
+        name: "iso_c",
+        what: "Per 2-D tensor, replaces every singular value of the summed task vectors by \
+               their mean (a flat, isotropic spectrum) and adds that times scaling_factor to \
+               the base; other tensors get the mean task vector.",
+        when: "Several tasks that share most of their directions, to stop the largest ones \
+               drowning out the rest. Iso-C: Marczak et al., ICML 2025 (\"No Task Left \
+               Behind\").",
+    },
+    MethodText {
+        name: "iso_cts",
+        what: "Iso-C over the summed task vectors' top directions (common_space_fraction of \
+               the rank) plus each task's own top directions outside them, orthogonalised \
+               together with a flat spectrum.",
+        when: "Many tasks, where Iso-C's common subspace misses task-specific directions; \
+               the paper's best data-free merge at 8 to 20 tasks. Iso-CTS: Marczak et al., \
+               ICML 2025.",
+    },
 ];
 
 /// The tooltip of merge method `name`.
@@ -263,6 +291,29 @@ fn param_text(method: &str, name: &str) -> Option<(&'static str, &'static str)> 
         "r" => (
             "RAM+'s amplification of a model's unique entries: up to 1 + r × alpha.",
             "Raise it to favour models whose updates are mostly shared. RAM+, 2026 (arXiv 2601.13572).",
+        ),
+        "alpha" if method == "tsv_m" => (
+            "Scales the merged task vector before it is added to the base: base + alpha × \
+             merged.",
+            "Tune it on held-out data (the authors try 0.1 to 3.0); 1 is fusion-bench's \
+             default. Task Singular Vectors: Gargiulo et al., CVPR 2025.",
+        ),
+        "scaling_factor" => (
+            "Scales the isotropic merge before it is added to the base: base + \
+             scaling_factor × merged.",
+            "Tune it on held-out data (the authors try 0.1 to 3.0); 1 is fusion-bench's \
+             default. Isotropic merging: Marczak et al., ICML 2025.",
+        ),
+        "common_space_fraction" => (
+            "The share of the rank given to the summed task vectors' common directions; the \
+             rest is split evenly between the tasks' own directions.",
+            "0.8 (the authors' default); lower it when the tasks have little in common. Iso-CTS: \
+             Marczak et al., ICML 2025.",
+        ),
+        "exclude" => (
+            "Sends a 2-D tensor to the mean task vector instead of the subspace merge.",
+            "With a filter, for tensors whose subspaces mean little (embeddings, a \
+             classification head), as fusion-bench's exclude_keys.",
         ),
         "alpha" => (
             "The cap on the shared/unique ratio RAM+ amplifies by.",

@@ -20,9 +20,11 @@ pub fn spec(method: &str) -> Option<&'static MethodSpec> {
     }
 }
 
-/// Parameters that only change mergekit's memory use: accepted in recipes, never offered.
-fn memory_only(name: &str) -> bool {
-    name == "int8_mask"
+/// Parameters accepted in recipes but never offered: `int8_mask` only changes mergekit's
+/// memory use, and the subspace merges' `exclude` means something per tensor only (a recipe
+/// sets it with a filter), where one switch for every tensor would turn them into an average.
+fn not_offered(name: &str) -> bool {
+    matches!(name, "int8_mask" | "exclude")
 }
 
 /// Does `method` read a per-model `weight` (the task-arithmetic family, linear, nuslerp,
@@ -53,7 +55,7 @@ pub fn method_flags(method: &str) -> Vec<(&'static str, bool)> {
     spec(method).map_or_else(Vec::new, |s| {
         s.params
             .iter()
-            .filter(|p| p.scope == Scope::Shared && !memory_only(p.name))
+            .filter(|p| p.scope == Scope::Shared && !not_offered(p.name))
             .filter_map(|p| match p.default {
                 Some(Value::Bool(b)) => Some((p.name, b)),
                 _ => None,
@@ -98,7 +100,7 @@ pub fn shared_numbers(method: &str) -> Vec<&'static str> {
         s.params
             .iter()
             .filter(|p| p.scope == Scope::Shared && p.kind != Kind::Bool)
-            .filter(|p| p.name != "lambda" && Some(p.name) != curve && !memory_only(p.name))
+            .filter(|p| p.name != "lambda" && Some(p.name) != curve && !not_offered(p.name))
             .map(|p| p.name)
             .collect()
     })

@@ -339,6 +339,12 @@ pub fn method_reference(method: &str) -> (&str, Option<&'static str>) {
             "Reinforced Agent Merging",
             Some("https://arxiv.org/abs/2601.13572"),
         ),
+        "tsv_m" => (
+            "Task Singular Vectors Merging",
+            Some("https://arxiv.org/abs/2412.00081"),
+        ),
+        "iso_c" => ("Iso-C", Some("https://arxiv.org/abs/2502.04959")),
+        "iso_cts" => ("Iso-CTS", Some("https://arxiv.org/abs/2502.04959")),
         "ramplus_tl" => (
             "Reinforced Agent Merging Plus (Tensor-Local)",
             Some("https://arxiv.org/abs/2601.13572"),

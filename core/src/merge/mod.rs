@@ -17,6 +17,7 @@ pub mod recipe;
 pub mod rng;
 pub mod select;
 pub mod slices;
+pub mod subspace;
 pub mod vocab;
 
 use crate::backend::{Backend, BackendError};

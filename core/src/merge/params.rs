@@ -185,6 +185,14 @@ impl Bounds {
     pub fn of(method: &str, name: &str) -> Option<Self> {
         const SCALE: f64 = 1.0e3;
         Some(match (method, name) {
+            ("tsv_m", "alpha") | (_, "scaling_factor") => Self::new(
+                -SCALE,
+                SCALE,
+                "; scales beyond a thousand only amplify rounding noise (the authors tune 0.1 to 3)",
+            ),
+            (_, "common_space_fraction") => {
+                Self::new(0.0, 1.0, "; it is a fraction of each tensor's rank")
+            }
             (_, "weight" | "lambda" | "scale") => Self::new(
                 -SCALE,
                 SCALE,

@@ -7,6 +7,8 @@ mod dare_linear;
 mod dare_ties;
 mod della;
 mod della_linear;
+mod iso_c;
+mod iso_cts;
 mod karcher;
 mod linear;
 mod model_stock;
@@ -20,6 +22,7 @@ mod sce;
 mod slerp;
 mod task_arithmetic;
 mod ties;
+mod tsv_m;
 
 pub use arcee_fusion::ArceeFusion;
 pub use breadcrumbs::Breadcrumbs;
@@ -28,6 +31,8 @@ pub use dare_linear::DareLinear;
 pub use dare_ties::DareTies;
 pub use della::Della;
 pub use della_linear::DellaLinear;
+pub use iso_c::IsoC;
+pub use iso_cts::IsoCts;
 pub use karcher::Karcher;
 pub use linear::Linear;
 pub use model_stock::ModelStock;
@@ -41,6 +46,7 @@ pub use sce::Sce;
 pub use slerp::Slerp;
 pub use task_arithmetic::TaskArithmetic;
 pub use ties::Ties;
+pub use tsv_m::TsvM;
 
 use super::MergeMethod;
 
@@ -66,6 +72,9 @@ pub static IMPLEMENTED: &[&dyn MergeMethod] = &[
     &ArceeFusion,
     &Ram,
     &RamplusTl,
+    &TsvM,
+    &IsoC,
+    &IsoCts,
 ];
 
 /// Every `merge_method` mergekit 0.1.5 registers (ALGORITHMS.md §2.15).
