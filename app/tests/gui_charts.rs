@@ -281,7 +281,12 @@ fn tooltip(
 ) -> String {
     match role {
         Some(role) => harness.get_by_role_and_label(role, label).hover(),
-        None => harness.get_by_label(label).hover(),
+        None => {
+            // The method list scrolls: show the entry first, as a user scrolls to it.
+            harness.get_by_label(label).scroll_to_me();
+            harness.run_ok();
+            harness.get_by_label(label).hover();
+        }
     }
     settle(harness);
     label_containing(harness, needle).unwrap_or_else(|| panic!("no tooltip {needle:?} on {label}"))

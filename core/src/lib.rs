@@ -26,6 +26,7 @@ pub mod export;
 pub mod family;
 pub mod job;
 pub mod layout;
+pub mod leaderboard;
 pub mod lora;
 pub mod merge;
 pub mod nonfinite;

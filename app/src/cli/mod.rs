@@ -8,6 +8,7 @@
 
 mod analyze;
 mod backend;
+mod bench_methods;
 mod demo;
 mod eval;
 mod extract_lora;
@@ -91,6 +92,9 @@ enum Command {
     Sweep(sweep::Args),
     /// Generate a small example family and merge it: the quickest way to see mergescope work.
     Demo(demo::Args),
+    /// Every merge method on the demo family, at its defaults and its best grid setting: a
+    /// table of per-domain test accuracy.
+    BenchMethods(bench_methods::Args),
     /// Generate a synthetic Llama-shaped model family (for benchmarks and experiments).
     Synth(synth::Args),
 }
@@ -202,6 +206,7 @@ pub fn main() -> ExitCode {
         Command::Pareto(args) => pareto::run(&args, &job),
         Command::Sweep(args) => sweep::run(&args, &job),
         Command::Demo(args) => demo::run(&args, &job),
+        Command::BenchMethods(args) => bench_methods::run(&args, &job),
         Command::Synth(args) => synth::run(&args, &job),
     };
     match result {

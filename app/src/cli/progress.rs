@@ -14,6 +14,8 @@ pub enum Unit {
     Bytes,
     /// A sweep's cells.
     Cells,
+    /// The method leaderboard's methods.
+    Methods,
 }
 
 impl Unit {
@@ -23,6 +25,7 @@ impl Unit {
                 "{spinner} {msg:32!} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}"
             }
             Self::Cells => "{spinner} {msg:48!} [{bar:30}] {pos}/{len} cells, eta {eta}",
+            Self::Methods => "{spinner} {msg:48!} [{bar:30}] {pos}/{len} methods, eta {eta}",
         }
     }
 }

@@ -24,17 +24,19 @@ pub enum Panel {
     Merge,
     Sweep,
     Pareto,
+    Leaderboard,
     Export,
 }
 
 impl Panel {
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::Models,
         Self::Sensitivity,
         Self::Interference,
         Self::Merge,
         Self::Sweep,
         Self::Pareto,
+        Self::Leaderboard,
         Self::Export,
     ];
 
@@ -46,6 +48,7 @@ impl Panel {
             Self::Merge => "Merge",
             Self::Sweep => "Sweep",
             Self::Pareto => "Pareto",
+            Self::Leaderboard => "Leaderboard",
             Self::Export => "Export",
         }
     }
@@ -180,6 +183,8 @@ pub struct Workbench {
     pub pareto: super::pareto::ParetoState,
     /// The Sweep panel: its parameters and the cells computed so far.
     pub sweep: super::sweep::SweepState,
+    /// The Leaderboard panel: every method's rows on the digits demo.
+    pub leaderboard: panels::leaderboard::LeaderboardState,
     /// The Merge panel's generation preview (language-model families): prompt, columns, thread.
     pub generation: super::generator::Generation,
     /// The text domains a language-model family's merges are scored on.
@@ -356,6 +361,10 @@ impl Workbench {
             recent: Vec::new(),
             pareto: super::pareto::ParetoState::default(),
             sweep: super::sweep::SweepState::default(),
+            leaderboard: panels::leaderboard::LeaderboardState {
+                grid: true,
+                ..Default::default()
+            },
             generation: super::generator::Generation::default(),
             texts: super::texts::Texts::default(),
             pending_recipe: None,
@@ -808,12 +817,23 @@ impl Workbench {
                     self.busy = None;
                     self.sweep.finished(millis);
                 }
+                Event::LeaderboardRow(row) => self.leaderboard.rows.push(*row),
+                Event::LeaderboardDone { board, millis } => {
+                    self.busy = None;
+                    let state = &mut self.leaderboard;
+                    state.running = false;
+                    state.rows = board.rows;
+                    state.references = board.references;
+                    state.not_run = board.not_run;
+                    state.seconds = Some(millis / 1e3);
+                }
                 Event::Progress { stage, fraction } => self.busy = Some((stage, fraction)),
                 Event::Failed(text) => {
                     self.texts.loading = false;
                     self.pareto.running = false;
                     self.inputs_requested = self.inputs.is_some();
                     self.sweep.running = false;
+                    self.leaderboard.running = false;
                     self.busy = None;
                     self.pending_recipe = None;
                     self.notice = Some(Notice { error: true, text });
@@ -823,6 +843,7 @@ impl Workbench {
                     self.pareto.running = false;
                     self.inputs_requested = self.inputs.is_some();
                     self.sweep.running = false;
+                    self.leaderboard.running = false;
                     self.busy = None;
                     self.pending_recipe = None;
                     self.notice = Some(Notice {
@@ -1191,6 +1212,7 @@ impl eframe::App for Workbench {
                     Panel::Merge => panels::merge::show(self, ui),
                     Panel::Sweep => panels::sweep::show(self, ui),
                     Panel::Pareto => panels::pareto::show(self, ui),
+                    Panel::Leaderboard => panels::leaderboard::show(self, ui),
                     Panel::Export => panels::export::show(self, ui),
                 });
             });

@@ -84,6 +84,13 @@ pub enum Command {
     Pareto(Box<ParetoRequest>),
     /// The recipe merged and scored at every cell of a grid of its parameters.
     Sweep(Box<super::sweep::SweepRequest>),
+    /// Every merge method on the digits demo written to `dir` (the open one), at its
+    /// defaults and (with `grid`) its grid's best setting.
+    Leaderboard {
+        dir: PathBuf,
+        grid: bool,
+        methods: Option<Vec<String>>,
+    },
     /// A job that fails on purpose: how the tests prove a failing job never takes the
     /// workbench down with it.
     #[doc(hidden)]
@@ -139,6 +146,13 @@ pub enum Event {
     SweepCell(Box<mergescope_core::sweep::Cell>),
     /// The sweep scored every cell, in this many milliseconds.
     SweepDone {
+        millis: f64,
+    },
+    /// A row of the running leaderboard, as soon as it is scored.
+    LeaderboardRow(Box<mergescope_core::leaderboard::Row>),
+    /// The leaderboard, ranked, in this many milliseconds.
+    LeaderboardDone {
+        board: Box<mergescope_core::leaderboard::Leaderboard>,
         millis: f64,
     },
     Progress {
@@ -437,6 +451,9 @@ impl Engine {
             }
             Command::Pareto(request) => self.pareto(&request, epoch),
             Command::Sweep(request) => self.sweep(&request, epoch),
+            Command::Leaderboard { dir, grid, methods } => {
+                self.leaderboard(&dir, grid, methods, epoch)
+            }
             Command::InjectFault(fault) => panic!("injected fault: {fault:?}"),
         }
     }
@@ -812,6 +829,40 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// Runs the method leaderboard on the demo family in `dir`, sending each row as it is done.
+    fn leaderboard(
+        &self,
+        dir: &Path,
+        grid: bool,
+        methods: Option<Vec<String>>,
+        epoch: u64,
+    ) -> Result<Event, String> {
+        use mergescope_core::leaderboard::{LeaderboardError, Settings, run_leaderboard};
+        let started = Instant::now();
+        let settings = Settings {
+            methods,
+            grid,
+            random_seed: 0,
+        };
+        let board = run_leaderboard(
+            dir,
+            &settings,
+            self.backend.as_ref(),
+            &self.job(epoch),
+            &mut |row| self.send(Event::LeaderboardRow(Box::new(row.clone()))),
+        )
+        .map_err(|e| match e {
+            LeaderboardError::Cancelled => CANCELLED.to_owned(),
+            other => mergescope_core::one_line(&other.to_string()),
+        })?;
+        Ok(Event::LeaderboardDone {
+            board: Box::new(board),
+            millis: started.elapsed().as_secs_f64() * 1e3,
+        })
+    }
+}
+
 const CANCELLED: &str = "\u{0}cancelled";
 
 impl Command {
@@ -825,6 +876,7 @@ impl Command {
             Self::Export { .. } => "the export",
             Self::Pareto(_) => "the Pareto search",
             Self::Sweep(_) => "the sweep",
+            Self::Leaderboard { .. } => "the method leaderboard",
             Self::InjectFault(_) => "an injected fault",
         }
     }

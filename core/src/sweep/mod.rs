@@ -17,7 +17,7 @@ pub mod run;
 use std::path::{Path, PathBuf};
 
 pub use axis::{Axis, MAX_STEPS, Owner, ParamPath};
-pub use run::{Cell, SweepObjective, run};
+pub use run::{Cell, SweepObjective, run, score_recipe};
 
 use crate::merge::MethodSpec;
 use crate::merge::methods::{self, Lookup};

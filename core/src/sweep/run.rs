@@ -108,20 +108,19 @@ pub fn run(
         job.progress
             .set_stage(format!("sweep cell {}/{count}: {described}", n + 1));
         let recipe = sweep.recipe_at(&values)?;
-        let scores =
-            score_cell(sweep, &recipe, objective, backend, options, job).map_err(|failure| {
-                match failure {
-                    CellFailure::Cancelled => SweepError::Cancelled,
-                    CellFailure::Plan(source) => SweepError::Plan {
-                        cell: described.clone(),
-                        source: Box::new(source),
-                    },
-                    CellFailure::Evaluation(message) => SweepError::Evaluation {
-                        cell: described.clone(),
-                        message: crate::one_line(&message),
-                    },
-                }
-            })?;
+        let scores = score_cell(sweep.file(), &recipe, objective, backend, options, job).map_err(
+            |failure| match failure {
+                CellFailure::Cancelled => SweepError::Cancelled,
+                CellFailure::Plan(source) => SweepError::Plan {
+                    cell: described.clone(),
+                    source: Box::new(source),
+                },
+                CellFailure::Evaluation(message) => SweepError::Evaluation {
+                    cell: described.clone(),
+                    message: crate::one_line(&message),
+                },
+            },
+        )?;
         let cell = Cell {
             index,
             values,
@@ -141,16 +140,40 @@ enum CellFailure {
     Evaluation(String),
 }
 
+/// Scores the recipe `text` (read from, or taken to live at, `file`) as a sweep scores a
+/// cell: planned as `mergescope merge` plans it, merged in memory (exported for a command),
+/// rounded to the output dtype, scored on `objective`.
+pub fn score_recipe(
+    text: &str,
+    file: &std::path::Path,
+    objective: &SweepObjective,
+    backend: &dyn Backend,
+    options: &PlanOptions,
+    job: &Job,
+) -> Result<Scores, SweepError> {
+    score_cell(file, text, objective, backend, options, job).map_err(|failure| match failure {
+        CellFailure::Cancelled => SweepError::Cancelled,
+        CellFailure::Plan(source) => SweepError::Plan {
+            cell: file.display().to_string(),
+            source: Box::new(source),
+        },
+        CellFailure::Evaluation(message) => SweepError::Evaluation {
+            cell: file.display().to_string(),
+            message: crate::one_line(&message),
+        },
+    })
+}
+
 fn score_cell(
-    sweep: &Sweep,
+    file: &std::path::Path,
     text: &str,
     objective: &SweepObjective,
     backend: &dyn Backend,
     options: &PlanOptions,
     job: &Job,
 ) -> Result<Scores, CellFailure> {
-    let recipe = Recipe::from_yaml(text, sweep.file()).map_err(|e| CellFailure::Plan(e.into()))?;
-    let plan = MergePlan::new(recipe, sweep.file(), options).map_err(CellFailure::Plan)?;
+    let recipe = Recipe::from_yaml(text, file).map_err(|e| CellFailure::Plan(e.into()))?;
+    let plan = MergePlan::new(recipe, file, options).map_err(CellFailure::Plan)?;
     // The cell's own progress (bytes of a measurement or an export) stays out of the sweep's
     // count of cells; a cancel reaches it.
     let inner = Job {

@@ -80,7 +80,7 @@ fn controls(
 ) -> Option<String> {
     ui.horizontal(|ui| {
         let mut method = settings.method.clone();
-        // Tall enough for every method without scrolling.
+        // Taller than egui's default list, so most methods show without scrolling.
         egui::ComboBox::from_label("method")
             .selected_text(&settings.method)
             .height(640.0)

@@ -6,6 +6,7 @@ pub mod export;
 pub mod generation;
 pub mod history;
 pub mod interference;
+pub mod leaderboard;
 pub mod merge;
 pub mod models;
 pub mod pareto;
