@@ -97,10 +97,11 @@ pub struct Row {
     pub chosen_at: Option<f64>,
     /// Parameters of the merged model.
     pub parameters: usize,
-    /// Planning and merging in memory, seconds (0 for the reference rows).
+    /// Planning and merging (or upscaling) in memory, seconds (0 for the reference rows).
     pub merge_seconds: f64,
     /// The recipe this row merged (models named `../base`, `../upright`, …, as the demo
-    /// family's own recipes in its `recipes/` folder); empty for the reference rows.
+    /// family's own recipes in its `recipes/` folder); empty for SMILE (an upscaling, not a
+    /// recipe: `mergescope upscale-smile` makes it) and for the reference rows.
     pub recipe: String,
 }
 
@@ -208,10 +209,15 @@ pub fn run_leaderboard(
         dir: dir.to_path_buf(),
         source,
     })?;
+    let with_smile = settings
+        .methods
+        .as_ref()
+        .is_none_or(|names| names.iter().any(|n| n == SMILE));
     let methods: Vec<&'static MethodSpec> = match &settings.methods {
         None => IMPLEMENTED.iter().map(|m| m.spec()).collect(),
         Some(names) => names
             .iter()
+            .filter(|name| *name != SMILE)
             .map(|name| {
                 IMPLEMENTED
                     .iter()
@@ -244,8 +250,10 @@ pub fn run_leaderboard(
         cancel: job.cancel.clone(),
         non_finite: job.non_finite.clone(),
     };
-    job.progress
-        .start_stage("method leaderboard", methods.len() as u64);
+    job.progress.start_stage(
+        "method leaderboard",
+        (methods.len() + usize::from(with_smile)) as u64,
+    );
     for spec in methods {
         job.check_cancelled()
             .map_err(|_| LeaderboardError::Cancelled)?;
@@ -302,8 +310,117 @@ pub fn run_leaderboard(
         }
         job.progress.add_done(1);
     }
+    if with_smile {
+        job.check_cancelled()
+            .map_err(|_| LeaderboardError::Cancelled)?;
+        job.progress
+            .set_stage("method leaderboard: SMILE upscaling");
+        for row in smile_rows(&family, settings.grid, &train, &test)? {
+            on_row(&row);
+            board.rows.push(row);
+        }
+        job.progress.add_done(1);
+    }
     board.rows.sort_by(|a, b| b.mean().total_cmp(&a.mean()));
     Ok(board)
+}
+
+/// The name SMILE's rows go by, and that `--methods` selects them with.
+pub const SMILE: &str = "smile";
+
+/// SMILE's grid: expert rank × router rank, top-1 routing.
+const SMILE_GRID: [(usize, usize); 9] = [
+    (4, 2),
+    (4, 4),
+    (4, 8),
+    (8, 2),
+    (8, 4),
+    (8, 8),
+    (16, 2),
+    (16, 4),
+    (16, 8),
+];
+
+/// SMILE's rows: the demo's experts upscaled at the defaults, and at the grid's best setting
+/// (chosen on the training images).
+fn smile_rows(
+    family: &DemoFamily,
+    grid: bool,
+    train: &SweepObjective,
+    test: &SweepObjective,
+) -> Result<Vec<Row>, LeaderboardError> {
+    use crate::smile::{SmileSettings, upscale};
+    let (
+        SweepObjective::Demo {
+            accuracy: train, ..
+        },
+        SweepObjective::Demo { accuracy: test, .. },
+    ) = (train, test)
+    else {
+        unreachable!("the leaderboard scores on the demo family");
+    };
+    let failed = |message: String| LeaderboardError::Method {
+        method: SMILE.to_owned(),
+        source: Box::new(SweepError::Evaluation {
+            cell: SMILE.to_owned(),
+            message,
+        }),
+    };
+    let base = crate::Checkpoint::open(family.base()).map_err(EvalError::from)?;
+    let experts = Domain::ALL
+        .iter()
+        .map(|d| crate::Checkpoint::open(family.expert(*d)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(EvalError::from)?;
+    let score = |settings: &SmileSettings, on: &DemoAccuracy| {
+        let started = Instant::now();
+        let upscaled = upscale(&base, &experts, settings).map_err(|e| failed(e.to_string()))?;
+        let seconds = started.elapsed().as_secs_f64();
+        let weights = upscaled.weights().map_err(|e| failed(e.to_string()))?;
+        let scores = on.score_weights(&weights, Fidelity::Full)?;
+        Ok::<_, LeaderboardError>((upscaled.parameters().0, seconds, scores))
+    };
+    let row = |settings: &SmileSettings, setting: String, chosen_at: Option<f64>| {
+        let (parameters, merge_seconds, scores) = score(settings, test)?;
+        Ok::<_, LeaderboardError>(Row {
+            method: SMILE.to_owned(),
+            setting,
+            accuracy: accuracy_of(&scores),
+            chosen_at,
+            parameters,
+            merge_seconds,
+            recipe: String::new(),
+        })
+    };
+    let describe = |s: &SmileSettings| {
+        format!(
+            "rank = {}, gate_k = {}, top_k = {}",
+            s.rank, s.gate_k, s.top_k
+        )
+    };
+    let defaults = SmileSettings::default();
+    let mut rows = vec![row(
+        &defaults,
+        format!("defaults ({})", describe(&defaults)),
+        None,
+    )?];
+    if grid {
+        let mut best: Option<(f64, SmileSettings)> = None;
+        for (rank, gate_k) in SMILE_GRID {
+            let settings = SmileSettings {
+                rank,
+                gate_k,
+                ..SmileSettings::default()
+            };
+            let mean = score(&settings, train)?.2[CHOSEN_BY];
+            if best.as_ref().is_none_or(|(b, _)| mean > *b) {
+                best = Some((mean, settings));
+            }
+        }
+        let (mean, settings) = best.expect("a grid has cells");
+        rows.push(row(&settings, describe(&settings), Some(mean))?);
+    }
+    Ok(rows)
 }
 
 /// The base and each expert alone, on the test images.
@@ -382,7 +499,7 @@ impl Leaderboard {
             for a in &row.accuracy {
                 line.push_str(&format!(" {:.1} |", 100.0 * a));
             }
-            let time = if row.recipe.is_empty() {
+            let time = if row.merge_seconds == 0.0 {
                 "-".to_owned()
             } else {
                 format!("{:.0} ms", 1e3 * row.merge_seconds)

@@ -31,6 +31,7 @@ pub mod lora;
 pub mod merge;
 pub mod nonfinite;
 pub mod pareto;
+pub mod smile;
 pub mod sweep;
 pub mod synth;
 

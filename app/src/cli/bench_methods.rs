@@ -15,8 +15,8 @@ use super::{Failure, path_arg, print_out};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Only these methods (comma-separated recipe names); every one that can merge the demo
-    /// family's four experts by default.
+    /// Only these methods (comma-separated recipe names, and `smile` for SMILE upscaling);
+    /// by default every one that can merge the demo family's four experts, and SMILE.
     #[arg(long, value_delimiter = ',')]
     methods: Option<Vec<String>>,
     /// Only each method's defaults, without searching its grid.

@@ -19,6 +19,7 @@ mod pareto;
 mod progress;
 mod sweep;
 mod synth;
+mod upscale_smile;
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -95,6 +96,9 @@ enum Command {
     /// Every merge method on the demo family, at its defaults and its best grid setting: a
     /// table of per-domain test accuracy.
     BenchMethods(bench_methods::Args),
+    /// SMILE zero-shot upscaling: each chosen linear layer becomes the base plus a low-rank
+    /// expert per fine-tune and a data-free router.
+    UpscaleSmile(upscale_smile::Args),
     /// Generate a synthetic Llama-shaped model family (for benchmarks and experiments).
     Synth(synth::Args),
 }
@@ -207,6 +211,7 @@ pub fn main() -> ExitCode {
         Command::Sweep(args) => sweep::run(&args, &job),
         Command::Demo(args) => demo::run(&args, &job),
         Command::BenchMethods(args) => bench_methods::run(&args, &job),
+        Command::UpscaleSmile(args) => upscale_smile::run(&args),
         Command::Synth(args) => synth::run(&args, &job),
     };
     match result {

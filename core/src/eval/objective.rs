@@ -47,13 +47,7 @@ impl Objective for DemoAccuracy {
     fn evaluate(&self, candidate: &Candidate<'_>, fidelity: Fidelity) -> Result<Scores, EvalError> {
         match (candidate.tensors, candidate.folder) {
             (Some(tensors), _) => self.score(tensors, fidelity),
-            (None, Some(folder)) => {
-                let checkpoint = crate::Checkpoint::open(folder)?;
-                self.score(
-                    &ModelTensors::from_checkpoint(&checkpoint, self.config)?,
-                    fidelity,
-                )
-            }
+            (None, Some(folder)) => self.score_folder(folder, fidelity),
             (None, None) => Err(EvalError::NoModel),
         }
     }
@@ -133,11 +127,7 @@ impl DemoAccuracy {
     /// The full test accuracy of the model in `folder` on each domain (in [`Domain::ALL`]
     /// order), then their mean: one row of the demo family's accuracy matrix.
     pub fn accuracy_row(&self, folder: &Path) -> Result<Vec<f64>, EvalError> {
-        let checkpoint = crate::Checkpoint::open(folder)?;
-        let scores = self.score(
-            &ModelTensors::from_checkpoint(&checkpoint, self.config)?,
-            Fidelity::Full,
-        )?;
+        let scores = self.score_folder(folder, Fidelity::Full)?;
         Ok(Domain::ALL
             .iter()
             .map(|d| scores[&format!("{}/accuracy", d.name())])
@@ -145,9 +135,29 @@ impl DemoAccuracy {
             .collect())
     }
 
+    /// The model in `folder`: a demo ViT, or one upscaled by SMILE (`crate::smile`).
+    pub fn score_folder(&self, folder: &Path, fidelity: Fidelity) -> Result<Scores, EvalError> {
+        let checkpoint = crate::Checkpoint::open(folder)?;
+        if let Some(weights) = crate::smile::SmileWeights::from_checkpoint(&checkpoint) {
+            return self.score_weights(&weights?, fidelity);
+        }
+        self.score(
+            &ModelTensors::from_checkpoint(&checkpoint, self.config)?,
+            fidelity,
+        )
+    }
+
     /// `DOMAIN/accuracy` and `DOMAIN/loss` for every domain, and their means (`mean/…`).
     pub fn score(&self, model: &ModelTensors, fidelity: Fidelity) -> Result<Scores, EvalError> {
-        let weights = model.to_candle(self.config)?;
+        self.score_weights(&model.to_candle(self.config)?, fidelity)
+    }
+
+    /// [`score`](Self::score) of a model's tensors as the forward pass reads them.
+    pub fn score_weights(
+        &self,
+        weights: &dyn vit::Weights,
+        fidelity: Fidelity,
+    ) -> Result<Scores, EvalError> {
         let mut scores = Scores::new();
         let (mut accuracy_sum, mut loss_sum) = (0.0, 0.0);
         for (domain, pixels, labels) in &self.samples {
@@ -158,7 +168,7 @@ impl DemoAccuracy {
                     (pixels.narrow(0, 0, n)?, labels.narrow(0, 0, n)?)
                 }
             };
-            let logits = vit::forward(self.config, &weights, &pixels)?;
+            let logits = vit::forward(self.config, weights, &pixels)?;
             let (loss, accuracy) = vit::loss_and_accuracy(&logits, &labels)?;
             let loss = f64::from(loss.to_scalar::<f32>()?);
             scores.insert(format!("{}/accuracy", domain.name()), accuracy);

@@ -134,9 +134,17 @@ impl VitConfig {
 /// Hugging Face ViT's default.
 pub const LAYER_NORM_EPS: f64 = 1e-12;
 
-/// Where the forward pass finds a tensor by name.
+/// Where the forward pass finds a tensor by name, and how it applies a linear layer (a SMILE
+/// model routes some of them through experts: `crate::smile`).
 pub trait Weights {
     fn get(&self, name: &str) -> Result<Tensor>;
+
+    /// `x Wᵀ + b` with `name.weight` and `name.bias`.
+    fn linear(&self, x: &Tensor, name: &str) -> Result<Tensor> {
+        let weight = self.get(&format!("{name}.weight"))?;
+        let bias = self.get(&format!("{name}.bias"))?;
+        x.broadcast_matmul(&weight.t()?)?.broadcast_add(&bias)
+    }
 }
 
 impl Weights for BTreeMap<String, Tensor> {
@@ -148,9 +156,7 @@ impl Weights for BTreeMap<String, Tensor> {
 }
 
 fn linear(x: &Tensor, w: &dyn Weights, name: &str) -> Result<Tensor> {
-    let weight = w.get(&format!("{name}.weight"))?;
-    let bias = w.get(&format!("{name}.bias"))?;
-    x.broadcast_matmul(&weight.t()?)?.broadcast_add(&bias)
+    w.linear(x, name)
 }
 
 fn layer_norm(x: &Tensor, w: &dyn Weights, name: &str) -> Result<Tensor> {

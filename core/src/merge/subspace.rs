@@ -22,7 +22,7 @@ pub type Matrix = Mat<f64>;
 /// are one. The same factors then come from the transpose, or from the SVD of the triangular
 /// factor of a QR decomposition (`a = Q R`, so `U = Q U_R`), which take other paths through
 /// the iteration.
-fn svd(a: MatRef<'_, f64>) -> Result<(Matrix, Vec<f64>, Matrix), MethodError> {
+pub(crate) fn thin_svd(a: MatRef<'_, f64>) -> Result<(Matrix, Vec<f64>, Matrix), MethodError> {
     factors(a)
         .or_else(|| factors(a.transpose()).map(|(u, s, v)| (v, s, u)))
         .or_else(|| via_qr(a))
@@ -56,9 +56,9 @@ fn via_qr(a: MatRef<'_, f64>) -> Option<(Matrix, Vec<f64>, Matrix)> {
     Some((&q * &u, s, v))
 }
 
-/// `polar(X) = U Vᵀ` from `svd(X)`: the matrix with orthonormal columns nearest to `X`.
+/// `polar(X) = U Vᵀ` from `thin_svd(X)`: the matrix with orthonormal columns nearest to `X`.
 fn polar(x: MatRef<'_, f64>) -> Result<Matrix, MethodError> {
-    let (u, _, v) = svd(x)?;
+    let (u, _, v) = thin_svd(x)?;
     Ok(&u * v.transpose())
 }
 
@@ -109,7 +109,7 @@ pub fn tsv_m(taus: &[Matrix]) -> Result<Matrix, MethodError> {
     }
     let mut stacks = Stacks::new(m, n, t * k);
     for (i, tau) in taus.iter().enumerate() {
-        let (u, s, v) = svd(tau.as_ref())?;
+        let (u, s, v) = thin_svd(tau.as_ref())?;
         stacks.put(i * k, k, (&u, &s, &v));
     }
     stacks.merge(false)
@@ -117,7 +117,7 @@ pub fn tsv_m(taus: &[Matrix]) -> Result<Matrix, MethodError> {
 
 /// Iso-C's delta: the sum of the task vectors with its spectrum flattened to its mean.
 pub fn iso_c(taus: &[Matrix]) -> Result<Matrix, MethodError> {
-    let (u, s, v) = svd(sum(taus).as_ref())?;
+    let (u, s, v) = thin_svd(sum(taus).as_ref())?;
     let mean = s.iter().sum::<f64>() / s.len().max(1) as f64;
     let scaled = Mat::from_fn(u.nrows(), u.ncols(), |i, j| u[(i, j)] * mean);
     Ok(&scaled * v.transpose())
@@ -130,13 +130,13 @@ pub fn iso_cts(taus: &[Matrix], common_space_fraction: f64) -> Result<Matrix, Me
     let (m, n) = shape(taus);
     let (p, t) = (m.min(n), taus.len());
     let (c, n_t) = iso_cts_sizes(p, t, common_space_fraction)?;
-    let (u, s, v) = svd(sum(taus).as_ref())?;
+    let (u, s, v) = thin_svd(sum(taus).as_ref())?;
     let u_c = u.subcols(0, c);
     let mut stacks = Stacks::new(m, n, p);
     for (i, tau) in taus.iter().enumerate() {
         // The common left subspace projected out; nothing is removed on the right.
         let w = tau - u_c * (u_c.transpose() * tau);
-        let (wu, ws, wv) = svd(w.as_ref())?;
+        let (wu, ws, wv) = thin_svd(w.as_ref())?;
         stacks.put(i * n_t, n_t, (&wu, &ws, &wv));
     }
     stacks.put(t * n_t, c, (&u, &s, &v));
@@ -244,7 +244,7 @@ mod tests {
     }
 
     fn singular_values(a: &Matrix) -> Vec<f64> {
-        svd(a.as_ref()).expect("converges").1
+        thin_svd(a.as_ref()).expect("converges").1
     }
 
     fn max_abs_diff(a: &Matrix, b: &Matrix) -> f64 {
@@ -303,8 +303,8 @@ mod tests {
         assert!(values.iter().all(|s| (s - first).abs() < 1e-10 * first));
         // The sum's top c left singular vectors lie in the merge's column space.
         let (c, _) = iso_cts_sizes(8, 3, 0.5).unwrap();
-        let (u, _, _) = svd(sum(&taus).as_ref()).unwrap();
-        let (mu, _, _) = svd(merged.as_ref()).unwrap();
+        let (u, _, _) = thin_svd(sum(&taus).as_ref()).unwrap();
+        let (mu, _, _) = thin_svd(merged.as_ref()).unwrap();
         let u_c = u.subcols(0, c);
         let inside = mu.transpose() * u_c;
         assert!((inside.squared_norm_l2() - c as f64).abs() < 1e-9);

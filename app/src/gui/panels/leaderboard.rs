@@ -118,11 +118,14 @@ pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
                     }
                 }
                 ui.label(row.parameters.to_string());
-                if row.recipe.is_empty() {
+                if row.merge_seconds == 0.0 {
                     ui.label("-");
-                    ui.label("");
                 } else {
                     ui.label(format!("{:.0} ms", 1e3 * row.merge_seconds));
+                }
+                if row.recipe.is_empty() {
+                    ui.label("");
+                } else {
                     if ui
                         .button("Load")
                         .on_hover_text("Open this row's recipe in the Merge panel")
