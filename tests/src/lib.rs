@@ -18,3 +18,16 @@ pub fn parity_dir() -> PathBuf {
         .join("fixtures")
         .join("parity")
 }
+
+/// The demo objective's accuracy on each domain, then the mean, from `mergescope eval --json`'s
+/// scores: the order of a leaderboard row's `accuracy`.
+pub fn demo_accuracies(scores: &serde_json::Value) -> Vec<f64> {
+    ["upright", "rotated", "mirrored", "inverted", "mean"]
+        .iter()
+        .map(|domain| {
+            scores[format!("{domain}/accuracy")]
+                .as_f64()
+                .unwrap_or_else(|| panic!("no {domain}/accuracy in {scores}"))
+        })
+        .collect()
+}

@@ -6,6 +6,7 @@
 use std::path::Path;
 
 use mergescope_tests::cli::run;
+use mergescope_tests::demo_accuracies;
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_mergescope-cli");
@@ -44,18 +45,12 @@ fn assert_row_is_eval(dir: &Path, name: &str, row: &Value) {
     let eval = run(BIN, &recipes, &["eval", &file, "--json"]);
     eval.assert_success();
     let scores: Value = serde_json::from_str(&eval.stdout()).unwrap();
-    let accuracy = numbers(&row["accuracy"]);
-    for (k, domain) in ["upright", "rotated", "mirrored", "inverted", "mean"]
-        .iter()
-        .enumerate()
-    {
-        assert_eq!(
-            scores[format!("{domain}/accuracy")].as_f64().unwrap(),
-            accuracy[k],
-            "{name} ({}), {domain}",
-            row["setting"]
-        );
-    }
+    assert_eq!(
+        demo_accuracies(&scores),
+        numbers(&row["accuracy"]),
+        "{name} ({})",
+        row["setting"]
+    );
 }
 
 #[test]

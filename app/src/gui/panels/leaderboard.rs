@@ -101,11 +101,15 @@ pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
             ui.end_row();
             let rows = app.leaderboard.rows.iter().enumerate();
             let references = app.leaderboard.references.iter().map(|r| (usize::MAX, r));
+            // Rows arrive in the registry's order and are ranked when the run is done.
+            let ranked = !app.leaderboard.running;
             for (i, row) in rows.chain(references) {
                 ui.label(if i == usize::MAX {
                     "-".to_owned()
-                } else {
+                } else if ranked {
                     (i + 1).to_string()
+                } else {
+                    String::new()
                 });
                 ui.monospace(&row.method);
                 ui.label(&row.setting);
