@@ -1,6 +1,7 @@
 //! The method leaderboard: every merge method that can merge the built-in demo family's four
-//! experts, at its defaults and at the best setting of a small grid, scored by per-domain test
-//! accuracy (`mergescope bench-methods`, and the workbench's Leaderboard window).
+//! experts, and SMILE's upscaling of them, at the defaults and at the best setting of a small
+//! grid, scored by per-domain test accuracy (`mergescope bench-methods`, and the workbench's
+//! Leaderboard panel).
 //!
 //! Every row is a recipe, merged and scored exactly as `mergescope eval RECIPE` merges and
 //! scores it ([`score_recipe`]), so a row's numbers are those of its exported model. The grid's

@@ -286,7 +286,8 @@ impl Upscaled {
     }
 
     /// Writes `model.safetensors` and `config.json` (the base's with a `smile` block) into
-    /// `out`, which must not exist; each file is written beside and renamed into place.
+    /// `out`, which must not exist. Both are written into a staging folder beside it, renamed
+    /// into place once complete, so `out` never holds half a model.
     pub fn write(&self, out: &Path, base_config: Option<&[u8]>) -> Result<(), SmileError> {
         if out.exists() {
             return Err(SmileError::Exists {
@@ -297,7 +298,24 @@ impl Upscaled {
             let path = path.to_path_buf();
             move |source| SmileError::Write { path, source }
         };
-        std::fs::create_dir_all(out).map_err(write_err(out))?;
+        let name = out.file_name().unwrap_or_default().to_string_lossy();
+        let staging = out.with_file_name(format!(".{name}.partial-{}", std::process::id()));
+        let written = std::fs::create_dir_all(&staging)
+            .map_err(write_err(&staging))
+            .and_then(|()| self.write_files(&staging, base_config))
+            .and_then(|()| std::fs::rename(&staging, out).map_err(write_err(out)));
+        if written.is_err() {
+            // Nothing half-written is left behind; the error says what failed.
+            let _ = std::fs::remove_dir_all(&staging);
+        }
+        written
+    }
+
+    fn write_files(&self, out: &Path, base_config: Option<&[u8]>) -> Result<(), SmileError> {
+        let write_err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| SmileError::Write { path, source }
+        };
         let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = self
             .tensors
             .iter()
