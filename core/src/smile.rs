@@ -569,10 +569,16 @@ mod tests {
         let config: serde_json::Value =
             serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
         assert_eq!(config["smile"]["top_k"], 1);
-        // Nothing is written over.
+        // Nothing is written over, and no staging folder is left beside it.
         assert!(matches!(
             upscaled.write(&out, None),
             Err(SmileError::Exists { .. })
         ));
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.contains("partial"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
     }
 }
