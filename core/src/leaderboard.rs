@@ -351,15 +351,7 @@ fn smile_rows(
     test: &SweepObjective,
 ) -> Result<Vec<Row>, LeaderboardError> {
     use crate::smile::{SmileSettings, upscale};
-    let (
-        SweepObjective::Demo {
-            accuracy: train, ..
-        },
-        SweepObjective::Demo { accuracy: test, .. },
-    ) = (train, test)
-    else {
-        unreachable!("the leaderboard scores on the demo family");
-    };
+    let (train, test) = (demo_accuracy(train), demo_accuracy(test));
     let failed = |message: String| LeaderboardError::Method {
         method: SMILE.to_owned(),
         source: Box::new(SweepError::Evaluation {
@@ -424,11 +416,17 @@ fn smile_rows(
     Ok(rows)
 }
 
+/// The demo accuracy an objective of the leaderboard's scores with.
+fn demo_accuracy(objective: &SweepObjective) -> &DemoAccuracy {
+    match objective {
+        SweepObjective::Demo { accuracy, .. } => accuracy,
+        _ => unreachable!("the leaderboard scores on the demo family"),
+    }
+}
+
 /// The base and each expert alone, on the test images.
 fn references(family: &DemoFamily, test: &SweepObjective) -> Result<Vec<Row>, EvalError> {
-    let SweepObjective::Demo { accuracy, .. } = test else {
-        unreachable!("the leaderboard scores on the demo family");
-    };
+    let accuracy = demo_accuracy(test);
     let parameters = crate::Checkpoint::open(family.base())?
         .tensors()
         .iter()

@@ -143,8 +143,8 @@ pub fn upscale(
         }
         let name = info.name.as_str();
         let shape = info.shape.clone();
-        let own = values(base, name, &shape)?;
         if let Some(layer) = upscaled_layer(name, &settings.modules).filter(|_| shape.len() == 2) {
+            let own = values(base, name, &shape)?;
             let expert_values = experts
                 .iter()
                 .map(|e| values(e, name, &shape))
@@ -184,11 +184,12 @@ pub fn upscale(
         if let Some(layer) = name.strip_suffix(".bias")
             && upscaled.contains(&layer)
         {
+            let own = values(base, name, &shape)?;
             tensors.insert(name.to_owned(), (shape, own));
             continue;
         }
         // Everything else: the average of the fine-tunes.
-        let mut mean = vec![0f32; own.len()];
+        let mut mean = vec![0f32; shape.iter().product()];
         for expert in experts {
             for (m, v) in mean.iter_mut().zip(values(expert, name, &shape)?) {
                 *m += v;

@@ -51,14 +51,9 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         modules: args.modules.clone(),
     };
     let upscaled = upscale(&base, &experts, &settings)?;
-    // The base's config.json, from its folder (or the folder of its file or index).
-    let source = base.source();
-    let folder = if source.is_dir() {
-        Some(source)
-    } else {
-        source.parent()
-    };
-    let config = folder.and_then(|f| std::fs::read(f.join("config.json")).ok());
+    let config = base
+        .folder()
+        .and_then(|f| std::fs::read(f.join("config.json")).ok());
     upscaled.write(&args.out, config.as_deref())?;
     let (total, added) = upscaled.parameters();
     eprintln!(
