@@ -40,6 +40,7 @@ fn a_run_ranks_the_methods_and_load_opens_a_row_in_the_merge_panel() {
             methods: Some(vec!["iso_c".to_owned(), "task_arithmetic".to_owned()]),
             grid: false,
             random_seed: 0,
+            steps: None,
         },
         &Cpu,
         &mergescope_core::Job::default(),
@@ -70,4 +71,43 @@ fn a_run_ranks_the_methods_and_load_opens_a_row_in_the_merge_panel() {
         "{:?}",
         app.notice
     );
+}
+
+#[test]
+fn an_adamerging_row_loads_its_learned_layer_weights_into_the_merge_panel() {
+    let mut harness = harness();
+    opened(&mut harness);
+    harness.get_by_label("Leaderboard").click();
+    harness.run_ok();
+    {
+        let state = &mut harness.state_mut().leaderboard;
+        state.methods = Some(vec!["adamerging".to_owned()]);
+        state.grid = false;
+        state.steps = Some(3);
+    }
+    harness.get_by_label("Run leaderboard").click();
+    harness.run_ok();
+    wait_for(&mut harness, "the leaderboard", |app| {
+        !app.leaderboard.running && !app.leaderboard.references.is_empty()
+    });
+    let row = harness.state().leaderboard.rows[0].clone();
+    assert_eq!(row.method, "adamerging");
+    let recipe =
+        mergescope_core::merge::recipe::Recipe::from_yaml(&row.recipe, "r.yml".as_ref()).unwrap();
+    harness.get_by_label("Load").click();
+    harness.run_ok();
+    let app = harness.state();
+    assert_eq!(app.panel, Panel::Merge);
+    let settings = app.settings.as_ref().expect("settings loaded");
+    assert!(settings.read_only.is_none(), "{:?}", settings.read_only);
+    assert_eq!(settings.method, "task_arithmetic");
+    assert!(settings.per_layer);
+    assert_eq!(settings.lambda, 1.0);
+    // Each expert's curve is its learned λ per layer, as the recipe's gradient gives them.
+    for (curve, model) in settings.curves.iter().zip(&recipe.models) {
+        assert_eq!(
+            format!("{curve:?}").replace(' ', ""),
+            model.parameters["weight"].to_string().replace(' ', ""),
+        );
+    }
 }

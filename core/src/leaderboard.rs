@@ -1,10 +1,12 @@
 //! The method leaderboard: every merge method that can merge the built-in demo family's four
-//! experts, and SMILE's upscaling of them, at the defaults and at the best setting of a small
-//! grid, scored by per-domain test accuracy (`mergescope bench-methods`, and the workbench's
-//! Leaderboard panel).
+//! experts, SMILE's upscaling of them, and the test-time merges AdaMerging and WEMoE, at the
+//! defaults and at the best setting of a small grid, scored by per-domain test accuracy
+//! (`mergescope bench-methods`, and the workbench's Leaderboard panel).
 //!
-//! Every row is a recipe, merged and scored exactly as `mergescope eval RECIPE` merges and
-//! scores it ([`score_recipe`]), so a row's numbers are those of its exported model. The grid's
+//! Every merge's row (AdaMerging's too) is a recipe, merged and scored exactly as
+//! `mergescope eval RECIPE` merges and scores it ([`score_recipe`]), so a row's numbers are
+//! those of its exported model; SMILE's and WEMoE's rows score the routed model exactly as
+//! `mergescope eval` scores the folder `upscale-smile` or `wemoe` writes. The grid's
 //! best setting is chosen on the training images and reported on the test images, so the
 //! choice does not look at the numbers it reports.
 
@@ -24,6 +26,8 @@ use crate::merge::recipe::Recipe;
 use crate::merge::{BaseUse, MethodSpec};
 use crate::sweep::metric::best_cell;
 use crate::sweep::{Axis, Sweep, SweepError, SweepObjective, run, score_recipe};
+use crate::test_time::adamerging::Granularity;
+use crate::test_time::{Unlabeled, open_family};
 
 /// The metric a grid's best cell is chosen by.
 const CHOSEN_BY: &str = "mean/accuracy";
@@ -101,14 +105,25 @@ pub struct Row {
     /// Planning and merging (or upscaling) in memory, seconds (0 for the reference rows).
     pub merge_seconds: f64,
     /// The recipe this row merged (models named `../base`, `../upright`, …, as the demo
-    /// family's own recipes in its `recipes/` folder); empty for SMILE (an upscaling, not a
-    /// recipe: `mergescope upscale-smile` makes it) and for the reference rows.
+    /// family's own recipes in its `recipes/` folder); empty for SMILE and WEMoE (routed
+    /// models, not recipes: `mergescope upscale-smile` and `mergescope wemoe` make them) and
+    /// for the reference rows.
     pub recipe: String,
 }
 
 impl Row {
     pub fn mean(&self) -> f64 {
         *self.accuracy.last().expect("a mean")
+    }
+
+    /// [`merge_seconds`](Self::merge_seconds) as the table shows it: `-` for the reference
+    /// rows, milliseconds for merges, seconds for what trains.
+    pub fn duration(&self) -> String {
+        match self.merge_seconds {
+            0.0 => "-".to_owned(),
+            s if s < 1.0 => format!("{:.0} ms", 1e3 * s),
+            s => format!("{s:.1} s"),
+        }
     }
 }
 
@@ -125,12 +140,16 @@ pub struct Leaderboard {
 /// Which methods to run and how.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    /// Methods to run (all that apply when `None`), by recipe name.
+    /// Methods to run (all that apply when `None`), by recipe name or one of
+    /// [`BEYOND_RECIPES`].
     pub methods: Option<Vec<String>>,
     /// Also search each method's grid.
     pub grid: bool,
     /// Seed of the random methods.
     pub random_seed: u64,
+    /// Optimiser steps of the test-time merges (AdaMerging, WEMoE), where not their own
+    /// defaults: fewer make a quicker, rougher table.
+    pub steps: Option<usize>,
 }
 
 impl Default for Settings {
@@ -139,6 +158,7 @@ impl Default for Settings {
             methods: None,
             grid: true,
             random_seed: 0,
+            steps: None,
         }
     }
 }
@@ -210,15 +230,20 @@ pub fn run_leaderboard(
         dir: dir.to_path_buf(),
         source,
     })?;
-    let with_smile = settings
-        .methods
-        .as_ref()
-        .is_none_or(|names| names.iter().any(|n| n == SMILE));
+    let beyond: Vec<&str> = BEYOND_RECIPES
+        .into_iter()
+        .filter(|b| {
+            settings
+                .methods
+                .as_ref()
+                .is_none_or(|names| names.iter().any(|n| n == b))
+        })
+        .collect();
     let methods: Vec<&'static MethodSpec> = match &settings.methods {
         None => IMPLEMENTED.iter().map(|m| m.spec()).collect(),
         Some(names) => names
             .iter()
-            .filter(|name| *name != SMILE)
+            .filter(|name| !BEYOND_RECIPES.contains(&name.as_str()))
             .map(|name| {
                 IMPLEMENTED
                     .iter()
@@ -251,10 +276,8 @@ pub fn run_leaderboard(
         cancel: job.cancel.clone(),
         non_finite: job.non_finite.clone(),
     };
-    job.progress.start_stage(
-        "method leaderboard",
-        (methods.len() + usize::from(with_smile)) as u64,
-    );
+    job.progress
+        .start_stage("method leaderboard", (methods.len() + beyond.len()) as u64);
     for spec in methods {
         job.check_cancelled()
             .map_err(|_| LeaderboardError::Cancelled)?;
@@ -311,12 +334,28 @@ pub fn run_leaderboard(
         }
         job.progress.add_done(1);
     }
-    if with_smile {
+    let extra = Beyond {
+        family: &family,
+        grid: settings.grid,
+        steps: settings.steps,
+        train: &train,
+        test: &test,
+        job: &inner,
+    };
+    for name in beyond {
         job.check_cancelled()
             .map_err(|_| LeaderboardError::Cancelled)?;
         job.progress
-            .set_stage("method leaderboard: SMILE upscaling");
-        for row in smile_rows(&family, settings.grid, &train, &test)? {
+            .set_stage(format!("method leaderboard: {name}"));
+        let rows = match name {
+            SMILE => extra.smile()?,
+            ADAMERGING => {
+                let file = recipes.join(format!("leaderboard-{ADAMERGING}.yml"));
+                extra.adamerging(&file, backend, &options)?
+            }
+            _ => extra.wemoe()?,
+        };
+        for row in rows {
             on_row(&row);
             board.rows.push(row);
         }
@@ -328,6 +367,14 @@ pub fn run_leaderboard(
 
 /// The name SMILE's rows go by, and that `--methods` selects them with.
 pub const SMILE: &str = "smile";
+/// AdaMerging's rows (`crate::test_time::adamerging`): recipes, as the merges' are.
+pub const ADAMERGING: &str = "adamerging";
+/// WEMoE's rows (`crate::test_time::wemoe`): routed models, as SMILE's are.
+pub const WEMOE: &str = "wemoe";
+
+/// The rows that are not one recipe method's: upscalings and test-time merges, in the order
+/// they run.
+pub const BEYOND_RECIPES: [&str; 3] = [SMILE, ADAMERGING, WEMOE];
 
 /// SMILE's grid: expert rank × router rank, top-1 routing.
 const SMILE_GRID: [(usize, usize); 9] = [
@@ -342,78 +389,277 @@ const SMILE_GRID: [(usize, usize); 9] = [
     (16, 8),
 ];
 
-/// SMILE's rows: the demo's experts upscaled at the defaults, and at the grid's best setting
-/// (chosen on the training images).
-fn smile_rows(
-    family: &DemoFamily,
+/// AdaMerging's grid: task- or layer-wise × Adam's learning rate.
+const ADAMERGING_GRID: [(Granularity, f64); 4] = [
+    (Granularity::Task, 1e-3),
+    (Granularity::Task, 1e-2),
+    (Granularity::Layer, 1e-3),
+    (Granularity::Layer, 1e-2),
+];
+
+/// WEMoE's grid: share of the MLPs routed × Adam's learning rate.
+const WEMOE_GRID: [(f64, f64); 4] = [(0.5, 1e-3), (0.5, 1e-2), (1.0, 1e-3), (1.0, 1e-2)];
+
+/// How a built model is scored on a split.
+type Scorer<'a> = Box<dyn Fn(&SweepObjective) -> Result<Scores, LeaderboardError> + 'a>;
+
+/// A model a row scores: its size, what building it took, its recipe where it has one, and
+/// how it is scored on a split.
+struct Built<'a> {
+    parameters: usize,
+    seconds: f64,
+    recipe: String,
+    score: Scorer<'a>,
+}
+
+/// The rows of `method`: `defaults`, and the best of `cells` on the training images when
+/// `grid` is set, each reported on the test images.
+fn search_rows<'a, S>(
+    method: &str,
     grid: bool,
-    train: &SweepObjective,
-    test: &SweepObjective,
+    defaults: &S,
+    cells: Vec<S>,
+    describe: impl Fn(&S) -> String,
+    objectives: (&SweepObjective, &SweepObjective),
+    build: impl Fn(&S) -> Result<Built<'a>, LeaderboardError>,
 ) -> Result<Vec<Row>, LeaderboardError> {
-    use crate::smile::{SmileSettings, upscale};
-    let (train, test) = (demo_accuracy(train), demo_accuracy(test));
-    let failed = |message: String| LeaderboardError::Method {
-        method: SMILE.to_owned(),
-        source: Box::new(SweepError::Evaluation {
-            cell: SMILE.to_owned(),
-            message,
-        }),
-    };
-    let base = crate::Checkpoint::open(family.base()).map_err(EvalError::from)?;
-    let experts = Domain::ALL
-        .iter()
-        .map(|d| crate::Checkpoint::open(family.expert(*d)))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(EvalError::from)?;
-    let score = |settings: &SmileSettings, on: &DemoAccuracy| {
-        let started = Instant::now();
-        let upscaled = upscale(&base, &experts, settings).map_err(|e| failed(e.to_string()))?;
-        let seconds = started.elapsed().as_secs_f64();
-        let weights = upscaled.weights().map_err(|e| failed(e.to_string()))?;
-        let scores = on.score_weights(&weights, Fidelity::Full)?;
-        Ok::<_, LeaderboardError>((upscaled.parameters().0, seconds, scores))
-    };
-    let row = |settings: &SmileSettings, setting: String, chosen_at: Option<f64>| {
-        let (parameters, merge_seconds, scores) = score(settings, test)?;
+    let (train, test) = objectives;
+    let row = |built: &Built<'_>, setting: String, chosen_at: Option<f64>| {
         Ok::<_, LeaderboardError>(Row {
-            method: SMILE.to_owned(),
+            method: method.to_owned(),
             setting,
-            accuracy: accuracy_of(&scores),
+            accuracy: accuracy_of(&(built.score)(test)?),
             chosen_at,
-            parameters,
-            merge_seconds,
-            recipe: String::new(),
+            parameters: built.parameters,
+            merge_seconds: built.seconds,
+            recipe: built.recipe.clone(),
         })
     };
-    let describe = |s: &SmileSettings| {
-        format!(
-            "rank = {}, gate_k = {}, top_k = {}",
-            s.rank, s.gate_k, s.top_k
-        )
-    };
-    let defaults = SmileSettings::default();
     let mut rows = vec![row(
-        &defaults,
-        format!("defaults ({})", describe(&defaults)),
+        &build(defaults)?,
+        format!("defaults ({})", describe(defaults)),
         None,
     )?];
     if grid {
-        let mut best: Option<(f64, SmileSettings)> = None;
-        for (rank, gate_k) in SMILE_GRID {
-            let settings = SmileSettings {
+        let mut best: Option<(f64, S, Built<'_>)> = None;
+        for cell in cells {
+            let built = build(&cell)?;
+            let mean = (built.score)(train)?[CHOSEN_BY];
+            if best.as_ref().is_none_or(|(b, _, _)| mean > *b) {
+                best = Some((mean, cell, built));
+            }
+        }
+        let (mean, cell, built) = best.expect("a grid has cells");
+        rows.push(row(&built, describe(&cell), Some(mean))?);
+    }
+    Ok(rows)
+}
+
+/// How a row beyond the recipes failed.
+fn failed_in(method: &str) -> impl Fn(String) -> LeaderboardError + '_ {
+    move |message| LeaderboardError::Method {
+        method: method.to_owned(),
+        source: Box::new(SweepError::Evaluation {
+            cell: method.to_owned(),
+            message,
+        }),
+    }
+}
+
+/// What the rows beyond the recipes share: the family, the splits, the job.
+struct Beyond<'a> {
+    family: &'a DemoFamily,
+    grid: bool,
+    steps: Option<usize>,
+    train: &'a SweepObjective,
+    test: &'a SweepObjective,
+    job: &'a Job,
+}
+
+impl Beyond<'_> {
+    fn checkpoints(&self) -> Result<(crate::Checkpoint, Vec<crate::Checkpoint>), EvalError> {
+        let base = crate::Checkpoint::open(self.family.base())?;
+        let experts = Domain::ALL
+            .iter()
+            .map(|d| crate::Checkpoint::open(self.family.expert(*d)))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((base, experts))
+    }
+
+    /// SMILE's rows: the experts upscaled at the defaults, and at the grid's best setting.
+    fn smile(&self) -> Result<Vec<Row>, LeaderboardError> {
+        use crate::smile::{SmileSettings, upscale};
+        let failed = failed_in(SMILE);
+        let (base, experts) = self.checkpoints()?;
+        let cells = SMILE_GRID
+            .iter()
+            .map(|&(rank, gate_k)| SmileSettings {
                 rank,
                 gate_k,
                 ..SmileSettings::default()
-            };
-            let mean = score(&settings, train)?.2[CHOSEN_BY];
-            if best.as_ref().is_none_or(|(b, _)| mean > *b) {
-                best = Some((mean, settings));
-            }
-        }
-        let (mean, settings) = best.expect("a grid has cells");
-        rows.push(row(&settings, describe(&settings), Some(mean))?);
+            })
+            .collect();
+        let describe = |s: &SmileSettings| {
+            format!(
+                "rank = {}, gate_k = {}, top_k = {}",
+                s.rank, s.gate_k, s.top_k
+            )
+        };
+        search_rows(
+            SMILE,
+            self.grid,
+            &SmileSettings::default(),
+            cells,
+            describe,
+            (self.train, self.test),
+            |settings| {
+                let started = Instant::now();
+                let upscaled =
+                    upscale(&base, &experts, settings).map_err(|e| failed(e.to_string()))?;
+                let seconds = started.elapsed().as_secs_f64();
+                let weights = upscaled.weights().map_err(|e| failed(e.to_string()))?;
+                Ok(Built {
+                    parameters: upscaled.parameters().0,
+                    seconds,
+                    recipe: String::new(),
+                    score: Box::new(move |on| {
+                        Ok(demo_accuracy(on).score_weights(&weights, Fidelity::Full)?)
+                    }),
+                })
+            },
+        )
     }
-    Ok(rows)
+
+    /// AdaMerging's rows: recipes, merged and scored as the merges' are.
+    fn adamerging(
+        &self,
+        file: &Path,
+        backend: &dyn Backend,
+        options: &PlanOptions,
+    ) -> Result<Vec<Row>, LeaderboardError> {
+        use crate::test_time::adamerging::{AdaMergingSettings, adamerge};
+        let failed = failed_in(ADAMERGING);
+        let (base, experts) = self.checkpoints()?;
+        let config = demo_accuracy(self.test).config();
+        let (base, experts) =
+            open_family(&base, &experts, config).map_err(|e| failed(e.to_string()))?;
+        let inputs = Unlabeled::demo_test().map_err(EvalError::from)?;
+        let names: Vec<String> = Domain::ALL
+            .iter()
+            .map(|d| format!("../{}", d.name()))
+            .collect();
+        let mut defaults = AdaMergingSettings::default();
+        defaults.adaptation.steps = self.steps.unwrap_or(defaults.adaptation.steps);
+        let cells = ADAMERGING_GRID
+            .iter()
+            .map(|&(granularity, lr)| {
+                let mut s = defaults;
+                s.granularity = granularity;
+                s.adaptation.lr = lr;
+                s
+            })
+            .collect();
+        let describe = |s: &AdaMergingSettings| {
+            format!(
+                "{}, lr = {}, {} steps",
+                s.granularity.label(),
+                s.adaptation.lr,
+                s.adaptation.steps
+            )
+        };
+        let cancelled = |e: crate::test_time::AdaptError| match e {
+            crate::test_time::AdaptError::Cancelled => LeaderboardError::Cancelled,
+            e => failed(e.to_string()),
+        };
+        let scored = |source: SweepError| match source {
+            SweepError::Cancelled => LeaderboardError::Cancelled,
+            source => LeaderboardError::Method {
+                method: ADAMERGING.to_owned(),
+                source: Box::new(source),
+            },
+        };
+        search_rows(
+            ADAMERGING,
+            self.grid,
+            &defaults,
+            cells,
+            describe,
+            (self.train, self.test),
+            |settings| {
+                let learned = adamerge(&base, &experts, config, &inputs, settings, self.job)
+                    .map_err(cancelled)?;
+                let recipe = learned.recipe("../base", &names);
+                let (parameters, merging) =
+                    merge_cost(&recipe, file, backend, options).map_err(scored)?;
+                let text = recipe.clone();
+                Ok(Built {
+                    parameters,
+                    seconds: learned.seconds + merging,
+                    recipe,
+                    score: Box::new(move |on| {
+                        score_recipe(&text, file, on, backend, options, self.job).map_err(scored)
+                    }),
+                })
+            },
+        )
+    }
+
+    /// WEMoE's rows: routed models trained on the unlabeled test images.
+    fn wemoe(&self) -> Result<Vec<Row>, LeaderboardError> {
+        use crate::test_time::wemoe::{WemoeSettings, upscale};
+        let failed = failed_in(WEMOE);
+        let (base, experts) = self.checkpoints()?;
+        let config = demo_accuracy(self.test).config();
+        let (base, experts) =
+            open_family(&base, &experts, config).map_err(|e| failed(e.to_string()))?;
+        let inputs = Unlabeled::demo_test().map_err(EvalError::from)?;
+        let mut defaults = WemoeSettings::default();
+        defaults.adaptation.steps = self.steps.unwrap_or(defaults.adaptation.steps);
+        let cells = WEMOE_GRID
+            .iter()
+            .map(|&(critical, lr)| {
+                let mut s = defaults;
+                s.critical = critical;
+                s.adaptation.lr = lr;
+                s
+            })
+            .collect();
+        let describe = |s: &WemoeSettings| {
+            format!(
+                "{:.0} % of MLPs routed, λ = {}, lr = {}, {} steps",
+                100.0 * s.critical,
+                s.init_lambda,
+                s.adaptation.lr,
+                s.adaptation.steps
+            )
+        };
+        search_rows(
+            WEMOE,
+            self.grid,
+            &defaults,
+            cells,
+            describe,
+            (self.train, self.test),
+            |settings| {
+                let moe =
+                    upscale(&base, &experts, config, &inputs, settings, self.job).map_err(|e| {
+                        match e {
+                            crate::test_time::AdaptError::Cancelled => LeaderboardError::Cancelled,
+                            e => failed(e.to_string()),
+                        }
+                    })?;
+                let weights = moe.weights().map_err(|e| failed(e.to_string()))?;
+                Ok(Built {
+                    parameters: moe.parameters().0,
+                    seconds: moe.seconds,
+                    recipe: String::new(),
+                    score: Box::new(move |on| {
+                        Ok(demo_accuracy(on).score_weights(&weights, Fidelity::Full)?)
+                    }),
+                })
+            },
+        )
+    }
 }
 
 /// The demo accuracy an objective of the leaderboard's scores with.
@@ -498,12 +744,7 @@ impl Leaderboard {
             for a in &row.accuracy {
                 line.push_str(&format!(" {:.1} |", 100.0 * a));
             }
-            let time = if row.merge_seconds == 0.0 {
-                "-".to_owned()
-            } else {
-                format!("{:.0} ms", 1e3 * row.merge_seconds)
-            };
-            line.push_str(&format!(" {} | {time} |\n", row.parameters));
+            line.push_str(&format!(" {} | {} |\n", row.parameters, row.duration()));
             line
         };
         for (i, row) in self.rows.iter().enumerate() {

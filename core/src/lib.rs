@@ -34,6 +34,7 @@ pub mod pareto;
 pub mod smile;
 pub mod sweep;
 pub mod synth;
+pub mod test_time;
 
 pub use checkpoint::{CHANGED_ON_DISK, Checkpoint, CheckpointError};
 pub use job::{CancelToken, Job, Progress};

@@ -26,6 +26,7 @@ use faer::Mat;
 
 use crate::checkpoint::Checkpoint;
 use crate::eval::vit::Weights;
+use crate::export::model_folder::{F32Tensors, ModelFolderError, write_model_folder};
 use crate::merge::subspace::thin_svd;
 
 /// What to upscale and how.
@@ -71,22 +72,14 @@ pub enum SmileError {
     NothingUpscaled { modules: Vec<String> },
     #[error("the SVD of `{tensor}` did not converge: {message}")]
     Svd { tensor: String, message: String },
-    #[error("{path} already exists; choose another folder or remove it")]
-    Exists { path: PathBuf },
-    #[error("cannot write {path}: {source}")]
-    Write {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("the upscaled tensors do not serialise: {0}")]
-    Serialise(String),
+    #[error(transparent)]
+    Write(#[from] ModelFolderError),
 }
 
 /// An upscaled model in memory: every tensor (name → shape and values) and its settings.
 #[derive(Clone, Debug)]
 pub struct Upscaled {
-    pub tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    pub tensors: F32Tensors,
     pub settings: SmileSettings,
     pub experts: usize,
     /// The layers that were upscaled.
@@ -290,47 +283,7 @@ impl Upscaled {
     /// `out`, which must not exist. Both are written into a staging folder beside it, renamed
     /// into place once complete, so `out` never holds half a model.
     pub fn write(&self, out: &Path, base_config: Option<&[u8]>) -> Result<(), SmileError> {
-        if out.exists() {
-            return Err(SmileError::Exists {
-                path: out.to_path_buf(),
-            });
-        }
-        let write_err = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| SmileError::Write { path, source }
-        };
-        let name = out.file_name().unwrap_or_default().to_string_lossy();
-        let staging = out.with_file_name(format!(".{name}.partial-{}", std::process::id()));
-        let written = std::fs::create_dir_all(&staging)
-            .map_err(write_err(&staging))
-            .and_then(|()| self.write_files(&staging, base_config))
-            .and_then(|()| std::fs::rename(&staging, out).map_err(write_err(out)));
-        if written.is_err() {
-            // Nothing half-written is left behind; the error says what failed.
-            let _ = std::fs::remove_dir_all(&staging);
-        }
-        written
-    }
-
-    fn write_files(&self, out: &Path, base_config: Option<&[u8]>) -> Result<(), SmileError> {
-        let write_err = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| SmileError::Write { path, source }
-        };
-        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = self
-            .tensors
-            .iter()
-            .map(|(name, (shape, values))| {
-                let view = safetensors::tensor::TensorView::new(
-                    safetensors::Dtype::F32,
-                    shape.clone(),
-                    bytemuck::cast_slice(values),
-                )
-                .map_err(|e| SmileError::Serialise(e.to_string()))?;
-                Ok((name.clone(), view))
-            })
-            .collect::<Result<_, SmileError>>()?;
-        let metadata: std::collections::HashMap<String, String> = [
+        let metadata = [
             ("smile_top_k", self.settings.top_k),
             ("smile_rank", self.settings.rank),
             ("smile_gate_k", self.settings.gate_k),
@@ -339,10 +292,6 @@ impl Upscaled {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_string()))
         .collect();
-        let bytes = safetensors::tensor::serialize(views, Some(metadata))
-            .map_err(|e| SmileError::Serialise(e.to_string()))?;
-        let model = out.join("model.safetensors");
-        crate::export::write_atomically(&model, &bytes).map_err(write_err(&model))?;
         let mut config: serde_json::Value = base_config
             .and_then(|b| serde_json::from_slice(b).ok())
             .unwrap_or_else(|| serde_json::json!({}));
@@ -355,10 +304,8 @@ impl Upscaled {
             "layers": self.layers,
             "layout": "docs/methods-beyond-mergekit.md#smile",
         });
-        let config_path = out.join("config.json");
-        let text = serde_json::to_string_pretty(&config).expect("JSON serialises");
-        crate::export::write_atomically(&config_path, format!("{text}\n").as_bytes())
-            .map_err(write_err(&config_path))
+        write_model_folder(out, &self.tensors, metadata, &config)?;
+        Ok(())
     }
 }
 
@@ -573,7 +520,7 @@ mod tests {
         // Nothing is written over, and no staging folder is left beside it.
         assert!(matches!(
             upscaled.write(&out, None),
-            Err(SmileError::Exists { .. })
+            Err(SmileError::Write(ModelFolderError::Exists { .. }))
         ));
         let leftovers: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()

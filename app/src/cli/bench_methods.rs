@@ -15,8 +15,9 @@ use super::{Failure, path_arg, print_out};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Only these methods (comma-separated recipe names, and `smile` for SMILE upscaling);
-    /// by default every one that can merge the demo family's four experts, and SMILE.
+    /// Only these methods (comma-separated recipe names, `smile` for SMILE upscaling,
+    /// `adamerging` and `wemoe` for the test-time merges); by default every one that can
+    /// merge the demo family's four experts, and those three.
     #[arg(long, value_delimiter = ',')]
     methods: Option<Vec<String>>,
     /// Only each method's defaults, without searching its grid.
@@ -25,6 +26,10 @@ pub struct Args {
     /// Seed of the random methods (DARE, DELLA).
     #[arg(long, default_value_t = 0)]
     random_seed: u64,
+    /// Optimiser steps of the test-time merges (AdaMerging, WEMoE) instead of their defaults
+    /// (200): fewer make a quicker, rougher table.
+    #[arg(long, value_parser = super::count_in::<1, 100_000>)]
+    steps: Option<usize>,
     /// Where to write the demo family the rows merge (replaced; default: mergescope-bench-methods
     /// in the temporary folder). Its recipes/ folder is where each row's recipe runs from.
     #[arg(long, value_parser = path_arg)]
@@ -46,6 +51,7 @@ pub fn run(args: &Args, job: &Job) -> Result<(), Failure> {
         methods: args.methods.clone(),
         grid: !args.no_grid,
         random_seed: args.random_seed,
+        steps: args.steps,
     };
     let started = Instant::now();
     let board = run_counting(Unit::Methods, job, || {

@@ -19,6 +19,7 @@ mod pareto;
 mod progress;
 mod sweep;
 mod synth;
+mod test_time;
 mod upscale_smile;
 
 use std::io::Write as _;
@@ -99,6 +100,12 @@ enum Command {
     /// SMILE zero-shot upscaling: each chosen linear layer becomes the base plus a low-rank
     /// expert per fine-tune and a data-free router.
     UpscaleSmile(upscale_smile::Args),
+    /// AdaMerging: task arithmetic's coefficients (per model and layer) learned by minimising
+    /// the prediction entropy on unlabeled inputs; writes the merge and its recipe.
+    Adamerging(test_time::AdaMergingArgs),
+    /// WEMoE: the most moved MLPs become mixtures of the fine-tunes with a router trained on
+    /// unlabeled inputs; writes the routed model, or its merge-and-unload.
+    Wemoe(test_time::WemoeArgs),
     /// Generate a synthetic Llama-shaped model family (for benchmarks and experiments).
     Synth(synth::Args),
 }
@@ -149,6 +156,10 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
             || matches!(
                 e.downcast_ref::<mergescope_core::synth::SynthError>(),
                 Some(mergescope_core::synth::SynthError::Cancelled(_))
+            )
+            || matches!(
+                e.downcast_ref::<mergescope_core::test_time::AdaptError>(),
+                Some(mergescope_core::test_time::AdaptError::Cancelled)
             )
         {
             Self::Cancelled
@@ -212,6 +223,8 @@ pub fn main() -> ExitCode {
         Command::Demo(args) => demo::run(&args, &job),
         Command::BenchMethods(args) => bench_methods::run(&args, &job),
         Command::UpscaleSmile(args) => upscale_smile::run(&args),
+        Command::Adamerging(args) => test_time::adamerging(&args, &job),
+        Command::Wemoe(args) => test_time::wemoe(&args, &job),
         Command::Synth(args) => synth::run(&args, &job),
     };
     match result {

@@ -16,6 +16,8 @@ pub enum Unit {
     Cells,
     /// The method leaderboard's methods.
     Methods,
+    /// A test-time merge's optimiser steps.
+    Steps,
 }
 
 impl Unit {
@@ -26,6 +28,7 @@ impl Unit {
             }
             Self::Cells => "{spinner} {msg:48!} [{bar:30}] {pos}/{len} cells, eta {eta}",
             Self::Methods => "{spinner} {msg:48!} [{bar:30}] {pos}/{len} methods, eta {eta}",
+            Self::Steps => "{spinner} {msg:48!} [{bar:30}] {pos}/{len} steps, eta {eta}",
         }
     }
 }

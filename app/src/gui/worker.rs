@@ -88,8 +88,7 @@ pub enum Command {
     /// defaults and (with `grid`) its grid's best setting.
     Leaderboard {
         dir: PathBuf,
-        grid: bool,
-        methods: Option<Vec<String>>,
+        settings: mergescope_core::leaderboard::Settings,
     },
     /// A job that fails on purpose: how the tests prove a failing job never takes the
     /// workbench down with it.
@@ -451,9 +450,7 @@ impl Engine {
             }
             Command::Pareto(request) => self.pareto(&request, epoch),
             Command::Sweep(request) => self.sweep(&request, epoch),
-            Command::Leaderboard { dir, grid, methods } => {
-                self.leaderboard(&dir, grid, methods, epoch)
-            }
+            Command::Leaderboard { dir, settings } => self.leaderboard(&dir, &settings, epoch),
             Command::InjectFault(fault) => panic!("injected fault: {fault:?}"),
         }
     }
@@ -834,20 +831,14 @@ impl Engine {
     fn leaderboard(
         &self,
         dir: &Path,
-        grid: bool,
-        methods: Option<Vec<String>>,
+        settings: &mergescope_core::leaderboard::Settings,
         epoch: u64,
     ) -> Result<Event, String> {
-        use mergescope_core::leaderboard::{LeaderboardError, Settings, run_leaderboard};
+        use mergescope_core::leaderboard::{LeaderboardError, run_leaderboard};
         let started = Instant::now();
-        let settings = Settings {
-            methods,
-            grid,
-            random_seed: 0,
-        };
         let board = run_leaderboard(
             dir,
-            &settings,
+            settings,
             self.backend.as_ref(),
             &self.job(epoch),
             &mut |row| self.send(Event::LeaderboardRow(Box::new(row.clone()))),

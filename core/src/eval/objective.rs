@@ -135,10 +135,14 @@ impl DemoAccuracy {
             .collect())
     }
 
-    /// The model in `folder`: a demo ViT, or one upscaled by SMILE (`crate::smile`).
+    /// The model in `folder`: a demo ViT, or one upscaled by SMILE (`crate::smile`) or WEMoE
+    /// (`crate::test_time::wemoe`).
     pub fn score_folder(&self, folder: &Path, fidelity: Fidelity) -> Result<Scores, EvalError> {
         let checkpoint = crate::Checkpoint::open(folder)?;
         if let Some(weights) = crate::smile::SmileWeights::from_checkpoint(&checkpoint) {
+            return self.score_weights(&weights?, fidelity);
+        }
+        if let Some(weights) = crate::test_time::wemoe::WemoeWeights::from_checkpoint(&checkpoint) {
             return self.score_weights(&weights?, fidelity);
         }
         self.score(

@@ -145,6 +145,15 @@ pub trait Weights {
         let bias = self.get(&format!("{name}.bias"))?;
         x.broadcast_matmul(&weight.t()?)?.broadcast_add(&bias)
     }
+
+    /// Block `prefix`'s MLP on its normed input: `output.dense(gelu(intermediate.dense(x)))`
+    /// (a WEMoE model routes the whole MLP: `crate::test_time::wemoe`).
+    fn mlp(&self, x: &Tensor, prefix: &str) -> Result<Tensor> {
+        let hidden = self
+            .linear(x, &format!("{prefix}.intermediate.dense"))?
+            .gelu_erf()?;
+        self.linear(&hidden, &format!("{prefix}.output.dense"))
+    }
 }
 
 impl Weights for BTreeMap<String, Tensor> {
@@ -227,8 +236,7 @@ pub fn forward(config: VitConfig, w: &dyn Weights, pixels: &Tensor) -> Result<Te
             .reshape((n, tokens, h))?;
         x = (x + linear(&context, w, &format!("{pre}.attention.output.dense"))?)?;
         let normed = layer_norm(&x, w, &format!("{pre}.layernorm_after"))?;
-        let hidden = linear(&normed, w, &format!("{pre}.intermediate.dense"))?.gelu_erf()?;
-        x = (x + linear(&hidden, w, &format!("{pre}.output.dense"))?)?;
+        x = (x + w.mlp(&normed, &pre)?)?;
     }
     let x = layer_norm(&x, w, "vit.layernorm")?;
     let cls = x.narrow(1, 0, 1)?.squeeze(1)?;

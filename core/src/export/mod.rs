@@ -10,6 +10,7 @@
 
 pub mod card;
 mod guard;
+pub mod model_folder;
 mod shard_writer;
 use shard_writer::ShardWriter;
 pub mod sidecar;

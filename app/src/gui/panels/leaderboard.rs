@@ -15,8 +15,10 @@ pub struct LeaderboardState {
     pub running: bool,
     /// Search each method's grid too (slower: a dozen merges per method).
     pub grid: bool,
-    /// Only these methods (all when `None`): how the tests keep a run short.
+    /// Only these methods (all when `None`), and the test-time merges' steps when not their
+    /// defaults: how the tests keep a run short.
     pub methods: Option<Vec<String>>,
+    pub steps: Option<usize>,
     /// The merges' rows as they arrive, then ranked when the run is done.
     pub rows: Vec<Row>,
     /// The base and each expert alone, once the run is done.
@@ -32,7 +34,9 @@ pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
         "Every merge method on the built-in digits demo: its four experts merged at the \
          method's defaults and at the best setting of a small grid (chosen on the training \
          images), each scored on the test images as the Merge panel's full preview scores it. \
-         The same table as `mergescope bench-methods`.",
+         SMILE upscales them; AdaMerging and WEMoE learn from the unlabeled test images. \
+         Rows with a recipe load into the Merge panel. The same table as \
+         `mergescope bench-methods`.",
     );
     let demo_root = app
         .family
@@ -70,8 +74,12 @@ pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
             state.seconds = None;
             let request = Command::Leaderboard {
                 dir,
-                grid: state.grid,
-                methods: state.methods.clone(),
+                settings: mergescope_core::leaderboard::Settings {
+                    methods: state.methods.clone(),
+                    grid: state.grid,
+                    random_seed: 0,
+                    steps: state.steps,
+                },
             };
             app.start_job("method leaderboard");
             app.worker.send(request);
@@ -122,11 +130,7 @@ pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
                     }
                 }
                 ui.label(row.parameters.to_string());
-                if row.merge_seconds == 0.0 {
-                    ui.label("-");
-                } else {
-                    ui.label(format!("{:.0} ms", 1e3 * row.merge_seconds));
-                }
+                ui.label(row.duration());
                 if row.recipe.is_empty() {
                     ui.label("");
                 } else {

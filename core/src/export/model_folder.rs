@@ -1,0 +1,82 @@
+//! A small model held whole in memory (an upscaled SMILE or WEMoE model, an unloaded one)
+//! written as a new Hugging Face folder: `model.safetensors` (f32, with metadata) and
+//! `config.json`. Both go into a staging folder beside the target, renamed into place once
+//! complete, so the target never holds half a model.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+/// Name → shape and values.
+pub type F32Tensors = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
+
+/// Why a model folder was not written. Nothing is left behind either way.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelFolderError {
+    #[error("{path} already exists; choose another folder or remove it")]
+    Exists { path: PathBuf },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the tensors do not serialise: {0}")]
+    Serialise(String),
+}
+
+/// Writes `tensors` with `metadata` and `config` into `out`, which must not exist.
+pub fn write_model_folder(
+    out: &Path,
+    tensors: &F32Tensors,
+    metadata: HashMap<String, String>,
+    config: &serde_json::Value,
+) -> Result<(), ModelFolderError> {
+    if out.exists() {
+        return Err(ModelFolderError::Exists {
+            path: out.to_path_buf(),
+        });
+    }
+    let name = out.file_name().unwrap_or_default().to_string_lossy();
+    let staging = out.with_file_name(format!(".{name}.partial-{}", std::process::id()));
+    let written = std::fs::create_dir_all(&staging)
+        .map_err(write_error(&staging))
+        .and_then(|()| write_files(&staging, tensors, metadata, config))
+        .and_then(|()| std::fs::rename(&staging, out).map_err(write_error(out)));
+    if written.is_err() {
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+    written
+}
+
+fn write_error(path: &Path) -> impl FnOnce(std::io::Error) -> ModelFolderError {
+    let path = path.to_path_buf();
+    move |source| ModelFolderError::Write { path, source }
+}
+
+fn write_files(
+    out: &Path,
+    tensors: &F32Tensors,
+    metadata: HashMap<String, String>,
+    config: &serde_json::Value,
+) -> Result<(), ModelFolderError> {
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .map(|(name, (shape, values))| {
+            let view = safetensors::tensor::TensorView::new(
+                safetensors::Dtype::F32,
+                shape.clone(),
+                bytemuck::cast_slice(values),
+            )
+            .map_err(|e| ModelFolderError::Serialise(e.to_string()))?;
+            Ok((name.clone(), view))
+        })
+        .collect::<Result<_, ModelFolderError>>()?;
+    let bytes = safetensors::tensor::serialize(views, Some(metadata))
+        .map_err(|e| ModelFolderError::Serialise(e.to_string()))?;
+    let model = out.join("model.safetensors");
+    super::write_atomically(&model, &bytes).map_err(write_error(&model))?;
+    let config_path = out.join("config.json");
+    let text = serde_json::to_string_pretty(config).expect("JSON serialises");
+    super::write_atomically(&config_path, format!("{text}\n").as_bytes())
+        .map_err(write_error(&config_path))
+}
