@@ -284,9 +284,9 @@ mod tests {
         AdaMergingSettings {
             granularity,
             adaptation: Adaptation {
-                steps: 12,
+                steps: 8,
                 lr: 2e-2,
-                batch: 16,
+                batch: 8,
                 seed,
             },
             ..AdaMergingSettings::default()
