@@ -467,7 +467,10 @@ fn window_problems(
     for role in INTERACTIVE {
         for node in harness.query_all(By::new().role(role)) {
             let rect = node.rect();
-            let fixed = rect.max.y <= top + 0.5 || rect.min.y >= bottom - 0.5;
+            // The status bar's widgets lie wholly between its top and the window's bottom; a
+            // panel widget reaching past the window is scrolled under the bar, not on it.
+            let fixed = rect.max.y <= top + 0.5
+                || (rect.min.y >= bottom - 0.5 && rect.max.y <= size.y + 0.5);
             let in_view = rect.min.y >= top - 0.5 && rect.max.y <= bottom + 0.5;
             // Scrolled out of view (or partly, under a bar): not drawn there, so not
             // overlapping anything; it is checked where it is scrolled into view.
@@ -513,4 +516,42 @@ fn the_panel_and_theme_are_remembered_between_runs() {
         again.ctx.options(|o| o.theme_preference),
         egui::ThemePreference::Light
     );
+}
+
+#[test]
+fn learn_weights_puts_adamerging_curves_in_the_merge_panel() {
+    let mut harness = harness();
+    opened(&mut harness);
+    click_through(&mut harness, &["Merge"]);
+    let before = settings(&harness);
+    harness.state_mut().adamerging.adaptation.steps = 3;
+    click_through(&mut harness, &["Learn weights (AdaMerging)"]);
+    wait_for(&mut harness, "AdaMerging", |app| {
+        app.busy.is_none() && app.settings.as_ref().is_some_and(|s| s.per_layer)
+    });
+    let learned = settings(&harness);
+    assert_eq!(learned.method, "task_arithmetic");
+    assert_eq!(learned.lambda, 1.0);
+    assert!(learned.read_only.is_none(), "{:?}", learned.read_only);
+    // Every expert has a curve of one learned weight per layer, moved from the 0.3 start.
+    assert_eq!(learned.curves.len(), 4);
+    assert!(learned.curves.iter().all(|c| c.len() == 4));
+    assert!(
+        learned
+            .curves
+            .iter()
+            .flatten()
+            .any(|w| (w - 0.3).abs() > 1e-4)
+    );
+    let notice = harness.state().notice.clone().expect("a notice");
+    assert!(
+        !notice.error && notice.text.contains("entropy"),
+        "{}",
+        notice.text
+    );
+    assert!(recipe(&harness).contains("task_arithmetic"));
+    // Undo brings the settings from before back.
+    harness.state_mut().undo_redo(false);
+    harness.run_ok();
+    assert_eq!(settings(&harness), before);
 }

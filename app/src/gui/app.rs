@@ -145,6 +145,8 @@ pub struct Workbench {
     pub history: super::history::History,
     /// Undo and redo of the Merge panel's settings.
     pub undo: super::history::Undo,
+    /// What the Merge panel's "Learn weights (AdaMerging)" runs (the tests shorten it).
+    pub adamerging: mergescope_core::test_time::adamerging::AdaMergingSettings,
     /// What the open family's previews are compared with, once scored.
     pub inputs: Option<std::sync::Arc<FamilyInputs>>,
     /// The inputs are being scored as the only job (see [`Workbench::score_inputs`]).
@@ -332,6 +334,7 @@ impl Workbench {
             show_messages: false,
             history: super::history::History::default(),
             undo: super::history::Undo::default(),
+            adamerging: mergescope_core::test_time::adamerging::AdaMergingSettings::default(),
             inputs: None,
             inputs_alone: false,
             inputs_requested: false,
@@ -439,6 +442,40 @@ impl Workbench {
     }
 
     /// Marks a job as started: the status bar shows its progress and ETA.
+    /// AdaMerging's learned weights, as its recipe over the open family, into the Merge panel.
+    fn adamerged(
+        &mut self,
+        recipe: &str,
+        entropy: &mergescope_core::test_time::Trace,
+        millis: f64,
+    ) {
+        let Some(family) = &self.family else {
+            return;
+        };
+        match MergeSettings::from_recipe(recipe, &family.recipe_file(), family) {
+            Ok(settings) => {
+                self.settings = Some(settings);
+                self.notice = Some(Notice {
+                    error: false,
+                    text: format!(
+                        "AdaMerging learned each model's weight per layer in {:.1} s: the \
+                         summed prediction entropy on the unlabeled test images went from \
+                         {:.3} to {:.3}",
+                        millis / 1e3,
+                        entropy.before,
+                        entropy.after
+                    ),
+                });
+            }
+            Err(text) => {
+                self.notice = Some(Notice {
+                    error: true,
+                    text: format!("AdaMerging: {text}"),
+                });
+            }
+        }
+    }
+
     pub fn start_job(&mut self, stage: &str) {
         self.busy = Some((stage.to_owned(), 0.0));
         self.busy_since = Some(std::time::Instant::now());
@@ -818,6 +855,14 @@ impl Workbench {
                     self.sweep.finished(millis);
                 }
                 Event::LeaderboardRow(row) => self.leaderboard.rows.push(*row),
+                Event::AdaMerged {
+                    recipe,
+                    entropy,
+                    millis,
+                } => {
+                    self.busy = None;
+                    self.adamerged(&recipe, &entropy, millis);
+                }
                 Event::LeaderboardDone { board, millis } => {
                     self.busy = None;
                     let state = &mut self.leaderboard;

@@ -90,6 +90,13 @@ pub enum Command {
         dir: PathBuf,
         settings: mergescope_core::leaderboard::Settings,
     },
+    /// AdaMerging on the open digits-demo family: task arithmetic's per-layer weights of
+    /// `models` on `base`, learned from the demo's unlabeled test images.
+    AdaMerging {
+        base: PathBuf,
+        models: Vec<PathBuf>,
+        settings: mergescope_core::test_time::adamerging::AdaMergingSettings,
+    },
     /// A job that fails on purpose: how the tests prove a failing job never takes the
     /// workbench down with it.
     #[doc(hidden)]
@@ -152,6 +159,13 @@ pub enum Event {
     /// The leaderboard, ranked, in this many milliseconds.
     LeaderboardDone {
         board: Box<mergescope_core::leaderboard::Leaderboard>,
+        millis: f64,
+    },
+    /// AdaMerging's learned merge as a recipe over the open family's paths, and the summed
+    /// entropy it minimised.
+    AdaMerged {
+        recipe: String,
+        entropy: mergescope_core::test_time::Trace,
         millis: f64,
     },
     Progress {
@@ -451,6 +465,11 @@ impl Engine {
             Command::Pareto(request) => self.pareto(&request, epoch),
             Command::Sweep(request) => self.sweep(&request, epoch),
             Command::Leaderboard { dir, settings } => self.leaderboard(&dir, &settings, epoch),
+            Command::AdaMerging {
+                base,
+                models,
+                settings,
+            } => self.adamerging(&base, &models, &settings, epoch),
             Command::InjectFault(fault) => panic!("injected fault: {fault:?}"),
         }
     }
@@ -854,6 +873,49 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// Learns AdaMerging's per-layer weights of `models` on `base` (digits-demo models).
+    fn adamerging(
+        &self,
+        base: &Path,
+        models: &[PathBuf],
+        settings: &mergescope_core::test_time::adamerging::AdaMergingSettings,
+        epoch: u64,
+    ) -> Result<Event, String> {
+        use mergescope_core::test_time::adamerging::adamerge;
+        use mergescope_core::test_time::{AdaptError, Unlabeled, open_family};
+        let started = Instant::now();
+        let failed = |e: AdaptError| match e {
+            AdaptError::Cancelled => CANCELLED.to_owned(),
+            other => mergescope_core::one_line(&other.to_string()),
+        };
+        let open = |p: &Path| Checkpoint::open(p).map_err(|e| e.to_string());
+        let experts = models
+            .iter()
+            .map(|m| open(m))
+            .collect::<Result<Vec<_>, _>>()?;
+        let config = mergescope_core::eval::vit::VitConfig::DEMO;
+        let (base_tensors, experts) =
+            open_family(&open(base)?, &experts, config).map_err(failed)?;
+        let inputs = Unlabeled::demo_test().map_err(|e| e.to_string())?;
+        let learned = adamerge(
+            &base_tensors,
+            &experts,
+            config,
+            &inputs,
+            settings,
+            &self.job(epoch),
+        )
+        .map_err(failed)?;
+        let names: Vec<String> = models.iter().map(|m| m.display().to_string()).collect();
+        Ok(Event::AdaMerged {
+            recipe: learned.recipe(&base.display().to_string(), &names),
+            entropy: learned.entropy,
+            millis: started.elapsed().as_secs_f64() * 1e3,
+        })
+    }
+}
+
 const CANCELLED: &str = "\u{0}cancelled";
 
 impl Command {
@@ -868,6 +930,7 @@ impl Command {
             Self::Pareto(_) => "the Pareto search",
             Self::Sweep(_) => "the sweep",
             Self::Leaderboard { .. } => "the method leaderboard",
+            Self::AdaMerging { .. } => "AdaMerging",
             Self::InjectFault(_) => "an injected fault",
         }
     }

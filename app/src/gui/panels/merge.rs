@@ -11,6 +11,7 @@ use crate::gui::state::{
     MergeSettings, ModuleFilter, OpenFamily, has_lambda, method_flags, methods, model_param_range,
     model_params,
 };
+use crate::gui::worker::Command;
 
 /// Weights run over this range on sliders and curves (negative weights subtract a task).
 const WEIGHTS: std::ops::RangeInclusive<f64> = -1.0..=2.0;
@@ -37,7 +38,8 @@ pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
         }
         None => controls(ui, family, settings),
     };
-    let Some(settings) = &app.settings else {
+    adamerging_button(app, ui);
+    let (Some(family), Some(settings)) = (&app.family, &app.settings) else {
         return;
     };
     let yaml = settings.to_yaml(family);
@@ -69,6 +71,42 @@ pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
         .default_open(read_only.is_some())
         .show(ui, |ui| recipe_editor(app, ui, &yaml));
     recipe_file(app, ui);
+}
+
+/// On a family of the digits demo's architecture: learn the weights (AdaMerging) on the
+/// worker, then show them as the models' per-layer curves.
+fn adamerging_button(app: &mut Workbench, ui: &mut egui::Ui) {
+    let (Some(family), Some(settings)) = (&app.family, &app.settings) else {
+        return;
+    };
+    if !family.is_demo {
+        return;
+    }
+    let models: Vec<std::path::PathBuf> = family
+        .models
+        .iter()
+        .zip(&settings.included)
+        .filter(|(_, included)| **included)
+        .map(|(m, _)| m.clone())
+        .collect();
+    let ready = app.busy.is_none() && !models.is_empty();
+    let learn = ui
+        .add_enabled(ready, egui::Button::new("Learn weights (AdaMerging)"))
+        .on_hover_text(
+            "Task arithmetic whose weight per model and layer is learned by minimising the \
+             prediction entropy on the demo's unlabeled test images (AdaMerging, 200 Adam \
+             steps, a few seconds). The result replaces the settings: each included model's \
+             per-layer weight curve, lambda 1. Undo (Ctrl+Z) brings the old ones back.",
+        );
+    if learn.clicked() {
+        let request = Command::AdaMerging {
+            base: family.base.clone(),
+            models,
+            settings: app.adamerging,
+        };
+        app.start_job("AdaMerging");
+        app.worker.send(request);
+    }
 }
 
 /// The method, the models that take part, and every parameter the method declares. Returns
