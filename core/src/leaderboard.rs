@@ -17,8 +17,10 @@ use serde::Serialize;
 
 use crate::Job;
 use crate::backend::Backend;
+use crate::eval::ModelTensors;
 use crate::eval::digits::Split;
 use crate::eval::preview::merge_in_memory;
+use crate::eval::vit::VitConfig;
 use crate::eval::{DemoAccuracy, DemoFamily, Domain, EvalError, Fidelity, Scores};
 use crate::merge::methods::IMPLEMENTED;
 use crate::merge::plan::{MergePlan, PlanOptions};
@@ -27,7 +29,7 @@ use crate::merge::{BaseUse, MethodSpec};
 use crate::sweep::metric::best_cell;
 use crate::sweep::{Axis, Sweep, SweepError, SweepObjective, run, score_recipe};
 use crate::test_time::adamerging::Granularity;
-use crate::test_time::{Unlabeled, open_family};
+use crate::test_time::{AdaptError, Unlabeled, open_family};
 
 /// The metric a grid's best cell is chosen by.
 const CHOSEN_BY: &str = "mean/accuracy";
@@ -476,7 +478,28 @@ struct Beyond<'a> {
     job: &'a Job,
 }
 
+/// How a test-time merge's row failed: cancelled, or why.
+fn adapt_failed(method: &str) -> impl Fn(AdaptError) -> LeaderboardError + '_ {
+    move |e| match e {
+        AdaptError::Cancelled => LeaderboardError::Cancelled,
+        e => failed_in(method)(e.to_string()),
+    }
+}
+
 impl Beyond<'_> {
+    /// What the test-time merges adapt: the family as the demo ViT reads it, and the
+    /// unlabeled test images.
+    fn adaptable(
+        &self,
+        method: &str,
+    ) -> Result<(ModelTensors, Vec<ModelTensors>, VitConfig, Unlabeled), LeaderboardError> {
+        let (base, experts) = self.checkpoints()?;
+        let config = demo_accuracy(self.test).config();
+        let (base, experts) = open_family(&base, &experts, config).map_err(adapt_failed(method))?;
+        let inputs = Unlabeled::demo_test().map_err(EvalError::from)?;
+        Ok((base, experts, config, inputs))
+    }
+
     fn checkpoints(&self) -> Result<(crate::Checkpoint, Vec<crate::Checkpoint>), EvalError> {
         let base = crate::Checkpoint::open(self.family.base())?;
         let experts = Domain::ALL
@@ -538,12 +561,7 @@ impl Beyond<'_> {
         options: &PlanOptions,
     ) -> Result<Vec<Row>, LeaderboardError> {
         use crate::test_time::adamerging::{AdaMergingSettings, adamerge};
-        let failed = failed_in(ADAMERGING);
-        let (base, experts) = self.checkpoints()?;
-        let config = demo_accuracy(self.test).config();
-        let (base, experts) =
-            open_family(&base, &experts, config).map_err(|e| failed(e.to_string()))?;
-        let inputs = Unlabeled::demo_test().map_err(EvalError::from)?;
+        let (base, experts, config, inputs) = self.adaptable(ADAMERGING)?;
         let names: Vec<String> = Domain::ALL
             .iter()
             .map(|d| format!("../{}", d.name()))
@@ -567,10 +585,6 @@ impl Beyond<'_> {
                 s.adaptation.steps
             )
         };
-        let cancelled = |e: crate::test_time::AdaptError| match e {
-            crate::test_time::AdaptError::Cancelled => LeaderboardError::Cancelled,
-            e => failed(e.to_string()),
-        };
         let scored = |source: SweepError| match source {
             SweepError::Cancelled => LeaderboardError::Cancelled,
             source => LeaderboardError::Method {
@@ -587,7 +601,7 @@ impl Beyond<'_> {
             (self.train, self.test),
             |settings| {
                 let learned = adamerge(&base, &experts, config, &inputs, settings, self.job)
-                    .map_err(cancelled)?;
+                    .map_err(adapt_failed(ADAMERGING))?;
                 let recipe = learned.recipe("../base", &names);
                 let (parameters, merging) =
                     merge_cost(&recipe, file, backend, options).map_err(scored)?;
@@ -607,12 +621,7 @@ impl Beyond<'_> {
     /// WEMoE's rows: routed models trained on the unlabeled test images.
     fn wemoe(&self) -> Result<Vec<Row>, LeaderboardError> {
         use crate::test_time::wemoe::{WemoeSettings, upscale};
-        let failed = failed_in(WEMOE);
-        let (base, experts) = self.checkpoints()?;
-        let config = demo_accuracy(self.test).config();
-        let (base, experts) =
-            open_family(&base, &experts, config).map_err(|e| failed(e.to_string()))?;
-        let inputs = Unlabeled::demo_test().map_err(EvalError::from)?;
+        let (base, experts, config, inputs) = self.adaptable(WEMOE)?;
         let mut defaults = WemoeSettings::default();
         defaults.adaptation.steps = self.steps.unwrap_or(defaults.adaptation.steps);
         let cells = WEMOE_GRID
@@ -641,14 +650,9 @@ impl Beyond<'_> {
             describe,
             (self.train, self.test),
             |settings| {
-                let moe =
-                    upscale(&base, &experts, config, &inputs, settings, self.job).map_err(|e| {
-                        match e {
-                            crate::test_time::AdaptError::Cancelled => LeaderboardError::Cancelled,
-                            e => failed(e.to_string()),
-                        }
-                    })?;
-                let weights = moe.weights().map_err(|e| failed(e.to_string()))?;
+                let moe = upscale(&base, &experts, config, &inputs, settings, self.job)
+                    .map_err(adapt_failed(WEMOE))?;
+                let weights = moe.weights().map_err(|e| failed_in(WEMOE)(e.to_string()))?;
                 Ok(Built {
                     parameters: moe.parameters().0,
                     seconds: moe.seconds,

@@ -49,3 +49,21 @@ pub fn one_line(message: &str) -> String {
         .collect::<Vec<_>>()
         .join(" ")
 }
+
+/// What the unit tests share.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use candle_core::Tensor;
+
+    /// The largest absolute difference between two tensors of one shape.
+    pub fn max_difference(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+}

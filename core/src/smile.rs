@@ -21,12 +21,12 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{D, Device, Tensor};
+use candle_core::{D, Tensor};
 use faer::Mat;
 
 use crate::checkpoint::Checkpoint;
 use crate::eval::vit::Weights;
-use crate::export::model_folder::{F32Tensors, ModelFolderError, write_model_folder};
+use crate::export::model_folder::{self, F32Tensors, ModelFolderError, write_model_folder};
 use crate::merge::subspace::thin_svd;
 
 /// What to upscale and how.
@@ -251,30 +251,13 @@ fn add_experts(
 impl Upscaled {
     /// Parameters of the upscaled model, and how many more than the base model it has.
     pub fn parameters(&self) -> (usize, usize) {
-        let total = self.tensors.values().map(|(_, v)| v.len()).sum();
-        let added = self
-            .tensors
-            .iter()
-            .filter(|(name, _)| name.contains(".smile."))
-            .map(|(_, (_, v))| v.len())
-            .sum();
-        (total, added)
+        model_folder::parameters(&self.tensors, ".smile.")
     }
 
     /// The tensors on the CPU device, with the router settings: what the forward pass reads.
     pub fn weights(&self) -> candle_core::Result<SmileWeights> {
-        let tensors = self
-            .tensors
-            .iter()
-            .map(|(name, (shape, values))| {
-                Ok((
-                    name.clone(),
-                    Tensor::from_slice(values, shape.as_slice(), &Device::Cpu)?,
-                ))
-            })
-            .collect::<candle_core::Result<_>>()?;
         Ok(SmileWeights {
-            tensors,
+            tensors: model_folder::to_candle(&self.tensors)?,
             top_k: self.settings.top_k,
         })
     }
@@ -320,29 +303,9 @@ impl SmileWeights {
     /// Every float tensor of an upscaled checkpoint, with its `smile_top_k`; `None` when the
     /// checkpoint is not a SMILE model.
     pub fn from_checkpoint(checkpoint: &Checkpoint) -> Option<candle_core::Result<Self>> {
-        let top_k = checkpoint
-            .shards()
-            .first()?
-            .metadata()
-            .get("smile_top_k")?
-            .parse()
-            .ok()?;
-        Some((|| {
-            let tensors = checkpoint
-                .tensors()
-                .iter()
-                .enumerate()
-                .filter(|(_, t)| t.float_type().is_some())
-                .map(|(i, t)| {
-                    let values = checkpoint.view(i).to_f32_vec();
-                    Ok((
-                        t.name.clone(),
-                        Tensor::from_vec(values, t.shape.as_slice(), &Device::Cpu)?,
-                    ))
-                })
-                .collect::<candle_core::Result<_>>()?;
-            Ok(Self { tensors, top_k })
-        })())
+        let top_k = model_folder::metadata_number(checkpoint, "smile_top_k")?;
+        let tensors = model_folder::to_candle(&model_folder::read_f32(checkpoint));
+        Some(tensors.map(|tensors| Self { tensors, top_k }))
     }
 
     /// The routing weights of `x` (tokens × in) over the experts of `layer` (tokens × N):
@@ -414,6 +377,7 @@ mod tests {
     use crate::eval::digits::{Digits, PIXELS, Split};
     use crate::eval::vit::{VitConfig, forward};
     use crate::eval::{DemoAccuracy, DemoFamily, Domain, Fidelity, ModelTensors};
+    use candle_core::Device;
 
     fn family() -> (tempfile::TempDir, DemoFamily) {
         let dir = tempfile::tempdir().unwrap();
@@ -453,14 +417,7 @@ mod tests {
             .to_candle(config)
             .unwrap();
         let theirs = forward(config, &theirs, &pixels).unwrap();
-        let worst = (ours - theirs)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let worst = crate::test_support::max_difference(&ours, &theirs);
         assert!(worst < 1e-4, "logits differ by {worst}");
     }
 

@@ -31,3 +31,54 @@ pub fn demo_accuracies(scores: &serde_json::Value) -> Vec<f64> {
         })
         .collect()
 }
+
+/// A JSON array of numbers (a leaderboard row's `accuracy`).
+pub fn numbers(value: &serde_json::Value) -> Vec<f64> {
+    value
+        .as_array()
+        .unwrap_or_else(|| panic!("{value} is not an array"))
+        .iter()
+        .map(|v| v.as_f64().unwrap_or_else(|| panic!("{v} is not a number")))
+        .collect()
+}
+
+/// `mergescope COMMAND --base BASE --out OUT EXPERT… EXTRA…` on the demo family's base and
+/// its four experts: the command line of `upscale-smile`, `adamerging` and `wemoe`.
+pub fn on_demo_family(
+    command: &str,
+    family: &mergescope_core::eval::DemoFamily,
+    out: &str,
+    extra: &[&str],
+) -> Vec<String> {
+    let mut args = vec![
+        command.to_owned(),
+        "--base".to_owned(),
+        family.base().display().to_string(),
+        "--out".to_owned(),
+        out.to_owned(),
+    ];
+    args.extend(
+        mergescope_core::eval::Domain::ALL
+            .iter()
+            .map(|d| family.expert(*d).display().to_string()),
+    );
+    args.extend(extra.iter().map(|a| (*a).to_owned()));
+    args
+}
+
+/// `mergescope bench-methods --dir DIR/board --json board.json ARGS…` run in `dir`: the
+/// leaderboard's rows as JSON.
+pub fn bench_methods(bin: &str, dir: &std::path::Path, args: &[&str]) -> serde_json::Value {
+    let board = dir.join("board");
+    let mut all = vec![
+        "bench-methods",
+        "--dir",
+        board.to_str().expect("a UTF-8 path"),
+        "--json",
+        "board.json",
+    ];
+    all.extend_from_slice(args);
+    cli::run(bin, dir, &all).assert_success();
+    let text = std::fs::read_to_string(dir.join("board.json")).expect("board.json");
+    serde_json::from_str(&text).expect("JSON")
+}

@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use mergescope_tests::cli::run;
-use mergescope_tests::demo_accuracies;
+use mergescope_tests::{demo_accuracies, numbers};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_mergescope-cli");
@@ -25,15 +25,6 @@ fn bench(dir: &Path, args: &[&str]) -> (Value, String) {
     let board =
         serde_json::from_str(&std::fs::read_to_string(dir.join("board.json")).unwrap()).unwrap();
     (board, out.stdout())
-}
-
-fn numbers(value: &Value) -> Vec<f64> {
-    value
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap())
-        .collect()
 }
 
 /// Writes `row`'s recipe beside the family's own and checks that `mergescope eval` of it (a

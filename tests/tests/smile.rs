@@ -2,28 +2,15 @@
 //! with its config, scored by `mergescope eval` exactly as the leaderboard's SMILE row, and
 //! bad settings or an existing folder refused with a readable line.
 
-use mergescope_core::eval::{DemoFamily, Domain};
+use mergescope_core::eval::DemoFamily;
 use mergescope_tests::cli::run;
-use mergescope_tests::demo_accuracies;
+use mergescope_tests::{bench_methods, demo_accuracies, on_demo_family};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_mergescope-cli");
 
 fn upscale_args(family: &DemoFamily, out: &str, extra: &[&str]) -> Vec<String> {
-    let mut args = vec![
-        "upscale-smile".to_owned(),
-        "--base".to_owned(),
-        family.base().display().to_string(),
-        "--out".to_owned(),
-        out.to_owned(),
-    ];
-    args.extend(
-        Domain::ALL
-            .iter()
-            .map(|d| family.expert(*d).display().to_string()),
-    );
-    args.extend(extra.iter().map(|a| (*a).to_owned()));
-    args
+    on_demo_family("upscale-smile", family, out, extra)
 }
 
 #[test]
@@ -55,24 +42,7 @@ fn an_upscaled_model_is_written_scored_by_eval_and_matches_its_leaderboard_row()
         "{scores:#}"
     );
 
-    let bench = run(
-        BIN,
-        dir.path(),
-        &[
-            "bench-methods",
-            "--methods",
-            "smile",
-            "--no-grid",
-            "--dir",
-            dir.path().join("board").to_str().unwrap(),
-            "--json",
-            "board.json",
-        ],
-    );
-    bench.assert_success();
-    let board: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("board.json")).unwrap())
-            .unwrap();
+    let board = bench_methods(BIN, dir.path(), &["--methods", "smile", "--no-grid"]);
     let row = &board["rows"][0];
     assert_eq!(row["method"], "smile");
     assert!(

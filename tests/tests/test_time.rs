@@ -7,25 +7,13 @@ use std::path::Path;
 use mergescope_core::eval::{DemoFamily, Domain};
 use mergescope_core::merge::recipe::{ParamValue, Recipe};
 use mergescope_tests::cli::{Run, run};
-use mergescope_tests::demo_accuracies;
+use mergescope_tests::{bench_methods, demo_accuracies, numbers, on_demo_family};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_mergescope-cli");
 
 fn adapt(dir: &Path, family: &DemoFamily, command: &str, out: &str, extra: &[&str]) -> Run {
-    let mut args = vec![
-        command.to_owned(),
-        "--base".to_owned(),
-        family.base().display().to_string(),
-        "--out".to_owned(),
-        out.to_owned(),
-    ];
-    args.extend(
-        Domain::ALL
-            .iter()
-            .map(|d| family.expert(*d).display().to_string()),
-    );
-    args.extend(extra.iter().map(|a| (*a).to_owned()));
+    let args = on_demo_family(command, family, out, extra);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     run(BIN, dir, &args)
 }
@@ -34,15 +22,6 @@ fn eval(dir: &Path, model: &str) -> Vec<f64> {
     let out = run(BIN, dir, &["eval", model, "--json"]);
     out.assert_success();
     demo_accuracies(&serde_json::from_str(&out.stdout()).unwrap())
-}
-
-fn numbers(value: &Value) -> Vec<f64> {
-    value
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap())
-        .collect()
 }
 
 #[test]
@@ -80,26 +59,11 @@ fn both_write_what_eval_scores_as_their_leaderboard_rows() {
     assert_eq!(config["model_type"], "vit", "the base's config is kept");
     assert_eq!(config["wemoe"]["routed"].as_array().unwrap().len(), 4);
 
-    let bench = run(
+    let board = bench_methods(
         BIN,
         dir.path(),
-        &[
-            "bench-methods",
-            "--methods",
-            "adamerging,wemoe",
-            "--no-grid",
-            "--steps",
-            "4",
-            "--dir",
-            dir.path().join("board").to_str().unwrap(),
-            "--json",
-            "board.json",
-        ],
+        &["--methods", "adamerging,wemoe", "--no-grid", "--steps", "4"],
     );
-    bench.assert_success();
-    let board: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("board.json")).unwrap())
-            .unwrap();
     let rows = board["rows"].as_array().unwrap();
     let row = |method: &str| {
         rows.iter()

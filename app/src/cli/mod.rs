@@ -277,6 +277,21 @@ fn print_out(text: &str) -> Result<(), Failure> {
         .map_err(Failure::from)
 }
 
+/// A base, its fine-tunes and a new folder to write into: what the commands that build one
+/// model from a family (`upscale-smile`, `adamerging`, `wemoe`) read.
+#[derive(Debug, clap::Args)]
+struct BaseAndFineTunes {
+    /// The base model (file, index or folder).
+    #[arg(long, value_parser = path_arg)]
+    base: PathBuf,
+    /// Its fine-tunes.
+    #[arg(required = true, value_parser = path_arg)]
+    models: Vec<PathBuf>,
+    /// Where to write the result (a new folder: model.safetensors and config.json).
+    #[arg(long, value_parser = path_arg)]
+    out: PathBuf,
+}
+
 /// `PATH` arguments are plain paths.
 fn path_arg(s: &str) -> Result<PathBuf, String> {
     Ok(PathBuf::from(s))

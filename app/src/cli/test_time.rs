@@ -8,7 +8,7 @@
 //!   moved MLPs through trained routers and writes that model, or (`--unload`) the plain model
 //!   its mean routing gives.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::Context as _;
@@ -26,20 +26,14 @@ use mergescope_core::test_time::{Adaptation, Unlabeled, open_family};
 
 use super::backend::{BackendArg, open as open_backend};
 use super::progress::{Unit, run_counting};
-use super::{Failure, path_arg, print_out};
+use super::{BaseAndFineTunes, Failure, print_out};
 
 /// What both commands read: the family and the optimiser's settings.
 #[derive(Debug, clap::Args)]
 pub struct Family {
-    /// The base model (file, index or folder) of the demo family's architecture.
-    #[arg(long, value_parser = path_arg)]
-    base: PathBuf,
-    /// Its fine-tunes.
-    #[arg(required = true, value_parser = path_arg)]
-    models: Vec<PathBuf>,
-    /// Where to write the result (a new folder).
-    #[arg(long, value_parser = path_arg)]
-    out: PathBuf,
+    /// Models of the demo family's architecture.
+    #[command(flatten)]
+    inputs: BaseAndFineTunes,
     /// Optimiser steps (each one batch per task).
     #[arg(long, value_parser = super::count_in::<1, 100_000>)]
     steps: Option<usize>,
@@ -65,14 +59,15 @@ impl Family {
     }
 
     fn open(&self) -> Result<(ModelTensors, Vec<ModelTensors>), Failure> {
-        if self.out.exists() {
+        if self.inputs.out.exists() {
             return Err(Failure::User(anyhow::anyhow!(
                 "{} already exists; choose another folder or remove it",
-                self.out.display()
+                self.inputs.out.display()
             )));
         }
-        let base = Checkpoint::open(&self.base)?;
+        let base = Checkpoint::open(&self.inputs.base)?;
         let experts = self
+            .inputs
             .models
             .iter()
             .map(Checkpoint::open)
@@ -81,7 +76,7 @@ impl Family {
     }
 
     fn base_config(&self) -> Option<Vec<u8>> {
-        Checkpoint::open(&self.base)
+        Checkpoint::open(&self.inputs.base)
             .ok()?
             .folder()
             .and_then(|f| std::fs::read(f.join("config.json")).ok())
@@ -130,12 +125,13 @@ pub fn adamerging(args: &AdaMergingArgs, job: &Job) -> Result<(), Failure> {
     };
     let models = args
         .family
+        .inputs
         .models
         .iter()
         .map(|m| absolute(m))
         .collect::<Result<Vec<_>, _>>()?;
-    let text = learned.recipe(&absolute(&args.family.base)?, &models);
-    let out = &args.family.out;
+    let text = learned.recipe(&absolute(&args.family.inputs.base)?, &models);
+    let out = &args.family.inputs.out;
     let file = out.join(mergescope_core::export::MERGEKIT_CONFIG_FILE);
     let plan = MergePlan::new(
         Recipe::from_yaml(&text, &file)?,
@@ -161,7 +157,7 @@ pub fn adamerging(args: &AdaMergingArgs, job: &Job) -> Result<(), Failure> {
         learned.entropy.before,
         learned.entropy.after,
     );
-    for (model, lambdas) in args.family.models.iter().zip(&learned.lambdas) {
+    for (model, lambdas) in args.family.inputs.models.iter().zip(&learned.lambdas) {
         let shown: Vec<String> = lambdas.iter().map(|l| format!("{l:.3}")).collect();
         report.push_str(&format!("  {}: {}\n", model.display(), shown.join(" ")));
     }
@@ -204,7 +200,7 @@ pub fn wemoe(args: &WemoeArgs, job: &Job) -> Result<(), Failure> {
     let moe = run_counting(Unit::Steps, job, || {
         upscale(&base, &experts, config, &inputs, &settings, job)
     })?;
-    let out = &args.family.out;
+    let out = &args.family.inputs.out;
     let base_config = args.family.base_config();
     let mut report = format!(
         "WEMoE: {} of {} MLPs routed ({}), {} steps: summed entropy on every unlabeled input \

@@ -3,25 +3,17 @@
 //! layer becomes the base layer plus one low-rank expert per fine-tune and a data-free router;
 //! the rest is the fine-tunes' average. `mergescope eval DIR` scores the result.
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use mergescope_core::Checkpoint;
 use mergescope_core::smile::{SmileSettings, upscale};
 
-use super::{Failure, path_arg};
+use super::{BaseAndFineTunes, Failure};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The base model (file, index or folder).
-    #[arg(long, value_parser = path_arg)]
-    base: PathBuf,
-    /// The fine-tunes of the base: one expert each.
-    #[arg(required = true, value_parser = path_arg)]
-    models: Vec<PathBuf>,
-    /// Where to write the upscaled model (a new folder: model.safetensors and config.json).
-    #[arg(long, value_parser = path_arg)]
-    out: PathBuf,
+    #[command(flatten)]
+    family: BaseAndFineTunes,
     /// Rank of each expert (the top k singular triplets of its change to the layer).
     #[arg(long, default_value_t = SmileSettings::default().rank, value_parser = super::count_in::<1, 65_536>)]
     rank: usize,
@@ -38,9 +30,9 @@ pub struct Args {
 
 pub fn run(args: &Args) -> Result<(), Failure> {
     let started = Instant::now();
-    let base = Checkpoint::open(&args.base)?;
-    let experts = args
-        .models
+    let BaseAndFineTunes { base, models, out } = &args.family;
+    let base = Checkpoint::open(base)?;
+    let experts = models
         .iter()
         .map(Checkpoint::open)
         .collect::<Result<Vec<_>, _>>()?;
@@ -54,7 +46,7 @@ pub fn run(args: &Args) -> Result<(), Failure> {
     let config = base
         .folder()
         .and_then(|f| std::fs::read(f.join("config.json")).ok());
-    upscaled.write(&args.out, config.as_deref())?;
+    upscaled.write(out, config.as_deref())?;
     let (total, added) = upscaled.parameters();
     eprintln!(
         "SMILE: {} layers upscaled with {} experts of rank {} (router rank {}, top-{}); {total} \
@@ -65,7 +57,7 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         settings.gate_k,
         settings.top_k,
         100.0 * added as f64 / (total - added) as f64,
-        args.out.display(),
+        out.display(),
         started.elapsed().as_secs_f64()
     );
     Ok(())

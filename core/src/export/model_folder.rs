@@ -9,6 +9,69 @@ use std::path::{Path, PathBuf};
 /// Name → shape and values.
 pub type F32Tensors = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
 
+/// Parameters of `tensors`, and how many of them are in tensors whose name contains `marker`
+/// (what an upscaling adds: `.smile.`, `.wemoe.`).
+pub fn parameters(tensors: &F32Tensors, marker: &str) -> (usize, usize) {
+    let total = tensors.values().map(|(_, v)| v.len()).sum();
+    let added = tensors
+        .iter()
+        .filter(|(name, _)| name.contains(marker))
+        .map(|(_, (_, v))| v.len())
+        .sum();
+    (total, added)
+}
+
+/// The tensors on the CPU device, for candle.
+pub fn to_candle(
+    tensors: &F32Tensors,
+) -> candle_core::Result<BTreeMap<String, candle_core::Tensor>> {
+    tensors
+        .iter()
+        .map(|(name, (shape, values))| {
+            Ok((
+                name.clone(),
+                candle_core::Tensor::from_slice(
+                    values,
+                    shape.as_slice(),
+                    &candle_core::Device::Cpu,
+                )?,
+            ))
+        })
+        .collect()
+}
+
+/// The number `checkpoint`'s safetensors metadata holds under `key`: how an upscaled model
+/// says what it is (`smile_top_k`, `wemoe_experts`).
+pub fn metadata_number<T: std::str::FromStr>(
+    checkpoint: &crate::Checkpoint,
+    key: &str,
+) -> Option<T> {
+    checkpoint
+        .shards()
+        .first()?
+        .metadata()
+        .get(key)?
+        .parse()
+        .ok()
+}
+
+/// Every float tensor of `checkpoint`, decoded to f32 (a whole model in memory: for the
+/// small models the in-process forward passes run).
+pub fn read_f32(checkpoint: &crate::Checkpoint) -> F32Tensors {
+    checkpoint
+        .tensors()
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| t.float_type().is_some())
+        .map(|(i, t)| {
+            (
+                t.name.clone(),
+                (t.shape.clone(), checkpoint.view(i).to_f32_vec()),
+            )
+        })
+        .collect()
+}
+
 /// Why a model folder was not written. Nothing is left behind either way.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelFolderError {

@@ -42,7 +42,7 @@ use crate::Job;
 use crate::checkpoint::Checkpoint;
 use crate::eval::ModelTensors;
 use crate::eval::vit::{VitConfig, Weights};
-use crate::export::model_folder::{F32Tensors, write_model_folder};
+use crate::export::model_folder::{self, F32Tensors, write_model_folder};
 
 /// The two linear layers of a block's MLP.
 const MLP: [&str; 2] = ["intermediate.dense", "output.dense"];
@@ -249,14 +249,7 @@ impl Wemoe {
     /// Parameters of the model, and how many more than the base it has (the routed MLPs' task
     /// vectors and the routers).
     pub fn parameters(&self) -> (usize, usize) {
-        let total = self.tensors.values().map(|(_, v)| v.len()).sum();
-        let added = self
-            .tensors
-            .iter()
-            .filter(|(name, _)| name.contains(".wemoe."))
-            .map(|(_, (_, v))| v.len())
-            .sum();
-        (total, added)
+        model_folder::parameters(&self.tensors, ".wemoe.")
     }
 
     /// The tensors on the CPU device: what the forward pass reads.
@@ -360,15 +353,7 @@ pub struct WemoeWeights {
 
 impl WemoeWeights {
     fn new(tensors: &F32Tensors, experts: usize) -> candle_core::Result<Self> {
-        let tensors: BTreeMap<String, Tensor> = tensors
-            .iter()
-            .map(|(name, (shape, values))| {
-                Ok((
-                    name.clone(),
-                    Tensor::from_slice(values, shape.as_slice(), &Device::Cpu)?,
-                ))
-            })
-            .collect::<candle_core::Result<_>>()?;
+        let tensors = model_folder::to_candle(tensors)?;
         let routed = tensors
             .keys()
             .filter_map(|n| n.strip_suffix(".wemoe.router.fc1.weight"))
@@ -389,25 +374,8 @@ impl WemoeWeights {
 
     /// Every float tensor of a WEMoE checkpoint; `None` when the checkpoint is not one.
     pub fn from_checkpoint(checkpoint: &Checkpoint) -> Option<candle_core::Result<Self>> {
-        let experts: usize = checkpoint
-            .shards()
-            .first()?
-            .metadata()
-            .get("wemoe_experts")?
-            .parse()
-            .ok()?;
-        let tensors = checkpoint
-            .tensors()
-            .iter()
-            .enumerate()
-            .filter(|(_, t)| t.float_type().is_some())
-            .map(|(i, t)| {
-                (
-                    t.name.clone(),
-                    (t.shape.clone(), checkpoint.view(i).to_f32_vec()),
-                )
-            })
-            .collect();
+        let experts = model_folder::metadata_number(checkpoint, "wemoe_experts")?;
+        let tensors = model_folder::read_f32(checkpoint);
         Some(Self::new(&tensors, experts))
     }
 
@@ -462,6 +430,7 @@ mod tests {
     use super::*;
     use crate::eval::vit::forward;
     use crate::eval::{DemoAccuracy, DemoFamily, Domain, Fidelity};
+    use crate::test_support::max_difference;
 
     fn family() -> (ModelTensors, Vec<ModelTensors>) {
         let dir = tempfile::tempdir().unwrap();
@@ -487,17 +456,6 @@ mod tests {
             },
             ..WemoeSettings::default()
         }
-    }
-
-    fn max_difference(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap()
     }
 
     #[test]

@@ -110,17 +110,7 @@ pub(super) mod tests {
         }
     }
 
-    /// The largest absolute difference between two tensors of one shape.
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
+    use crate::test_support::max_difference as max_diff;
 
     #[test]
     fn every_positions_logits_are_candle_transformers_last_ones() {

@@ -534,14 +534,7 @@ mod tests {
         assert_eq!(batched.dims(), [2, 32, 40]);
         for (i, window) in windows.iter().enumerate() {
             let theirs = evaluated.logits(window).unwrap();
-            let diff = (batched.get(i).unwrap() - theirs)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff = crate::test_support::max_difference(&batched.get(i).unwrap(), &theirs);
             assert!(diff < 1e-5, "window {i}: {diff}");
         }
         let outside = Tensor::from_vec(vec![40u32; 4], (1, 4), &Device::Cpu).unwrap();
@@ -604,13 +597,8 @@ mod tests {
         // Seeded: the same stage gives the same weights.
         let again = fit(&config, &init, &[&stream], stage, &mut |_| {}).unwrap();
         for (name, t) in &trained {
-            let diff = (t - &again[name])
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap();
-            assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0, "{name}");
+            let diff = crate::test_support::max_difference(t, &again[name]);
+            assert_eq!(diff, 0.0, "{name}");
         }
     }
 }
