@@ -294,13 +294,7 @@ pub fn run_leaderboard(
             }
         };
         let file = recipes.join(format!("leaderboard-{}.yml", spec.name));
-        let failed = |source: SweepError| match source {
-            SweepError::Cancelled => LeaderboardError::Cancelled,
-            source => LeaderboardError::Method {
-                method: spec.name.to_owned(),
-                source: Box::new(source),
-            },
-        };
+        let failed = sweep_failed(spec.name);
         let row = |setting: String, recipe: String, chosen_at: Option<f64>| {
             let scores =
                 score_recipe(&recipe, &file, &test, backend, &options, &inner).map_err(failed)?;
@@ -457,14 +451,24 @@ fn search_rows<'a, S>(
     Ok(rows)
 }
 
-/// How a row beyond the recipes failed.
+/// How `method`'s merging or scoring failed: cancelled, or why.
+fn sweep_failed(method: &str) -> impl Fn(SweepError) -> LeaderboardError + Copy + '_ {
+    move |source| match source {
+        SweepError::Cancelled => LeaderboardError::Cancelled,
+        source => LeaderboardError::Method {
+            method: method.to_owned(),
+            source: Box::new(source),
+        },
+    }
+}
+
+/// How a row beyond the recipes failed, with `message` saying why.
 fn failed_in(method: &str) -> impl Fn(String) -> LeaderboardError + '_ {
-    move |message| LeaderboardError::Method {
-        method: method.to_owned(),
-        source: Box::new(SweepError::Evaluation {
+    move |message| {
+        sweep_failed(method)(SweepError::Evaluation {
             cell: method.to_owned(),
             message,
-        }),
+        })
     }
 }
 
@@ -585,13 +589,6 @@ impl Beyond<'_> {
                 s.adaptation.steps
             )
         };
-        let scored = |source: SweepError| match source {
-            SweepError::Cancelled => LeaderboardError::Cancelled,
-            source => LeaderboardError::Method {
-                method: ADAMERGING.to_owned(),
-                source: Box::new(source),
-            },
-        };
         search_rows(
             ADAMERGING,
             self.grid,
@@ -603,15 +600,16 @@ impl Beyond<'_> {
                 let learned = adamerge(&base, &experts, config, &inputs, settings, self.job)
                     .map_err(adapt_failed(ADAMERGING))?;
                 let recipe = learned.recipe("../base", &names);
-                let (parameters, merging) =
-                    merge_cost(&recipe, file, backend, options).map_err(scored)?;
+                let (parameters, merging) = merge_cost(&recipe, file, backend, options)
+                    .map_err(sweep_failed(ADAMERGING))?;
                 let text = recipe.clone();
                 Ok(Built {
                     parameters,
                     seconds: learned.seconds + merging,
                     recipe,
                     score: Box::new(move |on| {
-                        score_recipe(&text, file, on, backend, options, self.job).map_err(scored)
+                        score_recipe(&text, file, on, backend, options, self.job)
+                            .map_err(sweep_failed(ADAMERGING))
                     }),
                 })
             },

@@ -275,10 +275,7 @@ impl Upscaled {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_string()))
         .collect();
-        let mut config: serde_json::Value = base_config
-            .and_then(|b| serde_json::from_slice(b).ok())
-            .unwrap_or_else(|| serde_json::json!({}));
-        config["smile"] = serde_json::json!({
+        let block = serde_json::json!({
             "rank": self.settings.rank,
             "gate_k": self.settings.gate_k,
             "top_k": self.settings.top_k,
@@ -287,6 +284,7 @@ impl Upscaled {
             "layers": self.layers,
             "layout": "docs/methods-beyond-mergekit.md#smile",
         });
+        let config = model_folder::config_with(base_config, "smile", block);
         write_model_folder(out, &self.tensors, metadata, &config)?;
         Ok(())
     }

@@ -213,32 +213,11 @@ pub fn wemoe(args: &WemoeArgs, job: &Job) -> Result<(), Failure> {
         moe.entropy.after,
     );
     if args.unload {
-        let (plain, means) = moe.unload(config, &inputs)?;
+        let means = moe.write_unloaded(out, base_config.as_deref(), config, &inputs)?;
         for (prefix, routing) in &means {
             let shown: Vec<String> = routing.iter().map(|r| format!("{r:.3}")).collect();
             report.push_str(&format!("  {prefix} mean routing: {}\n", shown.join(" ")));
         }
-        let tensors = config
-            .tensors()
-            .into_iter()
-            .map(|(name, shape)| {
-                let values = plain.values[&name].clone();
-                (name, (shape, values))
-            })
-            .collect();
-        let mut config_json: serde_json::Value = base_config
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_else(|| serde_json::json!({}));
-        config_json["wemoe_unloaded"] = serde_json::json!({
-            "routed": moe.routed,
-            "mean_routing": means,
-        });
-        mergescope_core::export::model_folder::write_model_folder(
-            out,
-            &tensors,
-            [("format".to_owned(), "pt".to_owned())].into(),
-            &config_json,
-        )?;
     } else {
         moe.write(out, base_config.as_deref())?;
     }

@@ -441,7 +441,6 @@ impl Workbench {
         }
     }
 
-    /// Marks a job as started: the status bar shows its progress and ETA.
     /// AdaMerging's learned weights, as its recipe over the open family, into the Merge panel.
     fn adamerged(
         &mut self,
@@ -449,33 +448,51 @@ impl Workbench {
         entropy: &mergescope_core::test_time::Trace,
         millis: f64,
     ) {
-        let Some(family) = &self.family else {
+        let Some(file) = self.family.as_ref().map(OpenFamily::recipe_file) else {
             return;
         };
-        match MergeSettings::from_recipe(recipe, &family.recipe_file(), family) {
+        let done = format!(
+            "AdaMerging learned each model's weight per layer in {:.1} s: the summed \
+             prediction entropy on the unlabeled test images went from {:.3} to {:.3}",
+            millis / 1e3,
+            entropy.before,
+            entropy.after
+        );
+        self.apply_recipe_text(recipe, &file, done, "AdaMerging");
+    }
+
+    /// `text`, a recipe over the open family read as if saved at `file`, as the Merge panel's
+    /// settings, with `done` as the notice; says why not, naming `what`, where it cannot be.
+    pub fn apply_recipe_text(
+        &mut self,
+        text: &str,
+        file: &std::path::Path,
+        done: String,
+        what: &str,
+    ) -> bool {
+        let Some(family) = &self.family else {
+            return false;
+        };
+        match MergeSettings::from_recipe(text, file, family) {
             Ok(settings) => {
                 self.settings = Some(settings);
                 self.notice = Some(Notice {
                     error: false,
-                    text: format!(
-                        "AdaMerging learned each model's weight per layer in {:.1} s: the \
-                         summed prediction entropy on the unlabeled test images went from \
-                         {:.3} to {:.3}",
-                        millis / 1e3,
-                        entropy.before,
-                        entropy.after
-                    ),
+                    text: done,
                 });
+                true
             }
             Err(text) => {
                 self.notice = Some(Notice {
                     error: true,
-                    text: format!("AdaMerging: {text}"),
+                    text: format!("cannot load {what}: {text}"),
                 });
+                false
             }
         }
     }
 
+    /// Marks a job as started: the status bar shows its progress and ETA.
     pub fn start_job(&mut self, stage: &str) {
         self.busy = Some((stage.to_owned(), 0.0));
         self.busy_since = Some(std::time::Instant::now());

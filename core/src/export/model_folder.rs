@@ -72,6 +72,20 @@ pub fn read_f32(checkpoint: &crate::Checkpoint) -> F32Tensors {
         .collect()
 }
 
+/// The base's `config.json` (an empty object when it has none or it does not parse) with
+/// `block` under `key`: what an upscaled model's config says beyond its base's.
+pub fn config_with(
+    base_config: Option<&[u8]>,
+    key: &str,
+    block: serde_json::Value,
+) -> serde_json::Value {
+    let mut config: serde_json::Value = base_config
+        .and_then(|b| serde_json::from_slice(b).ok())
+        .unwrap_or_else(|| serde_json::json!({}));
+    config[key] = block;
+    config
+}
+
 /// Why a model folder was not written. Nothing is left behind either way.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelFolderError {

@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor, Var};
 
-use super::{AdaptError, Adaptation, Trace, Unlabeled, entropy};
+use super::{AdaptError, Adaptation, Trace, Unlabeled, entropy, task_vectors};
 use crate::Job;
 use crate::eval::ModelTensors;
 use crate::eval::vit::{self, VitConfig};
@@ -100,10 +100,7 @@ pub fn adamerge(
     settings: &AdaMergingSettings,
     job: &Job,
 ) -> Result<AdaMerged, AdaptError> {
-    settings.adaptation.check()?;
-    if experts.is_empty() {
-        return Err(AdaptError::NoExperts);
-    }
+    settings.adaptation.check(experts)?;
     let started = Instant::now();
     let groups = match settings.granularity {
         Granularity::Task => 1,
@@ -165,15 +162,7 @@ impl TaskStacks {
             .into_iter()
             .map(|(name, shape)| {
                 let b = &base.values[&name];
-                let mut stacked = Vec::with_capacity(experts.len() * b.len());
-                for (i, e) in experts.iter().enumerate() {
-                    let values = e.values.get(&name).filter(|v| v.len() == b.len());
-                    let values = values.ok_or_else(|| AdaptError::Mismatch {
-                        model: format!("fine-tune {}", i + 1),
-                        tensor: name.clone(),
-                    })?;
-                    stacked.extend(values.iter().zip(b).map(|(x, y)| x - y));
-                }
+                let stacked = task_vectors(base, experts, &name)?.concat();
                 let base = Tensor::from_slice(b, b.len(), &Device::Cpu)?;
                 let stacked = Tensor::from_vec(stacked, (experts.len(), b.len()), &Device::Cpu)?;
                 Ok((name, shape, base, stacked))

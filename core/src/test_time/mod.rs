@@ -60,7 +60,11 @@ pub enum AdaptError {
 }
 
 impl Adaptation {
-    pub(crate) fn check(&self) -> Result<(), AdaptError> {
+    /// Refuses settings that cannot train, and a family without fine-tunes.
+    pub(crate) fn check(&self, experts: &[ModelTensors]) -> Result<(), AdaptError> {
+        if experts.is_empty() {
+            return Err(AdaptError::NoExperts);
+        }
         if self.steps == 0 || self.batch == 0 {
             return Err(AdaptError::Settings(
                 "steps and batch must each be at least 1".to_owned(),
@@ -175,6 +179,26 @@ impl Unlabeled {
 pub fn entropy(logits: &Tensor) -> candle_core::Result<Tensor> {
     let log_p = candle_nn::ops::log_softmax(logits, D::Minus1)?;
     (log_p.exp()? * &log_p)?.sum(D::Minus1)?.neg()?.mean_all()
+}
+
+/// Each fine-tune's task vector `θ_i − θ_b` of tensor `name`, checked against the base.
+pub(crate) fn task_vectors(
+    base: &ModelTensors,
+    experts: &[ModelTensors],
+    name: &str,
+) -> Result<Vec<Vec<f32>>, AdaptError> {
+    let b = &base.values[name];
+    experts
+        .iter()
+        .enumerate()
+        .map(|(i, e)| match e.values.get(name) {
+            Some(v) if v.len() == b.len() => Ok(v.iter().zip(b).map(|(x, y)| x - y).collect()),
+            _ => Err(AdaptError::Mismatch {
+                model: format!("fine-tune {}", i + 1),
+                tensor: name.to_owned(),
+            }),
+        })
+        .collect()
 }
 
 /// The base and the fine-tunes as the demo ViT reads them: each must have every tensor of the

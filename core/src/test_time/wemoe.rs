@@ -37,7 +37,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution as _, Normal};
 
 use super::adamerging::summed_entropy;
-use super::{AdaptError, Adaptation, Trace, Unlabeled};
+use super::{AdaptError, Adaptation, Trace, Unlabeled, task_vectors};
 use crate::Job;
 use crate::checkpoint::Checkpoint;
 use crate::eval::ModelTensors;
@@ -146,10 +146,7 @@ pub fn upscale(
     settings: &WemoeSettings,
     job: &Job,
 ) -> Result<Wemoe, AdaptError> {
-    settings.adaptation.check()?;
-    if experts.is_empty() {
-        return Err(AdaptError::NoExperts);
-    }
+    settings.adaptation.check(experts)?;
     if !(settings.critical > 0.0 && settings.critical <= 1.0) {
         return Err(AdaptError::Settings(format!(
             "the share of MLPs to route must be in (0, 1], not {}",
@@ -164,17 +161,7 @@ pub fn upscale(
     let mut tensors = F32Tensors::new();
     for (name, shape) in config.tensors() {
         let b = &base.values[&name];
-        let deltas: Vec<Vec<f32>> = experts
-            .iter()
-            .enumerate()
-            .map(|(i, e)| match e.values.get(&name) {
-                Some(v) if v.len() == b.len() => Ok(v.iter().zip(b).map(|(x, y)| x - y).collect()),
-                _ => Err(AdaptError::Mismatch {
-                    model: format!("fine-tune {}", i + 1),
-                    tensor: name.clone(),
-                }),
-            })
-            .collect::<Result<_, _>>()?;
+        let deltas = task_vectors(base, experts, &name)?;
         if in_routed_mlp(&name, &routed) {
             let (layer, part) = name.rsplit_once('.').expect("weight or bias");
             for (i, delta) in deltas.into_iter().enumerate() {
@@ -208,14 +195,10 @@ pub fn upscale(
             vars.insert(format!("{router}.{name}"), var);
         }
     }
-    let mut weights = WemoeWeights::new(&tensors, experts.len())?;
-    for (name, var) in &vars {
-        // The same storage: each optimiser step updates what the forward pass reads.
-        weights
-            .tensors
-            .insert(name.clone(), var.as_tensor().clone());
-    }
-    weights.routed = routed.clone();
+    let mut candle = model_folder::to_candle(&tensors)?;
+    // The same storage: each optimiser step updates what the forward pass reads.
+    candle.extend(vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())));
+    let weights = WemoeWeights::from_candle(candle, experts.len());
     let mut optimizer = settings
         .adaptation
         .optimizer(vars.values().cloned().collect())?;
@@ -318,11 +301,8 @@ impl Wemoe {
         let metadata = [("wemoe_experts".to_owned(), self.experts.to_string())]
             .into_iter()
             .collect();
-        let mut config: serde_json::Value = base_config
-            .and_then(|b| serde_json::from_slice(b).ok())
-            .unwrap_or_else(|| serde_json::json!({}));
         let a = &self.settings.adaptation;
-        config["wemoe"] = serde_json::json!({
+        let block = serde_json::json!({
             "experts": self.experts,
             "init_lambda": self.settings.init_lambda,
             "critical": self.settings.critical,
@@ -334,8 +314,35 @@ impl Wemoe {
             "seed": a.seed,
             "layout": "docs/methods-beyond-mergekit.md#wemoe",
         });
+        let config = model_folder::config_with(base_config, "wemoe", block);
         write_model_folder(out, &self.tensors, metadata, &config)?;
         Ok(())
+    }
+
+    /// Merges and unloads over `inputs` ([`Self::unload`]) and writes the plain model into
+    /// `out` as [`Self::write`] does, with the mean routings under `wemoe_unloaded` in
+    /// `config.json`. Returns those routings.
+    pub fn write_unloaded(
+        &self,
+        out: &Path,
+        base_config: Option<&[u8]>,
+        config: VitConfig,
+        inputs: &Unlabeled,
+    ) -> Result<Vec<Routing>, AdaptError> {
+        let (plain, means) = self.unload(config, inputs)?;
+        let tensors = plain
+            .values
+            .into_iter()
+            .map(|(name, values)| {
+                let shape = self.tensors[&name].0.clone();
+                (name, (shape, values))
+            })
+            .collect();
+        let block = serde_json::json!({ "routed": self.routed, "mean_routing": means });
+        let config = model_folder::config_with(base_config, "wemoe_unloaded", block);
+        let metadata = [("format".to_owned(), "pt".to_owned())].into();
+        write_model_folder(out, &tensors, metadata, &config)?;
+        Ok(means)
     }
 }
 
@@ -353,18 +360,25 @@ pub struct WemoeWeights {
 
 impl WemoeWeights {
     fn new(tensors: &F32Tensors, experts: usize) -> candle_core::Result<Self> {
-        let tensors = model_folder::to_candle(tensors)?;
+        Ok(Self::from_candle(
+            model_folder::to_candle(tensors)?,
+            experts,
+        ))
+    }
+
+    /// The routed blocks are those with a router.
+    fn from_candle(tensors: BTreeMap<String, Tensor>, experts: usize) -> Self {
         let routed = tensors
             .keys()
             .filter_map(|n| n.strip_suffix(".wemoe.router.fc1.weight"))
             .map(str::to_owned)
             .collect();
-        Ok(Self {
+        Self {
             tensors,
             experts,
             routed,
             recorded: std::cell::RefCell::new(None),
-        })
+        }
     }
 
     fn recording(self) -> Self {

@@ -5,8 +5,8 @@
 use mergescope_core::eval::Domain;
 use mergescope_core::leaderboard::Row;
 
-use crate::gui::app::{Notice, Panel, Workbench};
-use crate::gui::state::{BuiltinDemo, MergeSettings};
+use crate::gui::app::{Panel, Workbench};
+use crate::gui::state::BuiltinDemo;
 use crate::gui::worker::Command;
 
 /// The panel's state: the rows so far, and whether a run is going on.
@@ -161,30 +161,15 @@ pub fn show(app: &mut Workbench, ui: &mut egui::Ui) {
 
 /// Loads `row`'s recipe into the Merge panel and shows it.
 fn load_row(app: &mut Workbench, row: &Row, demo_root: &std::path::Path) {
-    let Some(family) = &app.family else {
-        return;
-    };
     // The recipe names the members as the demo's own recipes do, from its recipes/ folder.
     let file = demo_root
         .join("recipes")
         .join(format!("leaderboard-{}.yml", row.method));
-    match MergeSettings::from_recipe(&row.recipe, &file, family) {
-        Ok(settings) => {
-            app.settings = Some(settings);
-            app.panel = Panel::Merge;
-            app.notice = Some(Notice {
-                error: false,
-                text: format!(
-                    "loaded {} ({}) from the leaderboard",
-                    row.method, row.setting
-                ),
-            });
-        }
-        Err(text) => {
-            app.notice = Some(Notice {
-                error: true,
-                text: format!("cannot load {}: {text}", row.method),
-            });
-        }
+    let done = format!(
+        "loaded {} ({}) from the leaderboard",
+        row.method, row.setting
+    );
+    if app.apply_recipe_text(&row.recipe, &file, done, &row.method) {
+        app.panel = Panel::Merge;
     }
 }
