@@ -19,7 +19,7 @@ use direct::DirectFile;
 pub use direct::{ReadMode, StagePool, StagedBytes};
 pub use error::{CHANGED_ON_DISK, CheckpointError};
 use mmap::MappedFile;
-pub use readahead::ReadAhead;
+pub use readahead::{READ_AHEAD_BYTES, ReadAhead};
 
 use crate::dtype::{Dtype, FloatType, decode_into};
 
@@ -640,13 +640,14 @@ impl Checkpoint {
             .prefetch(info.start, info.byte_len());
     }
 
-    /// How many of the tensor's bytes are in the page cache now (`mincore`); all of them where
-    /// the system cannot say.
+    /// About how many of the tensor's bytes are in the page cache now (`mincore`, asked of
+    /// runs of pages spread over a large tensor, of every page of a small one); all of them
+    /// where the system cannot say.
     pub fn cached_bytes(&self, index: usize) -> u64 {
         let info = &self.tensors[index];
         let fraction = self.shards[info.shard]
             .map
-            .resident_fraction(info.start, info.byte_len());
+            .resident_estimate(info.start, info.byte_len());
         (fraction * info.byte_len() as f64) as u64
     }
 
