@@ -142,7 +142,7 @@ impl TensorBytes {
     /// made from `reuse`'s allocation when it has that type. Values not yet encoded are
     /// whatever the buffer held: every element must be encoded before the buffer is used.
     pub fn for_encoding(ty: FloatType, len: usize, reuse: Option<Self>) -> Self {
-        fn sized<T: bytemuck::Zeroable + Clone>(v: Option<Vec<T>>, len: usize) -> Vec<T> {
+        fn sized<T: bytemuck::Pod>(v: Option<Vec<T>>, len: usize) -> Vec<T> {
             match v {
                 // Only growth is filled: clearing first would zero the whole buffer again for
                 // every tensor, and every element is overwritten anyway.
@@ -152,7 +152,11 @@ impl TensorBytes {
                 }
                 // Fresh pages come zeroed from the kernel; filling them as well made every
                 // new buffer cost two passes over memory.
-                _ => bytemuck::allocation::zeroed_vec(len),
+                _ => {
+                    let mut fresh = bytemuck::allocation::zeroed_vec(len);
+                    crate::hugepages::advise(&mut fresh);
+                    fresh
+                }
             }
         }
         match (ty, reuse) {

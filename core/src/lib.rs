@@ -24,6 +24,7 @@ pub mod dtype;
 pub mod eval;
 pub mod export;
 pub mod family;
+mod hugepages;
 pub mod job;
 pub mod layout;
 pub mod leaderboard;

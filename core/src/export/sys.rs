@@ -3,8 +3,8 @@
 //! single `libc` call on Linux; elsewhere each answers "unknown" and the export falls back to what
 //! `std` offers (two renames, no space check, never treating a folder as abandoned).
 //!
-//! Besides `checkpoint/mmap.rs`, this is the only `unsafe` in `core`: plain C calls on
-//! NUL-terminated paths and a `statvfs` out-parameter.
+//! Its `unsafe` is plain C calls on NUL-terminated paths and a `statvfs` out-parameter (the
+//! rest of `core`'s is in `checkpoint/mmap.rs`, `hugepages.rs` and the SIMD kernels).
 #![allow(unsafe_code)]
 
 use std::io;

@@ -16,15 +16,11 @@ use std::sync::mpsc::{Receiver, channel, sync_channel};
 use super::plan::{MergePlan, PlanError, TaskAction, TensorTask};
 use super::{MethodError, MethodInputs};
 use crate::backend::Backend;
-use crate::checkpoint::{Checkpoint, ReadAhead};
+use crate::checkpoint::{Checkpoint, READ_AHEAD_BYTES, ReadAhead};
 use crate::dtype::{FloatType, TensorBytes};
 use crate::export::{Export, ExportError, ExportOptions, ExportSummary, OutputTensor, sidecar};
 use crate::job::{Cancelled, Job};
 use crate::nonfinite::{NonFinite, NonFiniteLog};
-
-/// How far ahead of the computation the helper thread reads inputs: a few tensors, so cold
-/// reads overlap the arithmetic without holding much more than the tensor in flight.
-const READ_AHEAD_BYTES: u64 = 768 << 20;
 
 /// Elements per slab when an element-wise method merges a large tensor in pieces: 1 MiB of
 /// f32 results, which stay in cache until they are encoded into the output (merging the whole
@@ -161,10 +157,16 @@ pub fn stream(
     })
 }
 
+/// Bytes of idle output buffers worth keeping so that a tensor finds one already its length:
+/// a model's layers repeat a handful of shapes, and with a buffer for each, a buffer is
+/// neither grown (zero-filling the growth) nor replaced (faulting in fresh pages) after the
+/// first layer.
+const SPARE_BYTES: usize = 256 << 20;
+
 /// Memory reused from tensor to tensor. Allocating fresh outputs for every tensor made the
 /// kernel fault in and zero new pages each time (826 K page faults merging four 1.67 GB models,
 /// 200 K with reuse). Output buffers come back from the writer once written; the bounded queue
-/// means only a few ever exist.
+/// and [`SPARE_BYTES`] bound how many exist.
 struct Buffers {
     work: Vec<f32>,
     returned: Receiver<TensorBytes>,
@@ -180,25 +182,42 @@ impl Buffers {
         }
     }
 
-    /// A written buffer of type `ty` to encode `len` values into, if one has come back.
+    /// A written buffer of type `ty` to encode `len` values into, or `None` for a fresh one.
     fn take(&mut self, ty: FloatType, len: usize) -> Option<TensorBytes> {
         self.spare.extend(
             self.returned
                 .try_iter()
                 .filter(|b| b.float_type().is_some()),
         );
-        // The best fit: the smallest that holds `len` values, else the largest, so that a
-        // buffer grows (faulting in fresh pages) as rarely as possible.
+        // The fit that costs least: the shortest buffer already `len` values long (shrinking
+        // is free); else a fresh buffer while the idle ones are few; else the longest that
+        // can grow in place (its growth is zero-filled, a pass over memory: picking by
+        // capacity alone made a layer's norms shrink the buffer its MLP then grew again, 4 %
+        // of a warm linear merge in `memset`); else the largest, replaced by fresh pages.
         let typed = || {
             self.spare
                 .iter()
                 .enumerate()
                 .filter(|(_, b)| b.float_type() == Some(ty))
         };
+        let idle: usize = self
+            .spare
+            .iter()
+            .map(|b| b.capacity() * b.float_type().map_or(1, FloatType::size_bytes))
+            .sum();
+        let fresh_fits = idle + len * ty.size_bytes() <= SPARE_BYTES;
         let (index, _) = typed()
-            .filter(|(_, b)| b.capacity() >= len)
-            .min_by_key(|(_, b)| b.capacity())
-            .or_else(|| typed().max_by_key(|(_, b)| b.capacity()))?;
+            .filter(|(_, b)| b.len() >= len)
+            .min_by_key(|(_, b)| b.len())
+            .or_else(|| {
+                if fresh_fits {
+                    return None;
+                }
+                typed()
+                    .filter(|(_, b)| b.capacity() >= len)
+                    .max_by_key(|(_, b)| b.len())
+                    .or_else(|| typed().max_by_key(|(_, b)| b.capacity()))
+            })?;
         Some(self.spare.swap_remove(index))
     }
 }
@@ -403,4 +422,51 @@ fn copy_sidecars(plan: &MergePlan, export: &mut Export) -> Result<(), ExportErro
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spare(buffers: &mut Buffers, lens: &[usize]) {
+        for &len in lens {
+            buffers
+                .spare
+                .push(TensorBytes::for_encoding(FloatType::BF16, len, None));
+        }
+    }
+
+    fn taken_len(buffers: &mut Buffers, len: usize) -> Option<usize> {
+        buffers.take(FloatType::BF16, len).map(|b| b.len())
+    }
+
+    #[test]
+    fn a_tensor_takes_the_shortest_buffer_already_its_length() {
+        let (_, returned) = channel();
+        let mut buffers = Buffers::new(returned);
+        spare(&mut buffers, &[1 << 20, 4 << 10, 2 << 20, 1 << 10]);
+        assert_eq!(taken_len(&mut buffers, 3 << 10), Some(4 << 10));
+        assert_eq!(taken_len(&mut buffers, 1 << 20), Some(1 << 20));
+        // No other type is handed out.
+        assert!(buffers.take(FloatType::F32, 1).is_none());
+    }
+
+    #[test]
+    fn a_longer_tensor_gets_fresh_memory_until_the_idle_buffers_are_many() {
+        let (_, returned) = channel();
+        let mut buffers = Buffers::new(returned);
+        // A shrunk buffer keeps its capacity, but growing it again zero-fills the growth.
+        let mut shrunk = TensorBytes::for_encoding(FloatType::BF16, 1 << 20, None);
+        shrunk = TensorBytes::for_encoding(FloatType::BF16, 1 << 10, Some(shrunk));
+        buffers.spare.push(shrunk);
+        assert_eq!(taken_len(&mut buffers, 1 << 19), None, "a fresh buffer");
+        // Idle buffers at the budget: the shrunk one grows rather than memory being added.
+        let small = 1 << 18;
+        spare(&mut buffers, &vec![small; SPARE_BYTES / (2 * small)]);
+        assert_eq!(taken_len(&mut buffers, 1 << 19), Some(1 << 10));
+        // With nothing that can grow in place, the largest is handed out to be replaced.
+        buffers.spare.clear();
+        spare(&mut buffers, &[SPARE_BYTES / 2, 1 << 10]);
+        assert_eq!(taken_len(&mut buffers, SPARE_BYTES), Some(SPARE_BYTES / 2));
+    }
 }
