@@ -29,14 +29,11 @@ pub use sums::{Metrics, ModelMetrics, Sums};
 pub use survival::{Survival, SurvivalGroup, Survived, survival, survival_sampled};
 pub use tensor::{InterferenceSettings, tensor_sums};
 
-use crate::checkpoint::{Checkpoint, ReadAhead, TensorView};
+use crate::checkpoint::{Checkpoint, READ_AHEAD_BYTES, ReadAhead, TensorView};
 use crate::family::Family;
 use crate::job::{Cancelled, Job};
 use crate::layout::LayerKey;
 use crate::nonfinite::NonFinite;
-
-/// How far ahead of the computation the helper thread reads inputs.
-const READ_AHEAD_BYTES: u64 = 768 << 20;
 
 /// What to measure.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

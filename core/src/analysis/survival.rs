@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::AnalysisError;
 use crate::backend::Backend;
-use crate::checkpoint::{ReadAhead, TensorView};
+use crate::checkpoint::{READ_AHEAD_BYTES, ReadAhead, TensorView};
 use crate::job::Job;
 use crate::layout::LayerKey;
 use crate::merge::MethodInputs;
@@ -182,7 +182,7 @@ pub fn survival_sampled(
             step
         })
         .collect();
-    let ahead = ReadAhead::new(steps, 768 << 20);
+    let ahead = ReadAhead::new(steps, READ_AHEAD_BYTES);
     let mut buffer = Vec::new();
     ahead.with_helper(|| -> Result<(), AnalysisError> {
         for (k, task) in merged_tasks.iter().enumerate() {

@@ -36,6 +36,14 @@ struct State {
     stopped: bool,
 }
 
+/// How far ahead of its consumer a stream's helper reads, for the merge engine and the
+/// analyses alike: a few tensors, so cold reads overlap the arithmetic without holding much
+/// more than the tensor in flight. Half a second of a 1 GB/s disk is plenty ahead of a layer's
+/// arithmetic; a 768 MiB window left direct reads' staging buffers no room to stay idle in
+/// (see the budget in [`ReadAhead::with_mode`]), and cold ties spent 1.5-2 more system
+/// CPU-seconds faulting in fresh ones.
+pub const READ_AHEAD_BYTES: u64 = 512 << 20;
+
 /// A read-ahead schedule shared by the consumer and the helper thread ([`ReadAhead::run`]).
 pub struct ReadAhead<'a> {
     steps: Vec<Step<'a>>,
@@ -78,10 +86,13 @@ impl<'a> ReadAhead<'a> {
             })
             .collect();
         let total = bytes.iter().sum();
-        // Staging buffers beyond the window are freed as soon as a new one is needed (a step
-        // larger than the window, the embeddings', still gets its buffers): budgeting the
-        // window plus the largest step kept the embeddings' buffers idle for the whole merge,
-        // 0.4-0.5 GB more resident for a few tenths of a CPU-second less page faulting.
+        // Staging buffers beyond the budget are freed as soon as a new one is needed (a step
+        // larger than it, the embeddings', still gets its buffers). The budget is half as much
+        // again as the window: with no more than the window, the buffers in flight filled it,
+        // a tensor of another shape rarely found an idle buffer to reuse, and a cold ties merge
+        // of 6.7 GB faulted in 3.4 GB of fresh buffers (1.5 GB with the slack, same peak RSS
+        // with the merge's 512 MiB window). Budgeting the largest step as well kept the
+        // embeddings' buffers idle for the whole merge, 0.4-0.5 GB more resident.
         let cached = || {
             steps
                 .iter()
@@ -91,7 +102,7 @@ impl<'a> ReadAhead<'a> {
         };
         let pool = mode
             .direct_for(total, cached)
-            .then(|| StagePool::new(window));
+            .then(|| StagePool::new(window + window / 2));
         let largest_staged_step = available_memory().map_or(u64::MAX, |available| available / 4);
         Self {
             steps,
