@@ -69,7 +69,17 @@ pub fn on_demo_family(
 /// `mergescope bench-methods --dir DIR/board --json board.json ARGS…` run in `dir`: the
 /// leaderboard's rows as JSON.
 pub fn bench_methods(bin: &str, dir: &std::path::Path, args: &[&str]) -> serde_json::Value {
-    let board = dir.join("board");
+    bench_methods_at(bin, dir, &dir.join("board"), args).0
+}
+
+/// `mergescope bench-methods --dir BOARD --json board.json ARGS…` run in `dir`: the
+/// leaderboard's rows as JSON (`dir/board.json`), and the table it printed.
+pub fn bench_methods_at(
+    bin: &str,
+    dir: &std::path::Path,
+    board: &std::path::Path,
+    args: &[&str],
+) -> (serde_json::Value, String) {
     let mut all = vec![
         "bench-methods",
         "--dir",
@@ -78,7 +88,8 @@ pub fn bench_methods(bin: &str, dir: &std::path::Path, args: &[&str]) -> serde_j
         "board.json",
     ];
     all.extend_from_slice(args);
-    cli::run(bin, dir, &all).assert_success();
+    let out = cli::run(bin, dir, &all);
+    out.assert_success();
     let text = std::fs::read_to_string(dir.join("board.json")).expect("board.json");
-    serde_json::from_str(&text).expect("JSON")
+    (serde_json::from_str(&text).expect("JSON"), out.stdout())
 }

@@ -6,25 +6,13 @@
 use std::path::Path;
 
 use mergescope_tests::cli::run;
-use mergescope_tests::{demo_accuracies, numbers};
+use mergescope_tests::{bench_methods_at, demo_accuracies, numbers};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_mergescope-cli");
 
 fn bench(dir: &Path, args: &[&str]) -> (Value, String) {
-    let mut all = vec![
-        "bench-methods",
-        "--dir",
-        dir.to_str().unwrap(),
-        "--json",
-        "board.json",
-    ];
-    all.extend_from_slice(args);
-    let out = run(BIN, dir, &all);
-    out.assert_success();
-    let board =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("board.json")).unwrap()).unwrap();
-    (board, out.stdout())
+    bench_methods_at(BIN, dir, dir, args)
 }
 
 /// Writes `row`'s recipe beside the family's own and checks that `mergescope eval` of it (a

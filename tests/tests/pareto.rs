@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use mergescope_core::merge::recipe::{ParamValue, Recipe, Scalar};
 use mergescope_tests::cli::{run, run_with_env};
+use mergescope_tests::numbers;
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_mergescope-cli");
@@ -39,15 +40,6 @@ fn read_json(path: &Path) -> Value {
 
 fn s(path: &Path) -> String {
     path.display().to_string()
-}
-
-fn numbers(value: &Value) -> Vec<f64> {
-    value
-        .as_array()
-        .unwrap_or_else(|| panic!("not an array: {value}"))
-        .iter()
-        .map(|v| v.as_f64().unwrap_or_else(|| panic!("not a number: {v}")))
-        .collect()
 }
 
 /// The objectives' names and whether each is maximised.
