@@ -18,9 +18,11 @@
 use std::fs::File;
 use std::io;
 use std::path::Path;
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, OnceLock};
 
 use memmap2::{MmapMut, MmapOptions};
+
+use super::arena::{Arena, ArenaSlice};
 
 /// Direct I/O wants file offsets, lengths and memory aligned to the logical block size; a
 /// page covers the devices this runs on.
@@ -87,110 +89,112 @@ pub(crate) fn available_memory() -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// Staging buffers given back by finished tensors, for the next ones to reuse.
-#[derive(Debug)]
-struct Free {
-    buffers: Vec<MmapMut>,
-    /// Bytes held in `buffers`.
-    idle: usize,
-    /// Bytes allocated by the pool and not freed: idle or in use.
-    allocated: usize,
-    /// Idle buffers are freed, largest first, when a new one would take `allocated` past this.
+/// The staging memory of one stream. Reusing it is the point: memory this process has already
+/// touched costs nothing to fill again, where fresh memory costs a page fault (and on some
+/// virtual machines a trap to the host) per page.
+///
+/// Tensors are staged in slices of one [`Arena`] of the pool's budget, page-aligned as direct
+/// I/O wants and asked for transparent huge pages (a fresh page then faults once per 2 MiB
+/// rather than per 4 KiB, and the arithmetic reading it misses the TLB less). A tensor the
+/// arena cannot hold now (larger than its free ranges) gets a map of its own, freed with it.
+#[derive(Clone)]
+pub struct StagePool(Arc<Pool>);
+
+struct Pool {
     budget: usize,
+    /// Made on first use; `None` if the system refused the map (every tensor then gets its own).
+    arena: OnceLock<Option<Arc<Arena>>>,
 }
 
-/// The staging buffers of one stream. Reusing them is the point: a buffer this process has
-/// already touched costs nothing to fill again, where fresh memory costs a page fault (and on
-/// some virtual machines a trap to the host) per page.
-///
-/// Buffers are anonymous maps, page-aligned as direct I/O wants, and asked for transparent
-/// huge pages: a fresh one then faults once per 2 MiB rather than per 4 KiB, and the
-/// arithmetic reading it misses the TLB less.
-#[derive(Clone, Debug)]
-pub struct StagePool(Arc<Mutex<Free>>);
+impl std::fmt::Debug for StagePool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StagePool")
+            .field("budget", &self.0.budget)
+            .finish_non_exhaustive()
+    }
+}
 
 impl StagePool {
-    /// A pool that frees idle buffers rather than let its buffers, in use and idle, exceed
-    /// `budget_bytes` (those in use are never taken back, so a stream that needs more still
-    /// gets it).
+    /// A pool whose arena holds `budget_bytes`: at most that much staging memory is kept from
+    /// tensor to tensor (a stream that needs more at once still gets it, for the time it
+    /// needs it).
     pub fn new(budget_bytes: u64) -> Self {
-        Self(Arc::new(Mutex::new(Free {
-            buffers: Vec::new(),
-            idle: 0,
-            allocated: 0,
+        Self(Arc::new(Pool {
             budget: usize::try_from(budget_bytes).unwrap_or(usize::MAX),
-        })))
+            arena: OnceLock::new(),
+        }))
     }
 
-    /// A buffer of at least `len` bytes (a whole number of pages): the smallest idle one that
-    /// fits and wastes at most a quarter of itself (layers repeat shapes, so most fit exactly),
-    /// else a new one.
-    fn take(&self, len: usize) -> io::Result<MmapMut> {
-        let mut free = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let fits = |b: &MmapMut| b.len() >= len && b.len() - len <= b.len() / 4;
-        let best = free
-            .buffers
-            .iter()
-            .enumerate()
-            .filter(|(_, b)| fits(b))
-            .min_by_key(|(_, b)| b.len())
-            .map(|(i, _)| i);
-        if let Some(i) = best {
-            let buffer = free.buffers.swap_remove(i);
-            free.idle -= buffer.len();
-            return Ok(buffer);
+    fn arena(&self) -> Option<&Arc<Arena>> {
+        self.0
+            .arena
+            .get_or_init(|| Arena::new(self.0.budget).ok())
+            .as_ref()
+    }
+
+    /// A buffer of at least `len` bytes (a whole number of pages): a slice of the arena, else
+    /// a map of its own.
+    fn take(&self, len: usize) -> io::Result<StageBuffer> {
+        if let Some(slice) = self.arena().and_then(|arena| arena.take(len)) {
+            return Ok(StageBuffer::Arena(slice));
         }
-        // Idle buffers that do not fit (the embeddings' after the first layer) make room.
-        while free.allocated + len > free.budget && !free.buffers.is_empty() {
-            let largest = (0..free.buffers.len())
-                .max_by_key(|&i| free.buffers[i].len())
-                .expect("not empty");
-            let evicted = free.buffers.swap_remove(largest).len();
-            free.idle -= evicted;
-            free.allocated -= evicted;
-        }
-        free.allocated += len;
-        drop(free);
         let buffer = MmapOptions::new().len(len).map_anon()?;
         #[cfg(target_os = "linux")]
         {
             // Only a hint: without huge pages the buffer works the same.
             let _ = buffer.advise(memmap2::Advice::HugePage);
         }
-        Ok(buffer)
+        Ok(StageBuffer::Own(buffer))
     }
 
-    fn give_back(pool: &Weak<Mutex<Free>>, buffer: MmapMut) {
-        let Some(pool) = pool.upgrade() else {
-            return;
-        };
-        let mut free = pool.lock().unwrap_or_else(PoisonError::into_inner);
-        free.idle += buffer.len();
-        free.buffers.push(buffer);
-    }
-
-    /// Bytes held by idle buffers.
+    /// Bytes of the arena that no staged tensor holds.
     pub fn idle_bytes(&self) -> u64 {
-        let free = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        free.idle as u64
+        self.0
+            .arena
+            .get()
+            .and_then(Option::as_ref)
+            .map_or(0, |arena| arena.free_bytes() as u64)
     }
 }
 
-/// A tensor's bytes read into a staging buffer; the buffer goes back to its pool when the last
-/// view of it is dropped.
+/// Where a staged tensor's bytes are.
+enum StageBuffer {
+    Arena(ArenaSlice),
+    Own(MmapMut),
+}
+
+impl std::ops::Deref for StageBuffer {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Self::Arena(slice) => slice,
+            Self::Own(map) => map,
+        }
+    }
+}
+
+impl std::ops::DerefMut for StageBuffer {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        match self {
+            Self::Arena(slice) => slice,
+            Self::Own(map) => map,
+        }
+    }
+}
+
+/// A tensor's bytes read into staging memory, which goes back to its pool when the last view
+/// of it is dropped.
 pub struct StagedBytes {
-    /// `None` only once dropped.
-    buffer: Option<MmapMut>,
+    buffer: StageBuffer,
     /// Where the tensor starts in the buffer (reads start at a page boundary of the file).
     offset: usize,
     len: usize,
-    pool: Weak<Mutex<Free>>,
 }
 
 impl StagedBytes {
     pub fn bytes(&self) -> &[u8] {
-        let buffer = self.buffer.as_ref().expect("present until dropped");
-        &buffer[self.offset..self.offset + self.len]
+        &self.buffer[self.offset..self.offset + self.len]
     }
 }
 
@@ -199,14 +203,6 @@ impl std::fmt::Debug for StagedBytes {
         f.debug_struct("StagedBytes")
             .field("len", &self.len)
             .finish_non_exhaustive()
-    }
-}
-
-impl Drop for StagedBytes {
-    fn drop(&mut self) {
-        if let Some(buffer) = self.buffer.take() {
-            StagePool::give_back(&self.pool, buffer);
-        }
     }
 }
 
@@ -256,12 +252,11 @@ impl DirectFile {
         // A reused buffer may be larger: only what the tensor needs is read.
         let filled = self.read_into(&mut buffer[..needed], first, end);
         let staged = StagedBytes {
-            buffer: Some(buffer),
+            buffer,
             offset: start - first,
             len,
-            pool: Arc::downgrade(&pool.0),
         };
-        // On failure `staged` drops here and its buffer goes back to the pool.
+        // On failure `staged` drops here and its memory goes back to the pool.
         filled.map(|()| staged)
     }
 
@@ -306,36 +301,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn buffers_are_reused_and_idle_ones_make_room() {
+    fn tensors_of_any_size_reuse_the_arena_and_what_it_cannot_hold_gets_its_own_memory() {
         const P: usize = PAGE;
         let pool = StagePool::new(3 * P as u64);
-        let back = |b: MmapMut| StagePool::give_back(&Arc::downgrade(&pool.0), b);
-        let a = pool.take(2 * P).unwrap();
-        let ptr = a.as_ptr();
-        back(a);
-        assert_eq!(pool.idle_bytes(), 2 * P as u64);
-        // A fitting request reuses the same memory.
-        let b = pool.take(2 * P).unwrap();
-        assert_eq!(b.as_ptr(), ptr);
+        let arena_base = |b: &StageBuffer| match b {
+            StageBuffer::Arena(_) => Some(b.as_ptr()),
+            StageBuffer::Own(_) => None,
+        };
+        let large = pool.take(3 * P).unwrap();
+        let base = arena_base(&large).expect("in the arena");
         assert_eq!(pool.idle_bytes(), 0);
-        back(b);
-        // 4 pages do not fit in it, and would pass the budget: the idle buffer is freed.
-        let c = pool.take(4 * P).unwrap();
-        assert_eq!(pool.idle_bytes(), 0);
-        // Buffers in use are never taken back: past the budget, a request still gets memory.
-        let d = pool.take(P).unwrap();
-        assert_eq!((c.len(), d.len()), (4 * P, P));
-        back(c);
-        // A 1-page request would waste 3/4 of the idle 4-page buffer, and a new page would
-        // pass the budget: the idle buffer is freed for it.
-        let e = pool.take(P).unwrap();
-        assert_eq!(pool.idle_bytes(), 0);
-        back(d);
-        back(e);
-        // With a fitting buffer idle, it is reused, not allocated.
-        let f = pool.take(P).unwrap();
-        assert_eq!(pool.idle_bytes(), P as u64);
-        assert_eq!(f.len(), P);
+        // The arena is full: a tensor arriving now gets memory of its own.
+        let own = pool.take(P).unwrap();
+        assert_eq!((arena_base(&own), own.len()), (None, P));
+        drop(large);
+        assert_eq!(pool.idle_bytes(), 3 * P as u64);
+        // Smaller tensors of other sizes reuse the same pages rather than fresh ones.
+        let (a, b) = (pool.take(P).unwrap(), pool.take(2 * P).unwrap());
+        assert_eq!(arena_base(&a), Some(base));
+        assert_eq!(arena_base(&b), Some(base.wrapping_add(P)));
+        drop((a, b, own));
+        // More than the arena holds: its own memory, and the arena stays whole.
+        let huge = pool.take(4 * P).unwrap();
+        assert_eq!(arena_base(&huge), None);
+        assert_eq!(pool.idle_bytes(), 3 * P as u64);
     }
 
     #[test]
@@ -357,8 +346,8 @@ mod tests {
         // Past the end of the file: an error, not zeros.
         let err = direct.read(3 * PAGE, 200, &pool).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
-        // Dropped views gave their buffers back.
-        assert!(pool.idle_bytes() > 0);
+        // Dropped views gave their memory back.
+        assert_eq!(pool.idle_bytes(), 1 << 20);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! Opening maps every shard into memory and parses only the headers, so it costs the same for a
 //! 100 MB model and a 70 B one. Tensor data is read when a [`TensorView`] is decoded.
 
+mod arena;
 mod config;
 mod direct;
 mod error;

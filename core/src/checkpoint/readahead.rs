@@ -39,9 +39,8 @@ struct State {
 /// How far ahead of its consumer a stream's helper reads, for the merge engine and the
 /// analyses alike: a few tensors, so cold reads overlap the arithmetic without holding much
 /// more than the tensor in flight. Half a second of a 1 GB/s disk is plenty ahead of a layer's
-/// arithmetic; a 768 MiB window left direct reads' staging buffers no room to stay idle in
-/// (see the budget in [`ReadAhead::with_mode`]), and cold ties spent 1.5-2 more system
-/// CPU-seconds faulting in fresh ones.
+/// arithmetic, and direct reads' staging arena (see [`ReadAhead::with_mode`]) grows with the
+/// window: 768 MiB held 1.3 GB resident in a cold analysis where 512 MiB held 0.9.
 pub const READ_AHEAD_BYTES: u64 = 512 << 20;
 
 /// A read-ahead schedule shared by the consumer and the helper thread ([`ReadAhead::run`]).
@@ -86,13 +85,10 @@ impl<'a> ReadAhead<'a> {
             })
             .collect();
         let total = bytes.iter().sum();
-        // Staging buffers beyond the budget are freed as soon as a new one is needed (a step
-        // larger than it, the embeddings', still gets its buffers). The budget is half as much
-        // again as the window: with no more than the window, the buffers in flight filled it,
-        // a tensor of another shape rarely found an idle buffer to reuse, and a cold ties merge
-        // of 6.7 GB faulted in 3.4 GB of fresh buffers (1.5 GB with the slack, same peak RSS
-        // with the merge's 512 MiB window). Budgeting the largest step as well kept the
-        // embeddings' buffers idle for the whole merge, 0.4-0.5 GB more resident.
+        // Direct reads are staged in one arena of half as much again as the window: the
+        // window's tensors in flight, the step being consumed (which the window does not
+        // count) and room for the free ranges to be apart. A tensor it cannot hold gets
+        // memory of its own for as long as it is in flight.
         let cached = || {
             steps
                 .iter()
