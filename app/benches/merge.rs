@@ -54,6 +54,11 @@ use mergescope_core::synth::{LlamaShape, SynthFamily};
 
 const MERGESCOPE: &str = env!("CARGO_BIN_EXE_mergescope");
 
+/// Writes `method`'s recipe as `dir/METHOD.yml`, where [`merge`] and [`engine_warm`] read it.
+fn write_recipe(dir: &Path, method: &str) {
+    std::fs::write(dir.join(format!("{method}.yml")), recipe(method)).expect("recipe");
+}
+
 fn recipe(method: &str) -> String {
     let density = |d: f64| {
         if method == "linear" {
@@ -401,7 +406,7 @@ fn warm_only(inputs: &[PathBuf], moved: u64, dir: &Path, methods: &[String], ban
         .fold(f64::INFINITY, f64::min);
     println!("page-cache read through fresh maps: {cached_read:.3} s");
     for method in methods {
-        std::fs::write(dir.join(format!("{method}.yml")), recipe(method)).expect("recipe");
+        write_recipe(dir, method);
         let (engine_s, engine_cpu) = engine_warm(dir, method);
         let rate = moved as f64 / engine_s;
         println!(
@@ -563,12 +568,12 @@ fn main() {
         // (linear: 6.2 s first, 4.7 s fourth), whatever the method, which made the order of
         // the methods part of their figures.
         if let Some(first) = methods.first() {
-            std::fs::write(dir.join(format!("{first}.yml")), recipe(first)).expect("recipe");
+            write_recipe(&dir, first);
             drop_caches();
             merge(&dir, first, "cpu");
         }
         for method in &methods {
-            std::fs::write(dir.join(format!("{method}.yml")), recipe(method)).expect("recipe");
+            write_recipe(&dir, method);
             let run_mergescope = |backend: &str, cold: bool| {
                 if cold {
                     drop_caches();

@@ -1,4 +1,4 @@
-//! Asking the kernel to back a large heap buffer with transparent huge pages.
+//! Asking the kernel to back a large buffer (heap or anonymous map) with transparent huge pages.
 //!
 //! A fresh buffer is faulted in page by page as it is first written: 4 KiB at a time that is a
 //! trap per 4 KiB, and on this project's VM the traps of a warm linear merge's new output

@@ -45,11 +45,7 @@ impl Arena {
     pub(crate) fn new(len: usize) -> io::Result<Arc<Self>> {
         let len = len.max(1).next_multiple_of(ALIGN);
         let mut map = MmapOptions::new().len(len).map_anon()?;
-        #[cfg(target_os = "linux")]
-        {
-            // Only a hint: without huge pages the arena works the same, faulting per 4 KiB.
-            let _ = map.advise(memmap2::Advice::HugePage);
-        }
+        crate::hugepages::advise(&mut map[..]);
         let base = NonNull::new(map.as_mut_ptr()).expect("a map is never at address 0");
         Ok(Arc::new(Self {
             _map: map,
@@ -104,6 +100,14 @@ impl Arena {
 pub(crate) struct ArenaSlice {
     arena: Arc<Arena>,
     range: Range<usize>,
+}
+
+impl ArenaSlice {
+    /// The arena this slice was carved from.
+    #[cfg(test)]
+    pub(crate) fn arena(&self) -> &Arc<Arena> {
+        &self.arena
+    }
 }
 
 impl std::ops::Deref for ArenaSlice {

@@ -20,8 +20,6 @@ use std::io;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
-use memmap2::{MmapMut, MmapOptions};
-
 use super::arena::{Arena, ArenaSlice};
 
 /// Direct I/O wants file offsets, lengths and memory aligned to the logical block size; a
@@ -132,19 +130,15 @@ impl StagePool {
             .as_ref()
     }
 
-    /// A buffer of at least `len` bytes (a whole number of pages): a slice of the arena, else
-    /// a map of its own.
-    fn take(&self, len: usize) -> io::Result<StageBuffer> {
+    /// At least `len` bytes (a whole number of pages): a slice of the pool's arena, else an
+    /// arena of the tensor's own, unmapped when the tensor is dropped.
+    fn take(&self, len: usize) -> io::Result<ArenaSlice> {
         if let Some(slice) = self.arena().and_then(|arena| arena.take(len)) {
-            return Ok(StageBuffer::Arena(slice));
+            return Ok(slice);
         }
-        let buffer = MmapOptions::new().len(len).map_anon()?;
-        #[cfg(target_os = "linux")]
-        {
-            // Only a hint: without huge pages the buffer works the same.
-            let _ = buffer.advise(memmap2::Advice::HugePage);
-        }
-        Ok(StageBuffer::Own(buffer))
+        Ok(Arena::new(len)?
+            .take(len)
+            .expect("an arena of the tensor's size holds it"))
     }
 
     /// Bytes of the arena that no staged tensor holds.
@@ -157,36 +151,10 @@ impl StagePool {
     }
 }
 
-/// Where a staged tensor's bytes are.
-enum StageBuffer {
-    Arena(ArenaSlice),
-    Own(MmapMut),
-}
-
-impl std::ops::Deref for StageBuffer {
-    type Target = [u8];
-
-    fn deref(&self) -> &[u8] {
-        match self {
-            Self::Arena(slice) => slice,
-            Self::Own(map) => map,
-        }
-    }
-}
-
-impl std::ops::DerefMut for StageBuffer {
-    fn deref_mut(&mut self) -> &mut [u8] {
-        match self {
-            Self::Arena(slice) => slice,
-            Self::Own(map) => map,
-        }
-    }
-}
-
 /// A tensor's bytes read into staging memory, which goes back to its pool when the last view
 /// of it is dropped.
 pub struct StagedBytes {
-    buffer: StageBuffer,
+    buffer: ArenaSlice,
     /// Where the tensor starts in the buffer (reads start at a page boundary of the file).
     offset: usize,
     len: usize,
@@ -304,9 +272,8 @@ mod tests {
     fn tensors_of_any_size_reuse_the_arena_and_what_it_cannot_hold_gets_its_own_memory() {
         const P: usize = PAGE;
         let pool = StagePool::new(3 * P as u64);
-        let arena_base = |b: &StageBuffer| match b {
-            StageBuffer::Arena(_) => Some(b.as_ptr()),
-            StageBuffer::Own(_) => None,
+        let arena_base = |b: &ArenaSlice| {
+            Arc::ptr_eq(b.arena(), pool.arena().expect("mapped")).then(|| b.as_ptr())
         };
         let large = pool.take(3 * P).unwrap();
         let base = arena_base(&large).expect("in the arena");
